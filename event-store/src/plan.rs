@@ -1,0 +1,295 @@
+//! Deciding a batch of commits: the part of group commit that both adapters share.
+//!
+//! An adapter opens one transaction, reads the current version of every stream the batch
+//! touches, the stored idempotency keys and the event ids that already exist, and hands them to
+//! [`plan`]. Each commit keeps its own optimistic check and its own answer: one commit's conflict
+//! rejects that commit only. Commits are decided in arrival order against the versions left by
+//! the commits accepted before them, so a batch gives the same answers as running its commits one
+//! transaction each, in order.
+
+use std::collections::{HashMap, HashSet};
+
+use uuid::Uuid;
+
+use crate::{AppendError, AppendResult, Commit, Committed, IdempotencyKey, NewEvent, Position};
+
+/// Longest stream id, event type or idempotency key the store accepts.
+pub(crate) const MAX_NAME_LEN: usize = 256;
+
+/// What the store already holds for one idempotency key.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredKey {
+    pub(crate) request_hash: Vec<u8>,
+    pub(crate) appends: Vec<AppendResult>,
+}
+
+/// The database state a batch is decided against.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Current version of the streams the batch touches; a missing stream is at version 0.
+    pub(crate) versions: HashMap<String, u64>,
+    pub(crate) keys: HashMap<String, StoredKey>,
+    pub(crate) existing_event_ids: HashSet<Uuid>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Append; the result is filled in from the positions the insert returns.
+    Accepted,
+    /// The key was committed before this batch.
+    Replay(Vec<AppendResult>),
+    /// The key was accepted earlier in this same batch, at this index.
+    SameAs(usize),
+    Rejected(AppendError),
+}
+
+/// One event row to insert.
+#[derive(Debug)]
+pub(crate) struct Row<'a> {
+    pub(crate) commit: usize,
+    pub(crate) append: usize,
+    pub(crate) stream_id: &'a str,
+    pub(crate) stream_version: u64,
+    pub(crate) event: &'a NewEvent,
+}
+
+#[derive(Debug)]
+pub(crate) struct Plan<'a> {
+    pub(crate) decisions: Vec<Decision>,
+    /// Rows of the accepted commits, in commit order.
+    pub(crate) rows: Vec<Row<'a>>,
+    /// The version each touched stream ends at, for streams that change.
+    pub(crate) new_versions: HashMap<&'a str, u64>,
+}
+
+/// Every stream id the batch touches, for the adapter's version query.
+pub(crate) fn streams_of<'a>(batch: &[&'a Commit]) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    batch
+        .iter()
+        .flat_map(|c| c.appends.iter())
+        .map(|a| a.stream_id.as_str())
+        .filter(|s| seen.insert(*s))
+        .collect()
+}
+
+pub(crate) fn keys_of<'a>(batch: &[&'a Commit]) -> Vec<&'a str> {
+    batch
+        .iter()
+        .filter_map(|c| c.idempotency.as_ref())
+        .map(|k| k.key.as_str())
+        .collect()
+}
+
+pub(crate) fn event_ids_of(batch: &[&Commit]) -> Vec<Uuid> {
+    batch
+        .iter()
+        .flat_map(|c| c.appends.iter())
+        .flat_map(|a| a.events.iter())
+        .map(|e| e.event_id)
+        .collect()
+}
+
+/// Checks what can be checked without the database.
+pub(crate) fn validate(commit: &Commit) -> Result<(), AppendError> {
+    let invalid = |m: String| Err(AppendError::Invalid(m));
+    if commit.appends.is_empty() {
+        return invalid("a commit needs at least one append".into());
+    }
+    if let Some(k) = &commit.idempotency
+        && (k.key.is_empty() || k.key.len() > MAX_NAME_LEN)
+    {
+        return invalid(format!("an idempotency key has 1 to {MAX_NAME_LEN} bytes"));
+    }
+    for append in &commit.appends {
+        if append.stream_id.is_empty() || append.stream_id.len() > MAX_NAME_LEN {
+            return invalid(format!("a stream id has 1 to {MAX_NAME_LEN} bytes"));
+        }
+        if append.events.is_empty() {
+            return invalid(format!("the append to {} has no events", append.stream_id));
+        }
+        for e in &append.events {
+            if e.event_type.is_empty() || e.event_type.len() > MAX_NAME_LEN {
+                return invalid(format!("an event type has 1 to {MAX_NAME_LEN} bytes"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decides every commit of the batch against `snapshot`.
+pub(crate) fn plan<'a>(batch: &[&'a Commit], snapshot: &Snapshot) -> Plan<'a> {
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    let mut keys_in_batch: HashMap<&str, (usize, &[u8])> = HashMap::new();
+    let mut ids_in_batch: HashSet<Uuid> = HashSet::new();
+    let mut plan = Plan {
+        decisions: Vec::with_capacity(batch.len()),
+        rows: Vec::new(),
+        new_versions: HashMap::new(),
+    };
+
+    for (i, commit) in batch.iter().enumerate() {
+        let decision = decide(
+            i,
+            commit,
+            snapshot,
+            &mut versions,
+            &mut keys_in_batch,
+            &mut ids_in_batch,
+            &mut plan.rows,
+        );
+        plan.decisions.push(decision);
+    }
+    plan.new_versions = versions;
+    plan
+}
+
+fn decide<'a>(
+    index: usize,
+    commit: &'a Commit,
+    snapshot: &Snapshot,
+    versions: &mut HashMap<&'a str, u64>,
+    keys_in_batch: &mut HashMap<&'a str, (usize, &'a [u8])>,
+    ids_in_batch: &mut HashSet<Uuid>,
+    rows: &mut Vec<Row<'a>>,
+) -> Decision {
+    if let Err(e) = validate(commit) {
+        return Decision::Rejected(e);
+    }
+    if let Some(key) = &commit.idempotency {
+        if let Some(stored) = snapshot.keys.get(&key.key) {
+            return if stored.request_hash == key.request_hash {
+                Decision::Replay(stored.appends.clone())
+            } else {
+                Decision::Rejected(AppendError::IdempotencyKeyReused { key: key.key.clone() })
+            };
+        }
+        if let Some(&(first, hash)) = keys_in_batch.get(key.key.as_str()) {
+            return if hash == key.request_hash.as_slice() {
+                Decision::SameAs(first)
+            } else {
+                Decision::Rejected(AppendError::IdempotencyKeyReused { key: key.key.clone() })
+            };
+        }
+    }
+
+    // Check the whole commit against a scratch copy so a rejection leaves no trace.
+    let mut scratch: HashMap<&str, u64> = HashMap::new();
+    let mut ids = HashSet::new();
+    for append in &commit.appends {
+        let stream = append.stream_id.as_str();
+        let actual = scratch
+            .get(stream)
+            .or_else(|| versions.get(stream))
+            .copied()
+            .unwrap_or_else(|| snapshot.versions.get(stream).copied().unwrap_or(0));
+        if !append.expected.matches(actual) {
+            return Decision::Rejected(AppendError::WrongExpectedVersion {
+                stream_id: append.stream_id.clone(),
+                expected: append.expected,
+                actual,
+            });
+        }
+        for e in &append.events {
+            let seen = snapshot.existing_event_ids.contains(&e.event_id) || ids_in_batch.contains(&e.event_id);
+            if seen || !ids.insert(e.event_id) {
+                return Decision::Rejected(AppendError::DuplicateEvent { event_id: e.event_id });
+            }
+        }
+        scratch.insert(stream, actual + append.events.len() as u64);
+    }
+
+    for (a, append) in commit.appends.iter().enumerate() {
+        let stream = append.stream_id.as_str();
+        let mut version = versions
+            .get(stream)
+            .copied()
+            .unwrap_or_else(|| snapshot.versions.get(stream).copied().unwrap_or(0));
+        for event in &append.events {
+            version += 1;
+            rows.push(Row {
+                commit: index,
+                append: a,
+                stream_id: stream,
+                stream_version: version,
+                event,
+            });
+        }
+        versions.insert(stream, version);
+    }
+    ids_in_batch.extend(ids);
+    if let Some(key) = &commit.idempotency {
+        keys_in_batch.insert(key.key.as_str(), (index, key.request_hash.as_slice()));
+    }
+    Decision::Accepted
+}
+
+/// Turns the plan and the positions the insert assigned (one per row, in row order) into one
+/// answer per commit.
+pub(crate) fn results(
+    batch: &[&Commit],
+    plan: Plan<'_>,
+    positions: &[Position],
+) -> Vec<Result<Committed, AppendError>> {
+    debug_assert_eq!(plan.rows.len(), positions.len());
+    let mut accepted: Vec<Option<Vec<AppendResult>>> = batch
+        .iter()
+        .zip(&plan.decisions)
+        .map(|(c, d)| {
+            matches!(d, Decision::Accepted).then(|| {
+                c.appends
+                    .iter()
+                    .map(|a| AppendResult {
+                        stream_id: a.stream_id.clone(),
+                        version: 0,
+                        positions: Vec::new(),
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    for (row, &position) in plan.rows.iter().zip(positions) {
+        if let Some(Some(appends)) = accepted.get_mut(row.commit) {
+            let r = &mut appends[row.append];
+            r.version = row.stream_version;
+            r.positions.push(position);
+        }
+    }
+    plan.decisions
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Decision::Accepted => Ok(Committed {
+                appends: accepted[i].clone().unwrap_or_default(),
+                replayed: false,
+            }),
+            Decision::Replay(appends) => Ok(Committed {
+                appends,
+                replayed: true,
+            }),
+            Decision::SameAs(j) => Ok(Committed {
+                appends: accepted[j].clone().unwrap_or_default(),
+                replayed: true,
+            }),
+            Decision::Rejected(e) => Err(e),
+        })
+        .collect()
+}
+
+/// The idempotency keys the batch must record: those of commits that appended (not replays nor
+/// rejections), each with its answer as JSON.
+pub(crate) fn new_keys<'a>(
+    batch: &[&'a Commit],
+    answers: &[Result<Committed, AppendError>],
+) -> Result<Vec<(&'a IdempotencyKey, String)>, crate::StoreError> {
+    let mut keys = Vec::new();
+    for (commit, answer) in batch.iter().zip(answers) {
+        if let (Some(key), Ok(c)) = (&commit.idempotency, answer)
+            && !c.replayed
+        {
+            let json = serde_json::to_string(&c.appends).map_err(|e| crate::StoreError::Corrupt(e.to_string()))?;
+            keys.push((key, json));
+        }
+    }
+    Ok(keys)
+}

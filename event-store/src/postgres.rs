@@ -1,0 +1,432 @@
+//! The PostgreSQL adapter: the production event store.
+//!
+//! Writes go through group commit (`group_commit`): one writer task per store takes the advisory
+//! lock [`APPEND_LOCK`], decides the queued commits (`plan`) and inserts all their events with one
+//! `INSERT ... SELECT FROM UNNEST(...)`. Holding the lock until commit makes positions visible in
+//! order, which is what makes the global log gap-safe (see the migration). Readers use the pool;
+//! a `LISTEN` connection turns other processes' commits into change signals.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
+use crate::plan::{self, Snapshot, StoredKey};
+use crate::{
+    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, StoreError,
+    StoreOptions, Until,
+};
+
+/// The advisory lock every writer holds from its insert to its commit ("orderflo" as an i64).
+pub const APPEND_LOCK: i64 = 8_030_591_472_428_805_231;
+
+/// The `NOTIFY` channel on which writers announce their last position.
+pub const NOTIFY_CHANNEL: &str = "orderflow_events";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The event store on PostgreSQL. Cheap to clone; clones share the writer.
+#[derive(Clone)]
+pub struct PgEventStore {
+    pool: PgPool,
+    writer: GroupCommit,
+    changes: watch::Receiver<Position>,
+    _listener: Arc<AbortOnDrop>,
+}
+
+impl PgEventStore {
+    /// Creates or upgrades the store's tables in the pool's database.
+    pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+        MIGRATOR.run(pool).await?;
+        Ok(())
+    }
+
+    /// A store on a migrated database. Starts the writer task and the `LISTEN` task, so it must
+    /// be called inside a Tokio runtime.
+    pub async fn open(pool: PgPool, options: StoreOptions) -> Result<Self, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        let (head_tx, changes) = watch::channel(to_u64(head));
+        let limits = BatchLimits {
+            max_commits: options.max_batch_commits,
+            max_events: options.max_batch_events,
+        };
+        let writer = GroupCommit::spawn(Arc::new(PgWriter { pool: pool.clone() }), head_tx.clone(), limits);
+        let listener = tokio::spawn(listen(pool.clone(), head_tx));
+        Ok(PgEventStore {
+            pool,
+            writer,
+            changes,
+            _listener: Arc::new(AbortOnDrop(listener)),
+        })
+    }
+
+    /// The pool this store reads with.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Aborts the `LISTEN` task when the last clone of the store is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Turns `NOTIFY`s from every writer (this process's and others') into change signals.
+/// A lost connection loses signals, never events: subscribers also poll.
+async fn listen(pool: PgPool, head: watch::Sender<Position>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "event store LISTEN connection failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN {NOTIFY_CHANNEL} failed; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.recv().await {
+                Ok(n) => {
+                    if let Ok(p) = n.payload().parse::<Position>() {
+                        head.send_if_modified(|h| {
+                            let moved = p > *h;
+                            if moved {
+                                *h = p;
+                            }
+                            moved
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event store LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+struct PgWriter {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl BatchWriter for PgWriter {
+    async fn write_batch(&self, batch: &[&Commit]) -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let recorded_at: DateTime<Utc> =
+            sqlx::query_scalar("SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
+                .bind(APPEND_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+        let snapshot = snapshot(&mut tx, batch).await?;
+        let plan = plan::plan(batch, &snapshot);
+        let positions = insert_events(&mut tx, &plan, recorded_at).await?;
+        let mut last = 0;
+        if let Some(&p) = positions.iter().max() {
+            last = p;
+        }
+        let answers = plan::results(batch, plan, &positions);
+        insert_keys(&mut tx, batch, &answers, recorded_at).await?;
+        if last > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(last.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+}
+
+async fn snapshot(tx: &mut Transaction<'_, Postgres>, batch: &[&Commit]) -> Result<Snapshot, StoreError> {
+    let streams: Vec<String> = plan::streams_of(batch).into_iter().map(str::to_owned).collect();
+    let rows = sqlx::query(
+        "SELECT s.stream_id, e.stream_version
+         FROM unnest($1::text[]) AS s(stream_id)
+         CROSS JOIN LATERAL (
+             SELECT stream_version FROM events
+             WHERE events.stream_id = s.stream_id
+             ORDER BY stream_version DESC LIMIT 1
+         ) AS e",
+    )
+    .bind(&streams)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut snapshot = Snapshot::default();
+    for row in rows {
+        snapshot.versions.insert(row.try_get(0)?, to_u64(row.try_get(1)?));
+    }
+
+    let keys: Vec<String> = plan::keys_of(batch).into_iter().map(str::to_owned).collect();
+    if !keys.is_empty() {
+        let rows = sqlx::query("SELECT key, request_hash, result::text FROM idempotency_keys WHERE key = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in rows {
+            let result: String = row.try_get(2)?;
+            let appends: Vec<AppendResult> = serde_json::from_str(&result)
+                .map_err(|e| StoreError::Corrupt(format!("idempotency result is not JSON: {e}")))?;
+            snapshot.keys.insert(
+                row.try_get(0)?,
+                StoredKey {
+                    request_hash: row.try_get(1)?,
+                    appends,
+                },
+            );
+        }
+    }
+
+    let ids = plan::event_ids_of(batch);
+    let existing: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+    snapshot.existing_event_ids.extend(existing);
+    Ok(snapshot)
+}
+
+/// Inserts the plan's rows and returns their positions, in row order.
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &plan::Plan<'_>,
+    recorded_at: DateTime<Utc>,
+) -> Result<Vec<Position>, StoreError> {
+    if plan.rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = plan.rows.len();
+    let mut stream_ids = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut event_ids = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut schema_versions = Vec::with_capacity(n);
+    let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    let mut correlation = Vec::with_capacity(n);
+    let mut causation = Vec::with_capacity(n);
+    let mut actors = Vec::with_capacity(n);
+    for row in &plan.rows {
+        let e = row.event;
+        stream_ids.push(row.stream_id);
+        versions.push(to_i64(row.stream_version)?);
+        event_ids.push(e.event_id);
+        types.push(e.event_type.as_str());
+        schema_versions.push(i32::try_from(e.schema_version).map_err(|_| too_big("schema version"))?);
+        payloads.push(&e.payload);
+        occurred.push(e.occurred_at);
+        correlation.push(e.metadata.correlation_id.as_str());
+        causation.push(e.metadata.causation_id.as_str());
+        actors.push(e.metadata.actor.as_str());
+    }
+    // Rows are inserted in ordinality order, so identities follow the plan's order.
+    let returned = sqlx::query(
+        "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, payload,
+                             occurred_at, recorded_at, correlation_id, causation_id, actor)
+         SELECT stream_id, stream_version, event_id, event_type, schema_version, payload,
+                occurred_at, $11, correlation_id, causation_id, actor
+         FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::bytea[],
+                     $7::timestamptz[], $8::text[], $9::text[], $10::text[])
+              WITH ORDINALITY AS t(stream_id, stream_version, event_id, event_type, schema_version, payload,
+                                   occurred_at, correlation_id, causation_id, actor, ord)
+         ORDER BY ord
+         RETURNING position, stream_id, stream_version",
+    )
+    .bind(&stream_ids)
+    .bind(&versions)
+    .bind(&event_ids)
+    .bind(&types)
+    .bind(&schema_versions)
+    .bind(&payloads)
+    .bind(&occurred)
+    .bind(&correlation)
+    .bind(&causation)
+    .bind(&actors)
+    .bind(recorded_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut by_key: HashMap<(String, i64), i64> = HashMap::with_capacity(returned.len());
+    for row in returned {
+        by_key.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+    }
+    plan.rows
+        .iter()
+        .map(|row| {
+            let key = (row.stream_id.to_owned(), to_i64(row.stream_version)?);
+            by_key
+                .get(&key)
+                .map(|&p| to_u64(p))
+                .ok_or_else(|| StoreError::Corrupt(format!("insert returned no position for {}@{}", key.0, key.1)))
+        })
+        .collect()
+}
+
+async fn insert_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[&Commit],
+    answers: &[Result<Committed, AppendError>],
+    created_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let new = plan::new_keys(batch, answers)?;
+    let keys: Vec<&str> = new.iter().map(|(k, _)| k.key.as_str()).collect();
+    let hashes: Vec<&[u8]> = new.iter().map(|(k, _)| k.request_hash.as_slice()).collect();
+    let results: Vec<&str> = new.iter().map(|(_, json)| json.as_str()).collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO idempotency_keys (key, request_hash, result, created_at)
+         SELECT key, request_hash, result::jsonb, $4
+         FROM unnest($1::text[], $2::bytea[], $3::text[]) AS t(key, request_hash, result)",
+    )
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&results)
+    .bind(created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, schema_version, payload, \
+                       occurred_at, recorded_at, correlation_id, causation_id, actor";
+
+fn recorded(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let schema_version: i32 = row.try_get(5)?;
+    Ok(RecordedEvent {
+        position: to_u64(row.try_get(0)?),
+        stream_id: row.try_get(1)?,
+        stream_version: to_u64(row.try_get(2)?),
+        event_id: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| StoreError::Corrupt(format!("negative schema version {schema_version}")))?,
+        payload: row.try_get(6)?,
+        occurred_at: row.try_get(7)?,
+        recorded_at: row.try_get(8)?,
+        metadata: EventMetadata {
+            correlation_id: row.try_get(9)?,
+            causation_id: row.try_get(10)?,
+            actor: row.try_get(11)?,
+        },
+    })
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn commit(&self, commit: Commit) -> Result<Committed, AppendError> {
+        self.writer.commit(commit).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream_id)
+            .bind(to_i64(from_version)?)
+            .bind(limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(recorded)
+            .collect()
+    }
+
+    async fn read_stream_until(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        until: Until,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let query = match until {
+            Until::Position(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 AND position <= $3 \
+                 ORDER BY stream_version"
+            )))
+            .bind(stream_id)
+            .bind(to_i64(from_version)?)
+            .bind(to_i64(p.min(i64::MAX as u64))?),
+            Until::RecordedAt(t) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 AND recorded_at <= $3 \
+                 ORDER BY stream_version"
+            )))
+            .bind(stream_id)
+            .bind(to_i64(from_version)?)
+            .bind(t),
+        };
+        query.fetch_all(&self.pool).await?.iter().map(recorded).collect()
+    }
+
+    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(after.min(i64::MAX as u64))?)
+            .bind(limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(recorded)
+            .collect()
+    }
+
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(head))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        let v: i64 = sqlx::query_scalar("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1")
+            .bind(stream_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(v))
+    }
+
+    fn changes(&self) -> watch::Receiver<Position> {
+        self.changes.clone()
+    }
+}
+
+/// Database integers are never negative here (identities and versions start at 1).
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| too_big("version or position"))
+}
+
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn too_big(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} does not fit the database's 64-bit integer"))
+}

@@ -1,0 +1,325 @@
+//! The SQLite adapter: the embedded default, one file, no server.
+//!
+//! The same group commit as PostgreSQL: one writer task, one `BEGIN IMMEDIATE` transaction per
+//! batch, so one fsync covers many commits. SQLite runs one write transaction at a time, which is
+//! what makes the global log gap-safe here. The file is opened in WAL mode with
+//! `synchronous = FULL`: a commit that was answered survives a crash or power loss.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use std::sync::Arc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
+use crate::plan::{self, Snapshot, StoredKey};
+use crate::{
+    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, StoreError,
+    StoreOptions, Until,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row `INSERT`: 11 parameters each stays far below SQLite's variable limit.
+const ROWS_PER_INSERT: usize = 500;
+/// Values per `IN (...)` list.
+const IDS_PER_QUERY: usize = 900;
+
+/// The event store in one SQLite file. Cheap to clone; clones share the writer.
+#[derive(Clone)]
+pub struct SqliteEventStore {
+    pool: SqlitePool,
+    writer: GroupCommit,
+    changes: watch::Receiver<Position>,
+}
+
+impl SqliteEventStore {
+    /// A pool on the file at `path` (created if missing), with the settings the store relies on.
+    pub async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        Ok(SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?)
+    }
+
+    /// Creates or upgrades the store's tables.
+    pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+        MIGRATOR.run(pool).await?;
+        Ok(())
+    }
+
+    /// A store on a migrated database; starts its writer task (call inside a Tokio runtime).
+    pub async fn open(pool: SqlitePool, options: StoreOptions) -> Result<Self, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        let last_recorded: Option<i64> = sqlx::query_scalar("SELECT max(recorded_at) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        let (head_tx, changes) = watch::channel(to_u64(head));
+        let limits = BatchLimits {
+            max_commits: options.max_batch_commits,
+            max_events: options.max_batch_events,
+        };
+        let writer = SqliteWriter {
+            pool: pool.clone(),
+            last_recorded: std::sync::Mutex::new(last_recorded.unwrap_or(0)),
+        };
+        let writer = GroupCommit::spawn(Arc::new(writer), head_tx, limits);
+        Ok(SqliteEventStore { pool, writer, changes })
+    }
+
+    /// The pool this store reads with.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+struct SqliteWriter {
+    pool: SqlitePool,
+    /// `recorded_at` of the last commit: the next one is never earlier, even if the clock steps back.
+    last_recorded: std::sync::Mutex<i64>,
+}
+
+impl SqliteWriter {
+    fn next_recorded_at(&self) -> i64 {
+        let now = Utc::now().timestamp_micros();
+        let mut last = self.last_recorded.lock().unwrap_or_else(|p| p.into_inner());
+        *last = now.max(*last);
+        *last
+    }
+}
+
+#[async_trait]
+impl BatchWriter for SqliteWriter {
+    async fn write_batch(&self, batch: &[&Commit]) -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let recorded_at = self.next_recorded_at();
+        let snapshot = snapshot(&mut tx, batch).await?;
+        let plan = plan::plan(batch, &snapshot);
+        let positions = insert_events(&mut tx, &plan, recorded_at).await?;
+        let answers = plan::results(batch, plan, &positions);
+        for (key, result) in plan::new_keys(batch, &answers)? {
+            sqlx::query("INSERT INTO idempotency_keys (key, request_hash, result, created_at) VALUES (?, ?, ?, ?)")
+                .bind(&key.key)
+                .bind(&key.request_hash)
+                .bind(result)
+                .bind(recorded_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+}
+
+async fn snapshot(tx: &mut Transaction<'_, Sqlite>, batch: &[&Commit]) -> Result<Snapshot, StoreError> {
+    let mut snapshot = Snapshot::default();
+    for stream in plan::streams_of(batch) {
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(stream_version) FROM events WHERE stream_id = ?")
+            .bind(stream)
+            .fetch_one(&mut **tx)
+            .await?;
+        if let Some(v) = v {
+            snapshot.versions.insert(stream.to_owned(), to_u64(v));
+        }
+    }
+    for key in plan::keys_of(batch) {
+        let row = sqlx::query("SELECT request_hash, result FROM idempotency_keys WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = row {
+            let result: String = row.try_get(1)?;
+            let appends: Vec<AppendResult> = serde_json::from_str(&result)
+                .map_err(|e| StoreError::Corrupt(format!("idempotency result is not JSON: {e}")))?;
+            snapshot.keys.insert(
+                key.to_owned(),
+                StoredKey {
+                    request_hash: row.try_get(0)?,
+                    appends,
+                },
+            );
+        }
+    }
+    for ids in plan::event_ids_of(batch).chunks(IDS_PER_QUERY) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT event_id FROM events WHERE event_id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let existing: Vec<Uuid> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        snapshot.existing_event_ids.extend(existing);
+    }
+    Ok(snapshot)
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    plan: &plan::Plan<'_>,
+    recorded_at: i64,
+) -> Result<Vec<Position>, StoreError> {
+    let mut positions = Vec::with_capacity(plan.rows.len());
+    for rows in plan.rows.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, payload, \
+             occurred_at, recorded_at, correlation_id, causation_id, actor) ",
+        );
+        q.push_values(rows, |mut b, row| {
+            let e = row.event;
+            b.push_bind(row.stream_id.to_owned())
+                .push_bind(i64::try_from(row.stream_version).unwrap_or(i64::MAX))
+                .push_bind(e.event_id)
+                .push_bind(e.event_type.clone())
+                .push_bind(i64::from(e.schema_version))
+                .push_bind(e.payload.clone())
+                .push_bind(e.occurred_at.timestamp_micros())
+                .push_bind(recorded_at)
+                .push_bind(e.metadata.correlation_id.clone())
+                .push_bind(e.metadata.causation_id.clone())
+                .push_bind(e.metadata.actor.clone());
+        });
+        // One writer at a time and rows in VALUES order: positions follow the plan's order.
+        q.push(" RETURNING position");
+        let returned: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        if returned.len() != rows.len() {
+            return Err(StoreError::Corrupt("insert returned fewer positions than rows".into()));
+        }
+        positions.extend(returned.into_iter().map(to_u64));
+    }
+    Ok(positions)
+}
+
+const COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, schema_version, payload, \
+                       occurred_at, recorded_at, correlation_id, causation_id, actor";
+
+fn recorded(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let schema_version: i64 = row.try_get(5)?;
+    Ok(RecordedEvent {
+        position: to_u64(row.try_get(0)?),
+        stream_id: row.try_get(1)?,
+        stream_version: to_u64(row.try_get(2)?),
+        event_id: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| StoreError::Corrupt(format!("bad schema version {schema_version}")))?,
+        payload: row.try_get(6)?,
+        occurred_at: from_micros(row.try_get(7)?)?,
+        recorded_at: from_micros(row.try_get(8)?)?,
+        metadata: EventMetadata {
+            correlation_id: row.try_get(9)?,
+            causation_id: row.try_get(10)?,
+            actor: row.try_get(11)?,
+        },
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn commit(&self, commit: Commit) -> Result<Committed, AppendError> {
+        self.writer.commit(commit).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version LIMIT ?"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream_id)
+            .bind(clamp(from_version))
+            .bind(clamp(limit as u64))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(recorded)
+            .collect()
+    }
+
+    async fn read_stream_until(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        until: Until,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (column, bound) = match until {
+            Until::Position(p) => ("position", clamp(p)),
+            Until::RecordedAt(t) => ("recorded_at", t.timestamp_micros()),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? AND {column} <= ? \
+             ORDER BY stream_version"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream_id)
+            .bind(clamp(from_version))
+            .bind(bound)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(recorded)
+            .collect()
+    }
+
+    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(clamp(after))
+            .bind(clamp(limit as u64))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(recorded)
+            .collect()
+    }
+
+    async fn head_position(&self) -> Result<Position, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(head))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        let v: i64 = sqlx::query_scalar("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?")
+            .bind(stream_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(v))
+    }
+
+    fn changes(&self) -> watch::Receiver<Position> {
+        self.changes.clone()
+    }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("time {micros} out of range")))
+}

@@ -1,0 +1,513 @@
+//! The event-store contract, written once and run against every adapter on a real server:
+//! PostgreSQL (a fresh database per test, from `scripts/services up`) and SQLite (a fresh file).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use event_store::{
+    AppendError, Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, PgEventStore, SqliteEventStore,
+    StoreOptions, StreamAppend, Subscription, Until,
+};
+use uuid::Uuid;
+
+/// Where a test's stores live: every store made from one `Backend` shares its database, like
+/// several processes writing the same event store.
+enum Backend {
+    Postgres(Box<testkit::postgres::TestDatabase>),
+    Sqlite(std::path::PathBuf),
+}
+
+impl Backend {
+    async fn postgres() -> Self {
+        let db = testkit::postgres::fresh_database().await;
+        PgEventStore::migrate(&db.pool(1).await).await.unwrap();
+        Backend::Postgres(Box::new(db))
+    }
+
+    async fn sqlite() -> Self {
+        let path = std::env::temp_dir().join(format!("orderflow-contract-{}.db", Uuid::new_v4().simple()));
+        let pool = SqliteEventStore::connect(&path).await.unwrap();
+        SqliteEventStore::migrate(&pool).await.unwrap();
+        Backend::Sqlite(path)
+    }
+
+    async fn store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Backend::Postgres(db) => Arc::new(
+                PgEventStore::open(db.pool(8).await, StoreOptions::default())
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Sqlite(path) => {
+                let pool = SqliteEventStore::connect(path).await.unwrap();
+                Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap())
+            }
+        }
+    }
+}
+
+fn event(event_type: &str, payload: &[u8]) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        payload: payload.to_vec(),
+        occurred_at: Utc::now().trunc_subsecs(6),
+        metadata: EventMetadata {
+            correlation_id: "corr-1".into(),
+            causation_id: "cmd-1".into(),
+            actor: "tester".into(),
+        },
+    }
+}
+
+fn events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| event("test.happened", format!("e{i}").as_bytes()))
+        .collect()
+}
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $test() { super::$test(super::Backend::postgres().await).await } )*
+        }
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $test() { super::$test(super::Backend::sqlite().await).await } )*
+        }
+    };
+}
+
+contract!(
+    appends_and_reads_back_a_stream,
+    stale_expected_version_appends_nothing,
+    multi_stream_commit_is_all_or_nothing,
+    repeated_idempotency_key_appends_nothing,
+    concurrent_repeats_of_a_key_append_once,
+    duplicate_event_id_is_refused,
+    reads_a_stream_as_of_a_position_or_a_time,
+    concurrent_writers_never_share_a_version,
+    subscription_catches_up_then_follows_live,
+    tailing_reader_never_skips_under_concurrent_appenders,
+);
+
+async fn appends_and_reads_back_a_stream(backend: Backend) {
+    let store = backend.store().await;
+    assert_eq!(store.head_position().await.unwrap(), 0);
+    let first = events(3);
+    let c = store
+        .append("order-1", ExpectedVersion::NoStream, first.clone())
+        .await
+        .unwrap();
+    assert!(!c.replayed);
+    assert_eq!(c.appends[0].version, 3);
+    let positions = &c.appends[0].positions;
+    assert_eq!(positions.len(), 3);
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions grow: {positions:?}"
+    );
+
+    let c2 = store
+        .append("order-1", ExpectedVersion::Exact(3), events(2))
+        .await
+        .unwrap();
+    assert_eq!(c2.appends[0].version, 5);
+    assert!(c2.appends[0].positions[0] > positions[2]);
+    assert_eq!(store.stream_version("order-1").await.unwrap(), 5);
+    assert_eq!(store.stream_version("order-none").await.unwrap(), 0);
+    assert_eq!(store.head_position().await.unwrap(), c2.last_position());
+
+    let read = store.read_stream("order-1", 1, 100).await.unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    for (stored, sent) in read.iter().zip(&first) {
+        assert_eq!(stored.event_id, sent.event_id);
+        assert_eq!(stored.event_type, sent.event_type);
+        assert_eq!(stored.payload, sent.payload);
+        assert_eq!(stored.occurred_at, sent.occurred_at);
+        assert_eq!(stored.metadata, sent.metadata);
+        assert_eq!(stored.stream_id, "order-1");
+    }
+    assert!(read.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at));
+    let tail = store.read_stream("order-1", 4, 1).await.unwrap();
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0].stream_version, 4);
+
+    let all = store.read_all(0, 2).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        positions[..2].to_vec()
+    );
+    let rest = store.read_all(all[1].position, 100).await.unwrap();
+    assert_eq!(rest.len(), 3);
+}
+
+async fn stale_expected_version_appends_nothing(backend: Backend) {
+    let store = backend.store().await;
+    store
+        .append("order-2", ExpectedVersion::NoStream, events(2))
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(1),
+        ExpectedVersion::Exact(3),
+    ] {
+        match store.append("order-2", expected, events(1)).await {
+            Err(AppendError::WrongExpectedVersion {
+                stream_id,
+                expected: e,
+                actual,
+            }) => {
+                assert_eq!(stream_id, "order-2");
+                assert_eq!(e, expected);
+                assert_eq!(actual, 2);
+            }
+            other => panic!("expected a conflict for {expected}, got {other:?}"),
+        }
+    }
+    match store.append("order-new", ExpectedVersion::Exact(4), events(1)).await {
+        Err(AppendError::WrongExpectedVersion { actual: 0, .. }) => {}
+        other => panic!("expected a conflict on a missing stream, got {other:?}"),
+    }
+    assert_eq!(store.head_position().await.unwrap(), head, "a conflict appends nothing");
+    assert_eq!(store.stream_version("order-2").await.unwrap(), 2);
+    assert_eq!(store.stream_version("order-new").await.unwrap(), 0);
+
+    let any = store.append("order-2", ExpectedVersion::Any, events(1)).await.unwrap();
+    assert_eq!(any.appends[0].version, 3);
+}
+
+async fn multi_stream_commit_is_all_or_nothing(backend: Backend) {
+    let store = backend.store().await;
+    store
+        .append("product-1", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    let commit = |product_expected| Commit {
+        appends: vec![
+            StreamAppend {
+                stream_id: "order-9".into(),
+                expected: ExpectedVersion::NoStream,
+                events: events(1),
+            },
+            StreamAppend {
+                stream_id: "product-1".into(),
+                expected: product_expected,
+                events: events(1),
+            },
+        ],
+        idempotency: None,
+    };
+    let err = store.commit(commit(ExpectedVersion::Exact(7))).await.unwrap_err();
+    assert!(
+        matches!(err, AppendError::WrongExpectedVersion { ref stream_id, actual: 1, .. } if stream_id == "product-1"),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.stream_version("order-9").await.unwrap(),
+        0,
+        "the order was not appended either"
+    );
+    assert_eq!(store.head_position().await.unwrap(), head);
+
+    let ok = store.commit(commit(ExpectedVersion::Exact(1))).await.unwrap();
+    assert_eq!(ok.appends.len(), 2);
+    assert_eq!((ok.appends[0].version, ok.appends[1].version), (1, 2));
+    assert_eq!(store.stream_version("order-9").await.unwrap(), 1);
+}
+
+async fn repeated_idempotency_key_appends_nothing(backend: Backend) {
+    let store = backend.store().await;
+    let commit =
+        || Commit::single("order-3", ExpectedVersion::Any, events(2)).with_idempotency("key-1", b"hash-a".to_vec());
+    let first = store.commit(commit()).await.unwrap();
+    assert!(!first.replayed);
+    let head = store.head_position().await.unwrap();
+
+    let again = store.commit(commit()).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.appends, first.appends, "a replay answers the first result");
+    assert_eq!(store.head_position().await.unwrap(), head, "a replay appends nothing");
+
+    let other =
+        Commit::single("order-3", ExpectedVersion::Any, events(1)).with_idempotency("key-1", b"hash-b".to_vec());
+    assert!(matches!(store.commit(other).await, Err(AppendError::IdempotencyKeyReused { key }) if key == "key-1"));
+    assert_eq!(store.stream_version("order-3").await.unwrap(), 2);
+}
+
+async fn concurrent_repeats_of_a_key_append_once(backend: Backend) {
+    let stores = [backend.store().await, backend.store().await];
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = stores[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let c =
+                Commit::single("order-4", ExpectedVersion::Any, events(1)).with_idempotency("key-c", b"same".to_vec());
+            store.commit(c).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(c) => answers.push(c),
+            // Two processes racing on one key: the loser's insert of the key may fail as a whole
+            // only in a way that appended nothing; it must not append twice.
+            Err(AppendError::Store(e)) => panic!("store error: {e:?}"),
+            Err(e) => panic!("unexpected: {e:?}"),
+        }
+    }
+    assert_eq!(
+        store_version(&stores[0], "order-4").await,
+        1,
+        "ten repeats appended once"
+    );
+    assert_eq!(answers.iter().filter(|c| !c.replayed).count(), 1);
+    assert!(answers.iter().all(|c| c.appends == answers[0].appends));
+}
+
+async fn store_version(store: &Arc<dyn EventStore>, stream: &str) -> u64 {
+    store.stream_version(stream).await.unwrap()
+}
+
+async fn duplicate_event_id_is_refused(backend: Backend) {
+    let store = backend.store().await;
+    let e = event("test.happened", b"x");
+    store
+        .append("order-5", ExpectedVersion::Any, vec![e.clone()])
+        .await
+        .unwrap();
+    match store.append("order-6", ExpectedVersion::Any, vec![e.clone()]).await {
+        Err(AppendError::DuplicateEvent { event_id }) => assert_eq!(event_id, e.event_id),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.stream_version("order-6").await.unwrap(), 0);
+    assert!(matches!(
+        store.append("order-7", ExpectedVersion::Any, Vec::new()).await,
+        Err(AppendError::Invalid(_))
+    ));
+}
+
+async fn reads_a_stream_as_of_a_position_or_a_time(backend: Backend) {
+    let store = backend.store().await;
+    let a = store
+        .append("order-8", ExpectedVersion::NoStream, events(2))
+        .await
+        .unwrap();
+    store.append("other-1", ExpectedVersion::Any, events(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let b = store
+        .append("order-8", ExpectedVersion::Exact(2), events(2))
+        .await
+        .unwrap();
+
+    let at = store
+        .read_stream_until("order-8", 1, Until::Position(a.last_position()))
+        .await
+        .unwrap();
+    assert_eq!(at.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![1, 2]);
+    let from_3 = store
+        .read_stream_until("order-8", 3, Until::Position(b.last_position()))
+        .await
+        .unwrap();
+    assert_eq!(from_3.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![3, 4]);
+
+    let all = store.read_stream("order-8", 1, 10).await.unwrap();
+    let t: DateTime<Utc> = all[1].recorded_at;
+    let as_of = store
+        .read_stream_until("order-8", 1, Until::RecordedAt(t))
+        .await
+        .unwrap();
+    assert_eq!(as_of.len(), 2, "as of the second event's time: the first two events");
+    let before = store
+        .read_stream_until(
+            "order-8",
+            1,
+            Until::RecordedAt(all[0].recorded_at - chrono::Duration::microseconds(1)),
+        )
+        .await
+        .unwrap();
+    assert!(before.is_empty());
+}
+
+async fn concurrent_writers_never_share_a_version(backend: Backend) {
+    let stores = [backend.store().await, backend.store().await];
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = stores[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut wins = 0;
+            let mut conflicts = 0;
+            while wins < 5 {
+                let v = store.stream_version("counter-1").await.unwrap();
+                match store.append("counter-1", ExpectedVersion::Exact(v), events(1)).await {
+                    Ok(_) => wins += 1,
+                    Err(AppendError::WrongExpectedVersion { .. }) => conflicts += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            conflicts
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let read = stores[0].read_stream("counter-1", 1, 1000).await.unwrap();
+    assert_eq!(read.len(), 80);
+    assert!(read.iter().enumerate().all(|(i, e)| e.stream_version == i as u64 + 1));
+}
+
+async fn subscription_catches_up_then_follows_live(backend: Backend) {
+    let writer = backend.store().await;
+    writer
+        .append("order-10", ExpectedVersion::Any, events(5))
+        .await
+        .unwrap();
+    let reader = backend.store().await;
+    let mut sub = Subscription::new(reader, 0)
+        .batch_size(2)
+        .poll_interval(Duration::from_secs(5));
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.extend(sub.next_batch().await.unwrap());
+    }
+    // Live: a commit from another store instance (another "process") wakes the subscriber.
+    let live = writer
+        .append("order-10", ExpectedVersion::Exact(5), events(1))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), sub.next_batch())
+        .await
+        .expect("live event arrives")
+        .unwrap();
+    assert_eq!(next[0].position, live.last_position());
+    assert_eq!(sub.position(), live.last_position());
+}
+
+/// Invariant 3: the global log read by a tailing reader never skips an event, even when many
+/// writers (separate store instances, as separate processes would be) commit concurrently.
+async fn tailing_reader_never_skips_under_concurrent_appenders(backend: Backend) {
+    const WRITERS: usize = 8;
+    const TASKS_PER_WRITER: usize = 4;
+    const EVENTS: usize = 20_000;
+    let per_task = EVENTS / (WRITERS * TASKS_PER_WRITER);
+
+    let reader = backend.store().await;
+    let tail = tokio::spawn(async move {
+        let mut sub = Subscription::new(reader, 0)
+            .batch_size(500)
+            .poll_interval(Duration::from_millis(50));
+        let mut positions = Vec::with_capacity(EVENTS);
+        let mut ids = HashSet::with_capacity(EVENTS);
+        while ids.len() < EVENTS {
+            let batch = tokio::time::timeout(Duration::from_secs(60), sub.next_batch())
+                .await
+                .expect("the tail keeps receiving")
+                .unwrap();
+            for e in batch {
+                positions.push(e.position);
+                assert!(ids.insert(e.event_id), "event {} delivered twice", e.event_id);
+            }
+        }
+        (positions, ids)
+    });
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = backend.store().await;
+        for t in 0..TASKS_PER_WRITER {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                let mut written = 0;
+                let mut i = 0;
+                while written < per_task {
+                    // Mixed commit sizes: 1 to 7 events, some over two streams.
+                    let n = (1 + (w + t + i) % 7).min(per_task - written);
+                    let evs = events(n);
+                    ids.extend(evs.iter().map(|e| e.event_id));
+                    let stream = format!("order-{w}-{t}-{}", i % 5);
+                    store.append(&stream, ExpectedVersion::Any, evs).await.unwrap();
+                    written += n;
+                    i += 1;
+                }
+                ids
+            }));
+        }
+    }
+    let mut appended = HashSet::new();
+    for w in writers {
+        appended.extend(w.await.unwrap());
+    }
+    let (positions, received) = tail.await.unwrap();
+    assert_eq!(appended.len(), EVENTS);
+    assert_eq!(received, appended, "the tail received every appended event");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in strictly increasing position order"
+    );
+}
+
+/// The mechanism behind gap safety in PostgreSQL, shown directly: a writer that is still inside
+/// its transaction holds positions below any later writer's, so the later writer waits for it.
+#[tokio::test]
+async fn postgres_later_writer_waits_for_an_earlier_open_transaction() {
+    let Backend::Postgres(db) = Backend::postgres().await else {
+        unreachable!()
+    };
+    let pool = db.pool(4).await;
+    let store = PgEventStore::open(pool.clone(), StoreOptions::default()).await.unwrap();
+
+    // A slow writer: takes the append lock and inserts, but does not commit yet.
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(event_store::APPEND_LOCK)
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    let slow_position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, payload, occurred_at, recorded_at)
+         VALUES ('slow-1', 1, $1, 'test.happened', 1, '\\x00', now(), clock_timestamp()) RETURNING position",
+    )
+    .bind(Uuid::new_v4())
+    .fetch_one(&mut *slow)
+    .await
+    .unwrap();
+
+    let fast = tokio::spawn({
+        let store = store.clone();
+        async move { store.append("fast-1", ExpectedVersion::Any, events(1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fast.is_finished(), "the later writer waits for the open transaction");
+    assert!(
+        store.read_all(0, 10).await.unwrap().is_empty(),
+        "nothing is visible yet, so nothing can be skipped"
+    );
+
+    slow.commit().await.unwrap();
+    let fast = fast.await.unwrap().unwrap();
+    assert!(
+        fast.last_position() > slow_position as u64,
+        "the later commit got the higher position"
+    );
+    let log: Vec<u64> = store
+        .read_all(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(log, vec![slow_position as u64, fast.last_position()]);
+}

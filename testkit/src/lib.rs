@@ -1,0 +1,23 @@
+//! Test helpers for orderflow's adapter and end-to-end tests.
+//!
+//! Every test gets its own PostgreSQL database, Kafka topic and consumer group, or ClickHouse
+//! database, so the suite runs in parallel without shared state. The servers are the real ones
+//! that `scripts/services up` starts on loopback; a helper that cannot reach its server panics
+//! with a message naming that command, so a missing server fails a test and never skips it.
+//!
+//! - [`postgres`]: a fresh database on the PostgreSQL server (`ORDERFLOW_TEST_PG_URL`).
+//! - [`kafka`]: the broker address, unique topic and group names (`ORDERFLOW_TEST_KAFKA`).
+//! - [`clickhouse`]: a fresh ClickHouse database (`ORDERFLOW_TEST_CLICKHOUSE_URL`).
+
+pub mod clickhouse;
+pub mod kafka;
+pub mod postgres;
+
+/// The command that starts every server the tests need.
+pub const START_SERVICES: &str = "scripts/services up";
+
+/// A name that no other test (nor another run of this one) uses: `prefix` + a random suffix.
+/// Lower-case ASCII, digits and `_`, so it is a valid database, topic and group name.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
