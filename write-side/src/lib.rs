@@ -1,4 +1,6 @@
 //! orderflow's write side: the order domain (pure `decide` / `evolve` aggregates), command
 //! handlers over the event store, the command HTTP API, and the relay from the store to Kafka.
 //!
-//! Built by the write-side issue; the foundation only reserves its place in the crate graph.
+//! - [`domain`]: the pure aggregates and [`domain::DomainError`]; placing an order reserves its stock atomically.
+
+pub mod domain;
