@@ -33,7 +33,7 @@ mod subscription;
 pub use error::{AppendError, StoreError};
 pub use model::{
     AppendResult, Commit, Committed, EventMetadata, ExpectedVersion, IdempotencyKey, NewEvent, Position, RecordedEvent,
-    StreamAppend, Until,
+    Snapshot, StreamAppend, Until,
 };
 pub use postgres::{APPEND_LOCK, NOTIFY_CHANNEL, PgEventStore};
 pub use sqlite::SqliteEventStore;

@@ -147,6 +147,8 @@ pub struct AppendResult {
     pub version: u64,
     /// Global positions of the appended events, in order.
     pub positions: Vec<Position>,
+    /// When the store committed them.
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// The answer to a [`Commit`].
@@ -177,4 +179,22 @@ pub enum Until {
     Position(Position),
     /// Events recorded at or before this time.
     RecordedAt(DateTime<Utc>),
+}
+
+/// An aggregate's state folded up to a version, stored beside the events to shorten loads.
+/// Snapshots are a cache: deleting every one of them changes no answer, only the time it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stream_id: String,
+    /// The stream version the state includes (the version of its last event).
+    pub version: u64,
+    /// The global position of that last event.
+    pub position: Position,
+    /// When that last event was recorded: "as of" reads by time pick snapshots with it.
+    pub recorded_at: DateTime<Utc>,
+    /// What the state is (e.g. `order`) and its encoding's version: a reader ignores a snapshot
+    /// whose type or version it does not know and folds from the events instead.
+    pub state_type: String,
+    pub state_version: u32,
+    pub state: Vec<u8>,
 }

@@ -25,7 +25,7 @@ pub(crate) struct StoredKey {
 
 /// The database state a batch is decided against.
 #[derive(Debug, Default)]
-pub(crate) struct Snapshot {
+pub(crate) struct BatchState {
     /// Current version of the streams the batch touches; a missing stream is at version 0.
     pub(crate) versions: HashMap<String, u64>,
     pub(crate) keys: HashMap<String, StoredKey>,
@@ -118,7 +118,7 @@ pub(crate) fn validate(commit: &Commit) -> Result<(), AppendError> {
 }
 
 /// Decides every commit of the batch against `snapshot`.
-pub(crate) fn plan<'a>(batch: &[&'a Commit], snapshot: &Snapshot) -> Plan<'a> {
+pub(crate) fn plan<'a>(batch: &[&'a Commit], snapshot: &BatchState) -> Plan<'a> {
     let mut versions: HashMap<&str, u64> = HashMap::new();
     let mut keys_in_batch: HashMap<&str, (usize, &[u8])> = HashMap::new();
     let mut ids_in_batch: HashSet<Uuid> = HashSet::new();
@@ -147,7 +147,7 @@ pub(crate) fn plan<'a>(batch: &[&'a Commit], snapshot: &Snapshot) -> Plan<'a> {
 fn decide<'a>(
     index: usize,
     commit: &'a Commit,
-    snapshot: &Snapshot,
+    snapshot: &BatchState,
     versions: &mut HashMap<&'a str, u64>,
     keys_in_batch: &mut HashMap<&'a str, (usize, &'a [u8])>,
     ids_in_batch: &mut HashSet<Uuid>,
@@ -230,6 +230,7 @@ pub(crate) fn results(
     batch: &[&Commit],
     plan: Plan<'_>,
     positions: &[Position],
+    recorded_at: chrono::DateTime<chrono::Utc>,
 ) -> Vec<Result<Committed, AppendError>> {
     debug_assert_eq!(plan.rows.len(), positions.len());
     let mut accepted: Vec<Option<Vec<AppendResult>>> = batch
@@ -243,6 +244,7 @@ pub(crate) fn results(
                         stream_id: a.stream_id.clone(),
                         version: 0,
                         positions: Vec::new(),
+                        recorded_at,
                     })
                     .collect()
             })
@@ -292,4 +294,126 @@ pub(crate) fn new_keys<'a>(
         }
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use chrono::Utc;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{EventMetadata, ExpectedVersion, StreamAppend};
+
+    /// What a decision did, comparable across the batch and the one-by-one runs.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        /// The (stream, version) pairs appended.
+        Appended(Vec<(String, u64)>),
+        /// Replayed the commit at this index of the batch.
+        Replayed(usize),
+        Conflict(String, u64),
+        KeyReused,
+        Duplicate,
+        Invalid,
+    }
+
+    fn rejected(e: &AppendError) -> Outcome {
+        match e {
+            AppendError::WrongExpectedVersion { stream_id, actual, .. } => {
+                Outcome::Conflict(stream_id.clone(), *actual)
+            }
+            AppendError::IdempotencyKeyReused { .. } => Outcome::KeyReused,
+            AppendError::DuplicateEvent { .. } => Outcome::Duplicate,
+            _ => Outcome::Invalid,
+        }
+    }
+
+    fn event(id: u8) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::from_u128(u128::from(id)),
+            event_type: "t".into(),
+            schema_version: 1,
+            payload: vec![],
+            occurred_at: Utc::now(),
+            metadata: EventMetadata::default(),
+        }
+    }
+
+    fn commit() -> impl Strategy<Value = Commit> {
+        let expected = prop_oneof![
+            Just(ExpectedVersion::Any),
+            Just(ExpectedVersion::NoStream),
+            (0u64..4).prop_map(ExpectedVersion::Exact),
+        ];
+        let append =
+            (0u8..3, expected, prop::collection::vec(any::<u8>(), 1..3)).prop_map(|(s, expected, ids)| StreamAppend {
+                stream_id: format!("s{s}"),
+                expected,
+                events: ids.into_iter().map(event).collect(),
+            });
+        let key = prop::option::of((0u8..3, 0u8..2));
+        (prop::collection::vec(append, 1..3), key).prop_map(|(appends, key)| Commit {
+            appends,
+            idempotency: key.map(|(k, h)| IdempotencyKey {
+                key: format!("k{k}"),
+                request_hash: vec![h],
+            }),
+        })
+    }
+
+    fn outcomes(batch: &[&Commit], plan: &Plan<'_>) -> Vec<Outcome> {
+        plan.decisions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Decision::Accepted => Outcome::Appended(
+                    plan.rows
+                        .iter()
+                        .filter(|r| r.commit == i)
+                        .map(|r| (r.stream_id.to_owned(), r.stream_version))
+                        .collect(),
+                ),
+                Decision::SameAs(j) => Outcome::Replayed(*j),
+                Decision::Replay(_) => unreachable!("the snapshot starts without keys"),
+                Decision::Rejected(e) => rejected(e),
+            })
+            .take(batch.len())
+            .collect()
+    }
+
+    proptest! {
+        /// Group commit changes nothing a caller can see: a batch decides exactly as its
+        /// commits would one transaction each, in arrival order.
+        #[test]
+        fn a_batch_decides_like_its_commits_one_by_one(batch in prop::collection::vec(commit(), 1..12)) {
+            let refs: Vec<&Commit> = batch.iter().collect();
+            let together = outcomes(&refs, &plan(&refs, &BatchState::default()));
+
+            let mut snapshot = BatchState::default();
+            let mut key_owner: HashMap<String, usize> = HashMap::new();
+            let mut one_by_one = Vec::new();
+            for (i, c) in batch.iter().enumerate() {
+                let p = plan(&[c], &snapshot);
+                let outcome = match &p.decisions[0] {
+                    Decision::Accepted => {
+                        for r in &p.rows {
+                            snapshot.versions.insert(r.stream_id.to_owned(), r.stream_version);
+                            snapshot.existing_event_ids.insert(r.event.event_id);
+                        }
+                        if let Some(k) = &c.idempotency {
+                            snapshot.keys.insert(k.key.clone(), StoredKey { request_hash: k.request_hash.clone(), appends: vec![] });
+                            key_owner.insert(k.key.clone(), i);
+                        }
+                        Outcome::Appended(p.rows.iter().map(|r| (r.stream_id.to_owned(), r.stream_version)).collect())
+                    }
+                    Decision::Replay(_) => Outcome::Replayed(key_owner[&c.idempotency.as_ref().unwrap().key]),
+                    Decision::SameAs(_) => unreachable!("a batch of one has no earlier commit"),
+                    Decision::Rejected(e) => rejected(e),
+                };
+                one_by_one.push(outcome);
+            }
+            prop_assert_eq!(together, one_by_one);
+        }
+    }
 }

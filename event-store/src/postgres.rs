@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
-use crate::plan::{self, Snapshot, StoredKey};
+use crate::plan::{self, BatchState, StoredKey};
 use crate::{
-    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, StoreError,
-    StoreOptions, Until,
+    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, Snapshot,
+    StoreError, StoreOptions, Until,
 };
 
 /// The advisory lock every writer holds from its insert to its commit ("orderflo" as an i64).
@@ -143,7 +143,7 @@ impl BatchWriter for PgWriter {
         if let Some(&p) = positions.iter().max() {
             last = p;
         }
-        let answers = plan::results(batch, plan, &positions);
+        let answers = plan::results(batch, plan, &positions, recorded_at);
         insert_keys(&mut tx, batch, &answers, recorded_at).await?;
         if last > 0 {
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -157,7 +157,7 @@ impl BatchWriter for PgWriter {
     }
 }
 
-async fn snapshot(tx: &mut Transaction<'_, Postgres>, batch: &[&Commit]) -> Result<Snapshot, StoreError> {
+async fn snapshot(tx: &mut Transaction<'_, Postgres>, batch: &[&Commit]) -> Result<BatchState, StoreError> {
     let streams: Vec<String> = plan::streams_of(batch).into_iter().map(str::to_owned).collect();
     let rows = sqlx::query(
         "SELECT s.stream_id, e.stream_version
@@ -171,7 +171,7 @@ async fn snapshot(tx: &mut Transaction<'_, Postgres>, batch: &[&Commit]) -> Resu
     .bind(&streams)
     .fetch_all(&mut **tx)
     .await?;
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = BatchState::default();
     for row in rows {
         snapshot.versions.insert(row.try_get(0)?, to_u64(row.try_get(1)?));
     }
@@ -411,6 +411,69 @@ impl EventStore for PgEventStore {
 
     fn changes(&self) -> watch::Receiver<Position> {
         self.changes.clone()
+    }
+
+    async fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, version, position, recorded_at, state_type, state_version, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stream_id, version) DO NOTHING",
+        )
+        .bind(&s.stream_id)
+        .bind(to_i64(s.version)?)
+        .bind(to_i64(s.position)?)
+        .bind(s.recorded_at)
+        .bind(&s.state_type)
+        .bind(i32::try_from(s.state_version).map_err(|_| too_big("state version"))?)
+        .bind(&s.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &str, until: Option<Until>) -> Result<Option<Snapshot>, StoreError> {
+        const COLS: &str = "stream_id, version, position, recorded_at, state_type, state_version, state";
+        let query = match until {
+            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM snapshots WHERE stream_id = $1 ORDER BY version DESC LIMIT 1"
+            )))
+            .bind(stream_id),
+            Some(Until::Position(p)) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM snapshots WHERE stream_id = $1 AND position <= $2 ORDER BY version DESC LIMIT 1"
+            )))
+            .bind(stream_id)
+            .bind(i64::try_from(p).unwrap_or(i64::MAX)),
+            Some(Until::RecordedAt(t)) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM snapshots WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version DESC LIMIT 1"
+            )))
+            .bind(stream_id)
+            .bind(t),
+        };
+        let Some(row) = query.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let state_version: i32 = row.try_get(5)?;
+        Ok(Some(Snapshot {
+            stream_id: row.try_get(0)?,
+            version: to_u64(row.try_get(1)?),
+            position: to_u64(row.try_get(2)?),
+            recorded_at: row.try_get(3)?,
+            state_type: row.try_get(4)?,
+            state_version: u32::try_from(state_version).unwrap_or(0),
+            state: row.try_get(6)?,
+        }))
+    }
+
+    async fn delete_snapshots(&self, stream_id: Option<&str>) -> Result<u64, StoreError> {
+        let done = match stream_id {
+            Some(s) => {
+                sqlx::query("DELETE FROM snapshots WHERE stream_id = $1")
+                    .bind(s)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => sqlx::query("DELETE FROM snapshots").execute(&self.pool).await?,
+        };
+        Ok(done.rows_affected())
     }
 }
 

@@ -20,10 +20,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
-use crate::plan::{self, Snapshot, StoredKey};
+use crate::plan::{self, BatchState, StoredKey};
 use crate::{
-    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, StoreError,
-    StoreOptions, Until,
+    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, Snapshot,
+    StoreError, StoreOptions, Until,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -112,7 +112,7 @@ impl BatchWriter for SqliteWriter {
         let snapshot = snapshot(&mut tx, batch).await?;
         let plan = plan::plan(batch, &snapshot);
         let positions = insert_events(&mut tx, &plan, recorded_at).await?;
-        let answers = plan::results(batch, plan, &positions);
+        let answers = plan::results(batch, plan, &positions, from_micros(recorded_at)?);
         for (key, result) in plan::new_keys(batch, &answers)? {
             sqlx::query("INSERT INTO idempotency_keys (key, request_hash, result, created_at) VALUES (?, ?, ?, ?)")
                 .bind(&key.key)
@@ -127,8 +127,8 @@ impl BatchWriter for SqliteWriter {
     }
 }
 
-async fn snapshot(tx: &mut Transaction<'_, Sqlite>, batch: &[&Commit]) -> Result<Snapshot, StoreError> {
-    let mut snapshot = Snapshot::default();
+async fn snapshot(tx: &mut Transaction<'_, Sqlite>, batch: &[&Commit]) -> Result<BatchState, StoreError> {
+    let mut snapshot = BatchState::default();
     for stream in plan::streams_of(batch) {
         let v: Option<i64> = sqlx::query_scalar("SELECT max(stream_version) FROM events WHERE stream_id = ?")
             .bind(stream)
@@ -309,6 +309,65 @@ impl EventStore for SqliteEventStore {
 
     fn changes(&self) -> watch::Receiver<Position> {
         self.changes.clone()
+    }
+
+    async fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, version, position, recorded_at, state_type, state_version, state)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream_id, version) DO NOTHING",
+        )
+        .bind(&s.stream_id)
+        .bind(clamp(s.version))
+        .bind(clamp(s.position))
+        .bind(s.recorded_at.timestamp_micros())
+        .bind(&s.state_type)
+        .bind(i64::from(s.state_version))
+        .bind(&s.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &str, until: Option<Until>) -> Result<Option<Snapshot>, StoreError> {
+        let (filter, bound) = match until {
+            None => ("", 0),
+            Some(Until::Position(p)) => (" AND position <= ?", clamp(p)),
+            Some(Until::RecordedAt(t)) => (" AND recorded_at <= ?", t.timestamp_micros()),
+        };
+        let sql = format!(
+            "SELECT stream_id, version, position, recorded_at, state_type, state_version, state \
+             FROM snapshots WHERE stream_id = ?{filter} ORDER BY version DESC LIMIT 1"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(stream_id);
+        if until.is_some() {
+            query = query.bind(bound);
+        }
+        let Some(row) = query.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let state_version: i64 = row.try_get(5)?;
+        Ok(Some(Snapshot {
+            stream_id: row.try_get(0)?,
+            version: to_u64(row.try_get(1)?),
+            position: to_u64(row.try_get(2)?),
+            recorded_at: from_micros(row.try_get(3)?)?,
+            state_type: row.try_get(4)?,
+            state_version: u32::try_from(state_version).unwrap_or(0),
+            state: row.try_get(6)?,
+        }))
+    }
+
+    async fn delete_snapshots(&self, stream_id: Option<&str>) -> Result<u64, StoreError> {
+        let done = match stream_id {
+            Some(s) => {
+                sqlx::query("DELETE FROM snapshots WHERE stream_id = ?")
+                    .bind(s)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => sqlx::query("DELETE FROM snapshots").execute(&self.pool).await?,
+        };
+        Ok(done.rows_affected())
     }
 }
 

@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::{AppendError, Commit, Committed, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, Until};
+use crate::{
+    AppendError, Commit, Committed, ExpectedVersion, NewEvent, Position, RecordedEvent, Snapshot, StoreError, Until,
+};
 
 /// An append-only event store with optimistic concurrency and a gap-safe global log.
 ///
@@ -48,6 +50,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// once and, where the database can tell, other processes' commits too. A hint for
     /// tailing readers, never a substitute for reading the log.
     fn changes(&self) -> watch::Receiver<Position>;
+
+    /// Stores a snapshot; one already stored at the same version is kept.
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+
+    /// The stream's newest snapshot, or with `until` the newest taken at or before that point.
+    async fn load_snapshot(&self, stream_id: &str, until: Option<Until>) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Deletes one stream's snapshots, or every snapshot with `None`; answers how many.
+    async fn delete_snapshots(&self, stream_id: Option<&str>) -> Result<u64, StoreError>;
 
     /// Appends events to one stream: a [`Commit`] of one append without an idempotency key.
     async fn append(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use event_store::{
-    AppendError, Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, PgEventStore, SqliteEventStore,
-    StoreOptions, StreamAppend, Subscription, Until,
+    AppendError, Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, PgEventStore, Snapshot,
+    SqliteEventStore, StoreOptions, StreamAppend, Subscription, Until,
 };
 use uuid::Uuid;
 
@@ -94,6 +94,7 @@ contract!(
     concurrent_writers_never_share_a_version,
     subscription_catches_up_then_follows_live,
     tailing_reader_never_skips_under_concurrent_appenders,
+    snapshots_are_found_by_version_position_and_time,
 );
 
 async fn appends_and_reads_back_a_stream(backend: Backend) {
@@ -510,4 +511,63 @@ async fn postgres_later_writer_waits_for_an_earlier_open_transaction() {
         .map(|e| e.position)
         .collect();
     assert_eq!(log, vec![slow_position as u64, fast.last_position()]);
+}
+
+async fn snapshots_are_found_by_version_position_and_time(backend: Backend) {
+    let store = backend.store().await;
+    assert_eq!(store.load_snapshot("order-s", None).await.unwrap(), None);
+    let mut taken = Vec::new();
+    for round in 1..=3u8 {
+        let c = store.append("order-s", ExpectedVersion::Any, events(2)).await.unwrap();
+        let r = &c.appends[0];
+        let snapshot = Snapshot {
+            stream_id: "order-s".into(),
+            version: r.version,
+            position: c.last_position(),
+            recorded_at: r.recorded_at,
+            state_type: "order".into(),
+            state_version: 1,
+            state: vec![round],
+        };
+        store.save_snapshot(&snapshot).await.unwrap();
+        // Saving the same version again keeps the first.
+        store
+            .save_snapshot(&Snapshot {
+                state: vec![99],
+                ..snapshot.clone()
+            })
+            .await
+            .unwrap();
+        taken.push(snapshot);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let newest = store.load_snapshot("order-s", None).await.unwrap().unwrap();
+    assert_eq!(newest, taken[2]);
+    let by_position = store
+        .load_snapshot("order-s", Some(Until::Position(taken[1].position)))
+        .await
+        .unwrap();
+    assert_eq!(by_position.as_ref(), Some(&taken[1]));
+    let between = store
+        .load_snapshot("order-s", Some(Until::Position(taken[1].position + 1)))
+        .await
+        .unwrap();
+    assert_eq!(between.as_ref(), Some(&taken[1]));
+    let by_time = store
+        .load_snapshot("order-s", Some(Until::RecordedAt(taken[0].recorded_at)))
+        .await
+        .unwrap();
+    assert_eq!(by_time.as_ref(), Some(&taken[0]));
+    let too_early = store
+        .load_snapshot("order-s", Some(Until::Position(taken[0].position - 1)))
+        .await
+        .unwrap();
+    assert_eq!(too_early, None);
+    assert_eq!(store.delete_snapshots(Some("order-s")).await.unwrap(), 3);
+    assert_eq!(store.load_snapshot("order-s", None).await.unwrap(), None);
+    assert_eq!(
+        store.read_stream("order-s", 1, 100).await.unwrap().len(),
+        6,
+        "events are untouched"
+    );
 }
