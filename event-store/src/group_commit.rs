@@ -68,6 +68,7 @@ async fn run<W: BatchWriter>(
     limits: BatchLimits,
 ) {
     let mut pending: Option<Request> = None;
+    let mut previous = 0;
     loop {
         let first = match pending.take() {
             Some(r) => r,
@@ -78,20 +79,26 @@ async fn run<W: BatchWriter>(
         };
         let mut events = first.commit.event_count();
         let mut batch = vec![first];
-        while batch.len() < limits.max_commits && events < limits.max_events {
-            match rx.try_recv() {
-                Ok(r) if events + r.commit.event_count() > limits.max_events => {
-                    pending = Some(r);
-                    break;
-                }
-                Ok(r) => {
-                    events += r.commit.event_count();
-                    batch.push(r);
-                }
-                Err(_) => break,
+        drain(&mut rx, &mut batch, &mut events, &mut pending, limits);
+        // The callers the previous batch answered are re-submitting right now; committing the
+        // first of them alone would split the next batch in two (1, then n-1). Give them a
+        // moment, bounded, to queue up. An idle store (previous batch of one) never waits.
+        if previous > 1 && batch.len() < previous && pending.is_none() {
+            let until = std::time::Instant::now() + LINGER;
+            while batch.len() < previous && pending.is_none() && std::time::Instant::now() < until {
+                tokio::task::yield_now().await;
+                drain(&mut rx, &mut batch, &mut events, &mut pending, limits);
             }
         }
+        previous = batch.len();
+        let started = std::time::Instant::now();
         let answers = write(&*writer, &batch).await;
+        tracing::trace!(
+            commits = batch.len(),
+            events,
+            micros = started.elapsed().as_micros() as u64,
+            "batch written"
+        );
         let last = answers
             .iter()
             .flatten()
@@ -111,6 +118,30 @@ async fn run<W: BatchWriter>(
         }
     }
     tracing::debug!("writer stopped: every store handle is gone");
+}
+
+/// The longest a batch waits for the callers of the previous batch to come back.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Moves what is queued into the batch, within the limits; a request that would overflow the
+/// event limit is kept in `pending` for the next batch.
+fn drain(
+    rx: &mut mpsc::Receiver<Request>,
+    batch: &mut Vec<Request>,
+    events: &mut usize,
+    pending: &mut Option<Request>,
+    limits: BatchLimits,
+) {
+    while pending.is_none() && batch.len() < limits.max_commits && *events < limits.max_events {
+        match rx.try_recv() {
+            Ok(r) if *events + r.commit.event_count() > limits.max_events => *pending = Some(r),
+            Ok(r) => {
+                *events += r.commit.event_count();
+                batch.push(r);
+            }
+            Err(_) => break,
+        }
+    }
 }
 
 async fn write<W: BatchWriter>(writer: &W, batch: &[Request]) -> Vec<Result<Committed, AppendError>> {
