@@ -81,7 +81,7 @@ pub struct InvalidCurrency {
 /// `Money { amount_minor: 1999, currency: Currency::EUR }` is 19.99 EUR. Which power of ten a
 /// currency's minor unit is does not matter here: amounts are only ever added, multiplied by
 /// quantities and compared, always in one currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Money {
     pub amount_minor: i64,
     pub currency: Currency,
@@ -112,5 +112,20 @@ mod tests {
             let err = Currency::new(code).expect_err(code);
             assert_eq!(err.code, code);
         }
+    }
+}
+
+/// A currency serializes as its code (`"EUR"`) and deserializes through [`Currency::new`], so a
+/// snapshot or JSON body can never smuggle in an invalid code.
+impl serde::Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Currency::new(&code).map_err(serde::de::Error::custom)
     }
 }

@@ -32,8 +32,8 @@ mod subscription;
 
 pub use error::{AppendError, StoreError};
 pub use model::{
-    AppendResult, Commit, Committed, EventMetadata, ExpectedVersion, IdempotencyKey, NewEvent, Position, RecordedEvent,
-    Snapshot, StreamAppend, Until,
+    AppendResult, Commit, Committed, EventMetadata, ExpectedVersion, IdempotencyKey, IdempotentResult, NewEvent,
+    Position, RecordedEvent, Snapshot, StreamAppend, Until,
 };
 pub use postgres::{APPEND_LOCK, NOTIFY_CHANNEL, PgEventStore};
 pub use sqlite::SqliteEventStore;

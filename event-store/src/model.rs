@@ -198,3 +198,11 @@ pub struct Snapshot {
     pub state_version: u32,
     pub state: Vec<u8>,
 }
+
+/// What the store holds for an idempotency key: the hash of the request that used it first and
+/// that commit's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentResult {
+    pub request_hash: Vec<u8>,
+    pub appends: Vec<AppendResult>,
+}

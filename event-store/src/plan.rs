@@ -11,24 +11,17 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use crate::{AppendError, AppendResult, Commit, Committed, IdempotencyKey, NewEvent, Position};
+use crate::{AppendError, AppendResult, Commit, Committed, IdempotencyKey, IdempotentResult, NewEvent, Position};
 
 /// Longest stream id, event type or idempotency key the store accepts.
 pub(crate) const MAX_NAME_LEN: usize = 256;
-
-/// What the store already holds for one idempotency key.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredKey {
-    pub(crate) request_hash: Vec<u8>,
-    pub(crate) appends: Vec<AppendResult>,
-}
 
 /// The database state a batch is decided against.
 #[derive(Debug, Default)]
 pub(crate) struct BatchState {
     /// Current version of the streams the batch touches; a missing stream is at version 0.
     pub(crate) versions: HashMap<String, u64>,
-    pub(crate) keys: HashMap<String, StoredKey>,
+    pub(crate) keys: HashMap<String, IdempotentResult>,
     pub(crate) existing_event_ids: HashSet<Uuid>,
 }
 
@@ -60,6 +53,13 @@ pub(crate) struct Plan<'a> {
     pub(crate) rows: Vec<Row<'a>>,
     /// The version each touched stream ends at, for streams that change.
     pub(crate) new_versions: HashMap<&'a str, u64>,
+}
+
+/// Reads a stored idempotency row.
+pub(crate) fn stored_key(request_hash: Vec<u8>, result: &str) -> Result<IdempotentResult, crate::StoreError> {
+    let appends = serde_json::from_str(result)
+        .map_err(|e| crate::StoreError::Corrupt(format!("idempotency result is not JSON: {e}")))?;
+    Ok(IdempotentResult { request_hash, appends })
 }
 
 /// Every stream id the batch touches, for the adapter's version query.
@@ -402,7 +402,7 @@ mod tests {
                             snapshot.existing_event_ids.insert(r.event.event_id);
                         }
                         if let Some(k) = &c.idempotency {
-                            snapshot.keys.insert(k.key.clone(), StoredKey { request_hash: k.request_hash.clone(), appends: vec![] });
+                            snapshot.keys.insert(k.key.clone(), IdempotentResult { request_hash: k.request_hash.clone(), appends: vec![] });
                             key_owner.insert(k.key.clone(), i);
                         }
                         Outcome::Appended(p.rows.iter().map(|r| (r.stream_id.to_owned(), r.stream_version)).collect())

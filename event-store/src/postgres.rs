@@ -18,9 +18,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
-use crate::plan::{self, BatchState, StoredKey};
+use crate::plan::{self, BatchState};
 use crate::{
-    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, Snapshot,
+    AppendError, Commit, Committed, EventMetadata, EventStore, IdempotentResult, Position, RecordedEvent, Snapshot,
     StoreError, StoreOptions, Until,
 };
 
@@ -190,16 +190,8 @@ async fn snapshot(tx: &mut Transaction<'_, Postgres>, batch: &[&Commit]) -> Resu
             .fetch_all(&mut **tx)
             .await?;
         for row in rows {
-            let result: String = row.try_get(2)?;
-            let appends: Vec<AppendResult> = serde_json::from_str(&result)
-                .map_err(|e| StoreError::Corrupt(format!("idempotency result is not JSON: {e}")))?;
-            snapshot.keys.insert(
-                row.try_get(0)?,
-                StoredKey {
-                    request_hash: row.try_get(1)?,
-                    appends,
-                },
-            );
+            let stored = plan::stored_key(row.try_get(1)?, &row.try_get::<String, _>(2)?)?;
+            snapshot.keys.insert(row.try_get(0)?, stored);
         }
     }
 
@@ -418,6 +410,15 @@ impl EventStore for PgEventStore {
 
     fn changes(&self) -> watch::Receiver<Position> {
         self.changes.clone()
+    }
+
+    async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotentResult>, StoreError> {
+        let row = sqlx::query("SELECT request_hash, result::text FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| plan::stored_key(row.try_get(0)?, &row.try_get::<String, _>(1)?))
+            .transpose()
     }
 
     async fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {

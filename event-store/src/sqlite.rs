@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
-use crate::plan::{self, BatchState, StoredKey};
+use crate::plan::{self, BatchState};
 use crate::{
-    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, Position, RecordedEvent, Snapshot,
+    AppendError, Commit, Committed, EventMetadata, EventStore, IdempotentResult, Position, RecordedEvent, Snapshot,
     StoreError, StoreOptions, Until,
 };
 
@@ -144,16 +144,8 @@ async fn snapshot(tx: &mut Transaction<'_, Sqlite>, batch: &[&Commit]) -> Result
             .fetch_optional(&mut **tx)
             .await?;
         if let Some(row) = row {
-            let result: String = row.try_get(1)?;
-            let appends: Vec<AppendResult> = serde_json::from_str(&result)
-                .map_err(|e| StoreError::Corrupt(format!("idempotency result is not JSON: {e}")))?;
-            snapshot.keys.insert(
-                key.to_owned(),
-                StoredKey {
-                    request_hash: row.try_get(0)?,
-                    appends,
-                },
-            );
+            let stored = plan::stored_key(row.try_get(0)?, &row.try_get::<String, _>(1)?)?;
+            snapshot.keys.insert(key.to_owned(), stored);
         }
     }
     for ids in plan::event_ids_of(batch).chunks(IDS_PER_QUERY) {
@@ -309,6 +301,15 @@ impl EventStore for SqliteEventStore {
 
     fn changes(&self) -> watch::Receiver<Position> {
         self.changes.clone()
+    }
+
+    async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotentResult>, StoreError> {
+        let row = sqlx::query("SELECT request_hash, result::text FROM idempotency_keys WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| plan::stored_key(row.try_get(0)?, &row.try_get::<String, _>(1)?))
+            .transpose()
     }
 
     async fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {

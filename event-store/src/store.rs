@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::{
-    AppendError, Commit, Committed, ExpectedVersion, NewEvent, Position, RecordedEvent, Snapshot, StoreError, Until,
+    AppendError, Commit, Committed, ExpectedVersion, IdempotentResult, NewEvent, Position, RecordedEvent, Snapshot,
+    StoreError, Until,
 };
 
 /// An append-only event store with optimistic concurrency and a gap-safe global log.
@@ -50,6 +51,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// once and, where the database can tell, other processes' commits too. A hint for
     /// tailing readers, never a substitute for reading the log.
     fn changes(&self) -> watch::Receiver<Position>;
+
+    /// What the store holds for an idempotency key, if it has seen it.
+    async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotentResult>, StoreError>;
 
     /// Stores a snapshot; one already stored at the same version is kept.
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;

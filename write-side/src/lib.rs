@@ -1,6 +1,13 @@
 //! orderflow's write side: the order domain (pure `decide` / `evolve` aggregates), command
 //! handlers over the event store, the command HTTP API, and the relay from the store to Kafka.
 //!
-//! - [`domain`]: the pure aggregates and [`domain::DomainError`]; placing an order reserves its stock atomically.
+//! - [`domain`]: the pure aggregates and [`domain::DomainError`]; placing an order reserves its
+//!   stock atomically.
+//! - `handler`: [`CommandHandler`] loads (snapshot, then events), decides, appends with the
+//!   expected versions, retries a lost version race, replays idempotent repeats and snapshots
+//!   every N events.
 
 pub mod domain;
+mod handler;
+
+pub use handler::{CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Loaded, Snapshottable};

@@ -7,14 +7,14 @@ use crate::{Currency, DecodeError, Money, proto};
 
 /// The customer's name and email as they were when the order was placed. Later renames do not
 /// change a placed order; read models that show the current name follow the customer's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CustomerSnapshot {
     pub name: String,
     pub email: String,
 }
 
 /// One line of an order, with the product's sku, name and unit price captured at placement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OrderLine {
     pub product_id: Uuid,
     pub sku: String,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{Aggregate, DomainError, validate};
 
 /// A customer as its stream tells it. The default is the state of an empty stream: no customer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Customer {
     /// Nil until registered.
     pub id: Uuid,

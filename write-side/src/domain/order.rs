@@ -40,7 +40,7 @@ use super::{
 };
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum OrderStatus {
     /// The stream is empty: there is no such order.
     #[default]
@@ -73,14 +73,14 @@ impl fmt::Display for OrderStatus {
 }
 
 /// How a shipped order travels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shipment {
     pub carrier: String,
     pub tracking: String,
 }
 
 /// An order as its stream tells it. The default is the state of an empty stream: no order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Order {
     /// Nil until placed.
     pub id: Uuid,

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::{Aggregate, DomainError, MAX_REASON_CHARS, currency_name, validate};
 
 /// Where a payment is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PaymentStatus {
     /// The stream is empty: there is no such payment.
     #[default]
@@ -56,7 +56,7 @@ impl fmt::Display for PaymentStatus {
 }
 
 /// A payment as its stream tells it. The default is the state of an empty stream: no payment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Payment {
     /// Nil until authorized or declined.
     pub id: Uuid,

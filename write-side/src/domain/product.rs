@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{Aggregate, DomainError, MAX_STOCK, validate};
 
 /// A product as its stream tells it. The default is the state of an empty stream: no product.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Product {
     /// Nil until added.
     pub id: Uuid,

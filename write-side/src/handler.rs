@@ -1,0 +1,616 @@
+//! Command handling: load, decide, append, with optimistic concurrency and idempotency.
+//!
+//! Every command goes the same way:
+//! 1. If it carries an idempotency key the store has seen, answer the first result (or refuse
+//!    the key if the request differs) without deciding anything.
+//! 2. Load each aggregate it touches: the newest snapshot, then the events after it.
+//! 3. Decide (pure, in [`crate::domain`]).
+//! 4. Append what was decided in one commit, each stream with the version it was loaded at.
+//!    A version conflict means someone else appended in between: reload and decide again, a
+//!    bounded number of times, unless the caller pinned the version with `If-Match`.
+//! 5. Every N events of a stream, store a snapshot of the new state (best effort: snapshots
+//!    are a cache and never change an answer).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use event_schemas::{Category, DomainEvent};
+use event_store::{
+    AppendError, Commit, Committed, EventMetadata, EventStore, ExpectedVersion, IdempotencyKey, NewEvent, Position,
+    RecordedEvent, Snapshot, StoreError, StreamAppend, Until,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::domain::{
+    Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, Payment, PlaceOrder, Product,
+    ProductCommand,
+};
+
+/// An aggregate whose state can be stored as a snapshot. Bump `STATE_VERSION` whenever the
+/// state's shape changes: older snapshots are then ignored and the state is folded from events.
+pub trait Snapshottable: Aggregate + Serialize + DeserializeOwned {
+    const STATE_VERSION: u32;
+}
+
+impl Snapshottable for Customer {
+    const STATE_VERSION: u32 = 1;
+}
+impl Snapshottable for Product {
+    const STATE_VERSION: u32 = 1;
+}
+impl Snapshottable for Order {
+    const STATE_VERSION: u32 = 1;
+}
+impl Snapshottable for Payment {
+    const STATE_VERSION: u32 = 1;
+}
+
+/// Tuning for the handler.
+#[derive(Debug, Clone, Copy)]
+pub struct HandlerOptions {
+    /// How often a command that lost a version race is decided again before answering 409.
+    pub conflict_retries: u32,
+    /// Store a snapshot each time a stream passes a multiple of this many events (0: never).
+    pub snapshot_every: u64,
+}
+
+impl Default for HandlerOptions {
+    fn default() -> Self {
+        HandlerOptions {
+            conflict_retries: 16,
+            snapshot_every: 100,
+        }
+    }
+}
+
+/// What the HTTP edge knows about a command besides its body.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    pub metadata: EventMetadata,
+    /// `Idempotency-Key` and a hash of the request it came with.
+    pub idempotency: Option<IdempotencyKey>,
+    /// `If-Match`: the version the caller saw; a different current version is a conflict.
+    pub if_match: Option<u64>,
+}
+
+/// The answer to every command: where its events went. `position` is the consistency token a
+/// read can wait for (`min_position`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandAnswer {
+    pub stream_id: String,
+    /// The stream's version after the command.
+    pub version: u64,
+    /// The highest global position the command wrote (or, if it changed nothing, the stream's
+    /// last position).
+    pub position: Position,
+    /// True when this answer repeats the first answer to the same idempotency key.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// Why a command did not happen. Nothing was appended in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The domain refused it (invalid input, unknown id, illegal transition): the caller's to fix.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// Someone else changed the stream (or `If-Match` was stale): reload and retry.
+    #[error("stream {stream_id} is at version {actual}, but the command expected {expected}")]
+    Conflict {
+        stream_id: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// The idempotency key came before with a different request.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused { key: String },
+    /// The event store failed; retry later.
+    #[error("the event store is unavailable")]
+    Store(#[source] StoreError),
+    /// A stored event or snapshot could not be read: a bug or corruption, never the caller's.
+    #[error("stored data of {stream_id} could not be read: {reason}")]
+    Corrupt { stream_id: String, reason: String },
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        CommandError::Store(e)
+    }
+}
+
+impl From<AppendError> for CommandError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::WrongExpectedVersion {
+                stream_id,
+                expected,
+                actual,
+            } => CommandError::Conflict {
+                stream_id,
+                expected,
+                actual,
+            },
+            AppendError::IdempotencyKeyReused { key } => CommandError::IdempotencyKeyReused { key },
+            AppendError::DuplicateEvent { event_id } => CommandError::Corrupt {
+                stream_id: String::new(),
+                reason: format!("event id {event_id} was generated twice"),
+            },
+            AppendError::Invalid(reason) => CommandError::Corrupt {
+                stream_id: String::new(),
+                reason,
+            },
+            AppendError::Store(e) => CommandError::Store(e),
+        }
+    }
+}
+
+/// An aggregate as loaded: its state and where its stream stands.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub stream_id: String,
+    /// Number of events folded in (0: the stream does not exist).
+    pub version: u64,
+    /// Position of the last event folded in (0 if none).
+    pub position: Position,
+    /// When that last event was recorded.
+    pub recorded_at: Option<DateTime<Utc>>,
+}
+
+/// Runs commands against an event store.
+#[derive(Clone)]
+pub struct CommandHandler {
+    store: Arc<dyn EventStore>,
+    options: HandlerOptions,
+}
+
+const READ_PAGE: usize = 1000;
+
+impl CommandHandler {
+    pub fn new(store: Arc<dyn EventStore>, options: HandlerOptions) -> Self {
+        CommandHandler { store, options }
+    }
+
+    /// The store this handler appends to.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Loads an aggregate as it is now, or as it was at `until` (its newest snapshot at or
+    /// before that point, then the events after it).
+    pub async fn load<A: Snapshottable>(&self, id: Uuid, until: Option<Until>) -> Result<Loaded<A>, CommandError> {
+        let stream_id = A::CATEGORY.stream_id(id);
+        let mut loaded = Loaded {
+            state: A::default(),
+            stream_id,
+            version: 0,
+            position: 0,
+            recorded_at: None,
+        };
+        if let Some(snapshot) = self.store.load_snapshot(&loaded.stream_id, until).await? {
+            if let Some(state) = restore::<A>(&snapshot) {
+                loaded.state = state;
+                loaded.version = snapshot.version;
+                loaded.position = snapshot.position;
+                loaded.recorded_at = Some(snapshot.recorded_at);
+            } else {
+                tracing::debug!(stream_id = %loaded.stream_id, "ignoring a snapshot of another state version");
+            }
+        }
+        loop {
+            let from = loaded.version + 1;
+            let events = match until {
+                Some(until) => self.store.read_stream_until(&loaded.stream_id, from, until).await?,
+                None => self.store.read_stream(&loaded.stream_id, from, READ_PAGE).await?,
+            };
+            let full_page = until.is_none() && events.len() == READ_PAGE;
+            for recorded in &events {
+                let event = decode::<A>(recorded)?;
+                loaded.state = loaded.state.evolve(&event);
+                loaded.version = recorded.stream_version;
+                loaded.position = recorded.position;
+                loaded.recorded_at = Some(recorded.recorded_at);
+            }
+            if !full_page {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Runs a command on one aggregate.
+    pub async fn execute<A>(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        command: A::Command,
+    ) -> Result<CommandAnswer, CommandError>
+    where
+        A: Snapshottable,
+        A::Command: Clone,
+    {
+        let stream_id = A::CATEGORY.stream_id(id);
+        if let Some(answer) = self.replay(ctx, &stream_id).await? {
+            return Ok(answer);
+        }
+        let mut attempt = 0;
+        loop {
+            let loaded = self.load::<A>(id, None).await?;
+            let expected = expectation(ctx, &loaded)?;
+            let events = match loaded.state.decide(command.clone()) {
+                Ok(events) => events,
+                Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
+            };
+            if events.is_empty() {
+                return Ok(unchanged(&loaded));
+            }
+            let commit = Commit {
+                appends: vec![StreamAppend {
+                    stream_id: stream_id.clone(),
+                    expected,
+                    events: encode(ctx, &events),
+                }],
+                idempotency: ctx.idempotency.clone(),
+            };
+            match self.commit(ctx, commit, &mut attempt).await? {
+                Some(committed) => {
+                    if !committed.replayed {
+                        self.maybe_snapshot(&loaded, &events, &committed, 0).await;
+                    }
+                    return Ok(answer(&stream_id, &committed, 0));
+                }
+                None => continue,
+            }
+        }
+    }
+
+    /// Places an order: `OrderPlaced` and a stock reservation per line, in one commit across the
+    /// order's and the products' streams.
+    pub async fn place_order(&self, ctx: &CommandContext, command: PlaceOrder) -> Result<CommandAnswer, CommandError> {
+        let stream_id = Category::Order.stream_id(command.order_id);
+        if let Some(answer) = self.replay(ctx, &stream_id).await? {
+            return Ok(answer);
+        }
+        let mut attempt = 0;
+        loop {
+            let order = self.load::<Order>(command.order_id, None).await?;
+            let expected = expectation(ctx, &order)?;
+            let customer = self.load::<Customer>(command.customer_id, None).await?;
+            let products = self.load_products(command.lines.iter().map(|l| l.product_id)).await?;
+            let decision = match crate::domain::place_order(
+                &order.state,
+                &customer.state,
+                products.values().map(|p| &p.state),
+                command.clone(),
+            ) {
+                Ok(d) => d,
+                Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
+            };
+            match self
+                .commit_decision(ctx, &order, expected, &decision, &products, &mut attempt)
+                .await?
+            {
+                Some(answer) => return Ok(answer),
+                None => continue,
+            }
+        }
+    }
+
+    /// Cancels an order and releases its stock, in one commit.
+    pub async fn cancel_order(
+        &self,
+        ctx: &CommandContext,
+        command: CancelOrder,
+    ) -> Result<CommandAnswer, CommandError> {
+        let stream_id = Category::Order.stream_id(command.order_id);
+        if let Some(answer) = self.replay(ctx, &stream_id).await? {
+            return Ok(answer);
+        }
+        let mut attempt = 0;
+        loop {
+            let order = self.load::<Order>(command.order_id, None).await?;
+            let expected = expectation(ctx, &order)?;
+            let products = self
+                .load_products(order.state.lines.iter().map(|l| l.product_id))
+                .await?;
+            let decision =
+                match crate::domain::cancel_order(&order.state, products.values().map(|p| &p.state), command.clone()) {
+                    Ok(d) => d,
+                    Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
+                };
+            match self
+                .commit_decision(ctx, &order, expected, &decision, &products, &mut attempt)
+                .await?
+            {
+                Some(answer) => return Ok(answer),
+                None => continue,
+            }
+        }
+    }
+
+    pub async fn customer(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        c: CustomerCommand,
+    ) -> Result<CommandAnswer, CommandError> {
+        self.execute::<Customer>(ctx, id, c).await
+    }
+
+    pub async fn product(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        c: ProductCommand,
+    ) -> Result<CommandAnswer, CommandError> {
+        self.execute::<Product>(ctx, id, c).await
+    }
+
+    pub async fn order(&self, ctx: &CommandContext, id: Uuid, c: OrderCommand) -> Result<CommandAnswer, CommandError> {
+        self.execute::<Order>(ctx, id, c).await
+    }
+
+    async fn load_products(
+        &self,
+        ids: impl Iterator<Item = Uuid>,
+    ) -> Result<BTreeMap<Uuid, Loaded<Product>>, CommandError> {
+        let mut products = BTreeMap::new();
+        for id in ids {
+            if let std::collections::btree_map::Entry::Vacant(slot) = products.entry(id) {
+                slot.insert(self.load::<Product>(id, None).await?);
+            }
+        }
+        Ok(products)
+    }
+
+    async fn commit_decision(
+        &self,
+        ctx: &CommandContext,
+        order: &Loaded<Order>,
+        expected: ExpectedVersion,
+        decision: &crate::domain::OrderDecision,
+        products: &BTreeMap<Uuid, Loaded<Product>>,
+        attempt: &mut u32,
+    ) -> Result<Option<CommandAnswer>, CommandError> {
+        if decision.order_events.is_empty() && decision.product_events.iter().all(|(_, e)| e.is_empty()) {
+            return Ok(Some(unchanged(order)));
+        }
+        let mut appends = Vec::new();
+        if !decision.order_events.is_empty() {
+            appends.push(StreamAppend {
+                stream_id: order.stream_id.clone(),
+                expected,
+                events: encode(ctx, &decision.order_events),
+            });
+        }
+        for (product_id, events) in &decision.product_events {
+            let Some(product) = products.get(product_id) else {
+                return Err(CommandError::Corrupt {
+                    stream_id: order.stream_id.clone(),
+                    reason: format!("decision touched product {product_id} that was not loaded"),
+                });
+            };
+            if !events.is_empty() {
+                appends.push(StreamAppend {
+                    stream_id: product.stream_id.clone(),
+                    expected: ExpectedVersion::Exact(product.version),
+                    events: encode(ctx, events),
+                });
+            }
+        }
+        let commit = Commit {
+            appends,
+            idempotency: ctx.idempotency.clone(),
+        };
+        let Some(committed) = self.commit(ctx, commit, attempt).await? else {
+            return Ok(None);
+        };
+        if !committed.replayed {
+            let mut index = 0;
+            if !decision.order_events.is_empty() {
+                self.maybe_snapshot(order, &decision.order_events, &committed, index)
+                    .await;
+                index += 1;
+            }
+            for (product_id, events) in &decision.product_events {
+                if let (Some(product), false) = (products.get(product_id), events.is_empty()) {
+                    self.maybe_snapshot(product, events, &committed, index).await;
+                    index += 1;
+                }
+            }
+        }
+        let answer = match committed.appends.iter().position(|a| a.stream_id == order.stream_id) {
+            Some(i) => answer(&order.stream_id, &committed, i),
+            None => CommandAnswer {
+                stream_id: order.stream_id.clone(),
+                version: order.version,
+                position: committed.last_position(),
+                replayed: committed.replayed,
+            },
+        };
+        Ok(Some(answer))
+    }
+
+    /// Appends; `Ok(None)` asks the caller to reload and decide again after a conflict.
+    async fn commit(
+        &self,
+        ctx: &CommandContext,
+        commit: Commit,
+        attempt: &mut u32,
+    ) -> Result<Option<Committed>, CommandError> {
+        match self.store.commit(commit).await {
+            Ok(c) => Ok(Some(c)),
+            Err(AppendError::WrongExpectedVersion { .. })
+                if ctx.if_match.is_none() && *attempt < self.options.conflict_retries =>
+            {
+                *attempt += 1;
+                // Spread the retries of writers that collided on the same stream.
+                let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % (2 * u64::from(*attempt) + 1);
+                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The first answer to this command's idempotency key, if the store has one.
+    async fn replay(&self, ctx: &CommandContext, stream_id: &str) -> Result<Option<CommandAnswer>, CommandError> {
+        let Some(key) = &ctx.idempotency else {
+            return Ok(None);
+        };
+        let Some(stored) = self.store.idempotent_result(&key.key).await? else {
+            return Ok(None);
+        };
+        if stored.request_hash != key.request_hash {
+            return Err(CommandError::IdempotencyKeyReused { key: key.key.clone() });
+        }
+        let committed = Committed {
+            appends: stored.appends,
+            replayed: true,
+        };
+        let index = committed
+            .appends
+            .iter()
+            .position(|a| a.stream_id == stream_id)
+            .unwrap_or(0);
+        Ok(Some(answer(stream_id, &committed, index)))
+    }
+
+    /// A refusal, unless a concurrent repeat of the same idempotent request won the race (its
+    /// effect is why this one is refused): then the first request's answer.
+    async fn rejected_or_replay(
+        &self,
+        ctx: &CommandContext,
+        stream_id: &str,
+        e: DomainError,
+    ) -> Result<CommandAnswer, CommandError> {
+        match self.replay(ctx, stream_id).await? {
+            Some(answer) => Ok(answer),
+            None => Err(CommandError::Rejected(e)),
+        }
+    }
+
+    async fn maybe_snapshot<A: Snapshottable>(
+        &self,
+        before: &Loaded<A>,
+        events: &[A::Event],
+        committed: &Committed,
+        index: usize,
+    ) {
+        let every = self.options.snapshot_every;
+        let Some(result) = committed.appends.get(index) else {
+            return;
+        };
+        if every == 0 || result.version / every == before.version / every {
+            return;
+        }
+        let state = events.iter().fold(before.state.clone(), |s, e| s.evolve(e));
+        let Ok(bytes) = serde_json::to_vec(&state) else { return };
+        let snapshot = Snapshot {
+            stream_id: result.stream_id.clone(),
+            version: result.version,
+            position: result.positions.last().copied().unwrap_or(0),
+            recorded_at: result.recorded_at,
+            state_type: A::CATEGORY.name().to_owned(),
+            state_version: A::STATE_VERSION,
+            state: bytes,
+        };
+        if let Err(e) = self.store.save_snapshot(&snapshot).await {
+            tracing::warn!(stream_id = %snapshot.stream_id, error = %e, "could not store a snapshot; loads fold from events");
+        }
+    }
+
+    /// A stream's events from `from_version`, at most `limit`.
+    pub async fn stream_events(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, CommandError> {
+        Ok(self.store.read_stream(stream_id, from_version.max(1), limit).await?)
+    }
+
+    /// The global log after `after`, at most `limit`.
+    pub async fn log(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, CommandError> {
+        Ok(self.store.read_all(after, limit).await?)
+    }
+}
+
+fn restore<A: Snapshottable>(snapshot: &Snapshot) -> Option<A> {
+    if snapshot.state_type != A::CATEGORY.name() || snapshot.state_version != A::STATE_VERSION {
+        return None;
+    }
+    serde_json::from_slice(&snapshot.state).ok()
+}
+
+fn decode<A: Aggregate>(recorded: &RecordedEvent) -> Result<A::Event, CommandError> {
+    let corrupt = |reason: String| CommandError::Corrupt {
+        stream_id: recorded.stream_id.clone(),
+        reason,
+    };
+    let event =
+        event_schemas::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).map_err(|e| {
+            corrupt(format!(
+                "event {} at version {}: {e}",
+                recorded.event_id, recorded.stream_version
+            ))
+        })?;
+    A::event_from(event).ok_or_else(|| {
+        corrupt(format!(
+            "event {} is not a {} event",
+            recorded.event_id,
+            A::CATEGORY.name()
+        ))
+    })
+}
+
+fn encode<E: Clone + Into<DomainEvent>>(ctx: &CommandContext, events: &[E]) -> Vec<NewEvent> {
+    let now = Utc::now();
+    events
+        .iter()
+        .map(|e| {
+            let encoded = e.clone().into().encode();
+            NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: encoded.event_type.to_owned(),
+                schema_version: encoded.schema_version,
+                payload: encoded.payload,
+                occurred_at: now,
+                metadata: ctx.metadata.clone(),
+            }
+        })
+        .collect()
+}
+
+fn expectation<A>(ctx: &CommandContext, loaded: &Loaded<A>) -> Result<ExpectedVersion, CommandError> {
+    match ctx.if_match {
+        Some(v) if v != loaded.version => Err(CommandError::Conflict {
+            stream_id: loaded.stream_id.clone(),
+            expected: ExpectedVersion::Exact(v),
+            actual: loaded.version,
+        }),
+        _ if loaded.version == 0 => Ok(ExpectedVersion::NoStream),
+        _ => Ok(ExpectedVersion::Exact(loaded.version)),
+    }
+}
+
+fn unchanged<A>(loaded: &Loaded<A>) -> CommandAnswer {
+    CommandAnswer {
+        stream_id: loaded.stream_id.clone(),
+        version: loaded.version,
+        position: loaded.position,
+        replayed: false,
+    }
+}
+
+fn answer(stream_id: &str, committed: &Committed, index: usize) -> CommandAnswer {
+    let version = committed.appends.get(index).map(|a| a.version).unwrap_or(0);
+    CommandAnswer {
+        stream_id: stream_id.to_owned(),
+        version,
+        position: committed.last_position(),
+        replayed: committed.replayed,
+    }
+}
