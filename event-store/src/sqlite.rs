@@ -304,7 +304,7 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotentResult>, StoreError> {
-        let row = sqlx::query("SELECT request_hash, result::text FROM idempotency_keys WHERE key = ?")
+        let row = sqlx::query("SELECT request_hash, result FROM idempotency_keys WHERE key = ?")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;

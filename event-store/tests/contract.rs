@@ -237,6 +237,11 @@ async fn repeated_idempotency_key_appends_nothing(backend: Backend) {
     assert!(!first.replayed);
     let head = store.head_position().await.unwrap();
 
+    let stored = store.idempotent_result("key-1").await.unwrap().expect("the key is recorded");
+    assert_eq!(stored.request_hash, b"hash-a");
+    assert_eq!(stored.appends, first.appends);
+    assert_eq!(store.idempotent_result("key-unknown").await.unwrap(), None);
+
     let again = store.commit(commit()).await.unwrap();
     assert!(again.replayed);
     assert_eq!(again.appends, first.appends, "a replay answers the first result");
