@@ -5,6 +5,7 @@
 //! - [`PgEventStore`] (`postgres`): PostgreSQL, the distributed deployment's store.
 //! - [`SqliteEventStore`] (`sqlite`): one SQLite file, the embedded default.
 //! - [`Subscription`] (`subscription`): catch up on the global log, then follow it live.
+//! - [`PgLease`] (`lease`): one leader among processes sharing a PostgreSQL store (the relay).
 //! - `group_commit` and `plan`: how concurrent commits share one transaction while each keeps its
 //!   own optimistic check and its own answer. Both adapters use them.
 //!
@@ -23,6 +24,7 @@
 
 mod error;
 mod group_commit;
+mod lease;
 mod model;
 mod plan;
 mod postgres;
@@ -31,6 +33,7 @@ mod store;
 mod subscription;
 
 pub use error::{AppendError, StoreError};
+pub use lease::PgLease;
 pub use model::{
     AppendResult, Commit, Committed, EventMetadata, ExpectedVersion, IdempotencyKey, IdempotentResult, NewEvent,
     Position, RecordedEvent, Snapshot, StreamAppend, Until,

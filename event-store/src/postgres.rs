@@ -421,6 +421,27 @@ impl EventStore for PgEventStore {
             .transpose()
     }
 
+    async fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError> {
+        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(p.map_or(0, to_u64))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, now())
+             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
+             WHERE checkpoints.position < EXCLUDED.position",
+        )
+        .bind(name)
+        .bind(to_i64(position)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO snapshots (stream_id, version, position, recorded_at, state_type, state_version, state)

@@ -312,6 +312,28 @@ impl EventStore for SqliteEventStore {
             .transpose()
     }
 
+    async fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError> {
+        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(p.map_or(0, to_u64))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
+             WHERE checkpoints.position < excluded.position",
+        )
+        .bind(name)
+        .bind(clamp(position))
+        .bind(chrono::Utc::now().timestamp_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO snapshots (stream_id, version, position, recorded_at, state_type, state_version, state)

@@ -55,6 +55,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// What the store holds for an idempotency key, if it has seen it.
     async fn idempotent_result(&self, key: &str) -> Result<Option<IdempotentResult>, StoreError>;
 
+    /// A reader's checkpoint: the last position it has fully handled (0 if it has none).
+    async fn load_checkpoint(&self, name: &str) -> Result<Position, StoreError>;
+
+    /// Moves a reader's checkpoint forward to `position`; a lower position leaves it as it is,
+    /// so a late or repeated save can never move a reader back.
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), StoreError>;
+
     /// Stores a snapshot; one already stored at the same version is kept.
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
 

@@ -95,6 +95,7 @@ contract!(
     subscription_catches_up_then_follows_live,
     tailing_reader_never_skips_under_concurrent_appenders,
     snapshots_are_found_by_version_position_and_time,
+    checkpoints_only_move_forward,
 );
 
 async fn appends_and_reads_back_a_stream(backend: Backend) {
@@ -237,7 +238,11 @@ async fn repeated_idempotency_key_appends_nothing(backend: Backend) {
     assert!(!first.replayed);
     let head = store.head_position().await.unwrap();
 
-    let stored = store.idempotent_result("key-1").await.unwrap().expect("the key is recorded");
+    let stored = store
+        .idempotent_result("key-1")
+        .await
+        .unwrap()
+        .expect("the key is recorded");
     assert_eq!(stored.request_hash, b"hash-a");
     assert_eq!(stored.appends, first.appends);
     assert_eq!(store.idempotent_result("key-unknown").await.unwrap(), None);
@@ -575,4 +580,62 @@ async fn snapshots_are_found_by_version_position_and_time(backend: Backend) {
         6,
         "events are untouched"
     );
+}
+
+async fn checkpoints_only_move_forward(backend: Backend) {
+    let store = backend.store().await;
+    assert_eq!(store.load_checkpoint("relay").await.unwrap(), 0);
+    store.save_checkpoint("relay", 42).await.unwrap();
+    assert_eq!(store.load_checkpoint("relay").await.unwrap(), 42);
+    store.save_checkpoint("relay", 17).await.unwrap();
+    assert_eq!(
+        store.load_checkpoint("relay").await.unwrap(),
+        42,
+        "a late save does not move it back"
+    );
+    store.save_checkpoint("relay", 43).await.unwrap();
+    assert_eq!(store.load_checkpoint("relay").await.unwrap(), 43);
+    assert_eq!(
+        store.load_checkpoint("other").await.unwrap(),
+        0,
+        "checkpoints are per name"
+    );
+    let other = backend.store().await;
+    assert_eq!(
+        other.load_checkpoint("relay").await.unwrap(),
+        43,
+        "durable across store instances"
+    );
+}
+
+/// Exactly one holder of a lease among stores sharing a PostgreSQL database; a dead holder's
+/// lease is free at once.
+#[tokio::test]
+async fn postgres_lease_has_one_holder_and_passes_on() {
+    let Backend::Postgres(db) = Backend::postgres().await else {
+        unreachable!()
+    };
+    let a = PgEventStore::open(db.pool(2).await, StoreOptions::default())
+        .await
+        .unwrap();
+    let b = PgEventStore::open(db.pool(2).await, StoreOptions::default())
+        .await
+        .unwrap();
+    let mut held = a.try_lease("relay").await.unwrap().expect("a free lease is taken");
+    assert!(held.check(Duration::from_secs(2)).await);
+    assert!(
+        b.try_lease("relay").await.unwrap().is_none(),
+        "a held lease is not given twice"
+    );
+    assert!(b.try_lease("other").await.unwrap().is_some(), "leases are per name");
+
+    let waiter = tokio::spawn(async move { b.lease("relay", Duration::from_millis(50)).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "the second waits while the first holds it");
+    drop(held); // as when the holder's process dies: its session ends
+    let taken = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("taken over")
+        .unwrap();
+    assert_eq!(taken.name(), "relay");
 }
