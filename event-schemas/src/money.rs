@@ -93,6 +93,21 @@ impl Money {
     }
 }
 
+/// A currency serializes as its code (`"EUR"`) and deserializes through [`Currency::new`], so a
+/// snapshot or JSON body can never smuggle in an invalid code.
+impl serde::Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Currency::new(&code).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,20 +127,5 @@ mod tests {
             let err = Currency::new(code).expect_err(code);
             assert_eq!(err.code, code);
         }
-    }
-}
-
-/// A currency serializes as its code (`"EUR"`) and deserializes through [`Currency::new`], so a
-/// snapshot or JSON body can never smuggle in an invalid code.
-impl serde::Serialize for Currency {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Currency {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Currency::new(&code).map_err(serde::de::Error::custom)
     }
 }

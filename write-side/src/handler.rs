@@ -259,7 +259,10 @@ impl CommandHandler {
                     if !committed.replayed {
                         self.maybe_snapshot(&loaded, &events, &committed, 0).await;
                     }
-                    return Ok(answer(&stream_id, &committed, 0));
+                    return answer(&stream_id, &committed).ok_or_else(|| CommandError::Corrupt {
+                        stream_id: stream_id.clone(),
+                        reason: "the commit's answer does not name the stream it appended to".into(),
+                    });
                 }
                 None => continue,
             }
@@ -421,15 +424,13 @@ impl CommandHandler {
                 }
             }
         }
-        let answer = match committed.appends.iter().position(|a| a.stream_id == order.stream_id) {
-            Some(i) => answer(&order.stream_id, &committed, i),
-            None => CommandAnswer {
-                stream_id: order.stream_id.clone(),
-                version: order.version,
-                position: committed.last_position(),
-                replayed: committed.replayed,
-            },
-        };
+        // A commit that released stock but changed nothing on the order still answers for it.
+        let answer = answer(&order.stream_id, &committed).unwrap_or_else(|| CommandAnswer {
+            stream_id: order.stream_id.clone(),
+            version: order.version,
+            position: committed.last_position(),
+            replayed: committed.replayed,
+        });
         Ok(Some(answer))
     }
 
@@ -470,12 +471,7 @@ impl CommandHandler {
             appends: stored.appends,
             replayed: true,
         };
-        let index = committed
-            .appends
-            .iter()
-            .position(|a| a.stream_id == stream_id)
-            .unwrap_or(0);
-        Ok(Some(answer(stream_id, &committed, index)))
+        Ok(answer(stream_id, &committed))
     }
 
     /// A refusal, unless a concurrent repeat of the same idempotent request won the race (its
@@ -605,12 +601,19 @@ fn unchanged<A>(loaded: &Loaded<A>) -> CommandAnswer {
     }
 }
 
-fn answer(stream_id: &str, committed: &Committed, index: usize) -> CommandAnswer {
-    let version = committed.appends.get(index).map(|a| a.version).unwrap_or(0);
-    CommandAnswer {
-        stream_id: stream_id.to_owned(),
-        version,
+/// The answer for `stream_id` from a commit. A replay answers for the stream the first request
+/// wrote: a create whose id the server generates gets a new id on every attempt, and only the
+/// first attempt's stream exists (the commit's first append is always the command's own stream).
+fn answer(stream_id: &str, committed: &Committed) -> Option<CommandAnswer> {
+    let append = committed
+        .appends
+        .iter()
+        .find(|a| a.stream_id == stream_id)
+        .or_else(|| committed.appends.first().filter(|_| committed.replayed))?;
+    Some(CommandAnswer {
+        stream_id: append.stream_id.clone(),
+        version: append.version,
         position: committed.last_position(),
         replayed: committed.replayed,
-    }
+    })
 }

@@ -6,8 +6,11 @@
 //! - `handler`: [`CommandHandler`] loads (snapshot, then events), decides, appends with the
 //!   expected versions, retries a lost version race, replays idempotent repeats and snapshots
 //!   every N events.
+//! - [`http`]: the command HTTP API (axum): [`http::router`], [`http::serve`], bearer-token
+//!   auth, the error format, `/health`, `/ready`, `/metrics`, `/openapi.json`.
 
 pub mod domain;
 mod handler;
+pub mod http;
 
 pub use handler::{CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Loaded, Snapshottable};

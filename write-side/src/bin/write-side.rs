@@ -1,0 +1,180 @@
+//! `write-side`: the command HTTP API of the distributed deployment, over the PostgreSQL event
+//! store. Every flag is also an environment variable, so the same binary runs from a shell and
+//! from `compose.yaml`. Authentication is on unless `--no-auth` is given; with it on, at least
+//! one `--token` is required.
+//!
+//! Secrets stay out of the logs: the database URL is logged as host, port and database only,
+//! and tokens are configured as SHA-256 hashes (`--help` hides the values of both variables).
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{ArgAction, Parser};
+use event_store::{PgEventStore, StoreOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tracing_subscriber::EnvFilter;
+use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, ServeConfig, TokenSpec};
+use write_side::{CommandHandler, HandlerOptions};
+
+/// orderflow's write side: commands over HTTP, appended to the PostgreSQL event store.
+#[derive(Parser)]
+#[command(name = "write-side", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "ORDERFLOW_WRITE_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+
+    /// PostgreSQL URL of the event store, e.g. postgres://orderflow:secret@127.0.0.1:5432/orderflow.
+    #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true)]
+    database_url: String,
+
+    /// Most connections to the event store's database.
+    #[arg(long, env = "ORDERFLOW_EVENT_STORE_MAX_CONNECTIONS", default_value_t = 16)]
+    database_max_connections: u32,
+
+    /// A bearer token, as name:scope+scope:sha256hex (scopes: commands, admin; the hex SHA-256
+    /// of the secret, e.g. `printf %s "$SECRET" | sha256sum`). Repeat the flag, or list them
+    /// comma-separated in the variable.
+    #[arg(
+        long = "token",
+        env = "ORDERFLOW_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "NAME:SCOPES:SHA256"
+    )]
+    tokens: Vec<TokenSpec>,
+
+    /// Serve without authentication (every request is `anonymous`): for demos only.
+    #[arg(long, env = "ORDERFLOW_NO_AUTH")]
+    no_auth: bool,
+
+    /// Largest request body in bytes; a larger one is answered 413.
+    #[arg(long, env = "ORDERFLOW_WRITE_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES)]
+    body_limit_bytes: usize,
+
+    /// Longest a request may take, in seconds; a slower one is answered 503 `timeout`.
+    #[arg(long, env = "ORDERFLOW_WRITE_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    request_timeout_secs: u64,
+
+    /// Store a snapshot of an aggregate every this many events of its stream (0: never).
+    #[arg(long, env = "ORDERFLOW_SNAPSHOT_EVERY", default_value_t = 100)]
+    snapshot_every: u64,
+
+    /// Create or upgrade the event store's tables on start.
+    #[arg(
+        long,
+        env = "ORDERFLOW_WRITE_MIGRATE",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    migrate: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let auth = if args.no_auth {
+        tracing::warn!("authentication is OFF (--no-auth): every request is accepted as `anonymous`");
+        Auth::Disabled
+    } else if args.tokens.is_empty() {
+        anyhow::bail!(
+            "authentication is on but no token is configured: pass --token (or ORDERFLOW_TOKENS), or --no-auth"
+        );
+    } else {
+        let names: Vec<&str> = args.tokens.iter().map(TokenSpec::name).collect();
+        tracing::info!(tokens = ?names, "bearer-token authentication on");
+        Auth::tokens(args.tokens.iter().cloned())
+    };
+    anyhow::ensure!(
+        args.request_timeout_secs > 0,
+        "--request-timeout-secs must be at least 1"
+    );
+    anyhow::ensure!(args.body_limit_bytes > 0, "--body-limit-bytes must be at least 1");
+
+    let options: PgConnectOptions = args
+        .database_url
+        .parse()
+        .context("--database-url is not a PostgreSQL URL")?;
+    // Never the URL itself: it may hold the password.
+    let (host, port, database) = (
+        options.get_host().to_owned(),
+        options.get_port(),
+        options.get_database().unwrap_or_default().to_owned(),
+    );
+    tracing::info!(%host, port, %database, "connecting to the event store");
+    let pool = PgPoolOptions::new()
+        .max_connections(args.database_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to the event store at {host}:{port}/{database}"))?;
+    if args.migrate {
+        PgEventStore::migrate(&pool)
+            .await
+            .context("event store migration failed")?;
+        tracing::info!("event store schema is up to date");
+    }
+    let store = PgEventStore::open(pool.clone(), StoreOptions::default())
+        .await
+        .context("cannot open the event store")?;
+    let handler = CommandHandler::new(
+        Arc::new(store),
+        HandlerOptions {
+            snapshot_every: args.snapshot_every,
+            ..HandlerOptions::default()
+        },
+    );
+
+    let mut http = HttpConfig::new(auth);
+    http.body_limit_bytes = args.body_limit_bytes;
+    http.request_timeout = Duration::from_secs(args.request_timeout_secs);
+    let config = ServeConfig {
+        listen: args.listen,
+        handler,
+        http,
+    };
+    write_side::http::serve(config, shutdown_signal())
+        .await
+        .with_context(|| format!("cannot serve on {}", args.listen))?;
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
