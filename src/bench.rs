@@ -17,6 +17,50 @@ use uuid::Uuid;
 pub(crate) enum Bench {
     /// Append throughput and latency: N concurrent writers × events per append, per adapter.
     Store(StoreBench),
+    /// Command throughput over HTTP: C concurrent clients placing orders on the write side
+    /// (PostgreSQL store, in-process server on loopback, auth off).
+    Commands(CommandsBench),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CommandsBench {
+    /// Concurrent HTTP clients, one run per value.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,16,64",
+        env = "ORDERFLOW_BENCH_CLIENTS"
+    )]
+    clients: Vec<usize>,
+    /// Seconds each run lasts.
+    #[arg(long, default_value_t = 10, env = "ORDERFLOW_BENCH_SECONDS")]
+    seconds: u64,
+    /// Products in the catalogue the orders draw from (fewer means more contention on stock).
+    #[arg(long, default_value_t = 200, env = "ORDERFLOW_BENCH_PRODUCTS")]
+    products: usize,
+    /// Customers placing the orders.
+    #[arg(long, default_value_t = 100, env = "ORDERFLOW_BENCH_CUSTOMERS")]
+    customers: usize,
+    /// A PostgreSQL server URL; the benchmark creates its own database there and drops it after.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        env = "ORDERFLOW_BENCH_PG_URL"
+    )]
+    pg_url: String,
+}
+
+#[derive(Debug, Serialize)]
+struct CommandsRun {
+    clients: usize,
+    seconds: f64,
+    commands: u64,
+    /// Answers other than 201 (e.g. 409 after the handler's conflict retries ran out).
+    rejected: u64,
+    commands_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -85,6 +129,7 @@ struct StoreRun {
 pub(crate) async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Store(b) => store(b).await,
+        Bench::Commands(b) => commands(b).await,
     }
 }
 
@@ -164,7 +209,13 @@ impl Target {
             Target::Postgres { admin, name } => {
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
-                    .connect_with(admin.as_ref().clone().database(name))
+                    .connect_with(
+                        admin
+                            .as_ref()
+                            .clone()
+                            .database(name)
+                            .options([("enable_seqscan", "off")]),
+                    )
                     .await?;
                 PgEventStore::migrate(&pool).await?;
                 Arc::new(PgEventStore::open(pool, StoreOptions::default()).await?)
@@ -257,5 +308,168 @@ async fn measure(
         p50_append_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_append_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         max_append_ms: hist.max() as f64 / 1000.0,
+    })
+}
+
+async fn commands(b: CommandsBench) -> anyhow::Result<()> {
+    use write_side::domain::{CustomerCommand, ProductCommand};
+    use write_side::http::{Auth, HttpConfig, HttpState};
+    use write_side::{CommandContext, CommandHandler, HandlerOptions};
+
+    anyhow::ensure!(
+        b.seconds > 0 && b.products > 0 && b.customers > 0,
+        "--seconds, --products and --customers must be positive"
+    );
+    anyhow::ensure!(b.clients.iter().all(|&c| c > 0), "--clients must be positive");
+    let mut runs = Vec::new();
+    for (n, &clients) in b.clients.iter().enumerate() {
+        eprintln!(
+            "[{}/{}] {clients} HTTP clients placing orders, {}s …",
+            n + 1,
+            b.clients.len(),
+            b.seconds
+        );
+        let target = Target::create(Adapter::Postgres, &b.pg_url).await?;
+        let store = target.open().await?;
+        let handler = CommandHandler::new(store, HandlerOptions::default());
+        eprintln!("      seeding {} customers and {} products …", b.customers, b.products);
+        let ctx = CommandContext::default();
+        let mut customers = Vec::with_capacity(b.customers);
+        for i in 0..b.customers {
+            let id = Uuid::now_v7();
+            let c = CustomerCommand::Register {
+                customer_id: id,
+                name: format!("Customer {i}"),
+                email: format!("c{i}@example.com"),
+            };
+            handler.customer(&ctx, id, c).await?;
+            customers.push(id);
+        }
+        let mut products = Vec::with_capacity(b.products);
+        for i in 0..b.products {
+            let id = Uuid::now_v7();
+            let c = ProductCommand::Add {
+                product_id: id,
+                sku: format!("SKU-{i:05}"),
+                name: format!("Product {i}"),
+                price_minor: 100 + (i as i64 * 37) % 10_000,
+                currency: "EUR".into(),
+                stock: 1_000_000_000,
+            };
+            handler.product(&ctx, id, c).await?;
+            products.push(id);
+        }
+        let app = write_side::http::router(HttpState::new(handler, HttpConfig::new(Auth::Disabled)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(write_side::http::serve_on(
+            listener,
+            app,
+            Duration::from_secs(5),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let run = drive(clients, address, &customers, &products, b.seconds).await;
+        let _ = stop.send(());
+        let _ = server.await;
+        target.drop_all().await;
+        let run = run?;
+        eprintln!(
+            "      {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms  ({} not 201)",
+            run.commands_per_sec, run.p50_ms, run.p99_ms, run.rejected
+        );
+        runs.push(run);
+    }
+    let out = serde_json::json!({ "benchmark": "commands", "command": "POST /v1/orders (1-3 lines)", "runs": runs });
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// C clients, each posting orders in a loop until the deadline; one keep-alive connection each.
+async fn drive(
+    clients: usize,
+    address: std::net::SocketAddr,
+    customers: &[Uuid],
+    products: &[Uuid],
+    seconds: u64,
+) -> anyhow::Result<CommandsRun> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = format!("http://{address}/v1/orders").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let (client, uri) = (client.clone(), uri.clone());
+        let (customers, products) = (customers.to_vec(), products.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut ok, mut rejected) = (0_u64, 0_u64);
+            // xorshift: cheap, deterministic per client.
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ (c as u64 + 1);
+            let mut next = move |n: usize| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n as u64) as usize
+            };
+            while Instant::now() < deadline {
+                // 1 to 3 lines on distinct products (the domain refuses a product twice).
+                let wanted = (1 + next(3)).min(products.len());
+                let mut picked: Vec<usize> = Vec::with_capacity(wanted);
+                while picked.len() < wanted {
+                    let i = next(products.len());
+                    if !picked.contains(&i) {
+                        picked.push(i);
+                    }
+                }
+                let lines: Vec<_> = picked
+                    .iter()
+                    .map(|&i| serde_json::json!({ "product_id": products[i], "quantity": 1 + next(3) }))
+                    .collect();
+                let body = serde_json::json!({ "customer_id": customers[next(customers.len())], "lines": lines });
+                let request = hyper::Request::post(uri.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(bytes::Bytes::from(serde_json::to_vec(&body)?)))?;
+                let t = Instant::now();
+                let response = client.request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                if status == hyper::StatusCode::CREATED {
+                    ok += 1;
+                } else {
+                    rejected += 1;
+                }
+            }
+            anyhow::Ok((ok, rejected, hist))
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut commands, mut rejected) = (0, 0);
+    for t in tasks {
+        let (ok, bad, h) = t.await??;
+        commands += ok;
+        rejected += bad;
+        hist.add(h)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(CommandsRun {
+        clients,
+        seconds: secs,
+        commands,
+        rejected,
+        commands_per_sec: commands as f64 / secs,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: hist.max() as f64 / 1000.0,
     })
 }

@@ -278,10 +278,13 @@ impl CommandHandler {
         }
         let mut attempt = 0;
         loop {
-            let order = self.load::<Order>(command.order_id, None).await?;
+            // The aggregates are independent reads: load them concurrently.
+            let (order, customer, products) = tokio::try_join!(
+                self.load::<Order>(command.order_id, None),
+                self.load::<Customer>(command.customer_id, None),
+                self.load_products(command.lines.iter().map(|l| l.product_id)),
+            )?;
             let expected = expectation(ctx, &order)?;
-            let customer = self.load::<Customer>(command.customer_id, None).await?;
-            let products = self.load_products(command.lines.iter().map(|l| l.product_id)).await?;
             let decision = match crate::domain::place_order(
                 &order.state,
                 &customer.state,
@@ -359,13 +362,9 @@ impl CommandHandler {
         &self,
         ids: impl Iterator<Item = Uuid>,
     ) -> Result<BTreeMap<Uuid, Loaded<Product>>, CommandError> {
-        let mut products = BTreeMap::new();
-        for id in ids {
-            if let std::collections::btree_map::Entry::Vacant(slot) = products.entry(id) {
-                slot.insert(self.load::<Product>(id, None).await?);
-            }
-        }
-        Ok(products)
+        let ids: std::collections::BTreeSet<Uuid> = ids.collect();
+        let loaded = futures::future::try_join_all(ids.iter().map(|&id| self.load::<Product>(id, None))).await?;
+        Ok(ids.into_iter().zip(loaded).collect())
     }
 
     async fn commit_decision(
