@@ -3,6 +3,7 @@
 //!
 //! - [`domain`]: the pure aggregates and [`domain::DomainError`]; placing an order reserves its
 //!   stock atomically.
+//! - [`relay`]: publishes the store's global log to Kafka (lease, checkpoint after ack).
 //! - `handler`: [`CommandHandler`] loads (snapshot, then events), decides, appends with the
 //!   expected versions, retries a lost version race, replays idempotent repeats and snapshots
 //!   every N events.
@@ -12,5 +13,6 @@
 pub mod domain;
 mod handler;
 pub mod http;
+pub mod relay;
 
 pub use handler::{CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Loaded, Snapshottable};

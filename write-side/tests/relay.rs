@@ -1,0 +1,222 @@
+//! The relay against the real broker of `scripts/services up` (tansu) and a fresh PostgreSQL
+//! store: every appended event reaches Kafka with its headers, in stream order per key; the
+//! checkpoint follows the broker's acknowledgements; a second relay waits for the lease and takes
+//! over when the first stops. Each test publishes to topics of its own (a unique prefix).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_schemas::{Category, Envelope};
+use event_store::{EventStore, PgEventStore, StoreOptions};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use write_side::domain::CustomerCommand;
+use write_side::relay::{self, RelayConfig, RelayStatus};
+use write_side::{CommandContext, CommandHandler, HandlerOptions};
+
+struct Setup {
+    db: testkit::postgres::TestDatabase,
+    config: RelayConfig,
+}
+
+async fn setup() -> Setup {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .try_init();
+    let db = testkit::postgres::fresh_database().await;
+    PgEventStore::migrate(&db.pool(1).await).await.unwrap();
+    let config = RelayConfig {
+        brokers: testkit::kafka::bootstrap_servers(),
+        topic_prefix: format!("{}.", testkit::unique_name("relay")),
+        partitions: 4,
+        ..RelayConfig::default()
+    };
+    Setup { db, config }
+}
+
+async fn store(setup: &Setup) -> PgEventStore {
+    PgEventStore::open(setup.db.pool(8).await, StoreOptions::default())
+        .await
+        .unwrap()
+}
+
+/// Renames `customers` customers `renames` times each from `writers` concurrent tasks; answers
+/// how many events that appended.
+async fn write(store: &PgEventStore, writers: usize, customers: usize, renames: usize) -> usize {
+    let handler = CommandHandler::new(Arc::new(store.clone()), HandlerOptions::default());
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let handler = handler.clone();
+        tasks.push(tokio::spawn(async move {
+            let ctx = CommandContext::default();
+            for c in 0..customers {
+                let id = Uuid::now_v7();
+                let register = CustomerCommand::Register {
+                    customer_id: id,
+                    name: format!("c{w}-{c}"),
+                    email: "c@example.com".into(),
+                };
+                handler.customer(&ctx, id, register).await.unwrap();
+                for r in 0..renames {
+                    let rename = CustomerCommand::Rename {
+                        customer_id: id,
+                        name: format!("c{w}-{c} v{r}"),
+                    };
+                    handler.customer(&ctx, id, rename).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    writers * customers * (1 + renames)
+}
+
+/// Reads the customers topic until every position up to `head` was seen; answers the envelopes
+/// by stream, in the order they arrived.
+async fn consume_until(config: &RelayConfig, head: u64) -> BTreeMap<String, Vec<(u64, u64)>> {
+    let consumer: StreamConsumer = testkit::kafka::client_config()
+        .set("group.id", testkit::kafka::unique_group("relay_check"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&config.topic(Category::Customer)]).unwrap();
+    let mut seen = BTreeSet::new();
+    let mut by_stream: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (seen.len() as u64) < head {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {head} positions reached Kafka",
+            seen.len()
+        );
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
+            continue;
+        };
+        let envelope = Envelope::decode(message.payload().unwrap()).unwrap();
+        assert_eq!(message.key(), Some(envelope.stream_id.as_bytes()), "keyed by stream id");
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(
+            header(relay::headers::POSITION),
+            Some(envelope.global_position.to_string())
+        );
+        assert_eq!(
+            header(relay::headers::EVENT_TYPE).as_deref(),
+            Some(envelope.event_type.as_str())
+        );
+        assert_eq!(
+            header(relay::headers::SCHEMA_VERSION),
+            Some(envelope.schema_version.to_string())
+        );
+        envelope.event().expect("the payload decodes");
+        seen.insert(envelope.global_position);
+        by_stream
+            .entry(envelope.stream_id.clone())
+            .or_default()
+            .push((envelope.stream_version, envelope.global_position));
+    }
+    assert_eq!(seen, (1..=head).collect(), "every position, none missing");
+    by_stream
+}
+
+/// Order per key: a stream's versions arrive increasing; a redelivery may repeat a run of them
+/// (at least once) but never skips one nor goes back before what was already delivered twice.
+fn assert_stream_order(by_stream: &BTreeMap<String, Vec<(u64, u64)>>) {
+    for (stream, versions) in by_stream {
+        let mut expected = 1;
+        for &(v, _) in versions {
+            assert!(v <= expected, "{stream}: version {v} arrived before {expected}");
+            if v == expected {
+                expected += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_reaches_kafka_in_stream_order_and_the_checkpoint_follows() {
+    let setup = setup().await;
+    let store = store(&setup).await;
+    let written = write(&store, 8, 25, 9).await; // 2,000 events from 8 writers
+    let (status_tx, mut status) = watch::channel(RelayStatus::default());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
+
+    // Events appended while the relay runs are published too.
+    let more = write(&store, 2, 10, 4).await;
+    let head = store.head_position().await.unwrap();
+    assert_eq!(head, (written + more) as u64);
+    let by_stream = consume_until(&setup.config, head).await;
+    assert_eq!(by_stream.len(), 8 * 25 + 2 * 10);
+    assert_stream_order(&by_stream);
+
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.borrow().ready && status.borrow().leader);
+    stop.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(
+        store.load_checkpoint(relay::RELAY_NAME).await.unwrap(),
+        head,
+        "checkpoint stored in the store's database"
+    );
+    assert!(!status.borrow().ready, "a stopped relay is not ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_relay_waits_and_takes_over() {
+    let mut setup = setup().await;
+    setup.config.lease_retry = Duration::from_millis(200);
+    let (a_store, b_store) = (store(&setup).await, store(&setup).await);
+    let (a_tx, mut a) = watch::channel(RelayStatus::default());
+    let (b_tx, mut b) = watch::channel(RelayStatus::default());
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let relay_a = tokio::spawn(relay::run(a_store.clone(), setup.config.clone(), a_tx, stop_a.clone()));
+    tokio::time::timeout(Duration::from_secs(30), a.wait_for(|s| s.leader))
+        .await
+        .unwrap()
+        .unwrap();
+    let relay_b = tokio::spawn(relay::run(b_store.clone(), setup.config.clone(), b_tx, stop_b.clone()));
+
+    let first = write(&a_store, 2, 10, 4).await as u64;
+    tokio::time::timeout(Duration::from_secs(30), a.wait_for(|s| s.checkpoint == first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!b.borrow().leader, "only one relay publishes");
+
+    stop_a.cancel(); // the first relay goes away and its lease with it
+    relay_a.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.wait_for(|s| s.leader))
+        .await
+        .expect("taken over within seconds")
+        .unwrap();
+    let second = write(&b_store, 2, 10, 4).await as u64;
+    let head = first + second;
+    tokio::time::timeout(Duration::from_secs(30), b.wait_for(|s| s.checkpoint == head))
+        .await
+        .unwrap()
+        .unwrap();
+    let by_stream = consume_until(&setup.config, head).await;
+    assert_stream_order(&by_stream);
+    stop_b.cancel();
+    relay_b.await.unwrap().unwrap();
+}
