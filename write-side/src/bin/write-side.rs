@@ -1,5 +1,6 @@
 //! `write-side`: the command HTTP API of the distributed deployment, over the PostgreSQL event
-//! store. Every flag is also an environment variable, so the same binary runs from a shell and
+//! store, with the relay that publishes the store's log to Kafka running beside it (only one
+//! relay publishes at a time across every process; `--no-relay` leaves it to another). Every flag is also an environment variable, so the same binary runs from a shell and
 //! from `compose.yaml`. Authentication is on unless `--no-auth` is given; with it on, at least
 //! one `--token` is required.
 //!
@@ -15,8 +16,10 @@ use anyhow::Context as _;
 use clap::{ArgAction, Parser};
 use event_store::{PgEventStore, StoreOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, ServeConfig, TokenSpec};
+use write_side::relay::{self, RelayConfig, RelayStatus};
 use write_side::{CommandHandler, HandlerOptions};
 
 /// orderflow's write side: commands over HTTP, appended to the PostgreSQL event store.
@@ -72,6 +75,19 @@ struct Args {
         value_name = "BOOL"
     )]
     migrate: bool,
+
+    /// Kafka bootstrap servers the relay publishes the event store's log to.
+    #[arg(long, env = "ORDERFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+
+    /// Partitions of each topic the relay creates when missing.
+    #[arg(long, env = "ORDERFLOW_RELAY_PARTITIONS", default_value_t = 4)]
+    relay_partitions: i32,
+
+    /// Do not run the relay in this process (run `orderflow relay` or another write-side instead;
+    /// only one relay publishes at a time anyway).
+    #[arg(long, env = "ORDERFLOW_NO_RELAY")]
+    no_relay: bool,
 }
 
 #[tokio::main]
@@ -127,6 +143,36 @@ async fn main() -> anyhow::Result<()> {
     let store = PgEventStore::open(pool.clone(), StoreOptions::default())
         .await
         .context("cannot open the event store")?;
+
+    // One shutdown signal for everything: the HTTP server drains, the relay finishes its batch.
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let relay = if args.no_relay {
+        tracing::info!("relay off (--no-relay)");
+        None
+    } else {
+        anyhow::ensure!(args.relay_partitions > 0, "--relay-partitions must be at least 1");
+        let config = RelayConfig {
+            brokers: args.kafka_brokers.clone(),
+            partitions: args.relay_partitions,
+            ..RelayConfig::default()
+        };
+        tracing::info!(brokers = %config.brokers, "starting the relay");
+        let (status, _) = tokio::sync::watch::channel(RelayStatus::default());
+        Some(tokio::spawn(relay::run(
+            store.clone(),
+            config,
+            status,
+            shutdown.clone(),
+        )))
+    };
+
     let handler = CommandHandler::new(
         Arc::new(store),
         HandlerOptions {
@@ -143,9 +189,17 @@ async fn main() -> anyhow::Result<()> {
         handler,
         http,
     };
-    write_side::http::serve(config, shutdown_signal())
-        .await
-        .with_context(|| format!("cannot serve on {}", args.listen))?;
+    let served = write_side::http::serve(config, shutdown.clone().cancelled_owned()).await;
+    shutdown.cancel();
+    if let Some(relay) = relay {
+        match tokio::time::timeout(Duration::from_secs(15), relay).await {
+            Ok(Ok(Ok(()))) => tracing::info!("relay stopped"),
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "relay failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "relay task failed"),
+            Err(_) => tracing::warn!("relay did not stop within 15 s"),
+        }
+    }
+    served.with_context(|| format!("cannot serve on {}", args.listen))?;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
