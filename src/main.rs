@@ -1,6 +1,7 @@
 //! `orderflow`: the command line that wires the crates together.
 //!
-//! - `bench store`: append throughput and latency of each event-store adapter (`bench`).
+//! - `bench store` / `bench commands`: the store's and the write side's throughput (`bench`).
+//! - `relay`: publish the event store's log to Kafka (`relay`).
 //!
 //! The subcommands that run the platform (`serve`, `relay`, `projections`, ...) arrive with the
 //! issues that build them. Every flag can also be set from an environment variable.
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod relay;
 
 /// orderflow: an event-sourced CQRS platform for order management.
 #[derive(Debug, Parser)]
@@ -23,6 +25,8 @@ enum Command {
     /// Measure the platform; every benchmark prints JSON on stdout and progress on stderr.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Publish the event store's global log to Kafka (one relay publishes at a time).
+    Relay(relay::RelayArgs),
 }
 
 #[tokio::main]
@@ -33,5 +37,35 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Bench(b) => bench::run(b).await,
+        Command::Relay(args) => relay::run(args, shutdown_on_signal()).await,
     }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
 }

@@ -1,0 +1,150 @@
+//! End to end, with the real `orderflow relay` binary: kill -9 the relay while events are
+//! being appended and published, start it again, and every event still reaches Kafka (at least
+//! once; the checkpoint only moves after the broker acknowledged).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use event_schemas::{Category, CustomerRegistered, DomainEvent, Envelope};
+use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, PgEventStore, StoreOptions};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+fn registered() -> (String, NewEvent) {
+    let id = Uuid::now_v7();
+    let event = DomainEvent::from(CustomerRegistered {
+        customer_id: id,
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    });
+    let encoded = event.encode();
+    let new = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: encoded.event_type.into(),
+        schema_version: encoded.schema_version,
+        payload: encoded.payload,
+        occurred_at: Utc::now(),
+        metadata: EventMetadata::default(),
+    };
+    (Category::Customer.stream_id(id), new)
+}
+
+async fn append(store: &PgEventStore, n: usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / 4 {
+                let (stream, event) = registered();
+                store
+                    .append(&stream, ExpectedVersion::NoStream, vec![event])
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+}
+
+fn relay(db: &testkit::postgres::TestDatabase, prefix: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["relay", "--batch-size", "100", "--partitions", "4"])
+        .env("ORDERFLOW_EVENT_STORE_URL", &db.url)
+        .env("ORDERFLOW_KAFKA_BROKERS", testkit::kafka::bootstrap_servers())
+        .env("ORDERFLOW_RELAY_TOPIC_PREFIX", prefix)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start `orderflow relay`")
+}
+
+async fn checkpoint(store: &PgEventStore) -> u64 {
+    store
+        .load_checkpoint(write_side::relay::RELAY_NAME)
+        .await
+        .expect("read the checkpoint")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_relay_loses_nothing() {
+    let db = testkit::postgres::fresh_database().await;
+    let pool = db.pool(8).await;
+    PgEventStore::migrate(&pool).await.expect("migrate");
+    let store = PgEventStore::open(pool, StoreOptions::default())
+        .await
+        .expect("open the store");
+    let prefix = format!("{}.", testkit::unique_name("relay_kill"));
+
+    append(&store, 2_000).await;
+    let mut first = relay(&db, &prefix);
+
+    // Keep appending while the relay runs, so that it is always behind when it is killed.
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (store, stop) = (store.clone(), stop_writing.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                append(&store, 100).await;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        assert!(Instant::now() < deadline, "the relay published nothing in 60 s");
+        let (done, head) = (checkpoint(&store).await, store.head_position().await.expect("head"));
+        if done >= 500 && done < head {
+            first.start_kill().expect("kill -9 the relay"); // SIGKILL: no flush, no goodbye
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    first.wait().await.expect("reap the relay");
+    stop_writing.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    append(&store, 1_000).await;
+    let head = store.head_position().await.expect("head");
+    assert!(at_kill < head, "killed halfway: checkpoint {at_kill} of {head}");
+
+    let mut second = relay(&db, &prefix);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while checkpoint(&store).await < head {
+        assert!(Instant::now() < deadline, "the restarted relay did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.start_kill().expect("stop the relay");
+    second.wait().await.expect("reap the relay");
+
+    let consumer: StreamConsumer = testkit::kafka::client_config()
+        .set("group.id", testkit::kafka::unique_group("relay_kill"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let topic = format!("{prefix}{}", Category::Customer.topic());
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (seen.len() as u64) < head {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {head} events reached Kafka",
+            seen.len()
+        );
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            let envelope = Envelope::decode(message.payload().expect("a value")).expect("an envelope");
+            seen.insert(envelope.global_position);
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=head).collect::<BTreeSet<_>>(),
+        "every position reached Kafka"
+    );
+}
