@@ -116,3 +116,96 @@ fn wait_for_leaders(admin: &AdminClient<DefaultClientContext>, topic: &str, part
         BROKER_TIMEOUT.as_secs()
     );
 }
+
+/// A broker of one test's own, on a free loopback port, for tests that pause their broker: the
+/// shared one of `scripts/services` must keep serving every other test. Stopped when dropped.
+pub struct PrivateBroker {
+    child: tokio::process::Child,
+    pid: u32,
+    bootstrap: String,
+}
+
+/// Where `scripts/services up` builds tansu (`ORDERFLOW_TANSU_BIN` overrides it).
+pub fn tansu_binary() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("ORDERFLOW_TANSU_BIN") {
+        return path.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    std::path::PathBuf::from(home).join(".cache/orderflow/tansu-0.6.0/bin/tansu")
+}
+
+/// Starts a tansu broker (memory storage) on a free port and waits until it accepts connections.
+pub async fn private_broker() -> PrivateBroker {
+    let binary = tansu_binary();
+    assert!(
+        binary.exists(),
+        "no tansu binary at {} (ORDERFLOW_TANSU_BIN)\nbuild it with `{}`",
+        binary.display(),
+        crate::START_SERVICES
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("find a free port: {e}"));
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = tokio::process::Command::new(&binary)
+        .args([
+            "broker",
+            "--cluster-id",
+            "orderflow-private",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+    let pid = child.id().unwrap_or_else(|| panic!("tansu exited at once"));
+    let bootstrap = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + BROKER_TIMEOUT;
+    while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "private tansu on {bootstrap} did not listen in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    PrivateBroker { child, pid, bootstrap }
+}
+
+impl PrivateBroker {
+    /// Its `bootstrap.servers`.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing answers, like a broker
+    /// stuck in a long pause. Its memory storage survives, unlike a restart.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill {signal} {}: {e}", self.pid));
+        assert!(status.success(), "kill {signal} {} failed", self.pid);
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        // SIGKILL ends a paused process too.
+        let _ = self.child.start_kill();
+    }
+}

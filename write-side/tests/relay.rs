@@ -47,6 +47,43 @@ async fn store(setup: &Setup) -> PgEventStore {
         .unwrap()
 }
 
+/// Appends `per_writer` single-event commits (customer registrations) from each of `writers`
+/// concurrent tasks, straight to the store: the relay's load, without the handler's cost.
+async fn append(store: &PgEventStore, writers: usize, per_writer: usize) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_writer {
+                let id = Uuid::now_v7();
+                let event = event_schemas::DomainEvent::from(event_schemas::CustomerRegistered {
+                    customer_id: id,
+                    name: "Ada".into(),
+                    email: "ada@example.com".into(),
+                })
+                .encode();
+                let new = event_store::NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: event.event_type.into(),
+                    schema_version: event.schema_version,
+                    payload: event.payload,
+                    occurred_at: chrono::Utc::now(),
+                    metadata: event_store::EventMetadata::default(),
+                };
+                let stream = Category::Customer.stream_id(id);
+                store
+                    .append(&stream, event_store::ExpectedVersion::NoStream, vec![new])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    writers * per_writer
+}
+
 /// Renames `customers` customers `renames` times each from `writers` concurrent tasks; answers
 /// how many events that appended.
 async fn write(store: &PgEventStore, writers: usize, customers: usize, renames: usize) -> usize {
@@ -84,6 +121,7 @@ async fn write(store: &PgEventStore, writers: usize, customers: usize, renames: 
 /// by stream, in the order they arrived.
 async fn consume_until(config: &RelayConfig, head: u64) -> BTreeMap<String, Vec<(u64, u64)>> {
     let consumer: StreamConsumer = testkit::kafka::client_config()
+        .set("bootstrap.servers", &config.brokers)
         .set("group.id", testkit::kafka::unique_group("relay_check"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -92,7 +130,7 @@ async fn consume_until(config: &RelayConfig, head: u64) -> BTreeMap<String, Vec<
     consumer.subscribe(&[&config.topic(Category::Customer)]).unwrap();
     let mut seen = BTreeSet::new();
     let mut by_stream: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while (seen.len() as u64) < head {
         assert!(
             Instant::now() < deadline,
@@ -153,7 +191,7 @@ fn assert_stream_order(by_stream: &BTreeMap<String, Vec<(u64, u64)>>) {
 async fn every_event_reaches_kafka_in_stream_order_and_the_checkpoint_follows() {
     let setup = setup().await;
     let store = store(&setup).await;
-    let written = write(&store, 8, 25, 9).await; // 2,000 events from 8 writers
+    let written = append(&store, 8, 6_000).await + write(&store, 8, 25, 9).await; // 50,000 events, 8 writers
     let (status_tx, mut status) = watch::channel(RelayStatus::default());
     let stop = CancellationToken::new();
     let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
@@ -163,7 +201,7 @@ async fn every_event_reaches_kafka_in_stream_order_and_the_checkpoint_follows() 
     let head = store.head_position().await.unwrap();
     assert_eq!(head, (written + more) as u64);
     let by_stream = consume_until(&setup.config, head).await;
-    assert_eq!(by_stream.len(), 8 * 25 + 2 * 10);
+    assert_eq!(by_stream.len(), 48_000 + 8 * 25 + 2 * 10);
     assert_stream_order(&by_stream);
 
     tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head))
@@ -219,4 +257,58 @@ async fn a_second_relay_waits_and_takes_over() {
     assert_stream_order(&by_stream);
     stop_b.cancel();
     relay_b.await.unwrap().unwrap();
+}
+
+/// The broker freezes for 30 s under load: the relay says it is unready meanwhile, keeps at most
+/// a batch in flight, and after the broker comes back it catches up without losing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_broker_makes_the_relay_unready_and_nothing_is_lost() {
+    let broker = testkit::kafka::private_broker().await;
+    let mut setup = setup().await;
+    setup.config.brokers = broker.bootstrap_servers().to_owned();
+    setup.config.unready_after = Duration::from_secs(2);
+    setup.config.batch_size = 500;
+    let store = store(&setup).await;
+    let (status_tx, mut status) = watch::channel(RelayStatus::default());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
+
+    let before = append(&store, 4, 500).await as u64;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.ready && s.checkpoint == before),
+    )
+    .await
+    .expect("published before the pause")
+    .unwrap();
+
+    broker.pause();
+    let paused = Instant::now();
+    let load = tokio::spawn({
+        let store = store.clone();
+        async move { append(&store, 4, 1_000).await }
+    });
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(|s| !s.ready))
+        .await
+        .expect("the relay reports itself unready while the broker is paused")
+        .unwrap();
+    let during = status.borrow().checkpoint;
+    assert!(during < before + 4_000, "nothing is acknowledged by a frozen broker");
+    load.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed())).await;
+    broker.resume();
+
+    let head = store.head_position().await.unwrap();
+    assert_eq!(head, before + 4_000);
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        status.wait_for(|s| s.ready && s.checkpoint == head),
+    )
+    .await
+    .expect("caught up after the broker came back")
+    .unwrap();
+    let by_stream = consume_until(&setup.config, head).await;
+    assert_eq!(by_stream.len() as u64, head);
+    stop.cancel();
+    relay.await.unwrap().unwrap();
 }
