@@ -92,6 +92,9 @@ pub struct HttpConfig {
     /// Where `/metrics` reads from; `None` installs the process-wide recorder
     /// ([`prometheus_handle`]).
     pub metrics: Option<PrometheusHandle>,
+    /// The relay running in this process, if any: `/ready` fails while it leads but the broker
+    /// does not acknowledge. A relay on standby (another process leads) does not count.
+    pub relay: Option<tokio::sync::watch::Receiver<crate::relay::RelayStatus>>,
 }
 
 impl HttpConfig {
@@ -102,6 +105,7 @@ impl HttpConfig {
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             metrics: None,
+            relay: None,
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct HttpState {
     body_limit_bytes: usize,
     request_timeout: Duration,
     metrics: PrometheusHandle,
+    relay: Option<tokio::sync::watch::Receiver<crate::relay::RelayStatus>>,
 }
 
 impl HttpState {
@@ -124,11 +129,22 @@ impl HttpState {
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: config.request_timeout,
             metrics: config.metrics.unwrap_or_else(prometheus_handle),
+            relay: config.relay,
         }
     }
 
     pub fn handler(&self) -> &CommandHandler {
         &self.handler
+    }
+
+    /// Why the in-process relay makes this process unready, if it does.
+    pub(crate) fn relay_trouble(&self) -> Option<String> {
+        let status = self.relay.as_ref()?.borrow().clone();
+        (status.leader && !status.ready).then(|| {
+            status
+                .last_error
+                .unwrap_or_else(|| "the relay is not publishing".into())
+        })
     }
 
     pub(crate) fn body_limit_bytes(&self) -> usize {

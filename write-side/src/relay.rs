@@ -239,7 +239,12 @@ async fn publish(
 ) -> Result<(), RelayError> {
     create_topics(config).await?;
     let checkpoint = store.load_checkpoint(RELAY_NAME).await?;
-    status.send_modify(|s| s.checkpoint = checkpoint);
+    // The broker answered topic creation and metadata: ready, even with nothing to publish yet.
+    status.send_modify(|s| {
+        s.checkpoint = checkpoint;
+        s.ready = true;
+        s.last_error = None;
+    });
     let store_dyn: Arc<dyn EventStore> = Arc::new(store.clone());
     let mut log = Subscription::new(store_dyn, checkpoint).batch_size(config.batch_size);
     loop {

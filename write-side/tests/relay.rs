@@ -228,9 +228,9 @@ async fn a_second_relay_waits_and_takes_over() {
     let (b_tx, mut b) = watch::channel(RelayStatus::default());
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
     let relay_a = tokio::spawn(relay::run(a_store.clone(), setup.config.clone(), a_tx, stop_a.clone()));
-    tokio::time::timeout(Duration::from_secs(30), a.wait_for(|s| s.leader))
+    tokio::time::timeout(Duration::from_secs(30), a.wait_for(|s| s.leader && s.ready))
         .await
-        .unwrap()
+        .expect("a relay with nothing to publish is ready once the broker answers")
         .unwrap();
     let relay_b = tokio::spawn(relay::run(b_store.clone(), setup.config.clone(), b_tx, stop_b.clone()));
 

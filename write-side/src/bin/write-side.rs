@@ -164,13 +164,9 @@ async fn main() -> anyhow::Result<()> {
             ..RelayConfig::default()
         };
         tracing::info!(brokers = %config.brokers, "starting the relay");
-        let (status, _) = tokio::sync::watch::channel(RelayStatus::default());
-        Some(tokio::spawn(relay::run(
-            store.clone(),
-            config,
-            status,
-            shutdown.clone(),
-        )))
+        let (status, watch) = tokio::sync::watch::channel(RelayStatus::default());
+        let task = tokio::spawn(relay::run(store.clone(), config, status, shutdown.clone()));
+        Some((task, watch))
     };
 
     let handler = CommandHandler::new(
@@ -184,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
     let mut http = HttpConfig::new(auth);
     http.body_limit_bytes = args.body_limit_bytes;
     http.request_timeout = Duration::from_secs(args.request_timeout_secs);
+    http.relay = relay.as_ref().map(|(_, watch)| watch.clone());
     let config = ServeConfig {
         listen: args.listen,
         handler,
@@ -191,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let served = write_side::http::serve(config, shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
-    if let Some(relay) = relay {
+    if let Some((relay, _)) = relay {
         match tokio::time::timeout(Duration::from_secs(15), relay).await {
             Ok(Ok(Ok(()))) => tracing::info!("relay stopped"),
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "relay failed"),

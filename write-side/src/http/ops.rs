@@ -193,7 +193,8 @@ pub(crate) async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: 200 when the event store answers within 2 s, 503 `unavailable` otherwise.
+/// Readiness: 200 when the event store answers within 2 s and the relay of this process (if it
+/// leads) has its batches acknowledged; 503 `unavailable` otherwise.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -204,6 +205,10 @@ pub(crate) async fn health() -> Json<Health> {
     )
 )]
 pub(crate) async fn ready(State(state): State<HttpState>) -> Result<Json<Health>, ApiError> {
+    if let Some(trouble) = state.relay_trouble() {
+        tracing::warn!(%trouble, "not ready: the relay is not publishing");
+        return Err(ApiError::unavailable());
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.handler.store().head_position()).await {
         Ok(Ok(head)) => Ok(Json(Health {
             status: "ready",

@@ -1,0 +1,53 @@
+//! `/ready` of a write side that runs the relay: unready while the relay leads but the broker
+//! does not acknowledge; a relay on standby (another process leads) does not make it unready.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use event_store::{SqliteEventStore, StoreOptions};
+use tokio::sync::watch;
+use tower::ServiceExt;
+use uuid::Uuid;
+use write_side::http::{Auth, HttpConfig, HttpState};
+use write_side::relay::RelayStatus;
+use write_side::{CommandHandler, HandlerOptions};
+
+#[tokio::test]
+async fn ready_follows_the_relay_it_runs() {
+    let path = std::env::temp_dir().join(format!("orderflow-ready-{}.db", Uuid::new_v4().simple()));
+    let pool = SqliteEventStore::connect(&path).await.unwrap();
+    SqliteEventStore::migrate(&pool).await.unwrap();
+    let store = SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap();
+    let (status, watch) = watch::channel(RelayStatus::default());
+    let mut config = HttpConfig::new(Auth::Disabled);
+    config.relay = Some(watch);
+    let app = write_side::http::router(HttpState::new(
+        CommandHandler::new(Arc::new(store), HandlerOptions::default()),
+        config,
+    ));
+    let ready = || async {
+        let request = Request::get("/ready").body(Body::empty()).unwrap();
+        app.clone().oneshot(request).await.unwrap().status()
+    };
+
+    assert_eq!(ready().await, StatusCode::OK, "a relay on standby is fine");
+    status.send_modify(|s| s.leader = true);
+    assert_eq!(
+        ready().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "leading but nothing acknowledged yet"
+    );
+    status.send_modify(|s| s.ready = true);
+    assert_eq!(ready().await, StatusCode::OK);
+    status.send_modify(|s| {
+        s.ready = false;
+        s.last_error = Some("the broker has not acknowledged in time".into());
+    });
+    assert_eq!(
+        ready().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the broker stopped acknowledging"
+    );
+}
