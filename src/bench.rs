@@ -20,6 +20,32 @@ pub(crate) enum Bench {
     /// Command throughput over HTTP: C concurrent clients placing orders on the write side
     /// (PostgreSQL store, in-process server on loopback, auth off).
     Commands(CommandsBench),
+    /// Relay throughput and latency: a backlog published from the PostgreSQL store to the broker,
+    /// then a steady append rate with append→acknowledged latency.
+    Relay(RelayBench),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayBench {
+    /// Events in the backlog published first (throughput).
+    #[arg(long, default_value_t = 200_000, env = "ORDERFLOW_BENCH_EVENTS")]
+    events: usize,
+    /// Steady append rate (events/s) for the latency phase.
+    #[arg(long, default_value_t = 2_000, env = "ORDERFLOW_BENCH_RATE")]
+    rate: u64,
+    /// Seconds of the latency phase.
+    #[arg(long, default_value_t = 10, env = "ORDERFLOW_BENCH_SECONDS")]
+    seconds: u64,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092", env = "ORDERFLOW_KAFKA_BROKERS")]
+    kafka_brokers: String,
+    /// A PostgreSQL server URL; the benchmark creates its own database there and drops it after.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        env = "ORDERFLOW_BENCH_PG_URL"
+    )]
+    pg_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +156,7 @@ pub(crate) async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Store(b) => store(b).await,
         Bench::Commands(b) => commands(b).await,
+        Bench::Relay(b) => relay(b).await,
     }
 }
 
@@ -472,4 +499,163 @@ async fn drive(
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         max_ms: hist.max() as f64 / 1000.0,
     })
+}
+
+/// A customer registration as the write side would store it.
+fn registration() -> (String, NewEvent) {
+    let id = Uuid::now_v7();
+    let encoded = event_schemas::DomainEvent::from(event_schemas::CustomerRegistered {
+        customer_id: id,
+        name: "Ada Lovelace".into(),
+        email: "ada@example.com".into(),
+    })
+    .encode();
+    let event = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: encoded.event_type.into(),
+        schema_version: encoded.schema_version,
+        payload: encoded.payload,
+        occurred_at: Utc::now(),
+        metadata: EventMetadata::default(),
+    };
+    (event_schemas::Category::Customer.stream_id(id), event)
+}
+
+async fn relay(b: RelayBench) -> anyhow::Result<()> {
+    use write_side::relay::{self, RelayConfig, RelayStatus};
+
+    anyhow::ensure!(
+        b.events > 0 && b.rate > 0 && b.seconds > 0,
+        "--events, --rate and --seconds must be positive"
+    );
+    let target = Target::create(Adapter::Postgres, &b.pg_url).await?;
+    let result = async {
+        let store = match &target {
+            Target::Postgres { admin, name } => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(admin.as_ref().clone().database(name))
+                    .await?;
+                PgEventStore::migrate(&pool).await?;
+                PgEventStore::open(pool, StoreOptions::default()).await?
+            }
+            Target::Sqlite(_) => anyhow::bail!("the relay runs on PostgreSQL"),
+        };
+        eprintln!("seeding a backlog of {} events …", b.events);
+        let mut left = b.events;
+        while left > 0 {
+            let mut batch = Vec::new();
+            for _ in 0..left.min(64) {
+                let store = store.clone();
+                batch.push(tokio::spawn(async move {
+                    let (stream, event) = registration();
+                    store.append(&stream, ExpectedVersion::NoStream, vec![event]).await
+                }));
+            }
+            left -= batch.len();
+            for t in batch {
+                t.await??;
+            }
+        }
+        let head = store.head_position().await?;
+        let config = RelayConfig {
+            brokers: b.kafka_brokers.clone(),
+            topic_prefix: format!("bench_{}.", Uuid::new_v4().simple()),
+            ..RelayConfig::default()
+        };
+        let (status_tx, mut status) = tokio::sync::watch::channel(RelayStatus::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(relay::run(store.clone(), config, status_tx, stop.clone()));
+        tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.ready)).await??;
+        eprintln!("publishing the backlog …");
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(600), status.wait_for(|s| s.checkpoint >= head)).await??;
+        let backlog_secs = started.elapsed().as_secs_f64();
+
+        eprintln!(
+            "steady {} events/s for {}s, measuring append → acknowledged …",
+            b.rate, b.seconds
+        );
+        let appended = Arc::new(std::sync::Mutex::new(
+            std::collections::VecDeque::<(u64, Instant)>::new(),
+        ));
+        let writer = tokio::spawn({
+            let (store, appended) = (store.clone(), appended.clone());
+            let (rate, seconds) = (b.rate, b.seconds);
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let per_tick = (rate / 100).max(1);
+                let end = Instant::now() + Duration::from_secs(seconds);
+                while Instant::now() < end {
+                    tick.tick().await;
+                    // This tick's appends go out together, as independent clients would send them.
+                    let appends = (0..per_tick).map(|_| {
+                        let (stream, event) = registration();
+                        let store = store.clone();
+                        async move {
+                            let at = Instant::now();
+                            let c = store.append(&stream, ExpectedVersion::NoStream, vec![event]).await?;
+                            anyhow::Ok((c.last_position(), at))
+                        }
+                    });
+                    for done in futures::future::join_all(appends).await {
+                        appended
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?
+                            .push_back(done?);
+                    }
+                }
+                anyhow::Ok(())
+            }
+        });
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut measured = 0_u64;
+        while !writer.is_finished() || !appended.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.is_empty() {
+            if tokio::time::timeout(Duration::from_secs(30), status.changed())
+                .await
+                .is_err()
+            {
+                anyhow::bail!("the relay made no progress for 30 s");
+            }
+            let checkpoint = status.borrow_and_update().checkpoint;
+            let now = Instant::now();
+            let mut queue = appended.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            // Appends finish in any order; sort by position before draining what is acknowledged.
+            queue.make_contiguous().sort_unstable_by_key(|(p, _)| *p);
+            while queue.front().is_some_and(|(p, _)| *p <= checkpoint) {
+                if let Some((_, at)) = queue.pop_front() {
+                    hist.record(now.duration_since(at).as_micros().max(1) as u64)?;
+                    measured += 1;
+                }
+            }
+        }
+        writer.await??;
+        stop.cancel();
+        task.await??;
+        let out = serde_json::json!({
+            "benchmark": "relay",
+            "backlog_events": head,
+            "backlog_seconds": backlog_secs,
+            "backlog_events_per_sec": head as f64 / backlog_secs,
+            "steady_rate": b.rate,
+            "steady_events_measured": measured,
+            "p50_append_to_ack_ms": hist.value_at_quantile(0.50) as f64 / 1000.0,
+            "p99_append_to_ack_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+            "max_append_to_ack_ms": hist.max() as f64 / 1000.0,
+        });
+        eprintln!(
+            "      backlog {:.0} events/s; steady p50 {:.1} ms, p99 {:.1} ms",
+            head as f64 / backlog_secs,
+            hist.value_at_quantile(0.5) as f64 / 1000.0,
+            hist.value_at_quantile(0.99) as f64 / 1000.0
+        );
+        anyhow::Ok(out)
+    }
+    .await;
+    target.drop_all().await;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", serde_json::to_string_pretty(&result?)?);
+    }
+    Ok(())
 }
