@@ -148,3 +148,45 @@ async fn killing_the_relay_loses_nothing() {
         "every position reached Kafka"
     );
 }
+
+/// Two relay processes at once: exactly one holds the lease and publishes; kill -9 it and the
+/// other takes over within seconds and publishes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_relay_takes_over_when_the_leader_is_killed() {
+    let db = testkit::postgres::fresh_database().await;
+    let pool = db.pool(8).await;
+    PgEventStore::migrate(&pool).await.expect("migrate");
+    let store = PgEventStore::open(pool, StoreOptions::default())
+        .await
+        .expect("open the store");
+    let prefix = format!("{}.", testkit::unique_name("relay_standby"));
+
+    append(&store, 400).await;
+    let mut leader = relay(&db, &prefix);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint(&store).await < 400 {
+        assert!(Instant::now() < deadline, "the first relay published nothing in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut standby = relay(&db, &prefix);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        standby.try_wait().expect("poll the standby").is_none(),
+        "the standby keeps waiting"
+    );
+
+    leader.start_kill().expect("kill -9 the leader");
+    leader.wait().await.expect("reap the leader");
+    let killed = Instant::now();
+    append(&store, 400).await;
+    let head = store.head_position().await.expect("head");
+    while checkpoint(&store).await < head {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the standby did not take over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    standby.start_kill().expect("stop the standby");
+    standby.wait().await.expect("reap the standby");
+}
