@@ -233,26 +233,26 @@ impl Target {
 
     async fn open(&self) -> anyhow::Result<Arc<dyn EventStore>> {
         Ok(match self {
-            Target::Postgres { admin, name } => {
-                let pool = PgPoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(
-                        admin
-                            .as_ref()
-                            .clone()
-                            .database(name)
-                            .options([("enable_seqscan", "off")]),
-                    )
-                    .await?;
-                PgEventStore::migrate(&pool).await?;
-                Arc::new(PgEventStore::open(pool, StoreOptions::default()).await?)
-            }
+            Target::Postgres { .. } => Arc::new(self.open_pg().await?),
             Target::Sqlite(path) => {
                 let pool = SqliteEventStore::connect(path).await?;
                 SqliteEventStore::migrate(&pool).await?;
                 Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await?)
             }
         })
+    }
+
+    /// The PostgreSQL store, migrated, with the pool settings the binaries use.
+    async fn open_pg(&self) -> anyhow::Result<PgEventStore> {
+        let Target::Postgres { admin, name } = self else {
+            anyhow::bail!("this benchmark runs on PostgreSQL");
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(admin.as_ref().clone().database(name))
+            .await?;
+        PgEventStore::migrate(&pool).await?;
+        Ok(PgEventStore::open(pool, StoreOptions::default()).await?)
     }
 
     async fn drop_all(&self) {
@@ -504,21 +504,13 @@ async fn drive(
 /// A customer registration as the write side would store it.
 fn registration() -> (String, NewEvent) {
     let id = Uuid::now_v7();
-    let encoded = event_schemas::DomainEvent::from(event_schemas::CustomerRegistered {
+    let registered = event_schemas::CustomerRegistered {
         customer_id: id,
         name: "Ada Lovelace".into(),
         email: "ada@example.com".into(),
-    })
-    .encode();
-    let event = NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: encoded.event_type.into(),
-        schema_version: encoded.schema_version,
-        payload: encoded.payload,
-        occurred_at: Utc::now(),
-        metadata: EventMetadata::default(),
     };
-    (event_schemas::Category::Customer.stream_id(id), event)
+    let mut events = write_side::new_events(&EventMetadata::default(), &[registered]);
+    (event_schemas::Category::Customer.stream_id(id), events.remove(0))
 }
 
 async fn relay(b: RelayBench) -> anyhow::Result<()> {
@@ -530,17 +522,7 @@ async fn relay(b: RelayBench) -> anyhow::Result<()> {
     );
     let target = Target::create(Adapter::Postgres, &b.pg_url).await?;
     let result = async {
-        let store = match &target {
-            Target::Postgres { admin, name } => {
-                let pool = PgPoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(admin.as_ref().clone().database(name))
-                    .await?;
-                PgEventStore::migrate(&pool).await?;
-                PgEventStore::open(pool, StoreOptions::default()).await?
-            }
-            Target::Sqlite(_) => anyhow::bail!("the relay runs on PostgreSQL"),
-        };
+        let store = target.open_pg().await?;
         eprintln!("seeding a backlog of {} events …", b.events);
         let mut left = b.events;
         while left > 0 {

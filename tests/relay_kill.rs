@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use event_schemas::{Category, CustomerRegistered, DomainEvent, Envelope};
+use event_schemas::{Category, CustomerRegistered, Envelope};
 use event_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, PgEventStore, StoreOptions};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -17,21 +16,24 @@ use uuid::Uuid;
 
 fn registered() -> (String, NewEvent) {
     let id = Uuid::now_v7();
-    let event = DomainEvent::from(CustomerRegistered {
+    let registered = CustomerRegistered {
         customer_id: id,
         name: "Ada".into(),
         email: "ada@example.com".into(),
-    });
-    let encoded = event.encode();
-    let new = NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: encoded.event_type.into(),
-        schema_version: encoded.schema_version,
-        payload: encoded.payload,
-        occurred_at: Utc::now(),
-        metadata: EventMetadata::default(),
     };
-    (Category::Customer.stream_id(id), new)
+    let mut events = write_side::new_events(&EventMetadata::default(), &[registered]);
+    (Category::Customer.stream_id(id), events.remove(0))
+}
+
+/// A fresh migrated store, and a topic prefix of this test's own.
+async fn setup(name: &str) -> (testkit::postgres::TestDatabase, PgEventStore, String) {
+    let db = testkit::postgres::fresh_database().await;
+    let pool = db.pool(8).await;
+    PgEventStore::migrate(&pool).await.expect("migrate");
+    let store = PgEventStore::open(pool, StoreOptions::default())
+        .await
+        .expect("open the store");
+    (db, store, format!("{}.", testkit::unique_name(name)))
 }
 
 async fn append(store: &PgEventStore, n: usize) {
@@ -74,13 +76,7 @@ async fn checkpoint(store: &PgEventStore) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_relay_loses_nothing() {
-    let db = testkit::postgres::fresh_database().await;
-    let pool = db.pool(8).await;
-    PgEventStore::migrate(&pool).await.expect("migrate");
-    let store = PgEventStore::open(pool, StoreOptions::default())
-        .await
-        .expect("open the store");
-    let prefix = format!("{}.", testkit::unique_name("relay_kill"));
+    let (db, store, prefix) = setup("relay_kill").await;
 
     append(&store, 2_000).await;
     let mut first = relay(&db, &prefix);
@@ -153,13 +149,7 @@ async fn killing_the_relay_loses_nothing() {
 /// other takes over within seconds and publishes the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_relay_takes_over_when_the_leader_is_killed() {
-    let db = testkit::postgres::fresh_database().await;
-    let pool = db.pool(8).await;
-    PgEventStore::migrate(&pool).await.expect("migrate");
-    let store = PgEventStore::open(pool, StoreOptions::default())
-        .await
-        .expect("open the store");
-    let prefix = format!("{}.", testkit::unique_name("relay_standby"));
+    let (db, store, prefix) = setup("relay_standby").await;
 
     append(&store, 400).await;
     let mut leader = relay(&db, &prefix);

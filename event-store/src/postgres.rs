@@ -347,8 +347,8 @@ impl EventStore for PgEventStore {
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(stream_id)
-            .bind(to_i64(from_version)?)
-            .bind(limit_i64(limit))
+            .bind(clamp(from_version))
+            .bind(clamp(limit as u64))
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -368,14 +368,14 @@ impl EventStore for PgEventStore {
                  ORDER BY stream_version"
             )))
             .bind(stream_id)
-            .bind(to_i64(from_version)?)
-            .bind(to_i64(p.min(i64::MAX as u64))?),
+            .bind(clamp(from_version))
+            .bind(clamp(p)),
             Until::RecordedAt(t) => sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 AND recorded_at <= $3 \
                  ORDER BY stream_version"
             )))
             .bind(stream_id)
-            .bind(to_i64(from_version)?)
+            .bind(clamp(from_version))
             .bind(t),
         };
         query.fetch_all(&self.pool).await?.iter().map(recorded).collect()
@@ -384,8 +384,8 @@ impl EventStore for PgEventStore {
     async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
         sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(to_i64(after.min(i64::MAX as u64))?)
-            .bind(limit_i64(limit))
+            .bind(clamp(after))
+            .bind(clamp(limit as u64))
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -470,7 +470,7 @@ impl EventStore for PgEventStore {
                 "SELECT {COLS} FROM snapshots WHERE stream_id = $1 AND position <= $2 ORDER BY version DESC LIMIT 1"
             )))
             .bind(stream_id)
-            .bind(i64::try_from(p).unwrap_or(i64::MAX)),
+            .bind(clamp(p)),
             Some(Until::RecordedAt(t)) => sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLS} FROM snapshots WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version DESC LIMIT 1"
             )))
@@ -511,12 +511,14 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| too_big("version or position"))
+/// A read bound: past `i64::MAX` nothing is stored anyway, so it clamps (as in SQLite).
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn limit_i64(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
+/// A value to store: one that does not fit is an error.
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| too_big("version or position"))
 }
 
 fn too_big(what: &str) -> StoreError {

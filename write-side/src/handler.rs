@@ -250,21 +250,18 @@ impl CommandHandler {
                 appends: vec![StreamAppend {
                     stream_id: stream_id.clone(),
                     expected,
-                    events: encode(ctx, &events),
+                    events: new_events(&ctx.metadata, &events),
                 }],
                 idempotency: ctx.idempotency.clone(),
             };
-            match self.commit(ctx, commit, &mut attempt).await? {
-                Some(committed) => {
-                    if !committed.replayed {
-                        self.maybe_snapshot(&loaded, &events, &committed, 0).await;
-                    }
-                    return answer(&stream_id, &committed).ok_or_else(|| CommandError::Corrupt {
-                        stream_id: stream_id.clone(),
-                        reason: "the commit's answer does not name the stream it appended to".into(),
-                    });
+            if let Some(committed) = self.commit(ctx, commit, &mut attempt).await? {
+                if !committed.replayed {
+                    self.maybe_snapshot(&loaded, &events, &committed, 0).await;
                 }
-                None => continue,
+                return answer(&stream_id, &committed).ok_or_else(|| CommandError::Corrupt {
+                    stream_id: stream_id.clone(),
+                    reason: "the commit's answer does not name the stream it appended to".into(),
+                });
             }
         }
     }
@@ -294,12 +291,11 @@ impl CommandHandler {
                 Ok(d) => d,
                 Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
             };
-            match self
+            if let Some(answer) = self
                 .commit_decision(ctx, &order, expected, &decision, &products, &mut attempt)
                 .await?
             {
-                Some(answer) => return Ok(answer),
-                None => continue,
+                return Ok(answer);
             }
         }
     }
@@ -326,12 +322,11 @@ impl CommandHandler {
                     Ok(d) => d,
                     Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
                 };
-            match self
+            if let Some(answer) = self
                 .commit_decision(ctx, &order, expected, &decision, &products, &mut attempt)
                 .await?
             {
-                Some(answer) => return Ok(answer),
-                None => continue,
+                return Ok(answer);
             }
         }
     }
@@ -384,7 +379,7 @@ impl CommandHandler {
             appends.push(StreamAppend {
                 stream_id: order.stream_id.clone(),
                 expected,
-                events: encode(ctx, &decision.order_events),
+                events: new_events(&ctx.metadata, &decision.order_events),
             });
         }
         for (product_id, events) in &decision.product_events {
@@ -398,7 +393,7 @@ impl CommandHandler {
                 appends.push(StreamAppend {
                     stream_id: product.stream_id.clone(),
                     expected: ExpectedVersion::Exact(product.version),
-                    events: encode(ctx, events),
+                    events: new_events(&ctx.metadata, events),
                 });
             }
         }
@@ -561,7 +556,9 @@ fn decode<A: Aggregate>(recorded: &RecordedEvent) -> Result<A::Event, CommandErr
     })
 }
 
-fn encode<E: Clone + Into<DomainEvent>>(ctx: &CommandContext, events: &[E]) -> Vec<NewEvent> {
+/// Domain events as the store takes them: encoded by `event-schemas`, each with a new event id
+/// (UUID v7), now as the time they occurred, and the command's metadata.
+pub fn new_events<E: Clone + Into<DomainEvent>>(metadata: &EventMetadata, events: &[E]) -> Vec<NewEvent> {
     let now = Utc::now();
     events
         .iter()
@@ -573,7 +570,7 @@ fn encode<E: Clone + Into<DomainEvent>>(ctx: &CommandContext, events: &[E]) -> V
                 schema_version: encoded.schema_version,
                 payload: encoded.payload,
                 occurred_at: now,
-                metadata: ctx.metadata.clone(),
+                metadata: metadata.clone(),
             }
         })
         .collect()

@@ -15,4 +15,6 @@ mod handler;
 pub mod http;
 pub mod relay;
 
-pub use handler::{CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Loaded, Snapshottable};
+pub use handler::{
+    CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Loaded, Snapshottable, new_events,
+};

@@ -257,7 +257,8 @@ async fn publish(
         }
         let last = deliver(producer, &batch, config, status).await?;
         store.save_checkpoint(RELAY_NAME, last).await?;
-        let lag = store.head_position().await.map(|h| h.saturating_sub(last)).unwrap_or(0);
+        // The store's change signal already carries the head (own commits and NOTIFY): no query.
+        let lag = store.changes().borrow().saturating_sub(last);
         metrics::counter!("orderflow_relay_published_total").increment(batch.len() as u64);
         metrics::gauge!("orderflow_relay_checkpoint").set(last as f64);
         metrics::gauge!("orderflow_relay_lag_events").set(lag as f64);

@@ -56,23 +56,15 @@ async fn append(store: &PgEventStore, writers: usize, per_writer: usize) -> usiz
         tasks.push(tokio::spawn(async move {
             for _ in 0..per_writer {
                 let id = Uuid::now_v7();
-                let event = event_schemas::DomainEvent::from(event_schemas::CustomerRegistered {
+                let registered = event_schemas::CustomerRegistered {
                     customer_id: id,
                     name: "Ada".into(),
                     email: "ada@example.com".into(),
-                })
-                .encode();
-                let new = event_store::NewEvent {
-                    event_id: Uuid::now_v7(),
-                    event_type: event.event_type.into(),
-                    schema_version: event.schema_version,
-                    payload: event.payload,
-                    occurred_at: chrono::Utc::now(),
-                    metadata: event_store::EventMetadata::default(),
                 };
+                let new = write_side::new_events(&event_store::EventMetadata::default(), &[registered]);
                 let stream = Category::Customer.stream_id(id);
                 store
-                    .append(&stream, event_store::ExpectedVersion::NoStream, vec![new])
+                    .append(&stream, event_store::ExpectedVersion::NoStream, new)
                     .await
                     .unwrap();
             }
