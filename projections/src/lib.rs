@@ -1,5 +1,37 @@
 //! orderflow's projections: the runtime that applies events exactly once in effect, the order
 //! dashboard (PostgreSQL or SQLite), sales analytics (ClickHouse or SQLite), and rebuilds.
 //!
-//! Built by the projections issue; the foundation only reserves its place in the crate graph.
-//! It depends on `event-schemas` and `event-store`, never on `write-side`.
+//! # Map
+//!
+//! - [`Projection`] (`projection`): the trait every read model implements, with [`Batch`],
+//!   [`Checkpoint`] and [`DeadLetter`]; [`ProjectedEvent`] (`event`) is what it applies.
+//! - [`ReadDb`] (`control`): the SQL read database (PostgreSQL or SQLite through sqlx `Any`) and
+//!   the control tables in it: the version registry, checkpoints, dead letters.
+//! - `runtime`: [`run_from_kafka`] (a worker in a consumer group) and [`run_from_store`] (the
+//!   embedded in-process subscription), both through [`apply_reliably`] (retries, dead letters).
+//! - [`rebuild`] (`rebuild`): a new version beside the live one, from the store's global log,
+//!   switched atomically; or a historical version `--until` a past point.
+//! - [`dashboard`] and [`analytics`]: the two read models.
+//!
+//! It depends on `event-schemas` and `event-store` (rebuilds read the global log through the
+//! store's API), never on `write-side`.
+
+pub mod analytics;
+pub mod catalog;
+mod control;
+pub mod dashboard;
+mod event;
+mod projection;
+mod rebuild;
+mod runtime;
+
+pub use control::{
+    DbKind, PartitionProgress, PartitionReport, ReadDb, VersionInfo, applied_position, from_i64, from_micros,
+    lag_records, micros, save_checkpoints, save_dead_letters, to_i64,
+};
+pub use event::{Origin, ProjectedEvent, STORE_SOURCE};
+pub use projection::{Batch, Checkpoint, DeadLetter, Projection, ProjectionError};
+pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport, UntilPoint, rebuild};
+pub use runtime::kafka::{KafkaOptions, run_from_kafka};
+pub use runtime::store::run_from_store;
+pub use runtime::{ProjectionFactory, RunError, RunOptions, apply_reliably};

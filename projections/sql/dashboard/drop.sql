@@ -1,0 +1,8 @@
+-- Drops one version of the order dashboard (a rebuilt version replaced it). Indexes go with
+-- their tables.
+DROP TABLE IF EXISTS {prefix}customer_history;
+DROP TABLE IF EXISTS {prefix}order_history;
+DROP TABLE IF EXISTS {prefix}customer_totals;
+DROP TABLE IF EXISTS {prefix}customers;
+DROP TABLE IF EXISTS {prefix}orders;
+DROP TABLE IF EXISTS {prefix}writer;

@@ -1,0 +1,112 @@
+-- The order dashboard's tables for one version. `{prefix}` is `order_dashboard_v{N}_`, generated
+-- from the version number (never from input). One dialect for PostgreSQL and SQLite: BIGINT and
+-- TEXT only, times in microseconds since the Unix epoch (UTC), ids as lower-case uuid text.
+
+-- One row, upserted first by every apply: a write lock that serializes the appliers of this
+-- version (a PostgreSQL row lock; SQLite's write lock), so that each batch reads the rows it
+-- folds after the previous batch committed and no update is lost between workers.
+CREATE TABLE IF NOT EXISTS {prefix}writer (
+    id BIGINT PRIMARY KEY
+);
+
+-- The current state of every order. customer_name/customer_email follow the customer's stream
+-- (see dashboard.rs); snapshot_name/snapshot_email are what the order captured when placed.
+CREATE TABLE IF NOT EXISTS {prefix}orders (
+    order_id        TEXT   PRIMARY KEY,
+    customer_id     TEXT   NOT NULL,
+    customer_name   TEXT   NOT NULL,
+    customer_email  TEXT   NOT NULL,
+    snapshot_name   TEXT   NOT NULL,
+    snapshot_email  TEXT   NOT NULL,
+    status          TEXT   NOT NULL,
+    item_count      BIGINT NOT NULL,
+    total_minor     BIGINT NOT NULL,
+    currency        TEXT   NOT NULL,
+    placed_at_us    BIGINT NOT NULL,
+    confirmed_at_us BIGINT,
+    shipped_at_us   BIGINT,
+    delivered_at_us BIGINT,
+    cancelled_at_us BIGINT,
+    cancel_reason   TEXT,
+    carrier         TEXT,
+    tracking        TEXT,
+    -- The last applied event of the order's stream: the guard against applying one twice.
+    stream_version  BIGINT NOT NULL,
+    last_position   BIGINT NOT NULL,
+    updated_at_us   BIGINT NOT NULL
+);
+
+-- The read API's filters and keyset pagination on (sort key, order_id).
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_placed ON {prefix}orders (placed_at_us, order_id);
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_status ON {prefix}orders (status, placed_at_us, order_id);
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_customer ON {prefix}orders (customer_id, placed_at_us, order_id);
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_total ON {prefix}orders (total_minor, order_id);
+
+-- The projection's own copy of every customer it has seen (event-driven data sync).
+-- stream_version is 0 while the customer is only known from order snapshots; last_position is
+-- then the position of the snapshot's order.placed event (the latest one wins), and otherwise
+-- the position of the last applied customer event.
+CREATE TABLE IF NOT EXISTS {prefix}customers (
+    customer_id         TEXT   PRIMARY KEY,
+    name                TEXT   NOT NULL,
+    email               TEXT   NOT NULL,
+    stream_version      BIGINT NOT NULL,
+    last_position       BIGINT NOT NULL,
+    -- Every placed order, cancelled or not.
+    order_count         BIGINT NOT NULL,
+    -- The placed order with the highest global position.
+    last_order_id       TEXT,
+    last_order_at_us    BIGINT,
+    last_order_position BIGINT
+);
+
+-- Per customer and currency: placed orders, and the sum of the totals of those not cancelled.
+CREATE TABLE IF NOT EXISTS {prefix}customer_totals (
+    customer_id          TEXT   NOT NULL,
+    currency             TEXT   NOT NULL,
+    order_count          BIGINT NOT NULL,
+    lifetime_value_minor BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, currency)
+);
+
+-- Every version of every order, for "as of" reads: version N is valid from its event's position
+-- and recorded time up to (excluding) those of version N + 1; the latest has NULL valid_to.
+CREATE TABLE IF NOT EXISTS {prefix}order_history (
+    order_id            TEXT   NOT NULL,
+    stream_version      BIGINT NOT NULL,
+    valid_from_position BIGINT NOT NULL,
+    valid_from_us       BIGINT NOT NULL,
+    valid_to_position   BIGINT,
+    valid_to_us         BIGINT,
+    customer_id         TEXT   NOT NULL,
+    snapshot_name       TEXT   NOT NULL,
+    snapshot_email      TEXT   NOT NULL,
+    status              TEXT   NOT NULL,
+    item_count          BIGINT NOT NULL,
+    total_minor         BIGINT NOT NULL,
+    currency            TEXT   NOT NULL,
+    placed_at_us        BIGINT NOT NULL,
+    confirmed_at_us     BIGINT,
+    shipped_at_us       BIGINT,
+    delivered_at_us     BIGINT,
+    cancelled_at_us     BIGINT,
+    cancel_reason       TEXT,
+    carrier             TEXT,
+    tracking            TEXT,
+    PRIMARY KEY (order_id, stream_version)
+);
+
+CREATE INDEX IF NOT EXISTS {prefix}order_history_by_placed ON {prefix}order_history (placed_at_us, order_id);
+
+-- Every version of every customer's name and email (customer events only, never snapshots).
+CREATE TABLE IF NOT EXISTS {prefix}customer_history (
+    customer_id         TEXT   NOT NULL,
+    stream_version      BIGINT NOT NULL,
+    valid_from_position BIGINT NOT NULL,
+    valid_from_us       BIGINT NOT NULL,
+    valid_to_position   BIGINT,
+    valid_to_us         BIGINT,
+    name                TEXT   NOT NULL,
+    email               TEXT   NOT NULL,
+    PRIMARY KEY (customer_id, stream_version)
+);

@@ -1,0 +1,63 @@
+//! The projections this build knows, by name, with the sinks they write and the topics they
+//! read: what the CLI, the embedded server and the workers share to build them.
+
+use std::sync::Arc;
+
+use event_schemas::Category;
+
+use crate::analytics::{self, SalesAnalytics};
+use crate::dashboard::{self, OrderDashboard};
+use crate::{Projection, ProjectionError, ProjectionFactory, ReadDb};
+
+/// Every projection name, in the order they are listed.
+pub const NAMES: [&str; 2] = [dashboard::NAME, analytics::NAME];
+
+/// Where the projections write.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The SQL read database: the dashboard's tables and every projection's control tables
+    /// (and, embedded, the analytics tables too).
+    pub read_db: ReadDb,
+    /// ClickHouse for the analytics (distributed); `None` keeps them in `read_db` (embedded).
+    pub clickhouse: Option<clickhouse::Client>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks")
+            .field("read_db", &self.read_db.kind())
+            .field("clickhouse", &self.clickhouse.is_some())
+            .finish()
+    }
+}
+
+/// Builds the projection called `name` over `sinks`.
+pub fn factory(name: &str, sinks: &Sinks) -> Result<ProjectionFactory, ProjectionError> {
+    let db = sinks.read_db.clone();
+    match name {
+        dashboard::NAME => Ok(Arc::new(move |version| {
+            Arc::new(OrderDashboard::new(db.clone(), version)) as Arc<dyn Projection>
+        })),
+        analytics::NAME => match sinks.clickhouse.clone() {
+            Some(client) => Ok(Arc::new(move |version| {
+                Arc::new(SalesAnalytics::clickhouse(client.clone(), db.clone(), version)) as Arc<dyn Projection>
+            })),
+            None => Ok(Arc::new(move |version| {
+                Arc::new(SalesAnalytics::sqlite(db.clone(), version)) as Arc<dyn Projection>
+            })),
+        },
+        other => Err(ProjectionError::Invalid(format!(
+            "unknown projection {other:?}; known: {}",
+            NAMES.join(", ")
+        ))),
+    }
+}
+
+/// The categories whose events a projection reads (its Kafka topics are theirs).
+pub fn categories(name: &str) -> &'static [Category] {
+    match name {
+        dashboard::NAME => &[Category::Customer, Category::Order],
+        analytics::NAME => &[Category::Order],
+        _ => &[],
+    }
+}

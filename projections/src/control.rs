@@ -1,0 +1,531 @@
+//! The read database and the projections' control tables in it: which version of each
+//! projection is live ([`VersionInfo`]), the checkpoints, and the dead letters.
+//!
+//! Both read databases (PostgreSQL in the distributed deployment, SQLite embedded) are reached
+//! through sqlx's `Any` driver, so every projection's SQL is written once in the subset both
+//! accept: `$N` parameters, `BIGINT` and `TEXT`, `INSERT ... ON CONFLICT ... DO UPDATE`, times as
+//! integer microseconds since the epoch (UTC), ids as text.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use crate::{Checkpoint, DeadLetter, ProjectionError};
+
+/// Which SQL server a [`ReadDb`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Postgres,
+    Sqlite,
+}
+
+/// A connection pool to a read database (`postgres://...` or `sqlite://path`).
+#[derive(Debug, Clone)]
+pub struct ReadDb {
+    pool: AnyPool,
+    kind: DbKind,
+}
+
+impl ReadDb {
+    /// Connects. A `sqlite://` file is created when missing and opened in WAL mode (readers never
+    /// wait for the projection's writer).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, ProjectionError> {
+        sqlx::any::install_default_drivers();
+        let kind = if url.starts_with("sqlite:") {
+            DbKind::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            DbKind::Postgres
+        } else {
+            return Err(ProjectionError::Invalid(
+                "a read database URL starts with postgres:// or sqlite://".to_owned(),
+            ));
+        };
+        let url = match kind {
+            DbKind::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(ReadDb { pool, kind })
+    }
+
+    /// Creates or updates the control tables.
+    pub async fn migrate(&self) -> Result<(), ProjectionError> {
+        let migrator = match self.kind {
+            DbKind::Postgres => sqlx::migrate!("./migrations/postgres"),
+            DbKind::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| ProjectionError::Database(e.into()))
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    /// The live version of a projection, if one is live.
+    pub async fn live_version(&self, name: &str) -> Result<Option<u32>, ProjectionError> {
+        let row = sqlx::query("SELECT version FROM projection_versions WHERE name = $1 AND state = 'live'")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| version_from(row.try_get::<i64, _>(0)?)).transpose()
+    }
+
+    /// Every version of a projection, newest first.
+    pub async fn versions(&self, name: &str) -> Result<Vec<VersionInfo>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT name, version, state, until_position, until_time_us, target_position, events_applied,
+                    events_per_second, started_at_us, switched_at_us
+               FROM projection_versions WHERE name = $1 ORDER BY version DESC",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(VersionInfo::from_row).collect()
+    }
+
+    /// Makes `version` live when no version of `name` is: the first start of a projection.
+    /// Answers the live version (the given one, or the one that already was).
+    pub async fn ensure_live(&self, name: &str, version: u32) -> Result<u32, ProjectionError> {
+        if let Some(live) = self.live_version(name).await? {
+            return Ok(live);
+        }
+        sqlx::query(
+            "INSERT INTO projection_versions (name, version, state, started_at_us, switched_at_us)
+             VALUES ($1, $2, 'live', $3, $3)
+             ON CONFLICT (name, version) DO NOTHING",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        self.live_version(name)
+            .await?
+            .ok_or_else(|| ProjectionError::Inconsistent(format!("{name} v{version} exists but is not live")))
+    }
+
+    /// Registers a version being built (a rebuild, or a `--until` build when `until` is set).
+    pub async fn register_building(
+        &self,
+        name: &str,
+        version: u32,
+        target_position: u64,
+        until: Option<(u64, Option<DateTime<Utc>>)>,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(
+            "INSERT INTO projection_versions (name, version, state, until_position, until_time_us, target_position, started_at_us)
+             VALUES ($1, $2, 'building', $3, $4, $5, $6)",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(until.map(|(position, _)| to_i64(position)))
+        .bind(until.and_then(|(_, time)| time.map(micros)))
+        .bind(to_i64(target_position))
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a building version's progress, for `/v1/projections` and the CLI.
+    pub async fn report_progress(
+        &self,
+        name: &str,
+        version: u32,
+        events_applied: u64,
+        events_per_second: f64,
+        target_position: u64,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(
+            "UPDATE projection_versions SET events_applied = $3, events_per_second = $4, target_position = $5
+              WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(to_i64(events_applied))
+        .bind(events_per_second)
+        .bind(to_i64(target_position))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a version's state (`historical` when a `--until` build finishes, `retired` when a
+    /// failed build is abandoned).
+    pub async fn set_state(&self, name: &str, version: u32, state: &str) -> Result<(), ProjectionError> {
+        sqlx::query("UPDATE projection_versions SET state = $3 WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(i64::from(version))
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Switches reads of `name` to `version` in one transaction: the old live version becomes
+    /// `retired`, and the new one inherits its Kafka checkpoints, so that the workers, which
+    /// follow the live version, go on from where they were (whatever the new version already
+    /// holds from the store is guarded by stream version, so a replay applies nothing twice).
+    /// Answers the version that was live.
+    pub async fn switch_live(&self, name: &str, version: u32) -> Result<Option<u32>, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        let old = sqlx::query("SELECT version FROM projection_versions WHERE name = $1 AND state = 'live'")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| version_from(row.try_get::<i64, _>(0)?))
+            .transpose()?;
+        if let Some(old) = old {
+            sqlx::query("UPDATE projection_versions SET state = 'retired' WHERE name = $1 AND version = $2")
+                .bind(name)
+                .bind(i64::from(old))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO projection_checkpoints
+                    (name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us)
+                 SELECT name, $3, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us
+                   FROM projection_checkpoints
+                  WHERE name = $1 AND version = $2 AND source <> $4
+                 ON CONFLICT (name, version, source, partition_no) DO NOTHING",
+            )
+            .bind(name)
+            .bind(i64::from(old))
+            .bind(i64::from(version))
+            .bind(crate::STORE_SOURCE)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let switched = sqlx::query(
+            "UPDATE projection_versions SET state = 'live', switched_at_us = $3 WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(micros(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        if switched.rows_affected() != 1 {
+            return Err(ProjectionError::Invalid(format!("{name} has no version {version}")));
+        }
+        tx.commit().await?;
+        Ok(old)
+    }
+
+    /// The checkpoints stored for one version.
+    pub async fn checkpoints(&self, name: &str, version: u32) -> Result<Vec<Checkpoint>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT source, partition_no, last_offset, last_position, last_recorded_at_us
+               FROM projection_checkpoints WHERE name = $1 AND version = $2 ORDER BY source, partition_no",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Checkpoint {
+                    source: row.try_get(0)?,
+                    partition: i32::try_from(row.try_get::<i64, _>(1)?)
+                        .map_err(|_| ProjectionError::Inconsistent("partition out of range".to_owned()))?,
+                    offset: row.try_get(2)?,
+                    position: from_i64(row.try_get(3)?),
+                    recorded_at: row.try_get::<Option<i64>, _>(4)?.and_then(from_micros),
+                })
+            })
+            .collect()
+    }
+
+    /// Every partition's progress for one version: checkpoints with what workers reported.
+    pub async fn progress(&self, name: &str, version: u32) -> Result<Vec<PartitionProgress>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT source, partition_no, last_offset, last_position, last_recorded_at_us, drained, high_watermark
+               FROM projection_checkpoints WHERE name = $1 AND version = $2 ORDER BY source, partition_no",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(PartitionProgress {
+                    source: row.try_get(0)?,
+                    partition: i32::try_from(row.try_get::<i64, _>(1)?).unwrap_or(i32::MAX),
+                    offset: row.try_get(2)?,
+                    position: from_i64(row.try_get(3)?),
+                    recorded_at: row.try_get::<Option<i64>, _>(4)?.and_then(from_micros),
+                    drained: row.try_get::<i64, _>(5)? != 0,
+                    high_watermark: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records what a Kafka worker saw of its partitions between batches (whether it found them
+    /// empty, their end offset). Never moves a checkpoint.
+    pub async fn report_partitions(
+        &self,
+        name: &str,
+        version: u32,
+        reports: &[PartitionReport],
+    ) -> Result<(), ProjectionError> {
+        let now = micros(Utc::now());
+        for report in reports {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints
+                    (name, version, source, partition_no, last_offset, last_position, drained, high_watermark, updated_at_us)
+                 VALUES ($1, $2, $3, $4, -1, 0, $5, $6, $7)
+                 ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
+                    drained = excluded.drained,
+                    high_watermark = coalesce(excluded.high_watermark, projection_checkpoints.high_watermark)",
+            )
+            .bind(name)
+            .bind(i64::from(version))
+            .bind(report.source.as_str())
+            .bind(i64::from(report.partition))
+            .bind(i64::from(report.drained))
+            .bind(report.high_watermark)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The dead letters of one version, oldest first.
+    pub async fn dead_letters(&self, name: &str, version: u32) -> Result<Vec<DeadLetter>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT source, partition_no, message_offset, position, event_type, reason, payload
+               FROM projection_dead_letters WHERE name = $1 AND version = $2 ORDER BY id",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    origin: crate::Origin {
+                        source: row.try_get(0)?,
+                        partition: i32::try_from(row.try_get::<i64, _>(1)?).unwrap_or(i32::MAX),
+                        offset: row.try_get(2)?,
+                    },
+                    position: from_i64(row.try_get(3)?),
+                    event_type: row.try_get(4)?,
+                    reason: row.try_get(5)?,
+                    payload: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Stores a batch's checkpoints; call it inside the transaction that writes the batch's rows.
+/// A checkpoint never moves backwards (a replayed batch leaves a newer one as it is).
+pub async fn save_checkpoints(
+    conn: &mut AnyConnection,
+    name: &str,
+    version: u32,
+    checkpoints: &[Checkpoint],
+) -> Result<(), ProjectionError> {
+    let now = micros(Utc::now());
+    for checkpoint in checkpoints {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints
+                (name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
+                last_offset = excluded.last_offset,
+                last_position = excluded.last_position,
+                last_recorded_at_us = excluded.last_recorded_at_us,
+                drained = 0,
+                updated_at_us = excluded.updated_at_us
+             WHERE projection_checkpoints.last_offset < excluded.last_offset",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(checkpoint.source.as_str())
+        .bind(i64::from(checkpoint.partition))
+        .bind(checkpoint.offset)
+        .bind(to_i64(checkpoint.position))
+        .bind(checkpoint.recorded_at.map(micros))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records dead letters; call it inside the transaction that stores the batch's checkpoints.
+pub async fn save_dead_letters(
+    conn: &mut AnyConnection,
+    name: &str,
+    version: u32,
+    letters: &[DeadLetter],
+) -> Result<(), ProjectionError> {
+    let now = micros(Utc::now());
+    for letter in letters {
+        sqlx::query(
+            "INSERT INTO projection_dead_letters
+                (name, version, source, partition_no, message_offset, position, event_type, reason, payload, recorded_at_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(letter.origin.source.as_str())
+        .bind(i64::from(letter.origin.partition))
+        .bind(letter.origin.offset)
+        .bind(to_i64(letter.position))
+        .bind(letter.event_type.as_str())
+        .bind(letter.reason.as_str())
+        .bind(letter.payload.as_slice())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        metrics::counter!("orderflow_projection_dead_letters_total", "projection" => name.to_owned()).increment(1);
+    }
+    Ok(())
+}
+
+/// What a Kafka worker reports about one of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReport {
+    pub source: String,
+    pub partition: i32,
+    /// The worker's last poll found nothing to read.
+    pub drained: bool,
+    /// The partition's end offset as the consumer's last fetch saw it.
+    pub high_watermark: Option<i64>,
+}
+
+/// One partition's checkpoint and reported state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub source: String,
+    pub partition: i32,
+    /// The last offset applied; -1 when none yet.
+    pub offset: i64,
+    /// The highest global position applied from this partition.
+    pub position: u64,
+    pub recorded_at: Option<DateTime<Utc>>,
+    pub drained: bool,
+    pub high_watermark: Option<i64>,
+}
+
+/// The position a projection version has applied: the largest N such that every event with a
+/// global position up to N is applied (see `docs/adr/0005-projection-runtime.md`).
+///
+/// - From the store (embedded), the one checkpoint is exact: the global log is read in position
+///   order and gap-safe.
+/// - From Kafka, each partition holds its events in position order (the relay publishes in
+///   order), so a partition whose applied position is p has applied every one of its events up
+///   to p. A partition whose worker found it empty at its last poll has nothing older waiting,
+///   so it counts as far as the furthest partition. The answer is the minimum over partitions.
+pub fn applied_position(progress: &[PartitionProgress]) -> u64 {
+    if let Some(store) = progress.iter().find(|p| p.source == crate::STORE_SOURCE) {
+        return store.position;
+    }
+    let furthest = progress.iter().map(|p| p.position).max().unwrap_or(0);
+    progress
+        .iter()
+        .map(|p| if p.drained { furthest } else { p.position })
+        .min()
+        .unwrap_or(0)
+}
+
+/// Records waiting in Kafka for the projection (from the ends the workers reported), if known.
+pub fn lag_records(progress: &[PartitionProgress]) -> Option<u64> {
+    let mut total = 0u64;
+    let mut known = false;
+    for p in progress {
+        if let Some(end) = p.high_watermark {
+            known = true;
+            total += u64::try_from(end - (p.offset + 1)).unwrap_or(0);
+        }
+    }
+    known.then_some(total)
+}
+
+/// A projection version as the registry holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionInfo {
+    pub name: String,
+    pub version: u32,
+    /// `building`, `live`, `retired` or `historical`.
+    pub state: String,
+    /// A `--until` build: the last position it includes.
+    pub until_position: Option<u64>,
+    pub until_time: Option<DateTime<Utc>>,
+    /// A build's goal: the store's head when it started (moves as it catches up).
+    pub target_position: u64,
+    pub events_applied: u64,
+    pub events_per_second: f64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub switched_at: Option<DateTime<Utc>>,
+}
+
+impl VersionInfo {
+    fn from_row(row: sqlx::any::AnyRow) -> Result<Self, ProjectionError> {
+        Ok(VersionInfo {
+            name: row.try_get(0)?,
+            version: version_from(row.try_get(1)?)?,
+            state: row.try_get(2)?,
+            until_position: row.try_get::<Option<i64>, _>(3)?.map(from_i64),
+            until_time: row.try_get::<Option<i64>, _>(4)?.and_then(from_micros),
+            target_position: from_i64(row.try_get(5)?),
+            events_applied: from_i64(row.try_get(6)?),
+            events_per_second: row.try_get(7)?,
+            started_at: from_micros(row.try_get(8)?),
+            switched_at: row.try_get::<Option<i64>, _>(9)?.and_then(from_micros),
+        })
+    }
+}
+
+/// Microseconds since the epoch: how the read databases store times.
+pub fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+/// The time of a stored microsecond count (`None` outside chrono's range).
+pub fn from_micros(micros: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros)
+}
+
+/// A position or count as stored (`BIGINT`); positions never reach `i64::MAX`.
+pub fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A stored position or count; negative values (never written) read as 0.
+pub fn from_i64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn version_from(value: i64) -> Result<u32, ProjectionError> {
+    u32::try_from(value).map_err(|_| ProjectionError::Inconsistent(format!("version {value} out of range")))
+}

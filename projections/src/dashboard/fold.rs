@@ -1,0 +1,399 @@
+//! The pure part of [`super::OrderDashboard::apply`]: a batch folded in memory over the rows it
+//! touches, loaded beforehand. Nothing here does IO; `write` stores what the fold produced.
+
+use std::collections::HashMap;
+
+use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, OrderPlaced};
+use uuid::Uuid;
+
+use super::OrderStatus;
+use crate::{ProjectedEvent, ProjectionError, micros, to_i64};
+
+/// An order row as stored in `orders` (and, with validity, in `order_history`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OrderState {
+    pub(super) order_id: Uuid,
+    pub(super) customer_id: Uuid,
+    pub(super) customer_name: String,
+    pub(super) customer_email: String,
+    pub(super) snapshot_name: String,
+    pub(super) snapshot_email: String,
+    pub(super) status: OrderStatus,
+    pub(super) item_count: i64,
+    pub(super) total_minor: i64,
+    pub(super) currency: String,
+    pub(super) placed_at_us: i64,
+    pub(super) confirmed_at_us: Option<i64>,
+    pub(super) shipped_at_us: Option<i64>,
+    pub(super) delivered_at_us: Option<i64>,
+    pub(super) cancelled_at_us: Option<i64>,
+    pub(super) cancel_reason: Option<String>,
+    pub(super) carrier: Option<String>,
+    pub(super) tracking: Option<String>,
+    pub(super) stream_version: i64,
+    pub(super) last_position: i64,
+    pub(super) updated_at_us: i64,
+}
+
+/// A customer row as stored in `customers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CustomerState {
+    pub(super) customer_id: Uuid,
+    pub(super) name: String,
+    pub(super) email: String,
+    pub(super) stream_version: i64,
+    pub(super) last_position: i64,
+    pub(super) order_count: i64,
+    pub(super) last_order_id: Option<Uuid>,
+    pub(super) last_order_at_us: Option<i64>,
+    pub(super) last_order_position: Option<i64>,
+}
+
+/// One version of an order, valid from its event up to the next one's (`None`: still valid).
+#[derive(Debug, Clone)]
+pub(super) struct OrderVersion {
+    pub(super) order: OrderState,
+    pub(super) valid_from: (i64, i64),
+    pub(super) valid_to: Option<(i64, i64)>,
+}
+
+/// One version of a customer's name and email.
+#[derive(Debug, Clone)]
+pub(super) struct CustomerVersion {
+    pub(super) customer_id: Uuid,
+    pub(super) stream_version: i64,
+    pub(super) name: String,
+    pub(super) email: String,
+    pub(super) valid_from: (i64, i64),
+    pub(super) valid_to: Option<(i64, i64)>,
+}
+
+/// A row in memory, with what the write-back needs to know about it.
+#[derive(Debug)]
+pub(super) struct Entry<T> {
+    pub(super) state: T,
+    /// The row as loaded, `None` when the batch created it.
+    pub(super) loaded: Option<T>,
+    /// Whether the batch changed it.
+    pub(super) dirty: bool,
+    /// Whether an event of the row's own stream applied in this batch.
+    pub(super) advanced: bool,
+    /// Index in the batch's history rows of this row's latest version, if the batch made one.
+    latest_version: Option<usize>,
+}
+
+impl<T: Clone> Entry<T> {
+    fn loaded(state: T) -> Self {
+        Entry {
+            loaded: Some(state.clone()),
+            state,
+            dirty: false,
+            advanced: false,
+            latest_version: None,
+        }
+    }
+
+    fn created(state: T) -> Self {
+        Entry {
+            state,
+            loaded: None,
+            dirty: true,
+            advanced: false,
+            latest_version: None,
+        }
+    }
+}
+
+/// The outcome of folding one batch.
+#[derive(Debug, Default)]
+pub(super) struct Fold {
+    pub(super) orders: HashMap<Uuid, Entry<OrderState>>,
+    pub(super) customers: HashMap<Uuid, Entry<CustomerState>>,
+    /// New order versions, in batch order.
+    pub(super) order_versions: Vec<OrderVersion>,
+    pub(super) customer_versions: Vec<CustomerVersion>,
+    /// Stored versions to close (valid_to = the first applied event's position and time).
+    pub(super) close_orders: Vec<(Uuid, (i64, i64))>,
+    pub(super) close_customers: Vec<(Uuid, (i64, i64))>,
+    /// Per (customer, currency): orders placed and lifetime value to add.
+    pub(super) totals: HashMap<(Uuid, String), (i64, i64)>,
+}
+
+/// The ids of the orders and customers a batch touches: the rows to load before folding.
+pub(super) fn affected(events: &[ProjectedEvent]) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut orders = Vec::new();
+    let mut customers = Vec::new();
+    for event in events {
+        match &event.event {
+            DomainEvent::Order(order) => {
+                orders.push(order.order_id());
+                if let OrderEvent::Placed(placed) = order {
+                    customers.push(placed.customer_id);
+                }
+            }
+            DomainEvent::Customer(customer) => customers.push(customer.customer_id()),
+            DomainEvent::Product(_) | DomainEvent::Payment(_) => {}
+        }
+    }
+    orders.sort_unstable();
+    orders.dedup();
+    customers.sort_unstable();
+    customers.dedup();
+    (orders, customers)
+}
+
+impl Fold {
+    /// Folds `events` in batch order over the loaded rows.
+    pub(super) fn run(
+        orders: Vec<OrderState>,
+        customers: Vec<CustomerState>,
+        events: &[ProjectedEvent],
+    ) -> Result<Self, ProjectionError> {
+        let mut fold = Fold {
+            orders: orders.into_iter().map(|o| (o.order_id, Entry::loaded(o))).collect(),
+            customers: customers
+                .into_iter()
+                .map(|c| (c.customer_id, Entry::loaded(c)))
+                .collect(),
+            ..Fold::default()
+        };
+        for event in events {
+            match &event.event {
+                DomainEvent::Order(order) => fold.order_event(event, order)?,
+                DomainEvent::Customer(customer) => fold.customer_event(event, customer)?,
+                DomainEvent::Product(_) | DomainEvent::Payment(_) => {}
+            }
+        }
+        // Orders whose customer is known from its own stream show the customer's current name,
+        // whatever the batch order was (the stored orders of a customer that changed are
+        // updated by `write`).
+        for entry in fold.orders.values_mut().filter(|entry| entry.dirty) {
+            let order = &mut entry.state;
+            if let Some(customer) = fold.customers.get(&order.customer_id)
+                && customer.state.stream_version > 0
+            {
+                order.customer_name.clone_from(&customer.state.name);
+                order.customer_email.clone_from(&customer.state.email);
+            }
+        }
+        Ok(fold)
+    }
+
+    fn customer_event(&mut self, event: &ProjectedEvent, customer: &CustomerEvent) -> Result<(), ProjectionError> {
+        let id = customer.customer_id();
+        let version = to_i64(event.stream_version);
+        let at = (to_i64(event.position), micros(event.recorded_at));
+        let entry = match (self.customers.get_mut(&id), customer) {
+            (Some(entry), _) => entry,
+            (None, CustomerEvent::Registered(_)) => self.customers.entry(id).or_insert_with(|| {
+                Entry::created(CustomerState {
+                    customer_id: id,
+                    name: String::new(),
+                    email: String::new(),
+                    stream_version: 0,
+                    last_position: 0,
+                    order_count: 0,
+                    last_order_id: None,
+                    last_order_at_us: None,
+                    last_order_position: None,
+                })
+            }),
+            (None, _) => {
+                return Err(ProjectionError::Inconsistent(format!(
+                    "{} for customer {id}, which is not registered",
+                    customer.event_type()
+                )));
+            }
+        };
+        if version <= entry.state.stream_version {
+            return Ok(()); // applied before: a replay
+        }
+        let state = &mut entry.state;
+        match customer {
+            CustomerEvent::Registered(e) => {
+                state.name.clone_from(&e.name);
+                state.email.clone_from(&e.email);
+            }
+            CustomerEvent::Renamed(e) => state.name.clone_from(&e.name),
+            CustomerEvent::EmailChanged(e) => state.email.clone_from(&e.email),
+        }
+        state.stream_version = version;
+        state.last_position = at.0;
+        entry.dirty = true;
+        entry.advanced = true;
+        match entry.latest_version {
+            Some(index) => {
+                if let Some(previous) = self.customer_versions.get_mut(index) {
+                    previous.valid_to = Some(at);
+                }
+            }
+            None => {
+                if entry.loaded.as_ref().is_some_and(|loaded| loaded.stream_version > 0) {
+                    self.close_customers.push((id, at));
+                }
+            }
+        }
+        entry.latest_version = Some(self.customer_versions.len());
+        self.customer_versions.push(CustomerVersion {
+            customer_id: id,
+            stream_version: version,
+            name: state.name.clone(),
+            email: state.email.clone(),
+            valid_from: at,
+            valid_to: None,
+        });
+        Ok(())
+    }
+
+    fn order_event(&mut self, event: &ProjectedEvent, order: &OrderEvent) -> Result<(), ProjectionError> {
+        let id = order.order_id();
+        let version = to_i64(event.stream_version);
+        let at = (to_i64(event.position), micros(event.recorded_at));
+        let occurred_us = micros(event.occurred_at);
+        if let OrderEvent::Placed(placed) = order
+            && !self.orders.contains_key(&id)
+        {
+            let state = self.place(placed, version, at, occurred_us);
+            let entry = self.orders.entry(id).or_insert_with(|| Entry::created(state));
+            entry.advanced = true;
+            entry.latest_version = Some(self.order_versions.len());
+            self.order_versions.push(OrderVersion {
+                order: entry.state.clone(),
+                valid_from: at,
+                valid_to: None,
+            });
+            return Ok(());
+        }
+        let Some(entry) = self.orders.get_mut(&id) else {
+            return Err(ProjectionError::Inconsistent(format!(
+                "{} for order {id}, which was never placed",
+                order.event_type()
+            )));
+        };
+        if version <= entry.state.stream_version {
+            return Ok(()); // applied before: a replay
+        }
+        let state = &mut entry.state;
+        match order {
+            OrderEvent::Placed(_) => {
+                return Err(ProjectionError::Inconsistent(format!(
+                    "order {id} placed again at stream version {version}"
+                )));
+            }
+            OrderEvent::Confirmed(_) => {
+                state.status = OrderStatus::Confirmed;
+                state.confirmed_at_us = Some(occurred_us);
+            }
+            OrderEvent::Shipped(e) => {
+                state.status = OrderStatus::Shipped;
+                state.shipped_at_us = Some(occurred_us);
+                state.carrier = Some(e.carrier.clone());
+                state.tracking = Some(e.tracking.clone());
+            }
+            OrderEvent::Delivered(_) => {
+                state.status = OrderStatus::Delivered;
+                state.delivered_at_us = Some(occurred_us);
+            }
+            OrderEvent::Cancelled(e) => {
+                if state.status != OrderStatus::Cancelled {
+                    let total = self
+                        .totals
+                        .entry((state.customer_id, state.currency.clone()))
+                        .or_insert((0, 0));
+                    total.1 -= state.total_minor;
+                }
+                state.status = OrderStatus::Cancelled;
+                state.cancelled_at_us = Some(occurred_us);
+                state.cancel_reason = Some(e.reason.clone());
+            }
+        }
+        state.stream_version = version;
+        state.last_position = at.0;
+        state.updated_at_us = at.1;
+        entry.dirty = true;
+        entry.advanced = true;
+        match entry.latest_version {
+            Some(index) => {
+                if let Some(previous) = self.order_versions.get_mut(index) {
+                    previous.valid_to = Some(at);
+                }
+            }
+            None => self.close_orders.push((id, at)),
+        }
+        entry.latest_version = Some(self.order_versions.len());
+        self.order_versions.push(OrderVersion {
+            order: entry.state.clone(),
+            valid_from: at,
+            valid_to: None,
+        });
+        Ok(())
+    }
+
+    /// The new order row of `placed`, and its effect on the customer's copy and totals.
+    fn place(&mut self, placed: &OrderPlaced, version: i64, at: (i64, i64), occurred_us: i64) -> OrderState {
+        let snapshot = &placed.customer;
+        let customer = self.customers.entry(placed.customer_id).or_insert_with(|| {
+            Entry::created(CustomerState {
+                customer_id: placed.customer_id,
+                name: snapshot.name.clone(),
+                email: snapshot.email.clone(),
+                stream_version: 0,
+                last_position: at.0,
+                order_count: 0,
+                last_order_id: None,
+                last_order_at_us: None,
+                last_order_position: None,
+            })
+        });
+        let copy = &mut customer.state;
+        // Known only from snapshots: the latest snapshot in the log wins, whatever the order
+        // the batches brought them in.
+        if copy.stream_version == 0 && at.0 > copy.last_position {
+            copy.name.clone_from(&snapshot.name);
+            copy.email.clone_from(&snapshot.email);
+            copy.last_position = at.0;
+        }
+        copy.order_count += 1;
+        if copy.last_order_position.is_none_or(|last| at.0 > last) {
+            copy.last_order_id = Some(placed.order_id);
+            copy.last_order_at_us = Some(occurred_us);
+            copy.last_order_position = Some(at.0);
+        }
+        customer.dirty = true;
+        let (name, email) = if copy.stream_version > 0 {
+            (copy.name.clone(), copy.email.clone())
+        } else {
+            (snapshot.name.clone(), snapshot.email.clone())
+        };
+        let currency = placed.currency.as_str().to_owned();
+        let total = self
+            .totals
+            .entry((placed.customer_id, currency.clone()))
+            .or_insert((0, 0));
+        total.0 += 1;
+        total.1 += placed.total_minor;
+        OrderState {
+            order_id: placed.order_id,
+            customer_id: placed.customer_id,
+            customer_name: name,
+            customer_email: email,
+            snapshot_name: snapshot.name.clone(),
+            snapshot_email: snapshot.email.clone(),
+            status: OrderStatus::Placed,
+            item_count: placed.lines.iter().map(|line| line.quantity).sum(),
+            total_minor: placed.total_minor,
+            currency,
+            placed_at_us: occurred_us,
+            confirmed_at_us: None,
+            shipped_at_us: None,
+            delivered_at_us: None,
+            cancelled_at_us: None,
+            cancel_reason: None,
+            carrier: None,
+            tracking: None,
+            stream_version: version,
+            last_position: at.0,
+            updated_at_us: at.1,
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The dashboard's reads, for the read API: order lists with keyset pagination, one order, a
+//! customer's summary, and the same "as of" a past position or time, answered from the history
+//! tables. SELECT only; every value is a bound parameter, only the generated table prefix is
+//! spliced in.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{Any, AssertSqlSafe, Row};
+use uuid::Uuid;
+
+use super::table_prefix;
+use super::write::{parse_status, parse_uuid};
+use crate::{ProjectionError, ReadDb, from_i64, from_micros, micros, to_i64};
+
+/// The largest page [`list_orders`] answers.
+pub const MAX_PAGE_LIMIT: u32 = 1_000;
+
+/// What a read can fail with, and how the read API should answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// A request parameter is invalid (a malformed or foreign cursor, a limit out of range):
+    /// the client's fault, 400.
+    #[error("invalid {parameter}: {message}")]
+    Invalid { parameter: &'static str, message: String },
+    /// The read database failed: 503, the detail logged.
+    #[error("read database")]
+    Database(#[from] sqlx::Error),
+    /// A stored row breaks the dashboard's assumptions (a bug or a hand edit): 500.
+    #[error("inconsistent stored data: {0}")]
+    Inconsistent(String),
+}
+
+impl From<ProjectionError> for QueryError {
+    fn from(error: ProjectionError) -> Self {
+        match error {
+            ProjectionError::Database(e) => QueryError::Database(e),
+            other => QueryError::Inconsistent(other.to_string()),
+        }
+    }
+}
+
+/// An order's lifecycle state. Stored as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Placed,
+    Confirmed,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Placed,
+        Self::Confirmed,
+        Self::Shipped,
+        Self::Delivered,
+        Self::Cancelled,
+    ];
+
+    /// The stored and serialized name: never rename.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Placed => "placed",
+            Self::Confirmed => "confirmed",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no [`OrderStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an order status (placed, confirmed, shipped, delivered, cancelled)")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for OrderStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+            .ok_or_else(|| UnknownStatus(name.to_owned()))
+    }
+}
+
+/// One order as the dashboard shows it. Money is integer minor units of `currency`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    /// The customer's current name (or, as of a past point, the name then); the order's own
+    /// snapshot while the customer's stream has not been seen.
+    pub customer_name: String,
+    pub customer_email: String,
+    pub status: OrderStatus,
+    /// The sum of the lines' quantities.
+    pub item_count: i64,
+    pub total_minor: i64,
+    pub currency: String,
+    pub placed_at: DateTime<Utc>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub shipped_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub cancel_reason: Option<String>,
+    pub carrier: Option<String>,
+    pub tracking: Option<String>,
+    /// The order stream's version this row reflects.
+    pub stream_version: u64,
+    /// The global position of that version's event.
+    pub last_position: u64,
+    /// When the store recorded that event.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A customer's lifetime value in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CurrencyTotal {
+    pub currency: String,
+    /// Orders placed in this currency, cancelled or not.
+    pub order_count: u64,
+    /// The totals of those orders that are not cancelled, in minor units.
+    pub lifetime_value_minor: i64,
+}
+
+/// A customer's most recent order (by global position).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastOrder {
+    pub order_id: Uuid,
+    pub placed_at: DateTime<Utc>,
+}
+
+/// What the dashboard knows about a customer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CustomerSummary {
+    pub customer_id: Uuid,
+    pub name: String,
+    pub email: String,
+    /// The customer stream's version applied; 0 while the customer is only known from the
+    /// snapshots of its orders.
+    pub stream_version: u64,
+    /// Every order placed, cancelled or not.
+    pub order_count: u64,
+    /// Per currency, sorted by currency code.
+    pub lifetime_value: Vec<CurrencyTotal>,
+    pub last_order: Option<LastOrder>,
+}
+
+/// Which orders a list holds. `placed_from` is inclusive, `placed_to` exclusive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    pub status: Option<OrderStatus>,
+    pub customer_id: Option<Uuid>,
+    pub placed_from: Option<DateTime<Utc>>,
+    pub placed_to: Option<DateTime<Utc>>,
+}
+
+/// The key a list is sorted by; ties are broken by order id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SortKey {
+    PlacedAt,
+    Total,
+}
+
+impl SortKey {
+    const fn column(self) -> &'static str {
+        match self {
+            SortKey::PlacedAt => "placed_at_us",
+            SortKey::Total => "total_minor",
+        }
+    }
+
+    /// The row's value of this key, as stored.
+    fn value(self, row: &OrderRow) -> i64 {
+        match self {
+            SortKey::PlacedAt => micros(row.placed_at),
+            SortKey::Total => row.total_minor,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Asc,
+    Desc,
+}
+
+/// How a list is sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sort {
+    pub key: SortKey,
+    pub direction: Direction,
+}
+
+impl Default for Sort {
+    /// Newest first.
+    fn default() -> Self {
+        Sort {
+            key: SortKey::PlacedAt,
+            direction: Direction::Desc,
+        }
+    }
+}
+
+/// Where the next page starts: after the row with this sort value and order id. Opaque to
+/// clients: [`Cursor::encode`] gives a URL-safe string that [`Cursor::decode`] reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    pub sort: Sort,
+    pub value: i64,
+    pub order_id: Uuid,
+}
+
+impl Cursor {
+    /// Hex of `{key}{direction}:{value}:{order id}`, e.g. `pd:1700000000000000:67e5...`.
+    pub fn encode(&self) -> String {
+        let key = match self.sort.key {
+            SortKey::PlacedAt => 'p',
+            SortKey::Total => 't',
+        };
+        let direction = match self.sort.direction {
+            Direction::Asc => 'a',
+            Direction::Desc => 'd',
+        };
+        let plain = format!("{key}{direction}:{}:{}", self.value, self.order_id.simple());
+        plain.bytes().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// Reads a cursor made by [`encode`](Self::encode); anything else is
+    /// [`QueryError::Invalid`].
+    pub fn decode(text: &str) -> Result<Self, QueryError> {
+        let invalid = |message: &str| QueryError::Invalid {
+            parameter: "cursor",
+            message: message.to_owned(),
+        };
+        if text.len() > 256 || !text.len().is_multiple_of(2) {
+            return Err(invalid("not a cursor from this API"));
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| invalid("not a cursor from this API"))?;
+        let plain = String::from_utf8(bytes).map_err(|_| invalid("not a cursor from this API"))?;
+        let mut parts = plain.split(':');
+        let (Some(sort), Some(value), Some(order_id), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("not a cursor from this API"));
+        };
+        let key = match sort.get(..1) {
+            Some("p") => SortKey::PlacedAt,
+            Some("t") => SortKey::Total,
+            _ => return Err(invalid("unknown sort")),
+        };
+        let direction = match sort.get(1..) {
+            Some("a") => Direction::Asc,
+            Some("d") => Direction::Desc,
+            _ => return Err(invalid("unknown sort direction")),
+        };
+        Ok(Cursor {
+            sort: Sort { key, direction },
+            value: value.parse().map_err(|_| invalid("bad sort value"))?,
+            order_id: Uuid::try_parse(order_id).map_err(|_| invalid("bad order id"))?,
+        })
+    }
+}
+
+/// One page of a list, and the cursor of the next one (`None`: this is the last page).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Page {
+    pub rows: Vec<OrderRow>,
+    pub next_cursor: Option<String>,
+}
+
+/// A past point of the log: everything up to and including this global position, or
+/// everything the store had recorded at this time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Position(u64),
+    Time(DateTime<Utc>),
+}
+
+/// A statement being built: its text and its bound values.
+#[derive(Default)]
+struct Statement {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+impl Statement {
+    /// Binds a value and answers its placeholder.
+    fn param(&mut self, bind: Bind) -> String {
+        self.binds.push(bind);
+        format!("${}", self.binds.len())
+    }
+
+    async fn fetch_all(self, db: &ReadDb) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let mut query: sqlx::query::Query<'static, Any, AnyArguments> = sqlx::query(AssertSqlSafe(self.sql));
+        for bind in self.binds {
+            query = match bind {
+                Bind::Int(value) => query.bind(value),
+                Bind::Text(value) => query.bind(value),
+            };
+        }
+        query.fetch_all(db.pool()).await
+    }
+}
+
+/// The order columns in the order [`order_from_row`] reads them, from the current table `o`.
+const CURRENT_SELECT: &str = "o.order_id, o.customer_id, o.customer_name, o.customer_email, o.status, o.item_count, \
+     o.total_minor, o.currency, o.placed_at_us, o.confirmed_at_us, o.shipped_at_us, o.delivered_at_us, \
+     o.cancelled_at_us, o.cancel_reason, o.carrier, o.tracking, o.stream_version, o.last_position, o.updated_at_us";
+
+/// The same from the history table `o` joined with the customer's version `c` at that point.
+const HISTORY_SELECT: &str = "o.order_id, o.customer_id, COALESCE(c.name, o.snapshot_name), \
+     COALESCE(c.email, o.snapshot_email), o.status, o.item_count, o.total_minor, o.currency, o.placed_at_us, \
+     o.confirmed_at_us, o.shipped_at_us, o.delivered_at_us, o.cancelled_at_us, o.cancel_reason, o.carrier, \
+     o.tracking, o.stream_version, o.valid_from_position, o.valid_from_us";
+
+fn time(micros: i64) -> Result<DateTime<Utc>, QueryError> {
+    from_micros(micros).ok_or_else(|| QueryError::Inconsistent(format!("stored time {micros} out of range")))
+}
+
+fn optional_time(micros: Option<i64>) -> Result<Option<DateTime<Utc>>, QueryError> {
+    micros.map(time).transpose()
+}
+
+fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
+    Ok(OrderRow {
+        order_id: parse_uuid(&row.try_get::<String, _>(0)?)?,
+        customer_id: parse_uuid(&row.try_get::<String, _>(1)?)?,
+        customer_name: row.try_get(2)?,
+        customer_email: row.try_get(3)?,
+        status: parse_status(&row.try_get::<String, _>(4)?)?,
+        item_count: row.try_get(5)?,
+        total_minor: row.try_get(6)?,
+        currency: row.try_get(7)?,
+        placed_at: time(row.try_get(8)?)?,
+        confirmed_at: optional_time(row.try_get(9)?)?,
+        shipped_at: optional_time(row.try_get(10)?)?,
+        delivered_at: optional_time(row.try_get(11)?)?,
+        cancelled_at: optional_time(row.try_get(12)?)?,
+        cancel_reason: row.try_get(13)?,
+        carrier: row.try_get(14)?,
+        tracking: row.try_get(15)?,
+        stream_version: from_i64(row.try_get(16)?),
+        last_position: from_i64(row.try_get(17)?),
+        updated_at: time(row.try_get(18)?)?,
+    })
+}
+
+/// `FROM ...` of the current orders, or of the order versions valid at `as_of` with the
+/// customer's version valid then.
+fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> String {
+    let Some(as_of) = as_of else {
+        return format!("SELECT {CURRENT_SELECT} FROM {prefix}orders o");
+    };
+    let (from, to, point) = match as_of {
+        AsOf::Position(position) => ("valid_from_position", "valid_to_position", Bind::Int(to_i64(position))),
+        AsOf::Time(time) => ("valid_from_us", "valid_to_us", Bind::Int(micros(time))),
+    };
+    let point = statement.param(point);
+    format!(
+        "SELECT {HISTORY_SELECT} FROM {prefix}order_history o \
+           LEFT JOIN {prefix}customer_history c ON c.customer_id = o.customer_id \
+                 AND c.{from} <= {point} AND (c.{to} IS NULL OR c.{to} > {point}) \
+          WHERE o.{from} <= {point} AND (o.{to} IS NULL OR o.{to} > {point})"
+    )
+}
+
+/// The current row of an order.
+pub async fn get_order(db: &ReadDb, version: u32, order_id: Uuid) -> Result<Option<OrderRow>, QueryError> {
+    get(db, version, order_id, None).await
+}
+
+/// An order as it was at `as_of` (`None`: not placed yet then).
+pub async fn get_order_as_of(
+    db: &ReadDb,
+    version: u32,
+    order_id: Uuid,
+    as_of: AsOf,
+) -> Result<Option<OrderRow>, QueryError> {
+    get(db, version, order_id, Some(as_of)).await
+}
+
+async fn get(db: &ReadDb, version: u32, order_id: Uuid, as_of: Option<AsOf>) -> Result<Option<OrderRow>, QueryError> {
+    let prefix = table_prefix(version);
+    let mut statement = Statement::default();
+    let select = from_clause(&mut statement, &prefix, as_of);
+    let id = statement.param(Bind::Text(order_id.to_string()));
+    let joiner = if as_of.is_some() { "AND" } else { "WHERE" };
+    statement.sql = format!("{select} {joiner} o.order_id = {id}");
+    let rows = statement.fetch_all(db).await?;
+    rows.first().map(order_from_row).transpose()
+}
+
+/// A page of the current orders matching `filter`, sorted by `sort` then order id, starting
+/// after `cursor`. Keyset pagination: a row inserted between two page reads shows up on a later
+/// page if it sorts after the cursor and never makes another row skip or repeat.
+pub async fn list_orders(
+    db: &ReadDb,
+    version: u32,
+    filter: &OrderFilter,
+    sort: Sort,
+    cursor: Option<&Cursor>,
+    limit: u32,
+) -> Result<Page, QueryError> {
+    list(db, version, None, filter, sort, cursor, limit).await
+}
+
+/// [`list_orders`] over the orders as they were at `as_of`.
+pub async fn list_orders_as_of(
+    db: &ReadDb,
+    version: u32,
+    as_of: AsOf,
+    filter: &OrderFilter,
+    sort: Sort,
+    cursor: Option<&Cursor>,
+    limit: u32,
+) -> Result<Page, QueryError> {
+    list(db, version, Some(as_of), filter, sort, cursor, limit).await
+}
+
+async fn list(
+    db: &ReadDb,
+    version: u32,
+    as_of: Option<AsOf>,
+    filter: &OrderFilter,
+    sort: Sort,
+    cursor: Option<&Cursor>,
+    limit: u32,
+) -> Result<Page, QueryError> {
+    if limit == 0 || limit > MAX_PAGE_LIMIT {
+        return Err(QueryError::Invalid {
+            parameter: "limit",
+            message: format!("between 1 and {MAX_PAGE_LIMIT}"),
+        });
+    }
+    if let Some(cursor) = cursor
+        && cursor.sort != sort
+    {
+        return Err(QueryError::Invalid {
+            parameter: "cursor",
+            message: "the cursor belongs to a list with another sort".to_owned(),
+        });
+    }
+    let prefix = table_prefix(version);
+    let mut statement = Statement::default();
+    let select = from_clause(&mut statement, &prefix, as_of);
+    let mut conditions = Vec::new();
+    if let Some(status) = filter.status {
+        conditions.push(format!(
+            "o.status = {}",
+            statement.param(Bind::Text(status.as_str().to_owned()))
+        ));
+    }
+    if let Some(customer_id) = filter.customer_id {
+        conditions.push(format!(
+            "o.customer_id = {}",
+            statement.param(Bind::Text(customer_id.to_string()))
+        ));
+    }
+    if let Some(from) = filter.placed_from {
+        conditions.push(format!(
+            "o.placed_at_us >= {}",
+            statement.param(Bind::Int(micros(from)))
+        ));
+    }
+    if let Some(to) = filter.placed_to {
+        conditions.push(format!("o.placed_at_us < {}", statement.param(Bind::Int(micros(to)))));
+    }
+    let column = sort.key.column();
+    let (compare, order) = match sort.direction {
+        Direction::Asc => (">", "ASC"),
+        Direction::Desc => ("<", "DESC"),
+    };
+    if let Some(cursor) = cursor {
+        let value = statement.param(Bind::Int(cursor.value));
+        let id = statement.param(Bind::Text(cursor.order_id.to_string()));
+        conditions.push(format!("(o.{column}, o.order_id) {compare} ({value}, {id})"));
+    }
+    let mut sql = select;
+    for (i, condition) in conditions.iter().enumerate() {
+        let joiner = if i == 0 && as_of.is_none() { "WHERE" } else { "AND" };
+        sql.push_str(&format!(" {joiner} {condition}"));
+    }
+    let fetch = statement.param(Bind::Int(i64::from(limit) + 1));
+    sql.push_str(&format!(
+        " ORDER BY o.{column} {order}, o.order_id {order} LIMIT {fetch}"
+    ));
+    statement.sql = sql;
+    let mut rows = statement
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(order_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = match rows.last() {
+        Some(last) if more => Some(
+            Cursor {
+                sort,
+                value: sort.key.value(last),
+                order_id: last.order_id,
+            }
+            .encode(),
+        ),
+        _ => None,
+    };
+    Ok(Page { rows, next_cursor })
+}
+
+/// A customer's name, email, order count, lifetime value per currency and last order.
+pub async fn customer_summary(
+    db: &ReadDb,
+    version: u32,
+    customer_id: Uuid,
+) -> Result<Option<CustomerSummary>, QueryError> {
+    let prefix = table_prefix(version);
+    let id = customer_id.to_string();
+    let sql = format!(
+        "SELECT name, email, stream_version, order_count, last_order_id, last_order_at_us
+           FROM {prefix}customers WHERE customer_id = $1"
+    );
+    let Some(row) = sqlx::query(AssertSqlSafe(sql))
+        .bind(id.clone())
+        .fetch_optional(db.pool())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let last_order = match (row.try_get::<Option<String>, _>(4)?, row.try_get::<Option<i64>, _>(5)?) {
+        (Some(order_id), Some(at)) => Some(LastOrder {
+            order_id: parse_uuid(&order_id)?,
+            placed_at: time(at)?,
+        }),
+        _ => None,
+    };
+    let sql = format!(
+        "SELECT currency, order_count, lifetime_value_minor FROM {prefix}customer_totals
+          WHERE customer_id = $1 ORDER BY currency"
+    );
+    let lifetime_value = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(CurrencyTotal {
+                currency: row.try_get(0)?,
+                order_count: from_i64(row.try_get(1)?),
+                lifetime_value_minor: row.try_get(2)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(CustomerSummary {
+        customer_id,
+        name: row.try_get(0)?,
+        email: row.try_get(1)?,
+        stream_version: from_i64(row.try_get(2)?),
+        order_count: from_i64(row.try_get(3)?),
+        lifetime_value,
+        last_order,
+    }))
+}

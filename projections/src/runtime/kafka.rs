@@ -1,0 +1,418 @@
+//! The distributed runtime: a projection worker in a Kafka consumer group.
+//!
+//! - The worker owns a `BaseConsumer` on a blocking thread and applies batches through the
+//!   tokio runtime's handle; partitions are read in order, so each stream's events are too.
+//! - Offsets live in the read database, in the same transaction as the rows (the projection's
+//!   checkpoints). On assignment the worker starts each partition after its checkpoint, so a
+//!   crash at any point replays only what was not committed. After each sink commit it also
+//!   stores the offsets in Kafka (`enable.auto.offset.store=false`, auto commit on), which is
+//!   what lag tools read; the database stays the truth.
+//! - On revocation the batch in hand is applied first (the rebalance callback flushes it), so a
+//!   rebalance costs no rework.
+//! - An undecodable message becomes a dead letter with the reason; it never blocks its partition.
+//! - The worker follows the live version of the projection: after a rebuild switches it, it
+//!   seeks its partitions to the new version's checkpoints (replays are guarded by stream
+//!   version) and applies there.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use event_schemas::Envelope;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{ProjectionFactory, RunError, RunOptions, apply_reliably, error_chain};
+use crate::{
+    Batch, Checkpoint, DeadLetter, Origin, PartitionReport, ProjectedEvent, Projection, ProjectionError, ReadDb,
+};
+
+/// How often a worker looks for a version switch made by a rebuild.
+const VERSION_CHECK: Duration = Duration::from_secs(1);
+
+/// Where and how a worker consumes.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The consumer group: every worker of one projection shares it.
+    pub group_id: String,
+    /// The topics the projection reads (`orderflow.orders.v1`, ...).
+    pub topics: Vec<String>,
+    pub run: RunOptions,
+    /// `session.timeout.ms`: how soon the group notices a dead worker.
+    pub session_timeout: Duration,
+}
+
+/// Runs a projection worker until `cancel`: joins the group, applies what it is assigned, and
+/// leaves the group cleanly on the way out (flushing the batch in hand).
+pub async fn run_from_kafka(
+    db: ReadDb,
+    factory: ProjectionFactory,
+    options: KafkaOptions,
+    cancel: CancellationToken,
+) -> Result<(), ProjectionError> {
+    let name = factory(1).name();
+    let version = db.ensure_live(name, 1).await?;
+    let projection = factory(version);
+    projection.prepare().await?;
+    let shared = Arc::new(Shared {
+        handle: Handle::current(),
+        db,
+        factory,
+        name,
+        run: options.run,
+        cancel,
+        state: Mutex::new(State {
+            version,
+            projection,
+            pending: Batch::default(),
+            pending_since: None,
+        }),
+        ends: Mutex::new(HashMap::new()),
+    });
+    let worker = Arc::clone(&shared);
+    tokio::task::spawn_blocking(move || consume(&worker, &options))
+        .await
+        .map_err(|e| ProjectionError::Inconsistent(format!("projection worker panicked: {e}")))?
+}
+
+/// What the consumer thread and the rebalance callback share.
+struct Shared {
+    handle: Handle,
+    db: ReadDb,
+    factory: ProjectionFactory,
+    name: &'static str,
+    run: RunOptions,
+    cancel: CancellationToken,
+    state: Mutex<State>,
+    /// Each partition's end offset, from librdkafka's statistics.
+    ends: Mutex<HashMap<(String, i32), i64>>,
+}
+
+struct State {
+    version: u32,
+    projection: Arc<dyn Projection>,
+    /// Read but not yet applied.
+    pending: Batch,
+    pending_since: Option<Instant>,
+}
+
+struct WorkerContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for WorkerContext {
+    /// librdkafka's statistics carry each partition's end as the last fetch saw it: the
+    /// worker's lag, without a ListOffsets request (which tansu answers wrongly, ADR 0004).
+    fn stats(&self, statistics: Statistics) {
+        let mut ends = self
+            .shared
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (topic, stats) in statistics.topics {
+            for (partition, stats) in stats.partitions {
+                if partition >= 0 && stats.hi_offset >= 0 {
+                    ends.insert((topic.clone(), partition), stats.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    /// Eager rebalancing, done by hand so that each assigned partition starts after the
+    /// checkpoint stored with the rows, and the batch in hand is applied before a revocation.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let projection = Arc::clone(&self.shared.lock().projection);
+                match self.shared.block_on_checkpoints(&*projection) {
+                    Some(checkpoints) => set_offsets(tpl, &checkpoints),
+                    None => return, // cancelled: leave unassigned, we are stopping
+                }
+                info!(
+                    projection = self.shared.name,
+                    partitions = tpl.count(),
+                    "partitions assigned"
+                );
+                if let Err(e) = consumer.assign(tpl) {
+                    error!(projection = self.shared.name, error = %e, "cannot take the assigned partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.flush(consumer);
+                info!(
+                    projection = self.shared.name,
+                    partitions = tpl.count(),
+                    "partitions revoked"
+                );
+                // Anything still pending (a flush cut short by shutdown) is read again by the next owner.
+                self.shared.lock().pending = Batch::default();
+                if let Err(e) = consumer.unassign() {
+                    error!(projection = self.shared.name, error = %e, "cannot release the revoked partitions");
+                }
+            }
+            other => {
+                error!(projection = self.shared.name, error = ?other, "rebalance failed");
+                self.shared.lock().pending = Batch::default();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock already ended the worker; the state is still usable.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies the batch in hand, then stores its offsets in Kafka.
+    fn flush(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let (projection, batch) = {
+            let mut state = self.lock();
+            state.pending_since = None;
+            (Arc::clone(&state.projection), std::mem::take(&mut state.pending))
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let checkpoints = batch.checkpoints();
+        let events = batch.events.len() as u64;
+        let started = Instant::now();
+        match self
+            .handle
+            .block_on(apply_reliably(&*projection, batch, &self.run, &self.cancel))
+        {
+            Ok(()) => {
+                metrics::counter!("orderflow_projection_events_total", "projection" => self.name).increment(events);
+                metrics::histogram!("orderflow_projection_batch_seconds", "projection" => self.name)
+                    .record(started.elapsed().as_secs_f64());
+                for checkpoint in &checkpoints {
+                    metrics::gauge!("orderflow_projection_position", "projection" => self.name)
+                        .set(checkpoint.position as f64);
+                    if let Err(e) =
+                        consumer.store_offset(&checkpoint.source, checkpoint.partition, checkpoint.offset + 1)
+                    {
+                        debug!(error = %e, "offset not stored in Kafka (partition no longer ours)");
+                    }
+                }
+            }
+            Err(RunError::Cancelled) => debug!(projection = self.name, "batch dropped at shutdown; it is read again"),
+            Err(RunError::Projection(cause)) => {
+                error!(projection = self.name, error = %error_chain(&cause), "batch not applied; it is read again");
+            }
+        }
+    }
+
+    /// The live version's checkpoints, retried until they load (`None` when cancelled).
+    fn block_on_checkpoints(&self, projection: &dyn Projection) -> Option<Vec<Checkpoint>> {
+        let mut delay = self.run.backoff;
+        loop {
+            match self.handle.block_on(projection.checkpoints()) {
+                Ok(checkpoints) => return Some(checkpoints),
+                Err(cause) => error!(projection = self.name, error = %error_chain(&cause), "cannot read checkpoints"),
+            }
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(self.run.max_backoff);
+        }
+    }
+
+    /// Switches to the live version when a rebuild changed it: drops the batch in hand and
+    /// seeks every assigned partition to the new version's checkpoints.
+    fn follow_live_version(&self, consumer: &BaseConsumer<WorkerContext>) -> Result<(), ProjectionError> {
+        let live = self.handle.block_on(self.db.live_version(self.name))?;
+        let Some(live) = live else { return Ok(()) };
+        if live == self.lock().version {
+            return Ok(());
+        }
+        let projection = (self.factory)(live);
+        self.handle.block_on(projection.prepare())?;
+        let Some(checkpoints) = self.block_on_checkpoints(&*projection) else {
+            return Ok(());
+        };
+        {
+            let mut state = self.lock();
+            info!(
+                projection = self.name,
+                from = state.version,
+                to = live,
+                "following the new live version"
+            );
+            state.version = live;
+            state.projection = projection;
+            state.pending = Batch::default();
+            state.pending_since = None;
+        }
+        let mut assignment = consumer.assignment()?;
+        set_offsets(&mut assignment, &checkpoints);
+        for element in assignment.elements() {
+            if let Err(e) = consumer.seek(
+                element.topic(),
+                element.partition(),
+                element.offset(),
+                Duration::from_secs(5),
+            ) {
+                warn!(error = %e, topic = element.topic(), partition = element.partition(), "seek failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that every assigned partition was found empty (what makes "applied position"
+    /// exact for read-your-writes, see `applied_position`), with the partition ends the last
+    /// fetches saw (for lag). Answers whether the report was stored.
+    fn report_drained(&self, consumer: &BaseConsumer<WorkerContext>) -> bool {
+        let Ok(assignment) = consumer.assignment() else {
+            return false;
+        };
+        if assignment.count() == 0 {
+            return false;
+        }
+        let ends = self
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let reports: Vec<PartitionReport> = assignment
+            .elements()
+            .iter()
+            .map(|e| PartitionReport {
+                source: e.topic().to_owned(),
+                partition: e.partition(),
+                drained: true,
+                high_watermark: ends.get(&(e.topic().to_owned(), e.partition())).copied(),
+            })
+            .collect();
+        let version = self.lock().version;
+        match self
+            .handle
+            .block_on(self.db.report_partitions(self.name, version, &reports))
+        {
+            Ok(()) => true,
+            Err(cause) => {
+                warn!(projection = self.name, error = %error_chain(&cause), "cannot report drained partitions");
+                false
+            }
+        }
+    }
+
+    /// Adds a message to the batch in hand: decoded, or as a dead letter.
+    fn take(&self, message: &BorrowedMessage<'_>) {
+        let origin = Origin {
+            source: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let payload = message.payload().unwrap_or_default();
+        let mut state = self.lock();
+        state.pending_since.get_or_insert_with(Instant::now);
+        match Envelope::decode(payload) {
+            Ok(envelope) => match ProjectedEvent::from_envelope(&envelope, origin.clone()) {
+                Ok(event) => state.pending.events.push(event),
+                Err(cause) => state.pending.dead_letters.push(DeadLetter {
+                    origin,
+                    position: envelope.global_position,
+                    event_type: envelope.event_type.clone(),
+                    reason: error_chain(&cause),
+                    payload: payload.to_vec(),
+                }),
+            },
+            Err(cause) => state.pending.dead_letters.push(DeadLetter {
+                origin,
+                position: 0,
+                event_type: String::new(),
+                reason: format!("not an orderflow envelope: {}", error_chain(&cause)),
+                payload: payload.to_vec(),
+            }),
+        }
+    }
+}
+
+/// Starts each partition after its checkpoint, or at the beginning when it has none.
+fn set_offsets(tpl: &mut TopicPartitionList, checkpoints: &[Checkpoint]) {
+    let partitions: Vec<(String, i32)> = tpl
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect();
+    for (topic, partition) in partitions {
+        let offset = checkpoints
+            .iter()
+            .find(|c| c.source == topic && c.partition == partition)
+            .map_or(Offset::Beginning, |c| Offset::Offset(c.offset + 1));
+        if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+            warn!(error = %e, topic, partition, "cannot set the start offset");
+        }
+    }
+}
+
+fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), ProjectionError> {
+    let consumer: BaseConsumer<WorkerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", &options.group_id)
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", options.session_timeout.as_millis().to_string())
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(WorkerContext {
+            shared: Arc::clone(shared),
+        })?;
+    let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    info!(projection = shared.name, group = %options.group_id, ?topics, "projection worker started");
+    let run = &options.run;
+    let mut last_version_check = Instant::now();
+    // Whether the partitions were last reported drained (found empty); reset by any record.
+    let mut drained_reported = false;
+    while !shared.cancel.is_cancelled() {
+        let timeout = match shared.lock().pending_since {
+            Some(since) => run.linger.saturating_sub(since.elapsed()),
+            None => Duration::from_millis(100),
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                drained_reported = false;
+                shared.take(&message);
+            }
+            None if !drained_reported && shared.lock().pending.is_empty() => {
+                drained_reported = shared.report_drained(&consumer);
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => warn!(projection = shared.name, error = %e, "consumer error"),
+        }
+        let due = {
+            let state = shared.lock();
+            state.pending.len() >= run.batch_size || state.pending_since.is_some_and(|s| s.elapsed() >= run.linger)
+        };
+        if due {
+            shared.flush(&consumer);
+        }
+        if last_version_check.elapsed() >= VERSION_CHECK {
+            last_version_check = Instant::now();
+            if let Err(cause) = shared.follow_live_version(&consumer) {
+                warn!(projection = shared.name, error = %error_chain(&cause), "cannot check the live version");
+            }
+        }
+    }
+    // Apply what is in hand (one attempt: the token is cancelled, so a failure is not retried
+    // and the batch is read again after a restart), then leave the group.
+    shared.flush(&consumer);
+    consumer.unsubscribe();
+    info!(projection = shared.name, "projection worker stopped");
+    Ok(())
+}

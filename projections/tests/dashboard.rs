@@ -1,0 +1,1128 @@
+//! The order dashboard against the real servers: every scenario on PostgreSQL
+//! (`testkit::postgres::fresh_database`, started by `scripts/services up`) and on a SQLite file.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use event_schemas::{
+    Category, Currency, CustomerEmailChanged, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot,
+    DomainEvent, Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced,
+    OrderShipped, PaymentAuthorized, PaymentEvent,
+};
+use projections::dashboard::{
+    self, AsOf, Cursor, Direction, OrderDashboard, OrderFilter, OrderRow, OrderStatus, QueryError, Sort, SortKey,
+};
+use projections::{Batch, Origin, ProjectedEvent, Projection, ProjectionError, ReadDb, STORE_SOURCE};
+use sqlx::Row;
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Postgres,
+    Sqlite,
+}
+
+async fn read_db(server: Server) -> ReadDb {
+    let url = match server {
+        Server::Postgres => testkit::postgres::fresh_database().await.url,
+        Server::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{}.db", testkit::unique_name("dashboard")));
+            format!("sqlite://{}", path.display())
+        }
+    };
+    let db = ReadDb::connect(&url, 4).await.expect("connect to the read database");
+    db.migrate().await.expect("control tables");
+    db
+}
+
+async fn dashboard(db: &ReadDb, version: u32) -> OrderDashboard {
+    let dashboard = OrderDashboard::new(db.clone(), version);
+    dashboard.prepare().await.expect("prepare");
+    dashboard
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+fn base_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap()
+}
+
+/// The time the store recorded (and the command happened at) the event at `position`.
+fn time_of(position: u64) -> DateTime<Utc> {
+    base_time() + Duration::seconds(i64::try_from(position).unwrap())
+}
+
+/// A global log being written: positions from 1, stream versions per stream.
+#[derive(Default)]
+struct Log {
+    events: Vec<ProjectedEvent>,
+    versions: HashMap<String, u64>,
+}
+
+impl Log {
+    fn push(&mut self, event: DomainEvent) -> ProjectedEvent {
+        let stream_id = stream_of(&event);
+        let version = self.versions.entry(stream_id.clone()).or_insert(0);
+        *version += 1;
+        let position = self.events.len() as u64 + 1;
+        let event = ProjectedEvent {
+            event_id: Uuid::new_v4(),
+            stream_id,
+            stream_version: *version,
+            position,
+            occurred_at: time_of(position),
+            recorded_at: time_of(position),
+            correlation_id: "test".to_owned(),
+            event,
+            origin: Origin::store(position),
+        };
+        self.events.push(event.clone());
+        event
+    }
+}
+
+fn stream_of(event: &DomainEvent) -> String {
+    match event {
+        DomainEvent::Customer(e) => Category::Customer.stream_id(e.customer_id()),
+        DomainEvent::Order(e) => Category::Order.stream_id(e.order_id()),
+        DomainEvent::Payment(e) => Category::Payment.stream_id(e.payment_id()),
+        DomainEvent::Product(e) => Category::Product.stream_id(e.product_id()),
+    }
+}
+
+fn registered(customer_id: Uuid, name: &str, email: &str) -> DomainEvent {
+    DomainEvent::Customer(CustomerEvent::Registered(CustomerRegistered {
+        customer_id,
+        name: name.to_owned(),
+        email: email.to_owned(),
+    }))
+}
+
+fn renamed(customer_id: Uuid, name: &str) -> DomainEvent {
+    DomainEvent::Customer(CustomerEvent::Renamed(CustomerRenamed {
+        customer_id,
+        name: name.to_owned(),
+    }))
+}
+
+fn email_changed(customer_id: Uuid, email: &str) -> DomainEvent {
+    DomainEvent::Customer(CustomerEvent::EmailChanged(CustomerEmailChanged {
+        customer_id,
+        email: email.to_owned(),
+    }))
+}
+
+/// An order of `quantities` units at 250 minor units each, plus `extra_minor` on the first line.
+fn placed(
+    order_id: Uuid,
+    customer_id: Uuid,
+    snapshot: (&str, &str),
+    quantities: &[i64],
+    currency: Currency,
+    extra_minor: i64,
+) -> DomainEvent {
+    let lines: Vec<OrderLine> = quantities
+        .iter()
+        .enumerate()
+        .map(|(i, quantity)| OrderLine {
+            product_id: Uuid::new_v4(),
+            sku: format!("SKU-{i}"),
+            name: format!("product {i}"),
+            quantity: *quantity,
+            unit_price_minor: 250 + if i == 0 { extra_minor } else { 0 },
+        })
+        .collect();
+    let total_minor = lines.iter().map(|line| line.quantity * line.unit_price_minor).sum();
+    DomainEvent::Order(OrderEvent::Placed(OrderPlaced {
+        order_id,
+        customer_id,
+        customer: CustomerSnapshot {
+            name: snapshot.0.to_owned(),
+            email: snapshot.1.to_owned(),
+        },
+        lines,
+        currency,
+        total_minor,
+    }))
+}
+
+fn confirmed(order_id: Uuid) -> DomainEvent {
+    DomainEvent::Order(OrderEvent::Confirmed(OrderConfirmed { order_id }))
+}
+
+fn shipped(order_id: Uuid, carrier: &str, tracking: &str) -> DomainEvent {
+    DomainEvent::Order(OrderEvent::Shipped(OrderShipped {
+        order_id,
+        carrier: carrier.to_owned(),
+        tracking: tracking.to_owned(),
+    }))
+}
+
+fn delivered(order_id: Uuid) -> DomainEvent {
+    DomainEvent::Order(OrderEvent::Delivered(OrderDelivered { order_id }))
+}
+
+fn cancelled(order_id: Uuid, reason: &str) -> DomainEvent {
+    DomainEvent::Order(OrderEvent::Cancelled(OrderCancelled {
+        order_id,
+        reason: reason.to_owned(),
+    }))
+}
+
+fn payment(order_id: Uuid) -> DomainEvent {
+    DomainEvent::Payment(PaymentEvent::Authorized(PaymentAuthorized {
+        payment_id: Uuid::new_v4(),
+        order_id,
+        amount: Money::new(100, Currency::EUR),
+    }))
+}
+
+fn batch(events: &[ProjectedEvent]) -> Batch {
+    Batch {
+        events: events.to_vec(),
+        dead_letters: Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table dumps
+
+const TABLES: [&str; 5] = [
+    "orders",
+    "customers",
+    "customer_totals",
+    "order_history",
+    "customer_history",
+];
+
+/// Every row of one of a version's tables, each cell as text, sorted.
+async fn dump_table(db: &ReadDb, version: u32, table: &str) -> Vec<Vec<String>> {
+    let sql = format!("SELECT * FROM {}{table}", dashboard::table_prefix(version));
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let mut dump: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| match row.try_get::<Option<i64>, _>(i) {
+                    Ok(Some(value)) => value.to_string(),
+                    Ok(None) => "NULL".to_owned(),
+                    Err(_) => format!("'{}'", row.try_get::<String, _>(i).unwrap()),
+                })
+                .collect()
+        })
+        .collect();
+    dump.sort();
+    dump
+}
+
+async fn dump(db: &ReadDb, version: u32) -> BTreeMap<&'static str, Vec<Vec<String>>> {
+    let mut tables = BTreeMap::new();
+    for table in TABLES {
+        tables.insert(table, dump_table(db, version, table).await);
+    }
+    tables
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle, checkpoints, atomicity
+
+async fn lifecycle(server: Server) {
+    let db = read_db(server).await;
+    let dash = dashboard(&db, 1).await;
+    assert!(dash.healthy().await);
+    assert_eq!(dash.name(), dashboard::NAME);
+    dash.prepare().await.expect("prepare is idempotent");
+
+    let (alice, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut log = Log::default();
+    log.push(registered(alice, "Alice", "alice@example.com"));
+    log.push(placed(
+        a,
+        alice,
+        ("Alice", "alice@example.com"),
+        &[2, 3],
+        Currency::EUR,
+        0,
+    ));
+    log.push(placed(
+        b,
+        alice,
+        ("Alice", "alice@example.com"),
+        &[1],
+        Currency::EUR,
+        50,
+    ));
+    log.push(payment(a));
+    log.push(confirmed(a));
+    log.push(shipped(a, "DHL", "TRACK-1"));
+    log.push(cancelled(b, "out of stock"));
+    log.push(delivered(a));
+    let (first, second) = log.events.split_at(4);
+    dash.apply(&batch(first)).await.expect("first batch");
+
+    let row = dashboard::get_order(&db, 1, a).await.unwrap().expect("order a");
+    assert_eq!(row.status, OrderStatus::Placed);
+    assert_eq!(row.item_count, 5);
+    assert_eq!(row.total_minor, 1250);
+    assert_eq!(row.currency, "EUR");
+    assert_eq!(row.customer_name, "Alice");
+    assert_eq!(row.placed_at, time_of(2));
+    assert_eq!(row.confirmed_at, None);
+    assert_eq!((row.stream_version, row.last_position), (1, 2));
+    let checkpoints = dash.checkpoints().await.unwrap();
+    assert_eq!(checkpoints.len(), 1);
+    assert_eq!(
+        (
+            checkpoints[0].source.as_str(),
+            checkpoints[0].offset,
+            checkpoints[0].position
+        ),
+        (STORE_SOURCE, 4, 4),
+        "the payment event is not applied but counts toward the checkpoint"
+    );
+
+    dash.apply(&batch(second)).await.expect("second batch");
+    let row = dashboard::get_order(&db, 1, a).await.unwrap().expect("order a");
+    assert_eq!(row.status, OrderStatus::Delivered);
+    assert_eq!(row.confirmed_at, Some(time_of(5)));
+    assert_eq!(row.shipped_at, Some(time_of(6)));
+    assert_eq!(row.delivered_at, Some(time_of(8)));
+    assert_eq!(
+        (row.carrier.as_deref(), row.tracking.as_deref()),
+        (Some("DHL"), Some("TRACK-1"))
+    );
+    assert_eq!(
+        (row.stream_version, row.last_position, row.updated_at),
+        (4, 8, time_of(8))
+    );
+    let row = dashboard::get_order(&db, 1, b).await.unwrap().expect("order b");
+    assert_eq!(row.status, OrderStatus::Cancelled);
+    assert_eq!(row.cancelled_at, Some(time_of(7)));
+    assert_eq!(row.cancel_reason.as_deref(), Some("out of stock"));
+    assert_eq!(row.item_count, 1);
+    assert_eq!(row.total_minor, 300);
+    assert_eq!(dashboard::get_order(&db, 1, Uuid::new_v4()).await.unwrap(), None);
+    let checkpoints = dash.checkpoints().await.unwrap();
+    assert_eq!((checkpoints[0].offset, checkpoints[0].position), (8, 8));
+    assert_eq!(checkpoints[0].recorded_at, Some(time_of(8)));
+
+    // An event for an order never placed fails the whole batch: neither its rows nor its
+    // checkpoint are stored (they are one transaction).
+    let c = Uuid::new_v4();
+    let before = dump(&db, 1).await;
+    let placed_c = log.push(placed(c, alice, ("Alice", "alice@example.com"), &[1], Currency::EUR, 0));
+    let orphan = log.push(confirmed(Uuid::new_v4()));
+    let error = dash
+        .apply(&batch(&[placed_c.clone(), orphan]))
+        .await
+        .expect_err("inconsistent");
+    assert!(matches!(error, ProjectionError::Inconsistent(_)), "{error:?}");
+    assert_eq!(dump(&db, 1).await, before);
+    assert_eq!(dash.checkpoints().await.unwrap()[0].offset, 8);
+    dash.apply(&batch(&[placed_c])).await.expect("the order alone applies");
+    assert_eq!(dash.checkpoints().await.unwrap()[0].offset, 9);
+
+    // Versions are separate tables; dropping one leaves the other.
+    let other = dashboard(&db, 2).await;
+    other.apply(&batch(&log.events[..3])).await.unwrap();
+    dash.drop_version().await.expect("drop");
+    assert!(
+        dashboard::get_order(&db, 1, a).await.is_err(),
+        "the tables of version 1 are gone"
+    );
+    assert!(dashboard::get_order(&db, 2, a).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn lifecycle_postgres() {
+    lifecycle(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn lifecycle_sqlite() {
+    lifecycle(Server::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replays
+
+async fn replay(server: Server) {
+    let db = read_db(server).await;
+    let dash = dashboard(&db, 1).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let orders: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let mut log = Log::default();
+    log.push(registered(alice, "Alice", "alice@example.com"));
+    log.push(placed(
+        orders[0],
+        alice,
+        ("Alice", "alice@example.com"),
+        &[1],
+        Currency::EUR,
+        0,
+    ));
+    log.push(placed(
+        orders[1],
+        bob,
+        ("Bob", "bob@example.com"),
+        &[2],
+        Currency::USD,
+        0,
+    ));
+    log.push(confirmed(orders[0]));
+    log.push(renamed(alice, "Alice B."));
+    log.push(placed(
+        orders[2],
+        alice,
+        ("Alice B.", "alice@example.com"),
+        &[3],
+        Currency::EUR,
+        0,
+    ));
+    log.push(cancelled(orders[1], "changed mind"));
+    log.push(registered(bob, "Robert", "bob@example.com"));
+    log.push(shipped(orders[0], "UPS", "1Z"));
+    log.push(email_changed(alice, "ab@example.com"));
+    log.push(placed(
+        orders[3],
+        bob,
+        ("Robert", "bob@example.com"),
+        &[1, 1],
+        Currency::USD,
+        0,
+    ));
+    log.push(cancelled(orders[2], "late"));
+    let events = log.events.clone();
+    let (b1, b2) = events.split_at(6);
+    dash.apply(&batch(b1)).await.unwrap();
+    dash.apply(&batch(b2)).await.unwrap();
+    let once = dump(&db, 1).await;
+    assert_eq!(once["orders"].len(), 4);
+    assert_eq!(once["order_history"].len(), 8);
+    assert_eq!(once["customer_history"].len(), 4);
+
+    // The same batches again, an overlapping one, and everything at once: nothing changes.
+    dash.apply(&batch(b1)).await.unwrap();
+    assert_eq!(dump(&db, 1).await, once, "replay of the first batch");
+    dash.apply(&batch(b2)).await.unwrap();
+    assert_eq!(dump(&db, 1).await, once, "replay of the second batch");
+    dash.apply(&batch(&events[3..9])).await.unwrap();
+    assert_eq!(dump(&db, 1).await, once, "an overlapping batch");
+    let mut doubled = events.clone();
+    doubled.extend(events.iter().cloned());
+    dash.apply(&batch(&doubled)).await.unwrap();
+    assert_eq!(dump(&db, 1).await, once, "every event twice in one batch");
+    let checkpoints = dash.checkpoints().await.unwrap();
+    assert_eq!(checkpoints[0].offset, 12, "a replay never moves the checkpoint back");
+
+    // The same log applied event by event gives the same tables.
+    let single = dashboard(&db, 2).await;
+    for event in &events {
+        single.apply(&batch(std::slice::from_ref(event))).await.unwrap();
+    }
+    assert_eq!(dump(&db, 2).await, once, "one event per batch");
+
+    let row = dashboard::get_order(&db, 1, orders[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (row.customer_name.as_str(), row.customer_email.as_str()),
+        ("Alice B.", "ab@example.com")
+    );
+    let row = dashboard::get_order(&db, 1, orders[1]).await.unwrap().unwrap();
+    assert_eq!(row.customer_name, "Robert", "a registration after the order renames it");
+}
+
+#[tokio::test]
+async fn replay_changes_nothing_postgres() {
+    replay(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn replay_changes_nothing_sqlite() {
+    replay(Server::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Customer summary
+
+async fn summary(server: Server) {
+    let db = read_db(server).await;
+    let dash = dashboard(&db, 1).await;
+    let (alice, ghost) = (Uuid::new_v4(), Uuid::new_v4());
+    let orders: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let mut log = Log::default();
+    log.push(registered(alice, "Alice", "alice@example.com"));
+    log.push(placed(
+        orders[0],
+        alice,
+        ("Alice", "alice@example.com"),
+        &[4],
+        Currency::EUR,
+        0,
+    )); // 1000 EUR
+    log.push(placed(
+        orders[1],
+        alice,
+        ("Alice", "alice@example.com"),
+        &[2],
+        Currency::EUR,
+        0,
+    )); // 500 EUR
+    log.push(placed(
+        orders[2],
+        alice,
+        ("Alice", "alice@example.com"),
+        &[2],
+        Currency::USD,
+        100,
+    )); // 700 USD
+    log.push(cancelled(orders[1], "duplicate"));
+    log.push(renamed(alice, "Alice Smith"));
+    // A customer the dashboard only knows from its orders' snapshots: the latest one wins.
+    log.push(placed(
+        orders[3],
+        ghost,
+        ("Ghost", "g@example.com"),
+        &[1],
+        Currency::GBP,
+        0,
+    ));
+    log.push(placed(
+        orders[4],
+        ghost,
+        ("Ghost Two", "g2@example.com"),
+        &[1],
+        Currency::GBP,
+        0,
+    ));
+    // Applied newest first: the summary must still hold the latest snapshot.
+    let mut events = log.events.clone();
+    events.swap(6, 7);
+    dash.apply(&batch(&events[..7])).await.unwrap();
+    dash.apply(&batch(&events[7..])).await.unwrap();
+
+    let summary = dashboard::customer_summary(&db, 1, alice)
+        .await
+        .unwrap()
+        .expect("alice");
+    assert_eq!(
+        (summary.name.as_str(), summary.email.as_str()),
+        ("Alice Smith", "alice@example.com")
+    );
+    assert_eq!(summary.stream_version, 2);
+    assert_eq!(summary.order_count, 3);
+    let totals: Vec<(&str, u64, i64)> = summary
+        .lifetime_value
+        .iter()
+        .map(|t| (t.currency.as_str(), t.order_count, t.lifetime_value_minor))
+        .collect();
+    assert_eq!(totals, vec![("EUR", 2, 1000), ("USD", 1, 700)]);
+    let last = summary.last_order.expect("last order");
+    assert_eq!((last.order_id, last.placed_at), (orders[2], time_of(4)));
+
+    let ghost_summary = dashboard::customer_summary(&db, 1, ghost)
+        .await
+        .unwrap()
+        .expect("ghost");
+    assert_eq!(ghost_summary.stream_version, 0);
+    assert_eq!(ghost_summary.name, "Ghost Two");
+    assert_eq!(ghost_summary.order_count, 2);
+    assert_eq!(ghost_summary.last_order.map(|l| l.order_id), Some(orders[4]));
+    // Without the customer's own events each order keeps its snapshot.
+    let first = dashboard::get_order(&db, 1, orders[3]).await.unwrap().unwrap();
+    assert_eq!(first.customer_name, "Ghost");
+    // Its registration (arriving late) puts the real name on every order.
+    let mut late = Log::default();
+    let mut registration = late.push(registered(ghost, "Casper", "casper@example.com"));
+    registration.position = 100;
+    registration.origin = Origin::store(100);
+    dash.apply(&batch(&[registration])).await.unwrap();
+    for order in &orders[3..] {
+        let row = dashboard::get_order(&db, 1, *order).await.unwrap().unwrap();
+        assert_eq!(
+            (row.customer_name.as_str(), row.customer_email.as_str()),
+            ("Casper", "casper@example.com")
+        );
+    }
+    let ghost_summary = dashboard::customer_summary(&db, 1, ghost).await.unwrap().unwrap();
+    assert_eq!(
+        (ghost_summary.name.as_str(), ghost_summary.stream_version),
+        ("Casper", 1)
+    );
+    assert_eq!(ghost_summary.lifetime_value[0].lifetime_value_minor, 500);
+
+    assert_eq!(dashboard::customer_summary(&db, 1, Uuid::new_v4()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn customer_summary_postgres() {
+    summary(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn customer_summary_sqlite() {
+    summary(Server::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convergence (invariant 6)
+
+/// A small deterministic generator (the property test draws its seed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// Random customers (some only known from snapshots) with renames and email changes, and orders
+/// for them with random lifecycles, interleaved into one log in position order.
+fn random_log(rng: &mut Rng) -> Vec<ProjectedEvent> {
+    let customers: Vec<Uuid> = (0..1 + rng.below(4)).map(|_| Uuid::new_v4()).collect();
+    let mut streams: Vec<Vec<DomainEvent>> = Vec::new();
+    // Each customer stream: registered (unless unknown), then changes.
+    let mut known = HashMap::new();
+    for (i, customer) in customers.iter().enumerate() {
+        if rng.chance(80) {
+            let mut stream = vec![registered(*customer, &format!("c{i}"), &format!("c{i}@example.com"))];
+            for change in 0..rng.below(4) {
+                stream.push(if rng.chance(50) {
+                    renamed(*customer, &format!("c{i} renamed {change}"))
+                } else {
+                    email_changed(*customer, &format!("c{i}.{change}@example.com"))
+                });
+            }
+            streams.push(stream);
+            known.insert(*customer, i);
+        }
+    }
+    let currencies = [Currency::EUR, Currency::USD];
+    for _ in 0..1 + rng.below(6) {
+        let order = Uuid::new_v4();
+        let customer = customers[rng.below(customers.len())];
+        let snapshot = format!("snapshot {}", rng.below(3));
+        let quantities: Vec<i64> = (0..1 + rng.below(3)).map(|_| 1 + rng.below(5) as i64).collect();
+        let mut stream = vec![placed(
+            order,
+            customer,
+            (&snapshot, &format!("{snapshot}@example.com")),
+            &quantities,
+            currencies[rng.below(2)],
+            rng.below(1000) as i64,
+        )];
+        match rng.below(6) {
+            0 => {}
+            1 => stream.push(confirmed(order)),
+            2 => stream.extend([confirmed(order), shipped(order, "DHL", "T")]),
+            3 => stream.extend([confirmed(order), shipped(order, "DHL", "T"), delivered(order)]),
+            4 => stream.push(cancelled(order, "no")),
+            _ => stream.extend([confirmed(order), cancelled(order, "late")]),
+        }
+        streams.push(stream);
+    }
+    let mut log = Log::default();
+    for event in interleave(rng, streams) {
+        log.push(event);
+    }
+    log.events
+}
+
+/// A random interleaving of `streams` that keeps each stream's order.
+fn interleave<T>(rng: &mut Rng, streams: Vec<Vec<T>>) -> Vec<T> {
+    let mut queues: Vec<std::collections::VecDeque<T>> = streams.into_iter().map(Into::into).collect();
+    let mut out = Vec::new();
+    loop {
+        let open: Vec<usize> = (0..queues.len()).filter(|i| !queues[*i].is_empty()).collect();
+        if open.is_empty() {
+            return out;
+        }
+        let pick = open[rng.below(open.len())];
+        out.extend(queues[pick].pop_front());
+    }
+}
+
+/// Applies `log` to version 1 in position order at once, and to version 2 as the partitions
+/// would deliver it: another interleaving across streams, random batches, random replays of
+/// what was already delivered. The tables must be equal.
+async fn converge(db: &ReadDb, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let log = random_log(&mut rng);
+    let canonical = dashboard(db, 1).await;
+    canonical.apply(&batch(&log)).await.unwrap();
+
+    let mut by_stream: BTreeMap<String, Vec<ProjectedEvent>> = BTreeMap::new();
+    for event in &log {
+        by_stream
+            .entry(event.stream_id.clone())
+            .or_default()
+            .push(event.clone());
+    }
+    let delivery = interleave(&mut rng, by_stream.into_values().collect());
+    let shuffled = dashboard(db, 2).await;
+    let mut delivered = 0;
+    while delivered < delivery.len() {
+        let size = 1 + rng.below(5);
+        let end = (delivered + size).min(delivery.len());
+        let mut events = delivery[delivered..end].to_vec();
+        if delivered > 0 && rng.chance(40) {
+            // A replay: a worker restarted from an older checkpoint.
+            let from = rng.below(delivered);
+            let mut replayed = delivery[from..delivered].to_vec();
+            replayed.append(&mut events);
+            events = replayed;
+        }
+        shuffled.apply(&batch(&events)).await.unwrap();
+        delivered = end;
+    }
+    let (expected, actual) = (dump(db, 1).await, dump(db, 2).await);
+    for table in TABLES {
+        assert_eq!(actual[table], expected[table], "table {table}, seed {seed}");
+    }
+    // And every order shows its customer's final name, or its snapshot when the customer's
+    // stream is unknown.
+    let mut names: HashMap<Uuid, (String, String)> = HashMap::new();
+    for event in &log {
+        if let DomainEvent::Customer(customer) = &event.event {
+            let entry = names.entry(customer.customer_id()).or_default();
+            match customer {
+                CustomerEvent::Registered(e) => *entry = (e.name.clone(), e.email.clone()),
+                CustomerEvent::Renamed(e) => entry.0.clone_from(&e.name),
+                CustomerEvent::EmailChanged(e) => entry.1.clone_from(&e.email),
+            }
+        }
+    }
+    for event in &log {
+        if let DomainEvent::Order(OrderEvent::Placed(p)) = &event.event {
+            let row = dashboard::get_order(db, 2, p.order_id).await.unwrap().unwrap();
+            let expected = names
+                .get(&p.customer_id)
+                .cloned()
+                .unwrap_or_else(|| (p.customer.name.clone(), p.customer.email.clone()));
+            assert_eq!((row.customer_name, row.customer_email), expected, "seed {seed}");
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn converges_whatever_the_interleaving_sqlite(seed in proptest::prelude::any::<u64>()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let db = read_db(Server::Sqlite).await;
+            converge(&db, seed).await;
+        });
+    }
+}
+
+#[tokio::test]
+async fn converges_whatever_the_interleaving_postgres() {
+    for seed in [0x5eed_0fc0_ffee, 5_158_287_590_523_390_860, 3_289_900_892_531_472_424] {
+        let db = read_db(Server::Postgres).await;
+        converge(&db, seed).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// As of (invariant 7)
+
+/// The order as a fold of the log up to `position` (the write side's view), with the customer's
+/// name and email as of then.
+fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<OrderRow> {
+    let mut row: Option<OrderRow> = None;
+    let mut customers: HashMap<Uuid, (String, String)> = HashMap::new();
+    for event in log.iter().filter(|e| e.position <= position) {
+        let at = event.recorded_at;
+        match &event.event {
+            DomainEvent::Customer(c) => {
+                let entry = customers.entry(c.customer_id()).or_default();
+                match c {
+                    CustomerEvent::Registered(e) => *entry = (e.name.clone(), e.email.clone()),
+                    CustomerEvent::Renamed(e) => entry.0.clone_from(&e.name),
+                    CustomerEvent::EmailChanged(e) => entry.1.clone_from(&e.email),
+                }
+            }
+            DomainEvent::Order(o) if o.order_id() == order_id => {
+                if let OrderEvent::Placed(p) = o {
+                    row = Some(OrderRow {
+                        order_id,
+                        customer_id: p.customer_id,
+                        customer_name: p.customer.name.clone(),
+                        customer_email: p.customer.email.clone(),
+                        status: OrderStatus::Placed,
+                        item_count: p.lines.iter().map(|l| l.quantity).sum(),
+                        total_minor: p.total_minor,
+                        currency: p.currency.to_string(),
+                        placed_at: at,
+                        confirmed_at: None,
+                        shipped_at: None,
+                        delivered_at: None,
+                        cancelled_at: None,
+                        cancel_reason: None,
+                        carrier: None,
+                        tracking: None,
+                        stream_version: 0,
+                        last_position: 0,
+                        updated_at: at,
+                    });
+                }
+                let r = row.as_mut().unwrap();
+                match o {
+                    OrderEvent::Placed(_) => {}
+                    OrderEvent::Confirmed(_) => (r.status, r.confirmed_at) = (OrderStatus::Confirmed, Some(at)),
+                    OrderEvent::Shipped(e) => {
+                        (r.status, r.shipped_at) = (OrderStatus::Shipped, Some(at));
+                        (r.carrier, r.tracking) = (Some(e.carrier.clone()), Some(e.tracking.clone()));
+                    }
+                    OrderEvent::Delivered(_) => (r.status, r.delivered_at) = (OrderStatus::Delivered, Some(at)),
+                    OrderEvent::Cancelled(e) => {
+                        (r.status, r.cancelled_at) = (OrderStatus::Cancelled, Some(at));
+                        r.cancel_reason = Some(e.reason.clone());
+                    }
+                }
+                (r.stream_version, r.last_position, r.updated_at) = (event.stream_version, event.position, at);
+            }
+            _ => {}
+        }
+    }
+    let mut row = row?;
+    if let Some((name, email)) = customers.get(&row.customer_id) {
+        (row.customer_name, row.customer_email) = (name.clone(), email.clone());
+    }
+    Some(row)
+}
+
+async fn as_of(server: Server) {
+    let db = read_db(server).await;
+    let dash = dashboard(&db, 1).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut log = Log::default();
+    log.push(placed(b, bob, ("Bob", "bob@example.com"), &[1], Currency::USD, 0));
+    log.push(registered(alice, "Alice", "alice@example.com"));
+    log.push(placed(
+        a,
+        alice,
+        ("Alice", "alice@example.com"),
+        &[2, 1],
+        Currency::EUR,
+        10,
+    ));
+    log.push(renamed(alice, "Alice B."));
+    log.push(confirmed(a));
+    log.push(registered(bob, "Robert", "robert@example.com"));
+    log.push(email_changed(alice, "ab@example.com"));
+    log.push(shipped(a, "DHL", "T-9"));
+    log.push(cancelled(b, "fraud"));
+    log.push(delivered(a));
+    // Delivered in another interleaving and in three batches, with a replay.
+    let events = &log.events;
+    let delivery: Vec<ProjectedEvent> = [1, 2, 3, 4, 0, 5, 6, 8, 7, 9]
+        .iter()
+        .map(|i| events[*i].clone())
+        .collect();
+    dash.apply(&batch(&delivery[..4])).await.unwrap();
+    dash.apply(&batch(&delivery[2..7])).await.unwrap();
+    dash.apply(&batch(&delivery[7..])).await.unwrap();
+
+    let last = events.len() as u64;
+    for position in 0..=last + 1 {
+        for order in [a, b] {
+            let expected = fold_up_to(events, order, position);
+            let at_position = dashboard::get_order_as_of(&db, 1, order, AsOf::Position(position))
+                .await
+                .unwrap();
+            assert_eq!(at_position, expected, "order {order} at position {position}");
+            let at_time = dashboard::get_order_as_of(&db, 1, order, AsOf::Time(time_of(position)))
+                .await
+                .unwrap();
+            assert_eq!(at_time, expected, "order {order} at the time of position {position}");
+            let between = time_of(position) + Duration::milliseconds(500);
+            let at_between = dashboard::get_order_as_of(&db, 1, order, AsOf::Time(between))
+                .await
+                .unwrap();
+            assert_eq!(at_between, expected, "order {order} between positions");
+        }
+        let page = dashboard::list_orders_as_of(
+            &db,
+            1,
+            AsOf::Position(position),
+            &OrderFilter::default(),
+            Sort::default(),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+        let mut expected: Vec<OrderRow> = [a, b].iter().filter_map(|o| fold_up_to(events, *o, position)).collect();
+        expected.sort_by_key(|row| std::cmp::Reverse(row.placed_at));
+        assert_eq!(page.rows, expected, "list at position {position}");
+        assert_eq!(page.next_cursor, None);
+    }
+    // The latest version equals the current row.
+    assert_eq!(
+        dashboard::get_order_as_of(&db, 1, a, AsOf::Position(last))
+            .await
+            .unwrap(),
+        dashboard::get_order(&db, 1, a).await.unwrap()
+    );
+    // Filters apply to the state at that point.
+    let shipped_then = dashboard::list_orders_as_of(
+        &db,
+        1,
+        AsOf::Position(8),
+        &OrderFilter {
+            status: Some(OrderStatus::Shipped),
+            ..OrderFilter::default()
+        },
+        Sort::default(),
+        None,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        shipped_then.rows.iter().map(|r| r.order_id).collect::<Vec<_>>(),
+        vec![a]
+    );
+}
+
+#[tokio::test]
+async fn as_of_matches_the_fold_postgres() {
+    as_of(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn as_of_matches_the_fold_sqlite() {
+    as_of(Server::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keyset pagination
+
+async fn pagination(server: Server) {
+    let db = read_db(server).await;
+    let dash = dashboard(&db, 1).await;
+    let customers = [Uuid::new_v4(), Uuid::new_v4()];
+    let mut log = Log::default();
+    let mut rng = Rng(0x9a9e);
+    let place = |log: &mut Log, rng: &mut Rng| {
+        let order = Uuid::new_v4();
+        let customer = customers[rng.below(2)];
+        // Few distinct totals: many ties, broken by order id.
+        let event = log.push(placed(
+            order,
+            customer,
+            ("C", "c@example.com"),
+            &[1 + rng.below(3) as i64],
+            Currency::EUR,
+            0,
+        ));
+        (order, event)
+    };
+    let mut initial = Vec::new();
+    let mut events = Vec::new();
+    for _ in 0..40 {
+        let (order, event) = place(&mut log, &mut rng);
+        initial.push(order);
+        events.push(event);
+    }
+    dash.apply(&batch(&events)).await.unwrap();
+
+    for key in [SortKey::PlacedAt, SortKey::Total] {
+        for direction in [Direction::Asc, Direction::Desc] {
+            let sort = Sort { key, direction };
+            let mut seen: Vec<OrderRow> = Vec::new();
+            let mut cursor: Option<Cursor> = None;
+            loop {
+                let page = dashboard::list_orders(&db, 1, &OrderFilter::default(), sort, cursor.as_ref(), 7)
+                    .await
+                    .unwrap();
+                assert!(page.rows.len() <= 7);
+                seen.extend(page.rows);
+                // Orders placed between page reads (later ones sort last by time).
+                let (_, event) = place(&mut log, &mut rng);
+                dash.apply(&batch(&[event])).await.unwrap();
+                match page.next_cursor {
+                    Some(next) => cursor = Some(Cursor::decode(&next).unwrap()),
+                    None => break,
+                }
+            }
+            let ids: Vec<Uuid> = seen.iter().map(|r| r.order_id).collect();
+            let unique: HashSet<Uuid> = ids.iter().copied().collect();
+            assert_eq!(unique.len(), ids.len(), "{sort:?}: no row repeats");
+            for order in &initial {
+                assert!(
+                    unique.contains(order),
+                    "{sort:?}: no row existing at the start is skipped"
+                );
+            }
+            let keys: Vec<i64> = seen
+                .iter()
+                .map(|r| match key {
+                    SortKey::PlacedAt => r.placed_at.timestamp_micros(),
+                    SortKey::Total => r.total_minor,
+                })
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            if direction == Direction::Desc {
+                sorted.reverse();
+            }
+            assert_eq!(keys, sorted, "{sort:?}: rows come in sort order");
+        }
+    }
+
+    // Filters.
+    let page = dashboard::list_orders(
+        &db,
+        1,
+        &OrderFilter {
+            customer_id: Some(customers[0]),
+            placed_from: Some(time_of(5)),
+            placed_to: Some(time_of(30)),
+            status: Some(OrderStatus::Placed),
+        },
+        Sort::default(),
+        None,
+        100,
+    )
+    .await
+    .unwrap();
+    let expected: Vec<Uuid> = log
+        .events
+        .iter()
+        .rev()
+        .filter_map(|e| match &e.event {
+            DomainEvent::Order(OrderEvent::Placed(p))
+                if p.customer_id == customers[0] && (5..30).contains(&e.position) =>
+            {
+                Some(p.order_id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(page.rows.iter().map(|r| r.order_id).collect::<Vec<_>>(), expected);
+    let none = dashboard::list_orders(
+        &db,
+        1,
+        &OrderFilter {
+            status: Some(OrderStatus::Delivered),
+            ..OrderFilter::default()
+        },
+        Sort::default(),
+        None,
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(none.rows.is_empty() && none.next_cursor.is_none());
+
+    // A cursor of another sort, and limits out of range, are the client's error.
+    let first = dashboard::list_orders(&db, 1, &OrderFilter::default(), Sort::default(), None, 2)
+        .await
+        .unwrap();
+    let cursor = Cursor::decode(&first.next_cursor.unwrap()).unwrap();
+    let other = Sort {
+        key: SortKey::Total,
+        direction: Direction::Asc,
+    };
+    let error = dashboard::list_orders(&db, 1, &OrderFilter::default(), other, Some(&cursor), 2)
+        .await
+        .expect_err("foreign cursor");
+    assert!(
+        matches!(
+            error,
+            QueryError::Invalid {
+                parameter: "cursor",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    for limit in [0, dashboard::MAX_PAGE_LIMIT + 1] {
+        let error = dashboard::list_orders(&db, 1, &OrderFilter::default(), Sort::default(), None, limit)
+            .await
+            .expect_err("limit out of range");
+        assert!(
+            matches!(error, QueryError::Invalid { parameter: "limit", .. }),
+            "{error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keyset_pagination_postgres() {
+    pagination(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn keyset_pagination_sqlite() {
+    pagination(Server::Sqlite).await;
+}
+
+#[test]
+fn cursors_round_trip_and_malformed_ones_are_errors() {
+    let cursor = Cursor {
+        sort: Sort {
+            key: SortKey::Total,
+            direction: Direction::Desc,
+        },
+        value: -42,
+        order_id: Uuid::new_v4(),
+    };
+    let text = cursor.encode();
+    assert!(text.bytes().all(|b| b.is_ascii_alphanumeric()), "URL-safe: {text}");
+    assert_eq!(Cursor::decode(&text).unwrap(), cursor);
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for bad in [
+        String::new(),
+        "z".to_owned(),
+        "zz".to_owned(),
+        "abc".to_owned(),
+        "ff".repeat(40),
+        "0".repeat(1000),
+        hex("pd:12"),
+        hex("xd:12:67e5504410b1426f9247bb680e5fe0c8"),
+        hex("pq:12:67e5504410b1426f9247bb680e5fe0c8"),
+        hex("pd:twelve:67e5504410b1426f9247bb680e5fe0c8"),
+        hex("pd:12:not-a-uuid"),
+        hex("pd:12:67e5504410b1426f9247bb680e5fe0c8:extra"),
+        format!("{}é", &text[..text.len() - 2]),
+    ] {
+        let result = Cursor::decode(&bad);
+        assert!(
+            matches!(
+                result,
+                Err(QueryError::Invalid {
+                    parameter: "cursor",
+                    ..
+                })
+            ),
+            "{bad:?} gave {result:?}"
+        );
+    }
+}
