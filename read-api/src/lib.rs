@@ -1,4 +1,142 @@
-//! orderflow's read API: HTTP queries over the read databases only, with read-only credentials.
+//! orderflow's read API: HTTP queries over the read databases only.
 //!
-//! Built by the read-API issue; the foundation only reserves its place in the crate graph.
-//! It depends on `event-schemas`, never on `write-side` nor on the event store.
+//! It connects to the projections' databases (PostgreSQL `orderflow_read` and ClickHouse in the
+//! distributed deployment, SQLite embedded) with read-only credentials, never to the event store,
+//! and every answer comes from one projection's tables: no join across services.
+//!
+//! # Map
+//! - [`router`] builds the axum `Router` over a [`ReadState`]; [`serve`] runs it until shutdown.
+//! - `dashboard`: `/v1/dashboard/orders` (filters, sort, keyset pagination, `as_of`), one order,
+//!   one customer's summary, from the `order_dashboard` projection.
+//! - `analytics`: revenue, top products, the order funnel, delivery durations, from
+//!   `sales_analytics`.
+//! - `status`: `/v1/projections`: versions, rebuild progress, applied position, lag, dead letters.
+//! - `consistency`: read-your-writes. Every endpoint takes `min_position` (the `position` a
+//!   command answered) and waits, up to [`ReadConfig::wait`], until the projection it reads has
+//!   applied it (see [`projections::applied_position`] for what "applied" means with several
+//!   partitions), else answers 503 `not_caught_up` with the position reached.
+//! - `params`: strict query parameters; `error`: the error format ([`ApiError`]).
+//! - `ops`: `/health`, `/ready`, `/metrics` (request latency per route), `/openapi.json`.
+
+mod analytics;
+mod consistency;
+mod dashboard;
+mod error;
+mod ops;
+mod params;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use projections::ReadDb;
+use projections::analytics::SalesAnalytics;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, ErrorBody, ErrorObject};
+pub use ops::{REQUEST_DURATION, REQUESTS_TOTAL, prometheus_handle};
+
+/// Settings of the read API.
+#[derive(Debug, Clone)]
+pub struct ReadConfig {
+    /// The longest a request waits for `min_position` (default 2 s).
+    pub wait: Duration,
+    /// The longest a request may take in all (default 10 s).
+    pub timeout: Duration,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            wait: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The store's head position, when the process has the store at hand (embedded mode): it makes
+/// the lag in events exact. Distributed, the lag comes from the Kafka partitions' ends.
+pub type HeadFn = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ReadState {
+    db: ReadDb,
+    clickhouse: Option<clickhouse::Client>,
+    config: ReadConfig,
+    head: Option<HeadFn>,
+    metrics: PrometheusHandle,
+}
+
+impl ReadState {
+    /// Reads the dashboard and the control tables from `db`, and the analytics from `clickhouse`
+    /// (or from `db` when `None`, the embedded mode).
+    pub fn new(db: ReadDb, clickhouse: Option<clickhouse::Client>, config: ReadConfig) -> Self {
+        ReadState {
+            db,
+            clickhouse: clickhouse.map(|c| c.with_validation(false)),
+            config,
+            head: None,
+            metrics: prometheus_handle(),
+        }
+    }
+
+    /// Gives the store's head, for exact lag in events (embedded mode).
+    pub fn with_head(mut self, head: HeadFn) -> Self {
+        self.head = Some(head);
+        self
+    }
+
+    /// Uses this Prometheus handle for `/metrics` (when the process installed its own recorder).
+    pub fn with_metrics(mut self, metrics: PrometheusHandle) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub(crate) fn db(&self) -> &ReadDb {
+        &self.db
+    }
+
+    /// The analytics of one version, on whichever sink this deployment uses.
+    pub(crate) fn analytics(&self, version: u32) -> SalesAnalytics {
+        match &self.clickhouse {
+            Some(client) => SalesAnalytics::clickhouse(client.clone(), self.db.clone(), version),
+            None => SalesAnalytics::sqlite(self.db.clone(), version),
+        }
+    }
+}
+
+/// Every route of the read API.
+pub fn router(state: ReadState) -> Router {
+    Router::new()
+        .route("/v1/dashboard/orders", get(dashboard::list))
+        .route("/v1/dashboard/orders/{id}", get(dashboard::one))
+        .route("/v1/dashboard/customers/{id}", get(dashboard::customer))
+        .route("/v1/analytics/revenue", get(analytics::revenue))
+        .route("/v1/analytics/top-products", get(analytics::top_products))
+        .route("/v1/analytics/order-funnel", get(analytics::order_funnel))
+        .route("/v1/analytics/delivery-durations", get(analytics::delivery_durations))
+        .route("/v1/projections", get(status::projections))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(ops::no_route)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::edge))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then drains the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

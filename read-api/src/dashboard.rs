@@ -1,0 +1,180 @@
+//! `/v1/dashboard/...`: the `order_dashboard` projection.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use projections::dashboard::{
+    self, Cursor, CustomerSummary, Direction, OrderFilter, OrderRow, OrderStatus, Page, Sort, SortKey,
+};
+use uuid::Uuid;
+
+use crate::consistency::read;
+use crate::params::Params;
+use crate::{ApiError, ReadState};
+
+/// Default and largest page sizes.
+const DEFAULT_LIMIT: u64 = 50;
+const MAX_LIMIT: u64 = 500;
+
+const SORTS: &[(&str, Sort)] = &[
+    (
+        "placed_at_desc",
+        Sort {
+            key: SortKey::PlacedAt,
+            direction: Direction::Desc,
+        },
+    ),
+    (
+        "placed_at_asc",
+        Sort {
+            key: SortKey::PlacedAt,
+            direction: Direction::Asc,
+        },
+    ),
+    (
+        "total_desc",
+        Sort {
+            key: SortKey::Total,
+            direction: Direction::Desc,
+        },
+    ),
+    (
+        "total_asc",
+        Sort {
+            key: SortKey::Total,
+            direction: Direction::Asc,
+        },
+    ),
+];
+
+const STATUSES: &[(&str, OrderStatus)] = &[
+    ("placed", OrderStatus::Placed),
+    ("confirmed", OrderStatus::Confirmed),
+    ("shipped", OrderStatus::Shipped),
+    ("delivered", OrderStatus::Delivered),
+    ("cancelled", OrderStatus::Cancelled),
+];
+
+/// A page of orders: filters `status`, `customer_id`, `placed_from` (inclusive), `placed_to`
+/// (exclusive); `sort` (`placed_at_desc` by default, `placed_at_asc`, `total_desc`,
+/// `total_asc`); keyset pagination with `cursor` (from the previous page's `next_cursor`) and
+/// `limit` (1..=500, 50); `as_of` (RFC 3339) or `at_position` for the dashboard as it stood
+/// then; `min_position` for read-your-writes.
+#[utoipa::path(get, path = "/v1/dashboard/orders", tag = "dashboard",
+    params(
+        ("status" = Option<String>, Query, description = "placed | confirmed | shipped | delivered | cancelled"),
+        ("customer_id" = Option<String>, Query, description = "a customer's UUID"),
+        ("placed_from" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("placed_to" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("sort" = Option<String>, Query, description = "placed_at_desc (default) | placed_at_asc | total_desc | total_asc"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1..=500, default 50"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339: the dashboard as it stood then"),
+        ("at_position" = Option<u64>, Query, description = "global position: the dashboard as it stood then"),
+        ("min_position" = Option<u64>, Query, description = "wait until this position is applied"),
+    ),
+    responses((status = 200, description = "a page of orders", body = Object),
+              (status = 400, description = "bad parameter", body = crate::error::ErrorBody),
+              (status = 503, description = "not caught up, or unavailable", body = crate::error::ErrorBody)))]
+pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQuery) -> Result<Json<Page>, ApiError> {
+    let params = Params::parse(
+        query.as_deref(),
+        &[
+            "status",
+            "customer_id",
+            "placed_from",
+            "placed_to",
+            "sort",
+            "cursor",
+            "limit",
+            "as_of",
+            "at_position",
+            "min_position",
+        ],
+    )?;
+    let filter = OrderFilter {
+        status: params.choice("status", STATUSES)?,
+        customer_id: params.uuid("customer_id")?,
+        placed_from: params.time("placed_from")?,
+        placed_to: params.time("placed_to")?,
+    };
+    if let (Some(from), Some(to)) = (filter.placed_from, filter.placed_to)
+        && from > to
+    {
+        return Err(ApiError::parameter("placed_to", "placed_to is before placed_from"));
+    }
+    let sort = params.choice("sort", SORTS)?.unwrap_or_default();
+    let cursor = params.text("cursor").map(Cursor::decode).transpose()?;
+    if cursor.is_some_and(|c| c.sort != sort) {
+        return Err(ApiError::parameter("cursor", "the cursor belongs to another sort"));
+    }
+    let limit = params.integer("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as u32;
+    let as_of = params.as_of()?;
+    let page = read(&state, dashboard::NAME, params.min_position()?, |version| {
+        let (state, filter) = (&state, &filter);
+        async move {
+            let db = state.db();
+            Ok(match as_of {
+                Some(as_of) => {
+                    dashboard::list_orders_as_of(db, version, as_of, filter, sort, cursor.as_ref(), limit).await?
+                }
+                None => dashboard::list_orders(db, version, filter, sort, cursor.as_ref(), limit).await?,
+            })
+        }
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+/// One order, now or `as_of` / `at_position`.
+#[utoipa::path(get, path = "/v1/dashboard/orders/{id}", tag = "dashboard",
+    params(("id" = String, Path, description = "the order's UUID"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339"),
+        ("at_position" = Option<u64>, Query, description = "global position"),
+        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
+    responses((status = 200, description = "the order's dashboard row", body = Object),
+              (status = 404, description = "no such order (then)", body = crate::error::ErrorBody)))]
+pub(crate) async fn one(
+    State(state): State<ReadState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<OrderRow>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["as_of", "at_position", "min_position"])?;
+    let order_id = path_uuid(&id)?;
+    let as_of = params.as_of()?;
+    let row = read(&state, dashboard::NAME, params.min_position()?, |version| {
+        let state = &state;
+        async move {
+            Ok(match as_of {
+                Some(as_of) => dashboard::get_order_as_of(state.db(), version, order_id, as_of).await?,
+                None => dashboard::get_order(state.db(), version, order_id).await?,
+            })
+        }
+    })
+    .await?;
+    row.map(Json).ok_or_else(|| ApiError::not_found("order", id))
+}
+
+/// A customer's name, email, order count, lifetime value per currency and last order.
+#[utoipa::path(get, path = "/v1/dashboard/customers/{id}", tag = "dashboard",
+    params(("id" = String, Path, description = "the customer's UUID"),
+        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
+    responses((status = 200, description = "the customer's summary", body = Object),
+              (status = 404, description = "no such customer", body = crate::error::ErrorBody)))]
+pub(crate) async fn customer(
+    State(state): State<ReadState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<CustomerSummary>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["min_position"])?;
+    let customer_id = path_uuid(&id)?;
+    let summary = read(&state, dashboard::NAME, params.min_position()?, |version| {
+        let state = &state;
+        async move { Ok(dashboard::customer_summary(state.db(), version, customer_id).await?) }
+    })
+    .await?;
+    summary.map(Json).ok_or_else(|| ApiError::not_found("customer", id))
+}
+
+fn path_uuid(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(id).map_err(|_| ApiError::parameter("id", "the id in the path must be a UUID"))
+}

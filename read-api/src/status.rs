@@ -1,0 +1,135 @@
+//! `/v1/projections`: each projection's live version, rebuilds in progress, applied position,
+//! lag and dead letters.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use chrono::Utc;
+use projections::{applied_position, catalog, lag_records};
+use serde::Serialize;
+
+use crate::params::Params;
+use crate::{ApiError, ReadState};
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Projections {
+    projections: Vec<ProjectionStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ProjectionStatus {
+    name: &'static str,
+    /// `live`, `rebuilding` (a new version is being built beside the live one) or `not_started`.
+    state: &'static str,
+    live_version: Option<u32>,
+    /// Every event up to this global position is applied (see `projections::applied_position`).
+    position: u64,
+    /// Events not applied yet: from the store's head (embedded) or the partitions' ends.
+    lag_events: Option<u64>,
+    /// How old the oldest unapplied work is: 0 when caught up.
+    lag_seconds: f64,
+    dead_letters: usize,
+    rebuild: Option<Rebuild>,
+    versions: Vec<Version>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Rebuild {
+    version: u32,
+    percent: f64,
+    events_applied: u64,
+    events_per_second: f64,
+    eta_seconds: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Version {
+    version: u32,
+    state: String,
+    events_applied: u64,
+    until_position: Option<u64>,
+}
+
+/// Every projection's status.
+#[utoipa::path(get, path = "/v1/projections", tag = "projections",
+    responses((status = 200, description = "each projection's version, position, lag and rebuild progress", body = Object)))]
+pub(crate) async fn projections(
+    State(state): State<ReadState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Projections>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let mut projections = Vec::new();
+    for name in catalog::NAMES {
+        projections.push(status(&state, name).await?);
+    }
+    Ok(Json(Projections { projections }))
+}
+
+async fn status(state: &ReadState, name: &'static str) -> Result<ProjectionStatus, ApiError> {
+    let db = state.db();
+    let versions = db.versions(name).await?;
+    let live = versions.iter().find(|v| v.state == "live").map(|v| v.version);
+    let building = versions.iter().find(|v| v.state == "building");
+    let (position, lag_events, lag_seconds, dead_letters) = match live {
+        Some(version) => {
+            let progress = db.progress(name, version).await?;
+            let position = applied_position(&progress);
+            let lag_events = match &state.head {
+                Some(head) => Some(head().saturating_sub(position)),
+                None => lag_records(&progress),
+            };
+            let behind = progress
+                .iter()
+                .filter(|p| !p.drained && lag_events.is_none_or(|lag| lag > 0));
+            let oldest = behind.filter_map(|p| p.recorded_at).min();
+            let lag_seconds = match (lag_events, oldest) {
+                (Some(0), _) | (_, None) => 0.0,
+                (_, Some(time)) => (Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0,
+            };
+            (
+                position,
+                lag_events,
+                lag_seconds,
+                db.dead_letters(name, version).await?.len(),
+            )
+        }
+        None => (0, None, 0.0, 0),
+    };
+    let rebuild = building.map(|v| {
+        let percent = if v.target_position == 0 {
+            0.0
+        } else {
+            (v.events_applied as f64 / v.target_position as f64 * 100.0).min(100.0)
+        };
+        let remaining = v.target_position.saturating_sub(v.events_applied) as f64;
+        Rebuild {
+            version: v.version,
+            percent: (percent * 10.0).round() / 10.0,
+            events_applied: v.events_applied,
+            events_per_second: v.events_per_second.round(),
+            eta_seconds: (v.events_per_second > 0.0).then(|| (remaining / v.events_per_second).round()),
+        }
+    });
+    Ok(ProjectionStatus {
+        name,
+        state: match (live, &rebuild) {
+            (_, Some(_)) => "rebuilding",
+            (Some(_), None) => "live",
+            (None, None) => "not_started",
+        },
+        live_version: live,
+        position,
+        lag_events,
+        lag_seconds,
+        dead_letters,
+        rebuild,
+        versions: versions
+            .iter()
+            .map(|v| Version {
+                version: v.version,
+                state: v.state.clone(),
+                events_applied: v.events_applied,
+                until_position: v.until_position,
+            })
+            .collect(),
+    })
+}

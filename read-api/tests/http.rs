@@ -1,0 +1,523 @@
+//! The read API through its router, over read models filled by the real projections on real
+//! servers: PostgreSQL through a role that can only SELECT, ClickHouse for the analytics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{DateTime, TimeZone, Utc};
+use event_schemas::{
+    Currency, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent, OrderCancelled,
+    OrderConfirmed, OrderEvent, OrderLine, OrderPlaced,
+};
+use http_body_util::BodyExt;
+use projections::analytics::SalesAnalytics;
+use projections::dashboard::OrderDashboard;
+use projections::{Batch, Origin, ProjectedEvent, Projection, ReadDb};
+use read_api::{ReadConfig, ReadState};
+use serde_json::Value;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// The read side of one test: the projections writing, the API reading through a read-only role.
+struct ReadSide {
+    writer: ReadDb,
+    /// The read-only role's URL, the one the API uses.
+    reader_url: String,
+    dashboard: OrderDashboard,
+    analytics: SalesAnalytics,
+    router: Router,
+    position: u64,
+}
+
+fn base_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap()
+}
+
+impl ReadSide {
+    async fn new(wait: Duration) -> Self {
+        let database = testkit::postgres::fresh_database().await;
+        let writer = ReadDb::connect(&database.url, 4).await.unwrap();
+        writer.migrate().await.unwrap();
+        let clickhouse = clickhouse::Client::default()
+            .with_url(testkit::clickhouse::url())
+            .with_database(testkit::clickhouse::fresh_database().await)
+            .with_validation(false);
+        let dashboard = OrderDashboard::new(writer.clone(), 1);
+        let analytics = SalesAnalytics::clickhouse(clickhouse.clone(), writer.clone(), 1);
+        for projection in [&dashboard as &dyn Projection, &analytics] {
+            projection.prepare().await.unwrap();
+            writer.ensure_live(projection.name(), 1).await.unwrap();
+        }
+
+        // The API's role: it may only read.
+        let role = testkit::unique_name("reader");
+        let admin = ReadDb::connect(&database.url, 1).await.unwrap();
+        for statement in [
+            format!("CREATE ROLE {role} LOGIN"),
+            format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(admin.pool())
+                .await
+                .unwrap();
+        }
+        let reader_url = database.url.replacen("postgres@", &format!("{role}@"), 1);
+        assert_ne!(
+            reader_url, database.url,
+            "the test URL names its user: {}",
+            database.url
+        );
+        let reader = ReadDb::connect(&reader_url, 8).await.unwrap();
+        let state = ReadState::new(
+            reader,
+            Some(clickhouse),
+            ReadConfig {
+                wait,
+                ..ReadConfig::default()
+            },
+        );
+        ReadSide {
+            writer,
+            reader_url,
+            dashboard,
+            analytics,
+            router: read_api::router(state),
+            position: 0,
+        }
+    }
+
+    /// Applies events to both projections as the store would hand them out; answers the last
+    /// position.
+    async fn apply(&mut self, events: Vec<(String, u64, DomainEvent)>) -> u64 {
+        let mut batch = Batch::default();
+        for (stream_id, stream_version, event) in events {
+            self.position += 1;
+            let at = base_time() + chrono::Duration::minutes(self.position as i64);
+            batch.events.push(ProjectedEvent {
+                event_id: Uuid::now_v7(),
+                stream_id,
+                stream_version,
+                position: self.position,
+                occurred_at: at,
+                recorded_at: at,
+                correlation_id: "test".to_owned(),
+                event,
+                origin: Origin::store(self.position),
+            });
+        }
+        self.dashboard.apply(&batch).await.unwrap();
+        self.analytics.apply(&batch).await.unwrap();
+        self.position
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let response = self
+            .router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, body)
+    }
+}
+
+struct Shop {
+    customers: Vec<Uuid>,
+    products: Vec<(Uuid, &'static str, i64)>,
+}
+
+impl Shop {
+    fn new() -> Self {
+        Shop {
+            customers: (0..3).map(|_| Uuid::new_v4()).collect(),
+            products: vec![
+                (Uuid::new_v4(), "Teapot", 2_500),
+                (Uuid::new_v4(), "Cup", 800),
+                (Uuid::new_v4(), "Saucer", 450),
+            ],
+        }
+    }
+
+    fn registered(&self, n: usize) -> (String, u64, DomainEvent) {
+        let customer_id = self.customers[n];
+        (
+            format!("customer-{customer_id}"),
+            1,
+            DomainEvent::Customer(CustomerEvent::Registered(CustomerRegistered {
+                customer_id,
+                name: format!("Customer {n}"),
+                email: format!("c{n}@example.com"),
+            })),
+        )
+    }
+
+    /// An order of `quantity` of product `p` by customer `c`.
+    fn placed(&self, order_id: Uuid, c: usize, p: usize, quantity: i64) -> (String, u64, DomainEvent) {
+        let (product_id, name, price) = self.products[p];
+        (
+            format!("order-{order_id}"),
+            1,
+            DomainEvent::Order(OrderEvent::Placed(OrderPlaced {
+                order_id,
+                customer_id: self.customers[c],
+                customer: CustomerSnapshot {
+                    name: format!("Customer {c}"),
+                    email: format!("c{c}@example.com"),
+                },
+                lines: vec![OrderLine {
+                    product_id,
+                    sku: name.to_uppercase(),
+                    name: name.to_owned(),
+                    quantity,
+                    unit_price_minor: price,
+                }],
+                currency: Currency::EUR,
+                total_minor: price * quantity,
+            })),
+        )
+    }
+}
+
+fn confirmed(order_id: Uuid) -> (String, u64, DomainEvent) {
+    (
+        format!("order-{order_id}"),
+        2,
+        DomainEvent::Order(OrderEvent::Confirmed(OrderConfirmed { order_id })),
+    )
+}
+
+fn cancelled(order_id: Uuid, version: u64) -> (String, u64, DomainEvent) {
+    (
+        format!("order-{order_id}"),
+        version,
+        DomainEvent::Order(OrderEvent::Cancelled(OrderCancelled {
+            order_id,
+            reason: "changed mind".to_owned(),
+        })),
+    )
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_reads_through_a_role_that_cannot_write() {
+    let side = ReadSide::new(Duration::from_millis(200)).await;
+    let (status, body) = side.get("/ready").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = side.get("/v1/projections").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let reader = ReadDb::connect(&side.reader_url, 1).await.unwrap();
+    for statement in [
+        "INSERT INTO order_dashboard_v1_orders (order_id) VALUES ('x')",
+        "UPDATE projection_versions SET state = 'retired'",
+        "DELETE FROM projection_checkpoints",
+        "CREATE TABLE intruder (id BIGINT)",
+    ] {
+        let error = sqlx::query(statement)
+            .execute(reader.pool())
+            .await
+            .expect_err("the read-only role must not write")
+            .to_string();
+        assert!(error.contains("permission denied"), "{statement}: {error}");
+    }
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_versions WHERE state = 'live'")
+        .fetch_one(side.writer.pool())
+        .await
+        .unwrap();
+    assert_eq!(live, 2, "nothing changed");
+}
+
+#[tokio::test]
+async fn dashboard_filters_pages_and_as_of() {
+    let mut side = ReadSide::new(Duration::from_millis(200)).await;
+    let shop = Shop::new();
+    side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
+    let orders: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    side.apply(
+        orders
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| shop.placed(id, i % 3, i % 3, 1 + i as i64))
+            .collect(),
+    )
+    .await;
+    let before_cancel = side.position;
+    side.apply(vec![confirmed(orders[0]), cancelled(orders[1], 2)]).await;
+
+    // Pages of 5, newest first, cover every order once.
+    let mut seen = Vec::new();
+    let mut uri = "/v1/dashboard/orders?limit=5".to_owned();
+    loop {
+        let (status, page) = side.get(&uri).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let rows = page["rows"].as_array().unwrap();
+        assert!(rows.len() <= 5);
+        seen.extend(rows.iter().map(|r| r["order_id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/v1/dashboard/orders?limit=5&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 12);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 12);
+    assert_eq!(seen[0], orders[11].to_string(), "newest first");
+
+    // Filters.
+    let (_, page) = side.get("/v1/dashboard/orders?status=cancelled").await;
+    let rows = page["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["order_id"], orders[1].to_string());
+    assert_eq!(rows[0]["cancel_reason"], "changed mind");
+    let customer = shop.customers[2];
+    let (_, page) = side
+        .get(&format!("/v1/dashboard/orders?customer_id={customer}&sort=total_asc"))
+        .await;
+    let totals: Vec<i64> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["total_minor"].as_i64().unwrap())
+        .collect();
+    assert_eq!(totals, vec![450 * 3, 450 * 6, 450 * 9, 450 * 12]);
+
+    // One order, now and as it stood before its cancellation.
+    let (status, order) = side.get(&format!("/v1/dashboard/orders/{}", orders[1])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(order["status"], "cancelled");
+    let (status, then) = side
+        .get(&format!(
+            "/v1/dashboard/orders/{}?at_position={before_cancel}",
+            orders[1]
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{then}");
+    assert_eq!(then["status"], "placed");
+    let (_, listed_then) = side
+        .get(&format!(
+            "/v1/dashboard/orders?status=cancelled&at_position={before_cancel}"
+        ))
+        .await;
+    assert_eq!(listed_then["rows"].as_array().unwrap().len(), 0);
+    let (status, none) = side
+        .get(&format!("/v1/dashboard/orders/{}?at_position=2", orders[1]))
+        .await;
+    assert_error(status, &none, StatusCode::NOT_FOUND, "not_found");
+
+    // The customer's summary: the cancelled order leaves the lifetime value.
+    let customer = shop.customers[1];
+    let (status, summary) = side.get(&format!("/v1/dashboard/customers/{customer}")).await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["name"], "Customer 1");
+    assert_eq!(summary["order_count"], 4);
+    let value = summary["lifetime_value"][0]["lifetime_value_minor"].as_i64().unwrap();
+    assert_eq!(
+        value,
+        800 * (5 + 8 + 11),
+        "orders of 2, 5, 8, 11 cups; the first cancelled"
+    );
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_in_the_error_format() {
+    let side = ReadSide::new(Duration::from_millis(100)).await;
+    let order = Uuid::new_v4();
+    for uri in [
+        "/v1/dashboard/orders?colour=red".to_owned(),
+        "/v1/dashboard/orders?limit=0".to_owned(),
+        "/v1/dashboard/orders?limit=501".to_owned(),
+        "/v1/dashboard/orders?limit=ten".to_owned(),
+        "/v1/dashboard/orders?limit=5&limit=6".to_owned(),
+        "/v1/dashboard/orders?status=lost".to_owned(),
+        "/v1/dashboard/orders?customer_id=42".to_owned(),
+        "/v1/dashboard/orders?placed_from=yesterday".to_owned(),
+        "/v1/dashboard/orders?placed_from=2026-11-02T00:00:00Z&placed_to=2026-11-01T00:00:00Z".to_owned(),
+        "/v1/dashboard/orders?cursor=zz".to_owned(),
+        "/v1/dashboard/orders?cursor=%27%3B%20DROP%20TABLE%20x%3B--".to_owned(),
+        "/v1/dashboard/orders?sort=price".to_owned(),
+        "/v1/dashboard/orders?as_of=2026-11-02T00:00:00Z&at_position=3".to_owned(),
+        "/v1/dashboard/orders?min_position=-1".to_owned(),
+        "/v1/dashboard/orders/not-a-uuid".to_owned(),
+        format!("/v1/dashboard/orders/{order}?as_of=noon"),
+        "/v1/dashboard/customers/123".to_owned(),
+        "/v1/analytics/revenue?bucket=week".to_owned(),
+        "/v1/analytics/revenue?from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z".to_owned(),
+        "/v1/analytics/top-products?limit=1000".to_owned(),
+        "/v1/analytics/order-funnel?to=later".to_owned(),
+        "/v1/projections?verbose=1".to_owned(),
+    ] {
+        let (status, body) = side.get(&uri).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+        assert!(body["error"]["details"]["parameter"].is_string(), "{uri}: {body}");
+    }
+    // A cursor of another sort.
+    let (_, first) = side.get("/v1/dashboard/orders?limit=1").await;
+    assert!(first["next_cursor"].is_null(), "no orders yet");
+    let (status, body) = side.get("/nowhere").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let response = side
+        .router
+        .clone()
+        .oneshot(Request::post("/v1/dashboard/orders").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn min_position_waits_for_the_projection_or_answers_503_with_the_position_reached() {
+    let mut side = ReadSide::new(Duration::from_millis(1500)).await;
+    let shop = Shop::new();
+    let reached = side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
+
+    // Never applied within the wait: 503 with the position reached.
+    let (status, body) = side
+        .get(&format!("/v1/dashboard/orders?min_position={}", reached + 100))
+        .await;
+    assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_caught_up");
+    assert_eq!(body["error"]["details"]["position"], reached);
+    assert_eq!(body["error"]["details"]["min_position"], reached + 100);
+
+    // Applied while the request waits: the answer includes it.
+    let order = Uuid::new_v4();
+    let event = shop.placed(order, 0, 0, 2);
+    let router = side.router.clone();
+    let uri = format!("/v1/dashboard/orders/{order}?min_position={}", reached + 1);
+    let request = tokio::spawn(async move {
+        let response = router
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        (status, body)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    side.apply(vec![event]).await;
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["order_id"], order.to_string());
+    for uri in [
+        format!(
+            "/v1/analytics/revenue?from=2026-11-01T00:00:00Z&to=2026-11-03T00:00:00Z&min_position={}",
+            reached + 1
+        ),
+        format!(
+            "/v1/dashboard/customers/{}?min_position={}",
+            shop.customers[0],
+            reached + 1
+        ),
+    ] {
+        let (status, body) = side.get(&uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn analytics_and_projection_status() {
+    let mut side = ReadSide::new(Duration::from_millis(200)).await;
+    let shop = Shop::new();
+    side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
+    let orders: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    side.apply(
+        orders
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| shop.placed(id, i % 3, i % 3, 1 + i as i64))
+            .collect(),
+    )
+    .await;
+    side.apply(vec![cancelled(orders[0], 2), confirmed(orders[1])]).await;
+    side.apply(vec![(
+        format!("customer-{}", shop.customers[1]),
+        2,
+        DomainEvent::Customer(CustomerEvent::Renamed(CustomerRenamed {
+            customer_id: shop.customers[1],
+            name: "Renamed".to_owned(),
+        })),
+    )])
+    .await;
+
+    let range = "from=2026-11-01T00:00:00Z&to=2026-11-03T00:00:00Z";
+    let (status, revenue) = side.get(&format!("/v1/analytics/revenue?{range}&bucket=day")).await;
+    assert_eq!(status, StatusCode::OK, "{revenue}");
+    let expected: i64 = (1..6).map(|i| shop.products[i % 3].2 * (1 + i as i64)).sum();
+    let total: i64 = revenue["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["revenue_minor"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, expected, "order 0 is cancelled: {revenue}");
+
+    let (_, top) = side.get(&format!("/v1/analytics/top-products?{range}&limit=2")).await;
+    let names: Vec<&str> = top["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert_eq!(names[0], "Saucer", "3 + 6 saucers: {top}");
+
+    let (_, funnel) = side.get("/v1/analytics/order-funnel").await;
+    assert_eq!(funnel["placed"], 6, "{funnel}");
+    assert_eq!(funnel["confirmed"], 1);
+    assert_eq!(funnel["cancelled"], 1);
+
+    let (_, durations) = side.get(&format!("/v1/analytics/delivery-durations?{range}")).await;
+    assert_eq!(durations["count"], 0);
+
+    let (status, status_body) = side.get("/v1/projections").await;
+    assert_eq!(status, StatusCode::OK);
+    let by_name: BTreeMap<String, Value> = status_body["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_owned(), p.clone()))
+        .collect();
+    for name in ["order_dashboard", "sales_analytics"] {
+        let p = &by_name[name];
+        assert_eq!(p["state"], "live", "{p}");
+        assert_eq!(p["live_version"], 1);
+        assert_eq!(p["position"], side.position, "{p}");
+        assert_eq!(p["dead_letters"], 0);
+    }
+
+    // Operations endpoints.
+    let (status, _) = side.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, doc) = side.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/v1/dashboard/orders"].is_object(), "{doc}");
+    let response = side
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.contains("http_request_duration_seconds"), "{text}");
+    assert!(
+        text.contains("route=\"/v1/dashboard/orders\"") || text.contains("/v1/analytics"),
+        "{text}"
+    );
+}
