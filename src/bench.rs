@@ -23,6 +23,9 @@ pub(crate) enum Bench {
     /// Relay throughput and latency: a backlog published from the PostgreSQL store to the broker,
     /// then a steady append rate with append→acknowledged latency.
     Relay(RelayBench),
+    /// Projection rebuild throughput: a seeded shop history (PostgreSQL store) rebuilt into the
+    /// dashboard (PostgreSQL) and the analytics (ClickHouse), beside a raw COPY of the same rows.
+    Rebuild(crate::bench_rebuild::RebuildBench),
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +160,7 @@ pub(crate) async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Store(b) => store(b).await,
         Bench::Commands(b) => commands(b).await,
         Bench::Relay(b) => relay(b).await,
+        Bench::Rebuild(b) => crate::bench_rebuild::run(b).await,
     }
 }
 

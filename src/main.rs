@@ -2,6 +2,7 @@
 //!
 //! - `bench store` / `bench commands`: the store's and the write side's throughput (`bench`).
 //! - `relay`: publish the event store's log to Kafka (`relay`).
+//! - `projections run|rebuild|list|status`: the read models' workers and rebuilds (`projections`).
 //!
 //! The subcommands that run the platform (`serve`, `relay`, `projections`, ...) arrive with the
 //! issues that build them. Every flag can also be set from an environment variable.
@@ -10,7 +11,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod bench_rebuild;
+mod projections;
 mod relay;
+mod seed;
+mod serve;
 
 /// orderflow: an event-sourced CQRS platform for order management.
 #[derive(Debug, Parser)]
@@ -27,6 +32,16 @@ enum Command {
     Bench(bench::Bench),
     /// Publish the event store's global log to Kafka (one relay publishes at a time).
     Relay(relay::RelayArgs),
+    /// Run, rebuild and inspect the projections (the read models).
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
+    /// Run the whole platform in one process, with no server to install (the embedded mode).
+    ///
+    /// The event store and the read models are SQLite files in --data-dir (kept across
+    /// restarts); the projections follow the store in-process; commands, queries, admin
+    /// (`POST /v1/projections/{name}/rebuild`) and operations endpoints share one port.
+    /// Authentication is OFF in this mode: keep --listen on loopback.
+    Serve(serve::ServeArgs),
 }
 
 #[tokio::main]
@@ -38,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(b) => bench::run(b).await,
         Command::Relay(args) => relay::run(args, shutdown_on_signal()).await,
+        Command::Projections(command) => projections::run(command, shutdown_on_signal()).await,
+        Command::Serve(args) => serve::run(args, shutdown_on_signal()).await,
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! # Map
 //! - [`router`] builds the axum `Router` over a [`ReadState`]; [`serve`] runs it until shutdown.
+//!   [`query_routes`] is the `/v1/...` part alone, to merge into another service's router.
 //! - `dashboard`: `/v1/dashboard/orders` (filters, sort, keyset pagination, `as_of`), one order,
 //!   one customer's summary, from the `order_dashboard` projection.
 //! - `analytics`: revenue, top products, the order funnel, delivery durations, from
@@ -109,8 +110,8 @@ impl ReadState {
     }
 }
 
-/// Every route of the read API.
-pub fn router(state: ReadState) -> Router {
+/// The `/v1/...` query routes, without state, edge or fallback.
+fn v1_routes() -> Router<ReadState> {
     Router::new()
         .route("/v1/dashboard/orders", get(dashboard::list))
         .route("/v1/dashboard/orders/{id}", get(dashboard::one))
@@ -120,6 +121,22 @@ pub fn router(state: ReadState) -> Router {
         .route("/v1/analytics/order-funnel", get(analytics::order_funnel))
         .route("/v1/analytics/delivery-durations", get(analytics::delivery_durations))
         .route("/v1/projections", get(status::projections))
+}
+
+/// Only the `/v1/...` query routes, behind the same edge middleware as [`router`], without the
+/// operations endpoints and without a fallback: for a process that merges them into a router
+/// which serves `/health`, `/ready`, `/metrics`, `/openapi.json` and unknown paths itself (the
+/// embedded `orderflow serve`, one port for commands and queries).
+pub fn query_routes(state: ReadState) -> Router {
+    v1_routes()
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::edge))
+        .with_state(state)
+}
+
+/// Every route of the read API.
+pub fn router(state: ReadState) -> Router {
+    v1_routes()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -1,0 +1,464 @@
+//! `orderflow bench rebuild`: how fast the projections rebuild from a realistic event store.
+//!
+//! 1. Creates its own PostgreSQL databases (event store, read database) and ClickHouse database,
+//!    and drops them at the end, whatever happened.
+//! 2. Seeds the store with a simulated shop ([`crate::seed`]): valid histories, realistic mix.
+//! 3. Times reading and decoding the whole log (what every rebuild does before it applies
+//!    anything), then rebuilds each projection of `--projections` (all of [`catalog::NAMES`] by
+//!    default) from the store's global log, timing each (the dashboard into PostgreSQL, the
+//!    analytics into ClickHouse).
+//! 4. For scale, copies the dashboard's order rows out with `COPY ... TO STDOUT` and times a raw
+//!    `COPY ... FROM STDIN` of the same bytes into a fresh table shaped like it (with its indexes,
+//!    and without): the fastest PostgreSQL can take those rows, which no projection can beat.
+//!
+//! One JSON document on stdout, progress bars on stderr.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use event_store::{EventStore, PgEventStore, StoreOptions};
+use futures::TryStreamExt;
+use projections::catalog::{self, Sinks};
+use projections::{ReadDb, RebuildOptions};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::seed::{self, SeedOptions};
+
+#[derive(Debug, Args)]
+pub(crate) struct RebuildBench {
+    /// Events to seed the store with (approximately: the simulation stops at the first action
+    /// past it).
+    #[arg(long, default_value_t = 1_000_000, env = "ORDERFLOW_BENCH_EVENTS")]
+    events: u64,
+    /// Simulated days the seeded history spans.
+    #[arg(long, default_value_t = 30, env = "ORDERFLOW_BENCH_DAYS")]
+    days: u32,
+    /// Seed of the simulation: the same seed gives the same history.
+    #[arg(long, default_value_t = 42, env = "ORDERFLOW_BENCH_SEED")]
+    seed: u64,
+    /// Customers of the simulated shop (default: one per 50 events).
+    #[arg(long, env = "ORDERFLOW_BENCH_CUSTOMERS")]
+    customers: Option<usize>,
+    /// Products in its catalogue (default: one per 500 events).
+    #[arg(long, env = "ORDERFLOW_BENCH_PRODUCTS")]
+    products: Option<usize>,
+    /// The projections to rebuild, in this order (the raw COPY comparison needs the dashboard).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "order_dashboard,sales_analytics",
+        env = "ORDERFLOW_BENCH_PROJECTIONS"
+    )]
+    projections: Vec<String>,
+    /// Events per rebuild batch (read from the log and applied in one transaction).
+    #[arg(long, default_value_t = 10_000, env = "ORDERFLOW_BENCH_BATCH_SIZE")]
+    batch_size: usize,
+    /// A PostgreSQL server URL; the benchmark creates its two databases there and drops them after.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        env = "ORDERFLOW_BENCH_PG_URL"
+    )]
+    pg_url: String,
+    /// ClickHouse's HTTP URL; the benchmark creates its database there and drops it after.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8123",
+        env = "ORDERFLOW_BENCH_CLICKHOUSE_URL"
+    )]
+    clickhouse_url: String,
+    /// ClickHouse user.
+    #[arg(long, default_value = "default", env = "ORDERFLOW_CLICKHOUSE_USER")]
+    clickhouse_user: String,
+    /// ClickHouse password (never logged).
+    #[arg(
+        long,
+        default_value = "",
+        env = "ORDERFLOW_CLICKHOUSE_PASSWORD",
+        hide_env_values = true
+    )]
+    clickhouse_password: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ProjectionRun {
+    name: String,
+    version: u32,
+    events: u64,
+    /// The rebuild's own figure: reading the log and applying it, up to the switch.
+    seconds: f64,
+    events_per_second: f64,
+    /// Everything `projections::rebuild` took, table creation and switch included.
+    wall_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct CopyRun {
+    table: String,
+    /// Whether the target table had the dashboard table's indexes and constraints.
+    indexes: bool,
+    rows: u64,
+    bytes: u64,
+    seconds: f64,
+    rows_per_second: f64,
+}
+
+pub(crate) async fn run(b: RebuildBench) -> anyhow::Result<()> {
+    anyhow::ensure!(b.events > 0 && b.days > 0, "--events and --days must be positive");
+    anyhow::ensure!(b.batch_size > 0, "--batch-size must be positive");
+    for name in &b.projections {
+        anyhow::ensure!(
+            catalog::NAMES.contains(&name.as_str()),
+            "unknown projection {name:?}; known: {}",
+            catalog::NAMES.join(", ")
+        );
+    }
+    anyhow::ensure!(
+        b.projections.iter().any(|n| n == projections::dashboard::NAME),
+        "--projections must include {} (the raw COPY comparison copies its rows)",
+        projections::dashboard::NAME
+    );
+    let scratch = Scratch::new(&b)?;
+    let result = async {
+        scratch.create().await?;
+        measure(&b, &scratch).await
+    }
+    .await;
+    scratch.drop_all().await;
+    write_line(&serde_json::to_string_pretty(&result?)?)
+}
+
+async fn measure(b: &RebuildBench, scratch: &Scratch) -> anyhow::Result<serde_json::Value> {
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(scratch.admin.clone().database(&scratch.store_db))
+        .await?;
+    PgEventStore::migrate(&pool).await?;
+    let store: Arc<dyn EventStore> = Arc::new(PgEventStore::open(pool, StoreOptions::default()).await?);
+
+    let options = SeedOptions {
+        events: b.events,
+        days: b.days,
+        seed: b.seed,
+        customers: b.customers.unwrap_or((b.events / 50).max(100) as usize),
+        products: b.products.unwrap_or((b.events / 500).max(20) as usize),
+        ..SeedOptions::default()
+    };
+    let bar = progress_bar(options.events, "seeding the event store", "events")?;
+    let seeded = seed::seed(&*store, &options, |n| {
+        bar.set_length(bar.length().unwrap_or(0).max(n));
+        bar.set_position(n);
+    })
+    .await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "seeded {} events ({} orders, {} customers, {} products) in {:.1}s: {:.0} events/s",
+        seeded.events, seeded.orders, seeded.customers, seeded.products, seeded.seconds, seeded.events_per_second
+    );
+
+    let read_db = ReadDb::connect(&scratch.read_db_url()?, 8)
+        .await
+        .context("cannot connect to the benchmark's read database")?;
+    read_db.migrate().await?;
+    let sinks = Sinks {
+        read_db,
+        clickhouse: Some(scratch.clickhouse.clone().with_database(&scratch.clickhouse_db)),
+    };
+    let head = store.head_position().await?;
+    let log_read = read_log(&*store, head, b.batch_size).await?;
+    eprintln!(
+        "read and decoded the log: {} events in {:.1}s: {:.0} events/s",
+        log_read.events, log_read.seconds, log_read.events_per_second
+    );
+    let mut runs = Vec::new();
+    for name in &b.projections {
+        let factory = catalog::factory(name, &sinks)?;
+        let bar = progress_bar(head, &format!("rebuilding {name}"), "positions")?;
+        let started = Instant::now();
+        let report = projections::rebuild(
+            store.clone(),
+            &sinks.read_db,
+            factory,
+            RebuildOptions {
+                batch_size: b.batch_size,
+                ..RebuildOptions::default()
+            },
+            CancellationToken::new(),
+            |progress| {
+                bar.set_length(progress.target.max(progress.position));
+                bar.set_position(progress.position);
+            },
+        )
+        .await
+        .with_context(|| format!("rebuilding {name}"))?;
+        let wall_seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        eprintln!(
+            "rebuilt {name} v{}: {} events in {:.1}s: {:.0} events/s",
+            report.version, report.events_applied, report.seconds, report.events_per_second
+        );
+        runs.push(ProjectionRun {
+            name: report.name,
+            version: report.version,
+            events: report.events_applied,
+            seconds: report.seconds,
+            events_per_second: report.events_per_second,
+            wall_seconds,
+        });
+    }
+
+    let dashboard = runs
+        .iter()
+        .find(|r| r.name == projections::dashboard::NAME)
+        .context("the dashboard was not rebuilt")?;
+    let table = format!("{}orders", projections::dashboard::table_prefix(dashboard.version));
+    let mut conn = scratch.admin.clone().database(&scratch.read_db).connect().await?;
+    let started = Instant::now();
+    let rows_out: Vec<bytes::Bytes> = conn
+        .copy_out_raw(&format!("COPY (SELECT * FROM {table}) TO STDOUT"))
+        .await?
+        .try_collect()
+        .await?;
+    let copy_out_seconds = started.elapsed().as_secs_f64();
+    let indexed = copy_in(&mut conn, &table, &rows_out, true).await?;
+    let bare = copy_in(&mut conn, &table, &rows_out, false).await?;
+    conn.close().await.ok();
+    eprintln!(
+        "raw COPY of {} dashboard rows: {:.2}s with indexes ({:.0} rows/s), {:.2}s without",
+        indexed.rows, indexed.seconds, indexed.rows_per_second, bare.seconds
+    );
+
+    // What the dashboard's rebuild would reach if it wrote its rows as fast as a raw COPY: the
+    // events it applied, over the time COPY takes for the rows they produce.
+    let copy_equivalent = dashboard.events as f64 / indexed.seconds.max(1e-9);
+    Ok(serde_json::json!({
+        "benchmark": "rebuild",
+        "event_store": "postgres",
+        "seed": {
+            "options": {
+                "events": options.events,
+                "days": options.days,
+                "seed": options.seed,
+                "customers": options.customers,
+                "products": options.products,
+                "batch_events": options.batch_events,
+            },
+            "report": seeded,
+        },
+        "batch_size": b.batch_size,
+        "log_read": log_read,
+        "projections": runs,
+        "copy_out": { "table": table, "rows": indexed.rows, "seconds": copy_out_seconds },
+        "raw_copy": indexed,
+        "raw_copy_no_indexes": bare,
+        "dashboard_vs_copy": {
+            "dashboard_events_per_second": dashboard.events_per_second,
+            "copy_equivalent_events_per_second": copy_equivalent,
+            "ratio": dashboard.events_per_second / copy_equivalent,
+        },
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct LogRead {
+    events: u64,
+    seconds: f64,
+    events_per_second: f64,
+}
+
+/// Times what every rebuild does before applying anything: reading the whole global log in
+/// batches of `batch_size` and decoding every event. The floor under any rebuild's time.
+async fn read_log(store: &dyn EventStore, head: u64, batch_size: usize) -> anyhow::Result<LogRead> {
+    let bar = progress_bar(head, "reading the log", "positions")?;
+    let started = Instant::now();
+    let (mut after, mut events) = (0, 0_u64);
+    loop {
+        let page = store.read_all(after, batch_size).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.position;
+        for e in &page {
+            event_schemas::decode(&e.event_type, e.schema_version, &e.payload)
+                .with_context(|| format!("event at position {} does not decode", e.position))?;
+        }
+        events += page.len() as u64;
+        bar.set_position(after);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok(LogRead {
+        events,
+        seconds,
+        events_per_second: events as f64 / seconds.max(1e-9),
+    })
+}
+
+/// Times `COPY ... FROM STDIN` of `data` into a new table shaped like `like`.
+async fn copy_in(conn: &mut PgConnection, like: &str, data: &[bytes::Bytes], indexes: bool) -> anyhow::Result<CopyRun> {
+    let (table, including) = if indexes {
+        ("bench_copy_indexed", " INCLUDING ALL")
+    } else {
+        ("bench_copy_bare", "")
+    };
+    // Both names are ours: a fixed word and the dashboard's `order_dashboard_v{N}_orders`.
+    let ddl = format!("CREATE TABLE {table} (LIKE {like}{including})");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut *conn).await?;
+    let started = Instant::now();
+    let mut copy = conn.copy_in_raw(&format!("COPY {table} FROM STDIN")).await?;
+    for chunk in data {
+        copy.send(chunk.as_ref()).await?;
+    }
+    let rows = copy.finish().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(CopyRun {
+        table: table.to_owned(),
+        indexes,
+        rows,
+        bytes: data.iter().map(|c| c.len() as u64).sum(),
+        seconds,
+        rows_per_second: rows as f64 / seconds.max(1e-9),
+    })
+}
+
+/// The benchmark's own databases: two on PostgreSQL, one on ClickHouse.
+struct Scratch {
+    pg_url: String,
+    admin: PgConnectOptions,
+    store_db: String,
+    read_db: String,
+    /// Without a database: for CREATE and DROP DATABASE.
+    clickhouse: clickhouse::Client,
+    clickhouse_db: String,
+}
+
+impl Scratch {
+    fn new(b: &RebuildBench) -> anyhow::Result<Self> {
+        let admin: PgConnectOptions = b.pg_url.parse().context("--pg-url is not a PostgreSQL URL")?;
+        let id = Uuid::new_v4().simple().to_string();
+        Ok(Scratch {
+            pg_url: b.pg_url.clone(),
+            admin,
+            store_db: format!("orderflow_bench_{id}_store"),
+            read_db: format!("orderflow_bench_{id}_read"),
+            clickhouse: clickhouse::Client::default()
+                .with_url(&b.clickhouse_url)
+                .with_user(&b.clickhouse_user)
+                .with_password(&b.clickhouse_password)
+                .with_validation(false),
+            clickhouse_db: format!("orderflow_bench_{id}"),
+        })
+    }
+
+    async fn create(&self) -> anyhow::Result<()> {
+        let mut conn = self
+            .admin
+            .connect()
+            .await
+            .context("connect to PostgreSQL (is `scripts/services up` running?)")?;
+        for name in [&self.store_db, &self.read_db] {
+            // The names are ours, [a-z0-9_] only.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await?;
+        }
+        conn.close().await.ok();
+        self.clickhouse
+            .query(&format!("CREATE DATABASE {}", self.clickhouse_db))
+            .execute()
+            .await
+            .context("create the ClickHouse database (is `scripts/services up` running?)")?;
+        Ok(())
+    }
+
+    /// The read database's URL: `--pg-url` with the database replaced.
+    fn read_db_url(&self) -> anyhow::Result<String> {
+        with_database(&self.pg_url, &self.read_db)
+    }
+
+    /// Drops whatever `create` made (best effort: a failure is logged, never fatal).
+    async fn drop_all(&self) {
+        match self.admin.connect().await {
+            Ok(mut conn) => {
+                for name in [&self.store_db, &self.read_db] {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+                        tracing::warn!(error = %e, database = %name, "could not drop a benchmark database");
+                    }
+                }
+                conn.close().await.ok();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not connect to PostgreSQL to drop the benchmark databases"),
+        }
+        let drop = format!("DROP DATABASE IF EXISTS {}", self.clickhouse_db);
+        if let Err(e) = self.clickhouse.query(&drop).execute().await {
+            tracing::warn!(error = %e, database = %self.clickhouse_db, "could not drop the ClickHouse database");
+        }
+    }
+}
+
+/// `url` (`postgres://user@host:port/db?params`) with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").context("--pg-url has no scheme")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let mut out = format!("{scheme}://{authority}/{database}");
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+fn progress_bar(len: u64, message: &str, unit: &str) -> anyhow::Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit}, {{per_sec}}, ETA {{eta}}"
+        ))?
+        .progress_chars("=> "),
+    );
+    bar.set_message(message.to_owned());
+    Ok(bar)
+}
+
+/// The CLI's own output, on stdout.
+fn write_line(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_database_url_keeps_everything_but_the_database() {
+        let cases = [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "postgres://postgres@127.0.0.1:5432/x",
+            ),
+            (
+                "postgres://u:p@h/db?sslmode=disable",
+                "postgres://u:p@h/x?sslmode=disable",
+            ),
+            ("postgresql://h:5432", "postgresql://h:5432/x"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(with_database(url, "x").expect(url), expected);
+        }
+        assert!(with_database("no-scheme", "x").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! DESIGN invariant 7: "state as of T" from the read side equals the fold of the stream's events
+//! up to T from the write side. A property test asks both HTTP APIs about random orders at
+//! random times (before, between and exactly at the events) and compares the answers.
+//!
+//! Embedded deployment: SQLite store, the real command handler, the in-process subscription
+//! feeding the dashboard, the write side's and the read side's routers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{DateTime, SecondsFormat, Utc};
+use event_store::{EventStore, SqliteEventStore, StoreOptions};
+use http_body_util::BodyExt;
+use projections::catalog::{self, Sinks};
+use projections::{ReadDb, RunOptions, applied_position, dashboard, run_from_store};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use uuid::Uuid;
+use write_side::domain::{CancelOrder, CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::http::{Auth, HttpConfig, HttpState};
+use write_side::{CommandContext, CommandHandler, HandlerOptions};
+
+async fn get(router: &axum::Router, uri: &str) -> (StatusCode, Value) {
+    let response = router
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+struct World {
+    write: axum::Router,
+    read: axum::Router,
+    orders: Vec<Uuid>,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    /// Every event's commit time: the instants where an answer changes.
+    times: Vec<DateTime<Utc>>,
+    _runner: CancellationToken,
+}
+
+async fn world() -> World {
+    let dir = std::env::temp_dir();
+    let pool = SqliteEventStore::connect(&dir.join(format!("{}.db", testkit::unique_name("as_of_store"))))
+        .await
+        .unwrap();
+    SqliteEventStore::migrate(&pool).await.unwrap();
+    let store = Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap());
+    let handler = CommandHandler::new(store.clone(), HandlerOptions::default());
+    let ctx = CommandContext::default();
+
+    let customer_id = Uuid::now_v7();
+    handler
+        .customer(
+            &ctx,
+            customer_id,
+            CustomerCommand::Register {
+                customer_id,
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let products: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for (n, &product_id) in products.iter().enumerate() {
+        handler
+            .product(
+                &ctx,
+                product_id,
+                ProductCommand::Add {
+                    product_id,
+                    sku: format!("SKU-{n}"),
+                    name: format!("Product {n}"),
+                    price_minor: 250 * (n as i64 + 1),
+                    currency: "EUR".into(),
+                    stock: 1_000,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Orders move through their lifecycles interleaved, a few milliseconds apart, so that the
+    // commit times spread out; the customer is renamed halfway.
+    let orders: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+    for (i, &order_id) in orders.iter().enumerate() {
+        let lines = vec![PlaceOrderLine {
+            product_id: products[i % 3],
+            quantity: 1 + i as i64 % 3,
+        }];
+        handler
+            .place_order(
+                &ctx,
+                PlaceOrder {
+                    order_id,
+                    customer_id,
+                    lines,
+                },
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for step in 0..3 {
+        for (i, &order_id) in orders.iter().enumerate() {
+            let command = match (i % 4, step) {
+                (0, 0) => None,
+                (1, 0) => Some(Err(CancelOrder {
+                    order_id,
+                    reason: "changed mind".into(),
+                })),
+                (1, _) => None,
+                (_, 0) => Some(Ok(OrderCommand::Confirm { order_id })),
+                (2, 1) | (3, 1) => Some(Ok(OrderCommand::Ship {
+                    order_id,
+                    carrier: "DHL".into(),
+                    tracking: format!("T{i}"),
+                })),
+                (3, 2) => Some(Ok(OrderCommand::Deliver { order_id })),
+                _ => None,
+            };
+            match command {
+                Some(Ok(command)) => {
+                    handler.order(&ctx, order_id, command).await.unwrap();
+                }
+                Some(Err(cancel)) => {
+                    handler.cancel_order(&ctx, cancel).await.unwrap();
+                }
+                None => continue,
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        if step == 1 {
+            handler
+                .customer(
+                    &ctx,
+                    customer_id,
+                    CustomerCommand::Rename {
+                        customer_id,
+                        name: "Ada L.".into(),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    let events = store.read_all(0, 10_000).await.unwrap();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
+    let head = events.last().unwrap().position;
+
+    let read_url = format!(
+        "sqlite://{}",
+        dir.join(format!("{}.db", testkit::unique_name("as_of_read"))).display()
+    );
+    let db = ReadDb::connect(&read_url, 4).await.unwrap();
+    db.migrate().await.unwrap();
+    let sinks = Sinks {
+        read_db: db.clone(),
+        clickhouse: None,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_from_store(
+        store.clone() as Arc<dyn EventStore>,
+        db.clone(),
+        catalog::factory(dashboard::NAME, &sinks).unwrap(),
+        RunOptions::default(),
+        cancel.clone(),
+    ));
+    loop {
+        if let Some(version) = db.live_version(dashboard::NAME).await.unwrap()
+            && applied_position(&db.progress(dashboard::NAME, version).await.unwrap()) >= head
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    World {
+        write: write_side::http::router(HttpState::new(handler, HttpConfig::new(Auth::Disabled))),
+        read: read_api::router(read_api::ReadState::new(db, None, read_api::ReadConfig::default())),
+        orders,
+        first: times[0],
+        last: *times.last().unwrap(),
+        times,
+        _runner: cancel,
+    }
+}
+
+/// Asks both sides about `order_id` as of `t` and compares what both of them model.
+async fn compare(world: &World, order_id: Uuid, t: DateTime<Utc>) -> Result<(), String> {
+    let at = t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let (write_status, state) = get(&world.write, &format!("/v1/orders/{order_id}/state?as_of={at}")).await;
+    let (read_status, row) = get(&world.read, &format!("/v1/dashboard/orders/{order_id}?as_of={at}")).await;
+    if write_status == StatusCode::NOT_FOUND || read_status == StatusCode::NOT_FOUND {
+        return if write_status == read_status {
+            Ok(())
+        } else {
+            Err(format!(
+                "at {at}: write side {write_status}, read side {read_status}: {row}"
+            ))
+        };
+    }
+    if write_status != StatusCode::OK || read_status != StatusCode::OK {
+        return Err(format!("at {at}: {write_status} {state} / {read_status} {row}"));
+    }
+    let quantities: i64 = state["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["quantity"].as_i64().unwrap())
+        .sum();
+    let pairs = [
+        ("status", state["status"].clone(), row["status"].clone()),
+        ("customer_id", state["customer_id"].clone(), row["customer_id"].clone()),
+        ("total_minor", state["total_minor"].clone(), row["total_minor"].clone()),
+        ("currency", state["currency"].clone(), row["currency"].clone()),
+        ("item_count", Value::from(quantities), row["item_count"].clone()),
+        (
+            "stream_version",
+            state["version"].clone(),
+            row["stream_version"].clone(),
+        ),
+        ("last_position", state["position"].clone(), row["last_position"].clone()),
+        (
+            "cancel_reason",
+            state["cancellation_reason"].clone(),
+            row["cancel_reason"].clone(),
+        ),
+        ("carrier", state["shipment"]["carrier"].clone(), row["carrier"].clone()),
+        (
+            "tracking",
+            state["shipment"]["tracking"].clone(),
+            row["tracking"].clone(),
+        ),
+    ];
+    for (field, write, read) in pairs {
+        if write != read {
+            return Err(format!(
+                "{order_id} at {at}: {field} is {write} on the write side, {read} on the read side"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_dashboard_as_of_any_time_equals_the_write_sides_fold() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let world = runtime.block_on(world());
+
+    // Exactly at every commit time, and a microsecond before it: where answers change.
+    runtime.block_on(async {
+        for &t in &world.times {
+            for &order_id in &world.orders {
+                for at in [t, t - chrono::Duration::microseconds(1)] {
+                    compare(&world, order_id, at).await.unwrap();
+                }
+            }
+        }
+    });
+
+    // Random instants from before the first event to after the last.
+    let span = (world.last - world.first).num_microseconds().unwrap() + 2_000;
+    let mut runner = TestRunner::new(Config {
+        cases: 200,
+        ..Config::default()
+    });
+    runner
+        .run(&(0..world.orders.len(), -1_000..span), |(order, offset)| {
+            let t = world.first + chrono::Duration::microseconds(offset);
+            runtime
+                .block_on(compare(&world, world.orders[order], t))
+                .map_err(TestCaseError::fail)
+        })
+        .unwrap();
+}

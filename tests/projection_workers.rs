@@ -1,0 +1,368 @@
+//! End to end with the real binaries: commands → PostgreSQL store → `orderflow relay` → Kafka →
+//! two `orderflow projections run` workers in one consumer group → PostgreSQL dashboard and
+//! ClickHouse analytics. The workers are killed with SIGKILL at random points under load and
+//! started again; at the end the read models must equal a fold of the whole log from scratch
+//! (DESIGN invariants 5 and 6).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_schemas::{DomainEvent, OrderEvent};
+use event_store::{EventStore, PgEventStore, StoreOptions};
+use projections::analytics::{self, SalesAnalytics};
+use projections::dashboard;
+use projections::{ReadDb, RebuildOptions, UntilPoint, applied_position, catalog};
+use sqlx::Row;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use write_side::domain::{CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::{CommandContext, CommandHandler, HandlerOptions};
+
+struct Deployment {
+    store_db: testkit::postgres::TestDatabase,
+    read_db: testkit::postgres::TestDatabase,
+    clickhouse_db: String,
+    prefix: String,
+}
+
+impl Deployment {
+    fn relay(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(["relay", "--batch-size", "200", "--partitions", "4"])
+            .env("ORDERFLOW_EVENT_STORE_URL", &self.store_db.url)
+            .env("ORDERFLOW_KAFKA_BROKERS", testkit::kafka::bootstrap_servers())
+            .env("ORDERFLOW_RELAY_TOPIC_PREFIX", &self.prefix)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start `orderflow relay`")
+    }
+
+    fn worker(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args([
+                "projections",
+                "run",
+                "--batch-size",
+                "100",
+                "--linger-ms",
+                "10",
+                "--session-timeout-ms",
+                "6000",
+            ])
+            .env("ORDERFLOW_READ_DB_URL", &self.read_db.url)
+            .env("ORDERFLOW_CLICKHOUSE_URL", testkit::clickhouse::url())
+            .env("ORDERFLOW_CLICKHOUSE_DATABASE", &self.clickhouse_db)
+            .env("ORDERFLOW_KAFKA_BROKERS", testkit::kafka::bootstrap_servers())
+            .env("ORDERFLOW_TOPIC_PREFIX", &self.prefix)
+            .env("ORDERFLOW_GROUP_PREFIX", &self.prefix)
+            .env(
+                "RUST_LOG",
+                std::env::var("ORDERFLOW_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start `orderflow projections run`")
+    }
+}
+
+/// A small shop's traffic through the real command handler: orders placed, confirmed,
+/// shipped, delivered or cancelled, customers renamed, while the workers are being killed.
+async fn traffic(handler: Arc<CommandHandler>, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid>>, seed: u64) {
+    let ctx = CommandContext::default();
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for i in 0..60 {
+        let order_id = Uuid::now_v7();
+        let customer_id = customers[next(customers.len() as u64) as usize];
+        let first = next(products.len() as u64) as usize;
+        let mut lines = vec![PlaceOrderLine {
+            product_id: products[first],
+            quantity: 1 + next(3) as i64,
+        }];
+        if next(2) == 0 {
+            lines.push(PlaceOrderLine {
+                product_id: products[(first + 1) % products.len()],
+                quantity: 1,
+            });
+        }
+        handler
+            .place_order(
+                &ctx,
+                PlaceOrder {
+                    order_id,
+                    customer_id,
+                    lines,
+                },
+            )
+            .await
+            .expect("place an order");
+        let steps = next(5);
+        if steps == 0 {
+            handler
+                .cancel_order(
+                    &ctx,
+                    write_side::domain::CancelOrder {
+                        order_id,
+                        reason: "changed mind".into(),
+                    },
+                )
+                .await
+                .expect("cancel");
+            continue;
+        }
+        let lifecycle = [
+            OrderCommand::Confirm { order_id },
+            OrderCommand::Ship {
+                order_id,
+                carrier: "DHL".into(),
+                tracking: format!("T{i}"),
+            },
+            OrderCommand::Deliver { order_id },
+        ];
+        for command in lifecycle.into_iter().take(steps as usize) {
+            handler.order(&ctx, order_id, command).await.expect("order lifecycle");
+        }
+        if next(10) == 0 {
+            handler
+                .customer(
+                    &ctx,
+                    customer_id,
+                    CustomerCommand::Rename {
+                        customer_id,
+                        name: format!("Renamed {seed}-{i}"),
+                    },
+                )
+                .await
+                .expect("rename");
+        }
+    }
+}
+
+async fn table(db: &ReadDb, sql: &str) -> Vec<String> {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(db.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| {
+                    row.try_get::<Option<String>, _>(i)
+                        .map(|v| v.unwrap_or_default())
+                        .or_else(|_| {
+                            row.try_get::<Option<i64>, _>(i)
+                                .map(|v| v.map(|v| v.to_string()).unwrap_or_default())
+                        })
+                        .unwrap_or_else(|_| "?".to_owned())
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
+    let deployment = Deployment {
+        store_db: testkit::postgres::fresh_database().await,
+        read_db: testkit::postgres::fresh_database().await,
+        clickhouse_db: testkit::clickhouse::fresh_database().await,
+        prefix: format!("{}.", testkit::unique_name("workers")),
+    };
+    let pool = deployment.store_db.pool(16).await;
+    PgEventStore::migrate(&pool).await.unwrap();
+    let store = PgEventStore::open(pool, StoreOptions::default()).await.unwrap();
+    let handler = Arc::new(CommandHandler::new(Arc::new(store.clone()), HandlerOptions::default()));
+    let ctx = CommandContext::default();
+
+    let customers: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    for (n, &customer_id) in customers.iter().enumerate() {
+        handler
+            .customer(
+                &ctx,
+                customer_id,
+                CustomerCommand::Register {
+                    customer_id,
+                    name: format!("Customer {n}"),
+                    email: format!("c{n}@example.com"),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let products: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+    for (n, &product_id) in products.iter().enumerate() {
+        handler
+            .product(
+                &ctx,
+                product_id,
+                ProductCommand::Add {
+                    product_id,
+                    sku: format!("SKU-{n}"),
+                    name: format!("Product {n}"),
+                    price_minor: 199 + 100 * n as i64,
+                    currency: "EUR".into(),
+                    stock: 100_000,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    let mut relay = deployment.relay();
+    let mut workers = [deployment.worker(), deployment.worker()];
+    let (customers, products) = (Arc::new(customers), Arc::new(products));
+    let load: Vec<_> = (0..4)
+        .map(|seed| tokio::spawn(traffic(handler.clone(), customers.clone(), products.clone(), 7 + seed)))
+        .collect();
+
+    // SIGKILL a worker every ~1.5 s while the traffic runs, alternating, and start it again.
+    let read = ReadDb::connect(&deployment.read_db.url, 4).await.unwrap();
+    let mut kills = 0;
+    while load.iter().any(|task| !task.is_finished()) || kills < 4 {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let worker = &mut workers[kills % 2];
+        worker.start_kill().expect("kill -9 a worker");
+        worker.wait().await.unwrap();
+        *worker = deployment.worker();
+        kills += 1;
+    }
+    for task in load {
+        task.await.unwrap();
+    }
+    // tansu (the test broker) evicts a member whose session expired only when another member
+    // joins, not by the timeout alone (ADR 0004): one more kill and restart after every dead
+    // member's session has expired lets the group hand their partitions to the living.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    workers[0].start_kill().expect("kill -9 a worker");
+    workers[0].wait().await.unwrap();
+    workers[0] = deployment.worker();
+    kills += 1;
+    let head = store.head_position().await.unwrap();
+
+    // Both projections get to the head, whatever the kills.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for name in catalog::NAMES {
+        loop {
+            let version = read.live_version(name).await.unwrap();
+            let position = match version {
+                Some(version) => applied_position(&read.progress(name, version).await.unwrap()),
+                None => 0,
+            };
+            if position >= head {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} reached {position} of {head} after {kills} kills"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for worker in &mut workers {
+        worker.start_kill().unwrap();
+        worker.wait().await.unwrap();
+    }
+    relay.start_kill().unwrap();
+    relay.wait().await.unwrap();
+
+    // The dashboard equals a version built from scratch from the store, up to the same head.
+    let clickhouse = clickhouse::Client::default()
+        .with_url(testkit::clickhouse::url())
+        .with_database(&deployment.clickhouse_db)
+        .with_validation(false);
+    let sinks = catalog::Sinks {
+        read_db: read.clone(),
+        clickhouse: Some(clickhouse.clone()),
+    };
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let report = projections::rebuild(
+        store.clone(),
+        &read,
+        catalog::factory(dashboard::NAME, &sinks).unwrap(),
+        RebuildOptions {
+            until: Some(UntilPoint::Position(head)),
+            ..RebuildOptions::default()
+        },
+        CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.version, 2);
+    for (table_name, order_by) in [
+        ("orders", "order_id"),
+        ("customers", "customer_id"),
+        ("customer_totals", "customer_id, currency"),
+        ("order_history", "order_id, stream_version"),
+    ] {
+        let live = table(
+            &read,
+            &format!("SELECT * FROM order_dashboard_v1_{table_name} ORDER BY {order_by}"),
+        )
+        .await;
+        let fresh = table(
+            &read,
+            &format!("SELECT * FROM order_dashboard_v2_{table_name} ORDER BY {order_by}"),
+        )
+        .await;
+        assert!(!live.is_empty(), "{table_name} is empty");
+        assert_eq!(
+            live, fresh,
+            "{table_name}: the live rows differ from a fold from scratch"
+        );
+    }
+    assert!(read.dead_letters(dashboard::NAME, 1).await.unwrap().is_empty());
+
+    // ClickHouse: revenue and the funnel equal what the events say.
+    let mut placed: BTreeMap<Uuid, i64> = BTreeMap::new();
+    let mut cancelled = 0u64;
+    let mut delivered = 0u64;
+    let mut after = 0;
+    loop {
+        let events = store.read_all(after, 1000).await.unwrap();
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        for recorded in &events {
+            match event_schemas::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).unwrap() {
+                DomainEvent::Order(OrderEvent::Placed(p)) => {
+                    placed.insert(p.order_id, p.total_minor);
+                }
+                DomainEvent::Order(OrderEvent::Cancelled(c)) => {
+                    placed.remove(&c.order_id);
+                    cancelled += 1;
+                }
+                DomainEvent::Order(OrderEvent::Delivered(_)) => delivered += 1,
+                _ => {}
+            }
+        }
+    }
+    let analytics = SalesAnalytics::clickhouse(clickhouse, read.clone(), 1);
+    let from = chrono::Utc::now() - chrono::Duration::days(1);
+    let to = chrono::Utc::now() + chrono::Duration::days(1);
+    let revenue: i64 = analytics
+        .revenue(from, to, analytics::Bucket::Day)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.revenue_minor)
+        .sum();
+    assert_eq!(
+        revenue,
+        placed.values().sum::<i64>(),
+        "ClickHouse revenue = Σ totals of orders not cancelled"
+    );
+    let funnel = analytics.order_funnel(None, None).await.unwrap();
+    assert_eq!(funnel.placed, placed.len() as u64 + cancelled);
+    assert_eq!((funnel.cancelled, funnel.delivered), (cancelled, delivered));
+    assert!(kills >= 4);
+}

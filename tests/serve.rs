@@ -1,0 +1,315 @@
+//! End to end, with the real `orderflow serve` binary (the embedded mode, no server needed):
+//! commands and reads on one port, read-your-writes through the in-process projections, a
+//! rebuild through the admin endpoint, a clean stop on SIGTERM, and a restart on the same data
+//! directory that has lost nothing and goes on.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A running `orderflow serve`, its stderr going to a file.
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(data_dir: &Path, port: u16, log: PathBuf) -> Server {
+        let stderr = std::fs::File::create(&log).expect("create the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start `orderflow serve`");
+        Server { child, log }
+    }
+
+    /// SIGTERM, then the exit status (at most `within`).
+    fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("run kill")?;
+        ensure!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(Instant::now() < deadline, "still running {within:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// JSON over HTTP/1.1 to the server's one port.
+struct Api {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+        let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = self.client.request(request).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok((status, value))
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// POST a command; its answer's `position` (the consistency token).
+    async fn command(&self, path: &str, body: Value, expected: StatusCode) -> anyhow::Result<u64> {
+        let (status, answer) = self.call(Method::POST, path, Some(body)).await?;
+        ensure!(status == expected, "POST {path}: {status} {answer}");
+        answer["position"]
+            .as_u64()
+            .with_context(|| format!("POST {path}: no position in {answer}"))
+    }
+
+    /// Waits until `/ready` answers 200 (the server may still be starting).
+    async fn wait_ready(&self, server: &mut Server) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("`orderflow serve` exited before it was ready: {status}");
+            }
+            if let Ok((StatusCode::OK, _)) = self.get("/ready").await {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "not ready within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+struct Ids {
+    customer: Uuid,
+    product: Uuid,
+    order: Uuid,
+}
+
+async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<u64> {
+    api.wait_ready(server).await?;
+    let log = server.log();
+    ensure!(log.contains(&api.base), "the banner names the URL: {log}");
+    ensure!(log.contains("curl"), "the banner shows examples: {log}");
+
+    api.command(
+        "/v1/customers",
+        json!({"customer_id": ids.customer, "name": "Ada Lovelace", "email": "ada@example.com"}),
+        StatusCode::CREATED,
+    )
+    .await?;
+    api.command(
+        "/v1/products",
+        json!({"product_id": ids.product, "sku": "BOOK-1", "name": "Notes on the Engine",
+               "price_minor": 1250, "currency": "EUR", "stock": 10}),
+        StatusCode::CREATED,
+    )
+    .await?;
+    let placed = api
+        .command(
+            "/v1/orders",
+            json!({"order_id": ids.order, "customer_id": ids.customer,
+                   "lines": [{"product_id": ids.product, "quantity": 2}]}),
+            StatusCode::CREATED,
+        )
+        .await?;
+
+    // Read-your-writes through the in-process projections, on the same port.
+    let (status, row) = api
+        .get(&format!("/v1/dashboard/orders/{}?min_position={placed}", ids.order))
+        .await?;
+    ensure!(status == StatusCode::OK, "dashboard: {status} {row}");
+    ensure!(row["order_id"] == json!(ids.order), "{row}");
+    ensure!(row["status"] == "placed", "{row}");
+    ensure!(row["customer_name"] == "Ada Lovelace", "{row}");
+    ensure!(row["total_minor"] == 2500 && row["currency"] == "EUR", "{row}");
+    ensure!(row["item_count"] == 2, "{row}");
+
+    let (status, funnel) = api
+        .get(&format!("/v1/analytics/order-funnel?min_position={placed}"))
+        .await?;
+    ensure!(status == StatusCode::OK, "funnel: {status} {funnel}");
+    ensure!(funnel["placed"] == 1 && funnel["confirmed"] == 0, "{funnel}");
+
+    // The write side's own reads are there too.
+    let (status, state) = api.get(&format!("/v1/orders/{}/state", ids.order)).await?;
+    ensure!(status == StatusCode::OK, "order state: {status} {state}");
+
+    // One recorder for the process: /metrics counts the requests of both routers.
+    let (status, metrics) = api.get("/metrics").await?;
+    let metrics = metrics.as_str().unwrap_or_default();
+    ensure!(status == StatusCode::OK, "metrics: {status}");
+    ensure!(
+        metrics.contains(r#"route="/v1/orders""#) && metrics.contains(r#"route="/v1/dashboard/orders/{id}""#),
+        "/metrics lacks the command or the query routes:\n{metrics}"
+    );
+    let (status, _) = api.get("/openapi.json").await?;
+    ensure!(status == StatusCode::OK, "openapi: {status}");
+    let (status, error) = api.get("/v1/no-such-thing").await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND && error["error"]["code"] == "not_found",
+        "{status} {error}"
+    );
+
+    // A rebuild through the admin endpoint switches the dashboard to version 2, same rows.
+    let (status, answer) = api
+        .call(Method::POST, "/v1/projections/order_dashboard/rebuild", None)
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "rebuild: {status} {answer}");
+    ensure!(answer["version"] == 2, "{answer}");
+    let (status, error) = api.call(Method::POST, "/v1/projections/nope/rebuild", None).await?;
+    ensure!(status == StatusCode::NOT_FOUND, "unknown projection: {status} {error}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = api.get("/v1/projections").await?;
+        let live = status["projections"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == "order_dashboard"))
+            .map(|p| p["live_version"].clone());
+        if live == Some(json!(2)) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the rebuild did not switch within 20 s: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, row) = api
+        .get(&format!("/v1/dashboard/orders/{}?min_position={placed}", ids.order))
+        .await?;
+    ensure!(
+        status == StatusCode::OK && row["status"] == "placed",
+        "after the rebuild: {status} {row}"
+    );
+    Ok(placed)
+}
+
+async fn second_run(api: &Api, server: &mut Server, ids: &Ids, placed: u64) -> anyhow::Result<()> {
+    api.wait_ready(server).await?;
+    // Nothing lost.
+    let (status, row) = api
+        .get(&format!("/v1/dashboard/orders/{}?min_position={placed}", ids.order))
+        .await?;
+    ensure!(status == StatusCode::OK, "after the restart: {status} {row}");
+    ensure!(row["status"] == "placed" && row["total_minor"] == 2500, "{row}");
+
+    // And it goes on: a new command is appended after the old ones and reaches both projections.
+    let confirmed = api
+        .command(&format!("/v1/orders/{}/confirm", ids.order), json!({}), StatusCode::OK)
+        .await?;
+    ensure!(confirmed > placed, "position {confirmed} after {placed}");
+    let (status, row) = api
+        .get(&format!("/v1/dashboard/orders/{}?min_position={confirmed}", ids.order))
+        .await?;
+    ensure!(
+        status == StatusCode::OK && row["status"] == "confirmed",
+        "{status} {row}"
+    );
+    let (status, funnel) = api
+        .get(&format!("/v1/analytics/order-funnel?min_position={confirmed}"))
+        .await?;
+    ensure!(status == StatusCode::OK, "funnel: {status} {funnel}");
+    ensure!(funnel["placed"] == 1 && funnel["confirmed"] == 1, "{funnel}");
+    let (status, customer) = api
+        .get(&format!(
+            "/v1/dashboard/customers/{}?min_position={confirmed}",
+            ids.customer
+        ))
+        .await?;
+    ensure!(status == StatusCode::OK, "customer: {status} {customer}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_platform_in_one_process_and_survives_a_restart() {
+    let root = std::env::temp_dir().join(format!("orderflow-serve-test-{}", Uuid::now_v7()));
+    let data_dir = root.join("data");
+    std::fs::create_dir_all(&root).expect("create the test directory");
+    let ids = Ids {
+        customer: Uuid::now_v7(),
+        product: Uuid::now_v7(),
+        order: Uuid::now_v7(),
+    };
+    let port = free_port();
+    let api = Api {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+
+    let mut first = Server::start(&data_dir, port, root.join("first.log"));
+    let placed = match first_run(&api, &mut first, &ids).await {
+        Ok(placed) => placed,
+        Err(e) => panic!("first run: {e:#}\n--- orderflow serve's log ---\n{}", first.log()),
+    };
+    match first.terminate(Duration::from_secs(15)) {
+        Ok(status) => assert!(status.success(), "exit {status} after SIGTERM\n{}", first.log()),
+        Err(e) => panic!("{e:#}\n{}", first.log()),
+    }
+    assert!(
+        first.log().contains("stopped"),
+        "no clean stop logged:\n{}",
+        first.log()
+    );
+    assert!(data_dir.join("events.db").is_file() && data_dir.join("read.db").is_file());
+
+    let mut second = Server::start(&data_dir, port, root.join("second.log"));
+    if let Err(e) = second_run(&api, &mut second, &ids, placed).await {
+        panic!("second run: {e:#}\n--- orderflow serve's log ---\n{}", second.log());
+    }
+    match second.terminate(Duration::from_secs(15)) {
+        Ok(status) => assert!(status.success(), "exit {status} after SIGTERM\n{}", second.log()),
+        Err(e) => panic!("{e:#}\n{}", second.log()),
+    }
+    drop((first, second));
+    let _ = std::fs::remove_dir_all(&root);
+}
