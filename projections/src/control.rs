@@ -87,6 +87,17 @@ impl ReadDb {
         self.kind
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes fails with
+    /// `SQLITE_BUSY_SNAPSHOT` when another writer (the other projection, a rebuild) committed in
+    /// between, and no busy timeout can help with that. Waiting for the lock up front can.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, ProjectionError> {
+        Ok(match self.kind {
+            DbKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DbKind::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// The live version of a projection, if one is live.
     pub async fn live_version(&self, name: &str) -> Result<Option<u32>, ProjectionError> {
         let row = sqlx::query("SELECT version FROM projection_versions WHERE name = $1 AND state = 'live'")
@@ -194,7 +205,7 @@ impl ReadDb {
     /// holds from the store is guarded by stream version, so a replay applies nothing twice).
     /// Answers the version that was live.
     pub async fn switch_live(&self, name: &str, version: u32) -> Result<Option<u32>, ProjectionError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let old = sqlx::query("SELECT version FROM projection_versions WHERE name = $1 AND state = 'live'")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -261,14 +272,19 @@ impl ReadDb {
             .collect()
     }
 
-    /// Every partition's progress for one version: checkpoints with what workers reported.
+    /// Every partition's progress for one version: checkpoints with what workers reported. A
+    /// partition counts as drained only if its worker said so within the last
+    /// [`DRAINED_FRESH_US`]: workers repeat the report every second while idle, so a dead
+    /// worker's last word expires instead of vouching for a partition nobody reads.
     pub async fn progress(&self, name: &str, version: u32) -> Result<Vec<PartitionProgress>, ProjectionError> {
         let rows = sqlx::query(
-            "SELECT source, partition_no, last_offset, last_position, last_recorded_at_us, drained, high_watermark
+            "SELECT source, partition_no, last_offset, last_position, last_recorded_at_us,
+                    CASE WHEN drained = 1 AND drained_at_us >= $3 THEN 1 ELSE 0 END, high_watermark
                FROM projection_checkpoints WHERE name = $1 AND version = $2 ORDER BY source, partition_no",
         )
         .bind(name)
         .bind(i64::from(version))
+        .bind(micros(Utc::now()) - DRAINED_FRESH_US)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -298,10 +314,12 @@ impl ReadDb {
         for report in reports {
             sqlx::query(
                 "INSERT INTO projection_checkpoints
-                    (name, version, source, partition_no, last_offset, last_position, drained, high_watermark, updated_at_us)
-                 VALUES ($1, $2, $3, $4, -1, 0, $5, $6, $7)
+                    (name, version, source, partition_no, last_offset, last_position, drained, high_watermark,
+                     updated_at_us, drained_at_us)
+                 VALUES ($1, $2, $3, $4, -1, 0, $5, $6, $7, $7)
                  ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
                     drained = excluded.drained,
+                    drained_at_us = excluded.drained_at_us,
                     high_watermark = coalesce(excluded.high_watermark, projection_checkpoints.high_watermark)",
             )
             .bind(name)
@@ -411,6 +429,9 @@ pub async fn save_dead_letters(
     }
     Ok(())
 }
+
+/// How long a worker's "partition drained" report counts (3 s; workers repeat it every second).
+pub const DRAINED_FRESH_US: i64 = 3_000_000;
 
 /// What a Kafka worker reports about one of its partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]

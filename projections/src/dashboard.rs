@@ -121,7 +121,7 @@ impl Projection for OrderDashboard {
 
     #[tracing::instrument(skip_all, fields(projection = NAME, version = self.version, events = batch.events.len()), err)]
     async fn apply(&self, batch: &Batch) -> Result<(), ProjectionError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let relevant = batch
             .events
             .iter()

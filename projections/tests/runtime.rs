@@ -83,7 +83,7 @@ impl Projection for Tally {
     }
 
     async fn apply(&self, batch: &Batch) -> Result<(), ProjectionError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for event in &batch.events {
             if self.poison.contains(&event.stream_id) {
                 return Err(ProjectionError::Inconsistent(format!("{} is poison", event.stream_id)));
@@ -530,4 +530,59 @@ async fn the_embedded_runner_follows_the_store_and_a_rebuild_switches_it_to_the_
     assert_eq!(db.live_version("tally").await.unwrap(), Some(2));
     cancel.cancel();
     runner.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_drained_report_vouches_for_a_partition_only_while_it_is_fresh() {
+    use projections::{PartitionReport, applied_position};
+    let db = sqlite_read_db().await;
+    let checkpoint = |partition: i32, offset: i64, position: u64| Checkpoint {
+        source: "orders".to_owned(),
+        partition,
+        offset,
+        position,
+        recorded_at: None,
+    };
+    let mut tx = db.begin_write().await.unwrap();
+    save_checkpoints(&mut tx, "tally", 1, &[checkpoint(0, 9, 90), checkpoint(1, 4, 40)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        applied_position(&db.progress("tally", 1).await.unwrap()),
+        40,
+        "the slower partition bounds it"
+    );
+
+    // Partition 1's worker found it empty: nothing older waits there, so it counts as far as
+    // the furthest partition.
+    let report = PartitionReport {
+        source: "orders".to_owned(),
+        partition: 1,
+        drained: true,
+        high_watermark: None,
+    };
+    db.report_partitions("tally", 1, std::slice::from_ref(&report))
+        .await
+        .unwrap();
+    assert_eq!(applied_position(&db.progress("tally", 1).await.unwrap()), 90);
+
+    // A report older than DRAINED_FRESH_US (its worker died) vouches for nothing.
+    sqlx::query("UPDATE projection_checkpoints SET drained_at_us = drained_at_us - $1")
+        .bind(projections::DRAINED_FRESH_US + 1)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied_position(&db.progress("tally", 1).await.unwrap()), 40);
+
+    // A new batch for the partition clears the claim at once.
+    db.report_partitions("tally", 1, &[report]).await.unwrap();
+    let mut tx = db.begin_write().await.unwrap();
+    save_checkpoints(&mut tx, "tally", 1, &[checkpoint(1, 5, 95)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let progress = db.progress("tally", 1).await.unwrap();
+    assert!(progress.iter().all(|p| !p.drained), "{progress:?}");
+    assert_eq!(applied_position(&progress), 90);
 }

@@ -32,7 +32,7 @@ impl SqlSink {
     }
 
     pub(super) async fn execute_all(&self, statements: &[String]) -> Result<(), ProjectionError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for statement in statements {
             sqlx::query(AssertSqlSafe(statement.as_str())).execute(&mut *tx).await?;
         }
@@ -51,7 +51,7 @@ impl SqlSink {
     /// Writes the batch's facts, checkpoints and dead letters in one transaction.
     pub(super) async fn apply(&self, tables: &Tables, version: u32, batch: &Batch) -> Result<(), ProjectionError> {
         let mut facts = Facts::of(batch);
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
 
         let mut placed = HashMap::new();
         for order_id in facts.orders_to_look_up() {

@@ -36,6 +36,8 @@ use crate::{
 
 /// How often a worker looks for a version switch made by a rebuild.
 const VERSION_CHECK: Duration = Duration::from_secs(1);
+/// How often an idle worker repeats that its partitions are drained (see `ReadDb::progress`).
+const DRAINED_REPORT: Duration = Duration::from_secs(1);
 
 /// Where and how a worker consumes.
 #[derive(Debug, Clone)]
@@ -377,8 +379,9 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
     info!(projection = shared.name, group = %options.group_id, ?topics, "projection worker started");
     let run = &options.run;
     let mut last_version_check = Instant::now();
-    // Whether the partitions were last reported drained (found empty); reset by any record.
-    let mut drained_reported = false;
+    // When the partitions were last reported drained (found empty); reset by any record. The
+    // report is repeated every second while idle: it only counts while fresh.
+    let mut drained_reported: Option<Instant> = None;
     while !shared.cancel.is_cancelled() {
         let timeout = match shared.lock().pending_since {
             Some(since) => run.linger.saturating_sub(since.elapsed()),
@@ -386,11 +389,13 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
         };
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
-                drained_reported = false;
+                drained_reported = None;
                 shared.take(&message);
             }
-            None if !drained_reported && shared.lock().pending.is_empty() => {
-                drained_reported = shared.report_drained(&consumer);
+            None if drained_reported.is_none_or(|at| at.elapsed() >= DRAINED_REPORT)
+                && shared.lock().pending.is_empty() =>
+            {
+                drained_reported = shared.report_drained(&consumer).then(Instant::now);
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => warn!(projection = shared.name, error = %e, "consumer error"),
