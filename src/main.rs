@@ -42,6 +42,8 @@ enum Command {
     /// (`POST /v1/projections/{name}/rebuild`) and operations endpoints share one port.
     /// Authentication is OFF in this mode: keep --listen on loopback.
     Serve(serve::ServeArgs),
+    /// `serve --demo`: seed an empty store with a simulated shop, then serve it (same flags).
+    Demo(serve::ServeArgs),
 }
 
 #[tokio::main]
@@ -55,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay(args) => relay::run(args, shutdown_on_signal()).await,
         Command::Projections(command) => projections::run(command, shutdown_on_signal()).await,
         Command::Serve(args) => serve::run(args, shutdown_on_signal()).await,
+        Command::Demo(args) => serve::run(args.with_demo(), shutdown_on_signal()).await,
     }
 }
 

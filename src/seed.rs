@@ -172,10 +172,10 @@ const HOURLY: [f64; 24] = [
 
 /// splitmix64: tiny, fast, and good enough for a simulation; deterministic for a seed.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
@@ -188,12 +188,12 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 
     /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+    pub(crate) fn range(&mut self, lo: i64, hi: i64) -> i64 {
         lo + self.below((hi - lo + 1) as usize) as i64
     }
 
@@ -202,7 +202,7 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1_u64 << 53) as f64
     }
 
-    fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
     }
 
@@ -216,7 +216,7 @@ impl Rng {
         ((self.unit().powf(power) * n as f64) as usize).min(n - 1)
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
 
@@ -1180,7 +1180,7 @@ const NOUNS: &[&str] = &[
 ];
 
 /// Carrier, tracking prefix, digits after it.
-const CARRIERS: &[(&str, &str, usize)] = &[
+pub(crate) const CARRIERS: &[(&str, &str, usize)] = &[
     ("DHL", "JJD", 12),
     ("UPS", "1Z", 16),
     ("DPD", "0", 13),
@@ -1190,7 +1190,7 @@ const CARRIERS: &[(&str, &str, usize)] = &[
     ("La Poste", "6A", 11),
 ];
 
-const CANCEL_REASONS: &[&str] = &[
+pub(crate) const CANCEL_REASONS: &[&str] = &[
     "customer changed their mind",
     "payment failed",
     "duplicate order",

@@ -18,6 +18,8 @@
 //! - Shutdown is one [`CancellationToken`]: the HTTP server stops accepting and drains the
 //!   requests in flight (a read waiting for its `min_position` still gets it), then the runners
 //!   and rebuilds stop, then the databases are closed.
+//! - `--demo` (and `orderflow demo`) seeds an empty store with a simulated shop before serving,
+//!   and `--rate` keeps commands coming through the command handler while it serves ([`demo`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -41,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use write_side::http::{Auth, HttpConfig, HttpState};
 use write_side::{CommandHandler, HandlerOptions};
 
+mod demo;
+
 /// How long the projection runners and rebuilds get to stop once the HTTP server has drained.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -54,10 +58,36 @@ pub(crate) struct ServeArgs {
     /// is off, so keep it on loopback.
     #[arg(long, env = "ORDERFLOW_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Seed an EMPTY event store with a simulated shop (customers, products, orders through
+    /// their lifecycle over four simulated weeks) before serving. A store that holds events is
+    /// left as it is, so restarting with --demo never seeds twice.
+    #[arg(long, env = "ORDERFLOW_DEMO")]
+    demo: bool,
+    /// About how many events --demo seeds.
+    #[arg(long, env = "ORDERFLOW_DEMO_EVENTS", default_value_t = 50_000)]
+    demo_events: u64,
+    /// Keep a live shop going at this many commands per second (0: off): new orders for the
+    /// store's customers and products, orders confirmed, shipped, delivered or cancelled, all
+    /// through the command handler. Rejections (out of stock) are logged at debug.
+    #[arg(long, env = "ORDERFLOW_DEMO_RATE", default_value_t = 0.0)]
+    rate: f64,
+}
+
+impl ServeArgs {
+    /// The same arguments with `--demo` on (`orderflow demo`).
+    pub(crate) fn with_demo(mut self) -> Self {
+        self.demo = true;
+        self
+    }
 }
 
 /// Runs the embedded platform until `shutdown` is cancelled (Ctrl-C, SIGTERM).
 pub(crate) async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate.is_finite() && args.rate >= 0.0,
+        "--rate must be a number of commands per second, 0 or more"
+    );
+    anyhow::ensure!(!args.demo || args.demo_events > 0, "--demo-events must be at least 1");
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)
@@ -74,6 +104,16 @@ pub(crate) async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow:
         .await
         .context("cannot open the event store")?;
     let store: Arc<dyn EventStore> = Arc::new(sqlite_store.clone());
+    let seeded = if args.demo {
+        demo::seed_if_empty(&*store, args.demo_events, &shutdown).await?
+    } else {
+        None
+    };
+    if shutdown.is_cancelled() {
+        sqlite_store.pool().close().await;
+        tracing::info!("stopped");
+        return Ok(());
+    }
 
     let read_path = data_dir.join("read.db");
     let read_db = ReadDb::connect(&sqlite_url(&read_path)?, 8)
@@ -109,13 +149,20 @@ pub(crate) async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow:
         });
     }
 
+    let handler = CommandHandler::new(Arc::clone(&store), HandlerOptions::default());
+    // The demo's tasks stop with the runners, before the databases close.
+    let mut demo_tasks = JoinSet::new();
+    if let Some(target) = seeded {
+        demo_tasks.spawn(demo::report_catch_up(read_db.clone(), target, workers.clone()));
+    }
+    if args.rate > 0.0 {
+        demo_tasks.spawn(demo::trickle(handler.clone(), args.rate, workers.clone()));
+    }
+
     let mut http = HttpConfig::new(Auth::Disabled);
     http.metrics = Some(metrics.clone());
     let grace = http.request_timeout + Duration::from_secs(1);
-    let commands = write_side::http::router(HttpState::new(
-        CommandHandler::new(Arc::clone(&store), HandlerOptions::default()),
-        http,
-    ));
+    let commands = write_side::http::router(HttpState::new(handler, http));
     let head = store.changes();
     let queries = read_api::query_routes(
         ReadState::new(read_db.clone(), None, ReadConfig::default())
@@ -157,9 +204,13 @@ pub(crate) async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow:
         while let Some(stopped) = runners.join_next().await {
             runner_stopped(stopped);
         }
+        while demo_tasks.join_next().await.is_some() {}
     };
     if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
-        tracing::warn!("projection runners did not stop within {} s", STOP_GRACE.as_secs());
+        tracing::warn!(
+            "projection runners (or the demo) did not stop within {} s",
+            STOP_GRACE.as_secs()
+        );
     }
     let mut rebuilds = std::mem::take(&mut admin.lock().tasks);
     if tokio::time::timeout(STOP_GRACE, async { while rebuilds.join_next().await.is_some() {} })
