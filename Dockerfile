@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+#
+# orderflow's services in one image: `orderflow` (CLI: projections, relay, ...), `write-side`
+# and `read-api`, each in /usr/local/bin. compose.yaml picks one with `command:`.
+#
+#   docker build -t orderflow:local .
+#
+# Not built where the tests run (no Docker engine there): see README, "Distributed deployment".
+
+# --- build --------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+
+# librdkafka is compiled from source by rdkafka-sys: its default build runs librdkafka's own
+# configure + make (C compiler, make, python3); cmake is there for rdkafka's `cmake-build`
+# feature should it be turned on. zlib for the `libz` feature. SQLite is bundled and protobuf is
+# compiled by protox, so neither needs a system package.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential cmake pkg-config zlib1g-dev python3 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /build
+COPY . .
+
+# The registry and target directory are cache mounts (kept between builds, not in the image),
+# so the binaries are copied out of target/ within the same step. `--workspace`: at the root of
+# a workspace with a root package, cargo otherwise builds only that package's binaries.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked --workspace --bins \
+    && mkdir -p /out \
+    && cp target/release/orderflow target/release/write-side target/release/read-api /out/
+
+# --- runtime ------------------------------------------------------------------------------
+FROM debian:bookworm-slim AS runtime
+
+# ca-certificates for TLS endpoints given in URLs; curl for the health checks (GET /ready).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 10001 orderflow \
+    && useradd --system --uid 10001 --gid orderflow --home-dir /var/lib/orderflow --create-home \
+       --shell /usr/sbin/nologin orderflow
+
+COPY --from=builder /out/orderflow /out/write-side /out/read-api /usr/local/bin/
+
+USER orderflow:orderflow
+WORKDIR /var/lib/orderflow
+
+# write-side listens on 8081, read-api on 8082 (set ORDERFLOW_*_LISTEN to 0.0.0.0:<port>).
+EXPOSE 8081 8082
+CMD ["orderflow", "--help"]

@@ -1,0 +1,393 @@
+//! `compose.yaml` is checked here and nowhere else: no Docker engine runs where the tests run, so
+//! nothing ever starts it. What can be checked without one is checked: the services and their
+//! ports, that every `ORDERFLOW_*` variable a service sets is one its binary reads, health
+//! checks, start-up order, secrets taken from the environment, and `.env.example`.
+//!
+//! Which variables a binary reads:
+//! - `orderflow` (this package): its `--help`, run from `CARGO_BIN_EXE_orderflow` with the
+//!   service's own arguments (e.g. `orderflow projections run --help`), lists `[env: NAME]`.
+//! - `write-side` and `read-api` live in other packages, whose binaries Cargo does not build for
+//!   this package's tests (no `CARGO_BIN_EXE_*`), and `cargo run` from a test is slow and fights
+//!   for the build lock. Their variables are read instead from the source of their clap
+//!   definitions (`env = "NAME"` in `src/bin/<name>.rs`): the same text `--help` is made from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_norway::Value;
+
+/// The third-party servers: their own images and health checks, nothing of ours to check.
+const SERVERS: &[&str] = &["postgres", "kafka", "clickhouse", "kurrentdb"];
+
+/// orderflow's services and the container port each must publish.
+const SERVICES: &[(&str, Option<u16>)] = &[
+    ("write-side", Some(8081)),
+    ("projections", None),
+    ("read-api", Some(8082)),
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn compose_text() -> String {
+    read(&root().join("compose.yaml"))
+}
+
+fn compose() -> Value {
+    serde_norway::from_str(&compose_text()).expect("compose.yaml is valid YAML")
+}
+
+fn services(compose: &Value) -> &serde_norway::Mapping {
+    compose["services"]
+        .as_mapping()
+        .expect("compose.yaml has a `services` map")
+}
+
+fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    compose["services"]
+        .get(name)
+        .unwrap_or_else(|| panic!("compose.yaml has no service `{name}`"))
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::Sequence(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => s.clone(),
+                other => panic!("expected a string, found {other:?}"),
+            })
+            .collect(),
+        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Value::Null => Vec::new(),
+        other => panic!("expected a list of strings, found {other:?}"),
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => String::new(),
+        other => panic!("expected a scalar, found {other:?}"),
+    }
+}
+
+/// A service's `environment`, as a map or as a list of `NAME=value`.
+fn environment(service: &Value) -> BTreeMap<String, String> {
+    match &service["environment"] {
+        Value::Mapping(map) => map.iter().map(|(k, v)| (scalar(k), scalar(v))).collect(),
+        Value::Sequence(_) => strings(&service["environment"])
+            .into_iter()
+            .map(|entry| match entry.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (entry, String::new()),
+            })
+            .collect(),
+        Value::Null => BTreeMap::new(),
+        other => panic!("expected an environment map or list, found {other:?}"),
+    }
+}
+
+/// Container ports a service publishes (`[ip:][host:]container[/proto]` or the long syntax).
+fn container_ports(service: &Value) -> Vec<u16> {
+    let Some(ports) = service["ports"].as_sequence() else {
+        return Vec::new();
+    };
+    ports
+        .iter()
+        .map(|port| match port {
+            Value::Mapping(_) => scalar(&port["target"]),
+            other => {
+                let spec = scalar(other);
+                let last = spec.rsplit(':').next().unwrap_or_default();
+                last.split('/').next().unwrap_or_default().to_owned()
+            }
+        })
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|_| panic!("container port `{p}` is not a number"))
+        })
+        .collect()
+}
+
+/// `NAME` of every `[env: NAME]` / `[env: NAME=value]` in a `--help` text.
+fn env_names_in_help(help: &str) -> BTreeSet<String> {
+    help.split("env: ")
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// `NAME` of every `env = "NAME"` in a clap definition's source.
+fn env_names_in_source(source: &str) -> BTreeSet<String> {
+    source
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name.to_owned()))
+        .collect()
+}
+
+/// The environment variables the binary of `command` reads.
+fn variables_read_by(command: &[String]) -> BTreeSet<String> {
+    let (binary, args) = command.split_first().expect("an orderflow service has a command");
+    match binary.as_str() {
+        "orderflow" => {
+            let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+                .args(args)
+                .arg("--help")
+                .output()
+                .expect("orderflow runs");
+            assert!(output.status.success(), "`orderflow {} --help` failed", args.join(" "));
+            let names = env_names_in_help(&String::from_utf8_lossy(&output.stdout));
+            assert!(
+                !names.is_empty(),
+                "`orderflow {} --help` lists no variable",
+                args.join(" ")
+            );
+            names
+        }
+        "write-side" | "read-api" => {
+            assert!(
+                args.is_empty(),
+                "`{binary}` takes its configuration from the environment only"
+            );
+            let path = root().join(binary).join("src/bin").join(format!("{binary}.rs"));
+            let names = env_names_in_source(&read(&path));
+            assert!(!names.is_empty(), "{} defines no variable", path.display());
+            names
+        }
+        other => panic!("unknown orderflow binary `{other}`"),
+    }
+}
+
+#[test]
+fn the_orderflow_services_exist_with_their_ports() {
+    let compose = compose();
+    for (name, port) in SERVICES {
+        let service = service(&compose, name);
+        let ports = container_ports(service);
+        match port {
+            Some(port) => assert_eq!(ports, vec![*port], "{name} publishes port {port} only"),
+            None => assert!(ports.is_empty(), "{name} has no HTTP port to publish"),
+        }
+        let build = &service["build"];
+        assert_eq!(
+            build["context"].as_str(),
+            Some("."),
+            "{name} is built from this repository"
+        );
+        assert_eq!(
+            build["dockerfile"].as_str(),
+            Some("Dockerfile"),
+            "{name} uses the Dockerfile"
+        );
+    }
+    let projections = service(&compose, "projections");
+    assert_eq!(
+        projections["deploy"]["replicas"].as_u64(),
+        Some(2),
+        "two projection workers"
+    );
+    assert_eq!(
+        strings(&projections["command"]),
+        ["orderflow", "projections", "run"],
+        "the workers run `orderflow projections run`"
+    );
+    assert!(
+        environment(projections).contains_key("ORDERFLOW_GROUP_PREFIX"),
+        "the replicas set one shared group prefix, so each projection has one consumer group"
+    );
+    let kurrentdb = service(&compose, "kurrentdb");
+    assert_eq!(
+        strings(&kurrentdb["profiles"]),
+        ["kurrentdb"],
+        "KurrentDB runs only on request"
+    );
+}
+
+#[test]
+fn every_orderflow_variable_a_service_sets_is_read_by_its_binary() {
+    let compose = compose();
+    for (name, _) in SERVICES {
+        let service = service(&compose, name);
+        let known = variables_read_by(&strings(&service["command"]));
+        let set: BTreeSet<String> = environment(service)
+            .into_keys()
+            .filter(|k| k.starts_with("ORDERFLOW_"))
+            .collect();
+        assert!(!set.is_empty(), "{name} is configured through ORDERFLOW_* variables");
+        let unknown: Vec<&String> = set.difference(&known).collect();
+        assert!(
+            unknown.is_empty(),
+            "{name} sets variables its binary does not read: {unknown:?}"
+        );
+    }
+}
+
+#[test]
+fn the_projections_health_check_uses_a_command_that_exists() {
+    // No HTTP port: the health check runs `orderflow projections status`, which must exist and
+    // read its database from the variables the service sets.
+    let compose = compose();
+    let projections = service(&compose, "projections");
+    let test = strings(&projections["healthcheck"]["test"]).join(" ");
+    assert!(test.contains("orderflow projections status"), "{test}");
+    let known = variables_read_by(&["orderflow".to_owned(), "projections".to_owned(), "status".to_owned()]);
+    assert!(known.contains("ORDERFLOW_READ_DB_URL"));
+    assert!(environment(projections).contains_key("ORDERFLOW_READ_DB_URL"));
+}
+
+#[test]
+fn every_service_has_a_health_check_and_ours_wait_for_healthy_dependencies() {
+    let compose = compose();
+    let all = services(&compose);
+    let names: BTreeSet<String> = all.keys().map(scalar).collect();
+    let expected: BTreeSet<String> = SERVERS
+        .iter()
+        .chain(SERVICES.iter().map(|(name, _)| name))
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_eq!(names, expected, "the services of the distributed deployment");
+
+    for (name, service) in all {
+        let name = scalar(name);
+        let test = strings(&service["healthcheck"]["test"]);
+        assert!(
+            matches!(test.first().map(String::as_str), Some("CMD" | "CMD-SHELL")) && test.len() >= 2,
+            "{name} has a health check, found {test:?}"
+        );
+        if SERVERS.contains(&name.as_str()) {
+            continue;
+        }
+        let depends_on = service["depends_on"]
+            .as_mapping()
+            .unwrap_or_else(|| panic!("{name} lists its dependencies with conditions"));
+        assert!(!depends_on.is_empty(), "{name} depends on servers");
+        for (dependency, spec) in depends_on {
+            let dependency = scalar(dependency);
+            assert!(names.contains(&dependency), "{name} depends on unknown `{dependency}`");
+            assert_eq!(
+                spec["condition"].as_str(),
+                Some("service_healthy"),
+                "{name} waits for {dependency} to be healthy"
+            );
+            assert!(
+                all[dependency.as_str()]["profiles"].is_null(),
+                "{name} depends on `{dependency}`, which runs only in a profile"
+            );
+        }
+        // The runtime image has curl; a /ready check must hit the port the service listens on.
+        let test = test.join(" ");
+        if test.contains("/ready") {
+            let port = container_ports(service)[0];
+            assert!(test.contains(&format!("127.0.0.1:{port}/ready")), "{name}: {test}");
+        }
+    }
+}
+
+#[test]
+fn secrets_come_from_the_environment() {
+    let compose = compose();
+    for (name, service) in services(&compose) {
+        let name = scalar(name);
+        for (key, value) in environment(service) {
+            if key.contains("PASSWORD") || key == "ORDERFLOW_TOKENS" {
+                assert!(
+                    value.starts_with("${") && value.ends_with('}') && value.contains(":?"),
+                    "{name}: {key} must be `${{VAR:?...}}`, found `{value}`"
+                );
+            }
+            // A URL with credentials: the password part is a required variable.
+            if let Some((userinfo, _)) = value.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+                let password = userinfo.split_once(':').map(|(_, p)| p).unwrap_or_default();
+                assert!(
+                    password.starts_with("${") && password.ends_with('}') && password.contains(":?"),
+                    "{name}: the password in {key} must be `${{VAR:?...}}`"
+                );
+            }
+        }
+    }
+}
+
+/// `NAME` of every `${NAME...}` in compose.yaml, and whether it is required (`${NAME:?...}`).
+fn compose_variables(text: &str) -> BTreeMap<String, bool> {
+    let mut variables = BTreeMap::new();
+    for rest in text.split("${").skip(1) {
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let required = rest[name.len()..].starts_with(":?");
+        *variables.entry(name).or_insert(false) |= required;
+    }
+    variables
+}
+
+#[test]
+fn env_example_lists_every_variable() {
+    let example = read(&root().join(".env.example"));
+    let set: BTreeSet<&str> = example
+        .lines()
+        .filter_map(|line| line.trim().split_once('=').map(|(k, _)| k.trim()))
+        .filter(|k| !k.starts_with('#'))
+        .collect();
+    let mentioned: BTreeSet<&str> = example
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .trim_start_matches('#')
+                .trim()
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+        })
+        .collect();
+    for (name, required) in compose_variables(&compose_text()) {
+        if required {
+            assert!(set.contains(name.as_str()), ".env.example sets required `{name}`");
+        } else {
+            assert!(
+                mentioned.contains(name.as_str()),
+                ".env.example mentions optional `{name}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn mounted_files_exist() {
+    let compose = compose();
+    let mut mounted = 0;
+    for (name, service) in services(&compose) {
+        let Some(volumes) = service["volumes"].as_sequence() else {
+            continue;
+        };
+        for volume in volumes.iter().map(scalar) {
+            if let Some(path) = volume.split(':').next().filter(|p| p.starts_with("./")) {
+                assert!(root().join(path).is_file(), "{}: {path} exists", scalar(name));
+                mounted += 1;
+            }
+        }
+    }
+    assert_eq!(mounted, 2, "PostgreSQL's init.sql and ClickHouse's reader.xml");
+    let init = read(&root().join("deploy/postgres/init.sql"));
+    for needle in [
+        "CREATE DATABASE orderflow OWNER write_side",
+        "CREATE DATABASE orderflow_read OWNER projections",
+        "GRANT SELECT ON TABLES TO reader",
+    ] {
+        assert!(init.contains(needle), "init.sql: {needle}");
+    }
+}
