@@ -26,6 +26,10 @@ pub(crate) enum Bench {
     /// Projection rebuild throughput: a seeded shop history (PostgreSQL store) rebuilt into the
     /// dashboard (PostgreSQL) and the analytics (ClickHouse), beside a raw COPY of the same rows.
     Rebuild(crate::bench_rebuild::RebuildBench),
+    /// Read API throughput and latency over a seeded read model (dashboard list, one order,
+    /// revenue by day; closed loop, and the list at a fixed rate), then freshness: orders placed
+    /// through the write side, relayed through Kafka, until the read API shows them.
+    Reads(crate::bench_reads::ReadsBench),
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +165,7 @@ pub(crate) async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Commands(b) => commands(b).await,
         Bench::Relay(b) => relay(b).await,
         Bench::Rebuild(b) => crate::bench_rebuild::run(b).await,
+        Bench::Reads(b) => crate::bench_reads::run(b).await,
     }
 }
 

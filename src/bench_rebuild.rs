@@ -328,35 +328,40 @@ async fn copy_in(conn: &mut PgConnection, like: &str, data: &[bytes::Bytes], ind
 }
 
 /// The benchmark's own databases: two on PostgreSQL, one on ClickHouse.
-struct Scratch {
+pub(crate) struct Scratch {
     pg_url: String,
-    admin: PgConnectOptions,
-    store_db: String,
-    read_db: String,
+    pub(crate) admin: PgConnectOptions,
+    pub(crate) store_db: String,
+    pub(crate) read_db: String,
     /// Without a database: for CREATE and DROP DATABASE.
-    clickhouse: clickhouse::Client,
-    clickhouse_db: String,
+    pub(crate) clickhouse: clickhouse::Client,
+    pub(crate) clickhouse_db: String,
 }
 
 impl Scratch {
     fn new(b: &RebuildBench) -> anyhow::Result<Self> {
-        let admin: PgConnectOptions = b.pg_url.parse().context("--pg-url is not a PostgreSQL URL")?;
+        Self::on(&b.pg_url, &b.clickhouse_url, &b.clickhouse_user, &b.clickhouse_password)
+    }
+
+    /// Names (but does not create yet) a fresh set of databases on these servers.
+    pub(crate) fn on(pg_url: &str, clickhouse_url: &str, user: &str, password: &str) -> anyhow::Result<Self> {
+        let admin: PgConnectOptions = pg_url.parse().context("--pg-url is not a PostgreSQL URL")?;
         let id = Uuid::new_v4().simple().to_string();
         Ok(Scratch {
-            pg_url: b.pg_url.clone(),
+            pg_url: pg_url.to_owned(),
             admin,
             store_db: format!("orderflow_bench_{id}_store"),
             read_db: format!("orderflow_bench_{id}_read"),
             clickhouse: clickhouse::Client::default()
-                .with_url(&b.clickhouse_url)
-                .with_user(&b.clickhouse_user)
-                .with_password(&b.clickhouse_password)
+                .with_url(clickhouse_url)
+                .with_user(user)
+                .with_password(password)
                 .with_validation(false),
             clickhouse_db: format!("orderflow_bench_{id}"),
         })
     }
 
-    async fn create(&self) -> anyhow::Result<()> {
+    pub(crate) async fn create(&self) -> anyhow::Result<()> {
         let mut conn = self
             .admin
             .connect()
@@ -378,12 +383,12 @@ impl Scratch {
     }
 
     /// The read database's URL: `--pg-url` with the database replaced.
-    fn read_db_url(&self) -> anyhow::Result<String> {
+    pub(crate) fn read_db_url(&self) -> anyhow::Result<String> {
         with_database(&self.pg_url, &self.read_db)
     }
 
     /// Drops whatever `create` made (best effort: a failure is logged, never fatal).
-    async fn drop_all(&self) {
+    pub(crate) async fn drop_all(&self) {
         match self.admin.connect().await {
             Ok(mut conn) => {
                 for name in [&self.store_db, &self.read_db] {
@@ -419,7 +424,7 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn progress_bar(len: u64, message: &str, unit: &str) -> anyhow::Result<indicatif::ProgressBar> {
+pub(crate) fn progress_bar(len: u64, message: &str, unit: &str) -> anyhow::Result<indicatif::ProgressBar> {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(&format!(
@@ -432,7 +437,7 @@ fn progress_bar(len: u64, message: &str, unit: &str) -> anyhow::Result<indicatif
 }
 
 /// The CLI's own output, on stdout.
-fn write_line(line: &str) -> anyhow::Result<()> {
+pub(crate) fn write_line(line: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;

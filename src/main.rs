@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod bench_reads;
 mod bench_rebuild;
 mod projections;
 mod relay;
