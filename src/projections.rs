@@ -154,10 +154,19 @@ async fn run_workers(args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
             shutdown.clone(),
         ));
     }
+    // A worker that fails takes the others down with it (the process exits and is restarted by
+    // its supervisor) rather than leaving a half-running process behind.
+    let mut outcome = Ok(());
     while let Some(done) = workers.join_next().await {
-        done.context("a projection worker panicked")??;
+        let result = done.context("a projection worker panicked").and_then(|r| Ok(r?));
+        if let Err(e) = result {
+            shutdown.cancel();
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
     }
-    Ok(())
+    outcome
 }
 
 /// Opens the event store a rebuild reads.

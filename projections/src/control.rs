@@ -302,6 +302,33 @@ impl ReadDb {
             .collect()
     }
 
+    /// Makes sure every `(topic, partition)` has a checkpoint row (offset -1, position 0, not
+    /// drained): a partition nobody has read must count in [`applied_position`].
+    pub async fn register_partitions(
+        &self,
+        name: &str,
+        version: u32,
+        partitions: &[(String, i32)],
+    ) -> Result<(), ProjectionError> {
+        let now = micros(Utc::now());
+        for (source, partition) in partitions {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints
+                    (name, version, source, partition_no, last_offset, last_position, updated_at_us)
+                 VALUES ($1, $2, $3, $4, -1, 0, $5)
+                 ON CONFLICT (name, version, source, partition_no) DO NOTHING",
+            )
+            .bind(name)
+            .bind(i64::from(version))
+            .bind(source.as_str())
+            .bind(i64::from(*partition))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Records what a Kafka worker saw of its partitions between batches (whether it found them
     /// empty, their end offset). Never moves a checkpoint.
     pub async fn report_partitions(

@@ -36,6 +36,9 @@ use crate::{
 
 /// How often a worker looks for a version switch made by a rebuild.
 const VERSION_CHECK: Duration = Duration::from_secs(1);
+/// How long a worker must have seen no record and no assignment before it says its partitions
+/// are drained: longer than a fetch round trip (`fetch.wait.max.ms` is 500 ms).
+const QUIET: Duration = Duration::from_secs(1);
 /// How often an idle worker repeats that its partitions are drained (see `ReadDb::progress`).
 const DRAINED_REPORT: Duration = Duration::from_secs(1);
 
@@ -62,9 +65,27 @@ pub async fn run_from_kafka(
     cancel: CancellationToken,
 ) -> Result<(), ProjectionError> {
     let name = factory(1).name();
-    let version = db.ensure_live(name, 1).await?;
-    let projection = factory(version);
-    projection.prepare().await?;
+    // Several workers start at once: their first `CREATE TABLE IF NOT EXISTS` can race in
+    // PostgreSQL (a unique violation in its catalog), and the database may not answer yet.
+    // Both pass with a retry; giving up would leave the process half running.
+    let mut delay = options.run.backoff;
+    let (version, projection) = loop {
+        let started = async {
+            let version = db.ensure_live(name, 1).await?;
+            let projection = factory(version);
+            projection.prepare().await?;
+            Ok::<_, ProjectionError>((version, projection))
+        };
+        match started.await {
+            Ok(started) => break started,
+            Err(cause) => warn!(projection = name, error = %error_chain(&cause), "cannot start yet; retrying"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(options.run.max_backoff);
+    };
     let shared = Arc::new(Shared {
         handle: Handle::current(),
         db,
@@ -77,6 +98,7 @@ pub async fn run_from_kafka(
             projection,
             pending: Batch::default(),
             pending_since: None,
+            active_at: Instant::now(),
         }),
         ends: Mutex::new(HashMap::new()),
     });
@@ -105,6 +127,10 @@ struct State {
     /// Read but not yet applied.
     pending: Batch,
     pending_since: Option<Instant>,
+    /// The last record or assignment: a partition is reported drained only after a quiet
+    /// second, so that its first fetch after an assignment has come back (an empty local
+    /// queue right after an assignment says nothing about the partition).
+    active_at: Instant,
 }
 
 struct WorkerContext {
@@ -146,6 +172,8 @@ impl ConsumerContext for WorkerContext {
                     partitions = tpl.count(),
                     "partitions assigned"
                 );
+                self.shared.lock().active_at = Instant::now();
+                self.shared.report_assigned(tpl);
                 if let Err(e) = consumer.assign(tpl) {
                     error!(projection = self.shared.name, error = %e, "cannot take the assigned partitions");
                 }
@@ -311,6 +339,58 @@ impl Shared {
         }
     }
 
+    /// Withdraws any "drained" claim a previous owner left on partitions this worker now owns:
+    /// they are not known to be drained until this worker has read them.
+    fn report_assigned(&self, tpl: &TopicPartitionList) {
+        let reports: Vec<PartitionReport> = tpl
+            .elements()
+            .iter()
+            .map(|e| PartitionReport {
+                source: e.topic().to_owned(),
+                partition: e.partition(),
+                drained: false,
+                high_watermark: None,
+            })
+            .collect();
+        let version = self.lock().version;
+        if let Err(cause) = self
+            .handle
+            .block_on(self.db.report_partitions(self.name, version, &reports))
+        {
+            warn!(projection = self.name, error = %error_chain(&cause), "cannot withdraw drained claims");
+        }
+    }
+
+    /// Nothing in hand, and no record nor assignment for [`QUIET`].
+    fn quiet(&self) -> bool {
+        let state = self.lock();
+        state.pending.is_empty() && state.active_at.elapsed() >= QUIET
+    }
+
+    /// Gives every partition of the projection's topics a checkpoint row (offset -1) if it has
+    /// none, so that a partition no worker has read yet holds the applied position back
+    /// instead of being invisible to it.
+    fn register_partitions(&self, consumer: &BaseConsumer<WorkerContext>, topics: &[String]) {
+        let mut partitions = Vec::new();
+        for topic in topics {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(metadata) => {
+                    for t in metadata.topics() {
+                        partitions.extend(t.partitions().iter().map(|p| (t.name().to_owned(), p.id())));
+                    }
+                }
+                Err(e) => warn!(projection = self.name, topic, error = %e, "cannot list the topic's partitions"),
+            }
+        }
+        let version = self.lock().version;
+        if let Err(cause) = self
+            .handle
+            .block_on(self.db.register_partitions(self.name, version, &partitions))
+        {
+            warn!(projection = self.name, error = %error_chain(&cause), "cannot register the partitions");
+        }
+    }
+
     /// Adds a message to the batch in hand: decoded, or as a dead letter.
     fn take(&self, message: &BorrowedMessage<'_>) {
         let origin = Origin {
@@ -376,6 +456,7 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
         })?;
     let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
+    shared.register_partitions(&consumer, &options.topics);
     info!(projection = shared.name, group = %options.group_id, ?topics, "projection worker started");
     let run = &options.run;
     let mut last_version_check = Instant::now();
@@ -390,11 +471,10 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
                 drained_reported = None;
+                shared.lock().active_at = Instant::now();
                 shared.take(&message);
             }
-            None if drained_reported.is_none_or(|at| at.elapsed() >= DRAINED_REPORT)
-                && shared.lock().pending.is_empty() =>
-            {
+            None if drained_reported.is_none_or(|at| at.elapsed() >= DRAINED_REPORT) && shared.quiet() => {
                 drained_reported = shared.report_drained(&consumer).then(Instant::now);
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
