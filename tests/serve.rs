@@ -3,131 +3,16 @@
 //! rebuild through the admin endpoint, a clean stop on SIGTERM, and a restart on the same data
 //! directory that has lost nothing and goes on.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use anyhow::ensure;
 use hyper::{Method, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
-/// A running `orderflow serve`, its stderr going to a file.
-struct Server {
-    child: Child,
-    log: PathBuf,
-}
+mod support;
 
-impl Server {
-    fn start(data_dir: &Path, port: u16, log: PathBuf) -> Server {
-        let stderr = std::fs::File::create(&log).expect("create the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start `orderflow serve`");
-        Server { child, log }
-    }
-
-    /// SIGTERM, then the exit status (at most `within`).
-    fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .context("run kill")?;
-        ensure!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            ensure!(Instant::now() < deadline, "still running {within:?} after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// JSON over HTTP/1.1 to the server's one port.
-struct Api {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-}
-
-impl Api {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
-        let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
-        let response = self.client.request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Ok((status, value))
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
-        self.call(Method::GET, path, None).await
-    }
-
-    /// POST a command; its answer's `position` (the consistency token).
-    async fn command(&self, path: &str, body: Value, expected: StatusCode) -> anyhow::Result<u64> {
-        let (status, answer) = self.call(Method::POST, path, Some(body)).await?;
-        ensure!(status == expected, "POST {path}: {status} {answer}");
-        answer["position"]
-            .as_u64()
-            .with_context(|| format!("POST {path}: no position in {answer}"))
-    }
-
-    /// Waits until `/ready` answers 200 (the server may still be starting).
-    async fn wait_ready(&self, server: &mut Server) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("`orderflow serve` exited before it was ready: {status}");
-            }
-            if let Ok((StatusCode::OK, _)) = self.get("/ready").await {
-                return Ok(());
-            }
-            ensure!(Instant::now() < deadline, "not ready within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use support::{Api, Server, free_port};
 
 struct Ids {
     customer: Uuid,
@@ -136,9 +21,9 @@ struct Ids {
 }
 
 async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<u64> {
-    api.wait_ready(server).await?;
+    api.wait_ready(server, Duration::from_secs(30)).await?;
     let log = server.log();
-    ensure!(log.contains(&api.base), "the banner names the URL: {log}");
+    ensure!(log.contains(api.base()), "the banner names the URL: {log}");
     ensure!(log.contains("curl"), "the banner shows examples: {log}");
 
     api.command(
@@ -235,7 +120,7 @@ async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<
 }
 
 async fn second_run(api: &Api, server: &mut Server, ids: &Ids, placed: u64) -> anyhow::Result<()> {
-    api.wait_ready(server).await?;
+    api.wait_ready(server, Duration::from_secs(30)).await?;
     // Nothing lost.
     let (status, row) = api
         .get(&format!("/v1/dashboard/orders/{}?min_position={placed}", ids.order))
@@ -281,12 +166,9 @@ async fn serve_runs_the_platform_in_one_process_and_survives_a_restart() {
         order: Uuid::now_v7(),
     };
     let port = free_port();
-    let api = Api {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let api = Api::new(port);
 
-    let mut first = Server::start(&data_dir, port, root.join("first.log"));
+    let mut first = Server::start(&["serve"], &data_dir, port, root.join("first.log"));
     let placed = match first_run(&api, &mut first, &ids).await {
         Ok(placed) => placed,
         Err(e) => panic!("first run: {e:#}\n--- orderflow serve's log ---\n{}", first.log()),
@@ -302,7 +184,7 @@ async fn serve_runs_the_platform_in_one_process_and_survives_a_restart() {
     );
     assert!(data_dir.join("events.db").is_file() && data_dir.join("read.db").is_file());
 
-    let mut second = Server::start(&data_dir, port, root.join("second.log"));
+    let mut second = Server::start(&["serve"], &data_dir, port, root.join("second.log"));
     if let Err(e) = second_run(&api, &mut second, &ids, placed).await {
         panic!("second run: {e:#}\n--- orderflow serve's log ---\n{}", second.log());
     }

@@ -1,0 +1,147 @@
+//! What the end-to-end tests of `orderflow serve` and `orderflow demo` share: the binary started
+//! on a free port with its log in a file, stopped with SIGTERM, and JSON over HTTP/1.1 to it.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A running `orderflow` (`args`, then `--listen` and `--data-dir`), its stderr going to a file.
+pub(crate) struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    pub(crate) fn start(args: &[&str], data_dir: &Path, port: u16, log: PathBuf) -> Server {
+        let stderr = std::fs::File::create(&log).expect("create the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start `orderflow`");
+        Server { child, log }
+    }
+
+    /// SIGTERM, then the exit status (at most `within`).
+    pub(crate) fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("run kill")?;
+        ensure!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(Instant::now() < deadline, "still running {within:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// JSON over HTTP/1.1 to the server's one port.
+pub(crate) struct Api {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Api {
+    pub(crate) fn new(port: u16) -> Api {
+        Api {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = self.client.request(request).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok((status, value))
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// POST a command; its answer's `position` (the consistency token).
+    pub(crate) async fn command(&self, path: &str, body: Value, expected: StatusCode) -> anyhow::Result<u64> {
+        let (status, answer) = self.call(Method::POST, path, Some(body)).await?;
+        ensure!(status == expected, "POST {path}: {status} {answer}");
+        answer["position"]
+            .as_u64()
+            .with_context(|| format!("POST {path}: no position in {answer}"))
+    }
+
+    /// Waits up to `within` until `/ready` answers 200 (the server may still be starting or
+    /// seeding).
+    pub(crate) async fn wait_ready(&self, server: &mut Server, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("`orderflow` exited before it was ready: {status}");
+            }
+            if let Ok((StatusCode::OK, _)) = self.get("/ready").await {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "not ready within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
