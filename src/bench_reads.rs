@@ -40,7 +40,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::bench_rebuild::{Scratch, progress_bar, write_line};
+use crate::bench_rebuild::{Scratch, ScratchServers, progress_bar, write_line};
 use crate::seed::{self, SeedOptions};
 
 #[derive(Debug, Args)]
@@ -75,31 +75,8 @@ pub(crate) struct ReadsBench {
     /// Kafka bootstrap servers (freshness run).
     #[arg(long, default_value = "127.0.0.1:9092", env = "ORDERFLOW_KAFKA_BROKERS")]
     kafka_brokers: String,
-    /// A PostgreSQL server URL; the benchmark creates its two databases there and drops them after.
-    #[arg(
-        long,
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-        env = "ORDERFLOW_BENCH_PG_URL"
-    )]
-    pg_url: String,
-    /// ClickHouse's HTTP URL; the benchmark creates its database there and drops it after.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:8123",
-        env = "ORDERFLOW_BENCH_CLICKHOUSE_URL"
-    )]
-    clickhouse_url: String,
-    /// ClickHouse user.
-    #[arg(long, default_value = "default", env = "ORDERFLOW_CLICKHOUSE_USER")]
-    clickhouse_user: String,
-    /// ClickHouse password (never logged).
-    #[arg(
-        long,
-        default_value = "",
-        env = "ORDERFLOW_CLICKHOUSE_PASSWORD",
-        hide_env_values = true
-    )]
-    clickhouse_password: String,
+    #[command(flatten)]
+    servers: ScratchServers,
 }
 
 /// Connections the read API's pool holds (as the `read-api` binary).
@@ -204,7 +181,7 @@ pub(crate) async fn run(b: ReadsBench) -> anyhow::Result<()> {
         b.list_rate > 0 && b.rate > 0 && b.freshness_seconds > 0,
         "--list-rate, --rate and --freshness-seconds must be positive"
     );
-    let scratch = Scratch::on(&b.pg_url, &b.clickhouse_url, &b.clickhouse_user, &b.clickhouse_password)?;
+    let scratch = Scratch::on(&b.servers)?;
     let result = async {
         scratch.create().await?;
         measure(&b, &scratch).await

@@ -59,23 +59,31 @@ pub(crate) struct RebuildBench {
     /// Events per rebuild batch (read from the log and applied in one transaction).
     #[arg(long, default_value_t = 10_000, env = "ORDERFLOW_BENCH_BATCH_SIZE")]
     batch_size: usize,
+    #[command(flatten)]
+    servers: ScratchServers,
+}
+
+/// The servers a benchmark makes its own databases on (and drops them from), shared by
+/// `bench rebuild` and `bench reads`.
+#[derive(Debug, Args)]
+pub(crate) struct ScratchServers {
     /// A PostgreSQL server URL; the benchmark creates its two databases there and drops them after.
     #[arg(
         long,
         default_value = "postgres://postgres@127.0.0.1:5432/postgres",
         env = "ORDERFLOW_BENCH_PG_URL"
     )]
-    pg_url: String,
+    pub(crate) pg_url: String,
     /// ClickHouse's HTTP URL; the benchmark creates its database there and drops it after.
     #[arg(
         long,
         default_value = "http://127.0.0.1:8123",
         env = "ORDERFLOW_BENCH_CLICKHOUSE_URL"
     )]
-    clickhouse_url: String,
+    pub(crate) clickhouse_url: String,
     /// ClickHouse user.
     #[arg(long, default_value = "default", env = "ORDERFLOW_CLICKHOUSE_USER")]
-    clickhouse_user: String,
+    pub(crate) clickhouse_user: String,
     /// ClickHouse password (never logged).
     #[arg(
         long,
@@ -83,7 +91,7 @@ pub(crate) struct RebuildBench {
         env = "ORDERFLOW_CLICKHOUSE_PASSWORD",
         hide_env_values = true
     )]
-    clickhouse_password: String,
+    pub(crate) clickhouse_password: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -340,11 +348,17 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     fn new(b: &RebuildBench) -> anyhow::Result<Self> {
-        Self::on(&b.pg_url, &b.clickhouse_url, &b.clickhouse_user, &b.clickhouse_password)
+        Self::on(&b.servers)
     }
 
     /// Names (but does not create yet) a fresh set of databases on these servers.
-    pub(crate) fn on(pg_url: &str, clickhouse_url: &str, user: &str, password: &str) -> anyhow::Result<Self> {
+    pub(crate) fn on(servers: &ScratchServers) -> anyhow::Result<Self> {
+        let ScratchServers {
+            pg_url,
+            clickhouse_url,
+            clickhouse_user: user,
+            clickhouse_password: password,
+        } = servers;
         let admin: PgConnectOptions = pg_url.parse().context("--pg-url is not a PostgreSQL URL")?;
         let id = Uuid::new_v4().simple().to_string();
         Ok(Scratch {

@@ -263,7 +263,7 @@ async fn status(args: SinkArgs) -> anyhow::Result<()> {
         let (checkpoints, dead_letters) = match live {
             Some(version) => (
                 sinks.read_db.checkpoints(name, version).await?,
-                sinks.read_db.dead_letters(name, version).await?.len(),
+                sinks.read_db.dead_letter_count(name, version).await?,
             ),
             None => (Vec::new(), 0),
         };

@@ -250,26 +250,19 @@ impl ReadDb {
 
     /// The checkpoints stored for one version.
     pub async fn checkpoints(&self, name: &str, version: u32) -> Result<Vec<Checkpoint>, ProjectionError> {
-        let rows = sqlx::query(
-            "SELECT source, partition_no, last_offset, last_position, last_recorded_at_us
-               FROM projection_checkpoints WHERE name = $1 AND version = $2 ORDER BY source, partition_no",
-        )
-        .bind(name)
-        .bind(i64::from(version))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(Checkpoint {
-                    source: row.try_get(0)?,
-                    partition: i32::try_from(row.try_get::<i64, _>(1)?)
-                        .map_err(|_| ProjectionError::Inconsistent("partition out of range".to_owned()))?,
-                    offset: row.try_get(2)?,
-                    position: from_i64(row.try_get(3)?),
-                    recorded_at: row.try_get::<Option<i64>, _>(4)?.and_then(from_micros),
-                })
+        // The checkpoint is the progress row without what workers reported about it.
+        Ok(self
+            .progress(name, version)
+            .await?
+            .into_iter()
+            .map(|p| Checkpoint {
+                source: p.source,
+                partition: p.partition,
+                offset: p.offset,
+                position: p.position,
+                recorded_at: p.recorded_at,
             })
-            .collect()
+            .collect())
     }
 
     /// Every partition's progress for one version: checkpoints with what workers reported. A
@@ -360,6 +353,17 @@ impl ReadDb {
             .await?;
         }
         Ok(())
+    }
+
+    /// How many dead letters one version has (without loading them).
+    pub async fn dead_letter_count(&self, name: &str, version: u32) -> Result<u64, ProjectionError> {
+        let count: i64 = sqlx::query("SELECT count(*) FROM projection_dead_letters WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(i64::from(version))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(from_i64(count))
     }
 
     /// The dead letters of one version, oldest first.

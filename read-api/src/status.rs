@@ -27,7 +27,7 @@ pub(crate) struct ProjectionStatus {
     lag_events: Option<u64>,
     /// How old the oldest unapplied work is: 0 when caught up.
     lag_seconds: f64,
-    dead_letters: usize,
+    dead_letters: u64,
     rebuild: Option<Rebuild>,
     versions: Vec<Version>,
 }
@@ -89,7 +89,7 @@ async fn status(state: &ReadState, name: &'static str) -> Result<ProjectionStatu
                 position,
                 lag_events,
                 lag_seconds,
-                db.dead_letters(name, version).await?.len(),
+                db.dead_letter_count(name, version).await?,
             )
         }
         None => (0, None, 0.0, 0),

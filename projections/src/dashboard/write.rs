@@ -120,21 +120,8 @@ pub(super) async fn load_orders(
     prefix: &str,
     ids: &[Uuid],
 ) -> Result<Vec<OrderState>, ProjectionError> {
-    let mut orders = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(MAX_IDS) {
-        let sql = format!(
-            "SELECT {ORDER_COLUMNS} FROM {prefix}orders WHERE order_id IN ({})",
-            Marks::new(conn).list(chunk.len())
-        );
-        let mut q = query(sql);
-        for id in chunk {
-            q = q.bind(id.to_string());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            orders.push(order_from_row(&row)?);
-        }
-    }
-    Ok(orders)
+    let select = format!("SELECT {ORDER_COLUMNS} FROM {prefix}orders WHERE order_id IN");
+    load_by_ids(conn, &select, ids, order_from_row).await
 }
 
 pub(super) async fn load_customers(
@@ -142,21 +129,29 @@ pub(super) async fn load_customers(
     prefix: &str,
     ids: &[Uuid],
 ) -> Result<Vec<CustomerState>, ProjectionError> {
-    let mut customers = Vec::with_capacity(ids.len());
+    let select = format!("SELECT {CUSTOMER_COLUMNS} FROM {prefix}customers WHERE customer_id IN");
+    load_by_ids(conn, &select, ids, customer_from_row).await
+}
+
+/// Runs `select ( ids )` in chunks that stay under the servers' parameter limits.
+async fn load_by_ids<T>(
+    conn: &mut AnyConnection,
+    select: &str,
+    ids: &[Uuid],
+    from_row: fn(&AnyRow) -> Result<T, ProjectionError>,
+) -> Result<Vec<T>, ProjectionError> {
+    let mut loaded = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(MAX_IDS) {
-        let sql = format!(
-            "SELECT {CUSTOMER_COLUMNS} FROM {prefix}customers WHERE customer_id IN ({})",
-            Marks::new(conn).list(chunk.len())
-        );
+        let sql = format!("{select} ({})", Marks::new(conn).list(chunk.len()));
         let mut q = query(sql);
         for id in chunk {
             q = q.bind(id.to_string());
         }
         for row in q.fetch_all(&mut *conn).await? {
-            customers.push(customer_from_row(&row)?);
+            loaded.push(from_row(&row)?);
         }
     }
-    Ok(customers)
+    Ok(loaded)
 }
 
 pub(super) fn parse_uuid(text: &str) -> Result<Uuid, ProjectionError> {
