@@ -24,6 +24,10 @@ pub enum AppendError {
     /// The commit itself is malformed (no events, an over-long name); a caller bug.
     #[error("invalid commit: {0}")]
     Invalid(String),
+    /// A well-formed commit this adapter cannot apply with its guarantees (KurrentDB: a commit
+    /// over several streams); nothing was appended. At HTTP a 501.
+    #[error("this event store cannot apply the commit: {0}")]
+    Unsupported(String),
     /// The store could not be reached or failed; retry later (503).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -4,6 +4,8 @@
 //! - [`EventStore`] (`store`): the contract, one trait for every adapter.
 //! - [`PgEventStore`] (`postgres`): PostgreSQL, the distributed deployment's store.
 //! - [`SqliteEventStore`] (`sqlite`): one SQLite file, the embedded default.
+//! - `KurrentDbEventStore` (`kurrentdb`, feature `kurrentdb`): a KurrentDB server; single-stream
+//!   commits only, and what else differs is in its module doc and ADR 0006.
 //! - [`Subscription`] (`subscription`): catch up on the global log, then follow it live.
 //! - [`PgLease`] (`lease`): one leader among processes sharing a PostgreSQL store (the relay).
 //! - `group_commit` and `plan`: how concurrent commits share one transaction while each keeps its
@@ -24,6 +26,8 @@
 
 mod error;
 mod group_commit;
+#[cfg(feature = "kurrentdb")]
+mod kurrentdb;
 mod lease;
 mod model;
 mod plan;
@@ -32,6 +36,8 @@ mod sqlite;
 mod store;
 mod subscription;
 
+#[cfg(feature = "kurrentdb")]
+pub use self::kurrentdb::{KurrentDbEventStore, KurrentDbOptions};
 pub use error::{AppendError, StoreError};
 pub use lease::PgLease;
 pub use model::{

@@ -1,5 +1,12 @@
 //! The event-store contract, written once and run against every adapter on a real server:
 //! PostgreSQL (a fresh database per test, from `scripts/services up`) and SQLite (a fresh file).
+//!
+//! With the `kurrentdb` feature, the same tests also run against the KurrentDB server named by
+//! `KURRENTDB_URL` (e.g. `kurrentdb://127.0.0.1:2113?tls=false`, from `docker compose --profile
+//! kurrentdb up -d kurrentdb`), each test in its own stream namespace so they share one server.
+//! Where KurrentDB refuses a capability (ADR 0006), its tests assert the refusal instead. Without
+//! `KURRENTDB_URL` the KurrentDB tests are not compiled at all (`cfg(kurrentdb_server)`, set by
+//! `build.rs`), so no run without a server can read as a KurrentDB pass.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -11,6 +18,8 @@ use event_store::{
     AppendError, Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, PgEventStore, Snapshot,
     SqliteEventStore, StoreOptions, StreamAppend, Subscription, Until,
 };
+#[cfg(all(feature = "kurrentdb", kurrentdb_server))]
+use event_store::{KurrentDbEventStore, KurrentDbOptions};
 use uuid::Uuid;
 
 /// Where a test's stores live: every store made from one `Backend` shares its database, like
@@ -18,6 +27,12 @@ use uuid::Uuid;
 enum Backend {
     Postgres(Box<testkit::postgres::TestDatabase>),
     Sqlite(std::path::PathBuf),
+    /// One KurrentDB server shared by every test; `namespace` keeps this test's streams apart.
+    #[cfg(all(feature = "kurrentdb", kurrentdb_server))]
+    KurrentDb {
+        url: String,
+        namespace: String,
+    },
 }
 
 impl Backend {
@@ -34,8 +49,34 @@ impl Backend {
         Backend::Sqlite(path)
     }
 
+    /// The KurrentDB server of `KURRENTDB_URL` (these tests are only compiled when it is set),
+    /// with a fresh namespace.
+    #[cfg(all(feature = "kurrentdb", kurrentdb_server))]
+    fn kurrentdb() -> Self {
+        let url = std::env::var("KURRENTDB_URL")
+            .expect("KURRENTDB_URL was set when this test was compiled; set it again to run it");
+        Backend::KurrentDb {
+            url,
+            namespace: format!("t{}", Uuid::new_v4().simple()),
+        }
+    }
+
     async fn store(&self) -> Arc<dyn EventStore> {
         match self {
+            #[cfg(all(feature = "kurrentdb", kurrentdb_server))]
+            Backend::KurrentDb { url, namespace } => {
+                let options = KurrentDbOptions {
+                    namespace: namespace.clone(),
+                    ..KurrentDbOptions::default()
+                };
+                match KurrentDbEventStore::connect(url, options).await {
+                    Ok(store) => Arc::new(store),
+                    Err(e) => panic!(
+                        "the KurrentDB server of KURRENTDB_URL is not reachable ({e:?}); start one with \
+                         `docker compose --profile kurrentdb up -d kurrentdb`"
+                    ),
+                }
+            }
             Backend::Postgres(db) => Arc::new(
                 PgEventStore::open(db.pool(8).await, StoreOptions::default())
                     .await
@@ -70,33 +111,59 @@ fn events(n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
+/// One test per backend and contract function: `everywhere` runs on every adapter; `sql_only`
+/// on PostgreSQL and SQLite; `kurrentdb_only` on KurrentDB, where it replaces a `sql_only` test
+/// of a capability KurrentDB refuses (ADR 0006).
 macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
+    (
+        everywhere: [$($test:ident),* $(,)?],
+        sql_only: [$($sql:ident),* $(,)?],
+        kurrentdb_only: [$($kurrent:ident),* $(,)?] $(,)?
+    ) => {
         mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                async fn $test() { super::$test(super::Backend::postgres().await).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $sql() { super::$sql(super::Backend::postgres().await).await } )*
         }
         mod sqlite {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                async fn $test() { super::$test(super::Backend::sqlite().await).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $sql() { super::$sql(super::Backend::sqlite().await).await } )*
+        }
+        #[cfg(all(feature = "kurrentdb", kurrentdb_server))]
+        mod kurrentdb {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $test() { super::$test(super::Backend::kurrentdb()).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $kurrent() { super::$kurrent(super::Backend::kurrentdb()).await } )*
         }
     };
 }
 
-contract!(
-    appends_and_reads_back_a_stream,
-    stale_expected_version_appends_nothing,
-    multi_stream_commit_is_all_or_nothing,
-    repeated_idempotency_key_appends_nothing,
-    concurrent_repeats_of_a_key_append_once,
-    duplicate_event_id_is_refused,
-    reads_a_stream_as_of_a_position_or_a_time,
-    concurrent_writers_never_share_a_version,
-    subscription_catches_up_then_follows_live,
-    tailing_reader_never_skips_under_concurrent_appenders,
-    snapshots_are_found_by_version_position_and_time,
-    checkpoints_only_move_forward,
-);
+contract! {
+    everywhere: [
+        appends_and_reads_back_a_stream,
+        stale_expected_version_appends_nothing,
+        repeated_idempotency_key_appends_nothing,
+        concurrent_repeats_of_a_key_append_once,
+        reads_a_stream_as_of_a_position_or_a_time,
+        concurrent_writers_never_share_a_version,
+        subscription_catches_up_then_follows_live,
+        tailing_reader_never_skips_under_concurrent_appenders,
+        snapshots_are_found_by_version_position_and_time,
+        checkpoints_only_move_forward,
+    ],
+    sql_only: [
+        multi_stream_commit_is_all_or_nothing,
+        duplicate_event_id_is_refused,
+    ],
+    kurrentdb_only: [
+        multi_stream_commit_is_refused_and_appends_nothing,
+        duplicate_event_id_is_refused_only_within_a_commit,
+    ],
+}
 
 async fn appends_and_reads_back_a_stream(backend: Backend) {
     let store = backend.store().await;
@@ -230,6 +297,53 @@ async fn multi_stream_commit_is_all_or_nothing(backend: Backend) {
     assert_eq!(store.stream_version("order-9").await.unwrap(), 1);
 }
 
+/// KurrentDB (client 1.2) has no transaction across streams: a commit over two streams is
+/// refused before anything is sent, whatever the versions and with or without a key, and
+/// appends nothing (ADR 0006). Placing an order needs the saga there.
+#[cfg(all(feature = "kurrentdb", kurrentdb_server))]
+async fn multi_stream_commit_is_refused_and_appends_nothing(backend: Backend) {
+    let store = backend.store().await;
+    store
+        .append("product-1", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    let commit = |product_expected| Commit {
+        appends: vec![
+            StreamAppend {
+                stream_id: "order-9".into(),
+                expected: ExpectedVersion::NoStream,
+                events: events(1),
+            },
+            StreamAppend {
+                stream_id: "product-1".into(),
+                expected: product_expected,
+                events: events(1),
+            },
+        ],
+        idempotency: None,
+    };
+    for attempt in [
+        commit(ExpectedVersion::Exact(7)),
+        commit(ExpectedVersion::Exact(1)),
+        commit(ExpectedVersion::Exact(1)).with_idempotency("key-m", b"hash-m".to_vec()),
+    ] {
+        let err = store.commit(attempt).await.unwrap_err();
+        assert!(
+            matches!(err, AppendError::Unsupported(ref reason) if reason.contains("several streams")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        store.stream_version("order-9").await.unwrap(),
+        0,
+        "the order was not appended"
+    );
+    assert_eq!(store.stream_version("product-1").await.unwrap(), 1, "nor the product");
+    assert_eq!(store.head_position().await.unwrap(), head);
+    assert_eq!(store.idempotent_result("key-m").await.unwrap(), None, "nor the key");
+}
+
 async fn repeated_idempotency_key_appends_nothing(backend: Backend) {
     let store = backend.store().await;
     let commit =
@@ -304,6 +418,36 @@ async fn duplicate_event_id_is_refused(backend: Backend) {
         other => panic!("expected a duplicate, got {other:?}"),
     }
     assert_eq!(store.stream_version("order-6").await.unwrap(), 0);
+    assert!(matches!(
+        store.append("order-7", ExpectedVersion::Any, Vec::new()).await,
+        Err(AppendError::Invalid(_))
+    ));
+}
+
+/// KurrentDB does not index event ids, so the adapter refuses a duplicate only inside one commit.
+/// The same id in another stream is accepted: this test pins that documented gap (ADR 0006), so
+/// a change of behaviour shows up here.
+#[cfg(all(feature = "kurrentdb", kurrentdb_server))]
+async fn duplicate_event_id_is_refused_only_within_a_commit(backend: Backend) {
+    let store = backend.store().await;
+    let e = event("test.happened", b"x");
+    match store
+        .append("order-5", ExpectedVersion::Any, vec![e.clone(), e.clone()])
+        .await
+    {
+        Err(AppendError::DuplicateEvent { event_id }) => assert_eq!(event_id, e.event_id),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.stream_version("order-5").await.unwrap(), 0);
+    store
+        .append("order-5", ExpectedVersion::Any, vec![e.clone()])
+        .await
+        .unwrap();
+    let again = store
+        .append("order-6", ExpectedVersion::Any, vec![e.clone()])
+        .await
+        .unwrap();
+    assert_eq!(again.appends[0].version, 1, "known gap: not detected across streams");
     assert!(matches!(
         store.append("order-7", ExpectedVersion::Any, Vec::new()).await,
         Err(AppendError::Invalid(_))

@@ -113,6 +113,10 @@ pub enum CommandError {
     /// A stored event or snapshot could not be read: a bug or corruption, never the caller's.
     #[error("stored data of {stream_id} could not be read: {reason}")]
     Corrupt { stream_id: String, reason: String },
+    /// The event store cannot apply this command's commit (KurrentDB and a commit over several
+    /// streams, such as placing an order); nothing was appended.
+    #[error("the event store cannot run this command: {0}")]
+    Unsupported(String),
 }
 
 impl From<StoreError> for CommandError {
@@ -142,6 +146,7 @@ impl From<AppendError> for CommandError {
                 stream_id: String::new(),
                 reason,
             },
+            AppendError::Unsupported(reason) => CommandError::Unsupported(reason),
             AppendError::Store(e) => CommandError::Store(e),
         }
     }

@@ -328,6 +328,7 @@ impl From<CommandError> for ApiError {
                 tracing::error!(%stream_id, %reason, "stored data could not be read");
                 Self::internal()
             }
+            CommandError::Unsupported(_) => Self::new(StatusCode::NOT_IMPLEMENTED, "not_supported", message),
         }
     }
 }
@@ -352,4 +353,23 @@ pub(crate) fn chain(error: &dyn StdError) -> String {
         source = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use event_store::AppendError;
+
+    use super::*;
+
+    /// A store that cannot apply a command's commit (KurrentDB and a multi-stream commit) is the
+    /// server's limitation, not the caller's fault nor an outage: 501 with the store's reason.
+    #[test]
+    fn an_unsupported_commit_is_a_501_naming_the_reason() {
+        let error = ApiError::from(CommandError::from(AppendError::Unsupported(
+            "KurrentDB cannot commit to several streams atomically".into(),
+        )));
+        assert_eq!(error.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(error.code(), "not_supported");
+        assert!(error.message().contains("several streams"), "{}", error.message());
+    }
 }
