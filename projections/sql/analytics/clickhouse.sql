@@ -3,8 +3,8 @@
 -- ClickHouse has no transactions, so a batch may be inserted again after a crash (the checkpoint
 -- in the control database is written after the insert). Every table is a ReplacingMergeTree whose
 -- sorting key is the fact's natural key, and a replayed insert writes the very same row again:
--- merges keep one of them, and every query reads through `FINAL`, so unmerged duplicates are
--- never counted. Partitions are derived from the fact's own time, so copies of a row always
+-- merges keep one of them, and every query is written to count each fact once whatever the
+-- unmerged copies (see clickhouse_sink.rs; no `FINAL`, which is slow on old servers). Partitions are derived from the fact's own time, so copies of a row always
 -- land in the same partition (ReplacingMergeTree deduplicates within a partition only).
 --
 -- Only SQL that Debian's old 18.16 server and current releases both accept: the
