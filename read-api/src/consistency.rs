@@ -1,7 +1,9 @@
 //! Read-your-writes: wait until a projection has applied a position, then read the version that
 //! is live, and read again once if that version was replaced (and dropped) in between.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use projections::applied_position;
@@ -11,12 +13,51 @@ use crate::{ApiError, ReadState};
 /// How often a waiting request looks at the projection's progress.
 const POLL: Duration = Duration::from_millis(5);
 
+/// How long a looked-up live version serves later requests without `min_position` before it is
+/// looked up again: one query fewer per request under load. Safe because a replaced version's
+/// tables stay for a grace period (seconds) after the switch, so a request that still picks it
+/// reads a complete version; one that finds it dropped forgets it and reads the new one
+/// ([`read`]). Requests with `min_position` always look it up, so read-your-writes is unchanged.
+const LIVE_VERSION_TTL: Duration = Duration::from_millis(100);
+
+/// The live version of each projection as last looked up, and when.
+#[derive(Debug, Default)]
+pub(crate) struct LiveVersions(Mutex<HashMap<String, (u32, Instant)>>);
+
+impl LiveVersions {
+    fn fresh(&self, name: &str) -> Option<u32> {
+        let cache = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache
+            .get(name)
+            .filter(|(_, at)| at.elapsed() < LIVE_VERSION_TTL)
+            .map(|(version, _)| *version)
+    }
+
+    fn remember(&self, name: &str, version: u32) {
+        let mut cache = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.insert(name.to_owned(), (version, Instant::now()));
+    }
+
+    fn forget(&self, name: &str) {
+        let mut cache = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.remove(name);
+    }
+}
+
 /// The projection's live version, once it has applied `min_position` (immediately without it).
 /// 503 `not_caught_up` after [`crate::ReadConfig::wait`].
 pub(crate) async fn live_version(state: &ReadState, name: &str, min_position: Option<u64>) -> Result<u32, ApiError> {
+    if min_position.is_none()
+        && let Some(version) = state.live.fresh(name)
+    {
+        return Ok(version);
+    }
     let started = Instant::now();
     loop {
         let version = state.db().live_version(name).await?;
+        if let Some(version) = version {
+            state.live.remember(name, version);
+        }
         let position = match version {
             Some(version) => match min_position {
                 None => return Ok(version),
@@ -56,6 +97,7 @@ where
     let version = live_version(state, name, min_position).await?;
     match query(version).await {
         Err(error) if error.code() == "unavailable" => {
+            state.live.forget(name);
             let now = live_version(state, name, None).await?;
             if now == version { Err(error) } else { query(now).await }
         }

@@ -70,6 +70,7 @@ pub struct ReadState {
     config: ReadConfig,
     head: Option<HeadFn>,
     metrics: PrometheusHandle,
+    live: Arc<consistency::LiveVersions>,
 }
 
 impl ReadState {
@@ -82,6 +83,7 @@ impl ReadState {
             config,
             head: None,
             metrics: prometheus_handle(),
+            live: Arc::default(),
         }
     }
 
