@@ -1,4 +1,8 @@
 //! The `read-api` binary: the read API against the read databases, with read-only credentials.
+//!
+//! Every flag is also an environment variable and a key of the `[read-api]` section of the
+//! configuration file of `--config` (see `service-config`; command line > variable > file >
+//! default). Secrets (the database URL, the ClickHouse password) are never logged.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let args: Args = service_config::parse("read-api");
     let db = ReadDb::connect(&args.read_db_url, 16)
         .await
         .context("cannot connect to the read database")?;
@@ -85,4 +89,30 @@ async fn main() -> anyhow::Result<()> {
     read_api::serve(listener, read_api::router(state), shutdown).await?;
     tracing::info!("read-api stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/orderflow.example.toml");
+
+    #[test]
+    fn the_example_configuration_documents_every_flag_and_configures_the_read_api() {
+        let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
+        let missing = service_config::undocumented_flags(&text, &Args::command(), "read-api", &[]);
+        assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
+        let args: Args = service_config::try_parse_from("read-api", ["read-api", "--config", EXAMPLE], None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            args.listen,
+            "0.0.0.0:8082".parse().expect("an address"),
+            "[read-api], not [write-side]"
+        );
+        assert_eq!(args.read_db_url, "postgres://reader@postgres:5432/orderflow_read");
+        assert_eq!(args.clickhouse_user, "orderflow_reader");
+        assert_eq!(args.wait_ms, 2000);
+    }
 }

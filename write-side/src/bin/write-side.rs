@@ -1,8 +1,10 @@
 //! `write-side`: the command HTTP API of the distributed deployment, over the PostgreSQL event
 //! store, with the relay that publishes the store's log to Kafka running beside it (only one
-//! relay publishes at a time across every process; `--no-relay` leaves it to another). Every flag is also an environment variable, so the same binary runs from a shell and
-//! from `compose.yaml`. Authentication is on unless `--no-auth` is given; with it on, at least
-//! one `--token` is required.
+//! relay publishes at a time across every process; `--no-relay` leaves it to another). Every flag
+//! is also an environment variable, so the same binary runs from a shell and from
+//! `compose.yaml`, and a key of the `[write-side]` section of the configuration file of
+//! `--config` (see `service-config`; command line > variable > file > default). Authentication
+//! is on unless `--no-auth` is given; with it on, at least one `--token` is required.
 //!
 //! Secrets stay out of the logs: the database URL is logged as host, port and database only,
 //! and tokens are configured as SHA-256 hashes (`--help` hides the values of both variables).
@@ -92,7 +94,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = service_config::parse("write-side");
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -227,5 +229,73 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("Ctrl-C received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/orderflow.example.toml");
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        service_config::try_parse_from("write-side", [&"write-side"].into_iter().chain(args), None)
+    }
+
+    #[test]
+    fn the_example_configuration_documents_every_flag_and_configures_the_write_side() {
+        let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
+        let missing = service_config::undocumented_flags(&text, &Args::command(), "write-side", &[]);
+        assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
+        let args = parse(&["--config", EXAMPLE]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            args.listen,
+            "0.0.0.0:8081".parse().expect("an address"),
+            "[write-side], not [read-api]"
+        );
+        assert_eq!(args.database_url, "postgres://write_side@postgres:5432/orderflow");
+        assert_eq!(args.kafka_brokers, "kafka:19092");
+        assert!(args.migrate && !args.no_auth);
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file_and_a_typo_in_the_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("write-side-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let file = dir.join("ok.toml");
+        std::fs::write(
+            &file,
+            "[write-side]\ndatabase-url = \"postgres://db/x\"\nrelay-partitions = 8\nno-auth = true\n\
+             [read-api]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .expect("write the file");
+        let file = file.to_str().expect("a UTF-8 path");
+        let args = parse(&["--config", file, "--relay-partitions", "2"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.relay_partitions, 2, "the flag over the file");
+        assert!(args.no_auth, "the file over the default");
+        assert_eq!(
+            args.listen,
+            "127.0.0.1:8081".parse().expect("an address"),
+            "the default"
+        );
+
+        let typo = dir.join("typo.toml");
+        std::fs::write(
+            &typo,
+            "[write-side]\ndatabase-url = \"postgres://db/x\"\nrelay-partitons = 8\n",
+        )
+        .expect("write the file");
+        // `Args` has no `Debug` (it holds secrets): no `expect_err`.
+        let Err(e) = parse(&["--config", typo.to_str().expect("a UTF-8 path")]) else {
+            panic!("a typo is refused")
+        };
+        let message = e.to_string();
+        assert!(
+            message.contains("unknown key `relay-partitons` in [write-side]"),
+            "{message}"
+        );
+        assert!(message.contains("did you mean `relay-partitions`?"), "{message}");
     }
 }

@@ -1,0 +1,253 @@
+//! `orderflow migrate`: creates or upgrades the tables of the event store and of the read side,
+//! with the code that does it when the services start (so running it first changes nothing
+//! they would not have done, and running it twice changes nothing the second time):
+//!
+//! - the event store: [`PgEventStore::migrate`] / [`SqliteEventStore::migrate`], as `write-side`
+//!   and `orderflow serve` do on start;
+//! - the read database: [`ReadDb::migrate`] (the projections' control tables), then for every
+//!   projection its live version (version 1 on a new database, [`ReadDb::ensure_live`]) and that
+//!   version's tables ([`projections::Projection::prepare`]), as `orderflow projections run`
+//!   prepares them; with `--clickhouse-url`, the analytics tables go to ClickHouse (whose
+//!   database must exist) and their control rows stay in the read database.
+//!
+//! What it did goes to stdout, one line per database; no URL is printed with its password.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use event_store::{PgEventStore, SqliteEventStore};
+use projections::ReadDb;
+use projections::catalog::{self, Sinks};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AnyPool, PgPool, SqlitePool};
+
+use crate::store_url::{StoreUrl, without_credentials};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  orderflow migrate --event-store-url postgres://write_side@127.0.0.1:5432/orderflow
+  orderflow migrate --read-db-url postgres://projections@127.0.0.1:5432/orderflow_read \\
+                    --clickhouse-url http://127.0.0.1:8123
+  orderflow migrate --event-store-url orderflow-data/events.db --read-db-url sqlite://orderflow-data/read.db")]
+pub(crate) struct MigrateArgs {
+    /// The event store to create or upgrade: a PostgreSQL URL, or a SQLite file (a path or
+    /// sqlite://path, created if missing). Its password is never shown.
+    #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true, value_name = "URL")]
+    event_store_url: Option<String>,
+    /// The read database to create or upgrade: postgres://... or sqlite://path. Gets the
+    /// projections' control tables and each projection's live tables. Its password is never shown.
+    #[arg(long, env = "ORDERFLOW_READ_DB_URL", hide_env_values = true, value_name = "URL")]
+    read_db_url: Option<String>,
+    /// ClickHouse's HTTP URL, when the analytics live there (as given to `projections run`);
+    /// needs --read-db-url, which keeps their control tables. The database must exist.
+    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_URL", value_name = "URL")]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database of the analytics.
+    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_DATABASE", default_value = "orderflow")]
+    clickhouse_database: String,
+    /// ClickHouse user.
+    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_USER", default_value = "default")]
+    clickhouse_user: String,
+    /// ClickHouse password (never shown).
+    #[arg(
+        long,
+        env = "ORDERFLOW_CLICKHOUSE_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    clickhouse_password: String,
+}
+
+/// sqlx's record of applied migrations, in every database it migrates.
+const APPLIED: &str = "SELECT count(*), max(version) FROM _sqlx_migrations WHERE success";
+const SQLITE_HAS_RECORD: &str = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+const PG_HAS_RECORD: &str =
+    "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = '_sqlx_migrations'";
+
+/// How far a database's schema is: migrations applied, and the newest one's version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Schema {
+    applied: i64,
+    latest: Option<i64>,
+}
+
+impl Schema {
+    /// What happened between `before` and `self`.
+    fn since(self, before: Schema) -> String {
+        let version = self.latest.map_or_else(|| "none".to_owned(), |v| v.to_string());
+        match self.applied - before.applied {
+            0 => format!("already up to date (schema version {version})"),
+            1 => format!("1 migration applied (schema version {version})"),
+            n => format!("{n} migrations applied (schema version {version})"),
+        }
+    }
+}
+
+pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.event_store_url.is_some() || args.read_db_url.is_some(),
+        "nothing to migrate: give --event-store-url, --read-db-url or both \
+         (or ORDERFLOW_EVENT_STORE_URL, ORDERFLOW_READ_DB_URL)"
+    );
+    anyhow::ensure!(
+        args.clickhouse_url.is_none() || args.read_db_url.is_some(),
+        "--clickhouse-url needs --read-db-url: the analytics' versions and checkpoints live in the read database"
+    );
+    if let Some(url) = &args.event_store_url {
+        event_store(url).await?;
+    }
+    if let Some(url) = &args.read_db_url {
+        read_side(url, &args).await?;
+    }
+    Ok(())
+}
+
+async fn event_store(url: &str) -> anyhow::Result<()> {
+    let url = StoreUrl::parse("--event-store-url", url)?;
+    tracing::info!(store = %url, "migrating the event store");
+    let outcome = match &url {
+        StoreUrl::Postgres(options) => {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with((**options).clone())
+                .await
+                .with_context(|| format!("cannot connect to the event store ({url})"))?;
+            let before = pg_schema(&pool).await?;
+            PgEventStore::migrate(&pool)
+                .await
+                .with_context(|| format!("cannot migrate the event store ({url})"))?;
+            let after = pg_schema(&pool).await?;
+            pool.close().await;
+            after.since(before)
+        }
+        StoreUrl::Sqlite(path) => {
+            create_parent(path)?;
+            let pool = SqliteEventStore::connect(path)
+                .await
+                .with_context(|| format!("cannot open the event store ({url})"))?;
+            let before = sqlite_schema(&pool).await?;
+            SqliteEventStore::migrate(&pool)
+                .await
+                .with_context(|| format!("cannot migrate the event store ({url})"))?;
+            let after = sqlite_schema(&pool).await?;
+            pool.close().await;
+            after.since(before)
+        }
+    };
+    crate::write_line(&format!("event store ({url}): {outcome}"))
+}
+
+async fn read_side(url: &str, args: &MigrateArgs) -> anyhow::Result<()> {
+    let location = StoreUrl::parse("--read-db-url", url)?;
+    if let StoreUrl::Sqlite(path) = &location {
+        create_parent(path)?;
+    }
+    tracing::info!(database = %location, "migrating the read database");
+    let read_db = ReadDb::connect(url, 2)
+        .await
+        .with_context(|| format!("cannot connect to the read database ({location})"))?;
+    let has_record = match read_db.kind() {
+        projections::DbKind::Postgres => PG_HAS_RECORD,
+        projections::DbKind::Sqlite => SQLITE_HAS_RECORD,
+    };
+    let before = any_schema(read_db.pool(), has_record).await?;
+    read_db
+        .migrate()
+        .await
+        .with_context(|| format!("cannot migrate the read database ({location})"))?;
+    let after = any_schema(read_db.pool(), has_record).await?;
+    crate::write_line(&format!("read database ({location}): {}", after.since(before)))?;
+
+    let clickhouse = args.clickhouse_url.as_ref().map(|url| {
+        clickhouse::Client::default()
+            .with_url(url)
+            .with_database(&args.clickhouse_database)
+            .with_user(&args.clickhouse_user)
+            .with_password(&args.clickhouse_password)
+            .with_validation(false)
+    });
+    let analytics_in = match &args.clickhouse_url {
+        Some(url) => format!(
+            "ClickHouse {} database {}",
+            without_credentials(url),
+            args.clickhouse_database
+        ),
+        None => "the read database".to_owned(),
+    };
+    let sinks = Sinks {
+        read_db: read_db.clone(),
+        clickhouse,
+    };
+    for name in catalog::NAMES {
+        let factory = catalog::factory(name, &sinks)?;
+        let version = read_db.ensure_live(name, 1).await?;
+        factory(version)
+            .prepare()
+            .await
+            .with_context(|| format!("cannot create the tables of {name} version {version}"))?;
+        let place = if name == projections::analytics::NAME {
+            analytics_in.as_str()
+        } else {
+            "the read database"
+        };
+        crate::write_line(&format!("{name}: live version {version}, its tables ready in {place}"))?;
+    }
+    read_db.pool().close().await;
+    Ok(())
+}
+
+/// Creates the directory a SQLite file goes in.
+fn create_parent(path: &Path) -> anyhow::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create the directory {}", dir.display()))
+        }
+        None => Ok(()),
+    }
+}
+
+async fn pg_schema(pool: &PgPool) -> anyhow::Result<Schema> {
+    let has_record: i64 = sqlx::query_scalar(PG_HAS_RECORD).fetch_one(pool).await?;
+    if has_record == 0 {
+        return Ok(Schema::default());
+    }
+    let (applied, latest) = sqlx::query_as(APPLIED).fetch_one(pool).await?;
+    Ok(Schema { applied, latest })
+}
+
+async fn sqlite_schema(pool: &SqlitePool) -> anyhow::Result<Schema> {
+    let has_record: i64 = sqlx::query_scalar(SQLITE_HAS_RECORD).fetch_one(pool).await?;
+    if has_record == 0 {
+        return Ok(Schema::default());
+    }
+    let (applied, latest) = sqlx::query_as(APPLIED).fetch_one(pool).await?;
+    Ok(Schema { applied, latest })
+}
+
+async fn any_schema(pool: &AnyPool, has_record: &'static str) -> anyhow::Result<Schema> {
+    let has_record: i64 = sqlx::query_scalar(has_record).fetch_one(pool).await?;
+    if has_record == 0 {
+        return Ok(Schema::default());
+    }
+    let (applied, latest) = sqlx::query_as(APPLIED).fetch_one(pool).await?;
+    Ok(Schema { applied, latest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outcome_says_what_changed() {
+        let none = Schema::default();
+        let three = Schema {
+            applied: 3,
+            latest: Some(20250103),
+        };
+        assert_eq!(three.since(none), "3 migrations applied (schema version 20250103)");
+        assert_eq!(three.since(three), "already up to date (schema version 20250103)");
+    }
+}
