@@ -692,7 +692,10 @@ async fn replays_never_double_count(sink: Sink) {
             "SELECT count() - uniqExact(order_id, status) FROM {db}.{NAME}_v{VERSION}_order_status"
         ))
         .await;
-        assert!(copies.trim().parse::<u64>().unwrap() > 0, "the replay left no copies to count once");
+        assert!(
+            copies.trim().parse::<u64>().unwrap() > 0,
+            "the replay left no copies to count once"
+        );
     }
 
     // The whole history again, in one batch, with the dead letter this time.
