@@ -1,5 +1,6 @@
-//! orderflow's configuration file: one TOML format for every program (`orderflow`, `write-side`,
-//! `read-api`), read before the command line is parsed.
+//! What every orderflow program (`orderflow`, `write-side`, `read-api`) does the same way at
+//! start and stop: its configuration file, one TOML format read before the command line is
+//! parsed, and the shutdown signals it drains on ([`shutdown_signal`]).
 //!
 //! # The format
 //!
@@ -620,6 +621,35 @@ where
     }
     let mut matches = command.try_get_matches_from_mut(args)?;
     P::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))
+}
+
+/// Completes on Ctrl-C or SIGTERM (what `docker stop` and `scripts/dev-up down` send): every
+/// binary drains on either.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        service_config::shutdown_signal().await;
         signal.cancel();
     });
     read_api::serve(listener, read_api::router(state), shutdown).await?;
