@@ -7,11 +7,13 @@
 //! integer microseconds since the epoch (UTC), ids as text.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, PgConnection, Row};
 
 use crate::{Checkpoint, DeadLetter, ProjectionError};
 
@@ -27,6 +29,19 @@ pub enum DbKind {
 pub struct ReadDb {
     pool: AnyPool,
     kind: DbKind,
+    /// Kept to open a PostgreSQL connection of its own for what the `Any` driver cannot do
+    /// (COPY, in a rebuild's bulk load: `connect_postgres`).
+    url: Url,
+}
+
+/// A database URL, which may hold a password: never printed.
+#[derive(Clone)]
+struct Url(Arc<str>);
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Url(..)")
+    }
 }
 
 impl ReadDb {
@@ -48,6 +63,7 @@ impl ReadDb {
             _ => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
+        let kept = Url(Arc::from(url.as_str()));
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -64,7 +80,19 @@ impl ReadDb {
             })
             .connect_with(options)
             .await?;
-        Ok(ReadDb { pool, kind })
+        Ok(ReadDb { pool, kind, url: kept })
+    }
+
+    /// A PostgreSQL connection of its own to this read database, outside the pool, for what
+    /// sqlx's `Any` driver cannot do (`COPY ... FROM STDIN`, a rebuild's bulk load). Its
+    /// statements are long by design, so sqlx's slow-statement warnings are off on it (the bulk
+    /// load logs its own timings). `None` on SQLite.
+    pub(crate) async fn connect_postgres(&self) -> Result<Option<PgConnection>, ProjectionError> {
+        if self.kind != DbKind::Postgres {
+            return Ok(None);
+        }
+        let options = PgConnectOptions::from_str(&self.url.0)?.disable_statement_logging();
+        Ok(Some(options.connect().await?))
     }
 
     /// Creates or updates the control tables.
@@ -394,6 +422,27 @@ impl ReadDb {
     }
 }
 
+/// Stores one checkpoint: `$1` name, `$2` version, `$3` source, `$4` partition, `$5` offset, `$6`
+/// position, `$7` recorded at (µs), `$8` now (µs). Never moves a checkpoint backwards. Also run
+/// on a PostgreSQL connection by a rebuild's bulk load (dashboard/bulk.rs), with the same binds.
+pub(crate) const SAVE_CHECKPOINT_SQL: &str = "INSERT INTO projection_checkpoints
+        (name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
+        last_offset = excluded.last_offset,
+        last_position = excluded.last_position,
+        last_recorded_at_us = excluded.last_recorded_at_us,
+        drained = 0,
+        updated_at_us = excluded.updated_at_us
+     WHERE projection_checkpoints.last_offset < excluded.last_offset";
+
+/// Records one dead letter: `$1` name, `$2` version, `$3` source, `$4` partition, `$5` offset,
+/// `$6` position, `$7` event type, `$8` reason, `$9` payload, `$10` now (µs). Also run on a
+/// PostgreSQL connection by a rebuild's bulk load, with the same binds.
+pub(crate) const SAVE_DEAD_LETTER_SQL: &str = "INSERT INTO projection_dead_letters
+        (name, version, source, partition_no, message_offset, position, event_type, reason, payload, recorded_at_us)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 /// Stores a batch's checkpoints; call it inside the transaction that writes the batch's rows.
 /// A checkpoint never moves backwards (a replayed batch leaves a newer one as it is).
 pub async fn save_checkpoints(
@@ -404,28 +453,17 @@ pub async fn save_checkpoints(
 ) -> Result<(), ProjectionError> {
     let now = micros(Utc::now());
     for checkpoint in checkpoints {
-        sqlx::query(
-            "INSERT INTO projection_checkpoints
-                (name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
-                last_offset = excluded.last_offset,
-                last_position = excluded.last_position,
-                last_recorded_at_us = excluded.last_recorded_at_us,
-                drained = 0,
-                updated_at_us = excluded.updated_at_us
-             WHERE projection_checkpoints.last_offset < excluded.last_offset",
-        )
-        .bind(name)
-        .bind(i64::from(version))
-        .bind(checkpoint.source.as_str())
-        .bind(i64::from(checkpoint.partition))
-        .bind(checkpoint.offset)
-        .bind(to_i64(checkpoint.position))
-        .bind(checkpoint.recorded_at.map(micros))
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(SAVE_CHECKPOINT_SQL)
+            .bind(name)
+            .bind(i64::from(version))
+            .bind(checkpoint.source.as_str())
+            .bind(i64::from(checkpoint.partition))
+            .bind(checkpoint.offset)
+            .bind(to_i64(checkpoint.position))
+            .bind(checkpoint.recorded_at.map(micros))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -439,23 +477,19 @@ pub async fn save_dead_letters(
 ) -> Result<(), ProjectionError> {
     let now = micros(Utc::now());
     for letter in letters {
-        sqlx::query(
-            "INSERT INTO projection_dead_letters
-                (name, version, source, partition_no, message_offset, position, event_type, reason, payload, recorded_at_us)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(name)
-        .bind(i64::from(version))
-        .bind(letter.origin.source.as_str())
-        .bind(i64::from(letter.origin.partition))
-        .bind(letter.origin.offset)
-        .bind(to_i64(letter.position))
-        .bind(letter.event_type.as_str())
-        .bind(letter.reason.as_str())
-        .bind(letter.payload.as_slice())
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(SAVE_DEAD_LETTER_SQL)
+            .bind(name)
+            .bind(i64::from(version))
+            .bind(letter.origin.source.as_str())
+            .bind(i64::from(letter.origin.partition))
+            .bind(letter.origin.offset)
+            .bind(to_i64(letter.position))
+            .bind(letter.event_type.as_str())
+            .bind(letter.reason.as_str())
+            .bind(letter.payload.as_slice())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
         metrics::counter!("orderflow_projection_dead_letters_total", "projection" => name.to_owned()).increment(1);
     }
     Ok(())

@@ -38,12 +38,18 @@
 //! per table (chunked), the events applied in batch order, and the result written back with
 //! multi-row `INSERT ... ON CONFLICT DO UPDATE` statements and multi-row history inserts.
 //!
+//! A rebuild's build phase does not go batch by batch: [`OrderDashboard::bulk_load`] folds the
+//! whole log in memory, streams history versions out as soon as they are closed and writes the
+//! current tables at the end, with COPY on PostgreSQL, indexes built after loading (`bulk`).
+//! The rows are the same (`bulk`'s module doc says why, `tests/dashboard.rs` checks it).
+//!
 //! # Reads
 //!
 //! [`list_orders`], [`get_order`], [`customer_summary`], and "as of" a position or time
 //! ([`get_order_as_of`], [`list_orders_as_of`]) from the history tables: the order's version
 //! valid then, with the customer's name and email valid then (or the order's snapshot).
 
+mod bulk;
 mod fold;
 mod query;
 mod write;
@@ -58,12 +64,24 @@ pub use query::{
     list_orders, list_orders_as_of,
 };
 
-use crate::{Batch, Checkpoint, Projection, ProjectionError, ReadDb, save_checkpoints, save_dead_letters};
+pub use bulk::DEFAULT_MEMORY_ROWS;
+
+use crate::{Batch, BulkLoad, Checkpoint, Projection, ProjectionError, ReadDb, save_checkpoints, save_dead_letters};
 
 /// The projection's name: in table names and checkpoints. Never rename.
 pub const NAME: &str = "order_dashboard";
 
+/// The tables of one version (after the prefix), the `writer` lock aside.
+pub const TABLES: [&str; 5] = [
+    "orders",
+    "customers",
+    "customer_totals",
+    "order_history",
+    "customer_history",
+];
+
 const TABLES_SQL: &str = include_str!("../sql/dashboard/tables.sql");
+const INDEXES_SQL: &str = include_str!("../sql/dashboard/indexes.sql");
 const DROP_SQL: &str = include_str!("../sql/dashboard/drop.sql");
 
 /// The table-name prefix of one version: `order_dashboard_v{N}_`. Made from a number only, so it
@@ -78,6 +96,8 @@ pub struct OrderDashboard {
     db: ReadDb,
     version: u32,
     prefix: String,
+    /// The orders and customers a bulk load may hold in memory; 0: no bulk load.
+    bulk_memory_rows: usize,
 }
 
 impl OrderDashboard {
@@ -86,7 +106,16 @@ impl OrderDashboard {
             db,
             version,
             prefix: table_prefix(version),
+            bulk_memory_rows: DEFAULT_MEMORY_ROWS,
         }
+    }
+
+    /// Bounds what a bulk load holds in memory (orders and customers, [`DEFAULT_MEMORY_ROWS`]
+    /// by default): a rebuild reaching it finishes the bulk load there and applies the rest
+    /// batch by batch. 0 turns bulk loads off.
+    pub fn with_bulk_memory_rows(mut self, rows: usize) -> Self {
+        self.bulk_memory_rows = rows;
+        self
     }
 
     /// Runs one of the `.sql` files with this version's prefix.
@@ -108,7 +137,22 @@ impl Projection for OrderDashboard {
     }
 
     async fn prepare(&self) -> Result<(), ProjectionError> {
-        self.run_script(TABLES_SQL).await
+        self.run_script(TABLES_SQL).await?;
+        self.run_script(INDEXES_SQL).await
+    }
+
+    /// Creates the tables without their secondary indexes, and loads them as `bulk` describes
+    /// (the indexes are built after loading). Declines when the tables hold rows already.
+    async fn bulk_load(&self) -> Result<Option<Box<dyn BulkLoad>>, ProjectionError> {
+        if self.bulk_memory_rows == 0 {
+            return Ok(None);
+        }
+        self.run_script(TABLES_SQL).await?;
+        if !bulk::tables_empty(&self.db, &self.prefix).await? {
+            return Ok(None);
+        }
+        let load = bulk::DashboardBulk::start(&self.db, self.version, &self.prefix, self.bulk_memory_rows).await?;
+        Ok(Some(Box::new(load)))
     }
 
     async fn drop_version(&self) -> Result<(), ProjectionError> {

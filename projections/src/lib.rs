@@ -30,7 +30,7 @@ pub use control::{
     from_micros, lag_records, micros, save_checkpoints, save_dead_letters, to_i64,
 };
 pub use event::{Origin, ProjectedEvent, STORE_SOURCE};
-pub use projection::{Batch, Checkpoint, DeadLetter, Projection, ProjectionError};
+pub use projection::{Batch, BulkLoad, BulkReport, Checkpoint, DeadLetter, Projection, ProjectionError};
 pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport, UntilPoint, rebuild};
 pub use runtime::kafka::{KafkaOptions, run_from_kafka};
 pub use runtime::store::run_from_store;

@@ -120,6 +120,48 @@ pub trait Projection: Send + Sync + 'static {
     /// Whether the sink answers at all: tells a poison event (fails alone while the sink is up)
     /// from an outage (everything fails), so that an outage never fills the dead-letter table.
     async fn healthy(&self) -> bool;
+
+    /// Starts a bulk load of this version: the build phase of a rebuild, which a projection may
+    /// do much faster than batch by batch (fold the log in memory, stream out the rows that
+    /// are final, create indexes after loading). Called *instead of* [`prepare`]
+    /// (Projection::prepare) on a version that a rebuild has just registered `building`: nobody
+    /// else writes it until the switch, and no checkpoint of it exists yet.
+    ///
+    /// `None` (the default) when the projection has no bulk path or its tables turn out not to
+    /// be empty; the caller then calls [`prepare`](Projection::prepare) and applies batches.
+    async fn bulk_load(&self) -> Result<Option<Box<dyn BulkLoad>>, ProjectionError> {
+        Ok(None)
+    }
+}
+
+/// A bulk load in progress (see [`Projection::bulk_load`]). Fed the global log from its start,
+/// in position order and in batches, it must leave exactly the rows, checkpoints and dead
+/// letters that [`Projection::apply`] of the same batches would have left, once
+/// [`finish`](BulkLoad::finish) returns. Dropped without `finish`, it leaves the version's
+/// tables unusable (a rebuild then fails and its version is abandoned, as any failed build).
+#[async_trait]
+pub trait BulkLoad: Send {
+    /// Folds the next batch (it may write rows that are final already).
+    async fn push(&mut self, batch: &Batch) -> Result<(), ProjectionError>;
+
+    /// Whether the load holds as much in memory as it may: the caller then finishes it and
+    /// applies the rest of the log batch by batch.
+    fn full(&self) -> bool;
+
+    /// Writes everything still in memory, builds the indexes and stores the checkpoints.
+    async fn finish(self: Box<Self>) -> Result<BulkReport, ProjectionError>;
+}
+
+/// What a finished bulk load wrote, for logs and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BulkReport {
+    /// Rows written, all tables together.
+    pub rows: u64,
+    /// Of the load's time, the part spent after the last batch: writing what was in memory,
+    /// building indexes, committing.
+    pub finish_seconds: f64,
+    /// Orders and customers held in memory at the end.
+    pub rows_in_memory: u64,
 }
 
 /// What can go wrong in a projection. Every variant is worth a retry: the runtime retries with

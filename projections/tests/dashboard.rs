@@ -1126,3 +1126,580 @@ fn cursors_round_trip_and_malformed_ones_are_errors() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bulk loads (a rebuild's build phase): exactly the rows of batch-by-batch apply
+
+/// Names that need COPY's escapes, and some that do not.
+const AWKWARD_NAMES: [&str; 5] = [
+    "Zoë Ångström",
+    "tab\there",
+    "back\\slash \\N",
+    "new\nline\r\nand CR",
+    "",
+];
+
+/// A random shop: customers (some registered only after their first order, some never, some
+/// with awkward names), orders with random lifecycles in two currencies, payments the dashboard
+/// ignores, and events that cannot apply (an order event for an order never placed, a change
+/// of a customer never registered, an order placed twice): the dead letters of either path.
+/// With `poison_last`, the log ends with one of those (the last checkpoint then has no time).
+fn random_workload(rng: &mut Rng, customers: usize, orders: usize, poison_last: bool) -> Vec<ProjectedEvent> {
+    let ids: Vec<Uuid> = (0..customers).map(|_| Uuid::new_v4()).collect();
+    let name = |rng: &mut Rng, i: usize| {
+        if rng.chance(15) {
+            AWKWARD_NAMES[rng.below(AWKWARD_NAMES.len())].to_owned()
+        } else {
+            format!("customer {i}")
+        }
+    };
+    let mut streams: Vec<Vec<DomainEvent>> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if rng.chance(75) {
+            let mut stream = vec![registered(*id, &name(rng, i), &format!("c{i}@example.com"))];
+            for change in 0..rng.below(5) {
+                stream.push(if rng.chance(50) {
+                    renamed(*id, &format!("{} ({change})", name(rng, i)))
+                } else {
+                    email_changed(*id, &format!("c{i}.{change}@example.com"))
+                });
+            }
+            streams.push(stream);
+        }
+    }
+    let currencies = [Currency::EUR, Currency::USD];
+    for n in 0..orders {
+        let order = Uuid::new_v4();
+        let customer = ids[rng.below(ids.len())];
+        let snapshot = if rng.chance(10) {
+            AWKWARD_NAMES[rng.below(AWKWARD_NAMES.len())].to_owned()
+        } else {
+            format!("snapshot {}", rng.below(4))
+        };
+        let quantities: Vec<i64> = (0..1 + rng.below(3)).map(|_| 1 + rng.below(5) as i64).collect();
+        let mut stream = vec![placed(
+            order,
+            customer,
+            (&snapshot, &format!("s{}@example.com", rng.below(3))),
+            &quantities,
+            currencies[rng.below(2)],
+            rng.below(1000) as i64,
+        )];
+        match rng.below(7) {
+            0 => {}
+            1 => stream.push(confirmed(order)),
+            2 => stream.extend([confirmed(order), shipped(order, "DHL", &format!("T{n}"))]),
+            3 => stream.extend([confirmed(order), shipped(order, "UPS\tGround", "1Z"), delivered(order)]),
+            4 => stream.push(cancelled(order, "no\\longer wanted")),
+            5 => stream.extend([confirmed(order), cancelled(order, "late"), cancelled(order, "again")]),
+            _ => stream.extend([payment(order), confirmed(order)]),
+        }
+        if n % 50 == 7 {
+            // Placed a second time: refused, dead-lettered, the order stays as it was.
+            stream.push(placed(
+                order,
+                customer,
+                ("again", "again@example.com"),
+                &[1],
+                Currency::EUR,
+                0,
+            ));
+            stream.push(delivered(order));
+        }
+        streams.push(stream);
+    }
+    for _ in 0..1 + orders / 40 {
+        streams.push(vec![confirmed(Uuid::new_v4())]);
+        streams.push(vec![renamed(Uuid::new_v4(), "nobody")]);
+    }
+    let mut log = Log::default();
+    for event in interleave(rng, streams) {
+        log.push(event);
+    }
+    if poison_last {
+        log.push(cancelled(Uuid::new_v4(), "never placed"));
+    }
+    log.events
+}
+
+/// `events` cut into random batches of 1 to `max` events.
+fn random_batches(rng: &mut Rng, events: &[ProjectedEvent], max: usize) -> Vec<Batch> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let end = (start + 1 + rng.below(max)).min(events.len());
+        batches.push(batch(&events[start..end]));
+        start = end;
+    }
+    batches
+}
+
+/// Retries fast: a batch with an event that cannot apply is isolated at once.
+fn fast_retries() -> projections::RunOptions {
+    projections::RunOptions {
+        retries: 1,
+        backoff: std::time::Duration::from_millis(1),
+        max_backoff: std::time::Duration::from_millis(1),
+        ..projections::RunOptions::default()
+    }
+}
+
+/// Batch-by-batch apply as the runtime does it (an event that fails alone is dead-lettered).
+async fn apply_incrementally(dash: &dyn Projection, batches: Vec<Batch>) {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    for batch in batches {
+        projections::apply_reliably(dash, batch, &fast_retries(), &cancel)
+            .await
+            .unwrap();
+    }
+}
+
+/// Checkpoints and dead letters (sorted by position; the time they were recorded left out).
+async fn control_rows(db: &ReadDb, version: u32) -> (Vec<projections::Checkpoint>, Vec<String>) {
+    let mut letters: Vec<(u64, String)> = db
+        .dead_letters(dashboard::NAME, version)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| {
+            (
+                d.position,
+                format!(
+                    "{:?} {} {} {:?} {:?}",
+                    d.origin, d.event_type, d.reason, d.payload, d.position
+                ),
+            )
+        })
+        .collect();
+    letters.sort();
+    (
+        db.checkpoints(dashboard::NAME, version).await.unwrap(),
+        letters.into_iter().map(|(_, letter)| letter).collect(),
+    )
+}
+
+/// The definitions of a version's tables, keys and indexes, with the version's prefix taken out.
+async fn schema(db: &ReadDb, version: u32) -> Vec<String> {
+    let prefix = dashboard::table_prefix(version);
+    let sql = match db.kind() {
+        projections::DbKind::Postgres => {
+            "SELECT i.tablename::text || ': ' || i.indexdef FROM pg_indexes i
+             UNION ALL
+             SELECT t.relname::text || ': ' || c.conname::text || ' ' || c.contype::text || ' ' || pg_get_constraintdef(c.oid)
+               FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+             UNION ALL
+             SELECT table_name::text || ': ' || column_name::text || ' ' || data_type::text || ' '
+                    || is_nullable::text || ' ' || ordinal_position::text
+               FROM information_schema.columns"
+        }
+        projections::DbKind::Sqlite => "SELECT tbl_name || ': ' || type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master",
+    };
+    let mut rows: Vec<String> = sqlx::query(sql)
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String, _>(0).unwrap())
+        .filter(|row| row.starts_with(&prefix))
+        .map(|row| row.replace(&prefix, "{prefix}"))
+        .collect();
+    rows.sort();
+    rows.dedup();
+    assert!(rows.len() > 10, "{rows:?}");
+    rows
+}
+
+/// Asserts that two versions hold the same rows, checkpoints, dead letters and schema.
+async fn assert_same_version(db: &ReadDb, expected: u32, actual: u32, what: &str) {
+    let (want, got) = (dump(db, expected).await, dump(db, actual).await);
+    for table in TABLES {
+        assert_eq!(
+            got[table].len(),
+            want[table].len(),
+            "{what}: rows in {table} (v{actual} against v{expected})"
+        );
+        for (row, (g, w)) in got[table].iter().zip(&want[table]).enumerate() {
+            assert_eq!(g, w, "{what}: {table} row {row} (v{actual} against v{expected})");
+        }
+    }
+    assert_eq!(
+        control_rows(db, actual).await,
+        control_rows(db, expected).await,
+        "{what}: checkpoints and dead letters"
+    );
+    assert_eq!(schema(db, actual).await, schema(db, expected).await, "{what}: schema");
+}
+
+/// A bulk load of a random workload equals its batch-by-batch apply, every table (history
+/// included), checkpoints, dead letters and schema; so does a bulk load of a prefix of the log
+/// followed by batch-by-batch apply of the rest (how a rebuild catches up after it).
+async fn bulk_equals_incremental(server: Server, seed: u64) {
+    let db = read_db(server).await;
+    let mut rng = Rng(seed | 1);
+    let log = random_workload(&mut rng, 60, 400, seed % 2 == 1);
+    let incremental = dashboard(&db, 1).await;
+    apply_incrementally(&incremental, random_batches(&mut rng, &log, 40)).await;
+    let reference = dump(&db, 1).await;
+    assert!(reference["order_history"].len() > 800 && reference["customer_history"].len() > 40);
+    assert!(
+        !control_rows(&db, 1).await.1.is_empty(),
+        "the workload has events that are dead-lettered"
+    );
+
+    // All of it in bulk, in other batches.
+    let bulk = OrderDashboard::new(db.clone(), 2);
+    let mut load = bulk.bulk_load().await.unwrap().expect("an empty version loads in bulk");
+    for batch in random_batches(&mut rng, &log, 300) {
+        load.push(&batch).await.unwrap();
+    }
+    let report = load.finish().await.unwrap();
+    let rows: usize = reference.values().map(Vec::len).sum();
+    assert_eq!(report.rows, rows as u64, "every row written once");
+    assert_same_version(&db, 1, 2, &format!("bulk, seed {seed}")).await;
+
+    // A prefix in bulk, the rest batch by batch.
+    let cut = 1 + rng.below(log.len() - 1);
+    let mixed = OrderDashboard::new(db.clone(), 3);
+    let mut load = mixed.bulk_load().await.unwrap().expect("bulk");
+    for batch in random_batches(&mut rng, &log[..cut], 100) {
+        load.push(&batch).await.unwrap();
+    }
+    load.finish().await.unwrap();
+    apply_incrementally(&mixed, random_batches(&mut rng, &log[cut..], 40)).await;
+    assert_same_version(&db, 1, 3, &format!("bulk up to {cut}, then batches, seed {seed}")).await;
+
+    // Tables that hold rows are never loaded in bulk.
+    assert!(incremental.bulk_load().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_bulk_load_equals_batch_by_batch_apply_postgres() {
+    for seed in [1, 0xb01c_5eed] {
+        bulk_equals_incremental(Server::Postgres, seed).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_load_equals_batch_by_batch_apply_sqlite() {
+    for seed in [1, 0xb01c_5eed] {
+        bulk_equals_incremental(Server::Sqlite, seed).await;
+    }
+}
+
+/// The checks themselves: a bulk load that got one history version's `valid_to` wrong is told
+/// apart from the batch path.
+#[tokio::test]
+async fn a_wrong_valid_to_is_caught() {
+    let db = read_db(Server::Sqlite).await;
+    let mut rng = Rng(7);
+    let log = random_workload(&mut rng, 10, 40, false);
+    apply_incrementally(&dashboard(&db, 1).await, vec![batch(&log)]).await;
+    let mut load = OrderDashboard::new(db.clone(), 2).bulk_load().await.unwrap().unwrap();
+    load.push(&batch(&log)).await.unwrap();
+    load.finish().await.unwrap();
+    let sql = format!(
+        "UPDATE {0}order_history SET valid_to_position = valid_to_position + 1
+          WHERE rowid = (SELECT min(rowid) FROM {0}order_history WHERE valid_to_position IS NOT NULL)",
+        dashboard::table_prefix(2)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(db.pool()).await.unwrap();
+    assert_ne!(dump(&db, 2).await["order_history"], dump(&db, 1).await["order_history"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rebuilds through the bulk load, from a real store
+
+/// The dashboard, counting what the rebuild asks of it.
+struct Spy {
+    inner: OrderDashboard,
+    pushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    applies: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Projection for Spy {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn version(&self) -> u32 {
+        self.inner.version()
+    }
+    async fn prepare(&self) -> Result<(), ProjectionError> {
+        self.inner.prepare().await
+    }
+    async fn drop_version(&self) -> Result<(), ProjectionError> {
+        self.inner.drop_version().await
+    }
+    async fn checkpoints(&self) -> Result<Vec<projections::Checkpoint>, ProjectionError> {
+        self.inner.checkpoints().await
+    }
+    async fn apply(&self, batch: &Batch) -> Result<(), ProjectionError> {
+        self.applies.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(batch).await
+    }
+    async fn healthy(&self) -> bool {
+        self.inner.healthy().await
+    }
+    async fn bulk_load(&self) -> Result<Option<Box<dyn projections::BulkLoad>>, ProjectionError> {
+        Ok(self.inner.bulk_load().await?.map(|inner| {
+            Box::new(SpyLoad {
+                inner,
+                pushes: self.pushes.clone(),
+            }) as Box<dyn projections::BulkLoad>
+        }))
+    }
+}
+
+struct SpyLoad {
+    inner: Box<dyn projections::BulkLoad>,
+    pushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl projections::BulkLoad for SpyLoad {
+    async fn push(&mut self, batch: &Batch) -> Result<(), ProjectionError> {
+        self.pushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.push(batch).await
+    }
+    fn full(&self) -> bool {
+        self.inner.full()
+    }
+    async fn finish(self: Box<Self>) -> Result<projections::BulkReport, ProjectionError> {
+        self.inner.finish().await
+    }
+}
+
+#[derive(Default, Clone)]
+struct Counts {
+    pushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    applies: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counts {
+    fn factory(&self, db: &ReadDb, memory_rows: usize) -> projections::ProjectionFactory {
+        let (db, counts) = (db.clone(), self.clone());
+        std::sync::Arc::new(move |version| {
+            std::sync::Arc::new(Spy {
+                inner: OrderDashboard::new(db.clone(), version).with_bulk_memory_rows(memory_rows),
+                pushes: counts.pushes.clone(),
+                applies: counts.applies.clone(),
+            }) as std::sync::Arc<dyn Projection>
+        })
+    }
+
+    fn take(&self) -> (usize, usize) {
+        (
+            self.pushes.swap(0, std::sync::atomic::Ordering::SeqCst),
+            self.applies.swap(0, std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+}
+
+/// Appends `log`'s events to `store`, one commit each, and an event that does not decode.
+async fn fill_store(store: &dyn event_store::EventStore, log: &[ProjectedEvent]) {
+    use event_store::{EventMetadata, ExpectedVersion, NewEvent};
+    let new = |event_type: &str, schema_version: u32, payload: Vec<u8>| NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        schema_version,
+        payload,
+        occurred_at: Utc::now(),
+        metadata: EventMetadata::default(),
+    };
+    for (i, event) in log.iter().enumerate() {
+        let encoded = event.event.encode();
+        let event = new(encoded.event_type, encoded.schema_version, encoded.payload);
+        let stream = &log[i].stream_id;
+        store
+            .append(stream, ExpectedVersion::Exact(log[i].stream_version - 1), vec![event])
+            .await
+            .unwrap();
+        if i == log.len() / 3 {
+            let garbage = new("order.confirmed", 1, vec![0xff, 0xff, 0xff]);
+            let stream = Category::Order.stream_id(Uuid::new_v4());
+            store
+                .append(&stream, ExpectedVersion::Any, vec![garbage])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The store's whole log.
+async fn store_log(store: &dyn event_store::EventStore) -> Vec<event_store::RecordedEvent> {
+    let mut all = Vec::new();
+    loop {
+        let page = store
+            .read_all(all.last().map_or(0, |e: &event_store::RecordedEvent| e.position), 500)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// Builds version `version` batch by batch from the recorded events (undecodable ones become
+/// dead letters, as in the runtime).
+async fn build_incrementally(db: &ReadDb, version: u32, recorded: &[event_store::RecordedEvent]) {
+    let dash = dashboard(db, version).await;
+    let mut batches = Vec::new();
+    for page in recorded.chunks(17) {
+        let mut b = Batch::default();
+        for e in page {
+            match ProjectedEvent::from_recorded(e) {
+                Ok(event) => b.events.push(event),
+                Err(cause) => b.dead_letters.push(projections::DeadLetter {
+                    origin: Origin::store(e.position),
+                    position: e.position,
+                    event_type: e.event_type.clone(),
+                    reason: error_chain(&cause),
+                    payload: e.payload.clone(),
+                }),
+            }
+        }
+        batches.push(b);
+    }
+    apply_incrementally(&dash, batches).await;
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `rebuild` loads the dashboard in bulk, live or `until` a position or a time (stopping exactly
+/// there), or in bulk up to its memory bound and then batch by batch; each version equals the
+/// batch-by-batch build of the same events.
+async fn rebuild_in_bulk(server: Server) {
+    let store: std::sync::Arc<dyn event_store::EventStore> = match server {
+        Server::Postgres => {
+            let pool = testkit::postgres::fresh_database().await.pool(4).await;
+            event_store::PgEventStore::migrate(&pool).await.unwrap();
+            std::sync::Arc::new(
+                event_store::PgEventStore::open(pool, event_store::StoreOptions::default())
+                    .await
+                    .unwrap(),
+            )
+        }
+        Server::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{}.db", testkit::unique_name("bulk_store")));
+            let pool = event_store::SqliteEventStore::connect(&path).await.unwrap();
+            event_store::SqliteEventStore::migrate(&pool).await.unwrap();
+            std::sync::Arc::new(
+                event_store::SqliteEventStore::open(pool, event_store::StoreOptions::default())
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let db = read_db(server).await;
+    let log = random_workload(&mut Rng(0xface), 30, 150, true);
+    fill_store(&*store, &log).await;
+    let recorded = store_log(&*store).await;
+    assert_eq!(recorded.len(), log.len() + 1);
+
+    let counts = Counts::default();
+    let options = |until| projections::RebuildOptions {
+        batch_size: 23,
+        until,
+        drop_after: std::time::Duration::from_millis(10),
+        run: fast_retries(),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+
+    // Live, all in bulk.
+    build_incrementally(&db, 50, &recorded).await;
+    let mut positions = Vec::new();
+    let report = projections::rebuild(
+        store.clone(),
+        &db,
+        counts.factory(&db, dashboard::DEFAULT_MEMORY_ROWS),
+        options(None),
+        cancel.clone(),
+        |p| positions.push(p.position),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.version, report.events_applied), (1, recorded.len() as u64));
+    assert_eq!(
+        counts.take(),
+        (recorded.len().div_ceil(23), 0),
+        "every batch went to the bulk load"
+    );
+    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions.len() == recorded.len().div_ceil(23));
+    assert_same_version(&db, 50, 1, "rebuild").await;
+
+    // Historical, up to a position: exactly there.
+    let until = recorded[recorded.len() / 2].position;
+    build_incrementally(&db, 51, &recorded[..=recorded.len() / 2]).await;
+    let mut last = 0;
+    let report = projections::rebuild(
+        store.clone(),
+        &db,
+        counts.factory(&db, dashboard::DEFAULT_MEMORY_ROWS),
+        options(Some(projections::UntilPoint::Position(until))),
+        cancel.clone(),
+        |p| last = p.position,
+    )
+    .await
+    .unwrap();
+    assert!(report.historical);
+    assert_eq!((report.position, last), (until, until));
+    assert_eq!(counts.take().1, 0, "no batch applied one by one");
+    assert_same_version(&db, 51, report.version, "rebuild until a position").await;
+
+    // Historical, up to a time: the last event recorded at or before it.
+    let cut = (recorded.len() / 3..recorded.len() - 1)
+        .find(|&i| recorded[i].recorded_at < recorded[i + 1].recorded_at)
+        .unwrap();
+    build_incrementally(&db, 52, &recorded[..=cut]).await;
+    let report = projections::rebuild(
+        store.clone(),
+        &db,
+        counts.factory(&db, dashboard::DEFAULT_MEMORY_ROWS),
+        options(Some(projections::UntilPoint::Time(recorded[cut].recorded_at))),
+        cancel.clone(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.position, recorded[cut].position);
+    assert_eq!(counts.take().1, 0);
+    assert_same_version(&db, 52, report.version, "rebuild until a time").await;
+
+    // Memory for only 40 orders and customers: bulk up to there, then batch by batch.
+    let report = projections::rebuild(
+        store.clone(),
+        &db,
+        counts.factory(&db, 40),
+        options(None),
+        cancel.clone(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let (pushes, applies) = counts.take();
+    assert!(
+        pushes > 0 && applies > 0,
+        "bulk first ({pushes} batches), then batches ({applies})"
+    );
+    assert_same_version(&db, 50, report.version, "rebuild past the memory bound").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilds_load_in_bulk_postgres() {
+    rebuild_in_bulk(Server::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilds_load_in_bulk_sqlite() {
+    rebuild_in_bulk(Server::Sqlite).await;
+}

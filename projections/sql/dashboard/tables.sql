@@ -1,6 +1,10 @@
 -- The order dashboard's tables for one version. `{prefix}` is `order_dashboard_v{N}_`, generated
 -- from the version number (never from input). One dialect for PostgreSQL and SQLite: BIGINT and
 -- TEXT only, times in microseconds since the Unix epoch (UTC), ids as lower-case uuid text.
+--
+-- Tables and their primary keys only: the secondary indexes are in indexes.sql, which `prepare`
+-- runs right after this file, and a bulk load (a rebuild's build phase) only after loading the
+-- rows (building an index once from sorted rows is much cheaper than maintaining it row by row).
 
 -- One row, upserted first by every apply: a write lock that serializes the appliers of this
 -- version (a PostgreSQL row lock; SQLite's write lock), so that each batch reads the rows it
@@ -35,12 +39,6 @@ CREATE TABLE IF NOT EXISTS {prefix}orders (
     last_position   BIGINT NOT NULL,
     updated_at_us   BIGINT NOT NULL
 );
-
--- The read API's filters and keyset pagination on (sort key, order_id).
-CREATE INDEX IF NOT EXISTS {prefix}orders_by_placed ON {prefix}orders (placed_at_us, order_id);
-CREATE INDEX IF NOT EXISTS {prefix}orders_by_status ON {prefix}orders (status, placed_at_us, order_id);
-CREATE INDEX IF NOT EXISTS {prefix}orders_by_customer ON {prefix}orders (customer_id, placed_at_us, order_id);
-CREATE INDEX IF NOT EXISTS {prefix}orders_by_total ON {prefix}orders (total_minor, order_id);
 
 -- The projection's own copy of every customer it has seen (event-driven data sync).
 -- stream_version is 0 while the customer is only known from order snapshots; last_position is
@@ -95,8 +93,6 @@ CREATE TABLE IF NOT EXISTS {prefix}order_history (
     tracking            TEXT,
     PRIMARY KEY (order_id, stream_version)
 );
-
-CREATE INDEX IF NOT EXISTS {prefix}order_history_by_placed ON {prefix}order_history (placed_at_us, order_id);
 
 -- Every version of every customer's name and email (customer events only, never snapshots).
 CREATE TABLE IF NOT EXISTS {prefix}customer_history (

@@ -116,7 +116,7 @@ pub(super) struct Fold {
     pub(super) close_orders: Vec<(Uuid, (i64, i64))>,
     pub(super) close_customers: Vec<(Uuid, (i64, i64))>,
     /// Per (customer, currency): orders placed and lifetime value to add.
-    pub(super) totals: HashMap<(Uuid, String), (i64, i64)>,
+    pub(super) totals: Totals,
 }
 
 /// The ids of the orders and customers a batch touches: the rows to load before folding.
@@ -182,43 +182,15 @@ impl Fold {
     fn customer_event(&mut self, event: &ProjectedEvent, customer: &CustomerEvent) -> Result<(), ProjectionError> {
         let id = customer.customer_id();
         let version = to_i64(event.stream_version);
-        let at = (to_i64(event.position), micros(event.recorded_at));
-        let entry = match (self.customers.get_mut(&id), customer) {
-            (Some(entry), _) => entry,
-            (None, CustomerEvent::Registered(_)) => self.customers.entry(id).or_insert_with(|| {
-                Entry::created(CustomerState {
-                    customer_id: id,
-                    name: String::new(),
-                    email: String::new(),
-                    stream_version: 0,
-                    last_position: 0,
-                    order_count: 0,
-                    last_order_id: None,
-                    last_order_at_us: None,
-                    last_order_position: None,
-                })
-            }),
-            (None, _) => {
-                return Err(ProjectionError::Inconsistent(format!(
-                    "{} for customer {id}, which is not registered",
-                    customer.event_type()
-                )));
-            }
-        };
-        if version <= entry.state.stream_version {
+        let at = at_of(event);
+        if !customer_event_applies(self.customers.get(&id).map(|entry| &entry.state), customer, version)? {
             return Ok(()); // applied before: a replay
         }
-        let state = &mut entry.state;
-        match customer {
-            CustomerEvent::Registered(e) => {
-                state.name.clone_from(&e.name);
-                state.email.clone_from(&e.email);
-            }
-            CustomerEvent::Renamed(e) => state.name.clone_from(&e.name),
-            CustomerEvent::EmailChanged(e) => state.email.clone_from(&e.email),
-        }
-        state.stream_version = version;
-        state.last_position = at.0;
+        let entry = self
+            .customers
+            .entry(id)
+            .or_insert_with(|| Entry::created(blank_customer(id)));
+        apply_customer_event(&mut entry.state, customer, version, at);
         entry.dirty = true;
         entry.advanced = true;
         match entry.latest_version {
@@ -234,6 +206,7 @@ impl Fold {
             }
         }
         entry.latest_version = Some(self.customer_versions.len());
+        let state = &entry.state;
         self.customer_versions.push(CustomerVersion {
             customer_id: id,
             stream_version: version,
@@ -248,12 +221,17 @@ impl Fold {
     fn order_event(&mut self, event: &ProjectedEvent, order: &OrderEvent) -> Result<(), ProjectionError> {
         let id = order.order_id();
         let version = to_i64(event.stream_version);
-        let at = (to_i64(event.position), micros(event.recorded_at));
+        let at = at_of(event);
         let occurred_us = micros(event.occurred_at);
         if let OrderEvent::Placed(placed) = order
             && !self.orders.contains_key(&id)
         {
-            let state = self.place(placed, version, at, occurred_us);
+            let customer = self
+                .customers
+                .entry(placed.customer_id)
+                .or_insert_with(|| Entry::created(snapshot_customer(placed, at)));
+            let state = place_order(&mut customer.state, &mut self.totals, placed, version, at, occurred_us);
+            customer.dirty = true;
             let entry = self.orders.entry(id).or_insert_with(|| Entry::created(state));
             entry.advanced = true;
             entry.latest_version = Some(self.order_versions.len());
@@ -265,51 +243,12 @@ impl Fold {
             return Ok(());
         }
         let Some(entry) = self.orders.get_mut(&id) else {
-            return Err(ProjectionError::Inconsistent(format!(
-                "{} for order {id}, which was never placed",
-                order.event_type()
-            )));
+            return Err(never_placed(id, order));
         };
-        if version <= entry.state.stream_version {
+        if !order_event_applies(&entry.state, order, version)? {
             return Ok(()); // applied before: a replay
         }
-        let state = &mut entry.state;
-        match order {
-            OrderEvent::Placed(_) => {
-                return Err(ProjectionError::Inconsistent(format!(
-                    "order {id} placed again at stream version {version}"
-                )));
-            }
-            OrderEvent::Confirmed(_) => {
-                state.status = OrderStatus::Confirmed;
-                state.confirmed_at_us = Some(occurred_us);
-            }
-            OrderEvent::Shipped(e) => {
-                state.status = OrderStatus::Shipped;
-                state.shipped_at_us = Some(occurred_us);
-                state.carrier = Some(e.carrier.clone());
-                state.tracking = Some(e.tracking.clone());
-            }
-            OrderEvent::Delivered(_) => {
-                state.status = OrderStatus::Delivered;
-                state.delivered_at_us = Some(occurred_us);
-            }
-            OrderEvent::Cancelled(e) => {
-                if state.status != OrderStatus::Cancelled {
-                    let total = self
-                        .totals
-                        .entry((state.customer_id, state.currency.clone()))
-                        .or_insert((0, 0));
-                    total.1 -= state.total_minor;
-                }
-                state.status = OrderStatus::Cancelled;
-                state.cancelled_at_us = Some(occurred_us);
-                state.cancel_reason = Some(e.reason.clone());
-            }
-        }
-        state.stream_version = version;
-        state.last_position = at.0;
-        state.updated_at_us = at.1;
+        apply_order_event(&mut entry.state, &mut self.totals, order, version, at, occurred_us);
         entry.dirty = true;
         entry.advanced = true;
         match entry.latest_version {
@@ -328,72 +267,212 @@ impl Fold {
         });
         Ok(())
     }
+}
 
-    /// The new order row of `placed`, and its effect on the customer's copy and totals.
-    fn place(&mut self, placed: &OrderPlaced, version: i64, at: (i64, i64), occurred_us: i64) -> OrderState {
-        let snapshot = &placed.customer;
-        let customer = self.customers.entry(placed.customer_id).or_insert_with(|| {
-            Entry::created(CustomerState {
-                customer_id: placed.customer_id,
-                name: snapshot.name.clone(),
-                email: snapshot.email.clone(),
-                stream_version: 0,
-                last_position: at.0,
-                order_count: 0,
-                last_order_id: None,
-                last_order_at_us: None,
-                last_order_position: None,
-            })
-        });
-        let copy = &mut customer.state;
-        // Known only from snapshots: the latest snapshot in the log wins, whatever the order
-        // the batches brought them in.
-        if copy.stream_version == 0 && at.0 > copy.last_position {
-            copy.name.clone_from(&snapshot.name);
-            copy.email.clone_from(&snapshot.email);
-            copy.last_position = at.0;
+// ---------------------------------------------------------------------------------------------
+// What one event does to the rows it touches: shared by the batch fold above and the bulk fold
+// of a rebuild (`bulk`), so that both make exactly the same rows.
+
+/// A customer and a currency: what `customer_totals` holds a row for.
+pub(super) type TotalKey = (Uuid, String);
+
+/// Per (customer, currency): orders placed and lifetime value (sums, or a batch's deltas).
+pub(super) type Totals = HashMap<TotalKey, (i64, i64)>;
+
+/// The position and recorded time (microseconds) of an event: where a row version starts or ends.
+pub(super) fn at_of(event: &ProjectedEvent) -> (i64, i64) {
+    (to_i64(event.position), micros(event.recorded_at))
+}
+
+/// The copy of a customer first seen through its own registration (filled by the event).
+pub(super) fn blank_customer(customer_id: Uuid) -> CustomerState {
+    CustomerState {
+        customer_id,
+        name: String::new(),
+        email: String::new(),
+        stream_version: 0,
+        last_position: 0,
+        order_count: 0,
+        last_order_id: None,
+        last_order_at_us: None,
+        last_order_position: None,
+    }
+}
+
+/// The copy of a customer first seen through an order's snapshot (at position `at`); the
+/// placement is then counted by [`place_order`].
+pub(super) fn snapshot_customer(placed: &OrderPlaced, at: (i64, i64)) -> CustomerState {
+    CustomerState {
+        customer_id: placed.customer_id,
+        name: placed.customer.name.clone(),
+        email: placed.customer.email.clone(),
+        stream_version: 0,
+        last_position: at.0,
+        order_count: 0,
+        last_order_id: None,
+        last_order_at_us: None,
+        last_order_position: None,
+    }
+}
+
+/// Whether a customer event at stream `version` applies to the copy (`None`: no copy yet):
+/// `Ok(false)` for a replay, an error for a change to a customer never registered. Changes
+/// nothing, so that a failing event leaves every row as it was.
+pub(super) fn customer_event_applies(
+    copy: Option<&CustomerState>,
+    customer: &CustomerEvent,
+    version: i64,
+) -> Result<bool, ProjectionError> {
+    match (copy, customer) {
+        (Some(copy), _) => Ok(version > copy.stream_version),
+        (None, CustomerEvent::Registered(_)) => Ok(true),
+        (None, _) => Err(ProjectionError::Inconsistent(format!(
+            "{} for customer {}, which is not registered",
+            customer.event_type(),
+            customer.customer_id()
+        ))),
+    }
+}
+
+/// Applies a customer event that [`customer_event_applies`] to its copy.
+pub(super) fn apply_customer_event(copy: &mut CustomerState, customer: &CustomerEvent, version: i64, at: (i64, i64)) {
+    match customer {
+        CustomerEvent::Registered(e) => {
+            copy.name.clone_from(&e.name);
+            copy.email.clone_from(&e.email);
         }
-        copy.order_count += 1;
-        if copy.last_order_position.is_none_or(|last| at.0 > last) {
-            copy.last_order_id = Some(placed.order_id);
-            copy.last_order_at_us = Some(occurred_us);
-            copy.last_order_position = Some(at.0);
+        CustomerEvent::Renamed(e) => copy.name.clone_from(&e.name),
+        CustomerEvent::EmailChanged(e) => copy.email.clone_from(&e.email),
+    }
+    copy.stream_version = version;
+    copy.last_position = at.0;
+}
+
+/// The error of an order event for an order that is not there.
+pub(super) fn never_placed(order_id: Uuid, order: &OrderEvent) -> ProjectionError {
+    ProjectionError::Inconsistent(format!(
+        "{} for order {order_id}, which was never placed",
+        order.event_type()
+    ))
+}
+
+/// Whether an event of an existing order's stream at `version` applies to it: `Ok(false)` for
+/// a replay, an error for a second placement. Changes nothing.
+pub(super) fn order_event_applies(
+    state: &OrderState,
+    order: &OrderEvent,
+    version: i64,
+) -> Result<bool, ProjectionError> {
+    if version <= state.stream_version {
+        return Ok(false);
+    }
+    if matches!(order, OrderEvent::Placed(_)) {
+        return Err(ProjectionError::Inconsistent(format!(
+            "order {} placed again at stream version {version}",
+            state.order_id
+        )));
+    }
+    Ok(true)
+}
+
+/// Applies an event of an existing order that [`order_event_applies`] to it (a cancellation
+/// also takes the order's total off its customer's lifetime value in `totals`).
+pub(super) fn apply_order_event(
+    state: &mut OrderState,
+    totals: &mut Totals,
+    order: &OrderEvent,
+    version: i64,
+    at: (i64, i64),
+    occurred_us: i64,
+) {
+    match order {
+        // Refused by `order_event_applies`.
+        OrderEvent::Placed(_) => return,
+        OrderEvent::Confirmed(_) => {
+            state.status = OrderStatus::Confirmed;
+            state.confirmed_at_us = Some(occurred_us);
         }
-        customer.dirty = true;
-        let (name, email) = if copy.stream_version > 0 {
-            (copy.name.clone(), copy.email.clone())
-        } else {
-            (snapshot.name.clone(), snapshot.email.clone())
-        };
-        let currency = placed.currency.as_str().to_owned();
-        let total = self
-            .totals
-            .entry((placed.customer_id, currency.clone()))
-            .or_insert((0, 0));
-        total.0 += 1;
-        total.1 += placed.total_minor;
-        OrderState {
-            order_id: placed.order_id,
-            customer_id: placed.customer_id,
-            customer_name: name,
-            customer_email: email,
-            snapshot_name: snapshot.name.clone(),
-            snapshot_email: snapshot.email.clone(),
-            status: OrderStatus::Placed,
-            item_count: placed.lines.iter().map(|line| line.quantity).sum(),
-            total_minor: placed.total_minor,
-            currency,
-            placed_at_us: occurred_us,
-            confirmed_at_us: None,
-            shipped_at_us: None,
-            delivered_at_us: None,
-            cancelled_at_us: None,
-            cancel_reason: None,
-            carrier: None,
-            tracking: None,
-            stream_version: version,
-            last_position: at.0,
-            updated_at_us: at.1,
+        OrderEvent::Shipped(e) => {
+            state.status = OrderStatus::Shipped;
+            state.shipped_at_us = Some(occurred_us);
+            state.carrier = Some(e.carrier.clone());
+            state.tracking = Some(e.tracking.clone());
         }
+        OrderEvent::Delivered(_) => {
+            state.status = OrderStatus::Delivered;
+            state.delivered_at_us = Some(occurred_us);
+        }
+        OrderEvent::Cancelled(e) => {
+            if state.status != OrderStatus::Cancelled {
+                let total = totals
+                    .entry((state.customer_id, state.currency.clone()))
+                    .or_insert((0, 0));
+                total.1 -= state.total_minor;
+            }
+            state.status = OrderStatus::Cancelled;
+            state.cancelled_at_us = Some(occurred_us);
+            state.cancel_reason = Some(e.reason.clone());
+        }
+    }
+    state.stream_version = version;
+    state.last_position = at.0;
+    state.updated_at_us = at.1;
+}
+
+/// The new order row of `placed` (stream `version`, at `at`), and its effect on its customer's
+/// copy and on `totals`.
+pub(super) fn place_order(
+    copy: &mut CustomerState,
+    totals: &mut Totals,
+    placed: &OrderPlaced,
+    version: i64,
+    at: (i64, i64),
+    occurred_us: i64,
+) -> OrderState {
+    let snapshot = &placed.customer;
+    // Known only from snapshots: the latest snapshot in the log wins, whatever the order
+    // the batches brought them in.
+    if copy.stream_version == 0 && at.0 > copy.last_position {
+        copy.name.clone_from(&snapshot.name);
+        copy.email.clone_from(&snapshot.email);
+        copy.last_position = at.0;
+    }
+    copy.order_count += 1;
+    if copy.last_order_position.is_none_or(|last| at.0 > last) {
+        copy.last_order_id = Some(placed.order_id);
+        copy.last_order_at_us = Some(occurred_us);
+        copy.last_order_position = Some(at.0);
+    }
+    let (name, email) = if copy.stream_version > 0 {
+        (copy.name.clone(), copy.email.clone())
+    } else {
+        (snapshot.name.clone(), snapshot.email.clone())
+    };
+    let currency = placed.currency.as_str().to_owned();
+    let total = totals.entry((placed.customer_id, currency.clone())).or_insert((0, 0));
+    total.0 += 1;
+    total.1 += placed.total_minor;
+    OrderState {
+        order_id: placed.order_id,
+        customer_id: placed.customer_id,
+        customer_name: name,
+        customer_email: email,
+        snapshot_name: snapshot.name.clone(),
+        snapshot_email: snapshot.email.clone(),
+        status: OrderStatus::Placed,
+        item_count: placed.lines.iter().map(|line| line.quantity).sum(),
+        total_minor: placed.total_minor,
+        currency,
+        placed_at_us: occurred_us,
+        confirmed_at_us: None,
+        shipped_at_us: None,
+        delivered_at_us: None,
+        cancelled_at_us: None,
+        cancel_reason: None,
+        carrier: None,
+        tracking: None,
+        stream_version: version,
+        last_position: at.0,
+        updated_at_us: at.1,
     }
 }

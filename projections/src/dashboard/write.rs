@@ -9,7 +9,7 @@ use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::OrderStatus;
-use super::fold::{CustomerState, Fold, OrderState};
+use super::fold::{CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, TotalKey};
 use crate::ProjectionError;
 
 type Query = sqlx::query::Query<'static, Any, AnyArguments>;
@@ -21,23 +21,25 @@ const MAX_ROWS: usize = 500;
 /// The most ids one `IN (...)` list holds.
 const MAX_IDS: usize = 1_000;
 
-const ORDER_COLUMNS: &str = "order_id, customer_id, customer_name, customer_email, snapshot_name, snapshot_email, \
+pub(super) const ORDER_COLUMNS: &str = "order_id, customer_id, customer_name, customer_email, snapshot_name, snapshot_email, \
      status, item_count, total_minor, currency, placed_at_us, confirmed_at_us, shipped_at_us, delivered_at_us, \
      cancelled_at_us, cancel_reason, carrier, tracking, stream_version, last_position, updated_at_us";
 const ORDER_WIDTH: usize = 21;
 
-const ORDER_HISTORY_COLUMNS: &str = "order_id, stream_version, valid_from_position, valid_from_us, valid_to_position, \
+pub(super) const ORDER_HISTORY_COLUMNS: &str = "order_id, stream_version, valid_from_position, valid_from_us, valid_to_position, \
      valid_to_us, customer_id, snapshot_name, snapshot_email, status, item_count, total_minor, currency, placed_at_us, \
      confirmed_at_us, shipped_at_us, delivered_at_us, cancelled_at_us, cancel_reason, carrier, tracking";
 const ORDER_HISTORY_WIDTH: usize = 21;
 
-const CUSTOMER_COLUMNS: &str = "customer_id, name, email, stream_version, last_position, order_count, last_order_id, \
+pub(super) const CUSTOMER_COLUMNS: &str = "customer_id, name, email, stream_version, last_position, order_count, last_order_id, \
      last_order_at_us, last_order_position";
 const CUSTOMER_WIDTH: usize = 9;
 
-const CUSTOMER_HISTORY_COLUMNS: &str =
+pub(super) const CUSTOMER_HISTORY_COLUMNS: &str =
     "customer_id, stream_version, valid_from_position, valid_from_us, valid_to_position, valid_to_us, name, email";
 const CUSTOMER_HISTORY_WIDTH: usize = 8;
+
+pub(super) const TOTALS_COLUMNS: &str = "customer_id, currency, order_count, lifetime_value_minor";
 
 fn query(sql: String) -> Query {
     sqlx::query(AssertSqlSafe(sql))
@@ -217,11 +219,24 @@ pub(super) async fn write(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -
         &fold.close_customers,
     )
     .await?;
-    insert_order_versions(conn, prefix, fold).await?;
-    insert_customer_versions(conn, prefix, fold).await?;
-    upsert_orders(conn, prefix, fold).await?;
-    upsert_customers(conn, prefix, fold).await?;
-    add_totals(conn, prefix, fold).await?;
+    insert_order_versions(conn, prefix, &fold.order_versions).await?;
+    insert_customer_versions(conn, prefix, &fold.customer_versions).await?;
+    let orders: Vec<&OrderState> = fold
+        .orders
+        .values()
+        .filter(|entry| entry.dirty)
+        .map(|entry| &entry.state)
+        .collect();
+    upsert_orders(conn, prefix, &orders).await?;
+    let customers: Vec<&CustomerState> = fold
+        .customers
+        .values()
+        .filter(|entry| entry.dirty)
+        .map(|entry| &entry.state)
+        .collect();
+    upsert_customers(conn, prefix, &customers).await?;
+    let deltas: Vec<_> = fold.totals.iter().filter(|(_, delta)| **delta != (0, 0)).collect();
+    add_totals(conn, prefix, &deltas).await?;
     propagate_customers(conn, prefix, fold).await?;
     Ok(())
 }
@@ -258,8 +273,12 @@ async fn close_versions(
     Ok(())
 }
 
-async fn insert_order_versions(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> Result<(), ProjectionError> {
-    for chunk in fold.order_versions.chunks(rows_per_statement(ORDER_HISTORY_WIDTH)) {
+pub(super) async fn insert_order_versions(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    versions: &[OrderVersion],
+) -> Result<(), ProjectionError> {
+    for chunk in versions.chunks(rows_per_statement(ORDER_HISTORY_WIDTH)) {
         let sql = format!(
             "INSERT INTO {prefix}order_history ({ORDER_HISTORY_COLUMNS}) VALUES {}",
             Marks::new(conn).values(chunk.len(), ORDER_HISTORY_WIDTH)
@@ -295,11 +314,12 @@ async fn insert_order_versions(conn: &mut AnyConnection, prefix: &str, fold: &Fo
     Ok(())
 }
 
-async fn insert_customer_versions(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> Result<(), ProjectionError> {
-    for chunk in fold
-        .customer_versions
-        .chunks(rows_per_statement(CUSTOMER_HISTORY_WIDTH))
-    {
+pub(super) async fn insert_customer_versions(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    versions: &[CustomerVersion],
+) -> Result<(), ProjectionError> {
+    for chunk in versions.chunks(rows_per_statement(CUSTOMER_HISTORY_WIDTH)) {
         let sql = format!(
             "INSERT INTO {prefix}customer_history ({CUSTOMER_HISTORY_COLUMNS}) VALUES {}",
             Marks::new(conn).values(chunk.len(), CUSTOMER_HISTORY_WIDTH)
@@ -331,15 +351,13 @@ fn set_excluded(columns: &str) -> String {
         .join(", ")
 }
 
-async fn upsert_orders(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> Result<(), ProjectionError> {
-    let dirty: Vec<&OrderState> = fold
-        .orders
-        .values()
-        .filter(|entry| entry.dirty)
-        .map(|entry| &entry.state)
-        .collect();
+pub(super) async fn upsert_orders(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    orders: &[&OrderState],
+) -> Result<(), ProjectionError> {
     let set = set_excluded(ORDER_COLUMNS);
-    for chunk in dirty.chunks(rows_per_statement(ORDER_WIDTH)) {
+    for chunk in orders.chunks(rows_per_statement(ORDER_WIDTH)) {
         let sql = format!(
             "INSERT INTO {prefix}orders ({ORDER_COLUMNS}) VALUES {} ON CONFLICT (order_id) DO UPDATE SET {set}",
             Marks::new(conn).values(chunk.len(), ORDER_WIDTH)
@@ -374,15 +392,13 @@ async fn upsert_orders(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> R
     Ok(())
 }
 
-async fn upsert_customers(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> Result<(), ProjectionError> {
-    let dirty: Vec<&CustomerState> = fold
-        .customers
-        .values()
-        .filter(|entry| entry.dirty)
-        .map(|entry| &entry.state)
-        .collect();
+pub(super) async fn upsert_customers(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    customers: &[&CustomerState],
+) -> Result<(), ProjectionError> {
     let set = set_excluded(CUSTOMER_COLUMNS);
-    for chunk in dirty.chunks(rows_per_statement(CUSTOMER_WIDTH)) {
+    for chunk in customers.chunks(rows_per_statement(CUSTOMER_WIDTH)) {
         let sql = format!(
             "INSERT INTO {prefix}customers ({CUSTOMER_COLUMNS}) VALUES {} ON CONFLICT (customer_id) DO UPDATE SET {set}",
             Marks::new(conn).values(chunk.len(), CUSTOMER_WIDTH)
@@ -407,11 +423,14 @@ async fn upsert_customers(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -
 
 /// Adds the batch's deltas to `customer_totals`. Deltas, not values: each event that produced
 /// one applied exactly once (the stream-version guard), so adding is safe and needs no read.
-async fn add_totals(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> Result<(), ProjectionError> {
-    let deltas: Vec<_> = fold.totals.iter().filter(|(_, delta)| **delta != (0, 0)).collect();
+pub(super) async fn add_totals(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    deltas: &[(&TotalKey, &(i64, i64))],
+) -> Result<(), ProjectionError> {
     for chunk in deltas.chunks(rows_per_statement(4)) {
         let sql = format!(
-            "INSERT INTO {prefix}customer_totals (customer_id, currency, order_count, lifetime_value_minor) \
+            "INSERT INTO {prefix}customer_totals ({TOTALS_COLUMNS}) \
              VALUES {} ON CONFLICT (customer_id, currency) DO UPDATE SET \
                 order_count = {prefix}customer_totals.order_count + excluded.order_count, \
                 lifetime_value_minor = {prefix}customer_totals.lifetime_value_minor + excluded.lifetime_value_minor",

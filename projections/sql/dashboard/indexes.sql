@@ -1,0 +1,11 @@
+-- The order dashboard's secondary indexes for one version (see tables.sql). `prepare` runs this
+-- right after tables.sql; a bulk load runs it after loading the rows.
+
+-- The read API's filters and keyset pagination on (sort key, order_id).
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_placed ON {prefix}orders (placed_at_us, order_id);
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_status ON {prefix}orders (status, placed_at_us, order_id);
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_customer ON {prefix}orders (customer_id, placed_at_us, order_id);
+CREATE INDEX IF NOT EXISTS {prefix}orders_by_total ON {prefix}orders (total_minor, order_id);
+
+-- "As of" lists.
+CREATE INDEX IF NOT EXISTS {prefix}order_history_by_placed ON {prefix}order_history (placed_at_us, order_id);
