@@ -251,13 +251,14 @@ impl ReadDb {
                     (name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us)
                  SELECT name, $3, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us
                    FROM projection_checkpoints
-                  WHERE name = $1 AND version = $2 AND source <> $4
+                  WHERE name = $1 AND version = $2 AND source <> $4 AND source <> $5
                  ON CONFLICT (name, version, source, partition_no) DO NOTHING",
             )
             .bind(name)
             .bind(i64::from(old))
             .bind(i64::from(version))
             .bind(crate::STORE_SOURCE)
+            .bind(crate::REBUILT_SOURCE)
             .execute(&mut *tx)
             .await?;
         }
@@ -274,6 +275,34 @@ impl ReadDb {
         }
         tx.commit().await?;
         Ok(old)
+    }
+
+    /// After a rebuild's switch and its catch-up from the store: when Kafka workers carry the
+    /// version on (it inherited Kafka checkpoints), its store checkpoint becomes a
+    /// [`crate::REBUILT_SOURCE`] floor, so that the applied position follows the workers' progress
+    /// from then on instead of staying at the rebuild's last position (which made every later
+    /// `min_position` wait in vain). Not before the catch-up: until then the inherited Kafka
+    /// checkpoints vouch for events the old version applied that this one may lack. In the
+    /// embedded mode (no Kafka checkpoints) the store checkpoint stays what the runner reads.
+    /// Answers whether it handed over.
+    pub async fn hand_over_to_kafka(&self, name: &str, version: u32) -> Result<bool, ProjectionError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE projection_checkpoints SET source = $4
+              WHERE name = $1 AND version = $2 AND source = $3
+                AND EXISTS (SELECT 1 FROM projection_checkpoints k
+                             WHERE k.name = $1 AND k.version = $2 AND k.source <> $3 AND k.source <> $4)",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(crate::STORE_SOURCE)
+        .bind(crate::REBUILT_SOURCE)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// The checkpoints stored for one version.
@@ -526,8 +555,11 @@ pub struct PartitionProgress {
 /// The position a projection version has applied: the largest N such that every event with a
 /// global position up to N is applied (see `docs/adr/0005-projection-runtime.md`).
 ///
-/// - From the store (embedded), the one checkpoint is exact: the global log is read in position
-///   order and gap-safe.
+/// - From the store (embedded, or a rebuild in progress), the one checkpoint is exact: the global
+///   log is read in position order and gap-safe.
+/// - After a distributed rebuild handed over to Kafka ([`ReadDb::hand_over_to_kafka`]), its
+///   [`crate::REBUILT_SOURCE`] checkpoint is a floor: every event up to it is applied, and the
+///   answer is the larger of it and the partitions' answer below.
 /// - From Kafka, each partition holds its events in position order (the relay publishes in
 ///   order), so a partition whose applied position is p has applied every one of its events up
 ///   to p. A partition whose worker found it empty at its last poll has nothing older waiting,
@@ -536,12 +568,17 @@ pub fn applied_position(progress: &[PartitionProgress]) -> u64 {
     if let Some(store) = progress.iter().find(|p| p.source == crate::STORE_SOURCE) {
         return store.position;
     }
-    let furthest = progress.iter().map(|p| p.position).max().unwrap_or(0);
-    progress
+    let floor = progress
         .iter()
+        .find(|p| p.source == crate::REBUILT_SOURCE)
+        .map_or(0, |p| p.position);
+    let partitions = || progress.iter().filter(|p| p.source != crate::REBUILT_SOURCE);
+    let furthest = partitions().map(|p| p.position).max().unwrap_or(0);
+    let kafka = partitions()
         .map(|p| if p.drained { furthest } else { p.position })
         .min()
-        .unwrap_or(0)
+        .unwrap_or(0);
+    floor.max(kafka)
 }
 
 /// Records waiting in Kafka for the projection (from the ends the workers reported), if known.
@@ -614,4 +651,58 @@ pub fn from_i64(value: i64) -> u64 {
 
 fn version_from(value: i64) -> Result<u32, ProjectionError> {
     u32::try_from(value).map_err(|_| ProjectionError::Inconsistent(format!("version {value} out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(source: &str, partition: i32, position: u64, drained: bool) -> PartitionProgress {
+        PartitionProgress {
+            source: source.to_owned(),
+            partition,
+            offset: 0,
+            position,
+            recorded_at: None,
+            drained,
+            high_watermark: None,
+        }
+    }
+
+    #[test]
+    fn the_store_checkpoint_is_exact_while_it_is_the_source() {
+        let progress = [
+            partition(crate::STORE_SOURCE, 0, 40, false),
+            partition("orders", 0, 90, true),
+        ];
+        assert_eq!(applied_position(&progress), 40);
+    }
+
+    #[test]
+    fn partitions_answer_their_minimum_and_drained_ones_count_as_the_furthest() {
+        let progress = [partition("orders", 0, 70, false), partition("orders", 1, 90, false)];
+        assert_eq!(applied_position(&progress), 70);
+        let progress = [partition("orders", 0, 70, true), partition("orders", 1, 90, false)];
+        assert_eq!(applied_position(&progress), 90);
+        assert_eq!(applied_position(&[]), 0);
+    }
+
+    /// After a distributed rebuild: the rebuild's position is a floor, and the workers' progress
+    /// counts beyond it (the bug: it stayed at the floor forever).
+    #[test]
+    fn a_handed_over_rebuild_is_a_floor_under_the_partitions() {
+        let floor = partition(crate::REBUILT_SOURCE, 0, 100, false);
+        let behind = [
+            floor.clone(),
+            partition("orders", 0, 60, false),
+            partition("orders", 1, 80, false),
+        ];
+        assert_eq!(applied_position(&behind), 100);
+        let beyond = [
+            floor,
+            partition("orders", 0, 120, false),
+            partition("orders", 1, 150, true),
+        ];
+        assert_eq!(applied_position(&beyond), 120);
+    }
 }

@@ -10,6 +10,12 @@ use uuid::Uuid;
 /// one "partition" is 0 and its offsets are global positions.
 pub const STORE_SOURCE: &str = "store";
 
+/// The source name a distributed rebuild's [`STORE_SOURCE`] checkpoint takes once the rebuild
+/// has caught up after its switch and Kafka workers carry the version on: "every event up to
+/// this position is applied", a floor under the partitions' own progress rather than the one
+/// exact answer (see [`crate::applied_position`]). Nothing reads from it.
+pub const REBUILT_SOURCE: &str = "store-rebuild";
+
 /// Where an event was read: the unit a checkpoint is kept for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {

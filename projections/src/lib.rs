@@ -29,7 +29,7 @@ pub use control::{
     DRAINED_FRESH_US, DbKind, PartitionProgress, PartitionReport, ReadDb, VersionInfo, applied_position, from_i64,
     from_micros, lag_records, micros, save_checkpoints, save_dead_letters, to_i64,
 };
-pub use event::{Origin, ProjectedEvent, STORE_SOURCE};
+pub use event::{Origin, ProjectedEvent, REBUILT_SOURCE, STORE_SOURCE};
 pub use projection::{Batch, BulkLoad, BulkReport, Checkpoint, DeadLetter, Projection, ProjectionError};
 pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport, UntilPoint, rebuild};
 pub use runtime::kafka::{KafkaOptions, run_from_kafka};

@@ -252,6 +252,14 @@ pub async fn rebuild(
         applied += events.len() as u64;
         after = last;
     }
+    if db.hand_over_to_kafka(name, version).await? {
+        info!(
+            projection = name,
+            version,
+            position = after,
+            "caught up; Kafka workers carry the version on"
+        );
+    }
     info!(projection = name, version, ?replaced, applied, "rebuild switched live");
     if let Some(old) = replaced {
         tokio::select! {
