@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 use write_side::domain::{Customer, Order, Payment, Product};
-use write_side::http::{CustomerView, EventView, OrderLineView, OrderStateView, ShipmentView, StreamEventsPage};
+use write_side::http::{EventView, OrderStateView, StreamEventsPage};
 use write_side::{CommandHandler, HandlerOptions, Loaded, Snapshottable};
 
 use crate::store_url::StoreUrl;
@@ -205,37 +205,7 @@ async fn folded<A: Snapshottable>(
 
 /// What `GET /v1/orders/{id}/state` answers for `loaded`.
 fn order_view(loaded: &Loaded<Order>) -> OrderStateView {
-    let order = &loaded.state;
-    OrderStateView {
-        order_id: order.id,
-        status: order.status.as_str().to_owned(),
-        customer_id: order.customer_id,
-        customer: order.customer.as_ref().map(|c| CustomerView {
-            name: c.name.clone(),
-            email: c.email.clone(),
-        }),
-        lines: order
-            .lines
-            .iter()
-            .map(|l| OrderLineView {
-                product_id: l.product_id,
-                sku: l.sku.clone(),
-                name: l.name.clone(),
-                quantity: l.quantity,
-                unit_price_minor: l.unit_price_minor,
-            })
-            .collect(),
-        currency: order.currency.map(|c| c.as_str().to_owned()),
-        total_minor: order.total_minor,
-        shipment: order.shipment.as_ref().map(|s| ShipmentView {
-            carrier: s.carrier.clone(),
-            tracking: s.tracking.clone(),
-        }),
-        cancellation_reason: order.cancellation_reason.clone(),
-        version: loaded.version,
-        position: loaded.position,
-        recorded_at: loaded.recorded_at,
-    }
+    OrderStateView::new(&loaded.state, loaded.version, loaded.position, loaded.recorded_at)
 }
 
 fn describe(point: Until) -> String {

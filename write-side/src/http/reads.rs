@@ -332,7 +332,8 @@ pub struct OrderStateView {
 }
 
 impl OrderStateView {
-    fn new(order: &Order, version: u64, position: u64, recorded_at: Option<DateTime<Utc>>) -> Self {
+    /// The view of `order` folded up to its `version`th event (what the state endpoint answers).
+    pub fn new(order: &Order, version: u64, position: u64, recorded_at: Option<DateTime<Utc>>) -> Self {
         OrderStateView {
             order_id: order.id,
             status: order.status.as_str().to_owned(),
