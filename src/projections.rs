@@ -71,7 +71,7 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "ORDERFLOW_PROJECTION_BATCH_SIZE", default_value_t = 2000)]
     batch_size: usize,
     /// How long (ms) a batch waits for more events before it is applied.
-    #[arg(long, env = "ORDERFLOW_PROJECTION_LINGER_MS", default_value_t = 20)]
+    #[arg(long, env = "ORDERFLOW_PROJECTION_LINGER_MS", default_value_t = 5)]
     linger_ms: u64,
     /// How soon (ms) the group gives a dead worker's partitions to the others.
     #[arg(long, env = "ORDERFLOW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]

@@ -26,7 +26,9 @@ pub type ProjectionFactory = Arc<dyn Fn(u32) -> Arc<dyn Projection> + Send + Syn
 pub struct RunOptions {
     /// Most events applied in one transaction.
     pub batch_size: usize,
-    /// How long the first event of a batch may wait for more.
+    /// How long the first event of a batch may wait for more: a floor on how late an event
+    /// reaches the read model when events are few (5 ms by default; 20 ms cost `bench reads`'
+    /// freshness about 20 ms at 300 orders/s). Under load batches fill before it matters.
     pub linger: Duration,
     /// Attempts of a failing batch before its events are tried one by one.
     pub retries: u32,
@@ -39,7 +41,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             batch_size: 2000,
-            linger: Duration::from_millis(20),
+            linger: Duration::from_millis(5),
             retries: 3,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
