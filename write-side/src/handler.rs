@@ -28,6 +28,7 @@ use crate::domain::{
     Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, Payment, PlaceOrder, Product,
     ProductCommand,
 };
+use crate::stream_locks::StreamLocks;
 
 /// An aggregate whose state can be stored as a snapshot. Bump `STATE_VERSION` whenever the
 /// state's shape changes: older snapshots are then ignored and the state is folded from events.
@@ -170,13 +171,19 @@ pub struct Loaded<A> {
 pub struct CommandHandler {
     store: Arc<dyn EventStore>,
     options: HandlerOptions,
+    /// Serializes this process's commands per stream (see `stream_locks`).
+    locks: Arc<StreamLocks>,
 }
 
 const READ_PAGE: usize = 1000;
 
 impl CommandHandler {
     pub fn new(store: Arc<dyn EventStore>, options: HandlerOptions) -> Self {
-        CommandHandler { store, options }
+        CommandHandler {
+            store,
+            options,
+            locks: Arc::default(),
+        }
     }
 
     /// The store this handler appends to.
@@ -240,6 +247,7 @@ impl CommandHandler {
         if let Some(answer) = self.replay(ctx, &stream_id).await? {
             return Ok(answer);
         }
+        let _held = self.locks.lock([stream_id.clone()]).await;
         let mut attempt = 0;
         loop {
             let loaded = self.load::<A>(id, None).await?;
@@ -278,6 +286,14 @@ impl CommandHandler {
         if let Some(answer) = self.replay(ctx, &stream_id).await? {
             return Ok(answer);
         }
+        // The streams it appends to: the order's and each line's product's (the customer's is
+        // only read).
+        let streams = command
+            .lines
+            .iter()
+            .map(|l| Category::Product.stream_id(l.product_id))
+            .chain([stream_id.clone()]);
+        let _held = self.locks.lock(streams).await;
         let mut attempt = 0;
         loop {
             // The aggregates are independent reads: load them concurrently.
@@ -315,9 +331,22 @@ impl CommandHandler {
         if let Some(answer) = self.replay(ctx, &stream_id).await? {
             return Ok(answer);
         }
+        let _order = self.locks.lock([stream_id.clone()]).await;
         let mut attempt = 0;
         loop {
             let order = self.load::<Order>(command.order_id, None).await?;
+            // Its products are known once the order is loaded; `product-…` sorts after
+            // `order-…`, so taking them now keeps the one global order of `StreamLocks`.
+            let _products = self
+                .locks
+                .lock(
+                    order
+                        .state
+                        .lines
+                        .iter()
+                        .map(|l| Category::Product.stream_id(l.product_id)),
+                )
+                .await;
             let expected = expectation(ctx, &order)?;
             let products = self
                 .load_products(order.state.lines.iter().map(|l| l.product_id))

@@ -14,6 +14,7 @@ pub mod domain;
 mod handler;
 pub mod http;
 pub mod relay;
+mod stream_locks;
 
 pub use handler::{
     CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Loaded, Snapshottable, new_events,
