@@ -33,9 +33,14 @@ impl LiveVersions {
             .map(|(version, _)| *version)
     }
 
+    /// Live versions only grow (a rebuild makes N+1 live), so a slow lookup that saw N after a
+    /// faster one cached N+1 must not move the cache back.
     fn remember(&self, name: &str, version: u32) {
         let mut cache = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache.insert(name.to_owned(), (version, Instant::now()));
+        let entry = cache.entry(name.to_owned()).or_insert((version, Instant::now()));
+        if version >= entry.0 {
+            *entry = (version, Instant::now());
+        }
     }
 
     fn forget(&self, name: &str) {

@@ -17,7 +17,15 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 /// uses has no entry for long).
 #[derive(Debug, Default)]
 pub(crate) struct StreamLocks {
-    locks: Mutex<HashMap<String, Weak<AsyncMutex<()>>>>,
+    locks: Mutex<Locks>,
+}
+
+#[derive(Debug, Default)]
+struct Locks {
+    by_stream: HashMap<String, Weak<AsyncMutex<()>>>,
+    /// Sweep when the map reaches this size: twice what the last sweep left (at least
+    /// [`SWEEP_AT`]), so that many streams in use at once do not make every insert a sweep.
+    sweep_at: usize,
 }
 
 /// Held locks; dropping it releases them.
@@ -44,14 +52,15 @@ impl StreamLocks {
 
     fn lock_of(&self, stream: String) -> Arc<AsyncMutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(lock) = locks.get(&stream).and_then(Weak::upgrade) {
+        if let Some(lock) = locks.by_stream.get(&stream).and_then(Weak::upgrade) {
             return lock;
         }
-        if locks.len() >= SWEEP_AT {
-            locks.retain(|_, lock| lock.strong_count() > 0);
+        if locks.by_stream.len() >= locks.sweep_at.max(SWEEP_AT) {
+            locks.by_stream.retain(|_, lock| lock.strong_count() > 0);
+            locks.sweep_at = 2 * locks.by_stream.len();
         }
         let lock = Arc::new(AsyncMutex::new(()));
-        locks.insert(stream, Arc::downgrade(&lock));
+        locks.by_stream.insert(stream, Arc::downgrade(&lock));
         lock
     }
 }
@@ -90,6 +99,9 @@ mod tests {
         for i in 0..(SWEEP_AT + 10) {
             drop(locks.lock([format!("product-{i}")]).await);
         }
-        assert!(locks.locks.lock().unwrap().len() < SWEEP_AT, "dead entries stay");
+        assert!(
+            locks.locks.lock().unwrap().by_stream.len() < SWEEP_AT,
+            "dead entries stay"
+        );
     }
 }

@@ -80,14 +80,18 @@ async fn follow_live_version(
     }
 }
 
-/// The store position a projection version has applied (0: nothing yet).
+/// The store position a projection version has applied (0: nothing yet): its store
+/// checkpoint, or the floor a rebuild handed over ([`crate::REBUILT_SOURCE`]), whichever is
+/// further.
 pub(crate) async fn store_position(projection: &dyn Projection) -> Result<u64, ProjectionError> {
     Ok(projection
         .checkpoints()
         .await?
         .into_iter()
-        .find(|checkpoint| checkpoint.source == STORE_SOURCE)
-        .map_or(0, |checkpoint| u64::try_from(checkpoint.offset).unwrap_or(0)))
+        .filter(|checkpoint| checkpoint.source == STORE_SOURCE || checkpoint.source == crate::REBUILT_SOURCE)
+        .map(|checkpoint| u64::try_from(checkpoint.offset).unwrap_or(0))
+        .max()
+        .unwrap_or(0))
 }
 
 /// Decodes events read from the store; one that does not decode becomes a dead letter.
