@@ -11,12 +11,19 @@ use anyhow::Context as _;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
-/// A database location.
-#[derive(Debug, Clone)]
+/// A database location. Its `Debug` is its `Display`: sqlx's connect options print their
+/// password.
+#[derive(Clone)]
 pub(crate) enum StoreUrl {
     /// Boxed: far larger than a path, and made once per command.
     Postgres(Box<PgConnectOptions>),
     Sqlite(PathBuf),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl StoreUrl {
@@ -70,10 +77,13 @@ pub(crate) fn without_credentials(url: &str) -> String {
         return url.to_owned();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    // A query may carry them too (`?user=...&password=...`): shown without its query.
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    format!("{scheme}://{rest}")
 }
 
 #[cfg(test)]
@@ -94,8 +104,13 @@ mod tests {
         assert!(!format!("{e:#}").contains("hunter2"), "{e:#}");
         assert_eq!(
             without_credentials("http://reader:hunter2@ch:8123/?database=x"),
-            "http://ch:8123/?database=x"
+            "http://ch:8123/"
         );
+        assert_eq!(
+            without_credentials("http://ch:8123/?user=reader&password=hunter2"),
+            "http://ch:8123/"
+        );
+        assert!(!format!("{url:?}").contains("hunter2"), "{url:?}");
         assert_eq!(without_credentials("http://ch:8123"), "http://ch:8123");
     }
 

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_READ_API_DB_URL", hide_env_values = true)]
     read_db_url: String,
     /// ClickHouse's HTTP URL (the analytics); without it the analytics are read from the read database.
-    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_URL")]
+    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_URL", hide_env_values = true)]
     clickhouse_url: Option<String>,
     /// ClickHouse database of the analytics.
     #[arg(long, env = "ORDERFLOW_CLICKHOUSE_DATABASE", default_value = "orderflow")]
