@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::{Batch, DeadLetter, Projection, ProjectionError};
+use crate::{Batch, DeadLetter, Projection, ProjectionError, ReadDb};
 
 pub(crate) mod kafka;
 pub(crate) mod store;
@@ -20,6 +20,24 @@ pub(crate) mod store;
 /// Builds the instance of a projection that reads and writes one version of its tables. The
 /// runtime calls it again when a rebuild switches the live version.
 pub type ProjectionFactory = Arc<dyn Fn(u32) -> Arc<dyn Projection> + Send + Sync>;
+
+/// The live version of `name` with its tables ready. On the very first start version 1's
+/// tables are created before it is made live: a reader picks the live version per request, and
+/// one that found it live before its tables existed was answered 503 (`tests/demo.rs` saw it
+/// once, reading the funnel as the embedded runners started).
+pub(crate) async fn start_live(
+    db: &ReadDb,
+    factory: &ProjectionFactory,
+    name: &str,
+) -> Result<(u32, Arc<dyn Projection>), ProjectionError> {
+    if db.live_version(name).await?.is_none() {
+        factory(1).prepare().await?;
+    }
+    let version = db.ensure_live(name, 1).await?;
+    let projection = factory(version);
+    projection.prepare().await?;
+    Ok((version, projection))
+}
 
 /// Batching and retry settings shared by both runtimes.
 #[derive(Debug, Clone, Copy)]

@@ -76,13 +76,7 @@ pub async fn run_from_kafka(
     // Both pass with a retry; giving up would leave the process half running.
     let mut delay = options.run.backoff;
     let (version, projection) = loop {
-        let started = async {
-            let version = db.ensure_live(name, 1).await?;
-            let projection = factory(version);
-            projection.prepare().await?;
-            Ok::<_, ProjectionError>((version, projection))
-        };
-        match started.await {
+        match super::start_live(&db, &factory, name).await {
             Ok(started) => break started,
             Err(cause) => warn!(projection = name, error = %error_chain(&cause), "cannot start yet; retrying"),
         }

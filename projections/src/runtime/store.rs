@@ -53,9 +53,7 @@ async fn follow_live_version(
     options: &RunOptions,
     cancel: &CancellationToken,
 ) -> Result<(), RunError> {
-    let version = db.ensure_live(name, 1).await?;
-    let projection = factory(version);
-    projection.prepare().await?;
+    let (version, projection) = super::start_live(db, factory, name).await?;
     let after = store_position(&*projection).await?;
     info!(projection = name, version, after, "projection follows the store");
     let mut subscription = Subscription::new(Arc::clone(store), after).batch_size(options.batch_size);
