@@ -23,6 +23,7 @@ use projections::catalog::{self, Sinks};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AnyPool, PgPool, SqlitePool};
 
+use crate::projections::ClickHouseArgs;
 use crate::store_url::{StoreUrl, without_credentials};
 
 #[derive(Debug, Args)]
@@ -40,24 +41,10 @@ pub(crate) struct MigrateArgs {
     /// projections' control tables and each projection's live tables. Its password is never shown.
     #[arg(long, env = "ORDERFLOW_READ_DB_URL", hide_env_values = true, value_name = "URL")]
     read_db_url: Option<String>,
-    /// ClickHouse's HTTP URL, when the analytics live there (as given to `projections run`);
-    /// needs --read-db-url, which keeps their control tables. The database must exist.
-    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_URL", value_name = "URL")]
-    clickhouse_url: Option<String>,
-    /// ClickHouse database of the analytics.
-    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_DATABASE", default_value = "orderflow")]
-    clickhouse_database: String,
-    /// ClickHouse user.
-    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_USER", default_value = "default")]
-    clickhouse_user: String,
-    /// ClickHouse password (never shown).
-    #[arg(
-        long,
-        env = "ORDERFLOW_CLICKHOUSE_PASSWORD",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    clickhouse_password: String,
+    /// Where the analytics go when they are in ClickHouse (needs --read-db-url, which keeps
+    /// their control tables).
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
 }
 
 /// sqlx's record of applied migrations, in every database it migrates.
@@ -92,7 +79,7 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
          (or ORDERFLOW_EVENT_STORE_URL, ORDERFLOW_READ_DB_URL)"
     );
     anyhow::ensure!(
-        args.clickhouse_url.is_none() || args.read_db_url.is_some(),
+        args.clickhouse.clickhouse_url.is_none() || args.read_db_url.is_some(),
         "--clickhouse-url needs --read-db-url: the analytics' versions and checkpoints live in the read database"
     );
     if let Some(url) = &args.event_store_url {
@@ -161,19 +148,12 @@ async fn read_side(url: &str, args: &MigrateArgs) -> anyhow::Result<()> {
     let after = any_schema(read_db.pool(), has_record).await?;
     crate::write_line(&format!("read database ({location}): {}", after.since(before)))?;
 
-    let clickhouse = args.clickhouse_url.as_ref().map(|url| {
-        clickhouse::Client::default()
-            .with_url(url)
-            .with_database(&args.clickhouse_database)
-            .with_user(&args.clickhouse_user)
-            .with_password(&args.clickhouse_password)
-            .with_validation(false)
-    });
-    let analytics_in = match &args.clickhouse_url {
+    let clickhouse = args.clickhouse.client();
+    let analytics_in = match &args.clickhouse.clickhouse_url {
         Some(url) => format!(
             "ClickHouse {} database {}",
             without_credentials(url),
-            args.clickhouse_database
+            args.clickhouse.clickhouse_database
         ),
         None => "the read database".to_owned(),
     };

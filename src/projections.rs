@@ -32,12 +32,20 @@ pub(crate) struct SinkArgs {
     /// dashboard, the control tables and, without ClickHouse, the analytics.
     #[arg(long, env = "ORDERFLOW_READ_DB_URL", hide_env_values = true)]
     read_db_url: String,
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+}
+
+/// Where the analytics live when they are in ClickHouse: the flags of every command that
+/// writes them (`projections run|rebuild`, `migrate`).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClickHouseArgs {
     /// ClickHouse's HTTP URL for the analytics; without it the analytics live in the read database.
-    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_URL")]
-    clickhouse_url: Option<String>,
-    /// ClickHouse database of the analytics.
+    #[arg(long, env = "ORDERFLOW_CLICKHOUSE_URL", hide_env_values = true, value_name = "URL")]
+    pub(crate) clickhouse_url: Option<String>,
+    /// ClickHouse database of the analytics (it must exist).
     #[arg(long, env = "ORDERFLOW_CLICKHOUSE_DATABASE", default_value = "orderflow")]
-    clickhouse_database: String,
+    pub(crate) clickhouse_database: String,
     /// ClickHouse user.
     #[arg(long, env = "ORDERFLOW_CLICKHOUSE_USER", default_value = "default")]
     clickhouse_user: String,
@@ -49,6 +57,20 @@ pub(crate) struct SinkArgs {
         default_value = ""
     )]
     clickhouse_password: String,
+}
+
+impl ClickHouseArgs {
+    /// The client, when a URL is given.
+    pub(crate) fn client(&self) -> Option<clickhouse::Client> {
+        self.clickhouse_url.as_ref().map(|url| {
+            clickhouse::Client::default()
+                .with_url(url)
+                .with_database(&self.clickhouse_database)
+                .with_user(&self.clickhouse_user)
+                .with_password(&self.clickhouse_password)
+                .with_validation(false)
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -111,15 +133,10 @@ pub(crate) async fn sinks(args: &SinkArgs) -> anyhow::Result<Sinks> {
         .await
         .context("cannot connect to the read database")?;
     read_db.migrate().await.context("cannot migrate the read database")?;
-    let clickhouse = args.clickhouse_url.as_ref().map(|url| {
-        clickhouse::Client::default()
-            .with_url(url)
-            .with_database(&args.clickhouse_database)
-            .with_user(&args.clickhouse_user)
-            .with_password(&args.clickhouse_password)
-            .with_validation(false)
-    });
-    Ok(Sinks { read_db, clickhouse })
+    Ok(Sinks {
+        read_db,
+        clickhouse: args.clickhouse.client(),
+    })
 }
 
 async fn run_workers(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {

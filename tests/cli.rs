@@ -7,8 +7,8 @@
 //! (`scripts/services up`), with a password in the URL that must never be printed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,33 +25,8 @@ use write_side::domain::{CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLi
 use write_side::http::{Auth, HttpConfig, HttpState};
 use write_side::{CommandContext, CommandHandler, HandlerOptions};
 
-/// A directory of its own for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("orderflow-cli-{name}-{}", Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `orderflow args...` in `dir`, with no `ORDERFLOW_*` variable but `env`.
-fn orderflow(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run orderflow")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+mod support;
+use support::{orderflow, scratch, stderr, stdout};
 
 /// The JSON an `orderflow` run printed, which must have succeeded.
 fn json_of(output: &Output) -> Value {
@@ -198,7 +173,7 @@ async fn state_prints_the_write_sides_fold_now_and_as_of_a_point() {
     let as_of_time: DateTime<Utc> = recorded_at.parse().unwrap();
     let url = format!("sqlite://{}", shop.store_path.display());
     let as_of = json_of(&orderflow(
-        &scratch("elsewhere"),
+        &scratch("cli-elsewhere"),
         &["state", &stream, "--as-of", &recorded_at, "--event-store-url", &url],
         &[],
     ));
@@ -248,7 +223,7 @@ async fn events_prints_what_the_stream_endpoint_answers() {
     // The store from the variable the write side reads, run from anywhere.
     let store = shop.store_path.to_str().unwrap();
     let from_env = json_of(&orderflow(
-        &scratch("elsewhere"),
+        &scratch("cli-elsewhere"),
         &["events", &stream],
         &[("ORDERFLOW_EVENT_STORE_URL", store)],
     ));
@@ -297,7 +272,7 @@ async fn unknown_streams_and_bad_flags_fail_with_clear_errors() {
     assert!(stderr(&output).contains("--limit"), "{}", stderr(&output));
 
     // No store where it looks: said, and not created by a read.
-    let empty = scratch("empty");
+    let empty = scratch("cli-empty");
     let output = orderflow(&empty, &["state", &stream], &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -310,7 +285,7 @@ async fn unknown_streams_and_bad_flags_fail_with_clear_errors() {
 
 #[tokio::test]
 async fn migrate_creates_the_sqlite_tables_and_is_safe_twice() {
-    let dir = scratch("migrate");
+    let dir = scratch("cli-migrate");
     let args = [
         "migrate",
         "--event-store-url",
@@ -378,7 +353,7 @@ async fn migrate_postgres_and_clickhouse_without_printing_passwords() {
     let (store_url, secret) = with_password(&store_db.url);
     let (read_url, read_secret) = with_password(&read_db.url);
     let clickhouse_url = testkit::clickhouse::url();
-    let dir = scratch("migrate-pg");
+    let dir = scratch("cli-migrate-pg");
     let run = || {
         orderflow(
             &dir,

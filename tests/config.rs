@@ -8,33 +8,12 @@
 //! `orderflow migrate`, and the probe asks each for a stream that none has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use uuid::Uuid;
 
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("orderflow-config-{}", Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `orderflow args...` in `dir`, with no `ORDERFLOW_*` variable but `env`.
-fn orderflow(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run orderflow")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+mod support;
+use support::{orderflow, scratch, stderr};
 
 /// The store `orderflow <command> <unknown stream>` read: the path in its error.
 fn store_read(dir: &Path, command: &str, args: &[&str], env: &[(&str, &str)]) -> String {
@@ -66,7 +45,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 #[test]
 fn a_flag_beats_its_variable_beats_the_file_beats_the_default() {
-    let dir = scratch();
+    let dir = scratch("config");
     stores(&dir, &["data/events.db", "file.db", "section.db", "env.db", "flag.db"]);
     // The built-in default: orderflow-data/events.db, which is not there.
     let output = orderflow(&dir, &["state", &format!("order-{}", Uuid::now_v7())], &[]);
@@ -115,7 +94,7 @@ fn a_flag_beats_its_variable_beats_the_file_beats_the_default() {
 
 #[test]
 fn help_shows_the_files_values_but_not_its_secrets() {
-    let dir = scratch();
+    let dir = scratch("config");
     let config = write(
         &dir,
         "secret.toml",
@@ -134,7 +113,7 @@ fn help_shows_the_files_values_but_not_its_secrets() {
 
 #[test]
 fn a_bad_file_is_refused_before_anything_runs() {
-    let dir = scratch();
+    let dir = scratch("config");
     let stream = format!("order-{}", Uuid::now_v7());
     let refused = |name: &str, text: &str, expected: &[&str]| {
         let path = write(&dir, name, text);
