@@ -10,6 +10,9 @@
 //!    bounded number of times, unless the caller pinned the version with `If-Match`.
 //! 5. Every N events of a stream, store a snapshot of the new state (best effort: snapshots
 //!    are a cache and never change an answer).
+//!
+//! Loads of the current state go through the [`AggregateCache`] first; its module says when an
+//! entry is used as it is and when it is caught up with the store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::aggregate_cache::{AggregateCache, Entry};
 use crate::domain::{
     Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, Payment, PlaceOrder, Product,
     ProductCommand,
@@ -32,7 +36,7 @@ use crate::stream_locks::StreamLocks;
 
 /// An aggregate whose state can be stored as a snapshot. Bump `STATE_VERSION` whenever the
 /// state's shape changes: older snapshots are then ignored and the state is folded from events.
-pub trait Snapshottable: Aggregate + Serialize + DeserializeOwned {
+pub trait Snapshottable: Aggregate + Serialize + DeserializeOwned + Send + Sync + 'static {
     const STATE_VERSION: u32;
 }
 
@@ -56,6 +60,8 @@ pub struct HandlerOptions {
     pub conflict_retries: u32,
     /// Store a snapshot each time a stream passes a multiple of this many events (0: never).
     pub snapshot_every: u64,
+    /// Aggregates kept in memory between commands (0: none; every command loads from the store).
+    pub cache_capacity: usize,
 }
 
 impl Default for HandlerOptions {
@@ -63,6 +69,7 @@ impl Default for HandlerOptions {
         HandlerOptions {
             conflict_retries: 16,
             snapshot_every: 100,
+            cache_capacity: 100_000,
         }
     }
 }
@@ -173,6 +180,7 @@ pub struct CommandHandler {
     options: HandlerOptions,
     /// Serializes this process's commands per stream (see `stream_locks`).
     locks: Arc<StreamLocks>,
+    cache: Arc<AggregateCache>,
 }
 
 const READ_PAGE: usize = 1000;
@@ -183,6 +191,7 @@ impl CommandHandler {
             store,
             options,
             locks: Arc::default(),
+            cache: Arc::new(AggregateCache::new(options.cache_capacity)),
         }
     }
 
@@ -194,6 +203,61 @@ impl CommandHandler {
     /// Loads an aggregate as it is now, or as it was at `until` (its newest snapshot at or
     /// before that point, then the events after it).
     pub async fn load<A: Snapshottable>(&self, id: Uuid, until: Option<Until>) -> Result<Loaded<A>, CommandError> {
+        match until {
+            Some(_) => self.load_from_store(id, until).await,
+            None => Ok(self.load_now(id, false).await?.0),
+        }
+    }
+
+    /// The aggregate as it is now. With `trust`, a cached entry is returned as it is, and a
+    /// stream missing from the cache as new, without a round trip; the answer's flag says so:
+    /// the caller must commit on it with its version expected, or load again without `trust`
+    /// (see [`crate::aggregate_cache`]). Otherwise a cached entry is caught up with the store.
+    async fn load_now<A: Snapshottable>(&self, id: Uuid, trust: bool) -> Result<(Loaded<A>, bool), CommandError> {
+        let stream_id = A::CATEGORY.stream_id(id);
+        let cached = self.cache.get(&stream_id).and_then(|entry| {
+            let state = entry.state.downcast_ref::<A>()?.clone();
+            Some(Loaded {
+                state,
+                stream_id: stream_id.clone(),
+                version: entry.version,
+                position: entry.position,
+                recorded_at: entry.recorded_at,
+            })
+        });
+        let Some(mut loaded) = cached else {
+            if trust && self.cache.enabled() {
+                // Not in the cache: most often a stream this command creates (a new order).
+                // Assume it is new; the commit expects no stream, so it cannot be wrong.
+                let new = Loaded {
+                    state: A::default(),
+                    stream_id,
+                    version: 0,
+                    position: 0,
+                    recorded_at: None,
+                };
+                return Ok((new, true));
+            }
+            let loaded = self.load_from_store::<A>(id, None).await?;
+            self.remember(&loaded.stream_id, loaded.state.clone(), &loaded);
+            return Ok((loaded, false));
+        };
+        if trust {
+            return Ok((loaded, true));
+        }
+        let before = loaded.version;
+        self.catch_up(&mut loaded, None).await?;
+        if loaded.version != before {
+            self.remember(&loaded.stream_id, loaded.state.clone(), &loaded);
+        }
+        Ok((loaded, false))
+    }
+
+    async fn load_from_store<A: Snapshottable>(
+        &self,
+        id: Uuid,
+        until: Option<Until>,
+    ) -> Result<Loaded<A>, CommandError> {
         let stream_id = A::CATEGORY.stream_id(id);
         let mut loaded = Loaded {
             state: A::default(),
@@ -212,6 +276,16 @@ impl CommandHandler {
                 tracing::debug!(stream_id = %loaded.stream_id, "ignoring a snapshot of another state version");
             }
         }
+        self.catch_up(&mut loaded, until).await?;
+        Ok(loaded)
+    }
+
+    /// Folds the events after `loaded.version` (up to `until`) into it.
+    async fn catch_up<A: Snapshottable>(
+        &self,
+        loaded: &mut Loaded<A>,
+        until: Option<Until>,
+    ) -> Result<(), CommandError> {
         loop {
             let from = loaded.version + 1;
             let events = match until {
@@ -221,15 +295,32 @@ impl CommandHandler {
             let full_page = until.is_none() && events.len() == READ_PAGE;
             for recorded in &events {
                 let event = decode::<A>(recorded)?;
-                loaded.state = loaded.state.evolve(&event);
+                loaded.state = std::mem::take(&mut loaded.state).evolve(&event);
                 loaded.version = recorded.stream_version;
                 loaded.position = recorded.position;
                 loaded.recorded_at = Some(recorded.recorded_at);
             }
             if !full_page {
-                return Ok(loaded);
+                return Ok(());
             }
         }
+    }
+
+    /// Keeps `state`, at the version and position of `at`, for the next command on the stream,
+    /// unless the cache already holds a newer version (a read racing a commit).
+    fn remember<A: Snapshottable>(&self, stream_id: &str, state: A, at: &Loaded<A>) {
+        if self.cache.get(stream_id).is_some_and(|e| e.version > at.version) {
+            return;
+        }
+        self.cache.put(
+            stream_id,
+            Entry {
+                version: at.version,
+                position: at.position,
+                recorded_at: at.recorded_at,
+                state: Arc::new(state),
+            },
+        );
     }
 
     /// Runs a command on one aggregate.
@@ -249,10 +340,26 @@ impl CommandHandler {
         }
         let _held = self.locks.lock([stream_id.clone()]).await;
         let mut attempt = 0;
+        let mut verify = false;
         loop {
-            let loaded = self.load::<A>(id, None).await?;
-            let expected = expectation(ctx, &loaded)?;
+            let (loaded, trusted) = self.load_now::<A>(id, !verify).await?;
+            // Every answer but a commit is given on state checked against the store.
+            let expected = match expectation(ctx, &loaded) {
+                Err(_) if trusted => {
+                    verify = true;
+                    continue;
+                }
+                expected => expected?,
+            };
             let events = match loaded.state.decide(command.clone()) {
+                Err(_) if trusted => {
+                    verify = true;
+                    continue;
+                }
+                Ok(events) if events.is_empty() && trusted => {
+                    verify = true;
+                    continue;
+                }
                 Ok(events) => events,
                 Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
             };
@@ -268,9 +375,7 @@ impl CommandHandler {
                 idempotency: ctx.idempotency.clone(),
             };
             if let Some(committed) = self.commit(ctx, commit, &mut attempt).await? {
-                if !committed.replayed {
-                    self.maybe_snapshot(&loaded, &events, &committed, 0).await;
-                }
+                self.after_commit(&loaded, &events, &committed, 0).await;
                 return answer(&stream_id, &committed).ok_or_else(|| CommandError::Corrupt {
                     stream_id: stream_id.clone(),
                     reason: "the commit's answer does not name the stream it appended to".into(),
@@ -287,7 +392,7 @@ impl CommandHandler {
             return Ok(answer);
         }
         // The streams it appends to: the order's and each line's product's (the customer's is
-        // only read).
+        // only read, so it is always caught up with the store).
         let streams = command
             .lines
             .iter()
@@ -295,28 +400,42 @@ impl CommandHandler {
             .chain([stream_id.clone()]);
         let _held = self.locks.lock(streams).await;
         let mut attempt = 0;
+        let mut verify = false;
         loop {
             // The aggregates are independent reads: load them concurrently.
-            let (order, customer, products) = tokio::try_join!(
-                self.load::<Order>(command.order_id, None),
-                self.load::<Customer>(command.customer_id, None),
-                self.load_products(command.lines.iter().map(|l| l.product_id)),
+            let ((order, order_trusted), (customer, _), (products, products_trusted)) = tokio::try_join!(
+                self.load_now::<Order>(command.order_id, !verify),
+                self.load_now::<Customer>(command.customer_id, false),
+                self.load_products(command.lines.iter().map(|l| l.product_id), !verify),
             )?;
-            let expected = expectation(ctx, &order)?;
+            let trusted = order_trusted || products_trusted;
+            let expected = match expectation(ctx, &order) {
+                Err(_) if trusted => {
+                    verify = true;
+                    continue;
+                }
+                expected => expected?,
+            };
             let decision = match crate::domain::place_order(
                 &order.state,
                 &customer.state,
                 products.values().map(|p| &p.state),
                 command.clone(),
             ) {
+                Err(_) if trusted => {
+                    verify = true;
+                    continue;
+                }
                 Ok(d) => d,
                 Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
             };
-            if let Some(answer) = self
-                .commit_decision(ctx, &order, expected, &decision, &products, &mut attempt)
+            match self
+                .commit_decision(ctx, &order, expected, &decision, &products, trusted, &mut attempt)
                 .await?
             {
-                return Ok(answer);
+                Decided::Answered(answer) => return Ok(answer),
+                Decided::Conflict => {}
+                Decided::Unverified => verify = true,
             }
         }
     }
@@ -333,8 +452,9 @@ impl CommandHandler {
         }
         let _order = self.locks.lock([stream_id.clone()]).await;
         let mut attempt = 0;
+        let mut verify = false;
         loop {
-            let order = self.load::<Order>(command.order_id, None).await?;
+            let (order, order_trusted) = self.load_now::<Order>(command.order_id, !verify).await?;
             // Its products are known once the order is loaded; `product-…` sorts after
             // `order-…`, so taking them now keeps the one global order of `StreamLocks`.
             let _products = self
@@ -347,20 +467,33 @@ impl CommandHandler {
                         .map(|l| Category::Product.stream_id(l.product_id)),
                 )
                 .await;
-            let expected = expectation(ctx, &order)?;
-            let products = self
-                .load_products(order.state.lines.iter().map(|l| l.product_id))
+            let (products, products_trusted) = self
+                .load_products(order.state.lines.iter().map(|l| l.product_id), !verify)
                 .await?;
+            let trusted = order_trusted || products_trusted;
+            let expected = match expectation(ctx, &order) {
+                Err(_) if trusted => {
+                    verify = true;
+                    continue;
+                }
+                expected => expected?,
+            };
             let decision =
                 match crate::domain::cancel_order(&order.state, products.values().map(|p| &p.state), command.clone()) {
+                    Err(_) if trusted => {
+                        verify = true;
+                        continue;
+                    }
                     Ok(d) => d,
                     Err(e) => return self.rejected_or_replay(ctx, &stream_id, e).await,
                 };
-            if let Some(answer) = self
-                .commit_decision(ctx, &order, expected, &decision, &products, &mut attempt)
+            match self
+                .commit_decision(ctx, &order, expected, &decision, &products, trusted, &mut attempt)
                 .await?
             {
-                return Ok(answer);
+                Decided::Answered(answer) => return Ok(answer),
+                Decided::Conflict => {}
+                Decided::Unverified => verify = true,
             }
         }
     }
@@ -387,15 +520,23 @@ impl CommandHandler {
         self.execute::<Order>(ctx, id, c).await
     }
 
+    /// Loads products (as [`Self::load_now`]); the flag says whether any came trusted from the
+    /// cache.
     async fn load_products(
         &self,
         ids: impl Iterator<Item = Uuid>,
-    ) -> Result<BTreeMap<Uuid, Loaded<Product>>, CommandError> {
+        trust: bool,
+    ) -> Result<(BTreeMap<Uuid, Loaded<Product>>, bool), CommandError> {
         let ids: std::collections::BTreeSet<Uuid> = ids.collect();
-        let loaded = futures::future::try_join_all(ids.iter().map(|&id| self.load::<Product>(id, None))).await?;
-        Ok(ids.into_iter().zip(loaded).collect())
+        let loaded = futures::future::try_join_all(ids.iter().map(|&id| self.load_now::<Product>(id, trust))).await?;
+        let trusted = loaded.iter().any(|(_, t)| *t);
+        Ok((
+            ids.into_iter().zip(loaded.into_iter().map(|(l, _)| l)).collect(),
+            trusted,
+        ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn commit_decision(
         &self,
         ctx: &CommandContext,
@@ -403,10 +544,14 @@ impl CommandHandler {
         expected: ExpectedVersion,
         decision: &crate::domain::OrderDecision,
         products: &BTreeMap<Uuid, Loaded<Product>>,
+        trusted: bool,
         attempt: &mut u32,
-    ) -> Result<Option<CommandAnswer>, CommandError> {
+    ) -> Result<Decided, CommandError> {
         if decision.order_events.is_empty() && decision.product_events.iter().all(|(_, e)| e.is_empty()) {
-            return Ok(Some(unchanged(order)));
+            if trusted {
+                return Ok(Decided::Unverified);
+            }
+            return Ok(Decided::Answered(unchanged(order)));
         }
         let mut appends = Vec::new();
         if !decision.order_events.is_empty() {
@@ -436,20 +581,18 @@ impl CommandHandler {
             idempotency: ctx.idempotency.clone(),
         };
         let Some(committed) = self.commit(ctx, commit, attempt).await? else {
-            return Ok(None);
+            return Ok(Decided::Conflict);
         };
-        if !committed.replayed {
-            let mut index = 0;
-            if !decision.order_events.is_empty() {
-                self.maybe_snapshot(order, &decision.order_events, &committed, index)
-                    .await;
+        let mut index = 0;
+        if !decision.order_events.is_empty() {
+            self.after_commit(order, &decision.order_events, &committed, index)
+                .await;
+            index += 1;
+        }
+        for (product_id, events) in &decision.product_events {
+            if let (Some(product), false) = (products.get(product_id), events.is_empty()) {
+                self.after_commit(product, events, &committed, index).await;
                 index += 1;
-            }
-            for (product_id, events) in &decision.product_events {
-                if let (Some(product), false) = (products.get(product_id), events.is_empty()) {
-                    self.maybe_snapshot(product, events, &committed, index).await;
-                    index += 1;
-                }
             }
         }
         // A commit that released stock but changed nothing on the order still answers for it.
@@ -459,7 +602,7 @@ impl CommandHandler {
             position: committed.last_position(),
             replayed: committed.replayed,
         });
-        Ok(Some(answer))
+        Ok(Decided::Answered(answer))
     }
 
     /// Appends; `Ok(None)` asks the caller to reload and decide again after a conflict.
@@ -469,9 +612,16 @@ impl CommandHandler {
         commit: Commit,
         attempt: &mut u32,
     ) -> Result<Option<Committed>, CommandError> {
-        match self.store.commit(commit).await {
-            Ok(c) => Ok(Some(c)),
-            Err(AppendError::WrongExpectedVersion { .. })
+        let streams: Vec<String> = commit.appends.iter().map(|a| a.stream_id.clone()).collect();
+        let e = match self.store.commit(commit).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => e,
+        };
+        // What the cache holds of these streams is stale (a conflict) or may be (a commit whose
+        // outcome is unknown): load them from the store next time.
+        self.cache.forget(streams.iter().map(String::as_str));
+        match e {
+            AppendError::WrongExpectedVersion { .. }
                 if ctx.if_match.is_none() && *attempt < self.options.conflict_retries =>
             {
                 *attempt += 1;
@@ -480,7 +630,7 @@ impl CommandHandler {
                 tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
                 Ok(None)
             }
-            Err(e) => Err(e.into()),
+            e => Err(e.into()),
         }
     }
 
@@ -516,22 +666,37 @@ impl CommandHandler {
         }
     }
 
-    async fn maybe_snapshot<A: Snapshottable>(
+    /// Keeps the stream's new state in the cache and, every N events, stores a snapshot of it.
+    /// `index` is the stream's append in the commit.
+    async fn after_commit<A: Snapshottable>(
         &self,
         before: &Loaded<A>,
         events: &[A::Event],
         committed: &Committed,
         index: usize,
     ) {
-        let every = self.options.snapshot_every;
-        let Some(result) = committed.appends.get(index) else {
+        let result = committed.appends.get(index).filter(|r| r.stream_id == before.stream_id);
+        let (Some(result), false) = (result, committed.replayed) else {
+            // A replayed key appended nothing now: what the stream holds is not known here.
+            self.cache.forget([before.stream_id.as_str()]);
             return;
         };
+        let state = events.iter().fold(before.state.clone(), |s, e| s.evolve(e));
+        let state = Arc::new(state);
+        self.cache.put(
+            &result.stream_id,
+            Entry {
+                version: result.version,
+                position: result.positions.last().copied().unwrap_or(before.position),
+                recorded_at: Some(result.recorded_at),
+                state: Arc::clone(&state) as Arc<dyn std::any::Any + Send + Sync>,
+            },
+        );
+        let every = self.options.snapshot_every;
         if every == 0 || result.version / every == before.version / every {
             return;
         }
-        let state = events.iter().fold(before.state.clone(), |s, e| s.evolve(e));
-        let Ok(bytes) = serde_json::to_vec(&state) else { return };
+        let Ok(bytes) = serde_json::to_vec(&*state) else { return };
         let snapshot = Snapshot {
             stream_id: result.stream_id.clone(),
             version: result.version,
@@ -560,6 +725,15 @@ impl CommandHandler {
     pub async fn log(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, CommandError> {
         Ok(self.store.read_all(after, limit).await?)
     }
+}
+
+/// How a decision over several aggregates ended.
+enum Decided {
+    Answered(CommandAnswer),
+    /// Someone else appended in between: load again and decide again.
+    Conflict,
+    /// The decision appends nothing, on state trusted from the cache: check it and decide again.
+    Unverified,
 }
 
 fn restore<A: Snapshottable>(snapshot: &Snapshot) -> Option<A> {

@@ -10,6 +10,7 @@
 //! - [`http`]: the command HTTP API (axum): [`http::router`], [`http::serve`], bearer-token
 //!   auth, the error format, `/health`, `/ready`, `/metrics`, `/openapi.json`.
 
+mod aggregate_cache;
 pub mod domain;
 mod handler;
 pub mod http;

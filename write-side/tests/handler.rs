@@ -47,6 +47,7 @@ on_both_stores!(
     stale_if_match_is_a_conflict_and_appends_nothing,
     snapshots_never_change_an_answer,
     state_as_of_equals_the_fold_of_the_events_up_to_it,
+    another_process_appending_never_leaves_a_cached_aggregate_deciding_alone,
 );
 
 fn ctx() -> CommandContext {
@@ -192,6 +193,71 @@ async fn stale_if_match_is_a_conflict_and_appends_nothing(store: Arc<dyn EventSt
     assert!(matches!(err, CommandError::Conflict { actual: 2, .. }), "{err:?}");
     assert_eq!(store.head_position().await.unwrap(), head);
     assert_eq!(h.load::<Customer>(id, None).await.unwrap().state.name, "Ada L.");
+}
+
+/// Two handlers on one store are two write-side processes: each caches what it last wrote
+/// (`aggregate_cache`), and the other one's appends make that stale. No answer may come from a
+/// stale entry: a refusal is checked against the store, a commit on a stale version is refused
+/// and decided again, and the customer an order is placed for is read as it is now.
+async fn another_process_appending_never_leaves_a_cached_aggregate_deciding_alone(store: Arc<dyn EventStore>) {
+    let here = CommandHandler::new(store.clone(), HandlerOptions::default());
+    let there = CommandHandler::new(store.clone(), HandlerOptions::default());
+    let buyer = customer(&here).await;
+    let widget = product(&here, 1).await;
+    here.place_order(&ctx(), place(buyer, &[(widget, 1)])).await.unwrap();
+
+    // `here` remembers the widget sold out; `there` restocks it.
+    let restock = ProductCommand::Restock {
+        product_id: widget,
+        quantity: 5,
+    };
+    there.product(&ctx(), widget, restock).await.unwrap();
+    // A refusal ("out of stock") on the cached state would be wrong.
+    here.place_order(&ctx(), place(buyer, &[(widget, 3)]))
+        .await
+        .expect("the restock made by the other process is seen");
+
+    // `there` remembers 5 available, 2 are: its commit on the stale version must not go through.
+    there
+        .place_order(&ctx(), place(buyer, &[(widget, 2)]))
+        .await
+        .expect("decided again on the current stock");
+    let err = here
+        .place_order(&ctx(), place(buyer, &[(widget, 1)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(_)), "sold out: {err:?}");
+    for h in [&here, &there] {
+        let p = h.load::<Product>(widget, None).await.unwrap().state;
+        assert_eq!((p.available, p.reserved()), (0, 6), "{p:?}");
+    }
+
+    // The customer is only read by an order: renamed elsewhere, the next order has the new name.
+    let rename = CustomerCommand::Rename {
+        customer_id: buyer,
+        name: "Ada Lovelace".into(),
+    };
+    here.product(
+        &ctx(),
+        widget,
+        ProductCommand::Restock {
+            product_id: widget,
+            quantity: 1,
+        },
+    )
+    .await
+    .unwrap();
+    there.customer(&ctx(), buyer, rename).await.unwrap();
+    let order = place(buyer, &[(widget, 1)]);
+    here.place_order(&ctx(), order.clone()).await.unwrap();
+    let placed = here.load::<Order>(order.order_id, None).await.unwrap().state;
+    assert_eq!(placed.customer.map(|c| c.name).as_deref(), Some("Ada Lovelace"));
+
+    // An order id the other process already placed: not a second OrderPlaced.
+    let head = store.head_position().await.unwrap();
+    let err = there.place_order(&ctx(), order).await.unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(_)), "already placed: {err:?}");
+    assert_eq!(store.head_position().await.unwrap(), head, "nothing appended");
 }
 
 /// A little shop's history: orders placed, confirmed, shipped, cancelled; restocks; renames.

@@ -68,6 +68,12 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
 
+    /// Aggregates kept in memory between commands (0: load every aggregate from the store for
+    /// every command). Another process's appends are detected at commit, so any number of
+    /// write-side processes may share a store.
+    #[arg(long, env = "ORDERFLOW_AGGREGATE_CACHE_ENTRIES", default_value_t = 100_000)]
+    aggregate_cache_entries: usize,
+
     /// Create or upgrade the event store's tables on start.
     #[arg(
         long,
@@ -175,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(store),
         HandlerOptions {
             snapshot_every: args.snapshot_every,
+            cache_capacity: args.aggregate_cache_entries,
             ..HandlerOptions::default()
         },
     );
