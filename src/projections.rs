@@ -92,8 +92,9 @@ pub(crate) struct RunArgs {
     /// Most events applied per transaction.
     #[arg(long, env = "ORDERFLOW_PROJECTION_BATCH_SIZE", default_value_t = 2000)]
     batch_size: usize,
-    /// How long (ms) a batch waits for more events before it is applied.
-    #[arg(long, env = "ORDERFLOW_PROJECTION_LINGER_MS", default_value_t = 5)]
+    /// How long (ms) a batch waits for more events before it is applied (0: apply what the
+    /// broker delivered together as soon as it is taken).
+    #[arg(long, env = "ORDERFLOW_PROJECTION_LINGER_MS", default_value_t = 0)]
     linger_ms: u64,
     /// How soon (ms) the group gives a dead worker's partitions to the others.
     #[arg(long, env = "ORDERFLOW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]

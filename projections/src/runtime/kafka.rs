@@ -41,7 +41,7 @@ const VERSION_CHECK: Duration = Duration::from_secs(1);
 /// a waiting fetch as soon as data arrives (tansu did not: `bench reads` measured a p50 of
 /// 464 ms from a command's answer to the order in the dashboard at 500 ms), so it is the
 /// freshness floor; the price is an empty fetch per 20 ms per idle worker.
-const FETCH_WAIT: Duration = Duration::from_millis(20);
+const FETCH_WAIT: Duration = Duration::from_millis(5);
 /// How long a worker must have seen no record and no assignment before it says its partitions
 /// are drained: well past a fetch round trip ([`FETCH_WAIT`]).
 const QUIET: Duration = Duration::from_secs(1);
@@ -218,6 +218,7 @@ impl Shared {
         }
         let checkpoints = batch.checkpoints();
         let events = batch.events.len() as u64;
+        let oldest = batch.events.iter().map(|e| e.recorded_at).min();
         let started = Instant::now();
         match self
             .handle
@@ -227,6 +228,19 @@ impl Shared {
                 metrics::counter!("orderflow_projection_events_total", "projection" => self.name).increment(events);
                 metrics::histogram!("orderflow_projection_batch_seconds", "projection" => self.name)
                     .record(started.elapsed().as_secs_f64());
+                // From the store's commit of the batch's oldest event to its being applied: how
+                // far behind the read model runs (relay, broker, linger, apply).
+                let behind = oldest.map(|t| (chrono::Utc::now() - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                if let Some(behind) = behind {
+                    metrics::histogram!("orderflow_projection_behind_seconds", "projection" => self.name).record(behind);
+                }
+                debug!(
+                    projection = self.name,
+                    events,
+                    apply_ms = started.elapsed().as_secs_f64() * 1e3,
+                    behind_ms = behind.unwrap_or(0.0) * 1e3,
+                    "batch applied"
+                );
                 for checkpoint in &checkpoints {
                     metrics::gauge!("orderflow_projection_position", "projection" => self.name)
                         .set(checkpoint.position as f64);
@@ -469,6 +483,8 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
             Some(since) => run.linger.saturating_sub(since.elapsed()),
             None => Duration::from_millis(100),
         };
+        // Nothing more delivered right now: what is in hand is all the broker had for us.
+        let mut taken_all = false;
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
                 drained_reported = None;
@@ -476,14 +492,20 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
                 shared.take(&message);
             }
             None if drained_reported.is_none_or(|at| at.elapsed() >= DRAINED_REPORT) && shared.quiet() => {
+                taken_all = true;
                 drained_reported = shared.report_drained(&consumer).then(Instant::now);
             }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) | None => taken_all = true,
             Some(Err(e)) => warn!(projection = shared.name, error = %e, "consumer error"),
         }
+        // With no linger, a batch is what arrived together (under load, what arrived while the
+        // previous batch was applied); with a linger, the first event waits that long for more.
         let due = {
             let state = shared.lock();
-            state.pending.len() >= run.batch_size || state.pending_since.is_some_and(|s| s.elapsed() >= run.linger)
+            state.pending.len() >= run.batch_size
+                || state
+                    .pending_since
+                    .is_some_and(|s| s.elapsed() >= run.linger && (taken_all || !run.linger.is_zero()))
         };
         if due {
             shared.flush(&consumer);
