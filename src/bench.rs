@@ -30,6 +30,9 @@ pub(crate) enum Bench {
     /// revenue by day; closed loop, and the list at a fixed rate), then freshness: orders placed
     /// through the write side, relayed through Kafka, until the read API shows them.
     Reads(crate::bench_reads::ReadsBench),
+    /// Freshness of a running deployment (e.g. `scripts/dev-up`), over HTTP only: orders placed
+    /// at a fixed rate, each timed from the command's answer until the dashboard list shows it.
+    Freshness(crate::bench_freshness::FreshnessBench),
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +169,7 @@ pub(crate) async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Relay(b) => relay(b).await,
         Bench::Rebuild(b) => crate::bench_rebuild::run(b).await,
         Bench::Reads(b) => crate::bench_reads::run(b).await,
+        Bench::Freshness(b) => crate::bench_freshness::run(b).await,
     }
 }
 

@@ -89,7 +89,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// The read target of issue 6: list p99 at the fixed rate.
 const LIST_P99_TARGET_MS: f64 = 10.0;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// Makes the path and query of one request.
 type PathFn = Arc<dyn Fn(&mut Rng) -> String + Send + Sync>;
 
@@ -152,14 +152,14 @@ struct Freshness {
 }
 
 /// xorshift64*: cheap and deterministic per client.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -167,7 +167,7 @@ impl Rng {
         ((u128::from(x) * n.max(1) as u128) >> 64) as usize
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
 }
@@ -426,11 +426,11 @@ fn list_path(customers: Arc<Vec<String>>, start: DateTime<Utc>, end: DateTime<Ut
     })
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?)
 }
 
-fn ms(hist: &Histogram<u64>, quantile: f64) -> f64 {
+pub(crate) fn ms(hist: &Histogram<u64>, quantile: f64) -> f64 {
     hist.value_at_quantile(quantile) as f64 / 1000.0
 }
 

@@ -14,6 +14,7 @@ use clap::Subcommand;
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod bench_freshness;
 mod bench_reads;
 mod bench_rebuild;
 mod inspect;

@@ -828,6 +828,44 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         after["buckets"] != revenue["buckets"],
         "o7 {o7:?} is not in the revenue: {after}"
     );
+
+    // `bench freshness` measures this deployment over HTTP: every order it places is answered
+    // and found in the dashboard list (the figures themselves are BENCHMARKS.md's business).
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "bench",
+            "freshness",
+            "--rate",
+            "40",
+            "--seconds",
+            "1",
+            "--products",
+            "4",
+            "--customers",
+            "2",
+        ])
+        .arg("--write-url")
+        .arg(format!("http://127.0.0.1:{}", dev.write_port))
+        .arg("--read-url")
+        .arg(format!("http://127.0.0.1:{}", dev.read_port))
+        .arg("--token-file")
+        .arg(dev.dir.join("token"))
+        .env_remove("ORDERFLOW_CONFIG")
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "bench freshness failed: {stderr}");
+    ensure!(!stderr.contains(&dev.token()?), "bench freshness printed the token");
+    let report: Value = serde_json::from_slice(&output.stdout).context("bench freshness prints JSON")?;
+    ensure!(
+        report["placed"] == 40 && report["failed"] == 0 && report["never_seen"] == 0,
+        "bench freshness: {report}"
+    );
+    let (p50, p99) = (report["p50_ms"].as_f64(), report["p99_ms"].as_f64());
+    ensure!(
+        p50.zip(p99).is_some_and(|(p50, p99)| 0.0 < p50 && p50 <= p99),
+        "bench freshness: {report}"
+    );
     let scenario_at = started.elapsed();
 
     // Down: every process stops, the ports close.

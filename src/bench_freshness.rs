@@ -1,0 +1,409 @@
+//! `orderflow bench freshness`: read-your-writes latency of a running deployment.
+//!
+//! `bench reads` measures freshness with every component in its own process's tasks; this one
+//! only talks HTTP to a deployment that is already running (`scripts/dev-up`: write-side with
+//! its relay, projection workers and read-api as separate processes, Kafka between them). It
+//! places orders at a fixed rate through `POST /v1/orders` and watches the dashboard list
+//! (`GET /v1/dashboard/orders`, newest first) until each one is in it: the time from the
+//! command's answer to that moment is the figure issue 6 sets a target for.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::bench_reads::{HttpClient, Rng, histogram, ms};
+
+#[derive(Debug, Args)]
+pub(crate) struct FreshnessBench {
+    /// The write side's base URL.
+    #[arg(long, env = "ORDERFLOW_BENCH_WRITE_URL", default_value = "http://127.0.0.1:8081")]
+    write_url: String,
+    /// The read API's base URL.
+    #[arg(long, env = "ORDERFLOW_BENCH_READ_URL", default_value = "http://127.0.0.1:8082")]
+    read_url: String,
+    /// A file holding the write side's bearer token (scope `commands`); `scripts/dev-up` keeps
+    /// one in its state folder (orderflow-dev/token). Without it, requests carry no token.
+    #[arg(long, env = "ORDERFLOW_BENCH_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Orders placed per second.
+    #[arg(long, default_value_t = 1_000, env = "ORDERFLOW_BENCH_RATE")]
+    rate: u64,
+    /// Seconds of placing orders.
+    #[arg(long, default_value_t = 10, env = "ORDERFLOW_BENCH_SECONDS")]
+    seconds: u64,
+    /// Products created for the run (each with ample stock); orders have 1 to 3 lines.
+    #[arg(long, default_value_t = 200)]
+    products: usize,
+    /// Customers created for the run.
+    #[arg(long, default_value_t = 100)]
+    customers: usize,
+    /// Seed of the request mix.
+    #[arg(long, default_value_t = 42, env = "ORDERFLOW_BENCH_SEED")]
+    seed: u64,
+}
+
+/// Requests in flight at most; beyond it, orders wait (still timed from their scheduled send).
+const MAX_IN_FLIGHT: usize = 1024;
+/// How often the list is read.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// The list page read by each probe (the read API's largest).
+const PROBE_PAGE: usize = 500;
+/// An order not in the newest page after this long is looked up on its own.
+const LOOK_UP_AFTER: Duration = Duration::from_millis(250);
+/// How long the probe keeps looking after the last order was answered.
+const DRAIN: Duration = Duration::from_secs(30);
+/// The target of issue 6: p99 from answer to visible.
+const P99_TARGET_MS: f64 = 100.0;
+
+#[derive(Debug, Serialize)]
+struct Report {
+    benchmark: &'static str,
+    write_url: String,
+    read_url: String,
+    target_rate: u64,
+    seconds: f64,
+    sent: u64,
+    placed: u64,
+    failed: u64,
+    achieved_rate: f64,
+    command_p50_ms: f64,
+    command_p99_ms: f64,
+    /// From the command's answer to the order in the list.
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// From sending the command to the order in the list.
+    from_send_p50_ms: f64,
+    from_send_p99_ms: f64,
+    never_seen: u64,
+    probe_every_ms: u64,
+    p99_target_ms: f64,
+    p99_target_met: bool,
+}
+
+/// Placed orders not seen yet: id → (sent at, answered at).
+type Pending = Arc<Mutex<HashMap<Uuid, (Instant, Instant)>>>;
+
+#[derive(Clone)]
+struct Api {
+    client: HttpClient,
+    write: String,
+    read: String,
+    token: Option<Arc<str>>,
+}
+
+impl Api {
+    /// POSTs a command; answers its status.
+    async fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<hyper::StatusCode> {
+        let mut request =
+            hyper::Request::post(format!("{}{path}", self.write)).header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?)
+            .await
+            .with_context(|| format!("POST {}{path}", self.write))?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        let request = hyper::Request::get(format!("{}{path}", self.read)).body(Full::new(Bytes::new()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .with_context(|| format!("GET {}{path}", self.read))?;
+        let status = response.status();
+        Ok((status, response.into_body().collect().await?.to_bytes()))
+    }
+
+    /// The ids of the newest orders in the dashboard list.
+    async fn newest(&self) -> anyhow::Result<Vec<Uuid>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            rows: Vec<Row>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Row {
+            order_id: Uuid,
+        }
+        let (status, body) = self
+            .get(&format!("/v1/dashboard/orders?sort=placed_at_desc&limit={PROBE_PAGE}"))
+            .await?;
+        anyhow::ensure!(status.is_success(), "the dashboard list answered {status}");
+        let page: Page = serde_json::from_slice(&body).context("the dashboard list's answer")?;
+        Ok(page.rows.into_iter().map(|r| r.order_id).collect())
+    }
+
+    async fn visible(&self, order: Uuid) -> anyhow::Result<bool> {
+        Ok(self.get(&format!("/v1/dashboard/orders/{order}")).await?.0 == hyper::StatusCode::OK)
+    }
+}
+
+#[derive(Clone)]
+struct Shop {
+    customers: Arc<Vec<Uuid>>,
+    products: Arc<Vec<Uuid>>,
+}
+
+impl Shop {
+    /// Creates the run's customers and products through the write side.
+    async fn create(api: &Api, customers: usize, products: usize, run: &str) -> anyhow::Result<Self> {
+        let mut shop = (Vec::with_capacity(customers), Vec::with_capacity(products));
+        for i in 0..customers {
+            let id = Uuid::now_v7();
+            let body = serde_json::json!({
+                "customer_id": id, "name": format!("Fresh {i}"), "email": format!("fresh{i}.{run}@example.com"),
+            });
+            let status = api.post("/v1/customers", &body).await?;
+            anyhow::ensure!(
+                status == hyper::StatusCode::CREATED,
+                "creating a customer answered {status}"
+            );
+            shop.0.push(id);
+        }
+        for i in 0..products {
+            let id = Uuid::now_v7();
+            let body = serde_json::json!({
+                "product_id": id, "sku": format!("FRESH-{run}-{i:04}"), "name": format!("Fresh product {i}"),
+                "price_minor": 100 + (i as i64 * 37) % 10_000, "currency": "EUR", "stock": 1_000_000_000,
+            });
+            let status = api.post("/v1/products", &body).await?;
+            anyhow::ensure!(
+                status == hyper::StatusCode::CREATED,
+                "creating a product answered {status}"
+            );
+            shop.1.push(id);
+        }
+        Ok(Shop {
+            customers: Arc::new(shop.0),
+            products: Arc::new(shop.1),
+        })
+    }
+
+    /// Places an order of 1 to 3 lines; answers its id and whether it was created.
+    async fn place(&self, api: &Api, rng: &mut Rng) -> anyhow::Result<(Uuid, bool)> {
+        let order_id = Uuid::now_v7();
+        let wanted = (1 + rng.below(3)).min(self.products.len());
+        let mut picked: Vec<Uuid> = Vec::with_capacity(wanted);
+        while picked.len() < wanted {
+            let p = *rng.pick(&self.products);
+            if !picked.contains(&p) {
+                picked.push(p);
+            }
+        }
+        let lines: Vec<_> = picked
+            .iter()
+            .map(|p| serde_json::json!({ "product_id": p, "quantity": 1 + rng.below(3) }))
+            .collect();
+        let body =
+            serde_json::json!({ "order_id": order_id, "customer_id": rng.pick(&self.customers), "lines": lines });
+        Ok((
+            order_id,
+            api.post("/v1/orders", &body).await? == hyper::StatusCode::CREATED,
+        ))
+    }
+}
+
+pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        b.rate > 0 && b.seconds > 0 && b.products > 0 && b.customers > 0,
+        "--rate, --seconds, --products and --customers must be positive"
+    );
+    let token = match &b.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let token = text.trim();
+            anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+            Some(Arc::from(token))
+        }
+        None => None,
+    };
+    let api = Api {
+        client: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(MAX_IN_FLIGHT)
+            .build_http(),
+        write: b.write_url.trim_end_matches('/').to_owned(),
+        read: b.read_url.trim_end_matches('/').to_owned(),
+        token,
+    };
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    eprintln!(
+        "freshness against {} → {}: creating {} customers and {} products …",
+        api.write, api.read, b.customers, b.products
+    );
+    let shop = Shop::create(&api, b.customers, b.products, &run)
+        .await
+        .context("is the deployment up? (scripts/dev-up)")?;
+
+    eprintln!("      waiting for the pipeline: one order end to end …");
+    let mut rng = Rng::new(b.seed ^ 0xf7e5);
+    let (warm, placed) = shop.place(&api, &mut rng).await?;
+    anyhow::ensure!(placed, "the warm-up order was refused");
+    let waited = Instant::now();
+    while !api.visible(warm).await? {
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(120),
+            "the warm-up order was not in the read API within 120 s (are the projection workers running?)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "      visible after {:.1}s; {} orders/s for {}s …",
+        waited.elapsed().as_secs_f64(),
+        b.rate,
+        b.seconds
+    );
+
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let total = b.rate * b.seconds;
+    let writer = tokio::spawn(place_at_rate(
+        api.clone(),
+        shop.clone(),
+        pending.clone(),
+        b.rate,
+        total,
+        b.seed,
+    ));
+
+    let (mut fresh, mut from_send) = (histogram()?, histogram()?);
+    let mut writer = Some(writer);
+    let mut written = None;
+    let mut drained_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if writer.as_ref().is_some_and(|w| w.is_finished())
+            && let Some(w) = writer.take()
+        {
+            written = Some(w.await??);
+            drained_since = Some(Instant::now());
+        }
+        let waiting: Vec<(Uuid, Instant)> = {
+            let pending = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            pending.iter().map(|(id, (_, answered))| (*id, *answered)).collect()
+        };
+        if waiting.is_empty() {
+            if written.is_some() {
+                break;
+            }
+            continue;
+        }
+        let mut seen = api.newest().await?;
+        // The newest page may not reach an order that has waited long: ask for it alone.
+        for (order, answered) in &waiting {
+            if answered.elapsed() > LOOK_UP_AFTER && !seen.contains(order) && api.visible(*order).await? {
+                seen.push(*order);
+            }
+        }
+        let now = Instant::now();
+        let mut pending = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        for order in seen {
+            if let Some((sent, answered)) = pending.remove(&order) {
+                fresh.record(now.duration_since(answered).as_micros().max(1) as u64)?;
+                from_send.record(now.duration_since(sent).as_micros().max(1) as u64)?;
+            }
+        }
+        if drained_since.is_some_and(|t| t.elapsed() > DRAIN) {
+            break;
+        }
+    }
+    let never_seen = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len() as u64;
+    let (placed, failed, seconds, commands) = written.context("the writer did not finish")?;
+    let p99 = ms(&fresh, 0.99);
+    let report = Report {
+        benchmark: "freshness",
+        write_url: api.write.clone(),
+        read_url: api.read.clone(),
+        target_rate: b.rate,
+        seconds,
+        sent: total,
+        placed,
+        failed,
+        achieved_rate: placed as f64 / seconds,
+        command_p50_ms: ms(&commands, 0.50),
+        command_p99_ms: ms(&commands, 0.99),
+        p50_ms: ms(&fresh, 0.50),
+        p99_ms: p99,
+        max_ms: fresh.max() as f64 / 1000.0,
+        from_send_p50_ms: ms(&from_send, 0.50),
+        from_send_p99_ms: ms(&from_send, 0.99),
+        never_seen,
+        probe_every_ms: PROBE_EVERY.as_millis() as u64,
+        p99_target_ms: P99_TARGET_MS,
+        p99_target_met: failed == 0 && never_seen == 0 && p99 <= P99_TARGET_MS,
+    };
+    eprintln!(
+        "      {placed} orders placed at {:.0}/s ({failed} failed): in the list after p50 {:.1} ms, p99 {:.1} ms \
+         ({never_seen} never seen)",
+        report.achieved_rate, report.p50_ms, report.p99_ms
+    );
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Places `total` orders at `rate`, each timed from its scheduled send; answers how many were
+/// placed and refused, the seconds it took, and the commands' latency.
+async fn place_at_rate(
+    api: Api,
+    shop: Shop,
+    pending: Pending,
+    rate: u64,
+    total: u64,
+    seed: u64,
+) -> anyhow::Result<(u64, u64, f64, hdrhistogram::Histogram<u64>)> {
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = started + period.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let mut rng = Rng::new(rng.below(usize::MAX) as u64);
+        let (api, shop, pending, slots) = (api.clone(), shop.clone(), pending.clone(), slots.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = slots.acquire_owned().await?;
+            let sent = scheduled.into_std();
+            let placed = shop.place(&api, &mut rng).await;
+            let answered = Instant::now();
+            if let Ok((order, true)) = placed {
+                pending
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .insert(order, (sent, answered));
+                return anyhow::Ok(Some(answered - sent));
+            }
+            anyhow::Ok(None)
+        }));
+    }
+    let mut hist = histogram()?;
+    let (mut placed, mut failed) = (0_u64, 0_u64);
+    for t in tasks {
+        match t.await?? {
+            Some(latency) => {
+                placed += 1;
+                hist.record(latency.as_micros().max(1) as u64)?;
+            }
+            None => failed += 1,
+        }
+    }
+    Ok((placed, failed, started.elapsed().as_secs_f64(), hist))
+}
