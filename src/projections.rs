@@ -92,10 +92,11 @@ pub(crate) struct RunArgs {
     /// Most events applied per transaction.
     #[arg(long, env = "ORDERFLOW_PROJECTION_BATCH_SIZE", default_value_t = 2000)]
     batch_size: usize,
-    /// How long (ms) a batch waits for more events before it is applied (0: apply what the
-    /// broker delivered together as soon as it is taken).
-    #[arg(long, env = "ORDERFLOW_PROJECTION_LINGER_MS", default_value_t = 0)]
-    linger_ms: u64,
+    /// How long (ms) a batch waits for more events before it is applied, for every projection
+    /// run (0: apply what the broker delivered together as soon as it is taken). Default: 0
+    /// for the dashboard, 500 for the analytics (ClickHouse wants few large inserts).
+    #[arg(long, env = "ORDERFLOW_PROJECTION_LINGER_MS")]
+    linger_ms: Option<u64>,
     /// How soon (ms) the group gives a dead worker's partitions to the others.
     #[arg(long, env = "ORDERFLOW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
@@ -147,14 +148,16 @@ async fn run_workers(args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
     } else {
         args.only.clone()
     };
-    let run = RunOptions {
-        batch_size: args.batch_size.max(1),
-        linger: Duration::from_millis(args.linger_ms),
-        ..RunOptions::default()
-    };
     let mut workers = tokio::task::JoinSet::new();
     for name in names {
         let factory = catalog::factory(&name, &sinks)?;
+        let run = RunOptions {
+            batch_size: args.batch_size.max(1),
+            linger: args
+                .linger_ms
+                .map_or_else(|| catalog::default_linger(&name), Duration::from_millis),
+            ..RunOptions::default()
+        };
         let options = KafkaOptions {
             brokers: args.kafka_brokers.clone(),
             group_id: format!("{}{name}", args.group_prefix),

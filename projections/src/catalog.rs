@@ -66,3 +66,14 @@ pub fn categories(name: &str) -> &'static [Category] {
         _ => &[],
     }
 }
+
+/// How long a Kafka worker's batch waits for more events, unless configured: none for the
+/// dashboard, whose freshness the read API promises; 500 ms for the analytics, because
+/// ClickHouse wants few large inserts (every insert is a part that background merges must
+/// fold again; small frequent ones cost ClickHouse more CPU than the rest of the pipeline).
+pub fn default_linger(name: &str) -> std::time::Duration {
+    match name {
+        analytics::NAME => std::time::Duration::from_millis(500),
+        _ => std::time::Duration::ZERO,
+    }
+}

@@ -230,9 +230,11 @@ impl Shared {
                     .record(started.elapsed().as_secs_f64());
                 // From the store's commit of the batch's oldest event to its being applied: how
                 // far behind the read model runs (relay, broker, linger, apply).
-                let behind = oldest.map(|t| (chrono::Utc::now() - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                let behind =
+                    oldest.map(|t| (chrono::Utc::now() - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                 if let Some(behind) = behind {
-                    metrics::histogram!("orderflow_projection_behind_seconds", "projection" => self.name).record(behind);
+                    metrics::histogram!("orderflow_projection_behind_seconds", "projection" => self.name)
+                        .record(behind);
                 }
                 debug!(
                     projection = self.name,
