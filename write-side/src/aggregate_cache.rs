@@ -40,12 +40,16 @@ pub(crate) struct Entry {
 /// The cache; `capacity` 0 turns it off.
 pub(crate) struct AggregateCache {
     entries: Option<quick_cache::sync::Cache<String, Entry>>,
+    /// Serializes [`put`](Self::put)'s compare-and-insert, so that a load that read the store
+    /// before a commit cannot overwrite the commit's newer entry after it.
+    puts: std::sync::Mutex<()>,
 }
 
 impl AggregateCache {
     pub(crate) fn new(capacity: usize) -> Self {
         AggregateCache {
             entries: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
+            puts: std::sync::Mutex::new(()),
         }
     }
 
@@ -57,8 +61,13 @@ impl AggregateCache {
         self.entries.as_ref()?.get(stream_id)
     }
 
+    /// Keeps `entry` unless the cache holds a newer version of the stream.
     pub(crate) fn put(&self, stream_id: &str, entry: Entry) {
         if let Some(entries) = &self.entries {
+            let _one_at_a_time = self.puts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if entries.get(stream_id).is_some_and(|e| e.version > entry.version) {
+                return;
+            }
             entries.insert(stream_id.to_owned(), entry);
         }
     }

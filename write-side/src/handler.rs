@@ -309,9 +309,6 @@ impl CommandHandler {
     /// Keeps `state`, at the version and position of `at`, for the next command on the stream,
     /// unless the cache already holds a newer version (a read racing a commit).
     fn remember<A: Snapshottable>(&self, stream_id: &str, state: A, at: &Loaded<A>) {
-        if self.cache.get(stream_id).is_some_and(|e| e.version > at.version) {
-            return;
-        }
         self.cache.put(
             stream_id,
             Entry {
@@ -381,6 +378,8 @@ impl CommandHandler {
                     reason: "the commit's answer does not name the stream it appended to".into(),
                 });
             }
+            // A conflict: decide again on what the store holds, not on "new stream".
+            verify = true;
         }
     }
 
@@ -434,8 +433,7 @@ impl CommandHandler {
                 .await?
             {
                 Decided::Answered(answer) => return Ok(answer),
-                Decided::Conflict => {}
-                Decided::Unverified => verify = true,
+                Decided::Conflict | Decided::Unverified => verify = true,
             }
         }
     }
@@ -492,8 +490,7 @@ impl CommandHandler {
                 .await?
             {
                 Decided::Answered(answer) => return Ok(answer),
-                Decided::Conflict => {}
-                Decided::Unverified => verify = true,
+                Decided::Conflict | Decided::Unverified => verify = true,
             }
         }
     }
@@ -547,10 +544,20 @@ impl CommandHandler {
         trusted: bool,
         attempt: &mut u32,
     ) -> Result<Decided, CommandError> {
+        // A stream the commit does not append to is not checked by it: a decision that leaves
+        // out a trusted stream (a cancelled order's product that, as cached, holds no
+        // reservation for it) is taken again on what the store holds.
+        let appends_to_every_stream = !decision.order_events.is_empty()
+            && products.keys().all(|id| {
+                decision
+                    .product_events
+                    .iter()
+                    .any(|(product, events)| product == id && !events.is_empty())
+            });
+        if trusted && !appends_to_every_stream {
+            return Ok(Decided::Unverified);
+        }
         if decision.order_events.is_empty() && decision.product_events.iter().all(|(_, e)| e.is_empty()) {
-            if trusted {
-                return Ok(Decided::Unverified);
-            }
             return Ok(Decided::Answered(unchanged(order)));
         }
         let mut appends = Vec::new();
@@ -732,7 +739,8 @@ enum Decided {
     Answered(CommandAnswer),
     /// Someone else appended in between: load again and decide again.
     Conflict,
-    /// The decision appends nothing, on state trusted from the cache: check it and decide again.
+    /// The decision leaves out a stream whose state was trusted from the cache (or appends
+    /// nothing): check them against the store and decide again.
     Unverified,
 }
 

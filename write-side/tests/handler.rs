@@ -9,8 +9,8 @@ use event_schemas::Category;
 use event_store::{EventMetadata, EventStore, IdempotencyKey, PgEventStore, SqliteEventStore, StoreOptions, Until};
 use uuid::Uuid;
 use write_side::domain::{
-    Aggregate, CancelOrder, Customer, CustomerCommand, Order, OrderCommand, OrderStatus, PlaceOrder, PlaceOrderLine,
-    Product, ProductCommand,
+    Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, OrderStatus, PlaceOrder,
+    PlaceOrderLine, Product, ProductCommand,
 };
 use write_side::{CommandContext, CommandError, CommandHandler, HandlerOptions, Snapshottable};
 
@@ -252,6 +252,34 @@ async fn another_process_appending_never_leaves_a_cached_aggregate_deciding_alon
     here.place_order(&ctx(), order.clone()).await.unwrap();
     let placed = here.load::<Order>(order.order_id, None).await.unwrap().state;
     assert_eq!(placed.customer.map(|c| c.name).as_deref(), Some("Ada Lovelace"));
+
+    // Cancelled where the product is cached from before the other process's order: the order's
+    // stock is released all the same (the cached product holds no reservation for it).
+    let gadget = product(&here, 10).await;
+    let elsewhere = place(buyer, &[(gadget, 4)]);
+    there.place_order(&ctx(), elsewhere.clone()).await.unwrap();
+    here.load::<Order>(elsewhere.order_id, None).await.unwrap();
+    let cancel = CancelOrder {
+        order_id: elsewhere.order_id,
+        reason: "changed my mind".into(),
+    };
+    here.cancel_order(&ctx(), cancel).await.unwrap();
+    let g = there.load::<Product>(gadget, None).await.unwrap().state;
+    assert_eq!((g.available, g.reserved()), (10, 0), "{g:?}");
+
+    // Registered by the other process, unknown to this one's cache: refused as existing, not
+    // answered as a conflict after retries on "new stream".
+    let twin = CustomerCommand::Register {
+        customer_id: buyer,
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    let fresh = CommandHandler::new(store.clone(), HandlerOptions::default());
+    let err = fresh.customer(&ctx(), buyer, twin).await.unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(DomainError::AlreadyExists { .. })),
+        "{err:?}"
+    );
 
     // An order id the other process already placed: not a second OrderPlaced.
     let head = store.head_position().await.unwrap();
