@@ -7,7 +7,7 @@
 //! (`GET /v1/dashboard/orders`, newest first) until each one is in it: the time from the
 //! command's answer to that moment is the figure issue 6 sets a target for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,6 +62,10 @@ const PROBE_PAGE: usize = 500;
 const LOOK_UP_AFTER: Duration = Duration::from_millis(250);
 /// How long the probe keeps looking after the last order was answered.
 const DRAIN: Duration = Duration::from_secs(30);
+/// Longest any one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed probe requests tolerated before the run is given up.
+const MAX_PROBE_ERRORS: u64 = 100;
 /// The target of issue 6: p99 from answer to visible.
 const P99_TARGET_MS: f64 = 100.0;
 
@@ -87,6 +91,8 @@ struct Report {
     from_send_p99_ms: f64,
     never_seen: u64,
     probe_every_ms: u64,
+    /// Probe requests that failed (retried at the next probe).
+    probe_errors: u64,
     p99_target_ms: f64,
     p99_target_met: bool,
 }
@@ -110,10 +116,10 @@ impl Api {
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let response = self
-            .client
-            .request(request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?)
+        let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
+            .with_context(|| format!("POST {}{path}: no answer within {REQUEST_TIMEOUT:?}", self.write))?
             .with_context(|| format!("POST {}{path}", self.write))?;
         let status = response.status();
         response.into_body().collect().await?;
@@ -122,10 +128,9 @@ impl Api {
 
     async fn get(&self, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
         let request = hyper::Request::get(format!("{}{path}", self.read)).body(Full::new(Bytes::new()))?;
-        let response = self
-            .client
-            .request(request)
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
+            .with_context(|| format!("GET {}{path}: no answer within {REQUEST_TIMEOUT:?}", self.read))?
             .with_context(|| format!("GET {}{path}", self.read))?;
         let status = response.status();
         Ok((status, response.into_body().collect().await?.to_bytes()))
@@ -285,6 +290,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
     let mut writer = Some(writer);
     let mut written = None;
     let mut drained_since: Option<Instant> = None;
+    let mut probe_errors = 0_u64;
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         if writer.as_ref().is_some_and(|w| w.is_finished())
@@ -303,19 +309,51 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
             }
             continue;
         }
-        let mut seen = api.newest().await?;
-        // The newest page may not reach an order that has waited long: ask for it alone.
-        for (order, answered) in &waiting {
-            if answered.elapsed() > LOOK_UP_AFTER && !seen.contains(order) && api.visible(*order).await? {
-                seen.push(*order);
+        // Each order is stamped with the moment of the answer that showed it.
+        let listed = match api.newest().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                probe_errors += 1;
+                anyhow::ensure!(
+                    probe_errors <= MAX_PROBE_ERRORS,
+                    "the dashboard list keeps failing: {e:#}"
+                );
+                continue;
+            }
+        };
+        let listed_at = Instant::now();
+        let listed: HashSet<Uuid> = listed.into_iter().collect();
+        let mut seen: Vec<(Uuid, Instant)> = waiting
+            .iter()
+            .filter(|(order, _)| listed.contains(order))
+            .map(|(order, _)| (*order, listed_at))
+            .collect();
+        // The newest page may not reach an order that has waited long: ask for each alone.
+        let lookups = waiting
+            .iter()
+            .filter(|(order, answered)| answered.elapsed() > LOOK_UP_AFTER && !listed.contains(order))
+            .map(|(order, _)| {
+                let api = &api;
+                async move { (*order, api.visible(*order).await, Instant::now()) }
+            });
+        for (order, visible, at) in futures::future::join_all(lookups).await {
+            match visible {
+                Ok(true) => seen.push((order, at)),
+                Ok(false) => {}
+                Err(e) => {
+                    probe_errors += 1;
+                    anyhow::ensure!(
+                        probe_errors <= MAX_PROBE_ERRORS,
+                        "looking up orders keeps failing: {e:#}"
+                    );
+                }
             }
         }
-        let now = Instant::now();
         let mut pending = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        for order in seen {
+        for (order, at) in seen {
             if let Some((sent, answered)) = pending.remove(&order) {
-                fresh.record(now.duration_since(answered).as_micros().max(1) as u64)?;
-                from_send.record(now.duration_since(sent).as_micros().max(1) as u64)?;
+                fresh.record(at.duration_since(answered).as_micros().max(1) as u64)?;
+                from_send.record(at.duration_since(sent).as_micros().max(1) as u64)?;
             }
         }
         if drained_since.is_some_and(|t| t.elapsed() > DRAIN) {
@@ -344,6 +382,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         from_send_p99_ms: ms(&from_send, 0.99),
         never_seen,
         probe_every_ms: PROBE_EVERY.as_millis() as u64,
+        probe_errors,
         p99_target_ms: P99_TARGET_MS,
         p99_target_met: failed == 0 && never_seen == 0 && p99 <= P99_TARGET_MS,
     };
