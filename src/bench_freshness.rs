@@ -53,7 +53,7 @@ pub(crate) struct FreshnessBench {
 }
 
 /// Requests in flight at most; beyond it, orders wait (still timed from their scheduled send).
-const MAX_IN_FLIGHT: usize = 1024;
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// How often the list is read.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// The list page read by each probe (the read API's largest).
@@ -98,7 +98,7 @@ struct Report {
 }
 
 /// Placed orders not seen yet: id → (sent at, answered at).
-type Pending = Arc<Mutex<HashMap<Uuid, (Instant, Instant)>>>;
+pub(crate) type Pending = Arc<Mutex<HashMap<Uuid, (Instant, Instant)>>>;
 
 #[derive(Clone)]
 struct Api {
@@ -277,14 +277,19 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
 
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let total = b.rate * b.seconds;
-    let writer = tokio::spawn(place_at_rate(
-        api.clone(),
-        shop.clone(),
-        pending.clone(),
-        b.rate,
-        total,
-        b.seed,
-    ));
+    let writer = tokio::spawn({
+        let (api, shop) = (api.clone(), shop.clone());
+        place_at_rate(
+            move |mut rng| {
+                let (api, shop) = (api.clone(), shop.clone());
+                async move { shop.place(&api, &mut rng).await }
+            },
+            pending.clone(),
+            b.rate,
+            total,
+            b.seed,
+        )
+    });
 
     let (mut fresh, mut from_send) = (histogram()?, histogram()?);
     let mut writer = Some(writer);
@@ -398,16 +403,22 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Places `total` orders at `rate`, each timed from its scheduled send; answers how many were
-/// placed and refused, the seconds it took, and the commands' latency.
-async fn place_at_rate(
-    api: Api,
-    shop: Shop,
+/// Places `total` orders at `rate` with `place` (given a random source; answers the order's id
+/// and whether it was created), each timed from its scheduled send, so that a slow answer
+/// delays no later measurement. Created orders go into `pending` with their send and answer
+/// times. Answers how many were created and refused, the seconds it took, and the commands'
+/// latency.
+pub(crate) async fn place_at_rate<F, Fut>(
+    place: F,
     pending: Pending,
     rate: u64,
     total: u64,
     seed: u64,
-) -> anyhow::Result<(u64, u64, f64, hdrhistogram::Histogram<u64>)> {
+) -> anyhow::Result<(u64, u64, f64, hdrhistogram::Histogram<u64>)>
+where
+    F: Fn(Rng) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Uuid, bool)>> + Send + 'static,
+{
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let mut rng = Rng::new(seed ^ 0x5eed);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -416,12 +427,12 @@ async fn place_at_rate(
     for i in 0..total {
         let scheduled = started + period.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled).await;
-        let mut rng = Rng::new(rng.below(usize::MAX) as u64);
-        let (api, shop, pending, slots) = (api.clone(), shop.clone(), pending.clone(), slots.clone());
+        let placing = place(Rng::new(rng.below(usize::MAX) as u64));
+        let (pending, slots) = (pending.clone(), slots.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = slots.acquire_owned().await?;
             let sent = scheduled.into_std();
-            let placed = shop.place(&api, &mut rng).await;
+            let placed = placing.await;
             let answered = Instant::now();
             if let Ok((order, true)) = placed {
                 pending

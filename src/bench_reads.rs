@@ -40,6 +40,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::bench_freshness::Pending;
 use crate::bench_rebuild::{Scratch, ScratchServers, progress_bar, write_line};
 use crate::seed::{self, SeedOptions};
 
@@ -571,9 +572,6 @@ struct FreshnessSetup {
     read_address: SocketAddr,
 }
 
-/// Placed orders not yet seen in the read model: id → (sent at, answered at).
-type Pending = Arc<Mutex<HashMap<Uuid, (Instant, Instant)>>>;
-
 async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) -> anyhow::Result<Freshness> {
     use write_side::domain::ProductCommand;
     use write_side::http::{Auth, HttpConfig, HttpState};
@@ -676,47 +674,18 @@ async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) 
     );
 
     let total = b.rate * b.freshness_seconds;
-    let period = Duration::from_secs_f64(1.0 / b.rate as f64);
     let writer = tokio::spawn({
-        let (place, pending) = (place.clone(), pending.clone());
-        let seed = b.seed;
-        async move {
-            let mut rng = Rng::new(seed ^ 0x5eed);
-            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-            let started = tokio::time::Instant::now();
-            let mut tasks = Vec::with_capacity(total as usize);
-            for i in 0..total {
-                tokio::time::sleep_until(started + period.mul_f64(i as f64)).await;
-                let mut rng = Rng::new(rng.below(usize::MAX) as u64);
-                let (place, pending, slots) = (place.clone(), pending.clone(), slots.clone());
-                tasks.push(tokio::spawn(async move {
-                    let _permit = slots.acquire_owned().await?;
-                    let sent = Instant::now();
-                    let placed = place.place(&mut rng).await;
-                    let answered = Instant::now();
-                    if let Ok((order, true)) = placed {
-                        pending
-                            .lock()
-                            .map_err(|_| anyhow::anyhow!("poisoned"))?
-                            .insert(order, (sent, answered));
-                        return anyhow::Ok(Some(answered - sent));
-                    }
-                    anyhow::Ok(None)
-                }));
-            }
-            let mut hist = histogram()?;
-            let (mut placed, mut failed) = (0_u64, 0_u64);
-            for t in tasks {
-                match t.await?? {
-                    Some(latency) => {
-                        placed += 1;
-                        hist.record(latency.as_micros().max(1) as u64)?;
-                    }
-                    None => failed += 1,
-                }
-            }
-            anyhow::Ok((placed, failed, started.elapsed().as_secs_f64(), hist))
-        }
+        let place = place.clone();
+        crate::bench_freshness::place_at_rate(
+            move |mut rng| {
+                let place = place.clone();
+                async move { place.place(&mut rng).await }
+            },
+            pending.clone(),
+            b.rate,
+            total,
+            b.seed,
+        )
     });
 
     let (mut fresh, mut from_send) = (histogram()?, histogram()?);
