@@ -346,6 +346,80 @@ async fn a_worker_applies_every_record_once_and_dead_letters_what_it_cannot_read
     );
 }
 
+/// A worker whose checkpoint falls inside a record batch that the broker stored as one (the
+/// relay produces batches) reads the rest of that batch. The test broker answers a fetch from
+/// the middle of a stored batch with the batches after it, and a worker that took what came
+/// skipped the batch's tail and checkpointed past it: `tests/projection_workers.rs` saw an order
+/// event lost after a worker was killed that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_resuming_inside_a_record_batch_reads_the_rest_of_it() {
+    let topic = testkit::kafka::unique_topic("midbatch");
+    testkit::kafka::create_topic(&topic, 1).await;
+    let db = postgres_read_db().await;
+    let customer = Uuid::new_v4();
+    let stream = format!("customer-{customer}");
+    // Versions 1 to 3 in one produce request (one stored batch, offsets 0-2), then 4 alone.
+    let batching: FutureProducer = testkit::kafka::client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "200")
+        .create()
+        .unwrap();
+    let sends = (1..=3_u64).map(|version| {
+        let (batching, topic, key) = (batching.clone(), topic.clone(), stream.clone());
+        async move {
+            let value = envelope(&renamed(customer, version), version, version).encode_to_vec();
+            batching
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap()
+        }
+    });
+    let delivered = futures::future::join_all(sends).await;
+    assert_eq!(delivered.iter().map(|d| d.offset).collect::<Vec<_>>(), [0, 1, 2]);
+    publish(&topic, &[customer], 4..=4, 4).await;
+
+    // As a worker killed right after applying offset 0 (version 1) leaves it.
+    let factory = Tally::factory(&db, &[]);
+    factory(1).prepare().await.unwrap();
+    db.ensure_live("tally", 1).await.unwrap();
+    let mut tx = db.begin_write().await.unwrap();
+    sqlx::query("INSERT INTO tally_v1_streams (stream_id, version, applied) VALUES ($1, 1, 1)")
+        .bind(stream.as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let applied = Checkpoint {
+        source: topic.clone(),
+        partition: 0,
+        offset: 0,
+        position: 1,
+        recorded_at: None,
+    };
+    save_checkpoints(&mut tx, "tally", 1, &[applied]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let cancel = CancellationToken::new();
+    // Stops the worker if an assertion fails too, so that the failure ends the test.
+    let _stop = cancel.clone().drop_guard();
+    let worker = tokio::spawn(run_from_kafka(
+        db.clone(),
+        factory,
+        options(&topic, &testkit::kafka::unique_group("midbatch")),
+        cancel.clone(),
+    ));
+    eventually(30, "versions 2 to 4 applied after version 1", || async {
+        tally(&db, 1).await.get(&stream) == Some(&(4, 4))
+    })
+    .await;
+    cancel.cancel();
+    worker.await.unwrap().unwrap();
+    assert!(db.dead_letters("tally", 1).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_worker_shares_the_partitions_and_takes_them_all_when_the_first_stops() {
     let topic = testkit::kafka::unique_topic("runtime");

@@ -40,10 +40,9 @@ const VERSION_CHECK: Duration = Duration::from_secs(1);
 /// default 500 ms). The bound on how late a worker sees a record when the broker does not answer
 /// a waiting fetch as soon as data arrives (tansu did not: `bench reads` measured a p50 of
 /// 464 ms from a command's answer to the order in the dashboard at 500 ms), so it is the
-/// freshness floor; the price is an empty fetch per 20 ms per idle worker. (5 ms took another
-/// ~19 ms off the median all in one process, but four workers then kept the test broker busy
-/// enough that the kill test failed once under the full suite's load; see BENCHMARKS.md.)
-const FETCH_WAIT: Duration = Duration::from_millis(20);
+/// freshness floor; the price is an empty fetch per 5 ms per idle worker (20 ms: freshness p50
+/// ~30 ms higher at 1,000 orders/s).
+const FETCH_WAIT: Duration = Duration::from_millis(5);
 /// How long a worker must have seen no record and no assignment before it says its partitions
 /// are drained: well past a fetch round trip ([`FETCH_WAIT`]).
 const QUIET: Duration = Duration::from_secs(1);
@@ -101,6 +100,7 @@ pub async fn run_from_kafka(
             pending: Batch::default(),
             pending_since: None,
             active_at: Instant::now(),
+            next: HashMap::new(),
         }),
         ends: Mutex::new(HashMap::new()),
     });
@@ -133,6 +133,9 @@ struct State {
     /// second, so that its first fetch after an assignment has come back (an empty local
     /// queue right after an assignment says nothing about the partition).
     active_at: Instant,
+    /// The offset each assigned partition must deliver next (see [`Shared::take`]), and how far
+    /// back the last gap made it read again.
+    next: HashMap<(String, i32), NextOffset>,
 }
 
 struct WorkerContext {
@@ -174,7 +177,11 @@ impl ConsumerContext for WorkerContext {
                     partitions = tpl.count(),
                     "partitions assigned"
                 );
-                self.shared.lock().active_at = Instant::now();
+                {
+                    let mut state = self.shared.lock();
+                    state.active_at = Instant::now();
+                    expect_from(&mut state, tpl);
+                }
                 self.shared.report_assigned(tpl);
                 if let Err(e) = consumer.assign(tpl) {
                     error!(projection = self.shared.name, error = %e, "cannot take the assigned partitions");
@@ -306,6 +313,7 @@ impl Shared {
         }
         let mut assignment = consumer.assignment()?;
         set_offsets(&mut assignment, &checkpoints);
+        expect_from(&mut self.lock(), &assignment);
         for element in assignment.elements() {
             if let Err(e) = consumer.seek(
                 element.topic(),
@@ -410,14 +418,77 @@ impl Shared {
     }
 
     /// Adds a message to the batch in hand: decoded, or as a dead letter.
-    fn take(&self, message: &BorrowedMessage<'_>) {
+    /// Takes a record into the batch in hand, unless it is not the one its partition must
+    /// deliver next. A partition's offsets are contiguous (the relay's producer is idempotent,
+    /// not transactional, and the topics are not compacted), so a record past the expected
+    /// offset means records went missing: a broker that answers a fetch from the middle of a
+    /// stored record batch with the batches after it (the test broker, tansu 0.6, does) would
+    /// otherwise make the worker apply past them and checkpoint them as applied. The partition
+    /// is read again from further back each time, until the missing records come; those
+    /// before the expected offset are skipped.
+    fn take(&self, message: &BorrowedMessage<'_>) -> Taken {
         let origin = Origin {
             source: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
         };
-        let payload = message.payload().unwrap_or_default();
         let mut state = self.lock();
+        let key = (origin.source.clone(), origin.partition);
+        match state.next.get(&key).copied() {
+            Some(next) if origin.offset < next.offset => return Taken::Repeat,
+            Some(next) if origin.offset > next.offset && next.rewound >= next.offset => {
+                // Read again from the partition's first offset and still missing: the broker
+                // no longer has them (retention). Nothing can bring them back; go on, loudly.
+                error!(
+                    projection = self.name,
+                    topic = origin.source,
+                    partition = origin.partition,
+                    expected = next.offset,
+                    got = origin.offset,
+                    "records are gone from the partition; continuing after them"
+                );
+                state.next.insert(
+                    key,
+                    NextOffset {
+                        offset: origin.offset + 1,
+                        rewound: 0,
+                    },
+                );
+            }
+            Some(next) if origin.offset > next.offset => {
+                let rewind = (next.rewound * 2).max(FIRST_REWIND);
+                state.next.insert(
+                    key,
+                    NextOffset {
+                        offset: next.offset,
+                        rewound: rewind,
+                    },
+                );
+                warn!(
+                    projection = self.name,
+                    topic = origin.source,
+                    partition = origin.partition,
+                    expected = next.offset,
+                    got = origin.offset,
+                    "records missing from the partition; reading it again from further back"
+                );
+                return Taken::Gap {
+                    topic: origin.source,
+                    partition: origin.partition,
+                    from: (next.offset - rewind).max(0),
+                };
+            }
+            _ => {
+                state.next.insert(
+                    key,
+                    NextOffset {
+                        offset: origin.offset + 1,
+                        rewound: 0,
+                    },
+                );
+            }
+        }
+        let payload = message.payload().unwrap_or_default();
         state.pending_since.get_or_insert_with(Instant::now);
         match Envelope::decode(payload) {
             Ok(envelope) => match ProjectedEvent::from_envelope(&envelope, origin.clone()) {
@@ -438,6 +509,7 @@ impl Shared {
                 payload: payload.to_vec(),
             }),
         }
+        Taken::InBatch
     }
 }
 
@@ -458,6 +530,42 @@ fn set_offsets(tpl: &mut TopicPartitionList, checkpoints: &[Checkpoint]) {
         }
     }
 }
+
+/// Where a partition stands in the worker: the offset it must deliver next, and how far back
+/// the last gap made it read again (0: no gap since the last record).
+#[derive(Debug, Clone, Copy)]
+struct NextOffset {
+    offset: i64,
+    rewound: i64,
+}
+
+/// Records the offsets `tpl` starts its partitions at as the ones each must deliver next.
+fn expect_from(state: &mut State, tpl: &TopicPartitionList) {
+    state.next.clear();
+    for e in tpl.elements() {
+        if let Offset::Offset(offset) = e.offset() {
+            state
+                .next
+                .insert((e.topic().to_owned(), e.partition()), NextOffset { offset, rewound: 0 });
+        }
+    }
+}
+
+/// What [`Shared::take`] made of a record.
+enum Taken {
+    InBatch,
+    /// Below the offset the partition must deliver next: read again after a seek back.
+    Repeat,
+    /// Past it: records are missing. Read the partition again from `from`.
+    Gap {
+        topic: String,
+        partition: i32,
+        from: i64,
+    },
+}
+
+/// The first rewind after a gap; each further gap at the same offset doubles it.
+const FIRST_REWIND: i64 = 64;
 
 fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), ProjectionError> {
     let consumer: BaseConsumer<WorkerContext> = ClientConfig::new()
@@ -493,7 +601,11 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
             Some(Ok(message)) => {
                 drained_reported = None;
                 shared.lock().active_at = Instant::now();
-                shared.take(&message);
+                if let Taken::Gap { topic, partition, from } = shared.take(&message)
+                    && let Err(e) = consumer.seek(&topic, partition, Offset::Offset(from), Duration::from_secs(5))
+                {
+                    warn!(projection = shared.name, error = %e, topic, partition, "seek back failed");
+                }
             }
             None if drained_reported.is_none_or(|at| at.elapsed() >= DRAINED_REPORT) && shared.quiet() => {
                 taken_all = true;
