@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::{Batch, DeadLetter, Projection, ProjectionError, ReadDb};
+use crate::{Batch, DeadLetter, ProjectedEvent, Projection, ProjectionError, ReadDb};
 
 pub(crate) mod kafka;
 pub(crate) mod store;
@@ -141,37 +141,55 @@ async fn isolate(
     options: &RunOptions,
     cancel: &CancellationToken,
 ) -> Result<(), RunError> {
-    // Dead letters that came with the batch (undecodable messages) go first, on their own.
-    if !batch.dead_letters.is_empty() {
-        let letters = Batch {
-            events: Vec::new(),
-            dead_letters: batch.dead_letters,
-        };
-        must_apply(projection, &letters, options, cancel).await?;
-    }
-    for event in batch.events {
-        let single = Batch {
-            events: vec![event],
-            dead_letters: Vec::new(),
-        };
-        if let Err(cause) = retry(projection, &single, options, cancel).await? {
-            let event = &single.events[0];
-            error!(projection = projection.name(), stream_id = %event.stream_id, position = event.position,
-                event_type = event.event.event_type(), error = %error_chain(&cause), "dead-lettering an event");
-            let letter = Batch {
-                events: Vec::new(),
-                dead_letters: vec![DeadLetter {
+    // One at a time, in the order they were read from each partition: each apply also moves
+    // its partition's checkpoint, so a dead letter recorded ahead of events read before it
+    // would, after a crash, make the next reader start past those events.
+    let mut items: Vec<Result<ProjectedEvent, DeadLetter>> = batch
+        .events
+        .into_iter()
+        .map(Ok)
+        .chain(batch.dead_letters.into_iter().map(Err))
+        .collect();
+    items.sort_by(|a, b| read_order(a).cmp(&read_order(b)));
+    for item in items {
+        let letter = match item {
+            Err(letter) => letter,
+            Ok(event) => {
+                let single = Batch {
+                    events: vec![event],
+                    dead_letters: Vec::new(),
+                };
+                let Err(cause) = retry(projection, &single, options, cancel).await? else {
+                    continue;
+                };
+                let event = &single.events[0];
+                error!(projection = projection.name(), stream_id = %event.stream_id, position = event.position,
+                    event_type = event.event.event_type(), error = %error_chain(&cause), "dead-lettering an event");
+                DeadLetter {
                     origin: event.origin.clone(),
                     position: event.position,
                     event_type: event.event.event_type().to_owned(),
                     reason: error_chain(&cause),
                     payload: event.event.encode().payload,
-                }],
-            };
-            must_apply(projection, &letter, options, cancel).await?;
-        }
+                }
+            }
+        };
+        let letter = Batch {
+            events: Vec::new(),
+            dead_letters: vec![letter],
+        };
+        must_apply(projection, &letter, options, cancel).await?;
     }
     Ok(())
+}
+
+/// Where an item of a batch was read: partition by partition, in offset order.
+fn read_order(item: &Result<ProjectedEvent, DeadLetter>) -> (&str, i32, i64) {
+    let origin = match item {
+        Ok(event) => &event.origin,
+        Err(letter) => &letter.origin,
+    };
+    (origin.source.as_str(), origin.partition, origin.offset)
 }
 
 /// Applies a batch of dead letters, retrying until cancelled: recording them is the way out.
@@ -206,4 +224,112 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use chrono::Utc;
+    use event_schemas::{CustomerEvent, CustomerRenamed, DomainEvent};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{Checkpoint, Origin};
+
+    /// Refuses any batch of more than one item (so the runtime isolates them) and the event at
+    /// `poison`; records the partition checkpoint each apply stores.
+    struct Recorder {
+        poison: i64,
+        stored: Mutex<Vec<i64>>,
+    }
+
+    #[async_trait]
+    impl Projection for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        async fn prepare(&self) -> Result<(), ProjectionError> {
+            Ok(())
+        }
+        async fn drop_version(&self) -> Result<(), ProjectionError> {
+            Ok(())
+        }
+        async fn checkpoints(&self) -> Result<Vec<Checkpoint>, ProjectionError> {
+            Ok(Vec::new())
+        }
+        async fn apply(&self, batch: &Batch) -> Result<(), ProjectionError> {
+            if batch.len() > 1 || batch.events.iter().any(|e| e.origin.offset == self.poison) {
+                return Err(ProjectionError::Inconsistent("refused".into()));
+            }
+            let stored = batch.checkpoints().iter().map(|c| c.offset).collect::<Vec<_>>();
+            self.stored.lock().unwrap().extend(stored);
+            Ok(())
+        }
+        async fn healthy(&self) -> bool {
+            true
+        }
+    }
+
+    fn origin(offset: i64) -> Origin {
+        Origin {
+            source: "orders".into(),
+            partition: 0,
+            offset,
+        }
+    }
+
+    fn event(offset: i64) -> ProjectedEvent {
+        let customer_id = Uuid::new_v4();
+        ProjectedEvent {
+            event_id: Uuid::new_v4(),
+            stream_id: format!("customer-{customer_id}"),
+            stream_version: 2,
+            position: offset as u64,
+            occurred_at: Utc::now(),
+            recorded_at: Utc::now(),
+            correlation_id: String::new(),
+            event: DomainEvent::Customer(CustomerEvent::Renamed(CustomerRenamed {
+                customer_id,
+                name: "Ada".into(),
+            })),
+            origin: origin(offset),
+        }
+    }
+
+    /// A batch that fails is applied item by item in the order it was read, dead letters
+    /// included: a dead letter stored first would move the checkpoint past events not yet
+    /// applied, and a crash right then would lose them.
+    #[tokio::test]
+    async fn an_isolated_batch_moves_its_checkpoint_in_read_order() {
+        let projection = Recorder {
+            poison: 12,
+            stored: Mutex::new(Vec::new()),
+        };
+        let batch = Batch {
+            events: vec![event(10), event(12), event(13)],
+            dead_letters: vec![DeadLetter {
+                origin: origin(11),
+                position: 0,
+                event_type: String::new(),
+                reason: "not an orderflow envelope".into(),
+                payload: b"garbage".to_vec(),
+            }],
+        };
+        let options = RunOptions {
+            retries: 1,
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            ..RunOptions::default()
+        };
+        apply_reliably(&projection, batch, &options, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(*projection.stored.lock().unwrap(), [10, 11, 12, 13]);
+    }
 }
