@@ -21,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::bench_reads::{HttpClient, Rng, histogram, ms};
+use crate::bench_reads::{Freshness, HttpClient, Rng, histogram};
 
 #[derive(Debug, Args)]
 pub(crate) struct FreshnessBench {
@@ -74,23 +74,9 @@ struct Report {
     benchmark: &'static str,
     write_url: String,
     read_url: String,
-    target_rate: u64,
-    seconds: f64,
-    sent: u64,
-    placed: u64,
-    failed: u64,
-    achieved_rate: f64,
-    command_p50_ms: f64,
-    command_p99_ms: f64,
-    /// From the command's answer to the order in the list.
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    /// From sending the command to the order in the list.
-    from_send_p50_ms: f64,
-    from_send_p99_ms: f64,
-    never_seen: u64,
-    probe_every_ms: u64,
+    /// Latency to visible is to the order's appearance in the dashboard list.
+    #[serde(flatten)]
+    run: Freshness,
     /// Probe requests that failed (retried at the next probe).
     probe_errors: u64,
     p99_target_ms: f64,
@@ -367,34 +353,28 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
     }
     let never_seen = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len() as u64;
     let (placed, failed, seconds, commands) = written.context("the writer did not finish")?;
-    let p99 = ms(&fresh, 0.99);
+    let run = Freshness::new(
+        b.rate,
+        total,
+        (placed, failed, seconds, &commands),
+        (&fresh, &from_send),
+        never_seen,
+        PROBE_EVERY,
+    );
+    let p99 = run.p99_ms;
     let report = Report {
         benchmark: "freshness",
         write_url: api.write.clone(),
         read_url: api.read.clone(),
-        target_rate: b.rate,
-        seconds,
-        sent: total,
-        placed,
-        failed,
-        achieved_rate: placed as f64 / seconds,
-        command_p50_ms: ms(&commands, 0.50),
-        command_p99_ms: ms(&commands, 0.99),
-        p50_ms: ms(&fresh, 0.50),
-        p99_ms: p99,
-        max_ms: fresh.max() as f64 / 1000.0,
-        from_send_p50_ms: ms(&from_send, 0.50),
-        from_send_p99_ms: ms(&from_send, 0.99),
-        never_seen,
-        probe_every_ms: PROBE_EVERY.as_millis() as u64,
+        p99_target_met: failed == 0 && never_seen == 0 && p99 <= P99_TARGET_MS,
+        run,
         probe_errors,
         p99_target_ms: P99_TARGET_MS,
-        p99_target_met: failed == 0 && never_seen == 0 && p99 <= P99_TARGET_MS,
     };
     eprintln!(
         "      {placed} orders placed at {:.0}/s ({failed} failed): in the list after p50 {:.1} ms, p99 {:.1} ms \
          ({never_seen} never seen)",
-        report.achieved_rate, report.p50_ms, report.p99_ms
+        report.run.achieved_rate, report.run.p50_ms, report.run.p99_ms
     );
     #[allow(clippy::print_stdout)]
     {

@@ -128,28 +128,29 @@ struct OpenRun {
     target_met: bool,
 }
 
+/// What a freshness run measured (`bench reads` and `bench freshness`).
 #[derive(Debug, Serialize)]
-struct Freshness {
-    target_rate: u64,
-    seconds: f64,
-    sent: u64,
+pub(crate) struct Freshness {
+    pub(crate) target_rate: u64,
+    pub(crate) seconds: f64,
+    pub(crate) sent: u64,
     /// Answered 201.
-    placed: u64,
+    pub(crate) placed: u64,
     /// Other answers and transport errors.
-    failed: u64,
-    achieved_rate: f64,
-    command_p50_ms: f64,
-    command_p99_ms: f64,
+    pub(crate) failed: u64,
+    pub(crate) achieved_rate: f64,
+    pub(crate) command_p50_ms: f64,
+    pub(crate) command_p99_ms: f64,
     /// From the command's answer to the read API's 200 for the order.
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
     /// The same, from the command's send time.
-    from_send_p50_ms: f64,
-    from_send_p99_ms: f64,
+    pub(crate) from_send_p50_ms: f64,
+    pub(crate) from_send_p99_ms: f64,
     /// Placed orders never seen within the wait after the run.
-    never_seen: u64,
-    probe_every_ms: u64,
+    pub(crate) never_seen: u64,
+    pub(crate) probe_every_ms: u64,
 }
 
 /// xorshift64*: cheap and deterministic per client.
@@ -740,23 +741,46 @@ async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) 
         Ok(Err(e)) => tracing::warn!(error = %e, "the relay panicked"),
         _ => {}
     }
-    Ok(Freshness {
-        target_rate: b.rate,
-        seconds,
-        sent: total,
-        placed,
-        failed,
-        achieved_rate: placed as f64 / seconds,
-        command_p50_ms: ms(&commands, 0.50),
-        command_p99_ms: ms(&commands, 0.99),
-        p50_ms: ms(&fresh, 0.50),
-        p99_ms: ms(&fresh, 0.99),
-        max_ms: fresh.max() as f64 / 1000.0,
-        from_send_p50_ms: ms(&from_send, 0.50),
-        from_send_p99_ms: ms(&from_send, 0.99),
+    Ok(Freshness::new(
+        b.rate,
+        total,
+        (placed, failed, seconds, &commands),
+        (&fresh, &from_send),
         never_seen,
-        probe_every_ms: PROBE_EVERY.as_millis() as u64,
-    })
+        PROBE_EVERY,
+    ))
+}
+
+impl Freshness {
+    /// The figures of a run: the offered rate, the orders sent, what the writer reported
+    /// (placed, failed, seconds, command latency), the latencies to visible (from the answer,
+    /// from the send), the orders never seen, and how often the probe looked.
+    pub(crate) fn new(
+        target_rate: u64,
+        sent: u64,
+        (placed, failed, seconds, commands): (u64, u64, f64, &Histogram<u64>),
+        (fresh, from_send): (&Histogram<u64>, &Histogram<u64>),
+        never_seen: u64,
+        probe_every: Duration,
+    ) -> Self {
+        Freshness {
+            target_rate,
+            seconds,
+            sent,
+            placed,
+            failed,
+            achieved_rate: placed as f64 / seconds,
+            command_p50_ms: ms(commands, 0.50),
+            command_p99_ms: ms(commands, 0.99),
+            p50_ms: ms(fresh, 0.50),
+            p99_ms: ms(fresh, 0.99),
+            max_ms: fresh.max() as f64 / 1000.0,
+            from_send_p50_ms: ms(from_send, 0.50),
+            from_send_p99_ms: ms(from_send, 0.99),
+            never_seen,
+            probe_every_ms: probe_every.as_millis() as u64,
+        }
+    }
 }
 
 /// Places orders through the write side's HTTP API.
