@@ -239,7 +239,7 @@ impl CommandHandler {
                 return Ok((new, true));
             }
             let loaded = self.load_from_store::<A>(id, None).await?;
-            self.remember(&loaded.stream_id, loaded.state.clone(), &loaded);
+            self.remember(&loaded);
             return Ok((loaded, false));
         };
         if trust {
@@ -248,7 +248,7 @@ impl CommandHandler {
         let before = loaded.version;
         self.catch_up(&mut loaded, None).await?;
         if loaded.version != before {
-            self.remember(&loaded.stream_id, loaded.state.clone(), &loaded);
+            self.remember(&loaded);
         }
         Ok((loaded, false))
     }
@@ -306,16 +306,16 @@ impl CommandHandler {
         }
     }
 
-    /// Keeps `state`, at the version and position of `at`, for the next command on the stream,
-    /// unless the cache already holds a newer version (a read racing a commit).
-    fn remember<A: Snapshottable>(&self, stream_id: &str, state: A, at: &Loaded<A>) {
+    /// Keeps a loaded aggregate for the next command on its stream, unless the cache already
+    /// holds a newer version (a read racing a commit).
+    fn remember<A: Snapshottable>(&self, loaded: &Loaded<A>) {
         self.cache.put(
-            stream_id,
+            &loaded.stream_id,
             Entry {
-                version: at.version,
-                position: at.position,
-                recorded_at: at.recorded_at,
-                state: Arc::new(state),
+                version: loaded.version,
+                position: loaded.position,
+                recorded_at: loaded.recorded_at,
+                state: Arc::new(loaded.state.clone()),
             },
         );
     }
@@ -433,7 +433,7 @@ impl CommandHandler {
                 .await?
             {
                 Decided::Answered(answer) => return Ok(answer),
-                Decided::Conflict | Decided::Unverified => verify = true,
+                Decided::Again => verify = true,
             }
         }
     }
@@ -490,7 +490,7 @@ impl CommandHandler {
                 .await?
             {
                 Decided::Answered(answer) => return Ok(answer),
-                Decided::Conflict | Decided::Unverified => verify = true,
+                Decided::Again => verify = true,
             }
         }
     }
@@ -555,7 +555,7 @@ impl CommandHandler {
                     .any(|(product, events)| product == id && !events.is_empty())
             });
         if trusted && !appends_to_every_stream {
-            return Ok(Decided::Unverified);
+            return Ok(Decided::Again);
         }
         if decision.order_events.is_empty() && decision.product_events.iter().all(|(_, e)| e.is_empty()) {
             return Ok(Decided::Answered(unchanged(order)));
@@ -588,7 +588,7 @@ impl CommandHandler {
             idempotency: ctx.idempotency.clone(),
         };
         let Some(committed) = self.commit(ctx, commit, attempt).await? else {
-            return Ok(Decided::Conflict);
+            return Ok(Decided::Again);
         };
         let mut index = 0;
         if !decision.order_events.is_empty() {
@@ -737,11 +737,9 @@ impl CommandHandler {
 /// How a decision over several aggregates ended.
 enum Decided {
     Answered(CommandAnswer),
-    /// Someone else appended in between: load again and decide again.
-    Conflict,
-    /// The decision leaves out a stream whose state was trusted from the cache (or appends
-    /// nothing): check them against the store and decide again.
-    Unverified,
+    /// Decide again on what the store holds: someone else appended in between, or the decision
+    /// leaves out of the commit a stream whose state was trusted from the cache.
+    Again,
 }
 
 fn restore<A: Snapshottable>(snapshot: &Snapshot) -> Option<A> {

@@ -436,26 +436,7 @@ impl Shared {
         let key = (origin.source.clone(), origin.partition);
         match state.next.get(&key).copied() {
             Some(next) if origin.offset < next.offset => return Taken::Repeat,
-            Some(next) if origin.offset > next.offset && next.rewound >= next.offset => {
-                // Read again from the partition's first offset and still missing: the broker
-                // no longer has them (retention). Nothing can bring them back; go on, loudly.
-                error!(
-                    projection = self.name,
-                    topic = origin.source,
-                    partition = origin.partition,
-                    expected = next.offset,
-                    got = origin.offset,
-                    "records are gone from the partition; continuing after them"
-                );
-                state.next.insert(
-                    key,
-                    NextOffset {
-                        offset: origin.offset + 1,
-                        rewound: 0,
-                    },
-                );
-            }
-            Some(next) if origin.offset > next.offset => {
+            Some(next) if origin.offset > next.offset && next.rewound < next.offset => {
                 let rewind = (next.rewound * 2).max(FIRST_REWIND);
                 state.next.insert(
                     key,
@@ -478,16 +459,25 @@ impl Shared {
                     from: (next.offset - rewind).max(0),
                 };
             }
-            _ => {
-                state.next.insert(
-                    key,
-                    NextOffset {
-                        offset: origin.offset + 1,
-                        rewound: 0,
-                    },
-                );
-            }
+            // Read again from the partition's first offset and still missing: the broker no
+            // longer has them (retention). Nothing can bring them back; go on, loudly.
+            Some(next) if origin.offset > next.offset => error!(
+                projection = self.name,
+                topic = origin.source,
+                partition = origin.partition,
+                expected = next.offset,
+                got = origin.offset,
+                "records are gone from the partition; continuing after them"
+            ),
+            _ => {}
         }
+        state.next.insert(
+            key,
+            NextOffset {
+                offset: origin.offset + 1,
+                rewound: 0,
+            },
+        );
         let payload = message.payload().unwrap_or_default();
         state.pending_since.get_or_insert_with(Instant::now);
         match Envelope::decode(payload) {
