@@ -56,8 +56,10 @@ pub(crate) struct FreshnessBench {
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// How often the list is read.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
-/// The list page read by each probe (the read API's largest).
+/// The largest list page a probe reads (the read API's largest).
 const PROBE_PAGE: usize = 500;
+/// Added to the page a probe computes it needs (see [`probe_page`]).
+const PROBE_SLACK: usize = 32;
 /// An order not in the newest page after this long is looked up on its own.
 const LOOK_UP_AFTER: Duration = Duration::from_millis(250);
 /// How long the probe keeps looking after the last order was answered.
@@ -122,8 +124,8 @@ impl Api {
         Ok((status, response.into_body().collect().await?.to_bytes()))
     }
 
-    /// The ids of the newest orders in the dashboard list.
-    async fn newest(&self) -> anyhow::Result<Vec<Uuid>> {
+    /// The ids of the `limit` newest orders in the dashboard list.
+    async fn newest(&self, limit: usize) -> anyhow::Result<Vec<Uuid>> {
         #[derive(serde::Deserialize)]
         struct Page {
             rows: Vec<Row>,
@@ -133,7 +135,7 @@ impl Api {
             order_id: Uuid,
         }
         let (status, body) = self
-            .get(&format!("/v1/dashboard/orders?sort=placed_at_desc&limit={PROBE_PAGE}"))
+            .get(&format!("/v1/dashboard/orders?sort=placed_at_desc&limit={limit}"))
             .await?;
         anyhow::ensure!(status.is_success(), "the dashboard list answered {status}");
         let page: Page = serde_json::from_slice(&body).context("the dashboard list's answer")?;
@@ -282,6 +284,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
     let mut written = None;
     let mut drained_since: Option<Instant> = None;
     let mut probe_errors = 0_u64;
+    let mut slowest_command = Duration::ZERO;
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         if writer.as_ref().is_some_and(|w| w.is_finished())
@@ -290,9 +293,9 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
             written = Some(w.await??);
             drained_since = Some(Instant::now());
         }
-        let waiting: Vec<(Uuid, Instant)> = {
+        let waiting: Vec<(Uuid, Instant, Instant)> = {
             let pending = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            pending.iter().map(|(id, (_, answered))| (*id, *answered)).collect()
+            pending.iter().map(|(id, (sent, answered))| (*id, *sent, *answered)).collect()
         };
         if waiting.is_empty() {
             if written.is_some() {
@@ -300,8 +303,12 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
             }
             continue;
         }
+        for (_, sent, answered) in &waiting {
+            slowest_command = slowest_command.max(answered.saturating_duration_since(*sent));
+        }
+        let page = probe_page(b.rate, &waiting, slowest_command);
         // Each order is stamped with the moment of the answer that showed it.
-        let listed = match api.newest().await {
+        let listed = match api.newest(page).await {
             Ok(ids) => ids,
             Err(e) => {
                 probe_errors += 1;
@@ -316,14 +323,14 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         let listed: HashSet<Uuid> = listed.into_iter().collect();
         let mut seen: Vec<(Uuid, Instant)> = waiting
             .iter()
-            .filter(|(order, _)| listed.contains(order))
-            .map(|(order, _)| (*order, listed_at))
+            .filter(|(order, _, _)| listed.contains(order))
+            .map(|(order, _, _)| (*order, listed_at))
             .collect();
         // The newest page may not reach an order that has waited long: ask for each alone.
         let lookups = waiting
             .iter()
-            .filter(|(order, answered)| answered.elapsed() > LOOK_UP_AFTER && !listed.contains(order))
-            .map(|(order, _)| {
+            .filter(|(order, _, answered)| answered.elapsed() > LOOK_UP_AFTER && !listed.contains(order))
+            .map(|(order, _, _)| {
                 let api = &api;
                 async move { (*order, api.visible(*order).await, Instant::now()) }
             });
@@ -381,6 +388,21 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// How many of the newest orders a probe must read to reach every waiting one. Orders go out on
+/// a fixed schedule, so at most `rate` × (age of the oldest waiting send) were sent after it, and
+/// the orders sent before it that the write side placed after it were in flight when it went
+/// out: at most `rate` × the slowest command. Small pages keep the probe from loading the
+/// deployment it measures (500 rows 200 times a second is most of a core on 2 cores). A
+/// shortfall only delays an order to its lookup after [`LOOK_UP_AFTER`]: never a smaller figure.
+fn probe_page(rate: u64, waiting: &[(Uuid, Instant, Instant)], slowest_command: Duration) -> usize {
+    let Some(oldest) = waiting.iter().map(|(_, sent, _)| *sent).min() else {
+        return 1;
+    };
+    let window = oldest.elapsed() + slowest_command;
+    let orders = (rate as f64 * window.as_secs_f64()).ceil() as usize;
+    (orders + PROBE_SLACK).clamp(1, PROBE_PAGE)
 }
 
 /// Places `total` orders at `rate` with `place` (given a random source; answers the order's id
