@@ -108,8 +108,6 @@ pub enum RelayError {
     Kafka(#[from] KafkaError),
     #[error("the relay lost its lease (its database connection)")]
     LostLease,
-    #[error("the task storing the relay's checkpoint ended unexpectedly")]
-    CheckpointTask,
     #[error("event {position} of stream {stream_id} has no known aggregate category")]
     UnknownCategory { position: Position, stream_id: String },
 }
@@ -170,9 +168,7 @@ fn producer(config: &RelayConfig) -> Result<FutureProducer, KafkaError> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", &config.compression)
-        // The relay hands librdkafka a whole batch at once, so waiting for more to join a
-        // message only delays it; 1 ms still lets a batch being queued leave as one request.
-        .set("linger.ms", "1")
+        .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         // Deliveries are retried by librdkafka for this long; the relay keeps the batch and its
         // checkpoint, so a longer outage is retried from the checkpoint.
@@ -249,41 +245,18 @@ async fn publish(
         s.ready = true;
         s.last_error = None;
     });
-    let mut checkpoints = Checkpoints::start(store.clone(), checkpoint);
-    let outcome = publish_log(store, producer, &mut lease, &mut checkpoints, config, status, shutdown).await;
-    // Whatever the way out, the last acknowledged position is stored before the lease goes.
-    outcome.and(checkpoints.finish().await)
-}
-
-/// Publishes the log from the checkpoint, batch by batch, until `shutdown` or a failure.
-async fn publish_log(
-    store: &PgEventStore,
-    producer: &FutureProducer,
-    lease: &mut PgLease,
-    checkpoints: &mut Checkpoints,
-    config: &RelayConfig,
-    status: &watch::Sender<RelayStatus>,
-    shutdown: &CancellationToken,
-) -> Result<(), RelayError> {
     let store_dyn: Arc<dyn EventStore> = Arc::new(store.clone());
-    let mut log = Subscription::new(store_dyn, checkpoints.acknowledged()).batch_size(config.batch_size);
+    let mut log = Subscription::new(store_dyn, checkpoint).batch_size(config.batch_size);
     loop {
         let batch = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             batch = log.next_batch() => batch?,
-            failed = checkpoints.failed() => return Err(failed),
         };
-        // The lease's connection is checked while the batch is on its way, not before it: a
-        // relay that lost its lease publishes one batch more at worst (delivery is at least once).
-        let (alive, delivered) = tokio::join!(
-            lease.check(Duration::from_secs(5)),
-            deliver(producer, &batch, config, status)
-        );
-        if !alive {
+        if !lease.check(Duration::from_secs(5)).await {
             return Err(RelayError::LostLease);
         }
-        let last = delivered?;
-        checkpoints.acknowledge(last);
+        let last = deliver(producer, &batch, config, status).await?;
+        store.save_checkpoint(RELAY_NAME, last).await?;
         // The store's change signal already carries the head (own commits and NOTIFY): no query.
         let lag = store.changes().borrow().saturating_sub(last);
         metrics::counter!("orderflow_relay_published_total").increment(batch.len() as u64);
@@ -295,74 +268,6 @@ async fn publish_log(
             s.last_error = None;
         });
         tracing::debug!(events = batch.len(), checkpoint = last, lag, "published");
-    }
-}
-
-/// The relay's checkpoint, stored beside the publishing rather than between two batches: a
-/// batch waits for the broker only, never for a write to the store's database. One write at a
-/// time; positions acknowledged while a write is under way are folded into the next one. The
-/// store keeps the larger of two checkpoints, so a late write never moves it back.
-struct Checkpoints {
-    acknowledged: watch::Sender<Position>,
-    task: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
-}
-
-impl Checkpoints {
-    fn start(store: PgEventStore, checkpoint: Position) -> Self {
-        let (acknowledged, mut latest) = watch::channel(checkpoint);
-        let task = tokio::spawn(async move {
-            let mut saved = checkpoint;
-            loop {
-                let more = latest.changed().await.is_ok();
-                let last = *latest.borrow_and_update();
-                if last > saved {
-                    store.save_checkpoint(RELAY_NAME, last).await?;
-                    saved = last;
-                }
-                if !more {
-                    return Ok(());
-                }
-            }
-        });
-        Checkpoints {
-            acknowledged,
-            task: Some(task),
-        }
-    }
-
-    /// The last position the broker acknowledged.
-    fn acknowledged(&self) -> Position {
-        *self.acknowledged.borrow()
-    }
-
-    fn acknowledge(&self, position: Position) {
-        self.acknowledged.send_replace(position);
-    }
-
-    /// Resolves when storing a checkpoint failed (never while it works).
-    async fn failed(&mut self) -> RelayError {
-        let Some(task) = self.task.as_mut() else {
-            return std::future::pending().await;
-        };
-        let outcome = task.await;
-        self.task = None;
-        match outcome {
-            Ok(Err(e)) => e.into(),
-            Ok(Ok(())) | Err(_) => RelayError::CheckpointTask,
-        }
-    }
-
-    /// Stores the last acknowledged position and ends the task.
-    async fn finish(self) -> Result<(), RelayError> {
-        let Checkpoints { acknowledged, task } = self;
-        drop(acknowledged);
-        match task {
-            None => Ok(()),
-            Some(task) => task
-                .await
-                .map_err(|_| RelayError::CheckpointTask)?
-                .map_err(RelayError::from),
-        }
     }
 }
 
