@@ -295,7 +295,10 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         }
         let waiting: Vec<(Uuid, Instant, Instant)> = {
             let pending = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            pending.iter().map(|(id, (sent, answered))| (*id, *sent, *answered)).collect()
+            pending
+                .iter()
+                .map(|(id, (sent, answered))| (*id, *sent, *answered))
+                .collect()
         };
         if waiting.is_empty() {
             if written.is_some() {

@@ -575,7 +575,10 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
         .set("session.timeout.ms", options.session_timeout.as_millis().to_string())
         .set("partition.assignment.strategy", "range,roundrobin")
         .set("statistics.interval.ms", "1000")
-        .set("fetch.wait.max.ms", fetch_wait(options.run.linger).as_millis().to_string())
+        .set(
+            "fetch.wait.max.ms",
+            fetch_wait(options.run.linger).as_millis().to_string(),
+        )
         .create_with_context(WorkerContext {
             shared: Arc::clone(shared),
         })?;
