@@ -462,3 +462,44 @@ where
     }
     Ok((placed, failed, started.elapsed().as_secs_f64(), hist))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(ages_ms: &[u64]) -> Vec<(Uuid, Instant, Instant)> {
+        let now = Instant::now();
+        ages_ms
+            .iter()
+            .map(|age| {
+                let sent = now - Duration::from_millis(*age);
+                (Uuid::now_v7(), sent, sent + Duration::from_millis(1))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_probe_reads_every_order_that_can_have_been_placed_after_the_oldest_waiting_one() {
+        // 1,000/s: the oldest waiting went out 100 ms ago and a command took up to 20 ms, so up to
+        // 120 orders can sit above it in the list.
+        let page = probe_page(1_000, &waiting(&[100, 40, 3]), Duration::from_millis(20));
+        assert!(page >= 120 + PROBE_SLACK, "page {page}");
+        assert!(page < 200, "page {page} reads far more than needed");
+        // Only the oldest waiting order decides.
+        assert_eq!(
+            probe_page(1_000, &waiting(&[100]), Duration::from_millis(20)) / 10,
+            page / 10
+        );
+    }
+
+    #[test]
+    fn a_probe_never_asks_for_more_than_the_read_api_gives_or_for_nothing() {
+        assert_eq!(
+            probe_page(1_000, &waiting(&[2_000]), Duration::from_millis(20)),
+            PROBE_PAGE
+        );
+        assert_eq!(probe_page(1_000, &[], Duration::ZERO), 1);
+        let just_sent = probe_page(1_000, &waiting(&[0]), Duration::ZERO);
+        assert!((PROBE_SLACK..=PROBE_SLACK + 1).contains(&just_sent), "page {just_sent}");
+    }
+}
