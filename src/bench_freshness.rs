@@ -285,6 +285,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
     let mut drained_since: Option<Instant> = None;
     let mut probe_errors = 0_u64;
     let mut slowest_command = Duration::ZERO;
+    let mut last_probe = Duration::ZERO;
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         if writer.as_ref().is_some_and(|w| w.is_finished())
@@ -309,8 +310,9 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         for (_, sent, answered) in &waiting {
             slowest_command = slowest_command.max(answered.saturating_duration_since(*sent));
         }
-        let page = probe_page(b.rate, &waiting, slowest_command);
+        let page = probe_page(b.rate, &waiting, slowest_command, last_probe, Instant::now());
         // Each order is stamped with the moment of the answer that showed it.
+        let probing = Instant::now();
         let listed = match api.newest(page).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -323,6 +325,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
             }
         };
         let listed_at = Instant::now();
+        last_probe = listed_at - probing;
         let listed: HashSet<Uuid> = listed.into_iter().collect();
         let mut seen: Vec<(Uuid, Instant)> = waiting
             .iter()
@@ -393,18 +396,25 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many of the newest orders a probe must read to reach every waiting one. Orders go out on
-/// a fixed schedule, so at most `rate` × (age of the oldest waiting send) were sent after it, and
-/// the orders sent before it that the write side placed after it were in flight when it went
-/// out: at most `rate` × the slowest command. Small pages keep the probe from loading the
-/// deployment it measures (500 rows 200 times a second is most of a core on 2 cores). A
-/// shortfall only delays an order to its lookup after [`LOOK_UP_AFTER`]: never a smaller figure.
-fn probe_page(rate: u64, waiting: &[(Uuid, Instant, Instant)], slowest_command: Duration) -> usize {
+/// How many of the newest orders a probe must read, at `now`, to reach every waiting one. Orders
+/// go out on a fixed schedule, so at most `rate` × (age of the oldest waiting send + the probe's
+/// own answer time) are sent after it by the time the read API reads the list, and the orders
+/// sent before it that the write side placed after it were in flight when it went out: at most
+/// `rate` × the slowest command. Small pages keep the probe from loading the deployment it
+/// measures (500 rows 200 times a second is most of a core on 2 cores). A shortfall only delays
+/// an order to its lookup after [`LOOK_UP_AFTER`]: never a smaller figure.
+fn probe_page(
+    rate: u64,
+    waiting: &[(Uuid, Instant, Instant)],
+    slowest_command: Duration,
+    last_probe: Duration,
+    now: Instant,
+) -> usize {
     let Some(oldest) = waiting.iter().map(|(_, sent, _)| *sent).min() else {
         return 1;
     };
-    let window = oldest.elapsed() + slowest_command;
-    let orders = (rate as f64 * window.as_secs_f64()).ceil() as usize;
+    let window = now.saturating_duration_since(oldest) + last_probe + slowest_command;
+    let orders = (rate as f64 * window.as_secs_f64()).ceil().min(PROBE_PAGE as f64) as usize;
     (orders + PROBE_SLACK).clamp(1, PROBE_PAGE)
 }
 
@@ -467,8 +477,7 @@ where
 mod tests {
     use super::*;
 
-    fn waiting(ages_ms: &[u64]) -> Vec<(Uuid, Instant, Instant)> {
-        let now = Instant::now();
+    fn waiting(now: Instant, ages_ms: &[u64]) -> Vec<(Uuid, Instant, Instant)> {
         ages_ms
             .iter()
             .map(|age| {
@@ -478,28 +487,32 @@ mod tests {
             .collect()
     }
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn a_probe_reads_every_order_that_can_have_been_placed_after_the_oldest_waiting_one() {
-        // 1,000/s: the oldest waiting went out 100 ms ago and a command took up to 20 ms, so up to
-        // 120 orders can sit above it in the list.
-        let page = probe_page(1_000, &waiting(&[100, 40, 3]), Duration::from_millis(20));
-        assert!(page >= 120 + PROBE_SLACK, "page {page}");
-        assert!(page < 200, "page {page} reads far more than needed");
+        let now = Instant::now();
+        // 1,000/s: the oldest waiting went out 100 ms ago, the last probe took 5 ms and a command
+        // up to 20 ms, so up to 125 orders can sit above it in the list when it is read.
+        let page = probe_page(1_000, &waiting(now, &[100, 40, 3]), 20 * MS, 5 * MS, now);
+        assert_eq!(page, 125 + PROBE_SLACK);
         // Only the oldest waiting order decides.
+        assert_eq!(probe_page(1_000, &waiting(now, &[100]), 20 * MS, 5 * MS, now), page);
         assert_eq!(
-            probe_page(1_000, &waiting(&[100]), Duration::from_millis(20)) / 10,
-            page / 10
+            probe_page(2_000, &waiting(now, &[100]), 20 * MS, 5 * MS, now),
+            250 + PROBE_SLACK
         );
     }
 
     #[test]
     fn a_probe_never_asks_for_more_than_the_read_api_gives_or_for_nothing() {
+        let now = Instant::now();
+        assert_eq!(probe_page(1_000, &waiting(now, &[2_000]), 20 * MS, MS, now), PROBE_PAGE);
+        assert_eq!(probe_page(u64::MAX, &waiting(now, &[1]), MS, MS, now), PROBE_PAGE);
+        assert_eq!(probe_page(1_000, &[], Duration::ZERO, Duration::ZERO, now), 1);
         assert_eq!(
-            probe_page(1_000, &waiting(&[2_000]), Duration::from_millis(20)),
-            PROBE_PAGE
+            probe_page(1_000, &waiting(now, &[0]), Duration::ZERO, Duration::ZERO, now),
+            PROBE_SLACK
         );
-        assert_eq!(probe_page(1_000, &[], Duration::ZERO), 1);
-        let just_sent = probe_page(1_000, &waiting(&[0]), Duration::ZERO);
-        assert!((PROBE_SLACK..=PROBE_SLACK + 1).contains(&just_sent), "page {just_sent}");
     }
 }
