@@ -258,6 +258,15 @@ async fn publish(
         let sent = Instant::now();
         let last = deliver(producer, &batch, config, status).await?;
         let acknowledged_ms = sent.elapsed().as_secs_f64() * 1e3;
+        // How long after it was recorded the batch's oldest event was acknowledged: the relay's
+        // part of a read model's freshness (the workers' "batch applied" has the rest).
+        let behind_ms = batch.first().map_or(0.0, |oldest| {
+            (chrono::Utc::now() - oldest.recorded_at)
+                .num_microseconds()
+                .unwrap_or(i64::MAX)
+                .max(0) as f64
+                / 1e3
+        });
         store.save_checkpoint(RELAY_NAME, last).await?;
         // The store's change signal already carries the head (own commits and NOTIFY): no query.
         let lag = store.changes().borrow().saturating_sub(last);
@@ -268,14 +277,6 @@ async fn publish(
             s.ready = true;
             s.checkpoint = last;
             s.last_error = None;
-        });
-        // How long after its commit the batch's oldest event was acknowledged: the relay's part
-        // of a read model's freshness (the workers' "batch applied" has the rest).
-        let behind_ms = batch.first().map_or(0.0, |oldest| {
-            (chrono::Utc::now() - oldest.recorded_at)
-                .num_microseconds()
-                .unwrap_or(0) as f64
-                / 1e3
         });
         tracing::debug!(
             events = batch.len(),
