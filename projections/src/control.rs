@@ -277,16 +277,23 @@ impl ReadDb {
         Ok(old)
     }
 
-    /// After a rebuild's switch and its catch-up from the store: when Kafka workers carry the
-    /// version on (it inherited Kafka checkpoints), its store checkpoint becomes a
-    /// [`crate::REBUILT_SOURCE`] floor, so that the applied position follows the workers' progress
-    /// from then on instead of staying at the rebuild's last position (which made every later
-    /// `min_position` wait in vain). Not before the catch-up: until then the inherited Kafka
-    /// checkpoints vouch for events the old version applied that this one may lack. In the
-    /// embedded mode (no Kafka checkpoints) the store checkpoint stays what the runner reads.
-    /// Answers whether it handed over.
+    /// After a rebuild's switch and its catch-up from the store: records that the version has
+    /// caught up, and when Kafka workers carry the version on (it has Kafka checkpoints), turns
+    /// its store checkpoint into a [`crate::REBUILT_SOURCE`] floor, so that the applied position
+    /// follows the workers' progress from then on instead of staying at the rebuild's last
+    /// position (which made every later `min_position` wait in vain). Not before the catch-up:
+    /// until then the Kafka checkpoints it inherited at the switch vouch for events the old
+    /// version applied and this one may lack. Workers that start later hand over themselves
+    /// ([`ReadDb::hand_over_once_caught_up`]). In the embedded mode (no Kafka workers) the store
+    /// checkpoint stays what the runner reads. Answers whether it handed over.
     pub async fn hand_over_to_kafka(&self, name: &str, version: u32) -> Result<bool, ProjectionError> {
         let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE projection_versions SET caught_up_at_us = $3 WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(i64::from(version))
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query(
             "UPDATE projection_checkpoints SET source = $4
               WHERE name = $1 AND version = $2 AND source = $3
@@ -303,6 +310,50 @@ impl ReadDb {
             == 1;
         tx.commit().await?;
         Ok(done)
+    }
+
+    /// A Kafka worker's half of [`ReadDb::hand_over_to_kafka`], for a version that a rebuild
+    /// made before any worker ran (so it inherited no Kafka checkpoint and the rebuild could not
+    /// hand over): once the rebuild has caught up, the worker, which applies the version from
+    /// Kafka from then on, turns the store checkpoint into the floor. Its own partition
+    /// checkpoints vouch only for what it applied to this version, so the floor's rule holds.
+    pub async fn hand_over_once_caught_up(&self, name: &str, version: u32) -> Result<HandOver, ProjectionError> {
+        let row = sqlx::query(
+            "SELECT CASE WHEN caught_up_at_us IS NULL THEN 0 ELSE 1 END,
+                    CASE WHEN EXISTS (SELECT 1 FROM projection_checkpoints
+                                       WHERE name = $1 AND version = $2 AND source = $3) THEN 1 ELSE 0 END
+               FROM projection_versions WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(crate::STORE_SOURCE)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(HandOver::NothingToHandOver);
+        };
+        let (caught_up, store) = (row.try_get::<i64, _>(0)? != 0, row.try_get::<i64, _>(1)? != 0);
+        if !store {
+            return Ok(HandOver::NothingToHandOver);
+        }
+        if !caught_up {
+            return Ok(HandOver::NotCaughtUp);
+        }
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE projection_checkpoints SET source = $4
+              WHERE name = $1 AND version = $2 AND source = $3
+                AND NOT EXISTS (SELECT 1 FROM projection_checkpoints r
+                                 WHERE r.name = $1 AND r.version = $2 AND r.source = $4)",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(crate::STORE_SOURCE)
+        .bind(crate::REBUILT_SOURCE)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(HandOver::HandedOver)
     }
 
     /// The checkpoints stored for one version.
@@ -550,6 +601,17 @@ pub struct PartitionProgress {
     pub recorded_at: Option<DateTime<Utc>>,
     pub drained: bool,
     pub high_watermark: Option<i64>,
+}
+
+/// What [`ReadDb::hand_over_once_caught_up`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// The store checkpoint is a floor now.
+    HandedOver,
+    /// The version has no store checkpoint (or no longer exists): nothing to do, ever.
+    NothingToHandOver,
+    /// Its rebuild is still catching up: ask again later.
+    NotCaughtUp,
 }
 
 /// The position a projection version has applied: the largest N such that every event with a

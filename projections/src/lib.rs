@@ -26,8 +26,8 @@ mod rebuild;
 mod runtime;
 
 pub use control::{
-    DRAINED_FRESH_US, DbKind, PartitionProgress, PartitionReport, ReadDb, VersionInfo, applied_position, from_i64,
-    from_micros, lag_records, micros, save_checkpoints, save_dead_letters, to_i64,
+    DRAINED_FRESH_US, DbKind, HandOver, PartitionProgress, PartitionReport, ReadDb, VersionInfo, applied_position,
+    from_i64, from_micros, lag_records, micros, save_checkpoints, save_dead_letters, to_i64,
 };
 pub use event::{Origin, ProjectedEvent, REBUILT_SOURCE, STORE_SOURCE};
 pub use projection::{Batch, BulkLoad, BulkReport, Checkpoint, DeadLetter, Projection, ProjectionError};

@@ -19,7 +19,7 @@ use event_store::{
 };
 use projections::{
     Batch, Checkpoint, KafkaOptions, Projection, ProjectionError, ProjectionFactory, ReadDb, RebuildOptions,
-    RunOptions, rebuild, run_from_kafka, run_from_store, save_checkpoints, save_dead_letters,
+    RunOptions, applied_position, rebuild, run_from_kafka, run_from_store, save_checkpoints, save_dead_letters,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::Row;
@@ -604,6 +604,61 @@ async fn the_embedded_runner_follows_the_store_and_a_rebuild_switches_it_to_the_
     assert_eq!(db.live_version("tally").await.unwrap(), Some(2));
     cancel.cancel();
     runner.await.unwrap().unwrap();
+}
+
+/// A deployment that rebuilt a projection before it ever ran a worker: the version holds only
+/// the rebuild's store checkpoint, and no Kafka checkpoint the rebuild could hand over to. The
+/// workers that start afterwards apply it from Kafka; its applied position must follow them, or
+/// every `min_position` past the rebuild waits in vain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_started_after_a_rebuild_carry_its_applied_position_on() {
+    let store = sqlite_store().await;
+    let db = postgres_read_db().await;
+    let topic = testkit::kafka::unique_topic("handover");
+    testkit::kafka::create_topic(&topic, 2).await;
+    let customers: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    for version in 1..=3 {
+        for &customer in &customers {
+            append(&*store, customer, version..=version).await;
+        }
+    }
+    let report = rebuild(
+        Arc::clone(&store),
+        &db,
+        Tally::factory(&db, &[]),
+        RebuildOptions::default(),
+        CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let rebuilt = 3 * customers.len() as u64;
+    assert_eq!((report.version, report.position), (1, rebuilt));
+    let applied = || async { applied_position(&db.progress("tally", 1).await.unwrap()) };
+    assert_eq!(applied().await, rebuilt);
+
+    // The relay publishes the log in the store's order, and the shop goes on.
+    publish(&topic, &customers, 1..=5, 1).await;
+    let head = 5 * customers.len() as u64;
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(run_from_kafka(
+        db.clone(),
+        Tally::factory(&db, &[]),
+        options(&topic, &testkit::kafka::unique_group("handover")),
+        cancel.clone(),
+    ));
+    // A failed wait below must stop the worker too, or the runtime waits for its thread for ever.
+    let _stop = cancel.clone().drop_guard();
+    eventually(60, "every event applied", || async {
+        tally(&db, 1).await == expected(&customers, 5)
+    })
+    .await;
+    eventually(30, "the applied position to reach the head", || async {
+        applied().await == head
+    })
+    .await;
+    cancel.cancel();
+    worker.await.unwrap().unwrap();
 }
 
 #[tokio::test]

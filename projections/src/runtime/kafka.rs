@@ -31,7 +31,8 @@ use tracing::{debug, error, info, warn};
 
 use super::{ProjectionFactory, RunError, RunOptions, apply_reliably, error_chain};
 use crate::{
-    Batch, Checkpoint, DeadLetter, Origin, PartitionReport, ProjectedEvent, Projection, ProjectionError, ReadDb,
+    Batch, Checkpoint, DeadLetter, HandOver, Origin, PartitionReport, ProjectedEvent, Projection, ProjectionError,
+    ReadDb,
 };
 
 /// How often a worker looks for a version switch made by a rebuild.
@@ -589,6 +590,9 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
     info!(projection = shared.name, group = %options.group_id, ?topics, "projection worker started");
     let run = &options.run;
     let mut last_version_check = Instant::now();
+    // The version whose store checkpoint needs no more looking at (see
+    // `ReadDb::hand_over_once_caught_up`): a rebuild made before any worker ran leaves one.
+    let mut settled: Option<u32> = None;
     // When the partitions were last reported drained (found empty); reset by any record. The
     // report is repeated every second while idle: it only counts while fresh.
     let mut drained_reported: Option<Instant> = None;
@@ -632,6 +636,27 @@ fn consume(shared: &Arc<Shared>, options: &KafkaOptions) -> Result<(), Projectio
             last_version_check = Instant::now();
             if let Err(cause) = shared.follow_live_version(&consumer) {
                 warn!(projection = shared.name, error = %error_chain(&cause), "cannot check the live version");
+            }
+            let version = shared.lock().version;
+            if settled != Some(version) {
+                match shared
+                    .handle
+                    .block_on(shared.db.hand_over_once_caught_up(shared.name, version))
+                {
+                    Ok(HandOver::NotCaughtUp) => {}
+                    Ok(outcome) => {
+                        if outcome == HandOver::HandedOver {
+                            info!(
+                                projection = shared.name,
+                                version, "the rebuild caught up; this worker carries the version on"
+                            );
+                        }
+                        settled = Some(version);
+                    }
+                    Err(cause) => {
+                        warn!(projection = shared.name, error = %error_chain(&cause), "cannot hand the store checkpoint over");
+                    }
+                }
             }
         }
     }
