@@ -292,6 +292,8 @@ async fn a_worker_applies_every_record_once_and_dead_letters_what_it_cannot_read
         options(&topic, &testkit::kafka::unique_group("runtime")),
         cancel.clone(),
     ));
+    // A failed wait below must stop the worker too, or the runtime waits for its thread for ever.
+    let _stop = cancel.clone().drop_guard();
     eventually(
         60,
         "every event applied and both bad messages dead-lettered",
@@ -332,6 +334,7 @@ async fn a_worker_applies_every_record_once_and_dead_letters_what_it_cannot_read
         options(&topic, &testkit::kafka::unique_group("runtime")),
         cancel.clone(),
     ));
+    let _restarted = cancel.clone().drop_guard();
     eventually(60, "the restarted worker to apply the new events", || async {
         tally(&db, 1).await == expected(&customers, 12)
     })
@@ -436,6 +439,8 @@ async fn a_second_worker_shares_the_partitions_and_takes_them_all_when_the_first
         options(&topic, &group),
         first_cancel.clone(),
     ));
+    // A failed wait must stop the workers too, or the runtime waits for their threads for ever.
+    let _first = first_cancel.clone().drop_guard();
     eventually(60, "the first worker to apply the first events", || async {
         tally(&db, 1).await == expected(&customers, 5)
     })
@@ -448,6 +453,7 @@ async fn a_second_worker_shares_the_partitions_and_takes_them_all_when_the_first
         options(&topic, &group),
         second_cancel.clone(),
     ));
+    let _second = second_cancel.clone().drop_guard();
     publish(&topic, &customers, 6..=10, 1_000).await;
     eventually(60, "both workers to apply the second events", || async {
         tally(&db, 1).await == expected(&customers, 10)
