@@ -55,7 +55,7 @@ pub(crate) struct FreshnessBench {
 /// Requests in flight at most; beyond it, orders wait (still timed from their scheduled send).
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// How often the list is read.
-const PROBE_EVERY: Duration = Duration::from_millis(5);
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// The largest list page a probe reads (the read API's largest).
 const PROBE_PAGE: usize = 500;
 /// Added to the page a probe computes it needs (see [`probe_page`]).
@@ -279,13 +279,113 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         )
     });
 
+    let (mut probe_errors, mut slowest_command, mut last_probe) = (0_u64, Duration::ZERO, Duration::ZERO);
+    let watched = watch(
+        writer,
+        &pending,
+        async |waiting: &[(Uuid, Instant, Instant)]| -> anyhow::Result<Vec<(Uuid, Instant)>> {
+            for (_, sent, answered) in waiting {
+                slowest_command = slowest_command.max(answered.saturating_duration_since(*sent));
+            }
+            let page = probe_page(b.rate, waiting, slowest_command, last_probe, Instant::now());
+            let probing = Instant::now();
+            let listed = match api.newest(page).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    probe_errors += 1;
+                    anyhow::ensure!(
+                        probe_errors <= MAX_PROBE_ERRORS,
+                        "the dashboard list keeps failing: {e:#}"
+                    );
+                    return Ok(Vec::new());
+                }
+            };
+            let listed_at = Instant::now();
+            last_probe = listed_at - probing;
+            let listed: HashSet<Uuid> = listed.into_iter().collect();
+            let mut seen: Vec<(Uuid, Instant)> = waiting
+                .iter()
+                .filter(|(order, _, _)| listed.contains(order))
+                .map(|(order, _, _)| (*order, listed_at))
+                .collect();
+            // The newest page may not reach an order that has waited long: ask for each alone.
+            let lookups = waiting
+                .iter()
+                .filter(|(order, _, answered)| answered.elapsed() > LOOK_UP_AFTER && !listed.contains(order))
+                .map(|(order, _, _)| {
+                    let api = &api;
+                    async move { (*order, api.visible(*order).await, Instant::now()) }
+                });
+            for (order, visible, at) in futures::future::join_all(lookups).await {
+                match visible {
+                    Ok(true) => seen.push((order, at)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        probe_errors += 1;
+                        anyhow::ensure!(
+                            probe_errors <= MAX_PROBE_ERRORS,
+                            "looking up orders keeps failing: {e:#}"
+                        );
+                    }
+                }
+            }
+            Ok(seen)
+        },
+    )
+    .await?;
+    let run = Freshness::new(b.rate, total, &watched);
+    let report = Report {
+        benchmark: "freshness",
+        write_url: api.write.clone(),
+        read_url: api.read.clone(),
+        p99_target_met: run.failed == 0 && run.never_seen == 0 && run.p99_ms <= P99_TARGET_MS,
+        run,
+        probe_errors,
+        p99_target_ms: P99_TARGET_MS,
+    };
+    let run = &report.run;
+    eprintln!(
+        "      {} orders placed at {:.0}/s ({} failed): in the list after p50 {:.1} ms, p99 {:.1} ms \
+         ({} never seen)",
+        run.placed, run.achieved_rate, run.failed, run.p50_ms, run.p99_ms, run.never_seen
+    );
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// What the order writer of a run reports: orders placed, orders refused, the seconds it took,
+/// and the commands' latency.
+pub(crate) type Written = (u64, u64, f64, hdrhistogram::Histogram<u64>);
+
+/// A run's orders as the probe saw them.
+pub(crate) struct Watched {
+    pub(crate) written: Written,
+    /// From each order's answer to the answer that showed it.
+    pub(crate) fresh: hdrhistogram::Histogram<u64>,
+    /// From each order's scheduled send to the answer that showed it.
+    pub(crate) from_send: hdrhistogram::Histogram<u64>,
+    pub(crate) never_seen: u64,
+}
+
+/// Watches the orders `writer` places (it puts each into `pending`) until the probe has seen
+/// them all, or for [`DRAIN`] after the writer finished. Every [`PROBE_EVERY`] `probe` gets the
+/// orders still waiting (id, sent, answered) and answers those it saw, each stamped with the
+/// moment of the answer that showed it.
+pub(crate) async fn watch<P>(
+    writer: tokio::task::JoinHandle<anyhow::Result<Written>>,
+    pending: &Pending,
+    mut probe: P,
+) -> anyhow::Result<Watched>
+where
+    P: AsyncFnMut(&[(Uuid, Instant, Instant)]) -> anyhow::Result<Vec<(Uuid, Instant)>>,
+{
     let (mut fresh, mut from_send) = (histogram()?, histogram()?);
     let mut writer = Some(writer);
     let mut written = None;
     let mut drained_since: Option<Instant> = None;
-    let mut probe_errors = 0_u64;
-    let mut slowest_command = Duration::ZERO;
-    let mut last_probe = Duration::ZERO;
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         if writer.as_ref().is_some_and(|w| w.is_finished())
@@ -307,52 +407,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
             }
             continue;
         }
-        for (_, sent, answered) in &waiting {
-            slowest_command = slowest_command.max(answered.saturating_duration_since(*sent));
-        }
-        let page = probe_page(b.rate, &waiting, slowest_command, last_probe, Instant::now());
-        // Each order is stamped with the moment of the answer that showed it.
-        let probing = Instant::now();
-        let listed = match api.newest(page).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                probe_errors += 1;
-                anyhow::ensure!(
-                    probe_errors <= MAX_PROBE_ERRORS,
-                    "the dashboard list keeps failing: {e:#}"
-                );
-                continue;
-            }
-        };
-        let listed_at = Instant::now();
-        last_probe = listed_at - probing;
-        let listed: HashSet<Uuid> = listed.into_iter().collect();
-        let mut seen: Vec<(Uuid, Instant)> = waiting
-            .iter()
-            .filter(|(order, _, _)| listed.contains(order))
-            .map(|(order, _, _)| (*order, listed_at))
-            .collect();
-        // The newest page may not reach an order that has waited long: ask for each alone.
-        let lookups = waiting
-            .iter()
-            .filter(|(order, _, answered)| answered.elapsed() > LOOK_UP_AFTER && !listed.contains(order))
-            .map(|(order, _, _)| {
-                let api = &api;
-                async move { (*order, api.visible(*order).await, Instant::now()) }
-            });
-        for (order, visible, at) in futures::future::join_all(lookups).await {
-            match visible {
-                Ok(true) => seen.push((order, at)),
-                Ok(false) => {}
-                Err(e) => {
-                    probe_errors += 1;
-                    anyhow::ensure!(
-                        probe_errors <= MAX_PROBE_ERRORS,
-                        "looking up orders keeps failing: {e:#}"
-                    );
-                }
-            }
-        }
+        let seen = probe(&waiting).await?;
         let mut pending = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         for (order, at) in seen {
             if let Some((sent, answered)) = pending.remove(&order) {
@@ -365,35 +420,12 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         }
     }
     let never_seen = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len() as u64;
-    let (placed, failed, seconds, commands) = written.context("the writer did not finish")?;
-    let run = Freshness::new(
-        b.rate,
-        total,
-        (placed, failed, seconds, &commands),
-        (&fresh, &from_send),
+    Ok(Watched {
+        written: written.context("the writer did not finish")?,
+        fresh,
+        from_send,
         never_seen,
-        PROBE_EVERY,
-    );
-    let p99 = run.p99_ms;
-    let report = Report {
-        benchmark: "freshness",
-        write_url: api.write.clone(),
-        read_url: api.read.clone(),
-        p99_target_met: failed == 0 && never_seen == 0 && p99 <= P99_TARGET_MS,
-        run,
-        probe_errors,
-        p99_target_ms: P99_TARGET_MS,
-    };
-    eprintln!(
-        "      {placed} orders placed at {:.0}/s ({failed} failed): in the list after p50 {:.1} ms, p99 {:.1} ms \
-         ({never_seen} never seen)",
-        report.run.achieved_rate, report.run.p50_ms, report.run.p99_ms
-    );
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(())
+    })
 }
 
 /// How many of the newest orders a probe must read, at `now`, to reach every waiting one. Orders
@@ -429,7 +461,7 @@ pub(crate) async fn place_at_rate<F, Fut>(
     rate: u64,
     total: u64,
     seed: u64,
-) -> anyhow::Result<(u64, u64, f64, hdrhistogram::Histogram<u64>)>
+) -> anyhow::Result<Written>
 where
     F: Fn(Rng) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(Uuid, bool)>> + Send + 'static,

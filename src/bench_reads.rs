@@ -40,7 +40,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::bench_freshness::Pending;
+use crate::bench_freshness::{PROBE_EVERY, Pending, Watched};
 use crate::bench_rebuild::{Scratch, ScratchServers, progress_bar, write_line};
 use crate::seed::{self, SeedOptions};
 
@@ -85,8 +85,6 @@ const READ_POOL: u32 = 16;
 /// Requests of the open-loop run in flight at most (beyond it they wait, still timed from
 /// their scheduled send time).
 const MAX_IN_FLIGHT: usize = 1024;
-/// How often the freshness probe looks for the orders not seen yet.
-const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// The read target of issue 6: list p99 at the fixed rate.
 const LIST_P99_TARGET_MS: f64 = 10.0;
 
@@ -689,45 +687,17 @@ async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) 
         )
     });
 
-    let (mut fresh, mut from_send) = (histogram()?, histogram()?);
-    let mut writer = Some(writer);
-    let mut written = None;
-    let mut drained_since: Option<Instant> = None;
-    loop {
-        tokio::time::sleep(PROBE_EVERY).await;
-        if writer.as_ref().is_some_and(|w| w.is_finished())
-            && let Some(w) = writer.take()
-        {
-            written = Some(w.await??);
-            drained_since = Some(Instant::now());
-        }
-        let ids: Vec<Uuid> = pending
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .keys()
-            .copied()
-            .collect();
-        if ids.is_empty() {
-            if written.is_some() {
-                break;
-            }
-            continue;
-        }
-        let seen = probe.visible(&ids).await?;
-        let now = Instant::now();
-        let mut pending = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        for order in seen {
-            if let Some((sent, answered)) = pending.remove(&order) {
-                fresh.record(now.duration_since(answered).as_micros().max(1) as u64)?;
-                from_send.record(now.duration_since(sent).as_micros().max(1) as u64)?;
-            }
-        }
-        if drained_since.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
-            break;
-        }
-    }
-    let never_seen = pending.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len() as u64;
-    let (placed, failed, seconds, commands) = written.context("the writer did not finish")?;
+    let watched = crate::bench_freshness::watch(
+        writer,
+        &pending,
+        async |waiting: &[(Uuid, Instant, Instant)]| -> anyhow::Result<Vec<(Uuid, Instant)>> {
+            let ids: Vec<Uuid> = waiting.iter().map(|(id, _, _)| *id).collect();
+            let seen = probe.visible(&ids).await?;
+            let now = Instant::now();
+            Ok(seen.into_iter().map(|order| (order, now)).collect())
+        },
+    )
+    .await?;
 
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), write_server).await;
@@ -741,28 +711,15 @@ async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) 
         Ok(Err(e)) => tracing::warn!(error = %e, "the relay panicked"),
         _ => {}
     }
-    Ok(Freshness::new(
-        b.rate,
-        total,
-        (placed, failed, seconds, &commands),
-        (&fresh, &from_send),
-        never_seen,
-        PROBE_EVERY,
-    ))
+    Ok(Freshness::new(b.rate, total, &watched))
 }
 
 impl Freshness {
-    /// The figures of a run: the offered rate, the orders sent, what the writer reported
-    /// (placed, failed, seconds, command latency), the latencies to visible (from the answer,
-    /// from the send), the orders never seen, and how often the probe looked.
-    pub(crate) fn new(
-        target_rate: u64,
-        sent: u64,
-        (placed, failed, seconds, commands): (u64, u64, f64, &Histogram<u64>),
-        (fresh, from_send): (&Histogram<u64>, &Histogram<u64>),
-        never_seen: u64,
-        probe_every: Duration,
-    ) -> Self {
+    /// The figures of a run: the offered rate, the orders sent, and what the watch saw.
+    pub(crate) fn new(target_rate: u64, sent: u64, watched: &Watched) -> Self {
+        let (placed, failed, seconds, commands) = &watched.written;
+        let (placed, failed, seconds) = (*placed, *failed, *seconds);
+        let (fresh, from_send) = (&watched.fresh, &watched.from_send);
         Freshness {
             target_rate,
             seconds,
@@ -777,8 +734,8 @@ impl Freshness {
             max_ms: fresh.max() as f64 / 1000.0,
             from_send_p50_ms: ms(from_send, 0.50),
             from_send_p99_ms: ms(from_send, 0.99),
-            never_seen,
-            probe_every_ms: probe_every.as_millis() as u64,
+            never_seen: watched.never_seen,
+            probe_every_ms: PROBE_EVERY.as_millis() as u64,
         }
     }
 }
