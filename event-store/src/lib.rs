@@ -44,7 +44,7 @@ pub use model::{
     AppendResult, Commit, Committed, EventMetadata, ExpectedVersion, IdempotencyKey, IdempotentResult, NewEvent,
     Position, RecordedEvent, Snapshot, StreamAppend, Until,
 };
-pub use postgres::{APPEND_LOCK, NOTIFY_CHANNEL, PgEventStore};
+pub use postgres::{APPEND_LOCK, NOTIFY_CHANNEL, PgEventStore, WRITER_APPLICATION_NAME};
 pub use sqlite::SqliteEventStore;
 pub use store::EventStore;
 pub use subscription::Subscription;

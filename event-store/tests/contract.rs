@@ -667,6 +667,43 @@ async fn postgres_later_writer_waits_for_an_earlier_open_transaction() {
     assert_eq!(log, vec![slow_position as u64, fast.last_position()]);
 }
 
+/// The writer keeps a connection of its own between batches. When the server drops it (a
+/// restart, a terminated backend), the next commit begins again on a new connection instead of
+/// failing.
+#[tokio::test]
+async fn postgres_writer_survives_losing_its_connection() {
+    let Backend::Postgres(db) = Backend::postgres().await else {
+        unreachable!()
+    };
+    let pool = db.pool(4).await;
+    let store = PgEventStore::open(pool.clone(), StoreOptions::default()).await.unwrap();
+    let first = store
+        .append("lost-1", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(event_store::WRITER_APPLICATION_NAME)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(terminated, vec![true], "the writer had one connection of its own");
+
+    let second = store
+        .append("lost-1", ExpectedVersion::Exact(1), events(1))
+        .await
+        .unwrap();
+    assert!(second.last_position() > first.last_position());
+    assert_eq!(
+        store.stream_version("lost-1").await.unwrap(),
+        2,
+        "both commits are stored"
+    );
+}
+
 async fn snapshots_are_found_by_version_position_and_time(backend: Backend) {
     let store = backend.store().await;
     assert_eq!(store.load_snapshot("order-s", None).await.unwrap(), None);
