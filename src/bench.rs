@@ -84,6 +84,11 @@ pub(crate) struct CommandsBench {
         env = "ORDERFLOW_BENCH_PG_URL"
     )]
     pg_url: String,
+    /// Measure the floor instead: the same clients and orders against a server that parses each
+    /// order and answers 201 without deciding or storing it. What HTTP, JSON and the load
+    /// generator alone cost on this machine, which no store can go below.
+    #[arg(long, env = "ORDERFLOW_BENCH_FLOOR")]
+    floor: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -361,6 +366,9 @@ async fn commands(b: CommandsBench) -> anyhow::Result<()> {
         "--seconds, --products and --customers must be positive"
     );
     anyhow::ensure!(b.clients.iter().all(|&c| c > 0), "--clients must be positive");
+    if b.floor {
+        return commands_floor(b).await;
+    }
     let mut runs = Vec::new();
     for (n, &clients) in b.clients.iter().enumerate() {
         eprintln!(
@@ -423,6 +431,68 @@ async fn commands(b: CommandsBench) -> anyhow::Result<()> {
         runs.push(run);
     }
     let out = serde_json::json!({ "benchmark": "commands", "command": "POST /v1/orders (1-3 lines)", "runs": runs });
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// `bench commands --floor`: the same load against a server that only parses and answers.
+async fn commands_floor(b: CommandsBench) -> anyhow::Result<()> {
+    use axum::Json;
+    use axum::http::StatusCode;
+    use write_side::http::{CommandAnswerBody, PlaceOrderBody};
+
+    let next_position = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let answer = move |Json(body): Json<PlaceOrderBody>| {
+        let position = next_position.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let order_id = body.order_id.unwrap_or_else(Uuid::now_v7);
+        let answer = CommandAnswerBody {
+            stream_id: event_schemas::Category::Order.stream_id(order_id),
+            version: 1,
+            position,
+        };
+        // What the write side answers with: 201, the body and the stream's version as ETag.
+        std::future::ready((StatusCode::CREATED, [(axum::http::header::ETAG, "\"1\"")], Json(answer)))
+    };
+    let app = axum::Router::new().route("/v1/orders", axum::routing::post(answer));
+    let customers: Vec<Uuid> = (0..b.customers).map(|_| Uuid::now_v7()).collect();
+    let products: Vec<Uuid> = (0..b.products).map(|_| Uuid::now_v7()).collect();
+    let mut runs = Vec::new();
+    for (n, &clients) in b.clients.iter().enumerate() {
+        eprintln!(
+            "[{}/{}] floor: {clients} HTTP clients, nothing decided or stored, {}s …",
+            n + 1,
+            b.clients.len(),
+            b.seconds
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(write_side::http::serve_on(
+            listener,
+            app.clone(),
+            Duration::from_secs(5),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let run = drive(clients, address, &customers, &products, b.seconds).await;
+        let _ = stop.send(());
+        let _ = server.await;
+        let run = run?;
+        eprintln!(
+            "      {:>8.0} answers/s  p50 {:.2} ms  p99 {:.2} ms",
+            run.commands_per_sec, run.p50_ms, run.p99_ms
+        );
+        runs.push(run);
+    }
+    let out = serde_json::json!({
+        "benchmark": "commands-floor",
+        "command": "POST /v1/orders (1-3 lines), parsed and answered, nothing decided or stored",
+        "runs": runs,
+    });
     #[allow(clippy::print_stdout)]
     {
         println!("{}", serde_json::to_string_pretty(&out)?);
