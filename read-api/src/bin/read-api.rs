@@ -51,6 +51,10 @@ struct Args {
     timeout_ms: u64,
 }
 
+/// glibc's allocator took a fifth of this process's CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
