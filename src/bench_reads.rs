@@ -715,6 +715,17 @@ async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) 
 }
 
 impl Freshness {
+    /// Whether the run meets a freshness target: every order placed and seen, at `min_rate`
+    /// orders/s or more offered and 95% of that achieved, and p99 within `p99_ms`. A deployment
+    /// that cannot keep the rate has not been measured at it, whatever its p99.
+    pub(crate) fn meets(&self, p99_ms: f64, min_rate: u64) -> bool {
+        self.failed == 0
+            && self.never_seen == 0
+            && self.target_rate >= min_rate
+            && self.achieved_rate >= 0.95 * self.target_rate as f64
+            && self.p99_ms <= p99_ms
+    }
+
     /// The figures of a run: the offered rate, the orders sent, and what the watch saw.
     pub(crate) fn new(target_rate: u64, sent: u64, watched: &Watched) -> Self {
         let (placed, failed, seconds, commands) = &watched.written;
