@@ -682,8 +682,10 @@ async fn postgres_writer_survives_losing_its_connection() {
         .await
         .unwrap();
 
+    // With a timeout, pg_terminate_backend returns once the backend has exited, so the next
+    // commit cannot reach it while it is still on its way out.
     let terminated: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
          WHERE datname = current_database() AND application_name = $1",
     )
     .bind(event_store::WRITER_APPLICATION_NAME)
