@@ -5,7 +5,7 @@
 //! `INSERT ... SELECT FROM UNNEST(...)`. Holding the lock until commit makes positions visible in
 //! order, which is what makes the global log gap-safe (see the migration). A batch costs four
 //! round trips on the writer's own connection: begin and lock, the versions it is decided
-//! against, the insert (which also notifies), commit. Readers use the pool; a `LISTEN`
+//! against, the insert (which also notifies), commit; six when it carries idempotency keys. Readers use the pool; a `LISTEN`
 //! connection turns other processes' commits into change signals.
 
 use std::collections::HashMap;
@@ -143,9 +143,24 @@ struct PgWriter {
 /// `events` is still small; a plan that chose a sequential scan then would stay and slow every
 /// batch as the table grows (measured: 9 ms instead of 3 ms per batch of 64 commits). So index
 /// access is forced for this transaction, whatever the statistics say.
+///
+/// The isolation level is stated, not inherited: the lookups after the lock must each see what
+/// was committed before the lock was granted, which only READ COMMITTED gives (under REPEATABLE
+/// READ, set as a default for the database or role, the snapshot would be taken by the lock
+/// statement itself, before it waited).
 fn begin_batch_sql() -> String {
-    format!("BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK}); SET LOCAL enable_seqscan = off")
+    format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK}); \
+         SET LOCAL enable_seqscan = off"
+    )
 }
+
+/// The longest `BEGIN` (with the lock) may take on the kept connection before the writer gives
+/// up on it and opens a new one. A connection the server closed fails at once; one whose peer
+/// vanished without a word (a failover, a dropped idle flow) would otherwise block the writer,
+/// and every commit queued behind it, until the kernel gives up retransmitting (~15 minutes).
+/// The lock itself is held by another writer for one batch, milliseconds.
+const BEGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The writer's connection shows up under this name in `pg_stat_activity`.
 pub const WRITER_APPLICATION_NAME: &str = "orderflow-event-writer";
@@ -200,10 +215,17 @@ async fn write_batch_on(
     conn: &mut PgConnection,
     batch: &[&Commit],
 ) -> Result<Vec<Result<Committed, AppendError>>, Failed> {
-    let mut tx = conn
-        .begin_with(sqlx::AssertSqlSafe(begin_batch_sql()))
-        .await
-        .map_err(|e| Failed::Begin(e.into()))?;
+    let mut tx =
+        match tokio::time::timeout(BEGIN_TIMEOUT, conn.begin_with(sqlx::AssertSqlSafe(begin_batch_sql()))).await {
+            Ok(began) => began.map_err(|e| Failed::Begin(e.into()))?,
+            Err(_) => {
+                let late = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("BEGIN on the event writer's connection took over {BEGIN_TIMEOUT:?}"),
+                );
+                return Err(Failed::Begin(StoreError::Database(sqlx::Error::Io(late))));
+            }
+        };
     let written = async {
         let (snapshot, recorded_at) = snapshot(&mut tx, batch).await?;
         let plan = plan::plan(batch, &snapshot);

@@ -36,7 +36,8 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true)]
     database_url: String,
 
-    /// Most connections to the event store's database.
+    /// Most connections to the event store's database for reads; the group-commit writer has
+    /// one more of its own.
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_MAX_CONNECTIONS", default_value_t = 16)]
     database_max_connections: u32,
 
