@@ -408,20 +408,7 @@ async fn commands(b: CommandsBench) -> anyhow::Result<()> {
             products.push(id);
         }
         let app = write_side::http::router(HttpState::new(handler, HttpConfig::new(Auth::Disabled)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(write_side::http::serve_on(
-            listener,
-            app,
-            Duration::from_secs(5),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let run = drive(clients, address, &customers, &products, b.seconds).await;
-        let _ = stop.send(());
-        let _ = server.await;
+        let run = serve_and_drive(app, clients, &customers, &products, b.seconds).await;
         target.drop_all().await;
         let run = run?;
         eprintln!(
@@ -467,21 +454,7 @@ async fn commands_floor(b: CommandsBench) -> anyhow::Result<()> {
             b.clients.len(),
             b.seconds
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(write_side::http::serve_on(
-            listener,
-            app.clone(),
-            Duration::from_secs(5),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let run = drive(clients, address, &customers, &products, b.seconds).await;
-        let _ = stop.send(());
-        let _ = server.await;
-        let run = run?;
+        let run = serve_and_drive(app.clone(), clients, &customers, &products, b.seconds).await?;
         eprintln!(
             "      {:>8.0} answers/s  p50 {:.2} ms  p99 {:.2} ms",
             run.commands_per_sec, run.p50_ms, run.p99_ms
@@ -498,6 +471,31 @@ async fn commands_floor(b: CommandsBench) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
+}
+
+/// Serves `app` on a loopback port for one run of [`drive`], then stops it.
+async fn serve_and_drive(
+    app: axum::Router,
+    clients: usize,
+    customers: &[Uuid],
+    products: &[Uuid],
+    seconds: u64,
+) -> anyhow::Result<CommandsRun> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(write_side::http::serve_on(
+        listener,
+        app,
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let run = drive(clients, address, customers, products, seconds).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    run
 }
 
 /// C clients, each posting orders in a loop until the deadline; one keep-alive connection each.
