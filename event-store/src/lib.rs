@@ -56,6 +56,9 @@ pub struct StoreOptions {
     pub max_batch_commits: usize,
     /// Most events one transaction carries (a single larger commit still goes alone).
     pub max_batch_events: usize,
+    /// PostgreSQL: the longest the writer waits for `BEGIN` and the append lock on its kept
+    /// connection before it opens a new one and begins again there.
+    pub begin_timeout: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -63,6 +66,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_batch_commits: 256,
             max_batch_events: 8192,
+            begin_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

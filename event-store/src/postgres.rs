@@ -64,6 +64,7 @@ impl PgEventStore {
         let writer = PgWriter {
             pool: pool.clone(),
             conn: tokio::sync::Mutex::new(None),
+            begin_timeout: options.begin_timeout,
         };
         let writer = GroupCommit::spawn(Arc::new(writer), head_tx.clone(), limits);
         let listener = tokio::spawn(listen(pool.clone(), head_tx));
@@ -135,6 +136,13 @@ async fn listen(pool: PgPool, head: watch::Sender<Position>) {
 struct PgWriter {
     pool: PgPool,
     conn: tokio::sync::Mutex<Option<PgConnection>>,
+    /// The longest `BEGIN` (with the lock) may take ([`StoreOptions::begin_timeout`], 10 s by
+    /// default) before the writer gives up on the connection and opens a new one. A connection
+    /// the server closed fails at once; one whose peer vanished without a word (a failover, a
+    /// dropped idle flow) would otherwise block the writer, and every commit queued behind it,
+    /// until the kernel gives up retransmitting (~15 minutes). Another writer holds the lock
+    /// for one batch: milliseconds.
+    begin_timeout: Duration,
 }
 
 /// Opens the writer's transaction, takes the append lock and forces index access, in one round
@@ -154,13 +162,6 @@ fn begin_batch_sql() -> String {
          SET LOCAL enable_seqscan = off"
     )
 }
-
-/// The longest `BEGIN` (with the lock) may take on the kept connection before the writer gives
-/// up on it and opens a new one. A connection the server closed fails at once; one whose peer
-/// vanished without a word (a failover, a dropped idle flow) would otherwise block the writer,
-/// and every commit queued behind it, until the kernel gives up retransmitting (~15 minutes).
-/// The lock itself is held by another writer for one batch, milliseconds.
-const BEGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The writer's connection shows up under this name in `pg_stat_activity`.
 pub const WRITER_APPLICATION_NAME: &str = "orderflow-event-writer";
@@ -185,13 +186,13 @@ impl BatchWriter for PgWriter {
             Some(conn) => (conn, false),
             None => (self.connect().await?, true),
         };
-        let mut written = write_batch_on(&mut conn, batch).await;
+        let mut written = write_batch_on(&mut conn, batch, self.begin_timeout).await;
         if let (Err(Failed::Begin(e)), false) = (&written, fresh) {
             // The server closed the kept connection while it was idle (a restart, a terminated
             // backend). Nothing of this batch was written: begin again on a new connection.
             tracing::info!(error = %e, "the event writer's connection was lost; reconnecting");
             conn = self.connect().await?;
-            written = write_batch_on(&mut conn, batch).await;
+            written = write_batch_on(&mut conn, batch, self.begin_timeout).await;
         }
         match written {
             Ok(answers) => {
@@ -214,14 +215,15 @@ enum Failed {
 async fn write_batch_on(
     conn: &mut PgConnection,
     batch: &[&Commit],
+    begin_timeout: Duration,
 ) -> Result<Vec<Result<Committed, AppendError>>, Failed> {
     let mut tx =
-        match tokio::time::timeout(BEGIN_TIMEOUT, conn.begin_with(sqlx::AssertSqlSafe(begin_batch_sql()))).await {
+        match tokio::time::timeout(begin_timeout, conn.begin_with(sqlx::AssertSqlSafe(begin_batch_sql()))).await {
             Ok(began) => began.map_err(|e| Failed::Begin(e.into()))?,
             Err(_) => {
                 let late = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("BEGIN on the event writer's connection took over {BEGIN_TIMEOUT:?}"),
+                    format!("BEGIN on the event writer's connection took over {begin_timeout:?}"),
                 );
                 return Err(Failed::Begin(StoreError::Database(sqlx::Error::Io(late))));
             }

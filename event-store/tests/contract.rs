@@ -706,6 +706,57 @@ async fn postgres_writer_survives_losing_its_connection() {
     );
 }
 
+/// `BEGIN` on the writer's connection is bounded: a writer that cannot begin (here the append
+/// lock is held past the bound; in production, a connection whose peer vanished) answers its
+/// commit with an error instead of holding up every commit behind it, and commits again once
+/// it can.
+#[tokio::test]
+async fn postgres_writer_gives_up_on_a_begin_that_takes_too_long() {
+    let Backend::Postgres(db) = Backend::postgres().await else {
+        unreachable!()
+    };
+    let pool = db.pool(4).await;
+    let options = StoreOptions {
+        begin_timeout: Duration::from_millis(500),
+        ..StoreOptions::default()
+    };
+    let store = PgEventStore::open(pool.clone(), options).await.unwrap();
+    store
+        .append("slow-begin-1", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(event_store::APPEND_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // The kept connection times out, the new one too: about two bounds, not forever.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.append("slow-begin-1", ExpectedVersion::Exact(1), events(1)),
+    )
+    .await
+    .expect("the writer gave up within its bound");
+    let error = refused.expect_err("nothing can be committed while the lock is held");
+    assert!(
+        matches!(error, AppendError::Store(_)),
+        "a store error, not a conflict: {error:?}"
+    );
+    holder.rollback().await.unwrap();
+
+    store
+        .append("slow-begin-1", ExpectedVersion::Exact(1), events(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stream_version("slow-begin-1").await.unwrap(),
+        2,
+        "nothing of the refused commit, then the next"
+    );
+}
+
 async fn snapshots_are_found_by_version_position_and_time(backend: Backend) {
     let store = backend.store().await;
     assert_eq!(store.load_snapshot("order-s", None).await.unwrap(), None);
