@@ -614,15 +614,21 @@ async fn tailing_reader_never_skips_under_concurrent_appenders(backend: Backend)
     );
 }
 
-/// The mechanism behind gap safety in PostgreSQL, shown directly: a writer that is still inside
-/// its transaction holds positions below any later writer's, so the later writer waits for it.
-#[tokio::test]
-async fn postgres_later_writer_waits_for_an_earlier_open_transaction() {
+/// For the PostgreSQL-only tests: a fresh database, a pool of 4 on it and a store with `options`.
+async fn postgres_store(options: StoreOptions) -> (sqlx::PgPool, PgEventStore) {
     let Backend::Postgres(db) = Backend::postgres().await else {
         unreachable!()
     };
     let pool = db.pool(4).await;
-    let store = PgEventStore::open(pool.clone(), StoreOptions::default()).await.unwrap();
+    let store = PgEventStore::open(pool.clone(), options).await.unwrap();
+    (pool, store)
+}
+
+/// The mechanism behind gap safety in PostgreSQL, shown directly: a writer that is still inside
+/// its transaction holds positions below any later writer's, so the later writer waits for it.
+#[tokio::test]
+async fn postgres_later_writer_waits_for_an_earlier_open_transaction() {
+    let (pool, store) = postgres_store(StoreOptions::default()).await;
 
     // A slow writer: takes the append lock and inserts, but does not commit yet.
     let mut slow = pool.begin().await.unwrap();
@@ -672,11 +678,7 @@ async fn postgres_later_writer_waits_for_an_earlier_open_transaction() {
 /// failing.
 #[tokio::test]
 async fn postgres_writer_survives_losing_its_connection() {
-    let Backend::Postgres(db) = Backend::postgres().await else {
-        unreachable!()
-    };
-    let pool = db.pool(4).await;
-    let store = PgEventStore::open(pool.clone(), StoreOptions::default()).await.unwrap();
+    let (pool, store) = postgres_store(StoreOptions::default()).await;
     let first = store
         .append("lost-1", ExpectedVersion::NoStream, events(1))
         .await
@@ -712,15 +714,11 @@ async fn postgres_writer_survives_losing_its_connection() {
 /// it can.
 #[tokio::test]
 async fn postgres_writer_gives_up_on_a_begin_that_takes_too_long() {
-    let Backend::Postgres(db) = Backend::postgres().await else {
-        unreachable!()
-    };
-    let pool = db.pool(4).await;
     let options = StoreOptions {
         begin_timeout: Duration::from_millis(500),
         ..StoreOptions::default()
     };
-    let store = PgEventStore::open(pool.clone(), options).await.unwrap();
+    let (pool, store) = postgres_store(options).await;
     store
         .append("slow-begin-1", ExpectedVersion::NoStream, events(1))
         .await
