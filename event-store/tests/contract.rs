@@ -624,6 +624,17 @@ async fn postgres_store(options: StoreOptions) -> (sqlx::PgPool, PgEventStore) {
     (pool, store)
 }
 
+/// A transaction of another writer that holds the append lock until it ends.
+async fn hold_append_lock(pool: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(event_store::APPEND_LOCK)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 /// The mechanism behind gap safety in PostgreSQL, shown directly: a writer that is still inside
 /// its transaction holds positions below any later writer's, so the later writer waits for it.
 #[tokio::test]
@@ -631,12 +642,7 @@ async fn postgres_later_writer_waits_for_an_earlier_open_transaction() {
     let (pool, store) = postgres_store(StoreOptions::default()).await;
 
     // A slow writer: takes the append lock and inserts, but does not commit yet.
-    let mut slow = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(event_store::APPEND_LOCK)
-        .execute(&mut *slow)
-        .await
-        .unwrap();
+    let mut slow = hold_append_lock(&pool).await;
     let slow_position: i64 = sqlx::query_scalar(
         "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, payload, occurred_at, recorded_at)
          VALUES ('slow-1', 1, $1, 'test.happened', 1, '\\x00', now(), clock_timestamp()) RETURNING position",
@@ -724,12 +730,7 @@ async fn postgres_writer_gives_up_on_a_begin_that_takes_too_long() {
         .await
         .unwrap();
 
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(event_store::APPEND_LOCK)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_append_lock(&pool).await;
     // The kept connection times out, the new one too: about two bounds, not forever.
     let refused = tokio::time::timeout(
         Duration::from_secs(10),
