@@ -13,8 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, PgConnection, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
+use crate::json_rows::{Dialect, JsonRows, insert_rows};
 use crate::{Checkpoint, DeadLetter, ProjectionError};
 
 /// Which SQL server a [`ReadDb`] talks to.
@@ -502,19 +503,45 @@ impl ReadDb {
     }
 }
 
-/// Stores one checkpoint: `$1` name, `$2` version, `$3` source, `$4` partition, `$5` offset, `$6`
-/// position, `$7` recorded at (µs), `$8` now (µs). Never moves a checkpoint backwards. Also run
-/// on a PostgreSQL connection by a rebuild's bulk load (dashboard/bulk.rs), with the same binds.
-pub(crate) const SAVE_CHECKPOINT_SQL: &str = "INSERT INTO projection_checkpoints
-        (name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-     ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
-        last_offset = excluded.last_offset,
-        last_position = excluded.last_position,
-        last_recorded_at_us = excluded.last_recorded_at_us,
-        drained = 0,
-        updated_at_us = excluded.updated_at_us
-     WHERE projection_checkpoints.last_offset < excluded.last_offset";
+/// A checkpoint's columns, in the order of [`checkpoint_rows`]' values.
+const CHECKPOINT_COLUMNS: &str =
+    "name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us";
+
+/// Stores checkpoints, parameter 1 their rows ([`checkpoint_rows`]), in one statement (see
+/// `json_rows`). Never moves a checkpoint backwards. Also run on a PostgreSQL connection by a
+/// rebuild's bulk load (dashboard/bulk.rs).
+pub(crate) fn save_checkpoints_sql(dialect: Dialect) -> String {
+    insert_rows(
+        dialect,
+        "projection_checkpoints",
+        CHECKPOINT_COLUMNS,
+        "WHERE true ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
+            last_offset = excluded.last_offset,
+            last_position = excluded.last_position,
+            last_recorded_at_us = excluded.last_recorded_at_us,
+            drained = 0,
+            updated_at_us = excluded.updated_at_us
+         WHERE projection_checkpoints.last_offset < excluded.last_offset",
+    )
+}
+
+/// The parameter of [`save_checkpoints_sql`]; `now` in µs.
+pub(crate) fn checkpoint_rows(name: &str, version: u32, checkpoints: &[Checkpoint], now: i64) -> String {
+    let mut rows = JsonRows::new(CHECKPOINT_COLUMNS);
+    for c in checkpoints {
+        rows.push([
+            name.into(),
+            i64::from(version).into(),
+            c.source.as_str().into(),
+            i64::from(c.partition).into(),
+            c.offset.into(),
+            to_i64(c.position).into(),
+            c.recorded_at.map(micros).into(),
+            now.into(),
+        ]);
+    }
+    rows.into_param()
+}
 
 /// Records one dead letter: `$1` name, `$2` version, `$3` source, `$4` partition, `$5` offset,
 /// `$6` position, `$7` event type, `$8` reason, `$9` payload, `$10` now (µs). Also run on a
@@ -531,20 +558,14 @@ pub async fn save_checkpoints(
     version: u32,
     checkpoints: &[Checkpoint],
 ) -> Result<(), ProjectionError> {
-    let now = micros(Utc::now());
-    for checkpoint in checkpoints {
-        sqlx::query(SAVE_CHECKPOINT_SQL)
-            .bind(name)
-            .bind(i64::from(version))
-            .bind(checkpoint.source.as_str())
-            .bind(i64::from(checkpoint.partition))
-            .bind(checkpoint.offset)
-            .bind(to_i64(checkpoint.position))
-            .bind(checkpoint.recorded_at.map(micros))
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+    if checkpoints.is_empty() {
+        return Ok(());
     }
+    let rows = checkpoint_rows(name, version, checkpoints, micros(Utc::now()));
+    sqlx::query(AssertSqlSafe(save_checkpoints_sql(Dialect::of(conn))))
+        .bind(rows)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ pub mod catalog;
 mod control;
 pub mod dashboard;
 mod event;
+mod json_rows;
 mod projection;
 mod rebuild;
 mod runtime;

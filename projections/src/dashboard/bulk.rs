@@ -79,7 +79,8 @@ use super::write::{
     insert_customer_versions, insert_order_versions, upsert_customers, upsert_orders,
 };
 use super::{INDEXES_SQL, NAME, TABLES};
-use crate::control::{SAVE_CHECKPOINT_SQL, SAVE_DEAD_LETTER_SQL};
+use crate::control::{SAVE_DEAD_LETTER_SQL, checkpoint_rows, save_checkpoints_sql};
+use crate::json_rows::Dialect;
 use crate::runtime::error_chain;
 use crate::{
     Batch, BulkLoad, BulkReport, Checkpoint, DeadLetter, ProjectedEvent, ProjectionError, ReadDb, micros,
@@ -936,16 +937,9 @@ async fn copy_writer(
                 .map_err(|cause| ProjectionError::Inconsistent(format!("a bulk writer failed: {cause}")))??;
         }
         let now = micros(Utc::now());
-        for c in &checkpoints {
-            sqlx::query(SAVE_CHECKPOINT_SQL)
-                .bind(NAME)
-                .bind(i64::from(version))
-                .bind(c.source.as_str())
-                .bind(i64::from(c.partition))
-                .bind(c.offset)
-                .bind(to_i64(c.position))
-                .bind(c.recorded_at.map(micros))
-                .bind(now)
+        if !checkpoints.is_empty() {
+            sqlx::query(AssertSqlSafe(save_checkpoints_sql(Dialect::Postgres)))
+                .bind(checkpoint_rows(NAME, version, &checkpoints, now))
                 .execute(&mut *tx)
                 .await?;
         }

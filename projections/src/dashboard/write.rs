@@ -1,8 +1,9 @@
 //! The IO of [`super::OrderDashboard::apply`]: loading the rows a batch touches and writing back
-//! what the fold produced, with multi-row statements chunked under both servers' parameter
-//! limits (SQLite 32766, PostgreSQL 65535).
-
-use std::fmt::Write as _;
+//! what the fold produced.
+//!
+//! Every multi-row statement takes its rows as one JSON parameter (`crate::json_rows`), so each
+//! has one text, prepared once per connection: the applies of all workers serialize on the
+//! `writer` lock, and the round trips inside it bound how many batches per second they apply.
 
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
@@ -11,100 +12,32 @@ use uuid::Uuid;
 use super::OrderStatus;
 use super::fold::{CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, TotalKey};
 use crate::ProjectionError;
+use crate::json_rows::{Dialect, JsonRows, insert_rows, json_ids, json_strings, names, typed_rows};
 
 type Query = sqlx::query::Query<'static, Any, AnyArguments>;
 
-/// The most parameters one statement binds: under SQLite's limit of 32766.
-const MAX_PARAMS: usize = 30_000;
-/// The most rows one statement writes, so that the few statement shapes stay in sqlx's cache.
-const MAX_ROWS: usize = 500;
-/// The most ids one `IN (...)` list holds.
-const MAX_IDS: usize = 1_000;
+/// The most rows one statement writes: bounds the JSON text of one parameter (a bulk load on
+/// SQLite writes thousands of rows per transaction).
+const MAX_ROWS: usize = 1_000;
 
 pub(super) const ORDER_COLUMNS: &str = "order_id, customer_id, customer_name, customer_email, snapshot_name, snapshot_email, \
      status, item_count, total_minor, currency, placed_at_us, confirmed_at_us, shipped_at_us, delivered_at_us, \
      cancelled_at_us, cancel_reason, carrier, tracking, stream_version, last_position, updated_at_us";
-const ORDER_WIDTH: usize = 21;
 
 pub(super) const ORDER_HISTORY_COLUMNS: &str = "order_id, stream_version, valid_from_position, valid_from_us, valid_to_position, \
      valid_to_us, customer_id, snapshot_name, snapshot_email, status, item_count, total_minor, currency, placed_at_us, \
      confirmed_at_us, shipped_at_us, delivered_at_us, cancelled_at_us, cancel_reason, carrier, tracking";
-const ORDER_HISTORY_WIDTH: usize = 21;
 
 pub(super) const CUSTOMER_COLUMNS: &str = "customer_id, name, email, stream_version, last_position, order_count, last_order_id, \
      last_order_at_us, last_order_position";
-const CUSTOMER_WIDTH: usize = 9;
 
 pub(super) const CUSTOMER_HISTORY_COLUMNS: &str =
     "customer_id, stream_version, valid_from_position, valid_from_us, valid_to_position, valid_to_us, name, email";
-const CUSTOMER_HISTORY_WIDTH: usize = 8;
 
 pub(super) const TOTALS_COLUMNS: &str = "customer_id, currency, order_count, lifetime_value_minor";
 
 fn query(sql: String) -> Query {
     sqlx::query(AssertSqlSafe(sql))
-}
-
-/// The parameter marks of a generated statement, in the order of its text (and of its binds):
-/// `$1, $2, ...` for PostgreSQL, anonymous `?` for SQLite. SQLite keeps numbered and named
-/// parameters in a list that `sqlite3_bind_parameter_name` (called by sqlx for every bind)
-/// searches linearly, which makes binding a multi-row statement quadratic; `?` is not in it.
-struct Marks {
-    anonymous: bool,
-    n: usize,
-}
-
-impl Marks {
-    fn new(conn: &AnyConnection) -> Self {
-        Marks {
-            anonymous: conn.backend_name() == "SQLite",
-            n: 0,
-        }
-    }
-
-    fn next(&mut self) -> String {
-        self.n += 1;
-        if self.anonymous {
-            "?".to_owned()
-        } else {
-            format!("${}", self.n)
-        }
-    }
-
-    /// `(a, b), (c, d)`: `rows` tuples of `width` parameters.
-    fn values(&mut self, rows: usize, width: usize) -> String {
-        let mut sql = String::with_capacity(rows * width * 6);
-        for row in 0..rows {
-            sql.push_str(if row == 0 { "(" } else { ", (" });
-            for column in 0..width {
-                if column > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&self.next());
-            }
-            sql.push(')');
-        }
-        sql
-    }
-
-    /// `a, b, ...`: a list of `n` parameters.
-    fn list(&mut self, n: usize) -> String {
-        (0..n).map(|_| self.next()).collect::<Vec<_>>().join(", ")
-    }
-
-    /// ` WHEN a THEN b ...`: `n` pairs.
-    fn cases(&mut self, n: usize) -> String {
-        let mut sql = String::new();
-        for _ in 0..n {
-            let (when, then) = (self.next(), self.next());
-            let _ = write!(sql, " WHEN {when} THEN {then}");
-        }
-        sql
-    }
-}
-
-fn rows_per_statement(width: usize) -> usize {
-    (MAX_PARAMS / width).min(MAX_ROWS)
 }
 
 /// Takes this version's write lock (see `writer` in tables.sql) until the transaction ends.
@@ -135,7 +68,7 @@ pub(super) async fn load_customers(
     load_by_ids(conn, &select, ids, customer_from_row).await
 }
 
-/// Runs `select ( ids )` in chunks that stay under the servers' parameter limits.
+/// Runs `select (ids)`, the ids as one JSON parameter, in chunks of [`MAX_ROWS`].
 async fn load_by_ids<T>(
     conn: &mut AnyConnection,
     select: &str,
@@ -143,13 +76,9 @@ async fn load_by_ids<T>(
     from_row: fn(&AnyRow) -> Result<T, ProjectionError>,
 ) -> Result<Vec<T>, ProjectionError> {
     let mut loaded = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(MAX_IDS) {
-        let sql = format!("{select} ({})", Marks::new(conn).list(chunk.len()));
-        let mut q = query(sql);
-        for id in chunk {
-            q = q.bind(id.to_string());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
+    let sql = format!("{select} ({})", json_strings(Dialect::of(conn)));
+    for chunk in ids.chunks(MAX_ROWS) {
+        for row in query(sql.clone()).bind(json_ids(chunk)).fetch_all(&mut *conn).await? {
             loaded.push(from_row(&row)?);
         }
     }
@@ -249,26 +178,17 @@ async fn close_versions(
     id_column: &str,
     closes: &[(Uuid, (i64, i64))],
 ) -> Result<(), ProjectionError> {
+    let sql = format!(
+        "UPDATE {table} SET valid_to_position = r.position, valid_to_us = r.at_us FROM {} \
+          WHERE {table}.{id_column} = r.id AND {table}.valid_to_position IS NULL",
+        typed_rows(Dialect::of(conn), &[("id", "TEXT"), ("position", "BIGINT"), ("at_us", "BIGINT")])
+    );
     for chunk in closes.chunks(MAX_ROWS) {
-        let mut marks = Marks::new(conn);
-        let sql = format!(
-            "UPDATE {table} SET valid_to_position = CASE {id_column}{} END, valid_to_us = CASE {id_column}{} END \
-              WHERE valid_to_position IS NULL AND {id_column} IN ({})",
-            marks.cases(chunk.len()),
-            marks.cases(chunk.len()),
-            marks.list(chunk.len())
-        );
-        let mut q = query(sql);
-        for (id, (position, _)) in chunk {
-            q = q.bind(id.to_string()).bind(*position);
+        let mut rows = JsonRows::new("id, position, at_us");
+        for (id, (position, at)) in chunk {
+            rows.push([id.to_string().into(), (*position).into(), (*at).into()]);
         }
-        for (id, (_, time)) in chunk {
-            q = q.bind(id.to_string()).bind(*time);
-        }
-        for (id, _) in chunk {
-            q = q.bind(id.to_string());
-        }
-        q.execute(&mut *conn).await?;
+        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -278,38 +198,36 @@ pub(super) async fn insert_order_versions(
     prefix: &str,
     versions: &[OrderVersion],
 ) -> Result<(), ProjectionError> {
-    for chunk in versions.chunks(rows_per_statement(ORDER_HISTORY_WIDTH)) {
-        let sql = format!(
-            "INSERT INTO {prefix}order_history ({ORDER_HISTORY_COLUMNS}) VALUES {}",
-            Marks::new(conn).values(chunk.len(), ORDER_HISTORY_WIDTH)
-        );
-        let mut q = query(sql);
+    let sql = insert_rows(Dialect::of(conn), &format!("{prefix}order_history"), ORDER_HISTORY_COLUMNS, "");
+    for chunk in versions.chunks(MAX_ROWS) {
+        let mut rows = JsonRows::new(ORDER_HISTORY_COLUMNS);
         for version in chunk {
             let o = &version.order;
-            q = q
-                .bind(o.order_id.to_string())
-                .bind(o.stream_version)
-                .bind(version.valid_from.0)
-                .bind(version.valid_from.1)
-                .bind(version.valid_to.map(|to| to.0))
-                .bind(version.valid_to.map(|to| to.1))
-                .bind(o.customer_id.to_string())
-                .bind(o.snapshot_name.clone())
-                .bind(o.snapshot_email.clone())
-                .bind(o.status.as_str())
-                .bind(o.item_count)
-                .bind(o.total_minor)
-                .bind(o.currency.clone())
-                .bind(o.placed_at_us)
-                .bind(o.confirmed_at_us)
-                .bind(o.shipped_at_us)
-                .bind(o.delivered_at_us)
-                .bind(o.cancelled_at_us)
-                .bind(o.cancel_reason.clone())
-                .bind(o.carrier.clone())
-                .bind(o.tracking.clone());
+            rows.push([
+                o.order_id.to_string().into(),
+                o.stream_version.into(),
+                version.valid_from.0.into(),
+                version.valid_from.1.into(),
+                version.valid_to.map(|to| to.0).into(),
+                version.valid_to.map(|to| to.1).into(),
+                o.customer_id.to_string().into(),
+                o.snapshot_name.as_str().into(),
+                o.snapshot_email.as_str().into(),
+                o.status.as_str().into(),
+                o.item_count.into(),
+                o.total_minor.into(),
+                o.currency.as_str().into(),
+                o.placed_at_us.into(),
+                o.confirmed_at_us.into(),
+                o.shipped_at_us.into(),
+                o.delivered_at_us.into(),
+                o.cancelled_at_us.into(),
+                o.cancel_reason.as_deref().into(),
+                o.carrier.as_deref().into(),
+                o.tracking.as_deref().into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -319,36 +237,38 @@ pub(super) async fn insert_customer_versions(
     prefix: &str,
     versions: &[CustomerVersion],
 ) -> Result<(), ProjectionError> {
-    for chunk in versions.chunks(rows_per_statement(CUSTOMER_HISTORY_WIDTH)) {
-        let sql = format!(
-            "INSERT INTO {prefix}customer_history ({CUSTOMER_HISTORY_COLUMNS}) VALUES {}",
-            Marks::new(conn).values(chunk.len(), CUSTOMER_HISTORY_WIDTH)
-        );
-        let mut q = query(sql);
+    let sql = insert_rows(Dialect::of(conn), &format!("{prefix}customer_history"), CUSTOMER_HISTORY_COLUMNS, "");
+    for chunk in versions.chunks(MAX_ROWS) {
+        let mut rows = JsonRows::new(CUSTOMER_HISTORY_COLUMNS);
         for version in chunk {
-            q = q
-                .bind(version.customer_id.to_string())
-                .bind(version.stream_version)
-                .bind(version.valid_from.0)
-                .bind(version.valid_from.1)
-                .bind(version.valid_to.map(|to| to.0))
-                .bind(version.valid_to.map(|to| to.1))
-                .bind(version.name.clone())
-                .bind(version.email.clone());
+            rows.push([
+                version.customer_id.to_string().into(),
+                version.stream_version.into(),
+                version.valid_from.0.into(),
+                version.valid_from.1.into(),
+                version.valid_to.map(|to| to.0).into(),
+                version.valid_to.map(|to| to.1).into(),
+                version.name.as_str().into(),
+                version.email.as_str().into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
     }
     Ok(())
 }
 
 /// `col = excluded.col` for every column but the key.
 fn set_excluded(columns: &str) -> String {
-    columns
-        .split(", ")
+    names(columns)
         .skip(1)
         .map(|column| format!("{column} = excluded.{column}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// An upsert of parameter 1's rows.
+fn upsert_rows(conn: &AnyConnection, table: &str, columns: &str, key: &str, set: &str) -> String {
+    insert_rows(Dialect::of(conn), table, columns, &format!("WHERE true ON CONFLICT ({key}) DO UPDATE SET {set}"))
 }
 
 pub(super) async fn upsert_orders(
@@ -357,37 +277,35 @@ pub(super) async fn upsert_orders(
     orders: &[&OrderState],
 ) -> Result<(), ProjectionError> {
     let set = set_excluded(ORDER_COLUMNS);
-    for chunk in orders.chunks(rows_per_statement(ORDER_WIDTH)) {
-        let sql = format!(
-            "INSERT INTO {prefix}orders ({ORDER_COLUMNS}) VALUES {} ON CONFLICT (order_id) DO UPDATE SET {set}",
-            Marks::new(conn).values(chunk.len(), ORDER_WIDTH)
-        );
-        let mut q = query(sql);
+    let sql = upsert_rows(conn, &format!("{prefix}orders"), ORDER_COLUMNS, "order_id", &set);
+    for chunk in orders.chunks(MAX_ROWS) {
+        let mut rows = JsonRows::new(ORDER_COLUMNS);
         for o in chunk {
-            q = q
-                .bind(o.order_id.to_string())
-                .bind(o.customer_id.to_string())
-                .bind(o.customer_name.clone())
-                .bind(o.customer_email.clone())
-                .bind(o.snapshot_name.clone())
-                .bind(o.snapshot_email.clone())
-                .bind(o.status.as_str())
-                .bind(o.item_count)
-                .bind(o.total_minor)
-                .bind(o.currency.clone())
-                .bind(o.placed_at_us)
-                .bind(o.confirmed_at_us)
-                .bind(o.shipped_at_us)
-                .bind(o.delivered_at_us)
-                .bind(o.cancelled_at_us)
-                .bind(o.cancel_reason.clone())
-                .bind(o.carrier.clone())
-                .bind(o.tracking.clone())
-                .bind(o.stream_version)
-                .bind(o.last_position)
-                .bind(o.updated_at_us);
+            rows.push([
+                o.order_id.to_string().into(),
+                o.customer_id.to_string().into(),
+                o.customer_name.as_str().into(),
+                o.customer_email.as_str().into(),
+                o.snapshot_name.as_str().into(),
+                o.snapshot_email.as_str().into(),
+                o.status.as_str().into(),
+                o.item_count.into(),
+                o.total_minor.into(),
+                o.currency.as_str().into(),
+                o.placed_at_us.into(),
+                o.confirmed_at_us.into(),
+                o.shipped_at_us.into(),
+                o.delivered_at_us.into(),
+                o.cancelled_at_us.into(),
+                o.cancel_reason.as_deref().into(),
+                o.carrier.as_deref().into(),
+                o.tracking.as_deref().into(),
+                o.stream_version.into(),
+                o.last_position.into(),
+                o.updated_at_us.into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -398,25 +316,23 @@ pub(super) async fn upsert_customers(
     customers: &[&CustomerState],
 ) -> Result<(), ProjectionError> {
     let set = set_excluded(CUSTOMER_COLUMNS);
-    for chunk in customers.chunks(rows_per_statement(CUSTOMER_WIDTH)) {
-        let sql = format!(
-            "INSERT INTO {prefix}customers ({CUSTOMER_COLUMNS}) VALUES {} ON CONFLICT (customer_id) DO UPDATE SET {set}",
-            Marks::new(conn).values(chunk.len(), CUSTOMER_WIDTH)
-        );
-        let mut q = query(sql);
+    let sql = upsert_rows(conn, &format!("{prefix}customers"), CUSTOMER_COLUMNS, "customer_id", &set);
+    for chunk in customers.chunks(MAX_ROWS) {
+        let mut rows = JsonRows::new(CUSTOMER_COLUMNS);
         for c in chunk {
-            q = q
-                .bind(c.customer_id.to_string())
-                .bind(c.name.clone())
-                .bind(c.email.clone())
-                .bind(c.stream_version)
-                .bind(c.last_position)
-                .bind(c.order_count)
-                .bind(c.last_order_id.map(|id| id.to_string()))
-                .bind(c.last_order_at_us)
-                .bind(c.last_order_position);
+            rows.push([
+                c.customer_id.to_string().into(),
+                c.name.as_str().into(),
+                c.email.as_str().into(),
+                c.stream_version.into(),
+                c.last_position.into(),
+                c.order_count.into(),
+                c.last_order_id.map(|id| id.to_string()).into(),
+                c.last_order_at_us.into(),
+                c.last_order_position.into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -428,23 +344,28 @@ pub(super) async fn add_totals(
     prefix: &str,
     deltas: &[(&TotalKey, &(i64, i64))],
 ) -> Result<(), ProjectionError> {
-    for chunk in deltas.chunks(rows_per_statement(4)) {
-        let sql = format!(
-            "INSERT INTO {prefix}customer_totals ({TOTALS_COLUMNS}) \
-             VALUES {} ON CONFLICT (customer_id, currency) DO UPDATE SET \
-                order_count = {prefix}customer_totals.order_count + excluded.order_count, \
-                lifetime_value_minor = {prefix}customer_totals.lifetime_value_minor + excluded.lifetime_value_minor",
-            Marks::new(conn).values(chunk.len(), 4)
-        );
-        let mut q = query(sql);
+    let table = format!("{prefix}customer_totals");
+    let sql = upsert_rows(
+        conn,
+        &table,
+        TOTALS_COLUMNS,
+        "customer_id, currency",
+        &format!(
+            "order_count = {table}.order_count + excluded.order_count, \
+             lifetime_value_minor = {table}.lifetime_value_minor + excluded.lifetime_value_minor"
+        ),
+    );
+    for chunk in deltas.chunks(MAX_ROWS) {
+        let mut rows = JsonRows::new(TOTALS_COLUMNS);
         for ((customer_id, currency), (count, value)) in chunk {
-            q = q
-                .bind(customer_id.to_string())
-                .bind(currency.clone())
-                .bind(*count)
-                .bind(*value);
+            rows.push([
+                customer_id.to_string().into(),
+                currency.as_str().into(),
+                (*count).into(),
+                (*value).into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -465,26 +386,21 @@ async fn propagate_customers(conn: &mut AnyConnection, prefix: &str, fold: &Fold
         })
         .map(|entry| &entry.state)
         .collect();
+    let table = format!("{prefix}orders");
+    let sql = format!(
+        "UPDATE {table} SET customer_name = r.name, customer_email = r.email FROM {} WHERE {table}.customer_id = r.id",
+        typed_rows(Dialect::of(conn), &[("id", "TEXT"), ("name", "TEXT"), ("email", "TEXT")])
+    );
     for chunk in changed.chunks(MAX_ROWS) {
-        let mut marks = Marks::new(conn);
-        let sql = format!(
-            "UPDATE {prefix}orders SET customer_name = CASE customer_id{} END, customer_email = CASE customer_id{} END \
-              WHERE customer_id IN ({})",
-            marks.cases(chunk.len()),
-            marks.cases(chunk.len()),
-            marks.list(chunk.len())
-        );
-        let mut q = query(sql);
+        let mut rows = JsonRows::new("id, name, email");
         for c in chunk {
-            q = q.bind(c.customer_id.to_string()).bind(c.name.clone());
+            rows.push([
+                c.customer_id.to_string().into(),
+                c.name.as_str().into(),
+                c.email.as_str().into(),
+            ]);
         }
-        for c in chunk {
-            q = q.bind(c.customer_id.to_string()).bind(c.email.clone());
-        }
-        for c in chunk {
-            q = q.bind(c.customer_id.to_string());
-        }
-        q.execute(&mut *conn).await?;
+        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -1,0 +1,169 @@
+//! Multi-row statements with one parameter: the rows as a JSON array of objects keyed by column,
+//! unpacked by the server (PostgreSQL's `jsonb_populate_recordset` and `jsonb_to_recordset`,
+//! SQLite's `json_each`).
+//!
+//! Why: a statement with a parameter per value has a new text for every row count, and sqlx
+//! prepares each new text on the server before running it: a round trip to parse and describe
+//! it, one to run it, and one to close a statement that its cache (100 per connection) evicts,
+//! with PostgreSQL parsing and planning the statement every time. With one parameter each
+//! statement has one text, prepared once per connection and then one round trip per run. The
+//! dashboard's applies serialize on its `writer` lock, so the round trips inside that lock bound
+//! how many batches per second all its workers together apply (BENCHMARKS.md, "Freshness").
+
+use std::fmt::Write as _;
+
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+/// A JSON value of a row; built with `.into()` from strings, integers and options of them.
+pub(crate) type Json = serde_json::Value;
+
+/// The SQL dialect a statement is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    pub(crate) fn of(conn: &AnyConnection) -> Self {
+        if conn.backend_name() == "SQLite" {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        }
+    }
+}
+
+/// The names in a column list such as `"a, b, c"`.
+pub(crate) fn names(columns: &str) -> impl Iterator<Item = &str> {
+    columns.split(',').map(str::trim)
+}
+
+/// One statement's rows as a JSON array of objects keyed by column, bound as its only parameter.
+pub(crate) struct JsonRows<'c> {
+    columns: Vec<&'c str>,
+    text: String,
+}
+
+impl<'c> JsonRows<'c> {
+    /// Rows of `columns`, a list such as `"a, b, c"`.
+    pub(crate) fn new(columns: &'c str) -> Self {
+        JsonRows {
+            columns: names(columns).collect(),
+            text: String::from("["),
+        }
+    }
+
+    /// Adds a row: its values in the order of the columns.
+    pub(crate) fn push<const N: usize>(&mut self, values: [Json; N]) {
+        assert_eq!(N, self.columns.len(), "one value per column");
+        if self.text.len() > 1 {
+            self.text.push(',');
+        }
+        self.text.push('{');
+        for (i, (column, value)) in self.columns.iter().zip(values).enumerate() {
+            // Column names are identifiers of ours and need no escaping; values are serde_json's.
+            let _ = write!(self.text, "{}\"{column}\":{value}", if i == 0 { "" } else { "," });
+        }
+        self.text.push('}');
+    }
+
+    /// The JSON text to bind.
+    pub(crate) fn into_param(mut self) -> String {
+        self.text.push(']');
+        self.text
+    }
+}
+
+/// `INSERT INTO table (columns) SELECT columns FROM <parameter 1's rows> tail`. An upsert's
+/// `tail` starts with `WHERE true`: SQLite needs a `WHERE` before an `ON CONFLICT` that follows a
+/// `SELECT`, to tell it from a join's constraint.
+pub(crate) fn insert_rows(dialect: Dialect, table: &str, columns: &str, tail: &str) -> String {
+    format!(
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM {} {tail}",
+        table_rows(dialect, table, columns)
+    )
+}
+
+/// A `FROM` item named `r`: parameter 1's rows ([`JsonRows`]) as `columns` of `table`, typed as
+/// that table's columns.
+pub(crate) fn table_rows(dialect: Dialect, table: &str, columns: &str) -> String {
+    match dialect {
+        Dialect::Postgres => format!("jsonb_populate_recordset(NULL::{table}, CAST($1 AS JSONB)) AS r"),
+        Dialect::Sqlite => json_each_rows(names(columns)),
+    }
+}
+
+/// A `FROM` item named `r`: parameter 1's rows ([`JsonRows`]) as `columns`, each
+/// `(name, PostgreSQL type)`.
+pub(crate) fn typed_rows(dialect: Dialect, columns: &[(&str, &str)]) -> String {
+    match dialect {
+        Dialect::Postgres => {
+            let list: Vec<String> = columns.iter().map(|(name, ty)| format!("{name} {ty}")).collect();
+            format!("jsonb_to_recordset(CAST($1 AS JSONB)) AS r({})", list.join(", "))
+        }
+        Dialect::Sqlite => json_each_rows(columns.iter().map(|(name, _)| *name)),
+    }
+}
+
+/// SQLite: `(SELECT e.value ->> 'a' AS a, ... FROM json_each(?) AS e) AS r`.
+fn json_each_rows<'a>(columns: impl Iterator<Item = &'a str>) -> String {
+    let list: Vec<String> = columns.map(|c| format!("e.value ->> '{c}' AS {c}")).collect();
+    format!("(SELECT {} FROM json_each(?) AS e) AS r", list.join(", "))
+}
+
+/// A subquery of parameter 1's strings, a JSON array ([`json_ids`]): for `IN (...)`.
+pub(crate) fn json_strings(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => "SELECT value FROM jsonb_array_elements_text(CAST($1 AS JSONB))",
+        Dialect::Sqlite => "SELECT value FROM json_each(?)",
+    }
+}
+
+/// `["id", ...]`: uuids need no escaping.
+pub(crate) fn json_ids<'a>(ids: impl IntoIterator<Item = &'a Uuid>) -> String {
+    let mut text = String::from("[");
+    for (i, id) in ids.into_iter().enumerate() {
+        let _ = write!(text, "{}\"{id}\"", if i == 0 { "" } else { "," });
+    }
+    text.push(']');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_json_objects_keyed_by_column_with_values_escaped() -> serde_json::Result<()> {
+        let mut rows = JsonRows::new("id, name, count, note");
+        rows.push(["a".into(), "say \"hi\"\n".into(), 7i64.into(), Option::<&str>::None.into()]);
+        rows.push(["b".into(), "é".into(), (-1i64).into(), Some("x").into()]);
+        let parsed: serde_json::Value = serde_json::from_str(&rows.into_param())?;
+        assert_eq!(
+            parsed,
+            serde_json::json!([
+                { "id": "a", "name": "say \"hi\"\n", "count": 7, "note": null },
+                { "id": "b", "name": "é", "count": -1, "note": "x" },
+            ])
+        );
+        assert_eq!(JsonRows::new("id").into_param(), "[]");
+        Ok(())
+    }
+
+    #[test]
+    #[should_panic(expected = "one value per column")]
+    fn a_row_needs_a_value_per_column() {
+        JsonRows::new("id, name").push(["a".into()]);
+    }
+
+    #[test]
+    fn ids_are_a_json_array_of_strings() -> serde_json::Result<()> {
+        let ids = [Uuid::from_u128(1), Uuid::from_u128(2)];
+        let parsed: Vec<Uuid> = serde_json::from_str(&json_ids(&ids))?;
+        assert_eq!(parsed, ids);
+        assert_eq!(json_ids(&[]), "[]");
+        Ok(())
+    }
+}
