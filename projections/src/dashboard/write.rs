@@ -41,12 +41,24 @@ fn query(sql: String) -> Query {
 }
 
 /// Takes this version's write lock (see `writer` in tables.sql) until the transaction ends.
+///
+/// On PostgreSQL it also turns sequential scans off for the transaction, in the same round trip:
+/// every statement of an apply finds its rows by key, but the planner cannot see how many rows a
+/// JSON parameter holds (it assumes 100), and for tables of up to some ten thousand rows it
+/// would rather scan them whole than probe an index 100 times (measured at 12,000 orders:
+/// 3–7 ms a statement by scanning, 0.2 ms by index).
 pub(super) async fn lock(conn: &mut AnyConnection, prefix: &str) -> Result<(), ProjectionError> {
-    query(format!(
-        "INSERT INTO {prefix}writer (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = excluded.id"
-    ))
-    .execute(&mut *conn)
-    .await?;
+    let upsert = format!("INSERT INTO {prefix}writer (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = excluded.id");
+    match Dialect::of(conn) {
+        Dialect::Postgres => {
+            sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL enable_seqscan = off; {upsert}")))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Dialect::Sqlite => {
+            query(upsert).execute(&mut *conn).await?;
+        }
+    }
     Ok(())
 }
 
