@@ -127,6 +127,22 @@ impl ReadDb {
         })
     }
 
+    /// [`begin_write`](Self::begin_write), then `first` (statements without parameters) inside the
+    /// transaction: on PostgreSQL in the same round trip as `BEGIN`.
+    pub(crate) async fn begin_write_with(
+        &self,
+        first: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, ProjectionError> {
+        Ok(match self.kind {
+            DbKind::Sqlite => {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::raw_sql(AssertSqlSafe(first.to_owned())).execute(&mut *tx).await?;
+                tx
+            }
+            DbKind::Postgres => self.pool.begin_with(AssertSqlSafe(format!("BEGIN; {first}"))).await?,
+        })
+    }
+
     /// The live version of a projection, if one is live.
     pub async fn live_version(&self, name: &str) -> Result<Option<u32>, ProjectionError> {
         let row = sqlx::query("SELECT version FROM projection_versions WHERE name = $1 AND state = 'live'")
@@ -507,14 +523,16 @@ impl ReadDb {
 const CHECKPOINT_COLUMNS: &str =
     "name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us";
 
-/// Stores checkpoints, parameter 1 their rows ([`checkpoint_rows`]), in one statement (see
+/// Stores checkpoints, parameter `param` their rows ([`checkpoint_rows`]), in one statement (see
 /// `json_rows`). Never moves a checkpoint backwards. Also run on a PostgreSQL connection by a
-/// rebuild's bulk load (dashboard/bulk.rs).
-pub(crate) fn save_checkpoints_sql(dialect: Dialect) -> String {
+/// rebuild's bulk load (dashboard/bulk.rs), and by the dashboard's apply on PostgreSQL inside its
+/// one write statement.
+pub(crate) fn save_checkpoints_sql(dialect: Dialect, param: usize) -> String {
     insert_rows(
         dialect,
         "projection_checkpoints",
         CHECKPOINT_COLUMNS,
+        param,
         "WHERE true ON CONFLICT (name, version, source, partition_no) DO UPDATE SET
             last_offset = excluded.last_offset,
             last_position = excluded.last_position,
@@ -562,7 +580,7 @@ pub async fn save_checkpoints(
         return Ok(());
     }
     let rows = checkpoint_rows(name, version, checkpoints, micros(Utc::now()));
-    sqlx::query(AssertSqlSafe(save_checkpoints_sql(Dialect::of(conn))))
+    sqlx::query(AssertSqlSafe(save_checkpoints_sql(Dialect::of(conn), 1)))
         .bind(rows)
         .execute(&mut *conn)
         .await?;

@@ -55,6 +55,7 @@ mod query;
 mod write;
 
 use async_trait::async_trait;
+use chrono::Utc;
 use event_schemas::DomainEvent;
 use sqlx::AssertSqlSafe;
 
@@ -66,7 +67,11 @@ pub use query::{
 
 pub use bulk::DEFAULT_MEMORY_ROWS;
 
-use crate::{Batch, BulkLoad, Checkpoint, Projection, ProjectionError, ReadDb, save_checkpoints, save_dead_letters};
+use crate::control::checkpoint_rows;
+use crate::{
+    Batch, BulkLoad, Checkpoint, DbKind, Projection, ProjectionError, ReadDb, micros, save_checkpoints,
+    save_dead_letters,
+};
 
 /// The projection's name: in table names and checkpoints. Never rename.
 pub const NAME: &str = "order_dashboard";
@@ -165,20 +170,28 @@ impl Projection for OrderDashboard {
 
     #[tracing::instrument(skip_all, fields(projection = NAME, version = self.version, events = batch.events.len()), err)]
     async fn apply(&self, batch: &Batch) -> Result<(), ProjectionError> {
-        let mut tx = self.db.begin_write().await?;
         let relevant = batch
             .events
             .iter()
             .any(|event| matches!(event.event, DomainEvent::Order(_) | DomainEvent::Customer(_)));
-        if relevant {
-            write::lock(&mut tx, &self.prefix).await?;
+        let mut tx = if relevant {
+            // Round trips inside the writer lock are what all workers together wait for: BEGIN
+            // and the lock go in one, the loads in two, every write and the checkpoints in one
+            // (on PostgreSQL), then COMMIT.
+            let lock = write::lock_sql(self.db.kind() == DbKind::Postgres, &self.prefix);
+            let mut tx = self.db.begin_write_with(&lock).await?;
             let (order_ids, customer_ids) = fold::affected(&batch.events);
             let orders = write::load_orders(&mut tx, &self.prefix, &order_ids).await?;
             let customers = write::load_customers(&mut tx, &self.prefix, &customer_ids).await?;
             let fold = fold::Fold::run(orders, customers, &batch.events)?;
-            write::write(&mut tx, &self.prefix, &fold).await?;
-        }
-        save_checkpoints(&mut tx, NAME, self.version, &batch.checkpoints()).await?;
+            let checkpoints = checkpoint_rows(NAME, self.version, &batch.checkpoints(), micros(Utc::now()));
+            write::write(&mut tx, &self.prefix, &fold, checkpoints).await?;
+            tx
+        } else {
+            let mut tx = self.db.begin_write().await?;
+            save_checkpoints(&mut tx, NAME, self.version, &batch.checkpoints()).await?;
+            tx
+        };
         save_dead_letters(&mut tx, NAME, self.version, &batch.dead_letters).await?;
         tx.commit().await?;
         Ok(())

@@ -76,32 +76,33 @@ impl<'c> JsonRows<'c> {
     }
 }
 
-/// `INSERT INTO table (columns) SELECT columns FROM <parameter 1's rows> tail`. An upsert's
-/// `tail` starts with `WHERE true`: SQLite needs a `WHERE` before an `ON CONFLICT` that follows a
-/// `SELECT`, to tell it from a join's constraint.
-pub(crate) fn insert_rows(dialect: Dialect, table: &str, columns: &str, tail: &str) -> String {
+/// `INSERT INTO table (columns) SELECT columns FROM <parameter `param`'s rows> tail`. An
+/// upsert's `tail` starts with `WHERE true`: SQLite needs a `WHERE` before an `ON CONFLICT` that
+/// follows a `SELECT`, to tell it from a join's constraint.
+pub(crate) fn insert_rows(dialect: Dialect, table: &str, columns: &str, param: usize, tail: &str) -> String {
     format!(
         "INSERT INTO {table} ({columns}) SELECT {columns} FROM {} {tail}",
-        table_rows(dialect, table, columns)
+        table_rows(dialect, table, columns, param)
     )
 }
 
-/// A `FROM` item named `r`: parameter 1's rows ([`JsonRows`]) as `columns` of `table`, typed as
-/// that table's columns.
-pub(crate) fn table_rows(dialect: Dialect, table: &str, columns: &str) -> String {
+/// A `FROM` item named `r`: the rows ([`JsonRows`]) of parameter `param` (PostgreSQL's `$param`;
+/// SQLite's statements have one parameter, `?`) as `columns` of `table`, typed as that table's
+/// columns.
+pub(crate) fn table_rows(dialect: Dialect, table: &str, columns: &str, param: usize) -> String {
     match dialect {
-        Dialect::Postgres => format!("jsonb_populate_recordset(NULL::{table}, CAST($1 AS JSONB)) AS r"),
+        Dialect::Postgres => format!("jsonb_populate_recordset(NULL::{table}, CAST(${param} AS JSONB)) AS r"),
         Dialect::Sqlite => json_each_rows(names(columns)),
     }
 }
 
-/// A `FROM` item named `r`: parameter 1's rows ([`JsonRows`]) as `columns`, each
-/// `(name, PostgreSQL type)`.
-pub(crate) fn typed_rows(dialect: Dialect, columns: &[(&str, &str)]) -> String {
+/// A `FROM` item named `r`: the rows ([`JsonRows`]) of parameter `param` (as in [`table_rows`])
+/// as `columns`, each `(name, PostgreSQL type)`.
+pub(crate) fn typed_rows(dialect: Dialect, columns: &[(&str, &str)], param: usize) -> String {
     match dialect {
         Dialect::Postgres => {
             let list: Vec<String> = columns.iter().map(|(name, ty)| format!("{name} {ty}")).collect();
-            format!("jsonb_to_recordset(CAST($1 AS JSONB)) AS r({})", list.join(", "))
+            format!("jsonb_to_recordset(CAST(${param} AS JSONB)) AS r({})", list.join(", "))
         }
         Dialect::Sqlite => json_each_rows(columns.iter().map(|(name, _)| *name)),
     }
@@ -138,7 +139,12 @@ mod tests {
     #[test]
     fn rows_are_json_objects_keyed_by_column_with_values_escaped() -> serde_json::Result<()> {
         let mut rows = JsonRows::new("id, name, count, note");
-        rows.push(["a".into(), "say \"hi\"\n".into(), 7i64.into(), Option::<&str>::None.into()]);
+        rows.push([
+            "a".into(),
+            "say \"hi\"\n".into(),
+            7i64.into(),
+            Option::<&str>::None.into(),
+        ]);
         rows.push(["b".into(), "é".into(), (-1i64).into(), Some("x").into()]);
         let parsed: serde_json::Value = serde_json::from_str(&rows.into_param())?;
         assert_eq!(

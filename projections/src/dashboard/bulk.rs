@@ -938,7 +938,7 @@ async fn copy_writer(
         }
         let now = micros(Utc::now());
         if !checkpoints.is_empty() {
-            sqlx::query(AssertSqlSafe(save_checkpoints_sql(Dialect::Postgres)))
+            sqlx::query(AssertSqlSafe(save_checkpoints_sql(Dialect::Postgres, 1)))
                 .bind(checkpoint_rows(NAME, version, &checkpoints, now))
                 .execute(&mut *tx)
                 .await?;

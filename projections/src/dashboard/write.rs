@@ -40,26 +40,21 @@ fn query(sql: String) -> Query {
     sqlx::query(AssertSqlSafe(sql))
 }
 
-/// Takes this version's write lock (see `writer` in tables.sql) until the transaction ends.
+/// The statements that take this version's write lock (see `writer` in tables.sql) until the
+/// transaction ends; run right after `BEGIN`, in its round trip ([`crate::ReadDb::begin_write_with`]).
 ///
-/// On PostgreSQL it also turns sequential scans off for the transaction, in the same round trip:
-/// every statement of an apply finds its rows by key, but the planner cannot see how many rows a
-/// JSON parameter holds (it assumes 100), and for tables of up to some ten thousand rows it
-/// would rather scan them whole than probe an index 100 times (measured at 12,000 orders:
-/// 3–7 ms a statement by scanning, 0.2 ms by index).
-pub(super) async fn lock(conn: &mut AnyConnection, prefix: &str) -> Result<(), ProjectionError> {
+/// On PostgreSQL they also turn sequential scans off for the transaction: every statement of an
+/// apply finds its rows by key, but the planner cannot see how many rows a JSON parameter holds
+/// (it assumes 100), and for tables of up to some ten thousand rows it would rather scan them
+/// whole than probe an index 100 times (measured at 12,000 orders: 3–7 ms a statement by
+/// scanning, 0.2 ms by index).
+pub(super) fn lock_sql(postgres: bool, prefix: &str) -> String {
     let upsert = format!("INSERT INTO {prefix}writer (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = excluded.id");
-    match Dialect::of(conn) {
-        Dialect::Postgres => {
-            sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL enable_seqscan = off; {upsert}")))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Dialect::Sqlite => {
-            query(upsert).execute(&mut *conn).await?;
-        }
+    if postgres {
+        format!("SET LOCAL enable_seqscan = off; {upsert}")
+    } else {
+        upsert
     }
-    Ok(())
 }
 
 pub(super) async fn load_orders(
@@ -149,60 +144,201 @@ fn customer_from_row(row: &AnyRow) -> Result<CustomerState, ProjectionError> {
     })
 }
 
-/// Writes everything the fold produced. History first: the stored latest versions are closed
-/// before the new ones (with an open `valid_to`) are inserted.
-pub(super) async fn write(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> Result<(), ProjectionError> {
-    close_versions(conn, &format!("{prefix}order_history"), "order_id", &fold.close_orders).await?;
-    close_versions(
-        conn,
-        &format!("{prefix}customer_history"),
-        "customer_id",
-        &fold.close_customers,
-    )
-    .await?;
-    insert_order_versions(conn, prefix, &fold.order_versions).await?;
-    insert_customer_versions(conn, prefix, &fold.customer_versions).await?;
-    let orders: Vec<&OrderState> = fold
-        .orders
-        .values()
-        .filter(|entry| entry.dirty)
-        .map(|entry| &entry.state)
+/// What the fold produced, to write.
+struct Writes<'f> {
+    close_orders: &'f [(Uuid, (i64, i64))],
+    close_customers: &'f [(Uuid, (i64, i64))],
+    order_versions: &'f [OrderVersion],
+    customer_versions: &'f [CustomerVersion],
+    orders: Vec<&'f OrderState>,
+    customers: Vec<&'f CustomerState>,
+    totals: Vec<(&'f TotalKey, &'f (i64, i64))>,
+    /// Customers that were stored before this batch and whose events changed what their
+    /// stored orders must show. (Orders the batch holds in memory were given them by the fold;
+    /// customers the batch created have no stored orders.)
+    renamed: Vec<&'f CustomerState>,
+}
+
+impl<'f> Writes<'f> {
+    fn of(fold: &'f Fold) -> Self {
+        Writes {
+            close_orders: &fold.close_orders,
+            close_customers: &fold.close_customers,
+            order_versions: &fold.order_versions,
+            customer_versions: &fold.customer_versions,
+            orders: fold.orders.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
+            customers: fold.customers.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
+            totals: fold.totals.iter().filter(|(_, delta)| **delta != (0, 0)).collect(),
+            renamed: fold
+                .customers
+                .values()
+                .filter(|entry| {
+                    entry.advanced
+                        && entry.loaded.as_ref().is_some_and(|loaded| {
+                            loaded.stream_version == 0
+                                || loaded.name != entry.state.name
+                                || loaded.email != entry.state.email
+                        })
+                })
+                .map(|entry| &entry.state)
+                .collect(),
+        }
+    }
+}
+
+/// Writes everything the fold produced, and the batch's checkpoints (`checkpoints`: the rows of
+/// [`crate::control::save_checkpoints_sql`]). History first: the stored latest versions are
+/// closed before the new ones (with an open `valid_to`) are inserted.
+///
+/// On PostgreSQL in one statement, one round trip inside the writer lock ([`write_postgres`]);
+/// on SQLite statement by statement (SQLite has no data-modifying `WITH`, and no round trips).
+pub(super) async fn write(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    fold: &Fold,
+    checkpoints: String,
+) -> Result<(), ProjectionError> {
+    let writes = Writes::of(fold);
+    match Dialect::of(conn) {
+        Dialect::Postgres => write_postgres(conn, prefix, &writes, checkpoints).await,
+        Dialect::Sqlite => {
+            let d = Dialect::Sqlite;
+            for (table, id_column, closes) in [
+                ("order_history", "order_id", writes.close_orders),
+                ("customer_history", "customer_id", writes.close_customers),
+            ] {
+                let sql = close_sql(d, &format!("{prefix}{table}"), id_column, 1);
+                run_chunked(conn, &sql, closes, close_rows).await?;
+            }
+            insert_order_versions(conn, prefix, writes.order_versions).await?;
+            insert_customer_versions(conn, prefix, writes.customer_versions).await?;
+            upsert_orders(conn, prefix, &writes.orders).await?;
+            upsert_customers(conn, prefix, &writes.customers).await?;
+            add_totals(conn, prefix, &writes.totals).await?;
+            run_chunked(conn, &renamed_sql(d, prefix, 1, None), &writes.renamed, |c| {
+                renamed_rows(c)
+            })
+            .await?;
+            query(crate::control::save_checkpoints_sql(d, 1))
+                .bind(checkpoints)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+/// PostgreSQL: every write of [`write`] as a part of one statement (data-modifying `WITH`), each
+/// with its rows in a parameter of its own, so the statement has one text.
+///
+/// All parts see the same snapshot, the one before the statement, and none sees another's
+/// changes. That is what the order of [`write`] is for: the closes touch only versions stored
+/// before the batch, never the ones it inserts. A row must not be changed by two parts, so the
+/// renamed customers' stored orders leave out the orders the batch upserts (the fold already
+/// gave those the new name).
+async fn write_postgres(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    w: &Writes<'_>,
+    checkpoints: String,
+) -> Result<(), ProjectionError> {
+    let d = Dialect::Postgres;
+    let parts = [
+        close_sql(d, &format!("{prefix}order_history"), "order_id", 1),
+        close_sql(d, &format!("{prefix}customer_history"), "customer_id", 2),
+        order_versions_sql(d, prefix, 3),
+        customer_versions_sql(d, prefix, 4),
+        orders_sql(d, prefix, 5),
+        customers_sql(d, prefix, 6),
+        totals_sql(d, prefix, 7),
+        renamed_sql(d, prefix, 8, Some(5)),
+        crate::control::save_checkpoints_sql(d, 9),
+    ];
+    let with: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| format!("w{i} AS ({part})"))
         .collect();
-    upsert_orders(conn, prefix, &orders).await?;
-    let customers: Vec<&CustomerState> = fold
-        .customers
-        .values()
-        .filter(|entry| entry.dirty)
-        .map(|entry| &entry.state)
-        .collect();
-    upsert_customers(conn, prefix, &customers).await?;
-    let deltas: Vec<_> = fold.totals.iter().filter(|(_, delta)| **delta != (0, 0)).collect();
-    add_totals(conn, prefix, &deltas).await?;
-    propagate_customers(conn, prefix, fold).await?;
+    let sql = format!("WITH {} SELECT 1", with.join(", "));
+    query(sql)
+        .bind(close_rows(w.close_orders))
+        .bind(close_rows(w.close_customers))
+        .bind(order_version_rows(w.order_versions))
+        .bind(customer_version_rows(w.customer_versions))
+        .bind(order_rows(&w.orders))
+        .bind(customer_rows(&w.customers))
+        .bind(total_rows(&w.totals))
+        .bind(renamed_rows(&w.renamed))
+        .bind(checkpoints)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Runs `sql` once per chunk of [`MAX_ROWS`] items, bound to the chunk's rows.
+async fn run_chunked<T>(
+    conn: &mut AnyConnection,
+    sql: &str,
+    items: &[T],
+    rows: impl Fn(&[T]) -> String,
+) -> Result<(), ProjectionError> {
+    for chunk in items.chunks(MAX_ROWS) {
+        query(sql.to_owned()).bind(rows(chunk)).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
 /// Closes the open version of each id: `valid_to` = the position and time of the event that
-/// superseded it.
-async fn close_versions(
-    conn: &mut AnyConnection,
-    table: &str,
-    id_column: &str,
-    closes: &[(Uuid, (i64, i64))],
-) -> Result<(), ProjectionError> {
-    let sql = format!(
+/// superseded it. Rows: [`close_rows`].
+fn close_sql(d: Dialect, table: &str, id_column: &str, param: usize) -> String {
+    format!(
         "UPDATE {table} SET valid_to_position = r.position, valid_to_us = r.at_us FROM {} \
           WHERE {table}.{id_column} = r.id AND {table}.valid_to_position IS NULL",
-        typed_rows(Dialect::of(conn), &[("id", "TEXT"), ("position", "BIGINT"), ("at_us", "BIGINT")])
-    );
-    for chunk in closes.chunks(MAX_ROWS) {
-        let mut rows = JsonRows::new("id, position, at_us");
-        for (id, (position, at)) in chunk {
-            rows.push([id.to_string().into(), (*position).into(), (*at).into()]);
-        }
-        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
+        typed_rows(d, &[("id", "TEXT"), ("position", "BIGINT"), ("at_us", "BIGINT")], param)
+    )
+}
+
+fn close_rows(closes: &[(Uuid, (i64, i64))]) -> String {
+    let mut rows = JsonRows::new("id, position, at_us");
+    for (id, (position, at)) in closes {
+        rows.push([id.to_string().into(), (*position).into(), (*at).into()]);
     }
-    Ok(())
+    rows.into_param()
+}
+
+fn order_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    insert_rows(d, &format!("{prefix}order_history"), ORDER_HISTORY_COLUMNS, param, "")
+}
+
+fn order_version_rows(versions: &[OrderVersion]) -> String {
+    let mut rows = JsonRows::new(ORDER_HISTORY_COLUMNS);
+    for version in versions {
+        let o = &version.order;
+        rows.push([
+            o.order_id.to_string().into(),
+            o.stream_version.into(),
+            version.valid_from.0.into(),
+            version.valid_from.1.into(),
+            version.valid_to.map(|to| to.0).into(),
+            version.valid_to.map(|to| to.1).into(),
+            o.customer_id.to_string().into(),
+            o.snapshot_name.as_str().into(),
+            o.snapshot_email.as_str().into(),
+            o.status.as_str().into(),
+            o.item_count.into(),
+            o.total_minor.into(),
+            o.currency.as_str().into(),
+            o.placed_at_us.into(),
+            o.confirmed_at_us.into(),
+            o.shipped_at_us.into(),
+            o.delivered_at_us.into(),
+            o.cancelled_at_us.into(),
+            o.cancel_reason.as_deref().into(),
+            o.carrier.as_deref().into(),
+            o.tracking.as_deref().into(),
+        ]);
+    }
+    rows.into_param()
 }
 
 pub(super) async fn insert_order_versions(
@@ -210,38 +346,35 @@ pub(super) async fn insert_order_versions(
     prefix: &str,
     versions: &[OrderVersion],
 ) -> Result<(), ProjectionError> {
-    let sql = insert_rows(Dialect::of(conn), &format!("{prefix}order_history"), ORDER_HISTORY_COLUMNS, "");
-    for chunk in versions.chunks(MAX_ROWS) {
-        let mut rows = JsonRows::new(ORDER_HISTORY_COLUMNS);
-        for version in chunk {
-            let o = &version.order;
-            rows.push([
-                o.order_id.to_string().into(),
-                o.stream_version.into(),
-                version.valid_from.0.into(),
-                version.valid_from.1.into(),
-                version.valid_to.map(|to| to.0).into(),
-                version.valid_to.map(|to| to.1).into(),
-                o.customer_id.to_string().into(),
-                o.snapshot_name.as_str().into(),
-                o.snapshot_email.as_str().into(),
-                o.status.as_str().into(),
-                o.item_count.into(),
-                o.total_minor.into(),
-                o.currency.as_str().into(),
-                o.placed_at_us.into(),
-                o.confirmed_at_us.into(),
-                o.shipped_at_us.into(),
-                o.delivered_at_us.into(),
-                o.cancelled_at_us.into(),
-                o.cancel_reason.as_deref().into(),
-                o.carrier.as_deref().into(),
-                o.tracking.as_deref().into(),
-            ]);
-        }
-        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
+    let sql = order_versions_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, versions, order_version_rows).await
+}
+
+fn customer_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    insert_rows(
+        d,
+        &format!("{prefix}customer_history"),
+        CUSTOMER_HISTORY_COLUMNS,
+        param,
+        "",
+    )
+}
+
+fn customer_version_rows(versions: &[CustomerVersion]) -> String {
+    let mut rows = JsonRows::new(CUSTOMER_HISTORY_COLUMNS);
+    for version in versions {
+        rows.push([
+            version.customer_id.to_string().into(),
+            version.stream_version.into(),
+            version.valid_from.0.into(),
+            version.valid_from.1.into(),
+            version.valid_to.map(|to| to.0).into(),
+            version.valid_to.map(|to| to.1).into(),
+            version.name.as_str().into(),
+            version.email.as_str().into(),
+        ]);
     }
-    Ok(())
+    rows.into_param()
 }
 
 pub(super) async fn insert_customer_versions(
@@ -249,38 +382,56 @@ pub(super) async fn insert_customer_versions(
     prefix: &str,
     versions: &[CustomerVersion],
 ) -> Result<(), ProjectionError> {
-    let sql = insert_rows(Dialect::of(conn), &format!("{prefix}customer_history"), CUSTOMER_HISTORY_COLUMNS, "");
-    for chunk in versions.chunks(MAX_ROWS) {
-        let mut rows = JsonRows::new(CUSTOMER_HISTORY_COLUMNS);
-        for version in chunk {
-            rows.push([
-                version.customer_id.to_string().into(),
-                version.stream_version.into(),
-                version.valid_from.0.into(),
-                version.valid_from.1.into(),
-                version.valid_to.map(|to| to.0).into(),
-                version.valid_to.map(|to| to.1).into(),
-                version.name.as_str().into(),
-                version.email.as_str().into(),
-            ]);
-        }
-        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
+    let sql = customer_versions_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, versions, customer_version_rows).await
+}
+
+/// An upsert of parameter `param`'s rows that sets every column but the key.
+fn upsert_sql(d: Dialect, table: &str, columns: &str, param: usize) -> String {
+    let mut names = names(columns);
+    let key = names.next().unwrap_or_default();
+    let set: Vec<String> = names.map(|column| format!("{column} = excluded.{column}")).collect();
+    insert_rows(
+        d,
+        table,
+        columns,
+        param,
+        &format!("WHERE true ON CONFLICT ({key}) DO UPDATE SET {}", set.join(", ")),
+    )
+}
+
+fn orders_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    upsert_sql(d, &format!("{prefix}orders"), ORDER_COLUMNS, param)
+}
+
+fn order_rows(orders: &[&OrderState]) -> String {
+    let mut rows = JsonRows::new(ORDER_COLUMNS);
+    for o in orders {
+        rows.push([
+            o.order_id.to_string().into(),
+            o.customer_id.to_string().into(),
+            o.customer_name.as_str().into(),
+            o.customer_email.as_str().into(),
+            o.snapshot_name.as_str().into(),
+            o.snapshot_email.as_str().into(),
+            o.status.as_str().into(),
+            o.item_count.into(),
+            o.total_minor.into(),
+            o.currency.as_str().into(),
+            o.placed_at_us.into(),
+            o.confirmed_at_us.into(),
+            o.shipped_at_us.into(),
+            o.delivered_at_us.into(),
+            o.cancelled_at_us.into(),
+            o.cancel_reason.as_deref().into(),
+            o.carrier.as_deref().into(),
+            o.tracking.as_deref().into(),
+            o.stream_version.into(),
+            o.last_position.into(),
+            o.updated_at_us.into(),
+        ]);
     }
-    Ok(())
-}
-
-/// `col = excluded.col` for every column but the key.
-fn set_excluded(columns: &str) -> String {
-    names(columns)
-        .skip(1)
-        .map(|column| format!("{column} = excluded.{column}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// An upsert of parameter 1's rows.
-fn upsert_rows(conn: &AnyConnection, table: &str, columns: &str, key: &str, set: &str) -> String {
-    insert_rows(Dialect::of(conn), table, columns, &format!("WHERE true ON CONFLICT ({key}) DO UPDATE SET {set}"))
+    rows.into_param()
 }
 
 pub(super) async fn upsert_orders(
@@ -288,38 +439,30 @@ pub(super) async fn upsert_orders(
     prefix: &str,
     orders: &[&OrderState],
 ) -> Result<(), ProjectionError> {
-    let set = set_excluded(ORDER_COLUMNS);
-    let sql = upsert_rows(conn, &format!("{prefix}orders"), ORDER_COLUMNS, "order_id", &set);
-    for chunk in orders.chunks(MAX_ROWS) {
-        let mut rows = JsonRows::new(ORDER_COLUMNS);
-        for o in chunk {
-            rows.push([
-                o.order_id.to_string().into(),
-                o.customer_id.to_string().into(),
-                o.customer_name.as_str().into(),
-                o.customer_email.as_str().into(),
-                o.snapshot_name.as_str().into(),
-                o.snapshot_email.as_str().into(),
-                o.status.as_str().into(),
-                o.item_count.into(),
-                o.total_minor.into(),
-                o.currency.as_str().into(),
-                o.placed_at_us.into(),
-                o.confirmed_at_us.into(),
-                o.shipped_at_us.into(),
-                o.delivered_at_us.into(),
-                o.cancelled_at_us.into(),
-                o.cancel_reason.as_deref().into(),
-                o.carrier.as_deref().into(),
-                o.tracking.as_deref().into(),
-                o.stream_version.into(),
-                o.last_position.into(),
-                o.updated_at_us.into(),
-            ]);
-        }
-        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
+    let sql = orders_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, orders, order_rows).await
+}
+
+fn customers_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    upsert_sql(d, &format!("{prefix}customers"), CUSTOMER_COLUMNS, param)
+}
+
+fn customer_rows(customers: &[&CustomerState]) -> String {
+    let mut rows = JsonRows::new(CUSTOMER_COLUMNS);
+    for c in customers {
+        rows.push([
+            c.customer_id.to_string().into(),
+            c.name.as_str().into(),
+            c.email.as_str().into(),
+            c.stream_version.into(),
+            c.last_position.into(),
+            c.order_count.into(),
+            c.last_order_id.map(|id| id.to_string()).into(),
+            c.last_order_at_us.into(),
+            c.last_order_position.into(),
+        ]);
     }
-    Ok(())
+    rows.into_param()
 }
 
 pub(super) async fn upsert_customers(
@@ -327,92 +470,72 @@ pub(super) async fn upsert_customers(
     prefix: &str,
     customers: &[&CustomerState],
 ) -> Result<(), ProjectionError> {
-    let set = set_excluded(CUSTOMER_COLUMNS);
-    let sql = upsert_rows(conn, &format!("{prefix}customers"), CUSTOMER_COLUMNS, "customer_id", &set);
-    for chunk in customers.chunks(MAX_ROWS) {
-        let mut rows = JsonRows::new(CUSTOMER_COLUMNS);
-        for c in chunk {
-            rows.push([
-                c.customer_id.to_string().into(),
-                c.name.as_str().into(),
-                c.email.as_str().into(),
-                c.stream_version.into(),
-                c.last_position.into(),
-                c.order_count.into(),
-                c.last_order_id.map(|id| id.to_string()).into(),
-                c.last_order_at_us.into(),
-                c.last_order_position.into(),
-            ]);
-        }
-        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
-    }
-    Ok(())
+    let sql = customers_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, customers, customer_rows).await
 }
 
 /// Adds the batch's deltas to `customer_totals`. Deltas, not values: each event that produced
 /// one applied exactly once (the stream-version guard), so adding is safe and needs no read.
+fn totals_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    let table = format!("{prefix}customer_totals");
+    insert_rows(
+        d,
+        &table,
+        TOTALS_COLUMNS,
+        param,
+        &format!(
+            "WHERE true ON CONFLICT (customer_id, currency) DO UPDATE SET \
+                order_count = {table}.order_count + excluded.order_count, \
+                lifetime_value_minor = {table}.lifetime_value_minor + excluded.lifetime_value_minor"
+        ),
+    )
+}
+
+fn total_rows(deltas: &[(&TotalKey, &(i64, i64))]) -> String {
+    let mut rows = JsonRows::new(TOTALS_COLUMNS);
+    for ((customer_id, currency), (count, value)) in deltas {
+        rows.push([
+            customer_id.to_string().into(),
+            currency.as_str().into(),
+            (*count).into(),
+            (*value).into(),
+        ]);
+    }
+    rows.into_param()
+}
+
 pub(super) async fn add_totals(
     conn: &mut AnyConnection,
     prefix: &str,
     deltas: &[(&TotalKey, &(i64, i64))],
 ) -> Result<(), ProjectionError> {
-    let table = format!("{prefix}customer_totals");
-    let sql = upsert_rows(
-        conn,
-        &table,
-        TOTALS_COLUMNS,
-        "customer_id, currency",
-        &format!(
-            "order_count = {table}.order_count + excluded.order_count, \
-             lifetime_value_minor = {table}.lifetime_value_minor + excluded.lifetime_value_minor"
-        ),
-    );
-    for chunk in deltas.chunks(MAX_ROWS) {
-        let mut rows = JsonRows::new(TOTALS_COLUMNS);
-        for ((customer_id, currency), (count, value)) in chunk {
-            rows.push([
-                customer_id.to_string().into(),
-                currency.as_str().into(),
-                (*count).into(),
-                (*value).into(),
-            ]);
-        }
-        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
-    }
-    Ok(())
+    let sql = totals_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, deltas, total_rows).await
 }
 
-/// Sets the current name and email on the stored orders of every customer that was stored
-/// before this batch and whose events changed what its orders must show. (Orders the batch
-/// holds in memory were given them by the fold; customers the batch created have no stored
-/// orders.)
-async fn propagate_customers(conn: &mut AnyConnection, prefix: &str, fold: &Fold) -> Result<(), ProjectionError> {
-    let changed: Vec<&CustomerState> = fold
-        .customers
-        .values()
-        .filter(|entry| {
-            entry.advanced
-                && entry.loaded.as_ref().is_some_and(|loaded| {
-                    loaded.stream_version == 0 || loaded.name != entry.state.name || loaded.email != entry.state.email
-                })
-        })
-        .map(|entry| &entry.state)
-        .collect();
+/// Sets the current name and email on the stored orders of each renamed customer ([`Writes`]),
+/// but for the orders upserted from parameter `except` (PostgreSQL's one statement).
+fn renamed_sql(d: Dialect, prefix: &str, param: usize, except: Option<usize>) -> String {
     let table = format!("{prefix}orders");
-    let sql = format!(
-        "UPDATE {table} SET customer_name = r.name, customer_email = r.email FROM {} WHERE {table}.customer_id = r.id",
-        typed_rows(Dialect::of(conn), &[("id", "TEXT"), ("name", "TEXT"), ("email", "TEXT")])
-    );
-    for chunk in changed.chunks(MAX_ROWS) {
-        let mut rows = JsonRows::new("id, name, email");
-        for c in chunk {
-            rows.push([
-                c.customer_id.to_string().into(),
-                c.name.as_str().into(),
-                c.email.as_str().into(),
-            ]);
-        }
-        query(sql.clone()).bind(rows.into_param()).execute(&mut *conn).await?;
+    let except = except.map_or(String::new(), |except| {
+        format!(
+            " AND {table}.order_id NOT IN (SELECT x.order_id FROM jsonb_populate_recordset(NULL::{table}, CAST(${except} AS JSONB)) AS x)"
+        )
+    });
+    format!(
+        "UPDATE {table} SET customer_name = r.name, customer_email = r.email FROM {} WHERE {table}.customer_id = r.id{except}",
+        typed_rows(d, &[("id", "TEXT"), ("name", "TEXT"), ("email", "TEXT")], param)
+    )
+}
+
+fn renamed_rows(customers: &[&CustomerState]) -> String {
+    let mut rows = JsonRows::new("id, name, email");
+    for c in customers {
+        rows.push([
+            c.customer_id.to_string().into(),
+            c.name.as_str().into(),
+            c.email.as_str().into(),
+        ]);
     }
-    Ok(())
+    rows.into_param()
 }
