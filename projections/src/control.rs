@@ -127,20 +127,20 @@ impl ReadDb {
         })
     }
 
-    /// [`begin_write`](Self::begin_write), then `first` (statements without parameters) inside the
-    /// transaction: on PostgreSQL in the same round trip as `BEGIN`.
+    /// [`begin_write`](Self::begin_write), then `first` (statements without parameters, one round
+    /// trip) inside the transaction.
+    ///
+    /// Not in `BEGIN`'s own round trip: sqlx counts a transaction as begun only once its whole
+    /// begin statement succeeded, so if `first` failed there (a lock timeout, a cancel) the
+    /// connection would go back to the pool inside an aborted transaction, failing everything
+    /// its next users send.
     pub(crate) async fn begin_write_with(
         &self,
         first: &str,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, ProjectionError> {
-        Ok(match self.kind {
-            DbKind::Sqlite => {
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::raw_sql(AssertSqlSafe(first.to_owned())).execute(&mut *tx).await?;
-                tx
-            }
-            DbKind::Postgres => self.pool.begin_with(AssertSqlSafe(format!("BEGIN; {first}"))).await?,
-        })
+        let mut tx = self.begin_write().await?;
+        sqlx::raw_sql(AssertSqlSafe(first.to_owned())).execute(&mut *tx).await?;
+        Ok(tx)
     }
 
     /// The live version of a projection, if one is live.

@@ -352,6 +352,40 @@ async fn lifecycle_sqlite() {
     lifecycle(Server::Sqlite).await;
 }
 
+/// An apply that cannot take the writer lock fails, and leaves its connection fit for the next
+/// apply (not inside an aborted transaction that the pool hands out again).
+#[tokio::test]
+async fn an_apply_that_cannot_take_the_lock_leaves_its_connection_usable() {
+    let database = testkit::postgres::fresh_database().await;
+    // One connection, so the second apply gets the first one's; lock waits end after 200 ms.
+    let separator = if database.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}options=-c%20lock_timeout%3D200", database.url);
+    let db = ReadDb::connect(&url, 1).await.expect("connect");
+    db.migrate().await.expect("control tables");
+    let dash = dashboard(&db, 1).await;
+    let mut log = Log::default();
+    let alice = Uuid::new_v4();
+    log.push(registered(alice, "Alice", "alice@example.com"));
+
+    let other = database.pool(1).await;
+    let mut holder = other.begin().await.expect("begin");
+    sqlx::query("INSERT INTO order_dashboard_v1_writer (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = excluded.id")
+        .execute(&mut *holder)
+        .await
+        .expect("another session takes the writer lock");
+    dash.apply(&batch(&log.events))
+        .await
+        .expect_err("the lock wait times out");
+    holder.rollback().await.expect("rollback");
+
+    dash.apply(&batch(&log.events))
+        .await
+        .expect("the next apply, on the same connection");
+    let checkpoints = dash.checkpoints().await.expect("checkpoints");
+    assert_eq!(checkpoints.len(), 1);
+    assert_eq!(checkpoints[0].position, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Replays
 

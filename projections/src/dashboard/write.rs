@@ -41,7 +41,8 @@ fn query(sql: String) -> Query {
 }
 
 /// The statements that take this version's write lock (see `writer` in tables.sql) until the
-/// transaction ends; run right after `BEGIN`, in its round trip ([`crate::ReadDb::begin_write_with`]).
+/// transaction ends: the first of the transaction, in one round trip
+/// ([`crate::ReadDb::begin_write_with`]).
 ///
 /// On PostgreSQL they also turn sequential scans off for the transaction: every statement of an
 /// apply finds its rows by key, but the planner cannot see how many rows a JSON parameter holds
