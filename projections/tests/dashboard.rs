@@ -369,10 +369,12 @@ async fn an_apply_that_cannot_take_the_lock_leaves_its_connection_usable() {
 
     let other = database.pool(1).await;
     let mut holder = other.begin().await.expect("begin");
-    sqlx::query("INSERT INTO order_dashboard_v1_writer (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = excluded.id")
-        .execute(&mut *holder)
-        .await
-        .expect("another session takes the writer lock");
+    sqlx::query(
+        "INSERT INTO order_dashboard_v1_writer (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = excluded.id",
+    )
+    .execute(&mut *holder)
+    .await
+    .expect("another session takes the writer lock");
     dash.apply(&batch(&log.events))
         .await
         .expect_err("the lock wait times out");
