@@ -519,7 +519,7 @@ impl ReadDb {
     }
 }
 
-/// A checkpoint's columns, in the order of [`checkpoint_rows`]' values.
+/// A checkpoint's columns: the keys of [`checkpoint_rows`]' objects.
 const CHECKPOINT_COLUMNS: &str =
     "name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us";
 
@@ -545,17 +545,17 @@ pub(crate) fn save_checkpoints_sql(dialect: Dialect, param: usize) -> String {
 
 /// The parameter of [`save_checkpoints_sql`]; `now` in µs.
 pub(crate) fn checkpoint_rows(name: &str, version: u32, checkpoints: &[Checkpoint], now: i64) -> String {
-    let mut rows = JsonRows::new(CHECKPOINT_COLUMNS);
+    let mut rows = JsonRows::default();
     for c in checkpoints {
         rows.push([
-            name.into(),
-            i64::from(version).into(),
-            c.source.as_str().into(),
-            i64::from(c.partition).into(),
-            c.offset.into(),
-            to_i64(c.position).into(),
-            c.recorded_at.map(micros).into(),
-            now.into(),
+            ("name", name.into()),
+            ("version", i64::from(version).into()),
+            ("source", c.source.as_str().into()),
+            ("partition_no", i64::from(c.partition).into()),
+            ("last_offset", c.offset.into()),
+            ("last_position", to_i64(c.position).into()),
+            ("last_recorded_at_us", c.recorded_at.map(micros).into()),
+            ("updated_at_us", now.into()),
         ]);
     }
     rows.into_param()
@@ -757,6 +757,25 @@ fn version_from(value: i64) -> Result<u32, ProjectionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_rows_have_every_column() {
+        let checkpoint = Checkpoint {
+            source: "orders".to_owned(),
+            partition: 3,
+            offset: 7,
+            position: 9,
+            recorded_at: None,
+        };
+        let rows: serde_json::Value =
+            serde_json::from_str(&checkpoint_rows("p", 1, &[checkpoint], 5)).expect("rows are JSON");
+        let row = rows[0].as_object().expect("a row is an object");
+        let missing: Vec<&str> = crate::json_rows::names(CHECKPOINT_COLUMNS)
+            .filter(|c| !row.contains_key(*c))
+            .collect();
+        assert!(missing.is_empty(), "columns with no key: {missing:?}");
+        assert_eq!((&row["partition_no"], &row["last_offset"]), (&3.into(), &7.into()));
+    }
 
     fn partition(source: &str, partition: i32, position: u64, drained: bool) -> PartitionProgress {
         PartitionProgress {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::OrderStatus;
 use super::fold::{CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, TotalKey};
 use crate::ProjectionError;
-use crate::json_rows::{Dialect, JsonRows, insert_rows, json_ids, json_strings, names, typed_rows};
+use crate::json_rows::{Dialect, Json, JsonRows, insert_rows, json_ids, json_strings, names, typed_rows};
 
 type Query = sqlx::query::Query<'static, Any, AnyArguments>;
 
@@ -300,9 +300,13 @@ fn close_sql(d: Dialect, table: &str, id_column: &str, param: usize) -> String {
 }
 
 fn close_rows(closes: &[(Uuid, (i64, i64))]) -> String {
-    let mut rows = JsonRows::new("id, position, at_us");
+    let mut rows = JsonRows::default();
     for (id, (position, at)) in closes {
-        rows.push([id.to_string().into(), (*position).into(), (*at).into()]);
+        rows.push([
+            ("id", id.to_string().into()),
+            ("position", (*position).into()),
+            ("at_us", (*at).into()),
+        ]);
     }
     rows.into_param()
 }
@@ -311,33 +315,51 @@ fn order_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
     insert_rows(d, &format!("{prefix}order_history"), ORDER_HISTORY_COLUMNS, param, "")
 }
 
+/// An order's row in `orders`, keyed by column; with its validity, a row of `order_history`.
+fn order_fields(o: &OrderState) -> [(&'static str, Json); 21] {
+    [
+        ("order_id", o.order_id.to_string().into()),
+        ("customer_id", o.customer_id.to_string().into()),
+        ("customer_name", o.customer_name.as_str().into()),
+        ("customer_email", o.customer_email.as_str().into()),
+        ("snapshot_name", o.snapshot_name.as_str().into()),
+        ("snapshot_email", o.snapshot_email.as_str().into()),
+        ("status", o.status.as_str().into()),
+        ("item_count", o.item_count.into()),
+        ("total_minor", o.total_minor.into()),
+        ("currency", o.currency.as_str().into()),
+        ("placed_at_us", o.placed_at_us.into()),
+        ("confirmed_at_us", o.confirmed_at_us.into()),
+        ("shipped_at_us", o.shipped_at_us.into()),
+        ("delivered_at_us", o.delivered_at_us.into()),
+        ("cancelled_at_us", o.cancelled_at_us.into()),
+        ("cancel_reason", o.cancel_reason.as_deref().into()),
+        ("carrier", o.carrier.as_deref().into()),
+        ("tracking", o.tracking.as_deref().into()),
+        ("stream_version", o.stream_version.into()),
+        ("last_position", o.last_position.into()),
+        ("updated_at_us", o.updated_at_us.into()),
+    ]
+}
+
+/// `valid_from_*` and `valid_to_*` of a history row.
+fn validity(from: (i64, i64), to: Option<(i64, i64)>) -> [(&'static str, Json); 4] {
+    [
+        ("valid_from_position", from.0.into()),
+        ("valid_from_us", from.1.into()),
+        ("valid_to_position", to.map(|to| to.0).into()),
+        ("valid_to_us", to.map(|to| to.1).into()),
+    ]
+}
+
 fn order_version_rows(versions: &[OrderVersion]) -> String {
-    let mut rows = JsonRows::new(ORDER_HISTORY_COLUMNS);
+    let mut rows = JsonRows::default();
     for version in versions {
-        let o = &version.order;
-        rows.push([
-            o.order_id.to_string().into(),
-            o.stream_version.into(),
-            version.valid_from.0.into(),
-            version.valid_from.1.into(),
-            version.valid_to.map(|to| to.0).into(),
-            version.valid_to.map(|to| to.1).into(),
-            o.customer_id.to_string().into(),
-            o.snapshot_name.as_str().into(),
-            o.snapshot_email.as_str().into(),
-            o.status.as_str().into(),
-            o.item_count.into(),
-            o.total_minor.into(),
-            o.currency.as_str().into(),
-            o.placed_at_us.into(),
-            o.confirmed_at_us.into(),
-            o.shipped_at_us.into(),
-            o.delivered_at_us.into(),
-            o.cancelled_at_us.into(),
-            o.cancel_reason.as_deref().into(),
-            o.carrier.as_deref().into(),
-            o.tracking.as_deref().into(),
-        ]);
+        rows.push(
+            order_fields(&version.order)
+                .into_iter()
+                .chain(validity(version.valid_from, version.valid_to)),
+        );
     }
     rows.into_param()
 }
@@ -362,18 +384,15 @@ fn customer_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn customer_version_rows(versions: &[CustomerVersion]) -> String {
-    let mut rows = JsonRows::new(CUSTOMER_HISTORY_COLUMNS);
+    let mut rows = JsonRows::default();
     for version in versions {
-        rows.push([
-            version.customer_id.to_string().into(),
-            version.stream_version.into(),
-            version.valid_from.0.into(),
-            version.valid_from.1.into(),
-            version.valid_to.map(|to| to.0).into(),
-            version.valid_to.map(|to| to.1).into(),
-            version.name.as_str().into(),
-            version.email.as_str().into(),
-        ]);
+        let fields = [
+            ("customer_id", version.customer_id.to_string().into()),
+            ("stream_version", version.stream_version.into()),
+            ("name", version.name.as_str().into()),
+            ("email", version.email.as_str().into()),
+        ];
+        rows.push(fields.into_iter().chain(validity(version.valid_from, version.valid_to)));
     }
     rows.into_param()
 }
@@ -406,31 +425,9 @@ fn orders_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn order_rows(orders: &[&OrderState]) -> String {
-    let mut rows = JsonRows::new(ORDER_COLUMNS);
+    let mut rows = JsonRows::default();
     for o in orders {
-        rows.push([
-            o.order_id.to_string().into(),
-            o.customer_id.to_string().into(),
-            o.customer_name.as_str().into(),
-            o.customer_email.as_str().into(),
-            o.snapshot_name.as_str().into(),
-            o.snapshot_email.as_str().into(),
-            o.status.as_str().into(),
-            o.item_count.into(),
-            o.total_minor.into(),
-            o.currency.as_str().into(),
-            o.placed_at_us.into(),
-            o.confirmed_at_us.into(),
-            o.shipped_at_us.into(),
-            o.delivered_at_us.into(),
-            o.cancelled_at_us.into(),
-            o.cancel_reason.as_deref().into(),
-            o.carrier.as_deref().into(),
-            o.tracking.as_deref().into(),
-            o.stream_version.into(),
-            o.last_position.into(),
-            o.updated_at_us.into(),
-        ]);
+        rows.push(order_fields(o));
     }
     rows.into_param()
 }
@@ -449,18 +446,18 @@ fn customers_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn customer_rows(customers: &[&CustomerState]) -> String {
-    let mut rows = JsonRows::new(CUSTOMER_COLUMNS);
+    let mut rows = JsonRows::default();
     for c in customers {
         rows.push([
-            c.customer_id.to_string().into(),
-            c.name.as_str().into(),
-            c.email.as_str().into(),
-            c.stream_version.into(),
-            c.last_position.into(),
-            c.order_count.into(),
-            c.last_order_id.map(|id| id.to_string()).into(),
-            c.last_order_at_us.into(),
-            c.last_order_position.into(),
+            ("customer_id", c.customer_id.to_string().into()),
+            ("name", c.name.as_str().into()),
+            ("email", c.email.as_str().into()),
+            ("stream_version", c.stream_version.into()),
+            ("last_position", c.last_position.into()),
+            ("order_count", c.order_count.into()),
+            ("last_order_id", c.last_order_id.map(|id| id.to_string()).into()),
+            ("last_order_at_us", c.last_order_at_us.into()),
+            ("last_order_position", c.last_order_position.into()),
         ]);
     }
     rows.into_param()
@@ -493,13 +490,13 @@ fn totals_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn total_rows(deltas: &[(&TotalKey, &(i64, i64))]) -> String {
-    let mut rows = JsonRows::new(TOTALS_COLUMNS);
+    let mut rows = JsonRows::default();
     for ((customer_id, currency), (count, value)) in deltas {
         rows.push([
-            customer_id.to_string().into(),
-            currency.as_str().into(),
-            (*count).into(),
-            (*value).into(),
+            ("customer_id", customer_id.to_string().into()),
+            ("currency", currency.as_str().into()),
+            ("order_count", (*count).into()),
+            ("lifetime_value_minor", (*value).into()),
         ]);
     }
     rows.into_param()
@@ -530,13 +527,108 @@ fn renamed_sql(d: Dialect, prefix: &str, param: usize, except: Option<usize>) ->
 }
 
 fn renamed_rows(customers: &[&CustomerState]) -> String {
-    let mut rows = JsonRows::new("id, name, email");
+    let mut rows = JsonRows::default();
     for c in customers {
         rows.push([
-            c.customer_id.to_string().into(),
-            c.name.as_str().into(),
-            c.email.as_str().into(),
+            ("id", c.customer_id.to_string().into()),
+            ("name", c.name.as_str().into()),
+            ("email", c.email.as_str().into()),
         ]);
     }
     rows.into_param()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The keys of the first row of `rows` that are not among `columns`' names, and the names
+    /// missing from it: a statement takes its columns by name, and a missing one would be NULL.
+    fn missing_columns(rows: &str, columns: &str) -> BTreeSet<String> {
+        let parsed: serde_json::Value = serde_json::from_str(rows).expect("rows are JSON");
+        let row = parsed[0].as_object().expect("a row is an object");
+        names(columns)
+            .filter(|c| !row.contains_key(*c))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn order() -> OrderState {
+        OrderState {
+            order_id: Uuid::from_u128(1),
+            customer_id: Uuid::from_u128(2),
+            customer_name: "Ann".into(),
+            customer_email: "ann@example.com".into(),
+            snapshot_name: "Ann".into(),
+            snapshot_email: "ann@example.com".into(),
+            status: OrderStatus::Placed,
+            item_count: 1,
+            total_minor: 100,
+            currency: "EUR".into(),
+            placed_at_us: 1,
+            confirmed_at_us: None,
+            shipped_at_us: None,
+            delivered_at_us: None,
+            cancelled_at_us: None,
+            cancel_reason: None,
+            carrier: None,
+            tracking: None,
+            stream_version: 1,
+            last_position: 1,
+            updated_at_us: 1,
+        }
+    }
+
+    fn customer() -> CustomerState {
+        CustomerState {
+            customer_id: Uuid::from_u128(2),
+            name: "Ann".into(),
+            email: "ann@example.com".into(),
+            stream_version: 1,
+            last_position: 1,
+            order_count: 0,
+            last_order_id: None,
+            last_order_at_us: None,
+            last_order_position: None,
+        }
+    }
+
+    #[test]
+    fn every_row_has_every_column_of_its_statement() {
+        let none = BTreeSet::new();
+        let o = order();
+        let c = customer();
+        assert_eq!(missing_columns(&order_rows(&[&o]), ORDER_COLUMNS), none);
+        let version = OrderVersion {
+            order: o,
+            valid_from: (1, 1),
+            valid_to: None,
+        };
+        assert_eq!(
+            missing_columns(&order_version_rows(&[version]), ORDER_HISTORY_COLUMNS),
+            none
+        );
+        assert_eq!(missing_columns(&customer_rows(&[&c]), CUSTOMER_COLUMNS), none);
+        let version = CustomerVersion {
+            customer_id: c.customer_id,
+            stream_version: 1,
+            name: "Ann".into(),
+            email: "ann@example.com".into(),
+            valid_from: (1, 1),
+            valid_to: Some((2, 2)),
+        };
+        assert_eq!(
+            missing_columns(&customer_version_rows(&[version]), CUSTOMER_HISTORY_COLUMNS),
+            none
+        );
+        let key = (c.customer_id, "EUR".to_owned());
+        assert_eq!(missing_columns(&total_rows(&[(&key, &(1, 100))]), TOTALS_COLUMNS), none);
+        assert_eq!(
+            missing_columns(&close_rows(&[(c.customer_id, (1, 1))]), "id, position, at_us"),
+            none
+        );
+        assert_eq!(missing_columns(&renamed_rows(&[&c]), "id, name, email"), none);
+    }
 }
