@@ -15,7 +15,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
-use crate::json_rows::{Dialect, JsonRows, insert_rows};
+use crate::json_rows::{Dialect, insert_rows, json_rows};
 use crate::{Checkpoint, DeadLetter, ProjectionError};
 
 /// Which SQL server a [`ReadDb`] talks to.
@@ -545,9 +545,8 @@ pub(crate) fn save_checkpoints_sql(dialect: Dialect, param: usize) -> String {
 
 /// The parameter of [`save_checkpoints_sql`]; `now` in µs.
 pub(crate) fn checkpoint_rows(name: &str, version: u32, checkpoints: &[Checkpoint], now: i64) -> String {
-    let mut rows = JsonRows::default();
-    for c in checkpoints {
-        rows.push([
+    json_rows(checkpoints, |c| {
+        [
             ("name", name.into()),
             ("version", i64::from(version).into()),
             ("source", c.source.as_str().into()),
@@ -556,9 +555,8 @@ pub(crate) fn checkpoint_rows(name: &str, version: u32, checkpoints: &[Checkpoin
             ("last_position", to_i64(c.position).into()),
             ("last_recorded_at_us", c.recorded_at.map(micros).into()),
             ("updated_at_us", now.into()),
-        ]);
-    }
-    rows.into_param()
+        ]
+    })
 }
 
 /// Records one dead letter: `$1` name, `$2` version, `$3` source, `$4` partition, `$5` offset,

@@ -70,6 +70,19 @@ impl JsonRows {
     }
 }
 
+/// The rows of `items` as one parameter ([`JsonRows`]): `fields` gives each item's
+/// `(column, value)` pairs.
+pub(crate) fn json_rows<T, I>(items: impl IntoIterator<Item = T>, fields: impl Fn(T) -> I) -> String
+where
+    I: IntoIterator<Item = (&'static str, Json)>,
+{
+    let mut rows = JsonRows::default();
+    for item in items {
+        rows.push(fields(item));
+    }
+    rows.into_param()
+}
+
 /// `INSERT INTO table (columns) SELECT columns FROM <parameter `param`'s rows> tail`. An
 /// upsert's `tail` starts with `WHERE true`: SQLite needs a `WHERE` before an `ON CONFLICT` that
 /// follows a `SELECT`, to tell it from a join's constraint.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::OrderStatus;
 use super::fold::{CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, TotalKey};
 use crate::ProjectionError;
-use crate::json_rows::{Dialect, Json, JsonRows, insert_rows, json_ids, json_strings, names, typed_rows};
+use crate::json_rows::{Dialect, Json, insert_rows, json_ids, json_rows, json_strings, names, typed_rows};
 
 type Query = sqlx::query::Query<'static, Any, AnyArguments>;
 
@@ -300,15 +300,13 @@ fn close_sql(d: Dialect, table: &str, id_column: &str, param: usize) -> String {
 }
 
 fn close_rows(closes: &[(Uuid, (i64, i64))]) -> String {
-    let mut rows = JsonRows::default();
-    for (id, (position, at)) in closes {
-        rows.push([
+    json_rows(closes, |(id, (position, at))| {
+        [
             ("id", id.to_string().into()),
             ("position", (*position).into()),
             ("at_us", (*at).into()),
-        ]);
-    }
-    rows.into_param()
+        ]
+    })
 }
 
 fn order_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
@@ -353,15 +351,11 @@ fn validity(from: (i64, i64), to: Option<(i64, i64)>) -> [(&'static str, Json); 
 }
 
 fn order_version_rows(versions: &[OrderVersion]) -> String {
-    let mut rows = JsonRows::default();
-    for version in versions {
-        rows.push(
-            order_fields(&version.order)
-                .into_iter()
-                .chain(validity(version.valid_from, version.valid_to)),
-        );
-    }
-    rows.into_param()
+    json_rows(versions, |version| {
+        order_fields(&version.order)
+            .into_iter()
+            .chain(validity(version.valid_from, version.valid_to))
+    })
 }
 
 pub(super) async fn insert_order_versions(
@@ -384,17 +378,15 @@ fn customer_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn customer_version_rows(versions: &[CustomerVersion]) -> String {
-    let mut rows = JsonRows::default();
-    for version in versions {
+    json_rows(versions, |version| {
         let fields = [
             ("customer_id", version.customer_id.to_string().into()),
             ("stream_version", version.stream_version.into()),
             ("name", version.name.as_str().into()),
             ("email", version.email.as_str().into()),
         ];
-        rows.push(fields.into_iter().chain(validity(version.valid_from, version.valid_to)));
-    }
-    rows.into_param()
+        fields.into_iter().chain(validity(version.valid_from, version.valid_to))
+    })
 }
 
 pub(super) async fn insert_customer_versions(
@@ -425,11 +417,7 @@ fn orders_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn order_rows(orders: &[&OrderState]) -> String {
-    let mut rows = JsonRows::default();
-    for o in orders {
-        rows.push(order_fields(o));
-    }
-    rows.into_param()
+    json_rows(orders, |o| order_fields(o))
 }
 
 pub(super) async fn upsert_orders(
@@ -446,9 +434,8 @@ fn customers_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn customer_rows(customers: &[&CustomerState]) -> String {
-    let mut rows = JsonRows::default();
-    for c in customers {
-        rows.push([
+    json_rows(customers, |c| {
+        [
             ("customer_id", c.customer_id.to_string().into()),
             ("name", c.name.as_str().into()),
             ("email", c.email.as_str().into()),
@@ -458,9 +445,8 @@ fn customer_rows(customers: &[&CustomerState]) -> String {
             ("last_order_id", c.last_order_id.map(|id| id.to_string()).into()),
             ("last_order_at_us", c.last_order_at_us.into()),
             ("last_order_position", c.last_order_position.into()),
-        ]);
-    }
-    rows.into_param()
+        ]
+    })
 }
 
 pub(super) async fn upsert_customers(
@@ -490,16 +476,14 @@ fn totals_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 fn total_rows(deltas: &[(&TotalKey, &(i64, i64))]) -> String {
-    let mut rows = JsonRows::default();
-    for ((customer_id, currency), (count, value)) in deltas {
-        rows.push([
+    json_rows(deltas, |((customer_id, currency), (count, value))| {
+        [
             ("customer_id", customer_id.to_string().into()),
             ("currency", currency.as_str().into()),
             ("order_count", (*count).into()),
             ("lifetime_value_minor", (*value).into()),
-        ]);
-    }
-    rows.into_param()
+        ]
+    })
 }
 
 pub(super) async fn add_totals(
@@ -527,15 +511,13 @@ fn renamed_sql(d: Dialect, prefix: &str, param: usize, except: Option<usize>) ->
 }
 
 fn renamed_rows(customers: &[&CustomerState]) -> String {
-    let mut rows = JsonRows::default();
-    for c in customers {
-        rows.push([
+    json_rows(customers, |c| {
+        [
             ("id", c.customer_id.to_string().into()),
             ("name", c.name.as_str().into()),
             ("email", c.email.as_str().into()),
-        ]);
-    }
-    rows.into_param()
+        ]
+    })
 }
 
 #[cfg(test)]
