@@ -176,8 +176,8 @@ impl Projection for OrderDashboard {
             .any(|event| matches!(event.event, DomainEvent::Order(_) | DomainEvent::Customer(_)));
         let mut tx = if relevant {
             // Round trips inside the writer lock are what all workers together wait for: the
-            // lock, the two loads, every write and the checkpoints in one (on PostgreSQL), and
-            // COMMIT.
+            // lock, the two loads, every write and the checkpoints in one (on PostgreSQL), one
+            // per dead letter (rare), and COMMIT.
             let lock = write::lock_sql(self.db.kind() == DbKind::Postgres, &self.prefix);
             let mut tx = self.db.begin_write_with(&lock).await?;
             let (order_ids, customer_ids) = fold::affected(&batch.events);

@@ -40,7 +40,7 @@ pub(crate) fn names(columns: &str) -> impl Iterator<Item = &str> {
     columns.split(',').map(str::trim)
 }
 
-/// One statement's rows as a JSON array of objects keyed by column, bound as its only parameter.
+/// One statement's rows as a JSON array of objects keyed by column, bound as one parameter.
 /// The statement takes each column by name: keys it does not name are ignored, and a column
 /// with no key is NULL (each builder's test checks that its rows have every column).
 #[derive(Default)]

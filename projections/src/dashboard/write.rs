@@ -289,13 +289,18 @@ async fn run_chunked<T>(
     Ok(())
 }
 
+/// The fields of a close ([`close_rows`]) with their PostgreSQL types.
+const CLOSE_FIELDS: &[(&str, &str)] = &[("id", "TEXT"), ("position", "BIGINT"), ("at_us", "BIGINT")];
+/// The fields of a renamed customer ([`renamed_rows`]) with their PostgreSQL types.
+const RENAMED_FIELDS: &[(&str, &str)] = &[("id", "TEXT"), ("name", "TEXT"), ("email", "TEXT")];
+
 /// Closes the open version of each id: `valid_to` = the position and time of the event that
 /// superseded it. Rows: [`close_rows`].
 fn close_sql(d: Dialect, table: &str, id_column: &str, param: usize) -> String {
     format!(
         "UPDATE {table} SET valid_to_position = r.position, valid_to_us = r.at_us FROM {} \
           WHERE {table}.{id_column} = r.id AND {table}.valid_to_position IS NULL",
-        typed_rows(d, &[("id", "TEXT"), ("position", "BIGINT"), ("at_us", "BIGINT")], param)
+        typed_rows(d, CLOSE_FIELDS, param)
     )
 }
 
@@ -506,7 +511,7 @@ fn renamed_sql(d: Dialect, prefix: &str, param: usize, except: Option<usize>) ->
     });
     format!(
         "UPDATE {table} SET customer_name = r.name, customer_email = r.email FROM {} WHERE {table}.customer_id = r.id{except}",
-        typed_rows(d, &[("id", "TEXT"), ("name", "TEXT"), ("email", "TEXT")], param)
+        typed_rows(d, RENAMED_FIELDS, param)
     )
 }
 
@@ -526,8 +531,8 @@ mod tests {
 
     use super::*;
 
-    /// The keys of the first row of `rows` that are not among `columns`' names, and the names
-    /// missing from it: a statement takes its columns by name, and a missing one would be NULL.
+    /// The names of `columns` that the first row of `rows` has no key for: a statement takes its
+    /// columns by name, and a missing one would be NULL.
     fn missing_columns(rows: &str, columns: &str) -> BTreeSet<String> {
         let parsed: serde_json::Value = serde_json::from_str(rows).expect("rows are JSON");
         let row = parsed[0].as_object().expect("a row is an object");
@@ -535,6 +540,10 @@ mod tests {
             .filter(|c| !row.contains_key(*c))
             .map(str::to_owned)
             .collect()
+    }
+
+    fn field_names(fields: &[(&str, &str)]) -> String {
+        fields.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
     }
 
     fn order() -> OrderState {
@@ -608,9 +617,12 @@ mod tests {
         let key = (c.customer_id, "EUR".to_owned());
         assert_eq!(missing_columns(&total_rows(&[(&key, &(1, 100))]), TOTALS_COLUMNS), none);
         assert_eq!(
-            missing_columns(&close_rows(&[(c.customer_id, (1, 1))]), "id, position, at_us"),
+            missing_columns(&close_rows(&[(c.customer_id, (1, 1))]), &field_names(CLOSE_FIELDS)),
             none
         );
-        assert_eq!(missing_columns(&renamed_rows(&[&c]), "id, name, email"), none);
+        assert_eq!(
+            missing_columns(&renamed_rows(&[&c]), &field_names(RENAMED_FIELDS)),
+            none
+        );
     }
 }
