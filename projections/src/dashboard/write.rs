@@ -216,10 +216,7 @@ pub(super) async fn write(
             upsert_orders(conn, prefix, &writes.orders).await?;
             upsert_customers(conn, prefix, &writes.customers).await?;
             add_totals(conn, prefix, &writes.totals).await?;
-            run_chunked(conn, &renamed_sql(d, prefix, 1, None), &writes.renamed, |c| {
-                renamed_rows(c)
-            })
-            .await?;
+            run_chunked(conn, &renamed_sql(d, prefix, 1, None), &writes.renamed, renamed_rows).await?;
             query(crate::control::save_checkpoints_sql(d, 1))
                 .bind(checkpoints)
                 .execute(&mut *conn)
