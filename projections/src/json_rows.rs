@@ -121,12 +121,28 @@ fn json_each_rows<'a>(columns: impl Iterator<Item = &'a str>) -> String {
     format!("(SELECT {} FROM json_each(?) AS e) AS r", list.join(", "))
 }
 
-/// A subquery of parameter 1's strings, a JSON array ([`json_ids`]): for `IN (...)`.
-pub(crate) fn json_strings(dialect: Dialect) -> &'static str {
+/// `column` is one of parameter 1's strings, a JSON array ([`json_ids`]).
+///
+/// On PostgreSQL as `column = ANY(ARRAY(...))`: an index condition on `column` whatever the
+/// planner estimates for either side (see [`pg_keys`]). SQLite probes the index for `IN`.
+pub(crate) fn key_in(dialect: Dialect, column: &str) -> String {
     match dialect {
-        Dialect::Postgres => "SELECT value FROM jsonb_array_elements_text(CAST($1 AS JSONB))",
-        Dialect::Sqlite => "SELECT value FROM json_each(?)",
+        Dialect::Postgres => {
+            format!("{column} = ANY(ARRAY(SELECT value FROM jsonb_array_elements_text(CAST($1 AS JSONB))))")
+        }
+        Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(?))"),
     }
+}
+
+/// PostgreSQL: the text array of field `field` of parameter `param`'s rows ([`JsonRows`]).
+///
+/// `t.column = ANY(pg_keys(..))` beside a join of `t` with the rows makes every plan reach
+/// `t`'s rows through its index, also when the planner puts `t` on the outer side of the join:
+/// it cannot see how many rows a JSON parameter holds (it assumes 100), and a statement is
+/// planned once per connection, maybe while `t` is still small, and keeps that plan as `t`
+/// grows. Without it such a plan read `t`'s whole primary key index on every execution.
+pub(crate) fn pg_keys(param: usize, field: &str) -> String {
+    format!("ARRAY(SELECT e ->> '{field}' FROM jsonb_array_elements(CAST(${param} AS JSONB)) AS e)")
 }
 
 /// `["id", ...]`: uuids need no escaping.
