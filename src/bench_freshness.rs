@@ -21,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::bench_reads::{Freshness, HttpClient, Rng, histogram};
+use crate::bench_reads::{Freshness, HttpClient, Rng, histogram, ms};
 
 #[derive(Debug, Args)]
 pub(crate) struct FreshnessBench {
@@ -87,6 +87,11 @@ struct Report {
     /// Orders the list did not show within [`LOOK_UP_AFTER`] and their own lookup found: their
     /// figures are at least that, whatever their true freshness (see [`probe_from`]).
     looked_up: u64,
+    /// How long the probe's list requests took: what a figure may include beyond the order's
+    /// own way through the pipeline (it is stamped when the answer that shows it arrives, and
+    /// the next probe starts 5 ms after it).
+    probe_p50_ms: f64,
+    probe_p99_ms: f64,
     p99_target_ms: f64,
     /// The rate the target holds at: a run offering less, or achieving less than 95% of what
     /// it offered, does not meet it.
@@ -292,11 +297,13 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
     });
 
     let (mut probe_errors, mut looked_up) = (0_u64, 0_u64);
+    let mut probes = histogram()?;
     let clock = (Instant::now(), chrono::Utc::now());
     let watched = watch(
         writer,
         &pending,
         async |waiting: &[(Uuid, Instant, Instant)]| -> anyhow::Result<Vec<(Uuid, Instant)>> {
+            let probing = Instant::now();
             let listed = match api.placed_since(probe_from(waiting, clock)).await {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -309,6 +316,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
                 }
             };
             let listed_at = Instant::now();
+            probes.record((listed_at - probing).as_micros().max(1) as u64)?;
             let listed: HashSet<Uuid> = listed.into_iter().collect();
             let mut seen: Vec<(Uuid, Instant)> = waiting
                 .iter()
@@ -354,6 +362,8 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         run,
         probe_errors,
         looked_up,
+        probe_p50_ms: ms(&probes, 0.5),
+        probe_p99_ms: ms(&probes, 0.99),
         p99_target_ms: P99_TARGET_MS,
         p99_target_rate: TARGET_RATE,
     };
