@@ -282,6 +282,8 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
 
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let total = b.rate * b.seconds;
+    // Before the writer starts: every send is at or after it ([`probe_from`]).
+    let clock = (Instant::now(), chrono::Utc::now());
     let writer = tokio::spawn({
         let (api, shop) = (api.clone(), shop.clone());
         place_at_rate(
@@ -298,7 +300,6 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
 
     let (mut probe_errors, mut looked_up) = (0_u64, 0_u64);
     let mut probes = histogram()?;
-    let clock = (Instant::now(), chrono::Utc::now());
     let watched = watch(
         writer,
         &pending,

@@ -830,9 +830,10 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     );
 
     // `bench freshness` measures this deployment over HTTP: every order it places is answered
-    // and found in the dashboard list, by the list's `placed_from` rather than by the lookup of
-    // single orders that catches what a probe's page missed (the figures themselves are
-    // BENCHMARKS.md's business).
+    // and found, mostly in the dashboard list from its `placed_from`. (Its lookup of single
+    // orders also counts one that appeared between a probe's list and its lookup, so on a slow
+    // run a few may be looked up; a wrong `placed_from` sends all of them there.) The figures
+    // themselves are BENCHMARKS.md's business.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .args([
             "bench",
@@ -860,7 +861,10 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     ensure!(!stderr.contains(&dev.token()?), "bench freshness printed the token");
     let report: Value = serde_json::from_slice(&output.stdout).context("bench freshness prints JSON")?;
     ensure!(
-        report["placed"] == 40 && report["failed"] == 0 && report["never_seen"] == 0 && report["looked_up"] == 0,
+        report["placed"] == 40
+            && report["failed"] == 0
+            && report["never_seen"] == 0
+            && report["looked_up"].as_u64().is_some_and(|n| n <= 20),
         "bench freshness: {report}"
     );
     let (p50, p99) = (report["p50_ms"].as_f64(), report["p99_ms"].as_f64());

@@ -140,7 +140,7 @@ pub(crate) fn key_in(dialect: Dialect, column: &str) -> String {
 /// `t`'s rows through its index, also when the planner puts `t` on the outer side of the join:
 /// it cannot see how many rows a JSON parameter holds (it assumes 100), and a statement is
 /// planned once per connection, maybe while `t` is still small, and keeps that plan as `t`
-/// grows. Without it such a plan read `t`'s whole primary key index on every execution.
+/// grows. Without it such a plan read a whole index of `t` on every execution.
 pub(crate) fn pg_keys(param: usize, field: &str) -> String {
     format!("ARRAY(SELECT e ->> '{field}' FROM jsonb_array_elements(CAST(${param} AS JSONB)) AS e)")
 }
