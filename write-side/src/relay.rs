@@ -253,13 +253,19 @@ async fn publish(
     // The checkpoint of a round is stored beside the next round, not before it: a round no
     // longer waits for that commit (p90 6 ms, p99 16 ms of a ~20 ms round on a loaded machine,
     // BENCHMARKS.md). One save at a time and in order; the store only ever moves a checkpoint
-    // forward; a failed save ends the rounds at the next one, as it did before; and whatever
-    // ends them, the last save is awaited, so a relay that takes over starts from it.
+    // forward; a failed save ends the rounds as soon as it fails (the wait for the next batch
+    // watches it too); and whatever ends them, the last save is awaited, so a relay that takes
+    // over starts from it.
     let mut saving: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
     let rounds = async {
         loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                // A save that fails ends the rounds at once, also while the log is idle.
+                saved = saved(&mut saving) => {
+                    saved?;
+                    continue;
+                }
                 batch = log.next_batch() => batch?,
             };
             if !lease.check(Duration::from_secs(5)).await {
@@ -277,8 +283,8 @@ async fn publish(
                     .max(0) as f64
                     / 1e3
             });
-            if let Some(previous) = saving.take() {
-                previous.await.map_err(RelayError::CheckpointTask)??;
+            if saving.is_some() {
+                saved(&mut saving).await?;
             }
             saving = Some(tokio::spawn({
                 let store = store.clone();
@@ -305,14 +311,29 @@ async fn publish(
         }
     }
     .await;
-    let saved = match saving.take() {
-        Some(last) => last
-            .await
-            .map_err(RelayError::CheckpointTask)?
-            .map_err(RelayError::from),
-        None => Ok(()),
+    let last_saved = if saving.is_some() {
+        saved(&mut saving).await
+    } else {
+        Ok(())
     };
-    rounds.and(saved)
+    match (rounds, last_saved) {
+        (Err(e), Err(save)) => {
+            tracing::warn!(error = %save, "the relay's last checkpoint was not stored");
+            Err(e)
+        }
+        (rounds, last_saved) => rounds.and(last_saved),
+    }
+}
+
+/// The outcome of the checkpoint save in flight, once it finished (it is then no longer in
+/// flight); never while none is.
+async fn saved(saving: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>) -> Result<(), RelayError> {
+    let Some(handle) = saving.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = handle.await;
+    *saving = None;
+    outcome.map_err(RelayError::CheckpointTask)?.map_err(RelayError::from)
 }
 
 /// Publishes a batch and waits until the broker acknowledged all of it; answers the last

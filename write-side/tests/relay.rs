@@ -251,6 +251,52 @@ async fn a_second_relay_waits_and_takes_over() {
     relay_b.await.unwrap().unwrap();
 }
 
+/// The checkpoint is stored beside the next round, but a save that fails is still reported at
+/// once, also when no event follows: the relay says it is unready and retries from its
+/// checkpoint until the save can be made, and then stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_that_cannot_be_stored_makes_the_relay_unready_at_once() {
+    let mut setup = setup().await;
+    setup.config.max_backoff = Duration::from_millis(500);
+    let store = store(&setup).await;
+    let admin = setup.db.pool(1).await;
+    let (status_tx, mut status) = watch::channel(RelayStatus::default());
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.leader && s.ready))
+        .await
+        .unwrap()
+        .unwrap();
+
+    sqlx::raw_sql("ALTER TABLE checkpoints RENAME TO checkpoints_away")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let head = append(&store, 1, 1).await as u64; // one round, then nothing more
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| !s.ready && s.last_error.is_some()),
+    )
+    .await
+    .expect("a failed save is reported while the log is idle")
+    .unwrap();
+
+    sqlx::raw_sql("ALTER TABLE checkpoints_away RENAME TO checkpoints")
+        .execute(&admin)
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.ready && s.checkpoint == head),
+    )
+    .await
+    .expect("ready again once the checkpoint can be stored")
+    .unwrap();
+    stop.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(store.load_checkpoint(relay::RELAY_NAME).await.unwrap(), head);
+}
+
 /// The broker freezes for 30 s under load: the relay says it is unready meanwhile, keeps at most
 /// a batch in flight, and after the broker comes back it catches up without losing anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
