@@ -124,7 +124,7 @@ fn json_each_rows<'a>(columns: impl Iterator<Item = &'a str>) -> String {
 /// `column` is one of parameter 1's strings, a JSON array ([`json_ids`]).
 ///
 /// On PostgreSQL as `column = ANY(ARRAY(...))`: an index condition on `column` whatever the
-/// planner estimates for either side (see [`pg_keys`]). SQLite probes the index for `IN`.
+/// planner estimates for either side (see [`and_id_in_rows`]). SQLite probes the index for `IN`.
 pub(crate) fn key_in(dialect: Dialect, column: &str) -> String {
     match dialect {
         Dialect::Postgres => {
@@ -134,15 +134,21 @@ pub(crate) fn key_in(dialect: Dialect, column: &str) -> String {
     }
 }
 
-/// PostgreSQL: the text array of field `field` of parameter `param`'s rows ([`JsonRows`]).
+/// ` AND column = ANY(the "id" fields of parameter param's rows)` on PostgreSQL ([`JsonRows`]);
+/// nothing on SQLite.
 ///
-/// `t.column = ANY(pg_keys(..))` beside a join of `t` with the rows makes every plan reach
-/// `t`'s rows through its index, also when the planner puts `t` on the outer side of the join:
-/// it cannot see how many rows a JSON parameter holds (it assumes 100), and a statement is
-/// planned once per connection, maybe while `t` is still small, and keeps that plan as `t`
-/// grows. Without it such a plan read a whole index of `t` on every execution.
-pub(crate) fn pg_keys(param: usize, field: &str) -> String {
-    format!("ARRAY(SELECT e ->> '{field}' FROM jsonb_array_elements(CAST(${param} AS JSONB)) AS e)")
+/// Beside a join of `column`'s table `t` with the rows, it makes every plan reach `t`'s rows
+/// through its index, also when the planner puts `t` on the outer side of the join: it cannot
+/// see how many rows a JSON parameter holds (it assumes 100), and a statement is planned once
+/// per connection, maybe while `t` is still small, and keeps that plan as `t` grows. Without it
+/// such a plan read a whole index of `t` on every execution.
+pub(crate) fn and_id_in_rows(dialect: Dialect, column: &str, param: usize) -> String {
+    match dialect {
+        Dialect::Postgres => format!(
+            " AND {column} = ANY(ARRAY(SELECT e ->> 'id' FROM jsonb_array_elements(CAST(${param} AS JSONB)) AS e))"
+        ),
+        Dialect::Sqlite => String::new(),
+    }
 }
 
 /// `["id", ...]`: uuids need no escaping.

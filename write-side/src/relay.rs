@@ -256,16 +256,13 @@ async fn publish(
     // forward; a failed save ends the rounds as soon as it fails (the wait for the next batch
     // watches it too); and whatever ends them, the last save is awaited, so a relay that takes
     // over starts from it.
-    let mut saving: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
+    let mut saves = CheckpointSaves::default();
     let rounds = async {
         loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 // A save that fails ends the rounds at once, also while the log is idle.
-                saved = saved(&mut saving) => {
-                    saved?;
-                    continue;
-                }
+                failed = saves.failed() => return Err(failed),
                 batch = log.next_batch() => batch?,
             };
             if !lease.check(Duration::from_secs(5)).await {
@@ -283,13 +280,7 @@ async fn publish(
                     .max(0) as f64
                     / 1e3
             });
-            if saving.is_some() {
-                saved(&mut saving).await?;
-            }
-            saving = Some(tokio::spawn({
-                let store = store.clone();
-                async move { store.save_checkpoint(RELAY_NAME, last).await }
-            }));
+            saves.save(store, last).await?;
             // The store's change signal already carries the head (own commits and NOTIFY): no query.
             let lag = store.changes().borrow().saturating_sub(last);
             metrics::counter!("orderflow_relay_published_total").increment(batch.len() as u64);
@@ -311,12 +302,7 @@ async fn publish(
         }
     }
     .await;
-    let last_saved = if saving.is_some() {
-        saved(&mut saving).await
-    } else {
-        Ok(())
-    };
-    match (rounds, last_saved) {
+    match (rounds, saves.finish().await) {
         (Err(e), Err(save)) => {
             tracing::warn!(error = %save, "the relay's last checkpoint was not stored");
             Err(e)
@@ -325,15 +311,41 @@ async fn publish(
     }
 }
 
-/// The outcome of the checkpoint save in flight, once it finished (it is then no longer in
-/// flight); never while none is.
-async fn saved(saving: &mut Option<tokio::task::JoinHandle<Result<(), StoreError>>>) -> Result<(), RelayError> {
-    let Some(handle) = saving.as_mut() else {
-        return std::future::pending().await;
-    };
-    let outcome = handle.await;
-    *saving = None;
-    outcome.map_err(RelayError::CheckpointTask)?.map_err(RelayError::from)
+/// The relay's checkpoint saves: one at a time and in order, each running beside the round
+/// after the one it stores.
+#[derive(Default)]
+struct CheckpointSaves(Option<tokio::task::JoinHandle<Result<(), StoreError>>>);
+
+impl CheckpointSaves {
+    /// Starts storing `position`, once the save before it has finished (its failure is the
+    /// answer then, and nothing is started).
+    async fn save(&mut self, store: &PgEventStore, position: Position) -> Result<(), RelayError> {
+        self.finish().await?;
+        let store = store.clone();
+        self.0 = Some(tokio::spawn(async move {
+            store.save_checkpoint(RELAY_NAME, position).await
+        }));
+        Ok(())
+    }
+
+    /// The outcome of the save in flight once it has finished; Ok at once when none is.
+    async fn finish(&mut self) -> Result<(), RelayError> {
+        let Some(handle) = self.0.as_mut() else {
+            return Ok(());
+        };
+        let outcome = handle.await;
+        self.0 = None;
+        outcome.map_err(RelayError::CheckpointTask)?.map_err(RelayError::from)
+    }
+
+    /// The failure of the save in flight; never answers if it succeeds or none runs (for
+    /// `select!`: cancelling it leaves the save in flight).
+    async fn failed(&mut self) -> RelayError {
+        match self.finish().await {
+            Err(e) => e,
+            Ok(()) => std::future::pending().await,
+        }
+    }
 }
 
 /// Publishes a batch and waits until the broker acknowledged all of it; answers the last

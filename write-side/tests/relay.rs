@@ -47,6 +47,19 @@ async fn store(setup: &Setup) -> PgEventStore {
         .unwrap()
 }
 
+/// Waits up to `within` until the relay's status holds `until`; fails naming `what` otherwise.
+async fn status_until(
+    status: &mut watch::Receiver<RelayStatus>,
+    within: Duration,
+    what: &str,
+    until: impl FnMut(&RelayStatus) -> bool,
+) {
+    tokio::time::timeout(within, status.wait_for(until))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {within:?}"))
+        .expect("the relay's status sender lives as long as the relay");
+}
+
 /// Appends `per_writer` single-event commits (customer registrations) from each of `writers`
 /// concurrent tasks, straight to the store: the relay's load, without the handler's cost.
 async fn append(store: &PgEventStore, writers: usize, per_writer: usize) -> usize {
@@ -196,10 +209,13 @@ async fn every_event_reaches_kafka_in_stream_order_and_the_checkpoint_follows() 
     assert_eq!(by_stream.len(), 48_000 + 8 * 25 + 2 * 10);
     assert_stream_order(&by_stream);
 
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head))
-        .await
-        .unwrap()
-        .unwrap();
+    status_until(
+        &mut status,
+        Duration::from_secs(30),
+        "every event published and checkpointed",
+        |s| s.checkpoint == head,
+    )
+    .await;
     assert!(status.borrow().ready && status.borrow().leader);
     stop.cancel();
     relay.await.unwrap().unwrap();
@@ -220,31 +236,40 @@ async fn a_second_relay_waits_and_takes_over() {
     let (b_tx, mut b) = watch::channel(RelayStatus::default());
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
     let relay_a = tokio::spawn(relay::run(a_store.clone(), setup.config.clone(), a_tx, stop_a.clone()));
-    tokio::time::timeout(Duration::from_secs(30), a.wait_for(|s| s.leader && s.ready))
-        .await
-        .expect("a relay with nothing to publish is ready once the broker answers")
-        .unwrap();
+    status_until(
+        &mut a,
+        Duration::from_secs(30),
+        "a relay with nothing to publish is ready once the broker answers",
+        |s| s.leader && s.ready,
+    )
+    .await;
     let relay_b = tokio::spawn(relay::run(b_store.clone(), setup.config.clone(), b_tx, stop_b.clone()));
 
     let first = write(&a_store, 2, 10, 4).await as u64;
-    tokio::time::timeout(Duration::from_secs(30), a.wait_for(|s| s.checkpoint == first))
-        .await
-        .unwrap()
-        .unwrap();
+    status_until(
+        &mut a,
+        Duration::from_secs(30),
+        "the first relay published every event",
+        |s| s.checkpoint == first,
+    )
+    .await;
     assert!(!b.borrow().leader, "only one relay publishes");
 
     stop_a.cancel(); // the first relay goes away and its lease with it
     relay_a.await.unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), b.wait_for(|s| s.leader))
-        .await
-        .expect("taken over within seconds")
-        .unwrap();
+    status_until(&mut b, Duration::from_secs(10), "taken over within seconds", |s| {
+        s.leader
+    })
+    .await;
     let second = write(&b_store, 2, 10, 4).await as u64;
     let head = first + second;
-    tokio::time::timeout(Duration::from_secs(30), b.wait_for(|s| s.checkpoint == head))
-        .await
-        .unwrap()
-        .unwrap();
+    status_until(
+        &mut b,
+        Duration::from_secs(30),
+        "every event published and checkpointed",
+        |s| s.checkpoint == head,
+    )
+    .await;
     let by_stream = consume_until(&setup.config, head).await;
     assert_stream_order(&by_stream);
     stop_b.cancel();
@@ -263,35 +288,38 @@ async fn a_checkpoint_that_cannot_be_stored_makes_the_relay_unready_at_once() {
     let (status_tx, mut status) = watch::channel(RelayStatus::default());
     let stop = CancellationToken::new();
     let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.leader && s.ready))
-        .await
-        .unwrap()
-        .unwrap();
+    status_until(
+        &mut status,
+        Duration::from_secs(30),
+        "the relay leads and is ready",
+        |s| s.leader && s.ready,
+    )
+    .await;
 
     sqlx::raw_sql("ALTER TABLE checkpoints RENAME TO checkpoints_away")
         .execute(&admin)
         .await
         .unwrap();
     let head = append(&store, 1, 1).await as u64; // one round, then nothing more
-    tokio::time::timeout(
+    status_until(
+        &mut status,
         Duration::from_secs(10),
-        status.wait_for(|s| !s.ready && s.last_error.is_some()),
+        "a failed save is reported while the log is idle",
+        |s| !s.ready && s.last_error.is_some(),
     )
-    .await
-    .expect("a failed save is reported while the log is idle")
-    .unwrap();
+    .await;
 
     sqlx::raw_sql("ALTER TABLE checkpoints_away RENAME TO checkpoints")
         .execute(&admin)
         .await
         .unwrap();
-    tokio::time::timeout(
+    status_until(
+        &mut status,
         Duration::from_secs(30),
-        status.wait_for(|s| s.ready && s.checkpoint == head),
+        "ready again once the checkpoint can be stored",
+        |s| s.ready && s.checkpoint == head,
     )
-    .await
-    .expect("ready again once the checkpoint can be stored")
-    .unwrap();
+    .await;
     stop.cancel();
     relay.await.unwrap().unwrap();
     assert_eq!(store.load_checkpoint(relay::RELAY_NAME).await.unwrap(), head);
@@ -312,13 +340,13 @@ async fn a_paused_broker_makes_the_relay_unready_and_nothing_is_lost() {
     let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
 
     let before = append(&store, 4, 500).await as u64;
-    tokio::time::timeout(
+    status_until(
+        &mut status,
         Duration::from_secs(60),
-        status.wait_for(|s| s.ready && s.checkpoint == before),
+        "published before the pause",
+        |s| s.ready && s.checkpoint == before,
     )
-    .await
-    .expect("published before the pause")
-    .unwrap();
+    .await;
 
     broker.pause();
     let paused = Instant::now();
@@ -326,10 +354,13 @@ async fn a_paused_broker_makes_the_relay_unready_and_nothing_is_lost() {
         let store = store.clone();
         async move { append(&store, 4, 1_000).await }
     });
-    tokio::time::timeout(Duration::from_secs(20), status.wait_for(|s| !s.ready))
-        .await
-        .expect("the relay reports itself unready while the broker is paused")
-        .unwrap();
+    status_until(
+        &mut status,
+        Duration::from_secs(20),
+        "the relay reports itself unready while the broker is paused",
+        |s| !s.ready,
+    )
+    .await;
     let during = status.borrow().checkpoint;
     assert!(during < before + 4_000, "nothing is acknowledged by a frozen broker");
     load.await.unwrap();
@@ -338,13 +369,13 @@ async fn a_paused_broker_makes_the_relay_unready_and_nothing_is_lost() {
 
     let head = store.head_position().await.unwrap();
     assert_eq!(head, before + 4_000);
-    tokio::time::timeout(
+    status_until(
+        &mut status,
         Duration::from_secs(120),
-        status.wait_for(|s| s.ready && s.checkpoint == head),
+        "caught up after the broker came back",
+        |s| s.ready && s.checkpoint == head,
     )
-    .await
-    .expect("caught up after the broker came back")
-    .unwrap();
+    .await;
     let by_stream = consume_until(&setup.config, head).await;
     assert_eq!(by_stream.len() as u64, head);
     stop.cancel();

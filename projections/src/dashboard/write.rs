@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::OrderStatus;
 use super::fold::{CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, TotalKey};
 use crate::ProjectionError;
-use crate::json_rows::{Dialect, Json, insert_rows, json_ids, json_rows, key_in, names, pg_keys, typed_rows};
+use crate::json_rows::{Dialect, Json, and_id_in_rows, insert_rows, json_ids, json_rows, key_in, names, typed_rows};
 
 type Query = sqlx::query::Query<'static, Any, AnyArguments>;
 
@@ -49,7 +49,7 @@ fn query(sql: String) -> Query {
 /// (it assumes 100), and for tables of up to some ten thousand rows it would rather scan them
 /// whole than probe an index 100 times (measured at 12,000 orders: 3–7 ms a statement by
 /// scanning, 0.2 ms by index). For the same reason each statement also names its keys as an
-/// index condition on every table it reads ([`key_in`], [`by_index`]): with only a join to the
+/// index condition on every table it reads ([`key_in`], [`and_id_in_rows`]): with only a join to the
 /// JSON rows, a plan made while a table was small read a whole index of it instead, and
 /// kept doing so as it grew (`apply_statements_reach_rows_by_key`).
 pub(super) fn lock_sql(postgres: bool, prefix: &str) -> String {
@@ -326,18 +326,8 @@ fn close_sql(d: Dialect, table: &str, id_column: &str, param: usize) -> String {
         "UPDATE {table} SET valid_to_position = r.position, valid_to_us = r.at_us FROM {} \
           WHERE {table}.{id_column} = r.id AND {table}.valid_to_position IS NULL{}",
         typed_rows(d, CLOSE_FIELDS, param),
-        by_index(d, &format!("{table}.{id_column}"), param),
+        and_id_in_rows(d, &format!("{table}.{id_column}"), param),
     )
-}
-
-/// PostgreSQL: ` AND column = ANY(the ids of parameter param's rows)`, so that the table is
-/// read through its index whichever side of the join the planner puts it on
-/// ([`crate::json_rows::pg_keys`]). SQLite needs nothing.
-fn by_index(d: Dialect, column: &str, param: usize) -> String {
-    match d {
-        Dialect::Postgres => format!(" AND {column} = ANY({})", pg_keys(param, "id")),
-        Dialect::Sqlite => String::new(),
-    }
 }
 
 fn close_rows(closes: &[(Uuid, (i64, i64))]) -> String {
@@ -548,7 +538,7 @@ fn renamed_sql(d: Dialect, prefix: &str, param: usize, except: Option<usize>) ->
     format!(
         "UPDATE {table} SET customer_name = r.name, customer_email = r.email FROM {} WHERE {table}.customer_id = r.id{}{except}",
         typed_rows(d, RENAMED_FIELDS, param),
-        by_index(d, &format!("{table}.customer_id"), param),
+        and_id_in_rows(d, &format!("{table}.customer_id"), param),
     )
 }
 
