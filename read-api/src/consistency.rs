@@ -1,16 +1,22 @@
 //! Read-your-writes: wait until a projection has applied a position, then read the version that
 //! is live, and read again once if that version was replaced (and dropped) in between.
+//!
+//! A request looks at the projection's progress once itself. If the position is not applied yet,
+//! it waits on the projection's [`ProgressWatches`] entry: one lookup every [`POLL`] for all the
+//! requests waiting on that projection, however many there are.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use projections::applied_position;
+use tokio::sync::watch;
 
 use crate::{ApiError, ReadState};
 
-/// How often a waiting request looks at the projection's progress.
+/// How often the progress of a projection that requests wait on is looked at.
 const POLL: Duration = Duration::from_millis(5);
 
 /// How long a looked-up live version serves later requests without `min_position` before it is
@@ -58,31 +64,160 @@ pub(crate) async fn live_version(state: &ReadState, name: &str, min_position: Op
         return Ok(version);
     }
     let started = Instant::now();
-    loop {
+    let Some(wanted) = min_position else {
         let version = state.db().live_version(name).await?;
         if let Some(version) = version {
             state.live.remember(name, version);
-        }
-        let position = match version {
-            Some(version) => match min_position {
-                None => return Ok(version),
-                Some(_) => applied_position(&state.db().progress(name, version).await?),
-            },
-            None => 0,
-        };
-        let wanted = min_position.unwrap_or(1);
-        if let Some(version) = version.filter(|_| position >= wanted) {
             return Ok(version);
         }
-        if started.elapsed() >= state.config.wait {
-            return Err(ApiError::not_caught_up(
-                name,
-                wanted,
-                position,
-                started.elapsed().as_millis() as u64,
-            ));
+        // No live version yet: wait for one.
+        return wait_for(state, name, None, started, 0).await;
+    };
+    let (version, position) = look_up(state, name).await?;
+    if let Some(version) = version.filter(|_| position >= wanted) {
+        return Ok(version);
+    }
+    wait_for(state, name, Some(wanted), started, position).await
+}
+
+/// The live version and the position it has applied (0 without a live version): the look every
+/// request with `min_position` makes once, and the shared poller every [`POLL`] while requests
+/// wait. Counted in `orderflow_read_progress_lookups_total`.
+async fn look_up(state: &ReadState, name: &str) -> Result<(Option<u32>, u64), ApiError> {
+    lookups(name);
+    let version = state.db().live_version(name).await?;
+    let Some(version) = version else {
+        return Ok((None, 0));
+    };
+    state.live.remember(name, version);
+    let position = applied_position(&state.db().progress(name, version).await?);
+    Ok((Some(version), position))
+}
+
+fn lookups(name: &str) {
+    metrics::counter!("orderflow_read_progress_lookups_total", "projection" => name.to_owned()).increment(1);
+}
+
+/// Waits on the projection's shared watch until a look finds a live version that has applied
+/// `wanted` (any live version without it); 503 `not_caught_up` with the position last seen once
+/// the request has waited [`crate::ReadConfig::wait`] since `started`.
+async fn wait_for(
+    state: &ReadState,
+    name: &str,
+    wanted: Option<u64>,
+    started: Instant,
+    seen: u64,
+) -> Result<u32, ApiError> {
+    let done = |version: Option<u32>, applied: u64| version.filter(|_| wanted.is_none_or(|w| applied >= w));
+    let wanted_or_first = wanted.unwrap_or(1);
+    let deadline = tokio::time::Instant::from_std(started + state.config.wait);
+    let mut progress = state.progress.subscribe(state, name);
+    let mut position = seen;
+    loop {
+        match tokio::time::timeout_at(deadline, progress.changed()).await {
+            Ok(Ok(())) => {}
+            // The poller stops only when nobody waits, so this happens only if it panicked: wait
+            // on a new one.
+            Ok(Err(_)) => {
+                progress = state.progress.subscribe(state, name);
+                continue;
+            }
+            Err(_elapsed) => return Err(not_caught_up(name, wanted_or_first, position, started)),
         }
+        let observed = progress.borrow_and_update().clone();
+        match observed {
+            Some(Ok((version, applied))) => match done(version, applied) {
+                Some(version) => return Ok(version),
+                None => position = applied,
+            },
+            Some(Err(error)) => return Err(error),
+            None => {}
+        }
+    }
+}
+
+fn not_caught_up(name: &str, wanted: u64, position: u64, started: Instant) -> ApiError {
+    ApiError::not_caught_up(name, wanted, position, started.elapsed().as_millis() as u64)
+}
+
+/// What the poller saw at its last look: the live version and the position it has applied, or
+/// why the look failed. `None` until its first look.
+type Observed = Option<Result<(Option<u32>, u64), ApiError>>;
+
+/// One progress poller per projection that requests wait on. It starts with the first waiting
+/// request and stops at its first look after the last one gave up or got its answer; a request
+/// that comes later starts a new one. Waiting is then one lookup per [`POLL`] per projection, not
+/// one per waiting request (a hundred requests waiting would otherwise be forty thousand queries a
+/// second against the read database).
+#[derive(Debug, Default)]
+pub(crate) struct ProgressWatches {
+    pollers: Mutex<HashMap<String, (u64, watch::Sender<Observed>)>>,
+    next_id: AtomicU64,
+}
+
+impl ProgressWatches {
+    /// Subscribes to `name`'s watch, starting its poller if none runs. The receiver waits for the
+    /// poller's next look; the one before it is older than the request's own.
+    fn subscribe(&self, state: &ReadState, name: &str) -> watch::Receiver<Observed> {
+        let mut pollers = self.pollers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, sender)) = pollers.get(name) {
+            return sender.subscribe();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = watch::channel(None);
+        pollers.insert(name.to_owned(), (id, sender.clone()));
+        let guard = PollerGuard {
+            watches: Arc::clone(&state.progress),
+            name: name.to_owned(),
+            id,
+        };
+        tokio::spawn(poll(state.clone(), guard, sender));
+        receiver
+    }
+
+    /// Ends poller `id` of `name` if nobody waits on it: checked and removed under the lock a
+    /// subscriber takes, so no request subscribes to a poller that is stopping.
+    fn stop_if_unwatched(&self, name: &str, id: u64, sender: &watch::Sender<Observed>) -> bool {
+        let mut pollers = self.pollers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        if pollers.get(name).is_some_and(|(current, _)| *current == id) {
+            pollers.remove(name);
+        }
+        true
+    }
+}
+
+/// Removes its poller's entry however the poller ends (a panic included), so that a later
+/// request starts a new poller instead of waiting on one that is gone.
+struct PollerGuard {
+    watches: Arc<ProgressWatches>,
+    name: String,
+    id: u64,
+}
+
+impl Drop for PollerGuard {
+    fn drop(&mut self) {
+        let mut pollers = self
+            .watches
+            .pollers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pollers.get(&self.name).is_some_and(|(current, _)| *current == self.id) {
+            pollers.remove(&self.name);
+        }
+    }
+}
+
+async fn poll(state: ReadState, guard: PollerGuard, sender: watch::Sender<Observed>) {
+    loop {
         tokio::time::sleep(POLL).await;
+        if guard.watches.stop_if_unwatched(&guard.name, guard.id, &sender) {
+            return;
+        }
+        let observed = look_up(&state, &guard.name).await;
+        sender.send_replace(Some(observed));
     }
 }
 

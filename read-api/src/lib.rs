@@ -71,6 +71,7 @@ pub struct ReadState {
     head: Option<HeadFn>,
     metrics: PrometheusHandle,
     live: Arc<consistency::LiveVersions>,
+    progress: Arc<consistency::ProgressWatches>,
 }
 
 impl ReadState {
@@ -84,6 +85,7 @@ impl ReadState {
             head: None,
             metrics: prometheus_handle(),
             live: Arc::default(),
+            progress: Arc::default(),
         }
     }
 

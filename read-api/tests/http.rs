@@ -431,6 +431,75 @@ async fn min_position_waits_for_the_projection_or_answers_503_with_the_position_
     }
 }
 
+/// The read API's progress lookups so far for the dashboard (`/metrics`).
+async fn dashboard_lookups(side: &ReadSide) -> u64 {
+    let response = side
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    text.lines()
+        .find(|line| line.starts_with("orderflow_read_progress_lookups_total{projection=\"order_dashboard\"}"))
+        .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn requests_waiting_on_a_projection_share_one_look_at_its_progress() {
+    const WAITERS: u64 = 40;
+    let wait = Duration::from_millis(600);
+    let mut side = ReadSide::new(wait).await;
+    let shop = Shop::new();
+    let reached = side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
+    let waiting = |min_position: u64| {
+        (0..WAITERS)
+            .map(|_| {
+                let router = side.router.clone();
+                let uri = format!("/v1/dashboard/orders?min_position={min_position}");
+                tokio::spawn(async move {
+                    let response = router
+                        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                        .await
+                        .unwrap();
+                    let status = response.status();
+                    let body: Value =
+                        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                    (status, body)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Never applied: every request waits the whole 600 ms. Each looks once itself; the rest is
+    // the shared poller's, one look per 5 ms at most (one per request per 5 ms would be about
+    // 40 × 120).
+    let before = dashboard_lookups(&side).await;
+    for request in waiting(reached + 100) {
+        let (status, body) = request.await.unwrap();
+        assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_caught_up");
+        assert_eq!(body["error"]["details"]["position"], reached);
+    }
+    let looked = dashboard_lookups(&side).await - before;
+    let most = WAITERS + 3 * (wait.as_millis() as u64 / 5);
+    assert!(looked >= WAITERS, "each request looks once itself: {looked} lookups");
+    assert!(
+        looked <= most,
+        "{looked} progress lookups for {WAITERS} requests waiting 600 ms; at most {most} when they share a poller"
+    );
+
+    // Applied while they wait: every one of them is answered with it.
+    let order = Uuid::new_v4();
+    let requests = waiting(reached + 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    side.apply(vec![shop.placed(order, 0, 0, 2)]).await;
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["rows"][0]["order_id"], order.to_string(), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn analytics_and_projection_status() {
     let mut side = ReadSide::new(Duration::from_millis(200)).await;
