@@ -112,12 +112,18 @@ async fn wait_for(
     let wanted_or_first = wanted.unwrap_or(1);
     let deadline = tokio::time::Instant::from_std(started + state.config.wait);
     let mut progress = state.progress.subscribe(state, name);
+    // A poller that was running already may have looked since this request did.
+    if let Some(Ok((version, applied))) = *progress.borrow()
+        && let Some(version) = done(version, applied)
+    {
+        return Ok(version);
+    }
     let mut position = seen;
     loop {
         match tokio::time::timeout_at(deadline, progress.changed()).await {
             Ok(Ok(())) => {}
-            // The poller stops only when nobody waits, so this happens only if it panicked: wait
-            // on a new one.
+            // The poller stops only when nobody waits, so this happens only if it panicked or the
+            // runtime is shutting down: wait on a new one.
             Ok(Err(_)) => {
                 progress = state.progress.subscribe(state, name);
                 continue;
@@ -145,8 +151,8 @@ fn not_caught_up(name: &str, wanted: u64, position: u64, started: Instant) -> Ap
 type Observed = Option<Result<(Option<u32>, u64), ApiError>>;
 
 /// One progress poller per projection that requests wait on. It starts with the first waiting
-/// request and stops at its first look after the last one gave up or got its answer; a request
-/// that comes later starts a new one. Waiting is then one lookup per [`POLL`] per projection, not
+/// request and stops at its first turn (every [`POLL`], before it looks) after the last one gave
+/// up or got its answer; a request that comes later starts a new one. Waiting is then one lookup per [`POLL`] per projection, not
 /// one per waiting request (a hundred requests waiting would otherwise be forty thousand queries a
 /// second against the read database).
 #[derive(Debug, Default)]
@@ -156,8 +162,8 @@ pub(crate) struct ProgressWatches {
 }
 
 impl ProgressWatches {
-    /// Subscribes to `name`'s watch, starting its poller if none runs. The receiver waits for the
-    /// poller's next look; the one before it is older than the request's own.
+    /// Subscribes to `name`'s watch, starting its poller if none runs. The receiver holds the
+    /// poller's last look (`None` for a new poller) and is woken by its next.
     fn subscribe(&self, state: &ReadState, name: &str) -> watch::Receiver<Observed> {
         let mut pollers = self.pollers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((_, sender)) = pollers.get(name) {
