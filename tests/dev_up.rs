@@ -124,9 +124,14 @@ struct DevUp {
 impl DevUp {
     fn new(bin_dir: &Path) -> DevUp {
         let id = Uuid::new_v4().simple().to_string();
-        // testkit's `orderflow_test_` prefix: `scripts/services down --purge` drops what a failed
-        // run leaves. Short enough for PostgreSQL's 63-character names.
-        let prefix = format!("orderflow_test_dev_{}_", &id[..12]);
+        // Named as testkit names test databases (`orderflow_test_<unix seconds>_...`), so that
+        // `scripts/clean-test-databases` drops what a failed run leaves, once it is old. Short
+        // enough for PostgreSQL's 63-character names.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is past 1970")
+            .as_secs();
+        let prefix = format!("orderflow_test_{now}_dev_{}_", &id[..8]);
         let dir = std::env::temp_dir().join(format!("orderflow-dev-up-test-{id}"));
         let (write_port, read_port) = (free_port(), free_port());
         let (pg, clickhouse, kafka) = server_ports();

@@ -18,11 +18,11 @@ pub fn url() -> String {
     std::env::var("ORDERFLOW_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned())
 }
 
-/// Creates an empty database with a unique name and returns its name. It is left behind on
-/// purpose (a failed test's data is worth reading); `scripts/services down --purge` drops the
-/// server's data.
+/// Creates an empty database with a unique name ([`crate::database_name`]) and returns its name.
+/// It is left behind on purpose (a failed test's data is worth reading) until `scripts/test`
+/// runs again half an hour later or more (`scripts/clean-test-databases`).
 pub async fn fresh_database() -> String {
-    let name = crate::unique_name("orderflow_test");
+    let name = crate::database_name();
     // The name is generated from [a-z0-9_] only, so it is safe to splice into DDL.
     query(&format!("CREATE DATABASE {name}")).await;
     name

@@ -21,3 +21,13 @@ pub const START_SERVICES: &str = "scripts/services up";
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
+
+/// A test database's name: `orderflow_test_<unix seconds>_<random>`. The time lets
+/// `scripts/clean-test-databases` (run by `scripts/test`) drop what earlier runs left behind
+/// while a run in progress keeps its own.
+pub fn database_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    unique_name(&format!("orderflow_test_{now}"))
+}

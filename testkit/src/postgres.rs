@@ -11,7 +11,8 @@ pub fn admin_url() -> String {
 }
 
 /// A database created for one test. It is left behind on purpose (a failed test's data is worth
-/// reading); `scripts/services down --purge` drops the server's data.
+/// reading) until `scripts/test` runs again half an hour later or more
+/// (`scripts/clean-test-databases`).
 #[derive(Debug, Clone)]
 pub struct TestDatabase {
     pub name: String,
@@ -48,7 +49,7 @@ pub async fn fresh_database() -> TestDatabase {
             crate::START_SERVICES
         ),
     };
-    let name = crate::unique_name("orderflow_test");
+    let name = crate::database_name();
     // The name is generated above from [a-z0-9_] only, so it is safe to splice into DDL.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
