@@ -65,7 +65,16 @@ async fn drops_the_databases_of_old_runs_and_keeps_those_of_a_run_in_progress() 
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("dropped"), "{stdout}");
+    let dropped = |server: &str| -> u64 {
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == server)
+            .unwrap_or_else(|| panic!("{stdout}"));
+        words[at - 1].parse().unwrap_or_else(|_| panic!("{stdout}"))
+    };
+    assert!(dropped("PostgreSQL") >= 2, "{stdout}");
+    assert!(dropped("ClickHouse") >= 2, "{stdout}");
 
     assert_eq!(on_postgres(&names).await, vec![current.clone()]);
     assert_eq!(on_clickhouse(&names).await, vec![current_clickhouse.clone()]);

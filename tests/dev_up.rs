@@ -125,8 +125,9 @@ impl DevUp {
     fn new(bin_dir: &Path) -> DevUp {
         let id = Uuid::new_v4().simple().to_string();
         // Named as testkit names test databases (`orderflow_test_<unix seconds>_...`), so that
-        // `scripts/clean-test-databases` drops what a failed run leaves, once it is old. Short
-        // enough for PostgreSQL's 63-character names.
+        // `scripts/clean-test-databases` drops the databases a failed run leaves once they are
+        // old (its roles and ClickHouse user stay). Short enough for PostgreSQL's 63-character
+        // names.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("the clock is past 1970")
