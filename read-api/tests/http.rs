@@ -115,21 +115,36 @@ impl ReadSide {
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        let response = self
-            .router
-            .clone()
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        (status, body)
+        get(self.router.clone(), uri.to_owned()).await
     }
+
+    /// `/metrics`, as text.
+    async fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        match body {
+            Value::String(text) => text,
+            Value::Null => String::new(), // nothing recorded yet
+            other => panic!("the metrics are text: {other}"),
+        }
+    }
+}
+
+/// GET `uri`: the status and the body, as JSON (a string when it is not JSON, null when empty).
+/// Owns its router, so it can run in a task of its own while the test goes on.
+async fn get(router: Router, uri: String) -> (StatusCode, Value) {
+    let response = router
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, body)
 }
 
 struct Shop {
@@ -399,17 +414,8 @@ async fn min_position_waits_for_the_projection_or_answers_503_with_the_position_
     // Applied while the request waits: the answer includes it.
     let order = Uuid::new_v4();
     let event = shop.placed(order, 0, 0, 2);
-    let router = side.router.clone();
     let uri = format!("/v1/dashboard/orders/{order}?min_position={}", reached + 1);
-    let request = tokio::spawn(async move {
-        let response = router
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        (status, body)
-    });
+    let request = tokio::spawn(get(side.router.clone(), uri));
     tokio::time::sleep(Duration::from_millis(300)).await;
     side.apply(vec![event]).await;
     let (status, body) = request.await.unwrap();
@@ -433,14 +439,9 @@ async fn min_position_waits_for_the_projection_or_answers_503_with_the_position_
 
 /// The read API's progress lookups so far for the dashboard (`/metrics`).
 async fn dashboard_lookups(side: &ReadSide) -> u64 {
-    let response = side
-        .router
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+    side.metrics()
         .await
-        .unwrap();
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    text.lines()
+        .lines()
         .find(|line| line.starts_with("orderflow_read_progress_lookups_total{projection=\"order_dashboard\"}"))
         .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
 }
@@ -455,18 +456,8 @@ async fn requests_waiting_on_a_projection_share_one_look_at_its_progress() {
     let waiting = |waiters: usize, min_position: u64| {
         (0..waiters)
             .map(|_| {
-                let router = side.router.clone();
                 let uri = format!("/v1/dashboard/orders?min_position={min_position}");
-                tokio::spawn(async move {
-                    let response = router
-                        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-                        .await
-                        .unwrap();
-                    let status = response.status();
-                    let body: Value =
-                        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-                    (status, body)
-                })
+                tokio::spawn(get(side.router.clone(), uri))
             })
             .collect::<Vec<_>>()
     };
@@ -584,13 +575,7 @@ async fn analytics_and_projection_status() {
     let (status, doc) = side.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/v1/dashboard/orders"].is_object(), "{doc}");
-    let response = side
-        .router
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = side.metrics().await;
     assert!(text.contains("http_request_duration_seconds"), "{text}");
     assert!(
         text.contains("route=\"/v1/dashboard/orders\"") || text.contains("/v1/analytics"),
