@@ -128,11 +128,7 @@ impl DevUp {
         // `scripts/clean-test-databases` drops the databases a failed run leaves once they are
         // old (its roles and ClickHouse user stay). Short enough for PostgreSQL's 63-character
         // names.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the clock is past 1970")
-            .as_secs();
-        let prefix = format!("orderflow_test_{now}_dev_{}_", &id[..8]);
+        let prefix = format!("{}_dev_{}_", testkit::database_prefix(), &id[..8]);
         let dir = std::env::temp_dir().join(format!("orderflow-dev-up-test-{id}"));
         let (write_port, read_port) = (free_port(), free_port());
         let (pg, clickhouse, kafka) = server_ports();

@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use projections::applied_position;
@@ -84,7 +83,7 @@ pub(crate) async fn live_version(state: &ReadState, name: &str, min_position: Op
 /// request with `min_position` makes once, and the shared poller every [`POLL`] while requests
 /// wait. Counted in `orderflow_read_progress_lookups_total`.
 async fn look_up(state: &ReadState, name: &str) -> Result<(Option<u32>, u64), ApiError> {
-    lookups(name);
+    metrics::counter!("orderflow_read_progress_lookups_total", "projection" => name.to_owned()).increment(1);
     let version = state.db().live_version(name).await?;
     let Some(version) = version else {
         return Ok((None, 0));
@@ -92,10 +91,6 @@ async fn look_up(state: &ReadState, name: &str) -> Result<(Option<u32>, u64), Ap
     state.live.remember(name, version);
     let position = applied_position(&state.db().progress(name, version).await?);
     Ok((Some(version), position))
-}
-
-fn lookups(name: &str) {
-    metrics::counter!("orderflow_read_progress_lookups_total", "projection" => name.to_owned()).increment(1);
 }
 
 /// Waits on the projection's shared watch until a look finds a live version that has applied
@@ -152,78 +147,76 @@ type Observed = Option<Result<(Option<u32>, u64), ApiError>>;
 
 /// One progress poller per projection that requests wait on. It starts with the first waiting
 /// request and stops at its first turn (every [`POLL`], before it looks) after the last one gave
-/// up or got its answer; a request that comes later starts a new one. Waiting is then one lookup per [`POLL`] per projection, not
-/// one per waiting request (a hundred requests waiting would otherwise be forty thousand queries a
-/// second against the read database).
+/// up or got its answer; a request that comes later starts a new one. Waiting is then one lookup
+/// per [`POLL`] per projection, not one per waiting request (a hundred requests waiting would
+/// otherwise be forty thousand queries a second against the read database).
 #[derive(Debug, Default)]
-pub(crate) struct ProgressWatches {
-    pollers: Mutex<HashMap<String, (u64, watch::Sender<Observed>)>>,
-    next_id: AtomicU64,
-}
+pub(crate) struct ProgressWatches(Mutex<HashMap<String, watch::Sender<Observed>>>);
 
 impl ProgressWatches {
+    fn pollers(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<Observed>>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Subscribes to `name`'s watch, starting its poller if none runs. The receiver holds the
     /// poller's last look (`None` for a new poller) and is woken by its next.
     fn subscribe(&self, state: &ReadState, name: &str) -> watch::Receiver<Observed> {
-        let mut pollers = self.pollers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, sender)) = pollers.get(name) {
+        let mut pollers = self.pollers();
+        if let Some(sender) = pollers.get(name) {
             return sender.subscribe();
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = watch::channel(None);
-        pollers.insert(name.to_owned(), (id, sender.clone()));
-        let guard = PollerGuard {
+        pollers.insert(name.to_owned(), sender.clone());
+        let poller = Poller {
             watches: Arc::clone(&state.progress),
             name: name.to_owned(),
-            id,
+            sender,
         };
-        tokio::spawn(poll(state.clone(), guard, sender));
+        tokio::spawn(poller.run(state.clone()));
         receiver
     }
-
-    /// Ends poller `id` of `name` if nobody waits on it: checked and removed under the lock a
-    /// subscriber takes, so no request subscribes to a poller that is stopping.
-    fn stop_if_unwatched(&self, name: &str, id: u64, sender: &watch::Sender<Observed>) -> bool {
-        let mut pollers = self.pollers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if sender.receiver_count() > 0 {
-            return false;
-        }
-        if pollers.get(name).is_some_and(|(current, _)| *current == id) {
-            pollers.remove(name);
-        }
-        true
-    }
 }
 
-/// Removes its poller's entry however the poller ends (a panic included), so that a later
-/// request starts a new poller instead of waiting on one that is gone.
-struct PollerGuard {
+/// A projection's poller. Dropping it removes its entry however it ends (a panic included), so
+/// that a later request starts a new poller instead of waiting on one that is gone.
+struct Poller {
     watches: Arc<ProgressWatches>,
     name: String,
-    id: u64,
+    sender: watch::Sender<Observed>,
 }
 
-impl Drop for PollerGuard {
-    fn drop(&mut self) {
-        let mut pollers = self
-            .watches
-            .pollers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if pollers.get(&self.name).is_some_and(|(current, _)| *current == self.id) {
+impl Poller {
+    async fn run(self, state: ReadState) {
+        loop {
+            tokio::time::sleep(POLL).await;
+            // Checked and removed under the lock a subscriber takes, so no request subscribes
+            // to a poller that is stopping.
+            {
+                let mut pollers = self.watches.pollers();
+                if self.sender.receiver_count() == 0 {
+                    self.remove_from(&mut pollers);
+                    return;
+                }
+            }
+            let observed = look_up(&state, &self.name).await;
+            self.sender.send_replace(Some(observed));
+        }
+    }
+
+    /// Removes this poller's entry, and not a newer poller's of the same projection.
+    fn remove_from(&self, pollers: &mut HashMap<String, watch::Sender<Observed>>) {
+        if pollers
+            .get(&self.name)
+            .is_some_and(|sender| sender.same_channel(&self.sender))
+        {
             pollers.remove(&self.name);
         }
     }
 }
 
-async fn poll(state: ReadState, guard: PollerGuard, sender: watch::Sender<Observed>) {
-    loop {
-        tokio::time::sleep(POLL).await;
-        if guard.watches.stop_if_unwatched(&guard.name, guard.id, &sender) {
-            return;
-        }
-        let observed = look_up(&state, &guard.name).await;
-        sender.send_replace(Some(observed));
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.remove_from(&mut self.watches.pollers());
     }
 }
 

@@ -26,8 +26,14 @@ pub fn unique_name(prefix: &str) -> String {
 /// `scripts/clean-test-databases` (run by `scripts/test`) drop what earlier runs left behind
 /// while a run in progress keeps its own.
 pub fn database_name() -> String {
+    unique_name(&database_prefix())
+}
+
+/// `orderflow_test_<unix seconds>`: how every test database's name starts, including those a
+/// test makes by other means (the dev-up test's instance).
+pub fn database_prefix() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
-    unique_name(&format!("orderflow_test_{now}"))
+    format!("orderflow_test_{now}")
 }
