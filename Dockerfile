@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# orderflow's services in one image: `orderflow` (CLI: projections, relay, ...), `write-side`
-# and `read-api`, each in /usr/local/bin. compose.yaml picks one with `command:`.
+# orderflow's services in one image: `write-side`, `relay`, `projections` (the workers),
+# `read-api` and `orderflow` (the CLI: serve, migrate, bench, ...), each in /usr/local/bin.
+# compose.yaml picks one with `command:`.
 #
 #   docker build -t orderflow:local .
 #
@@ -29,7 +30,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
     cargo build --release --locked --workspace --bins \
     && mkdir -p /out \
-    && cp target/release/orderflow target/release/write-side target/release/read-api /out/
+    && cp target/release/orderflow target/release/write-side target/release/relay \
+          target/release/projections target/release/read-api /out/
 
 # --- runtime ------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
@@ -43,7 +45,7 @@ RUN groupadd --system --gid 10001 orderflow \
     && useradd --system --uid 10001 --gid orderflow --home-dir /var/lib/orderflow --create-home \
        --shell /usr/sbin/nologin orderflow
 
-COPY --from=builder /out/orderflow /out/write-side /out/read-api /usr/local/bin/
+COPY --from=builder /out/orderflow /out/write-side /out/relay /out/projections /out/read-api /usr/local/bin/
 
 USER orderflow:orderflow
 WORKDIR /var/lib/orderflow

@@ -14,21 +14,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use event_schemas::Category;
-use event_store::{EventStore, PgEventStore, SqliteEventStore, StoreOptions, Until};
+use event_store::{EventStore, Until};
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
+use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
 use uuid::Uuid;
 use write_side::domain::{Customer, Order, Payment, Product};
 use write_side::http::{EventView, OrderStateView, StreamEventsPage};
 use write_side::{CommandHandler, HandlerOptions, Loaded, Snapshottable};
-
-use crate::store_url::StoreUrl;
 
 /// Events read per round trip.
 const PAGE: usize = 1000;
@@ -217,50 +213,26 @@ fn describe(point: Until) -> String {
 
 /// Opens the event store to read, without creating or migrating it. Answers it with where it
 /// is, for messages.
-async fn open(args: &StoreArgs) -> anyhow::Result<(Arc<dyn EventStore>, StoreUrl)> {
+async fn open(args: &StoreArgs) -> anyhow::Result<(Arc<dyn EventStore>, DatabaseUrl)> {
     let url = match &args.event_store_url {
-        Some(url) => StoreUrl::parse("--event-store-url", url)?,
-        None => StoreUrl::Sqlite(args.data_dir.join("events.db")),
+        Some(url) => DatabaseUrl::parse("--event-store-url", url)?,
+        None => DatabaseUrl::Sqlite(args.data_dir.join("events.db")),
     };
     tracing::info!(store = %url, "reading the event store");
-    let store: Arc<dyn EventStore> = match &url {
-        StoreUrl::Sqlite(path) => {
-            anyhow::ensure!(
-                path.is_file(),
-                "no event store at {}: `orderflow serve` creates it (or `orderflow migrate \
-                 --event-store-url {}`); to read another one, give --event-store-url",
-                path.display(),
-                path.display()
-            );
-            let pool = SqliteEventStore::connect(path)
-                .await
-                .with_context(|| format!("cannot open the event store ({url})"))?;
-            let store = SqliteEventStore::open(pool, StoreOptions::default())
-                .await
-                .with_context(|| {
-                    format!("cannot read the event store ({url}); is it migrated (`orderflow migrate`)?")
-                })?;
-            Arc::new(store)
-        }
-        StoreUrl::Postgres(options) => {
-            let pool = PgPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with((**options).clone())
-                .await
-                .with_context(|| format!("cannot connect to the event store ({url})"))?;
-            let store = PgEventStore::open(pool, StoreOptions::default())
-                .await
-                .with_context(|| {
-                    format!("cannot read the event store ({url}); is it migrated (`orderflow migrate`)?")
-                })?;
-            Arc::new(store)
-        }
-    };
-    Ok((store, url))
+    if let Some(path) = url.sqlite_path() {
+        anyhow::ensure!(
+            path.is_file(),
+            "no event store at {}: `orderflow serve` creates it (or `orderflow migrate \
+             --event-store-url {}`); to read another one, give --event-store-url",
+            path.display(),
+            path.display()
+        );
+    }
+    let opened = db::open_event_store(&url, PoolSettings::TOOL, Migrate::No).await?;
+    Ok((opened.shared(), url))
 }
 
 /// The CLI's output: pretty JSON on stdout.
 fn print_json(value: &Value) -> anyhow::Result<()> {
-    crate::write_line(&serde_json::to_string_pretty(value)?)
+    Ok(service_kit::cli::write_line(&serde_json::to_string_pretty(value)?)?)
 }

@@ -1,29 +1,21 @@
-//! `orderflow`: the command line that wires the crates together.
+//! `orderflow`: the command line. It parses and dispatches; each command's work is in its crate.
 //!
-//! - `serve` / `demo`: the whole platform in one process, embedded (`serve`).
-//! - `relay`: publish the event store's log to Kafka (`relay`).
-//! - `projections run|rebuild|list|status`: the read models' workers and rebuilds (`projections`).
+//! - `serve` / `demo`: the whole platform in one process ([`embedded`]).
+//! - `relay`: publish the event store's log to Kafka ([`relay::cli`]).
+//! - `projections run|rebuild|list|status`: the read models' workers and rebuilds
+//!   ([`projections::cli`]).
 //! - `state` / `events`: one stream folded "as of", or its events, read from the store (`inspect`).
 //! - `migrate`: create or upgrade the event store's and the read side's tables (`migrate`).
-//! - `bench ...`: the platform's throughput and latency (`bench`).
+//! - `bench ...`: the platform's throughput and latency ([`bench`]).
 //!
 //! Every flag can also be set from an environment variable, and from the configuration file
-//! of `--config` (the `service-config` crate: command line > variable > file > default).
+//! of `--config` (the `service-kit` crate: command line > variable > file > default).
 
 use clap::Subcommand;
-use tracing_subscriber::EnvFilter;
+use service_kit::cancel_on_signal;
 
-mod bench;
-mod bench_freshness;
-mod bench_reads;
-mod bench_rebuild;
 mod inspect;
 mod migrate;
-mod projections;
-mod relay;
-mod seed;
-mod serve;
-mod store_url;
 
 /// orderflow: an event-sourced CQRS platform for order management.
 #[derive(Debug, clap::Parser)]
@@ -39,19 +31,19 @@ enum Command {
     #[command(subcommand)]
     Bench(bench::Bench),
     /// Publish the event store's global log to Kafka (one relay publishes at a time).
-    Relay(relay::RelayArgs),
+    Relay(relay::cli::RelayArgs),
     /// Run, rebuild and inspect the projections (the read models).
     #[command(subcommand)]
-    Projections(projections::ProjectionsCommand),
+    Projections(projections::cli::ProjectionsCommand),
     /// Run the whole platform in one process, with no server to install (the embedded mode).
     ///
     /// The event store and the read models are SQLite files in --data-dir (kept across
     /// restarts); the projections follow the store in-process; commands, queries, admin
     /// (`POST /v1/projections/{name}/rebuild`) and operations endpoints share one port.
     /// Authentication is OFF in this mode: keep --listen on loopback.
-    Serve(serve::ServeArgs),
+    Serve(embedded::ServeArgs),
     /// `serve --demo`: seed an empty store with a simulated shop, then serve it (same flags).
-    Demo(serve::ServeArgs),
+    Demo(embedded::ServeArgs),
     /// Print a stream's state folded from the event store, now or as it was (--as-of, --at).
     ///
     /// The fold the write side serves at `GET /v1/orders/{id}/state`, read from the store
@@ -78,43 +70,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    let cli: Cli = service_config::parse("orderflow");
+    service_kit::telemetry::init();
+    let cli: Cli = service_kit::parse("orderflow");
     match cli.command {
         Command::Bench(b) => bench::run(b).await,
-        Command::Relay(args) => relay::run(args, shutdown_on_signal()).await,
-        Command::Projections(command) => projections::run(command, shutdown_on_signal()).await,
-        Command::Serve(args) => serve::run(args, shutdown_on_signal()).await,
-        Command::Demo(args) => serve::run(args.with_demo(), shutdown_on_signal()).await,
+        Command::Relay(args) => Ok(relay::cli::run(args, cancel_on_signal()).await?),
+        Command::Projections(command) => projections::cli::run(command, cancel_on_signal()).await,
+        Command::Serve(args) => embedded::run(args, cancel_on_signal()).await,
+        Command::Demo(args) => embedded::run(args.with_demo(), cancel_on_signal()).await,
         Command::State(args) => inspect::state(args).await,
         Command::Events(args) => inspect::events(args).await,
         Command::Migrate(args) => migrate::run(args).await,
     }
-}
-
-/// The CLI's own output, a line on stdout. A reader that went away (`| head`) is not an error.
-pub(crate) fn write_line(line: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{line}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
-/// A token cancelled on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
-    let token = tokio_util::sync::CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        service_config::shutdown_signal().await;
-        tracing::info!("shutting down");
-        cancel.cancel();
-    });
-    token
 }
 
 #[cfg(test)]
@@ -129,8 +96,8 @@ mod tests {
     fn every_subcommand_has_a_configuration_section() {
         for sub in Cli::command().get_subcommands() {
             assert!(
-                service_config::SECTIONS.contains(&sub.get_name()),
-                "add `{}` to service_config::SECTIONS, or write-side and read-api refuse its section",
+                service_kit::SECTIONS.contains(&sub.get_name()),
+                "add `{}` to service_kit::SECTIONS, or write-side and read-api refuse its section",
                 sub.get_name()
             );
         }
@@ -139,7 +106,7 @@ mod tests {
     #[test]
     fn the_example_configuration_documents_every_flag_and_parses() {
         let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
-        let missing = service_config::undocumented_flags(&text, &Cli::command(), "orderflow", &["bench", "demo"]);
+        let missing = service_kit::undocumented_flags(&text, &Cli::command(), "orderflow", &["bench", "demo"]);
         assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
 
         let stream = "order-67e55044-10b1-426f-9247-bb680e5fe0c8";
@@ -156,7 +123,7 @@ mod tests {
             &["events", stream],
         ] {
             let argv = ["orderflow", "--config", EXAMPLE].iter().chain(args);
-            let parsed = service_config::try_parse_from::<Cli, _, _>("orderflow", argv, None);
+            let parsed = service_kit::try_parse_from::<Cli, _, _>("orderflow", argv, None);
             if let Err(e) = parsed {
                 panic!("`orderflow {}` with {EXAMPLE}: {e}", args.join(" "));
             }

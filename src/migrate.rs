@@ -2,7 +2,7 @@
 //! with the code that does it when the services start (so running it first changes nothing
 //! they would not have done, and running it twice changes nothing the second time):
 //!
-//! - the event store: [`PgEventStore::migrate`] / [`SqliteEventStore::migrate`], as `write-side`
+//! - the event store: [`StorePool::migrate`] (either adapter's migrations), as `write-side`
 //!   and `orderflow serve` do on start;
 //! - the read database: [`ReadDb::migrate`] (the projections' control tables), then for every
 //!   projection its live version (version 1 on a new database, [`ReadDb::ensure_live`]) and that
@@ -13,18 +13,15 @@
 //! What it did goes to stdout, one line per database; no URL is printed with its password.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use event_store::{PgEventStore, SqliteEventStore};
 use projections::ReadDb;
 use projections::catalog::{self, Sinks};
-use sqlx::postgres::PgPoolOptions;
+use projections::cli::ClickHouseArgs;
+use service_kit::cli::write_line;
+use service_kit::db::{DatabaseUrl, PoolSettings, StorePool, without_credentials};
 use sqlx::{AnyPool, PgPool, SqlitePool};
-
-use crate::projections::ClickHouseArgs;
-use crate::store_url::{StoreUrl, without_credentials};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -92,48 +89,29 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 async fn event_store(url: &str) -> anyhow::Result<()> {
-    let url = StoreUrl::parse("--event-store-url", url)?;
+    let url = DatabaseUrl::parse("--event-store-url", url)?;
+    if let Some(path) = url.sqlite_path() {
+        create_parent(path)?;
+    }
     tracing::info!(store = %url, "migrating the event store");
-    let outcome = match &url {
-        StoreUrl::Postgres(options) => {
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with((**options).clone())
-                .await
-                .with_context(|| format!("cannot connect to the event store ({url})"))?;
-            let before = pg_schema(&pool).await?;
-            PgEventStore::migrate(&pool)
-                .await
-                .with_context(|| format!("cannot migrate the event store ({url})"))?;
-            let after = pg_schema(&pool).await?;
-            pool.close().await;
-            after.since(before)
-        }
-        StoreUrl::Sqlite(path) => {
-            create_parent(path)?;
-            let pool = SqliteEventStore::connect(path)
-                .await
-                .with_context(|| format!("cannot open the event store ({url})"))?;
-            let before = sqlite_schema(&pool).await?;
-            SqliteEventStore::migrate(&pool)
-                .await
-                .with_context(|| format!("cannot migrate the event store ({url})"))?;
-            let after = sqlite_schema(&pool).await?;
-            pool.close().await;
-            after.since(before)
-        }
-    };
-    crate::write_line(&format!("event store ({url}): {outcome}"))
+    let pool = StorePool::connect(&url, PoolSettings::new(1)).await?;
+    let before = store_schema(&pool).await?;
+    pool.migrate()
+        .await
+        .with_context(|| format!("cannot migrate the event store ({url})"))?;
+    let after = store_schema(&pool).await?;
+    pool.close().await;
+    write_line(&format!("event store ({url}): {}", after.since(before)))?;
+    Ok(())
 }
 
 async fn read_side(url: &str, args: &MigrateArgs) -> anyhow::Result<()> {
-    let location = StoreUrl::parse("--read-db-url", url)?;
-    if let StoreUrl::Sqlite(path) = &location {
+    let location = DatabaseUrl::parse("--read-db-url", url)?;
+    if let Some(path) = location.sqlite_path() {
         create_parent(path)?;
     }
     tracing::info!(database = %location, "migrating the read database");
-    let read_db = ReadDb::connect(url, 2)
+    let read_db = ReadDb::open(&location, PoolSettings::TOOL)
         .await
         .with_context(|| format!("cannot connect to the read database ({location})"))?;
     let has_record = match read_db.kind() {
@@ -146,7 +124,7 @@ async fn read_side(url: &str, args: &MigrateArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot migrate the read database ({location})"))?;
     let after = any_schema(read_db.pool(), has_record).await?;
-    crate::write_line(&format!("read database ({location}): {}", after.since(before)))?;
+    write_line(&format!("read database ({location}): {}", after.since(before)))?;
 
     let clickhouse = args.clickhouse.client();
     let analytics_in = match &args.clickhouse.clickhouse_url {
@@ -173,7 +151,7 @@ async fn read_side(url: &str, args: &MigrateArgs) -> anyhow::Result<()> {
         } else {
             "the read database"
         };
-        crate::write_line(&format!("{name}: live version {version}, its tables ready in {place}"))?;
+        write_line(&format!("{name}: live version {version}, its tables ready in {place}"))?;
     }
     read_db.pool().close().await;
     Ok(())
@@ -186,6 +164,13 @@ fn create_parent(path: &Path) -> anyhow::Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create the directory {}", dir.display()))
         }
         None => Ok(()),
+    }
+}
+
+async fn store_schema(pool: &StorePool) -> anyhow::Result<Schema> {
+    match pool {
+        StorePool::Postgres(pool) => pg_schema(pool).await,
+        StorePool::Sqlite(pool) => sqlite_schema(pool).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! DESIGN invariant 7: "state as of T" from the read side equals the fold of the stream's events
+//! Invariant 7 of docs/design.md: "state as of T" from the read side equals the fold of the stream's events
 //! up to T from the write side. A property test asks both HTTP APIs about random orders at
 //! random times (before, between and exactly at the events) and compares the answers.
 //!
@@ -9,33 +9,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
-use event_store::{EventStore, SqliteEventStore, StoreOptions};
-use http_body_util::BodyExt;
+use event_store::EventStore;
 use projections::catalog::{self, Sinks};
 use projections::{ReadDb, RunOptions, applied_position, dashboard, run_from_store};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 use uuid::Uuid;
 use write_side::domain::{CancelOrder, CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
 use write_side::http::{Auth, HttpConfig, HttpState};
 use write_side::{CommandContext, CommandHandler, HandlerOptions};
 
-async fn get(router: &axum::Router, uri: &str) -> (StatusCode, Value) {
-    let response = router
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
+use testkit::http::get;
 
 struct World {
     write: axum::Router,
@@ -50,11 +38,7 @@ struct World {
 
 async fn world() -> World {
     let dir = std::env::temp_dir();
-    let pool = SqliteEventStore::connect(&dir.join(format!("{}.db", testkit::unique_name("as_of_store"))))
-        .await
-        .unwrap();
-    SqliteEventStore::migrate(&pool).await.unwrap();
-    let store = Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap());
+    let store = Arc::new(testkit::sqlite::store("as_of_store").await);
     let handler = CommandHandler::new(store.clone(), HandlerOptions::default());
     let ctx = CommandContext::default();
 

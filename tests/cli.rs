@@ -73,9 +73,7 @@ async fn shop(name: &str) -> Shop {
     let dir = scratch(name);
     let store_path = dir.join("orderflow-data").join("events.db");
     std::fs::create_dir_all(store_path.parent().unwrap()).unwrap();
-    let pool = SqliteEventStore::connect(&store_path).await.unwrap();
-    SqliteEventStore::migrate(&pool).await.unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap());
+    let store: Arc<dyn EventStore> = Arc::new(testkit::sqlite::store_at(&store_path).await);
     let handler = CommandHandler::new(store, HandlerOptions::default());
     let ctx = CommandContext::default();
     let (customer, product, order) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -308,7 +306,9 @@ async fn migrate_creates_the_sqlite_tables_and_is_safe_twice() {
     assert_eq!(out.matches("already up to date").count(), 2, "{out}");
 
     // The store opens and is empty; the projections are registered and their tables exist.
-    let pool = SqliteEventStore::connect(&dir.join("data/events.db")).await.unwrap();
+    let pool = sqlx::SqlitePool::connect_with(SqliteEventStore::connect_options(&dir.join("data/events.db")))
+        .await
+        .unwrap();
     let store = SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap();
     assert_eq!(store.head_position().await.unwrap(), 0);
     let read_db = ReadDb::connect(&format!("sqlite://{}", dir.join("data/read.db").display()), 1)

@@ -169,6 +169,13 @@ fn variables_read_by(command: &[String]) -> BTreeSet<String> {
             assert!(!names.is_empty(), "{} defines no variable", path.display());
             names
         }
+        // The workers' binary takes exactly the flags of `orderflow projections` (it parses the
+        // same clap definition, `projections::cli::ProjectionsCommand`).
+        "projections" => {
+            let mut as_subcommand = vec!["orderflow".to_owned(), "projections".to_owned()];
+            as_subcommand.extend(args.iter().cloned());
+            variables_read_by(&as_subcommand)
+        }
         other => panic!("unknown orderflow binary `{other}`"),
     }
 }
@@ -203,8 +210,8 @@ fn the_orderflow_services_exist_with_their_ports() {
     );
     assert_eq!(
         strings(&projections["command"]),
-        ["orderflow", "projections", "run"],
-        "the workers run `orderflow projections run`"
+        ["projections", "run"],
+        "the workers run their own binary, `projections run`"
     );
     assert!(
         environment(projections).contains_key("ORDERFLOW_GROUP_PREFIX"),
@@ -239,13 +246,13 @@ fn every_orderflow_variable_a_service_sets_is_read_by_its_binary() {
 
 #[test]
 fn the_projections_health_check_uses_a_command_that_exists() {
-    // No HTTP port: the health check runs `orderflow projections status`, which must exist and
-    // read its database from the variables the service sets.
+    // No HTTP port: the health check runs `projections status`, which must exist and read its
+    // database from the variables the service sets.
     let compose = compose();
     let projections = service(&compose, "projections");
     let test = strings(&projections["healthcheck"]["test"]).join(" ");
-    assert!(test.contains("orderflow projections status"), "{test}");
-    let known = variables_read_by(&["orderflow".to_owned(), "projections".to_owned(), "status".to_owned()]);
+    assert!(test.contains("projections status"), "{test}");
+    let known = variables_read_by(&["projections".to_owned(), "status".to_owned()]);
     assert!(known.contains("ORDERFLOW_READ_DB_URL"));
     assert!(environment(projections).contains_key("ORDERFLOW_READ_DB_URL"));
 }

@@ -34,7 +34,7 @@ fn repo() -> PathBuf {
 
 /// The folder of the `orderflow` binary under test, with `write-side` and `read-api` beside it.
 ///
-/// `write-side` and `read-api` are binaries of other workspace packages, so a test of this
+/// `write-side`, `relay`, `projections` and `read-api` are binaries of other workspace packages, so a test of this
 /// package cannot name them with `CARGO_BIN_EXE_*`. `cargo nextest run --workspace` (what
 /// `scripts/test` runs) builds every package's binaries into this same folder; a run of this
 /// package alone (`-p orderflow`) does not, so they are built here when missing, with the
@@ -44,11 +44,23 @@ fn binaries() -> PathBuf {
         .parent()
         .expect("the binary's folder")
         .to_path_buf();
-    if !(dir.join("write-side").is_file() && dir.join("read-api").is_file()) {
+    let others = ["write-side", "relay", "projections", "read-api"];
+    if !others.iter().all(|binary| dir.join(binary).is_file()) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
         build
-            .args(["build", "-p", "write-side", "-p", "read-api", "--bins"])
+            .args([
+                "build",
+                "-p",
+                "write-side",
+                "-p",
+                "relay",
+                "-p",
+                "projections",
+                "-p",
+                "read-api",
+                "--bins",
+            ])
             .current_dir(repo());
         if dir.file_name().is_some_and(|name| name == "release") {
             build.arg("--release");
@@ -56,7 +68,7 @@ fn binaries() -> PathBuf {
         let status = build.status().expect("run cargo build");
         assert!(
             status.success(),
-            "cargo build -p write-side -p read-api --bins: {status}"
+            "cargo build -p write-side -p relay -p projections -p read-api --bins: {status}"
         );
     }
     dir

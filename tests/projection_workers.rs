@@ -2,7 +2,7 @@
 //! two `orderflow projections run` workers in one consumer group → PostgreSQL dashboard and
 //! ClickHouse analytics. The workers are killed with SIGKILL at random points under load and
 //! started again; at the end the read models must equal a fold of the whole log from scratch
-//! (DESIGN invariants 5 and 6).
+//! (invariants 5 and 6 of docs/design.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;

@@ -69,7 +69,7 @@ fn relay(db: &testkit::postgres::TestDatabase, prefix: &str) -> Child {
 
 async fn checkpoint(store: &PgEventStore) -> u64 {
     store
-        .load_checkpoint(write_side::relay::RELAY_NAME)
+        .load_checkpoint(relay::RELAY_NAME)
         .await
         .expect("read the checkpoint")
 }

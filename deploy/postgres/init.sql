@@ -5,7 +5,7 @@
 -- Passwords come from the container's environment (psql's \getenv, PostgreSQL 15 or later), so
 -- no secret is written in this file.
 --
--- Database per service, enforced by roles (DESIGN.md, "Ownership"):
+-- Database per service, enforced by roles (docs/design.md, "Ownership"):
 --   write_side   owns `orderflow`, the event store; nobody else can connect to it
 --   projections  owns `orderflow_read`, the order dashboard and the projections' control tables
 --   reader       read-api: may connect to `orderflow_read` and SELECT, nothing else

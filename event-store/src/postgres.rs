@@ -446,15 +446,11 @@ impl EventStore for PgEventStore {
         let sql = format!(
             "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(stream_id)
             .bind(clamp(from_version))
-            .bind(clamp(limit as u64))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(recorded)
-            .collect()
+            .bind(clamp(limit as u64));
+        query.fetch_all(&self.pool).await?.iter().map(recorded).collect()
     }
 
     async fn read_stream_until(
@@ -484,14 +480,10 @@ impl EventStore for PgEventStore {
 
     async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(clamp(after))
-            .bind(clamp(limit as u64))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(recorded)
-            .collect()
+            .bind(clamp(limit as u64));
+        query.fetch_all(&self.pool).await?.iter().map(recorded).collect()
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {

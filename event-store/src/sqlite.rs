@@ -6,14 +6,11 @@
 //! `synchronous = FULL`: a commit that was answered survives a crash or power loss.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -42,18 +39,16 @@ pub struct SqliteEventStore {
 }
 
 impl SqliteEventStore {
-    /// A pool on the file at `path` (created if missing), with the settings the store relies on.
-    pub async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")?
+    /// The connection settings the store relies on, for the file at `path` (created if
+    /// missing): WAL, so readers never wait for the writer; `synchronous = FULL`, so a commit
+    /// survives a power cut; a 10 s busy timeout.
+    pub fn connect_options(path: &Path) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        Ok(SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?)
+            .busy_timeout(Duration::from_secs(10))
     }
 
     /// Creates or upgrades the store's tables.
@@ -236,15 +231,11 @@ impl EventStore for SqliteEventStore {
         let sql = format!(
             "SELECT {COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version LIMIT ?"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(stream_id)
             .bind(clamp(from_version))
-            .bind(clamp(limit as u64))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(recorded)
-            .collect()
+            .bind(clamp(limit as u64));
+        query.fetch_all(&self.pool).await?.iter().map(recorded).collect()
     }
 
     async fn read_stream_until(
@@ -261,27 +252,19 @@ impl EventStore for SqliteEventStore {
             "SELECT {COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? AND {column} <= ? \
              ORDER BY stream_version"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(stream_id)
             .bind(clamp(from_version))
-            .bind(bound)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(recorded)
-            .collect()
+            .bind(bound);
+        query.fetch_all(&self.pool).await?.iter().map(recorded).collect()
     }
 
     async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(clamp(after))
-            .bind(clamp(limit as u64))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(recorded)
-            .collect()
+            .bind(clamp(limit as u64));
+        query.fetch_all(&self.pool).await?.iter().map(recorded).collect()
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {

@@ -6,13 +6,8 @@
 //! accept: `$N` parameters, `BIGINT` and `TEXT`, `INSERT ... ON CONFLICT ... DO UPDATE`, times as
 //! integer microseconds since the epoch (UTC), ids as text.
 
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::postgres::PgConnectOptions;
+use service_kit::db::{self, DatabaseUrl, PoolSettings, PostgresUrl};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
 use crate::json_rows::{Dialect, insert_rows, json_rows};
@@ -32,56 +27,34 @@ pub struct ReadDb {
     kind: DbKind,
     /// Kept to open a PostgreSQL connection of its own for what the `Any` driver cannot do
     /// (COPY, in a rebuild's bulk load: `connect_postgres`).
-    url: Url,
-}
-
-/// A database URL, which may hold a password: never printed.
-#[derive(Clone)]
-struct Url(Arc<str>);
-
-impl std::fmt::Debug for Url {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Url(..)")
-    }
+    postgres: Option<PostgresUrl>,
 }
 
 impl ReadDb {
-    /// Connects. A `sqlite://` file is created when missing and opened in WAL mode (readers never
-    /// wait for the projection's writer).
+    /// Connects to the read database at `url` (`postgres://...`, `sqlite://path` or a path),
+    /// with the service kit's read-database pool settings: a SQLite file is created when missing
+    /// and opened in WAL mode (readers never wait for the projection's writer).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, ProjectionError> {
-        sqlx::any::install_default_drivers();
-        let kind = if url.starts_with("sqlite:") {
-            DbKind::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            DbKind::Postgres
-        } else {
-            return Err(ProjectionError::Invalid(
-                "a read database URL starts with postgres:// or sqlite://".to_owned(),
-            ));
+        let url =
+            DatabaseUrl::parse("the read database URL", url).map_err(|e| ProjectionError::Invalid(e.to_string()))?;
+        Self::open(&url, PoolSettings::new(max_connections)).await
+    }
+
+    /// [`Self::connect`] to a parsed URL.
+    pub async fn open(url: &DatabaseUrl, pool: PoolSettings) -> Result<Self, ProjectionError> {
+        let kind = match url {
+            DatabaseUrl::Postgres(_) => DbKind::Postgres,
+            DatabaseUrl::Sqlite(_) => DbKind::Sqlite,
         };
-        let url = match kind {
-            DbKind::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
-            _ => url.to_owned(),
-        };
-        let options = AnyConnectOptions::from_str(&url)?;
-        let kept = Url(Arc::from(url.as_str()));
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if kind == DbKind::Sqlite {
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
-        Ok(ReadDb { pool, kind, url: kept })
+        let pool = db::read_pool(url, pool).await.map_err(|e| match e {
+            db::DbError::Connect { source, .. } => ProjectionError::Database(source),
+            other => ProjectionError::Invalid(other.to_string()),
+        })?;
+        Ok(ReadDb {
+            pool,
+            kind,
+            postgres: url.postgres().cloned(),
+        })
     }
 
     /// A PostgreSQL connection of its own to this read database, outside the pool, for what
@@ -89,10 +62,10 @@ impl ReadDb {
     /// statements are long by design, so sqlx's slow-statement warnings are off on it (the bulk
     /// load logs its own timings). `None` on SQLite.
     pub(crate) async fn connect_postgres(&self) -> Result<Option<PgConnection>, ProjectionError> {
-        if self.kind != DbKind::Postgres {
+        let Some(url) = &self.postgres else {
             return Ok(None);
-        }
-        let options = PgConnectOptions::from_str(&self.url.0)?.disable_statement_logging();
+        };
+        let options = url.options().clone().disable_statement_logging();
         Ok(Some(options.connect().await?))
     }
 

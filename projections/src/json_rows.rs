@@ -8,7 +8,7 @@
 //! with PostgreSQL parsing and planning the statement every time. With one parameter each
 //! statement has one text, prepared once per connection and then one round trip per run. The
 //! dashboard's applies serialize on its `writer` lock, so the round trips inside that lock bound
-//! how many batches per second all its workers together apply (BENCHMARKS.md, "Freshness").
+//! how many batches per second all its workers together apply (BENCHMARKS.md, "What we learned").
 
 use std::fmt::Write as _;
 

@@ -11,16 +11,22 @@
 //!   embedded in-process subscription), both through [`apply_reliably`] (retries, dead letters).
 //! - [`rebuild`] (`rebuild`): a new version beside the live one, from the store's global log,
 //!   switched atomically; or a historical version `--until` a past point.
-//! - [`dashboard`] and [`analytics`]: the two read models.
+//! - [`dashboard`] and [`analytics`]: the two read models; [`catalog`]: every projection by
+//!   name, with the sinks it writes to.
+//! - [`cli`]: the `projections` binary's commands (also `orderflow projections`): workers,
+//!   rebuilds, versions, status.
+//! - `http`: how [`ProjectionError`] and the dashboard's query errors answer over HTTP.
 //!
-//! It depends on `event-schemas` and `event-store` (rebuilds read the global log through the
-//! store's API), never on `write-side`.
+//! It depends on `event-schemas`, `event-store` (rebuilds read the global log through the
+//! store's API) and `service-kit`, never on `write-side`.
 
 pub mod analytics;
 pub mod catalog;
+pub mod cli;
 mod control;
 pub mod dashboard;
 mod event;
+mod http;
 mod json_rows;
 mod projection;
 mod rebuild;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use service_kit::error_chain;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -212,18 +213,6 @@ async fn must_apply(
         }
         delay = (delay * 2).min(options.max_backoff);
     }
-}
-
-/// An error with its causes, `a: b: c`, for logs and dead-letter reasons.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1654,7 +1654,7 @@ async fn build_incrementally(db: &ReadDb, version: u32, recorded: &[event_store:
                     origin: Origin::store(e.position),
                     position: e.position,
                     event_type: e.event_type.clone(),
-                    reason: error_chain(&cause),
+                    reason: service_kit::error_chain(&cause),
                     payload: e.payload.clone(),
                 }),
             }
@@ -1662,17 +1662,6 @@ async fn build_incrementally(db: &ReadDb, version: u32, recorded: &[event_store:
         batches.push(b);
     }
     apply_incrementally(&dash, batches).await;
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `rebuild` loads the dashboard in bulk, live or `until` a position or a time (stopping exactly
@@ -1689,16 +1678,7 @@ async fn rebuild_in_bulk(server: Server) {
                     .unwrap(),
             )
         }
-        Server::Sqlite => {
-            let path = std::env::temp_dir().join(format!("{}.db", testkit::unique_name("bulk_store")));
-            let pool = event_store::SqliteEventStore::connect(&path).await.unwrap();
-            event_store::SqliteEventStore::migrate(&pool).await.unwrap();
-            std::sync::Arc::new(
-                event_store::SqliteEventStore::open(pool, event_store::StoreOptions::default())
-                    .await
-                    .unwrap(),
-            )
-        }
+        Server::Sqlite => std::sync::Arc::new(testkit::sqlite::store("bulk_store").await),
     };
     let db = read_db(server).await;
     let log = random_workload(&mut Rng(0xface), 30, 150, true);

@@ -14,9 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{SubsecRound, Utc};
 use event_schemas::{CustomerEvent, CustomerRenamed, DomainEvent, Envelope};
-use event_store::{
-    Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, SqliteEventStore, StoreOptions, StreamAppend,
-};
+use event_store::{Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
 use projections::{
     Batch, Checkpoint, KafkaOptions, Projection, ProjectionError, ProjectionFactory, ReadDb, RebuildOptions,
     RunOptions, applied_position, rebuild, run_from_kafka, run_from_store, save_checkpoints, save_dead_letters,
@@ -473,10 +471,7 @@ async fn a_second_worker_shares_the_partitions_and_takes_them_all_when_the_first
 }
 
 async fn sqlite_store() -> Arc<dyn EventStore> {
-    let path = std::env::temp_dir().join(format!("{}.db", testkit::unique_name("runtime_store")));
-    let pool = SqliteEventStore::connect(&path).await.unwrap();
-    SqliteEventStore::migrate(&pool).await.unwrap();
-    Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap())
+    Arc::new(testkit::sqlite::store("runtime_store").await)
 }
 
 async fn sqlite_read_db() -> ReadDb {

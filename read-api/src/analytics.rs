@@ -32,7 +32,7 @@ fn range(params: &Params) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
     let to = params.time("to")?.unwrap_or_else(Utc::now);
     let from = params.time("from")?.unwrap_or(to - Duration::days(30));
     if from >= to {
-        return Err(ApiError::parameter("from", "from must be before to"));
+        return Err(ApiError::bad_parameter("from", "from must be before to"));
     }
     Ok((from, to))
 }
@@ -44,7 +44,7 @@ fn range(params: &Params) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
         ("bucket" = Option<String>, Query, description = "hour | day (default)"),
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
     responses((status = 200, description = "revenue buckets", body = Object),
-              (status = 400, description = "bad parameter", body = crate::error::ErrorBody)))]
+              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn revenue(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,
@@ -108,7 +108,7 @@ pub(crate) async fn order_funnel(
     if let (Some(from), Some(to)) = (from, to)
         && from >= to
     {
-        return Err(ApiError::parameter("from", "from must be before to"));
+        return Err(ApiError::bad_parameter("from", "from must be before to"));
     }
     let funnel = read(&state, analytics::NAME, params.min_position()?, |version| {
         let state = &state;

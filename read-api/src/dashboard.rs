@@ -73,8 +73,8 @@ const STATUSES: &[(&str, OrderStatus)] = &[
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied"),
     ),
     responses((status = 200, description = "a page of orders", body = Object),
-              (status = 400, description = "bad parameter", body = crate::error::ErrorBody),
-              (status = 503, description = "not caught up, or unavailable", body = crate::error::ErrorBody)))]
+              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody),
+              (status = 503, description = "not caught up, or unavailable", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQuery) -> Result<Json<Page>, ApiError> {
     let params = Params::parse(
         query.as_deref(),
@@ -100,12 +100,12 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
     if let (Some(from), Some(to)) = (filter.placed_from, filter.placed_to)
         && from > to
     {
-        return Err(ApiError::parameter("placed_to", "placed_to is before placed_from"));
+        return Err(ApiError::bad_parameter("placed_to", "placed_to is before placed_from"));
     }
     let sort = params.choice("sort", SORTS)?.unwrap_or_default();
     let cursor = params.text("cursor").map(Cursor::decode).transpose()?;
     if cursor.is_some_and(|c| c.sort != sort) {
-        return Err(ApiError::parameter("cursor", "the cursor belongs to another sort"));
+        return Err(ApiError::bad_parameter("cursor", "the cursor belongs to another sort"));
     }
     let limit = params.integer("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as u32;
     let as_of = params.as_of()?;
@@ -132,7 +132,7 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
         ("at_position" = Option<u64>, Query, description = "global position"),
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
     responses((status = 200, description = "the order's dashboard row", body = Object),
-              (status = 404, description = "no such order (then)", body = crate::error::ErrorBody)))]
+              (status = 404, description = "no such order (then)", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn one(
     State(state): State<ReadState>,
     Path(id): Path<String>,
@@ -159,7 +159,7 @@ pub(crate) async fn one(
     params(("id" = String, Path, description = "the customer's UUID"),
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
     responses((status = 200, description = "the customer's summary", body = Object),
-              (status = 404, description = "no such customer", body = crate::error::ErrorBody)))]
+              (status = 404, description = "no such customer", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn customer(
     State(state): State<ReadState>,
     Path(id): Path<String>,
@@ -176,5 +176,5 @@ pub(crate) async fn customer(
 }
 
 fn path_uuid(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(id).map_err(|_| ApiError::parameter("id", "the id in the path must be a UUID"))
+    Uuid::try_parse(id).map_err(|_| ApiError::bad_parameter("id", "the id in the path must be a UUID"))
 }

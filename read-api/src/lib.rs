@@ -16,13 +16,14 @@
 //!   command answered) and waits, up to [`ReadConfig::wait`], until the projection it reads has
 //!   applied it (see [`projections::applied_position`] for what "applied" means with several
 //!   partitions), else answers 503 `not_caught_up` with the position reached.
-//! - `params`: strict query parameters; `error`: the error format ([`ApiError`]).
-//! - `ops`: `/health`, `/ready`, `/metrics` (request latency per route), `/openapi.json`.
+//! - `params`: strict query parameters. Errors are the service kit's [`ApiError`].
+//! - `ops`: `/health`, `/ready`, `/metrics` (request latency per route), `/openapi.json`. The
+//!   edge every request passes (correlation and request ids, span, timeout, metrics) is the
+//!   service kit's.
 
 mod analytics;
 mod consistency;
 mod dashboard;
-mod error;
 mod ops;
 mod params;
 mod status;
@@ -31,14 +32,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use projections::ReadDb;
 use projections::analytics::SalesAnalytics;
+use service_kit::http::Edge;
 use tokio_util::sync::CancellationToken;
 
-pub use error::{ApiError, ErrorBody, ErrorObject};
-pub use ops::{REQUEST_DURATION, REQUESTS_TOTAL, prometheus_handle};
+pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, REQUEST_DURATION, REQUESTS_TOTAL};
+pub use service_kit::metrics::prometheus_handle;
 
 /// Settings of the read API.
 #[derive(Debug, Clone)]
@@ -95,10 +98,10 @@ impl ReadState {
         self
     }
 
-    /// Uses this Prometheus handle for `/metrics` (when the process installed its own recorder).
-    pub fn with_metrics(mut self, metrics: PrometheusHandle) -> Self {
-        self.metrics = metrics;
-        self
+    fn edge(&self) -> Edge {
+        Edge {
+            request_timeout: self.config.timeout,
+        }
     }
 
     pub(crate) fn db(&self) -> &ReadDb {
@@ -133,8 +136,8 @@ fn v1_routes() -> Router<ReadState> {
 /// embedded `orderflow serve`, one port for commands and queries).
 pub fn query_routes(state: ReadState) -> Router {
     v1_routes()
-        .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::edge))
+        .method_not_allowed_fallback(service_kit::http::method_not_allowed)
+        .layer(from_fn_with_state(state.edge(), service_kit::http::edge))
         .with_state(state)
 }
 
@@ -145,19 +148,20 @@ pub fn router(state: ReadState) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .fallback(ops::no_route)
-        .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::edge))
+        .fallback(service_kit::http::no_route)
+        .method_not_allowed_fallback(service_kit::http::method_not_allowed)
+        .layer(from_fn_with_state(state.edge(), service_kit::http::edge))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown`, then drains the requests in flight.
+/// Serves `router` on `listener` until `shutdown`, then drains the requests in flight (at most
+/// the request timeout and a second).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    config: &ReadConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let grace = config.timeout + Duration::from_secs(1);
+    service_kit::http::serve_on(listener, router, grace, shutdown.cancelled_owned()).await
 }

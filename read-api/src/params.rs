@@ -21,12 +21,11 @@ impl Params {
         let mut values = BTreeMap::new();
         for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             if !allowed.contains(&name.as_ref()) {
-                return Err(
-                    ApiError::parameter(&name, format!("unknown parameter {name:?}")).with("allowed", allowed.to_vec())
-                );
+                return Err(ApiError::bad_parameter(&name, format!("unknown parameter {name:?}"))
+                    .with_detail("allowed", allowed.to_vec()));
             }
             if values.insert(name.to_string(), value.into_owned()).is_some() {
-                return Err(ApiError::parameter(
+                return Err(ApiError::bad_parameter(
                     &name,
                     format!("parameter {name:?} is given more than once"),
                 ));
@@ -46,7 +45,7 @@ impl Params {
                 DateTime::parse_from_rfc3339(text)
                     .map(|t| t.with_timezone(&Utc))
                     .map_err(|_| {
-                        ApiError::parameter(
+                        ApiError::bad_parameter(
                             name,
                             format!("{name} must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z"),
                         )
@@ -61,9 +60,9 @@ impl Params {
             .map(|text| match text.parse::<u64>() {
                 Ok(n) if (min..=max).contains(&n) => Ok(n),
                 _ => Err(
-                    ApiError::parameter(name, format!("{name} must be an integer from {min} to {max}"))
-                        .with("min", min)
-                        .with("max", max),
+                    ApiError::bad_parameter(name, format!("{name} must be an integer from {min} to {max}"))
+                        .with_detail("min", min)
+                        .with_detail("max", max),
                 ),
             })
             .transpose()
@@ -71,7 +70,9 @@ impl Params {
 
     pub(crate) fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
         self.text(name)
-            .map(|text| Uuid::try_parse(text).map_err(|_| ApiError::parameter(name, format!("{name} must be a UUID"))))
+            .map(|text| {
+                Uuid::try_parse(text).map_err(|_| ApiError::bad_parameter(name, format!("{name} must be a UUID")))
+            })
             .transpose()
     }
 
@@ -85,8 +86,8 @@ impl Params {
                     .map(|(_, value)| *value)
                     .ok_or_else(|| {
                         let labels: Vec<&str> = choices.iter().map(|(label, _)| *label).collect();
-                        ApiError::parameter(name, format!("{name} must be one of {}", labels.join(", ")))
-                            .with("allowed", labels)
+                        ApiError::bad_parameter(name, format!("{name} must be one of {}", labels.join(", ")))
+                            .with_detail("allowed", labels)
                     })
             })
             .transpose()
@@ -101,7 +102,7 @@ impl Params {
     pub(crate) fn as_of(&self) -> Result<Option<projections::dashboard::AsOf>, ApiError> {
         use projections::dashboard::AsOf;
         match (self.time("as_of")?, self.integer("at_position", 0, i64::MAX as u64)?) {
-            (Some(_), Some(_)) => Err(ApiError::parameter("as_of", "give as_of or at_position, not both")),
+            (Some(_), Some(_)) => Err(ApiError::bad_parameter("as_of", "give as_of or at_position, not both")),
             (Some(time), None) => Ok(Some(AsOf::Time(time))),
             (None, Some(position)) => Ok(Some(AsOf::Position(position))),
             (None, None) => Ok(None),

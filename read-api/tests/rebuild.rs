@@ -1,4 +1,4 @@
-//! A rebuild while readers query continuously (DESIGN invariant 8): every answer comes from a
+//! A rebuild while readers query continuously (invariant 8 of docs/design.md): every answer comes from a
 //! complete version, before, during and after the switch, and the old version's tables go.
 //! Embedded deployment: SQLite store, in-process subscription, SQLite read database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -7,22 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use event_schemas::{
     Currency, CustomerEvent, CustomerRegistered, CustomerSnapshot, DomainEvent, OrderEvent, OrderLine, OrderPlaced,
 };
-use event_store::{
-    Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, SqliteEventStore, StoreOptions, StreamAppend,
-};
-use http_body_util::BodyExt;
+use event_store::{Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
 use projections::catalog::{self, Sinks};
 use projections::dashboard;
 use projections::{ReadDb, RebuildOptions, RunOptions, run_from_store};
 use read_api::{ReadConfig, ReadState};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 const ORDERS: usize = 300;
@@ -84,25 +78,12 @@ async fn seed(store: &dyn EventStore) {
         .unwrap();
 }
 
-async fn get(router: &axum::Router, uri: &str) -> (StatusCode, Value) {
-    let response = router
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
+use testkit::http::get;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_never_see_a_half_built_version_while_rebuilds_switch() {
     let dir = std::env::temp_dir();
-    let pool = SqliteEventStore::connect(&dir.join(format!("{}.db", testkit::unique_name("rebuild_store"))))
-        .await
-        .unwrap();
-    SqliteEventStore::migrate(&pool).await.unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap());
+    let store: Arc<dyn EventStore> = Arc::new(testkit::sqlite::store("rebuild_store").await);
     seed(&*store).await;
     let read_url = format!(
         "sqlite://{}",

@@ -8,10 +8,14 @@
 //! - [`postgres`]: a fresh database on the PostgreSQL server (`ORDERFLOW_TEST_PG_URL`).
 //! - [`kafka`]: the broker address, unique topic and group names (`ORDERFLOW_TEST_KAFKA`).
 //! - [`clickhouse`]: a fresh ClickHouse database (`ORDERFLOW_TEST_CLICKHOUSE_URL`).
+//! - [`sqlite`]: an embedded event store in a file of its own.
+//! - [`http`]: requests to a router in-process.
 
 pub mod clickhouse;
+pub mod http;
 pub mod kafka;
 pub mod postgres;
+pub mod sqlite;
 
 /// The command that starts every server the tests need.
 pub const START_SERVICES: &str = "scripts/services up";

@@ -31,7 +31,7 @@
 //!
 //! # Placing and cancelling an order: one atomic multi-stream append
 //!
-//! DESIGN.md lets us choose between an atomic append to several streams and reserve-then-place
+//! docs/design.md lets us choose between an atomic append to several streams and reserve-then-place
 //! with compensation. We chose the **atomic multi-stream append**: [`place_order`] decides, from
 //! the order, the customer and every product of the order, both the `OrderPlaced` event and one
 //! `StockReserved` event per line, and the handler appends them in one event-store commit with

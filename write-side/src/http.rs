@@ -1,4 +1,4 @@
-//! The command HTTP API (axum): DESIGN.md's command table, the write side's reads from the
+//! The command HTTP API (axum): docs/design.md's command table, the write side's reads from the
 //! event store, and the operations endpoints.
 //!
 //! # Routes
@@ -26,17 +26,18 @@
 //!
 //! # Modules
 //!
-//! - `error`: [`ApiError`], the one error answer, and its table of codes.
+//! - `error`: how [`DomainError`](crate::domain::DomainError) and [`CommandError`](crate::CommandError)
+//!   answer as the service kit's [`ApiError`] (whose doc has the table of codes).
 //! - `extract`: extractors for JSON bodies, queries, path ids and command headers that answer
 //!   [`ApiError`] (bad input is 4xx and never reaches the store).
 //! - `auth`: bearer tokens stored as SHA-256 hashes, scopes `commands` and `admin`.
 //! - `commands`, `reads`: the handlers.
-//! - `ops`: the edge middleware (correlation and request ids, span, timeout, metrics) and
-//!   `/health`, `/ready`, `/metrics`, `/openapi.json`.
+//! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`. The edge middleware (correlation
+//!   and request ids, span, timeout, metrics) is the service kit's.
 //! - `openapi`: the generated OpenAPI document.
 //!
 //! Everything that is bad input answers 4xx before the command handler runs, so it appends
-//! nothing (DESIGN.md invariant 9); the handler's own refusals append nothing either.
+//! nothing (docs/design.md invariant 9); the handler's own refusals append nothing either.
 
 mod auth;
 mod commands;
@@ -55,6 +56,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use service_kit::http::Edge;
 use tokio::net::TcpListener;
 
 pub use auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
@@ -62,14 +64,14 @@ pub use commands::{
     AddProduct, CancelOrderBody, ChangeCustomerEmail, ChangeProductPrice, CommandAnswerBody, OrderLineInput,
     PlaceOrderBody, RegisterCustomer, RenameCustomer, RestockProduct, ShipOrderBody,
 };
-pub use error::{ApiError, ErrorBody, ErrorObject};
 pub use extract::EmptyBody;
 pub use openapi::ApiDoc;
-pub use ops::{Health, REQUEST_DURATION, REQUESTS_TOTAL, prometheus_handle};
 pub use reads::{
     CustomerView, DEFAULT_PAGE, EventView, LogPage, LogQuery, MAX_PAGE, OrderLineView, OrderStateQuery, OrderStateView,
     ShipmentView, StreamEventsPage, StreamEventsQuery, event_data,
 };
+pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
+pub use service_kit::metrics::prometheus_handle;
 
 use crate::CommandHandler;
 
@@ -89,12 +91,11 @@ pub struct HttpConfig {
     /// Longest a request may take; a slower one is 503 `timeout` (a command may still have
     /// been applied: retry it with its `Idempotency-Key`).
     pub request_timeout: Duration,
-    /// Where `/metrics` reads from; `None` installs the process-wide recorder
-    /// ([`prometheus_handle`]).
+    /// Where `/metrics` reads from; `None`: the process's recorder ([`prometheus_handle`]).
     pub metrics: Option<PrometheusHandle>,
     /// The relay running in this process, if any: `/ready` fails while it leads but the broker
     /// does not acknowledge. A relay on standby (another process leads) does not count.
-    pub relay: Option<tokio::sync::watch::Receiver<crate::relay::RelayStatus>>,
+    pub relay: Option<tokio::sync::watch::Receiver<relay::RelayStatus>>,
 }
 
 impl HttpConfig {
@@ -118,7 +119,7 @@ pub struct HttpState {
     body_limit_bytes: usize,
     request_timeout: Duration,
     metrics: PrometheusHandle,
-    relay: Option<tokio::sync::watch::Receiver<crate::relay::RelayStatus>>,
+    relay: Option<tokio::sync::watch::Receiver<relay::RelayStatus>>,
 }
 
 impl HttpState {
@@ -149,10 +150,6 @@ impl HttpState {
 
     pub(crate) fn body_limit_bytes(&self) -> usize {
         self.body_limit_bytes
-    }
-
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.request_timeout
     }
 }
 
@@ -189,10 +186,15 @@ pub fn router(state: HttpState) -> Router {
         .merge(commands)
         .merge(admin)
         .merge(operations)
-        .fallback(ops::no_route)
-        .method_not_allowed_fallback(ops::method_not_allowed)
+        .fallback(service_kit::http::no_route)
+        .method_not_allowed_fallback(service_kit::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit_bytes))
-        .layer(from_fn_with_state(state.clone(), ops::edge))
+        .layer(from_fn_with_state(
+            Edge {
+                request_timeout: state.request_timeout,
+            },
+            service_kit::http::edge,
+        ))
         .with_state(state)
 }
 
@@ -213,38 +215,4 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     let grace = config.http.request_timeout + Duration::from_secs(1);
     let app = router(HttpState::new(config.handler, config.http));
     serve_on(listener, app, grace, shutdown).await
-}
-
-/// Serves `app` on `listener` until `shutdown` completes. Then it stops accepting connections
-/// and waits for the requests in flight, at most `grace` (a request times out by itself after
-/// the configured timeout, so `timeout + 1 s` loses nothing).
-pub async fn serve_on(
-    listener: TcpListener,
-    app: Router,
-    grace: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "write-side HTTP API listening");
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, draining requests in flight");
-        let _ = stopping_tx.send(());
-    });
-    let server = std::pin::pin!(server.into_future());
-    let deadline = async move {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result,
-        () = deadline => {
-            tracing::warn!(grace_s = grace.as_secs_f64(), "requests still in flight after the grace period; closing");
-            Ok(())
-        }
-    }
 }

@@ -1,9 +1,9 @@
 //! orderflow's write side: the order domain (pure `decide` / `evolve` aggregates), command
-//! handlers over the event store, the command HTTP API, and the relay from the store to Kafka.
+//! handlers over the event store, and the command HTTP API. Its binary, `write-side`, also runs
+//! the relay (the `relay` crate) in its process unless told not to.
 //!
 //! - [`domain`]: the pure aggregates and [`domain::DomainError`]; placing an order reserves its
 //!   stock atomically.
-//! - [`relay`]: publishes the store's global log to Kafka (lease, checkpoint after ack).
 //! - `handler`: [`CommandHandler`] loads (snapshot, then events), decides, appends with the
 //!   expected versions, retries a lost version race, replays idempotent repeats and snapshots
 //!   every N events.
@@ -14,7 +14,6 @@ mod aggregate_cache;
 pub mod domain;
 mod handler;
 pub mod http;
-pub mod relay;
 mod stream_locks;
 
 pub use handler::{

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use event_schemas::Category;
-use event_store::{EventMetadata, EventStore, IdempotencyKey, PgEventStore, SqliteEventStore, StoreOptions, Until};
+use event_store::{EventMetadata, EventStore, IdempotencyKey, PgEventStore, StoreOptions, Until};
 use uuid::Uuid;
 use write_side::domain::{
     Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, OrderStatus, PlaceOrder,
@@ -22,10 +22,7 @@ async fn postgres() -> Arc<dyn EventStore> {
 }
 
 async fn sqlite() -> Arc<dyn EventStore> {
-    let path = std::env::temp_dir().join(format!("orderflow-handler-{}.db", Uuid::new_v4().simple()));
-    let pool = SqliteEventStore::connect(&path).await.unwrap();
-    SqliteEventStore::migrate(&pool).await.unwrap();
-    Arc::new(SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap())
+    Arc::new(testkit::sqlite::store("orderflow_handler").await)
 }
 
 macro_rules! on_both_stores {

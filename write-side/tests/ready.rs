@@ -6,20 +6,15 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use event_store::{SqliteEventStore, StoreOptions};
+use relay::RelayStatus;
 use tokio::sync::watch;
 use tower::ServiceExt;
-use uuid::Uuid;
 use write_side::http::{Auth, HttpConfig, HttpState};
-use write_side::relay::RelayStatus;
 use write_side::{CommandHandler, HandlerOptions};
 
 #[tokio::test]
 async fn ready_follows_the_relay_it_runs() {
-    let path = std::env::temp_dir().join(format!("orderflow-ready-{}.db", Uuid::new_v4().simple()));
-    let pool = SqliteEventStore::connect(&path).await.unwrap();
-    SqliteEventStore::migrate(&pool).await.unwrap();
-    let store = SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap();
+    let store = testkit::sqlite::store("orderflow_ready").await;
     let (status, watch) = watch::channel(RelayStatus::default());
     let mut config = HttpConfig::new(Auth::Disabled);
     config.relay = Some(watch);

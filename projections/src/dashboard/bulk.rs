@@ -81,11 +81,11 @@ use super::write::{
 use super::{INDEXES_SQL, NAME, TABLES};
 use crate::control::{SAVE_DEAD_LETTER_SQL, checkpoint_rows, save_checkpoints_sql};
 use crate::json_rows::Dialect;
-use crate::runtime::error_chain;
 use crate::{
     Batch, BulkLoad, BulkReport, Checkpoint, DeadLetter, ProjectedEvent, ProjectionError, ReadDb, micros,
     save_checkpoints, save_dead_letters, to_i64,
 };
+use service_kit::error_chain;
 
 const DROP_KEYS_SQL: &str = include_str!("../../sql/dashboard/postgres_drop_keys.sql");
 const ADD_KEYS_SQL: &str = include_str!("../../sql/dashboard/postgres_add_keys.sql");

@@ -29,11 +29,12 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{ProjectionFactory, RunError, RunOptions, apply_reliably, error_chain};
+use super::{ProjectionFactory, RunError, RunOptions, apply_reliably};
 use crate::{
     Batch, Checkpoint, DeadLetter, HandOver, Origin, PartitionReport, ProjectedEvent, Projection, ProjectionError,
     ReadDb,
 };
+use service_kit::error_chain;
 
 /// How often a worker looks for a version switch made by a rebuild.
 const VERSION_CHECK: Duration = Duration::from_secs(1);

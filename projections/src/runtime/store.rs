@@ -8,8 +8,9 @@ use event_store::{EventStore, RecordedEvent, Subscription};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::{ProjectionFactory, RunError, RunOptions, apply_reliably, error_chain};
+use super::{ProjectionFactory, RunError, RunOptions, apply_reliably};
 use crate::{Batch, DeadLetter, Origin, ProjectedEvent, Projection, ProjectionError, ReadDb, STORE_SOURCE};
+use service_kit::error_chain;
 
 /// How often a runner looks for a version switch made by a rebuild.
 const VERSION_CHECK: Duration = Duration::from_millis(500);

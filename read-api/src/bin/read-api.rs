@@ -1,7 +1,7 @@
 //! The `read-api` binary: the read API against the read databases, with read-only credentials.
 //!
 //! Every flag is also an environment variable and a key of the `[read-api]` section of the
-//! configuration file of `--config` (see `service-config`; command line > variable > file >
+//! configuration file of `--config` (see `service-kit`; command line > variable > file >
 //! default). Secrets (the database URL, the ClickHouse password) are never logged.
 
 use std::net::SocketAddr;
@@ -11,8 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use projections::ReadDb;
 use read_api::{ReadConfig, ReadState};
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use service_kit::db::{DatabaseUrl, PoolSettings};
 
 /// orderflow's read API: dashboard, analytics and projection status over HTTP, from the read
 /// databases only (never the event store). Give it read-only credentials.
@@ -57,12 +56,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    let args: Args = service_config::parse("read-api");
-    let db = ReadDb::connect(&args.read_db_url, 16)
+    service_kit::telemetry::init();
+    let args: Args = service_kit::parse("read-api");
+    let url = DatabaseUrl::parse("--read-db-url", &args.read_db_url)?;
+    tracing::info!(read_db = %url, "connecting to the read database");
+    let db = ReadDb::open(&url, PoolSettings::SERVICE)
         .await
         .context("cannot connect to the read database")?;
     let clickhouse = args.clickhouse_url.as_ref().map(|url| {
@@ -72,25 +70,16 @@ async fn main() -> anyhow::Result<()> {
             .with_user(&args.clickhouse_user)
             .with_password(&args.clickhouse_password)
     });
-    let state = ReadState::new(
-        db,
-        clickhouse,
-        ReadConfig {
-            wait: Duration::from_millis(args.wait_ms),
-            timeout: Duration::from_millis(args.timeout_ms),
-        },
-    );
+    let config = ReadConfig {
+        wait: Duration::from_millis(args.wait_ms),
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let state = ReadState::new(db, clickhouse, config.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "read-api serving");
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        service_config::shutdown_signal().await;
-        signal.cancel();
-    });
-    read_api::serve(listener, read_api::router(state), shutdown).await?;
+    let shutdown = service_kit::cancel_on_signal();
+    read_api::serve(listener, read_api::router(state), &config, shutdown).await?;
     tracing::info!("read-api stopped");
     Ok(())
 }
@@ -106,9 +95,9 @@ mod tests {
     #[test]
     fn the_example_configuration_documents_every_flag_and_configures_the_read_api() {
         let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
-        let missing = service_config::undocumented_flags(&text, &Args::command(), "read-api", &[]);
+        let missing = service_kit::undocumented_flags(&text, &Args::command(), "read-api", &[]);
         assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
-        let args: Args = service_config::try_parse_from("read-api", ["read-api", "--config", EXAMPLE], None)
+        let args: Args = service_kit::try_parse_from("read-api", ["read-api", "--config", EXAMPLE], None)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             args.listen,

@@ -3,25 +3,24 @@
 //! relay publishes at a time across every process; `--no-relay` leaves it to another). Every flag
 //! is also an environment variable, so the same binary runs from a shell and from
 //! `compose.yaml`, and a key of the `[write-side]` section of the configuration file of
-//! `--config` (see `service-config`; command line > variable > file > default). Authentication
+//! `--config` (see `service-kit`; command line > variable > file > default). Authentication
 //! is on unless `--no-auth` is given; with it on, at least one `--token` is required.
 //!
 //! Secrets stay out of the logs: the database URL is logged as host, port and database only,
 //! and tokens are configured as SHA-256 hashes (`--help` hides the values of both variables).
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
-use event_store::{PgEventStore, StoreOptions};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use relay::{RelayConfig, RelayStatus};
+use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, ServeConfig, TokenSpec};
-use write_side::relay::{self, RelayConfig, RelayStatus};
 use write_side::{CommandHandler, HandlerOptions};
 
 /// orderflow's write side: commands over HTTP, appended to the PostgreSQL event store.
@@ -105,82 +104,34 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Args = service_config::parse("write-side");
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    let auth = if args.no_auth {
-        tracing::warn!("authentication is OFF (--no-auth): every request is accepted as `anonymous`");
-        Auth::Disabled
-    } else if args.tokens.is_empty() {
-        anyhow::bail!(
-            "authentication is on but no token is configured: pass --token (or ORDERFLOW_TOKENS), or --no-auth"
-        );
-    } else {
-        let names: Vec<&str> = args.tokens.iter().map(TokenSpec::name).collect();
-        tracing::info!(tokens = ?names, "bearer-token authentication on");
-        Auth::tokens(args.tokens.iter().cloned())
-    };
+    let args: Args = service_kit::parse("write-side");
+    service_kit::telemetry::init();
+    let auth = auth(&args)?;
     anyhow::ensure!(
         args.request_timeout_secs > 0,
         "--request-timeout-secs must be at least 1"
     );
     anyhow::ensure!(args.body_limit_bytes > 0, "--body-limit-bytes must be at least 1");
-
-    let options: PgConnectOptions = args
-        .database_url
-        .parse()
-        .context("--database-url is not a PostgreSQL URL")?;
-    // Never the URL itself: it may hold the password.
-    let (host, port, database) = (
-        options.get_host().to_owned(),
-        options.get_port(),
-        options.get_database().unwrap_or_default().to_owned(),
+    anyhow::ensure!(
+        args.no_relay || args.relay_partitions > 0,
+        "--relay-partitions must be at least 1"
     );
-    tracing::info!(%host, port, %database, "connecting to the event store");
-    let pool = PgPoolOptions::new()
-        .max_connections(args.database_max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot connect to the event store at {host}:{port}/{database}"))?;
-    if args.migrate {
-        PgEventStore::migrate(&pool)
-            .await
-            .context("event store migration failed")?;
-        tracing::info!("event store schema is up to date");
-    }
-    let store = PgEventStore::open(pool.clone(), StoreOptions::default())
-        .await
-        .context("cannot open the event store")?;
+
+    let url = DatabaseUrl::parse("--database-url", &args.database_url)?;
+    anyhow::ensure!(url.postgres().is_some(), "--database-url is not a PostgreSQL URL");
+    tracing::info!(store = %url, "connecting to the event store");
+    let migrate = if args.migrate { Migrate::Yes } else { Migrate::No };
+    let opened = db::open_event_store(&url, PoolSettings::new(args.database_max_connections), migrate).await?;
+    let Some(store) = opened.postgres().cloned() else {
+        anyhow::bail!("--database-url is not a PostgreSQL URL");
+    };
 
     // One shutdown signal for everything: the HTTP server drains, the relay finishes its batch.
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            service_config::shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
-    let relay = if args.no_relay {
+    let shutdown = service_kit::cancel_on_signal();
+    if args.no_relay {
         tracing::info!("relay off (--no-relay)");
-        None
-    } else {
-        anyhow::ensure!(args.relay_partitions > 0, "--relay-partitions must be at least 1");
-        let config = RelayConfig {
-            brokers: args.kafka_brokers.clone(),
-            partitions: args.relay_partitions,
-            ..RelayConfig::default()
-        };
-        tracing::info!(brokers = %config.brokers, "starting the relay");
-        let (status, watch) = tokio::sync::watch::channel(RelayStatus::default());
-        let task = tokio::spawn(relay::run(store.clone(), config, status, shutdown.clone()));
-        Some((task, watch))
-    };
+    }
+    let relay = (!args.no_relay).then(|| start_relay(&args, store.clone(), &shutdown));
 
     let handler = CommandHandler::new(
         Arc::new(store),
@@ -190,7 +141,6 @@ async fn main() -> anyhow::Result<()> {
             ..HandlerOptions::default()
         },
     );
-
     let mut http = HttpConfig::new(auth);
     http.body_limit_bytes = args.body_limit_bytes;
     http.request_timeout = Duration::from_secs(args.request_timeout_secs);
@@ -203,17 +153,56 @@ async fn main() -> anyhow::Result<()> {
     let served = write_side::http::serve(config, shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
     if let Some((relay, _)) = relay {
-        match tokio::time::timeout(Duration::from_secs(15), relay).await {
-            Ok(Ok(Ok(()))) => tracing::info!("relay stopped"),
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "relay failed"),
-            Ok(Err(e)) => tracing::error!(error = %e, "relay task failed"),
-            Err(_) => tracing::warn!("relay did not stop within 15 s"),
-        }
+        stop_relay(relay).await;
     }
     served.with_context(|| format!("cannot serve on {}", args.listen))?;
-    pool.close().await;
+    opened.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The bearer tokens, or no authentication with `--no-auth`.
+fn auth(args: &Args) -> anyhow::Result<Auth> {
+    if args.no_auth {
+        tracing::warn!("authentication is OFF (--no-auth): every request is accepted as `anonymous`");
+        return Ok(Auth::Disabled);
+    }
+    anyhow::ensure!(
+        !args.tokens.is_empty(),
+        "authentication is on but no token is configured: pass --token (or ORDERFLOW_TOKENS), or --no-auth"
+    );
+    let names: Vec<&str> = args.tokens.iter().map(TokenSpec::name).collect();
+    tracing::info!(tokens = ?names, "bearer-token authentication on");
+    Ok(Auth::tokens(args.tokens.iter().cloned()))
+}
+
+type RelayTask = JoinHandle<Result<(), relay::RelayError>>;
+
+/// Starts the relay in this process; its status feeds `/ready`.
+fn start_relay(
+    args: &Args,
+    store: event_store::PgEventStore,
+    shutdown: &CancellationToken,
+) -> (RelayTask, watch::Receiver<RelayStatus>) {
+    let config = RelayConfig {
+        brokers: args.kafka_brokers.clone(),
+        partitions: args.relay_partitions,
+        ..RelayConfig::default()
+    };
+    tracing::info!(brokers = %config.brokers, "starting the relay");
+    let (status, watch) = watch::channel(RelayStatus::default());
+    let task = tokio::spawn(relay::run(store, config, status, shutdown.clone()));
+    (task, watch)
+}
+
+/// Waits for the relay to finish its batch, at most 15 s.
+async fn stop_relay(relay: RelayTask) {
+    match tokio::time::timeout(Duration::from_secs(15), relay).await {
+        Ok(Ok(Ok(()))) => tracing::info!("relay stopped"),
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "relay failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "relay task failed"),
+        Err(_) => tracing::warn!("relay did not stop within 15 s"),
+    }
 }
 
 #[cfg(test)]
@@ -225,13 +214,13 @@ mod tests {
     const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/orderflow.example.toml");
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
-        service_config::try_parse_from("write-side", [&"write-side"].into_iter().chain(args), None)
+        service_kit::try_parse_from("write-side", [&"write-side"].into_iter().chain(args), None)
     }
 
     #[test]
     fn the_example_configuration_documents_every_flag_and_configures_the_write_side() {
         let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
-        let missing = service_config::undocumented_flags(&text, &Args::command(), "write-side", &[]);
+        let missing = service_kit::undocumented_flags(&text, &Args::command(), "write-side", &[]);
         assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
         let args = parse(&["--config", EXAMPLE]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(

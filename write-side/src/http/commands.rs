@@ -1,4 +1,4 @@
-//! The command routes: one handler per command of DESIGN.md's table. Each reads its body
+//! The command routes: one handler per command of docs/design.md's table. Each reads its body
 //! ([`ApiJson`], fields checked for shape: missing, unknown, mistyped, negative or out-of-range
 //! numbers are 400), builds the [`CommandContext`](crate::CommandContext) from the headers
 //! ([`CommandMeta`]), runs the command through the [`CommandHandler`](crate::CommandHandler)
@@ -14,10 +14,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::HttpState;
-use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, CommandMeta, EmptyBody, IdPath, non_negative};
 use crate::domain::{CancelOrder, CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
 use crate::{CommandAnswer, CommandError};
+use service_kit::http::{ApiError, ErrorBody};
 
 /// The answer to every command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -1,299 +1,36 @@
-//! [`ApiError`]: the one error every handler, extractor and middleware of the API answers with,
-//! as `{"error": {"code": "...", "message": "...", "details": {...}}}`.
-//!
-//! The `code` is stable and machine-readable (clients match on it: never rename one); the
-//! `message` is for people; `details` names the offending field or the state that refused the
-//! command. Infrastructure failures answer a generic message: their detail goes to the log
-//! (with the request's span), never into the body.
+//! How the write side's errors answer over HTTP: [`DomainError`] and [`CommandError`] become the
+//! service kit's [`ApiError`] (its module documents every code).
 
-use std::error::Error as StdError;
-use std::fmt;
-
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use event_store::ExpectedVersion;
-use serde::Serialize;
-use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use serde_json::Value;
+use service_kit::http::{ApiError, HttpError, chain};
 
 use crate::CommandError;
 use crate::domain::DomainError;
 
-/// An HTTP error answer: status, stable code, message and details.
-///
-/// | status | code | when |
-/// |---|---|---|
-/// | 400 | `invalid_json` | the body is not JSON (syntax error, truncated, trailing data) |
-/// | 400 | `bad_request` | a field is missing, unknown, of the wrong type, negative or too large; a bad path id, query parameter or header |
-/// | 401 | `unauthorized` | no bearer token, or one the service does not know |
-/// | 403 | `forbidden` | the token lacks the route's scope |
-/// | 404 | `not_found` | unknown route, or the aggregate / stream does not exist |
-/// | 405 | `method_not_allowed` | the route exists with another method |
-/// | 409 | `conflict` | `If-Match` was stale, or concurrent writers kept winning |
-/// | 409 | `already_exists` / `rejected` / `insufficient_stock` | the domain refused the command in this state |
-/// | 413 | `payload_too_large` | the body is larger than the configured limit |
-/// | 415 | `unsupported_media_type` | a body that is not `application/json` |
-/// | 422 | `invalid` | the domain refused a field's value (empty name, bad email, zero quantity) |
-/// | 422 | `idempotency_key_reused` | the `Idempotency-Key` came before with a different request |
-/// | 500 | `internal` | stored data could not be read (logged) |
-/// | 503 | `unavailable` | the event store failed (logged); retry later |
-/// | 503 | `timeout` | the request took longer than the configured timeout |
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    details: Map<String, Value>,
-    /// The `WWW-Authenticate` challenge of a 401 or 403.
-    challenge: Option<String>,
-}
-
-/// The error body, for the OpenAPI document (and for clients that want a type to parse into).
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorObject,
-}
-
-/// What went wrong: see [`ApiError`] for the codes.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorObject {
-    /// Stable, machine-readable, e.g. `invalid`, `conflict`, `insufficient_stock`.
-    pub code: String,
-    /// For people; may change between releases.
-    pub message: String,
-    /// Machine-readable context, e.g. `{"field": "lines[0].quantity"}` or
-    /// `{"stream_id": "...", "expected": 2, "actual": 3}`.
-    #[schema(value_type = Object)]
-    pub details: Map<String, Value>,
-}
-
-impl ApiError {
-    /// An error with no details.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            details: Map::new(),
-            challenge: None,
-        }
-    }
-
-    /// Adds `key: value` to the details.
-    #[must_use]
-    pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.details.insert(key.to_owned(), value.into());
-        self
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub fn details(&self) -> &Map<String, Value> {
-        &self.details
-    }
-
-    /// 400 `bad_request`.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    /// 400 `bad_request` naming the field (a body path like `lines[0].quantity`, a query
-    /// parameter, a path parameter or a header).
-    pub fn bad_field(field: &str, reason: impl Into<String>) -> Self {
-        let reason = reason.into();
-        Self::bad_request(format!("invalid {field}: {reason}"))
-            .with_detail("field", field)
-            .with_detail("reason", reason)
-    }
-
-    /// 400 `invalid_json`.
-    pub(crate) fn invalid_json(reason: impl Into<String>) -> Self {
-        let reason = reason.into();
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {reason}"),
-        )
-        .with_detail("reason", reason)
-    }
-
-    /// 415 `unsupported_media_type`.
-    pub(crate) fn unsupported_media_type(got: Option<&str>) -> Self {
-        let error = Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be JSON, sent with `Content-Type: application/json`",
-        )
-        .with_detail("expected", "application/json");
-        match got {
-            Some(got) => error.with_detail("content_type", got),
-            None => error,
-        }
-    }
-
-    /// 413 `payload_too_large`.
-    pub(crate) fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is larger than {limit} bytes"),
-        )
-        .with_detail("limit_bytes", limit)
-    }
-
-    /// 401 `unauthorized`, with the `WWW-Authenticate: Bearer` challenge. `invalid_token`
-    /// says a token was sent but is not one the service knows.
-    pub(crate) fn unauthorized(invalid_token: bool) -> Self {
-        let (message, challenge) = if invalid_token {
-            (
-                "the bearer token is not valid",
-                r#"Bearer realm="orderflow", error="invalid_token""#,
-            )
-        } else {
-            (
-                "a bearer token is required: `Authorization: Bearer <token>`",
-                r#"Bearer realm="orderflow""#,
-            )
-        };
-        let mut error = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-        error.challenge = Some(challenge.to_owned());
-        error
-    }
-
-    /// 403 `forbidden`: the token is valid but lacks `scope`.
-    pub(crate) fn forbidden(scope: &str) -> Self {
-        let mut error = Self::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("the token lacks the `{scope}` scope this route needs"),
-        )
-        .with_detail("required_scope", scope);
-        error.challenge = Some(format!(
-            r#"Bearer realm="orderflow", error="insufficient_scope", scope="{scope}""#
-        ));
-        error
-    }
-
-    /// 404 `not_found` for a route that does not exist.
-    pub(crate) fn no_route(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}")).with_detail("path", path)
-    }
-
-    /// 404 `not_found` for an aggregate or stream.
-    pub(crate) fn not_found(what: &str, id: impl fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} {id} not found"))
-            .with_detail("resource", what)
-            .with_detail("id", id.to_string())
-    }
-
-    /// 405 `method_not_allowed`.
-    pub(crate) fn method_not_allowed(method: &str, path: &str) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed on {path}"),
-        )
-        .with_detail("method", method)
-    }
-
-    /// 503 `timeout`: the request did not finish within `seconds`. A command may still have
-    /// been applied: retry it with the same `Idempotency-Key`.
-    pub(crate) fn timeout(seconds: f64) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("the request did not finish within {seconds} s; retry with the same Idempotency-Key"),
-        )
-        .with_detail("timeout_seconds", seconds)
-    }
-
-    /// 503 `unavailable`, generic: the cause is logged by the caller, never shown.
-    pub(crate) fn unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the event store is unavailable; retry later",
-        )
-    }
-
-    /// 500 `internal`, generic: the cause is logged by the caller, never shown.
-    pub(crate) fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; it has been logged",
-        )
-    }
-
-    /// The body as a [`ErrorBody`].
-    pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            error: ErrorObject {
-                code: self.code.to_owned(),
-                message: self.message.clone(),
-                details: self.details.clone(),
-            },
-        }
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
-    }
-}
-
-impl StdError for ApiError {}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = self.body();
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(challenge) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
-        }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
-impl From<DomainError> for ApiError {
-    fn from(e: DomainError) -> Self {
-        let message = e.to_string();
-        let code = e.code();
-        match e {
-            DomainError::Invalid { field, reason } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+impl HttpError for DomainError {
+    fn into_api_error(self) -> ApiError {
+        let message = self.to_string();
+        let code = self.code();
+        match self {
+            DomainError::Invalid { field, reason } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
                 .with_detail("field", field)
                 .with_detail("reason", reason),
-            DomainError::NotFound { what, id } => Self::new(StatusCode::NOT_FOUND, code, message)
+            DomainError::NotFound { what, id } => ApiError::new(StatusCode::NOT_FOUND, code, message)
                 .with_detail("resource", what)
                 .with_detail("id", id.to_string()),
-            DomainError::AlreadyExists { what, id } => Self::new(StatusCode::CONFLICT, code, message)
+            DomainError::AlreadyExists { what, id } => ApiError::new(StatusCode::CONFLICT, code, message)
                 .with_detail("resource", what)
                 .with_detail("id", id.to_string()),
             DomainError::Rejected { reason } => {
-                Self::new(StatusCode::CONFLICT, code, message).with_detail("reason", reason)
+                ApiError::new(StatusCode::CONFLICT, code, message).with_detail("reason", reason)
             }
             DomainError::InsufficientStock {
                 product_id,
                 requested,
                 available,
-            } => Self::new(StatusCode::CONFLICT, code, message)
+            } => ApiError::new(StatusCode::CONFLICT, code, message)
                 .with_detail("product_id", product_id.to_string())
                 .with_detail("requested", requested)
                 .with_detail("available", available),
@@ -301,20 +38,20 @@ impl From<DomainError> for ApiError {
     }
 }
 
-impl From<CommandError> for ApiError {
-    fn from(e: CommandError) -> Self {
-        let message = e.to_string();
-        match e {
+impl HttpError for CommandError {
+    fn into_api_error(self) -> ApiError {
+        let message = self.to_string();
+        match self {
             CommandError::Rejected(e) => e.into(),
             CommandError::Conflict {
                 stream_id,
                 expected,
                 actual,
-            } => Self::new(StatusCode::CONFLICT, "conflict", message)
+            } => ApiError::new(StatusCode::CONFLICT, "conflict", message)
                 .with_detail("stream_id", stream_id)
                 .with_detail("expected", expected_json(expected))
                 .with_detail("actual", actual),
-            CommandError::IdempotencyKeyReused { key } => Self::new(
+            CommandError::IdempotencyKeyReused { key } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used for a different request",
@@ -322,13 +59,13 @@ impl From<CommandError> for ApiError {
             .with_detail("idempotency_key", key),
             CommandError::Store(source) => {
                 tracing::error!(error = %chain(&source), "event store failed");
-                Self::unavailable()
+                ApiError::unavailable("the event store")
             }
             CommandError::Corrupt { stream_id, reason } => {
                 tracing::error!(%stream_id, %reason, "stored data could not be read");
-                Self::internal()
+                ApiError::internal()
             }
-            CommandError::Unsupported(_) => Self::new(StatusCode::NOT_IMPLEMENTED, "not_supported", message),
+            CommandError::Unsupported(_) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_supported", message),
         }
     }
 }
@@ -341,18 +78,6 @@ fn expected_json(expected: ExpectedVersion) -> Value {
         ExpectedVersion::NoStream => Value::from(0_u64),
         ExpectedVersion::Exact(v) => Value::from(v),
     }
-}
-
-/// An error and its sources, one level each, joined with `: `.
-pub(crate) fn chain(error: &dyn StdError) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

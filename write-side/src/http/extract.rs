@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use super::HttpState;
 use super::auth::Principal;
-use super::error::ApiError;
-use super::ops::RequestContext;
 use crate::CommandContext;
+use service_kit::http::ApiError;
+use service_kit::http::{RequestContext, single_header, visible_ascii};
 
 /// A JSON request body of type `T`.
 #[derive(Debug)]
@@ -213,9 +213,6 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamIdPath {
     }
 }
 
-/// Longest `Idempotency-Key` (and `X-Correlation-Id`).
-pub(crate) const MAX_KEY_BYTES: usize = 255;
-
 /// What a command request carries besides its body.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandMeta {
@@ -284,28 +281,6 @@ impl<S: Send + Sync> FromRequestParts<S> for CommandMeta {
             if_match,
         })
     }
-}
-
-/// A header that may appear at most once.
-pub(crate) fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a [u8]>, ApiError> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(ApiError::bad_field(name, "must be sent at most once"));
-    }
-    Ok(first.map(|v| v.as_bytes()))
-}
-
-/// 1 to [`MAX_KEY_BYTES`] visible ASCII characters (`!` to `~`: no spaces, no control
-/// characters).
-pub(crate) fn visible_ascii(name: &str, value: &[u8]) -> Result<String, ApiError> {
-    if value.is_empty() || value.len() > MAX_KEY_BYTES || !value.iter().all(|b| (b'!'..=b'~').contains(b)) {
-        return Err(ApiError::bad_field(
-            name,
-            format!("must be 1 to {MAX_KEY_BYTES} visible ASCII characters"),
-        ));
-    }
-    Ok(String::from_utf8_lossy(value).into_owned())
 }
 
 /// `If-Match: 3` or `If-Match: "3"`: the stream version the client saw.
@@ -438,8 +413,14 @@ mod tests {
     #[test]
     fn keys_are_visible_ascii() {
         assert!(visible_ascii("k", b"abc-123_!~").is_ok());
-        assert!(visible_ascii("k", &[b'a'; MAX_KEY_BYTES]).is_ok());
-        for bad in [&b""[..], b"a b", b"a\tb", "é".as_bytes(), &[b'a'; MAX_KEY_BYTES + 1]] {
+        assert!(visible_ascii("k", &[b'a'; service_kit::http::MAX_HEADER_ID_BYTES]).is_ok());
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"a\tb",
+            "é".as_bytes(),
+            &[b'a'; service_kit::http::MAX_HEADER_ID_BYTES + 1],
+        ] {
             assert!(visible_ascii("k", bad).is_err(), "{bad:?}");
         }
     }

@@ -10,8 +10,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::error::ErrorBody;
 use super::{commands, ops, reads};
+use service_kit::http::ErrorBody;
 
 /// The write side's HTTP API.
 #[derive(OpenApi)]

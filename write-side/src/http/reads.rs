@@ -18,9 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::HttpState;
-use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, IdPath, StreamIdPath};
 use crate::domain::Order;
+use service_kit::http::{ApiError, ErrorBody};
 
 /// Events per page when `limit` is not given.
 pub const DEFAULT_PAGE: u64 = 100;

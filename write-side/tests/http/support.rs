@@ -43,7 +43,9 @@ pub(crate) async fn pg_store() -> Arc<dyn EventStore> {
 /// A fresh SQLite event store in a temporary file.
 pub(crate) async fn sqlite_store() -> (Arc<dyn EventStore>, sqlx::SqlitePool) {
     let path = std::env::temp_dir().join(format!("orderflow-http-{}.db", Uuid::new_v4().simple()));
-    let pool = SqliteEventStore::connect(&path).await.unwrap();
+    let pool = sqlx::SqlitePool::connect_with(SqliteEventStore::connect_options(&path))
+        .await
+        .unwrap();
     SqliteEventStore::migrate(&pool).await.unwrap();
     let store = SqliteEventStore::open(pool.clone(), StoreOptions::default())
         .await

@@ -1,0 +1,63 @@
+//! orderflow's benchmarks (`orderflow bench ...`): each prints one JSON document on stdout and its
+//! progress on stderr, and reports its figures beside a reference measured in the same run (the
+//! HTTP floor, a raw COPY, the log read alone), since the machines they run on drift.
+//!
+//! # Map
+//!
+//! - `store`: appends per second and their latency, per adapter and concurrency.
+//! - `commands`: commands over HTTP, and the floor (the same load against a server that stores
+//!   nothing).
+//! - `relay`: a backlog and a steady rate published to Kafka.
+//! - `rebuild`: a seeded history rebuilt into the dashboard and the analytics, beside a raw
+//!   COPY of the same rows.
+//! - `reads`: the read API over a seeded read model, then freshness through Kafka.
+//! - `freshness`: a running deployment's freshness over HTTP only.
+//! - `scratch`: the databases a benchmark makes for itself and drops after; `load`: the HTTP
+//!   client, histograms and the freshness probe the HTTP benchmarks share.
+//!
+//! Data comes from the simulated shop (`shop-sim`).
+
+mod commands;
+mod freshness;
+mod load;
+mod reads;
+mod rebuild;
+mod relay;
+mod scratch;
+mod store;
+
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Append throughput and latency: N concurrent writers × events per append, per adapter.
+    Store(store::StoreBench),
+    /// Command throughput over HTTP: C concurrent clients placing orders on the write side
+    /// (PostgreSQL store, in-process server on loopback, auth off).
+    Commands(commands::CommandsBench),
+    /// Relay throughput and latency: a backlog published from the PostgreSQL store to the broker,
+    /// then a steady append rate with append→acknowledged latency.
+    Relay(relay::RelayBench),
+    /// Projection rebuild throughput: a seeded shop history (PostgreSQL store) rebuilt into the
+    /// dashboard (PostgreSQL) and the analytics (ClickHouse), beside a raw COPY of the same rows.
+    Rebuild(rebuild::RebuildBench),
+    /// Read API throughput and latency over a seeded read model (dashboard list, one order,
+    /// revenue by day; closed loop, and the list at a fixed rate), then freshness: orders placed
+    /// through the write side, relayed through Kafka, until the read API shows them.
+    Reads(reads::ReadsBench),
+    /// Freshness of a running deployment (e.g. `scripts/dev-up`), over HTTP only: orders placed
+    /// at a fixed rate, each timed from the command's answer until the dashboard list shows it.
+    Freshness(freshness::FreshnessBench),
+}
+
+/// Runs one benchmark; its JSON goes to stdout.
+pub async fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Store(b) => store::run(b).await,
+        Bench::Commands(b) => commands::run(b).await,
+        Bench::Relay(b) => relay::run(b).await,
+        Bench::Rebuild(b) => rebuild::run(b).await,
+        Bench::Reads(b) => reads::run(b).await,
+        Bench::Freshness(b) => freshness::run(b).await,
+    }
+}

@@ -1,0 +1,260 @@
+//! `orderflow serve`: the embedded deployment, the whole platform in one process with no server
+//! to install (docs/design.md, "Two deployments").
+//!
+//! - The event store is a SQLite file, `<data-dir>/events.db`; the read models (the order
+//!   dashboard, sales analytics and the projections' control tables) are another,
+//!   `<data-dir>/read.db`: a database per service, even here.
+//! - Fan-out is the in-process subscription to the store's global log: one
+//!   [`projections::run_from_store`] runner per projection, each resuming from the store position
+//!   it checkpointed with its rows (so a restart continues where it stopped, and applies nothing
+//!   twice).
+//! - One HTTP port serves the write side's router (commands, the store's reads, and the
+//!   operations endpoints `/health`, `/ready`, `/metrics`, `/openapi.json`), the read API's
+//!   `/v1/...` queries ([`read_api::query_routes`]), and the admin endpoint
+//!   `POST /v1/projections/{name}/rebuild` (`admin`). Each path is served once: the operations
+//!   endpoints are the write side's, `/ready` therefore checks the event store.
+//! - Authentication is off: the embedded mode is a demo and a development tool on loopback.
+//! - One Prometheus recorder for the process (the service kit's), rendered by both routers.
+//! - Shutdown is one [`CancellationToken`]: the HTTP server stops accepting and drains the
+//!   requests in flight (a read waiting for its `min_position` still gets it), then the runners
+//!   and rebuilds stop, then the databases are closed.
+//! - `--demo` (and `orderflow demo`) seeds an empty store with a simulated shop before serving
+//!   ([`shop_sim::demo`]), and `--rate` keeps commands coming through the command handler while
+//!   it serves ([`shop_sim::live`]).
+
+mod admin;
+mod catch_up;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use event_store::{EventStore, Position};
+use projections::catalog::{self, Sinks};
+use projections::{ReadDb, RunOptions};
+use read_api::{ReadConfig, ReadState};
+use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use write_side::http::{Auth, HttpConfig, HttpState};
+use write_side::{CommandHandler, HandlerOptions};
+
+/// How long the projection runners and rebuilds get to stop once the HTTP server has drained.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the embedded databases live (created if missing): `events.db`, the event store, and
+    /// `read.db`, the read models. Keep it to keep the data across restarts.
+    #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "orderflow-data")]
+    data_dir: PathBuf,
+    /// The one HTTP address: commands, queries, admin and operations endpoints. Authentication
+    /// is off, so keep it on loopback.
+    #[arg(long, env = "ORDERFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Seed an EMPTY event store with a simulated shop (customers, products, orders through
+    /// their lifecycle over four simulated weeks) before serving. A store that holds events is
+    /// left as it is, so restarting with --demo never seeds twice.
+    #[arg(long, env = "ORDERFLOW_DEMO")]
+    demo: bool,
+    /// About how many events --demo seeds.
+    #[arg(long, env = "ORDERFLOW_DEMO_EVENTS", default_value_t = 50_000)]
+    demo_events: u64,
+    /// Keep a live shop going at this many commands per second (0: off): new orders for the
+    /// store's customers and products, orders confirmed, shipped, delivered or cancelled, all
+    /// through the command handler. Rejections (out of stock) are logged at debug.
+    #[arg(long, env = "ORDERFLOW_DEMO_RATE", default_value_t = 0.0)]
+    rate: f64,
+}
+
+impl ServeArgs {
+    /// The same arguments with `--demo` on (`orderflow demo`).
+    pub fn with_demo(mut self) -> Self {
+        self.demo = true;
+        self
+    }
+}
+
+/// Runs the embedded platform until `shutdown` is cancelled (Ctrl-C, SIGTERM).
+pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate.is_finite() && args.rate >= 0.0,
+        "--rate must be a number of commands per second, 0 or more"
+    );
+    anyhow::ensure!(!args.demo || args.demo_events > 0, "--demo-events must be at least 1");
+    let data_dir = data_dir(&args.data_dir)?;
+    let events = DatabaseUrl::Sqlite(data_dir.join("events.db"));
+    let opened = db::open_event_store(&events, PoolSettings::READ_DB, Migrate::Yes)
+        .await
+        .context("cannot open the event store")?;
+    let store = opened.shared();
+    let seeded = if args.demo {
+        shop_sim::demo::seed_if_empty(&*store, args.demo_events, &shutdown).await?
+    } else {
+        None
+    };
+    if shutdown.is_cancelled() {
+        opened.close().await;
+        tracing::info!("stopped");
+        return Ok(());
+    }
+    let read = DatabaseUrl::Sqlite(data_dir.join("read.db"));
+    let read_db = ReadDb::open(&read, PoolSettings::READ_DB)
+        .await
+        .with_context(|| format!("cannot open the read database {read}"))?;
+    read_db.migrate().await.context("cannot migrate the read database")?;
+    let sinks = Sinks {
+        read_db: read_db.clone(),
+        clickhouse: None,
+    };
+
+    // The runners, rebuilds and the demo stop once the HTTP server has drained, not with it: a
+    // read in flight may be waiting for a runner to apply its `min_position`.
+    let workers = CancellationToken::new();
+    let mut runners = start_runners(&store, &sinks, &workers)?;
+    let handler = CommandHandler::new(Arc::clone(&store), HandlerOptions::default());
+    let demo_tasks = start_demo(&args, seeded, &handler, &read_db, &workers);
+    let admin = admin::Admin::new(Arc::clone(&store), sinks, workers.clone());
+    let (app, grace) = router(handler, &store, &read_db, admin.clone());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    banner(address, &data_dir);
+    let server = service_kit::http::serve_on(listener, app, grace, shutdown.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server);
+    let mut runner_failed = false;
+    let served = tokio::select! {
+        served = &mut server => served,
+        Some(stopped) = runners.join_next() => {
+            // A runner only returns once cancelled: before that, it panicked. Reads would go
+            // stale without saying so; stop the whole process instead.
+            runner_stopped(stopped);
+            runner_failed = true;
+            shutdown.cancel();
+            server.await
+        }
+    };
+    shutdown.cancel();
+    workers.cancel();
+    stop(runners, demo_tasks, &admin).await;
+    opened.close().await;
+    read_db.pool().close().await;
+    served.with_context(|| format!("cannot serve on {address}"))?;
+    anyhow::ensure!(!runner_failed, "a projection runner failed; see the log above");
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The data directory, created if missing, as an absolute path.
+fn data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    std::fs::canonicalize(dir).with_context(|| format!("cannot resolve the data directory {}", dir.display()))
+}
+
+type Runners = JoinSet<(&'static str, Result<(), projections::ProjectionError>)>;
+
+/// One runner per projection, following the store in-process.
+fn start_runners(store: &Arc<dyn EventStore>, sinks: &Sinks, stop: &CancellationToken) -> anyhow::Result<Runners> {
+    let mut runners = JoinSet::new();
+    for name in catalog::NAMES {
+        let factory = catalog::factory(name, sinks)?;
+        let (store, db, cancel) = (Arc::clone(store), sinks.read_db.clone(), stop.clone());
+        runners.spawn(async move {
+            (
+                name,
+                projections::run_from_store(store, db, factory, RunOptions::default(), cancel).await,
+            )
+        });
+    }
+    Ok(runners)
+}
+
+/// The demo's tasks: the catch-up report after seeding, and the live shop of `--rate`.
+fn start_demo(
+    args: &ServeArgs,
+    seeded: Option<Position>,
+    handler: &CommandHandler,
+    read_db: &ReadDb,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    if let Some(target) = seeded {
+        tasks.spawn(catch_up::report(read_db.clone(), target, stop.clone()));
+    }
+    if args.rate > 0.0 {
+        tasks.spawn(shop_sim::live::trickle(handler.clone(), args.rate, stop.clone()));
+    }
+    tasks
+}
+
+/// The one router: commands, queries and admin, with the write side's operations endpoints.
+/// Answers it with the grace period the server drains within.
+fn router(
+    handler: CommandHandler,
+    store: &Arc<dyn EventStore>,
+    read_db: &ReadDb,
+    admin: admin::Admin,
+) -> (axum::Router, Duration) {
+    let http = HttpConfig::new(Auth::Disabled);
+    let grace = http.request_timeout + Duration::from_secs(1);
+    let commands = write_side::http::router(HttpState::new(handler, http));
+    let head = store.changes();
+    let queries = read_api::query_routes(
+        ReadState::new(read_db.clone(), None, ReadConfig::default()).with_head(Arc::new(move || *head.borrow())),
+    );
+    (commands.merge(queries).merge(admin::routes(admin)), grace)
+}
+
+/// Waits for the runners, the demo and the rebuilds to stop, each at most [`STOP_GRACE`].
+async fn stop(mut runners: Runners, mut demo_tasks: JoinSet<()>, admin: &admin::Admin) {
+    let stopping = async {
+        while let Some(stopped) = runners.join_next().await {
+            runner_stopped(stopped);
+        }
+        while demo_tasks.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {
+        tracing::warn!(
+            "projection runners (or the demo) did not stop within {} s",
+            STOP_GRACE.as_secs()
+        );
+    }
+    let mut rebuilds = admin.take_tasks();
+    if tokio::time::timeout(STOP_GRACE, async { while rebuilds.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("rebuilds did not stop within {} s", STOP_GRACE.as_secs());
+    }
+}
+
+/// Logs how a runner ended.
+fn runner_stopped(stopped: Result<(&'static str, Result<(), projections::ProjectionError>), tokio::task::JoinError>) {
+    match stopped {
+        Ok((name, Ok(()))) => tracing::debug!(projection = name, "runner stopped"),
+        Ok((name, Err(e))) => tracing::error!(projection = name, error = %e, "projection runner failed"),
+        Err(e) => tracing::error!(error = %e, "a projection runner panicked"),
+    }
+}
+
+/// What a newcomer needs to start: where it listens, where the data is, what to try.
+fn banner(address: SocketAddr, data_dir: &Path) {
+    let url = format!("http://{address}");
+    if !address.ip().is_loopback() {
+        tracing::warn!(%address, "listening beyond loopback with authentication off: anyone who reaches it can write");
+    }
+    tracing::info!(
+        "orderflow is serving at {url} (embedded: SQLite in {dir}, authentication off)\n\
+         \n  register a customer:  curl -s -X POST {url}/v1/customers -H 'content-type: application/json' \
+         -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\"}}'\
+         \n  see the orders:       curl -s {url}/v1/dashboard/orders\
+         \n  projections' status:  curl -s {url}/v1/projections\
+         \n  the API:              curl -s {url}/openapi.json",
+        dir = data_dir.display(),
+    );
+}

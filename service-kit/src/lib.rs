@@ -1,0 +1,36 @@
+//! What every orderflow program does the same way, written once: the services (write side,
+//! relay, projection workers, read API) and the `orderflow` CLI all start and stop through it.
+//!
+//! # Map
+//!
+//! - [`cli`]: a command line's own output, lines on stdout and progress bars.
+//! - [`config`]: the one configuration file format (TOML, keys = long flag names), layered under
+//!   clap: command line > environment variable > file > default.
+//! - [`db`]: typed connection settings. [`db::DatabaseUrl`] reads a `postgres://` URL, a
+//!   `sqlite://` URL or a path and shows it without its password; [`db::PoolSettings`] sizes a
+//!   pool. Every pool of every program is built here, and an event store is opened from a URL
+//!   in one place ([`db::open_event_store`]).
+//! - [`http`]: the HTTP edge every service puts in front of its routes: one error answer
+//!   ([`http::ApiError`], `{"error": {"code", "message", "details"}}`), one middleware
+//!   ([`http::edge`]: correlation and request ids, span, timeout, panic → 500, metrics per
+//!   route), the operations handlers, and [`http::serve_on`] (graceful drain with a deadline).
+//! - [`metrics`]: the process's one Prometheus recorder ([`metrics::prometheus_handle`]).
+//! - [`telemetry`]: the `tracing` subscriber every binary installs.
+//! - [`shutdown`]: Ctrl-C and SIGTERM as a future or a `CancellationToken`.
+//!
+//! Nothing here knows the order domain: it depends on `event-store` only to open a store.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{
+    CONFIG_ENV, CONFIG_FLAG, ConfigError, ConfigFile, SECTIONS, config_arg, parse, parse_subcommand, try_parse_from,
+    try_parse_subcommand_from, undocumented_flags,
+};
+pub use http::chain as error_chain;
+pub use shutdown::{cancel_on_signal, shutdown_signal};

@@ -1,0 +1,78 @@
+//! The demo shop of `serve --demo`: an EMPTY event store gets a simulated history (customers,
+//! products, orders through their lifecycle over four weeks ending today, renames,
+//! cancellations), with a progress bar on stderr. A store that holds anything is left alone, so a
+//! restart never seeds twice.
+
+use chrono::{Days, Utc};
+use event_store::{EventStore, Position};
+use tokio_util::sync::CancellationToken;
+
+use crate::seed::{self, SeedError, SeedOptions};
+
+/// Length of the seeded history, in simulated days; it ends at today's midnight (UTC).
+const DEMO_DAYS: u32 = 28;
+
+/// The seeder's options for a demo shop of about `events` events: one customer per 50 events and
+/// one product per 500, like `bench rebuild`, so orders repeat customers and products sell out.
+fn seed_options(events: u64) -> SeedOptions {
+    let today = Utc::now().date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
+    SeedOptions {
+        events,
+        days: DEMO_DAYS,
+        customers: (events / 50).max(100) as usize,
+        products: (events / 500).max(20) as usize,
+        start: today
+            .checked_sub_days(Days::new(u64::from(DEMO_DAYS)))
+            .unwrap_or_else(crate::seed::default_start),
+        batch_events: 2_000,
+        ..SeedOptions::default()
+    }
+}
+
+/// Seeds the demo shop if the store is empty (head position 0). Answers the store's head after
+/// seeding, or `None` when nothing was seeded (the store held events, or `shutdown` came first:
+/// the commits made so far stay, a valid shorter history, and the next start will not seed).
+pub async fn seed_if_empty(
+    store: &dyn EventStore,
+    events: u64,
+    shutdown: &CancellationToken,
+) -> Result<Option<Position>, SeedError> {
+    let head = store.head_position().await.map_err(|e| SeedError::Store(e.into()))?;
+    if head > 0 {
+        tracing::info!(
+            head,
+            "the event store already holds events: not seeding the demo shop again"
+        );
+        return Ok(None);
+    }
+    let options = seed_options(events);
+    tracing::info!(
+        events,
+        customers = options.customers,
+        products = options.products,
+        days = options.days,
+        "seeding the demo shop"
+    );
+    let seeding = seed::seed_with_progress(store, &options, "seeding the demo shop");
+    let report = tokio::select! {
+        report = seeding => report?,
+        () = shutdown.cancelled() => {
+            tracing::warn!("seeding interrupted by shutdown: the store keeps what was committed, \
+                            and will not be seeded again (delete the data directory to start over)");
+            return Ok(None);
+        }
+    };
+    tracing::info!(
+        events = report.events,
+        orders = report.orders,
+        customers = report.customers,
+        products = report.products,
+        delivered = report.delivered,
+        cancelled = report.cancelled,
+        seconds = format_args!("{:.1}", report.seconds),
+        events_per_second = format_args!("{:.0}", report.events_per_second),
+        "seeded the demo shop; the read models are catching up"
+    );
+    let head = store.head_position().await.map_err(|e| SeedError::Store(e.into()))?;
+    Ok(Some(head))
+}

@@ -1,0 +1,1540 @@
+//! A realistic, valid shop history, written straight to an event store: what benchmarks and
+//! demos need when "a million events" must look like a real back office rather than noise.
+//!
+//! The seeder simulates a shop over `days` of simulated time. Customers register (a few rename
+//! themselves or change their email later), products are added with a stock and a price in
+//! integer minor units (EUR mostly, some USD), restocked when they run low and repriced now and
+//! then. Orders of 1 to 4 lines are placed (more in the evening than at night), then confirmed,
+//! shipped and delivered over the following simulated days; about 8% are cancelled from placed or
+//! confirmed. Open orders at the end of the window stay open, as they would in a live shop.
+//!
+//! # Valid by construction
+//!
+//! Every event comes out of the write side's own decisions ([`write_side::domain`]): `decide` for
+//! customers, products and order transitions, [`place_order`] and [`cancel_order`] for the
+//! decisions that span an order and its products. So lines capture the product's current sku,
+//! name and price, an order records its customer's current name and email, totals are computed
+//! by the domain, stock is reserved in the same commit as the order (and released on cancel),
+//! and it never goes below zero: a line is only asked for when the stock covers it, and a
+//! refused decision is a bug of the seeder, reported as an error.
+//!
+//! # Fast
+//!
+//! Going through the command handler would cost one load and one commit per command. The
+//! seeder keeps every aggregate's state in memory instead and writes many commands' events in
+//! one [`Commit`] (`batch_events` events): each stream appears once per commit, with the
+//! version the seeder knows it is at, so the store still checks every expected version.
+//!
+//! # Deterministic
+//!
+//! The same options give the same events, ids included (a splitmix64 generator, no clock). The
+//! simulated clock only moves forward and each simulated action happens at its own millisecond,
+//! so sorting the log by `occurred_at` gives back the order in which the shop decided things.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Instant;
+
+use chrono::{DateTime, TimeZone, Timelike, Utc};
+use event_schemas::{Currency, DomainEvent};
+use event_store::{Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
+use uuid::Uuid;
+use write_side::domain::{
+    Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, PlaceOrder, PlaceOrderLine,
+    Product, ProductCommand, cancel_order, place_order,
+};
+
+use crate::Rng;
+
+/// Why the seeder stopped. Nothing but [`SeedError::Invalid`] is the caller's doing: a refused
+/// decision is a bug of the seeder (it only asks for what the state allows).
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// The options cannot describe a shop.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The domain refused a command the seeder made.
+    #[error("the seeder {what} the domain refuses (a bug)")]
+    Refused {
+        what: &'static str,
+        #[source]
+        source: DomainError,
+    },
+    /// The domain decided something the seeder did not expect.
+    #[error("the domain {0} (a bug of the seeder)")]
+    Unexpected(String),
+    /// The event store refused or failed a commit.
+    #[error("the event store refused a seeded commit")]
+    Store(#[source] event_store::AppendError),
+}
+
+fn refused(what: &'static str) -> impl FnOnce(DomainError) -> SeedError {
+    move |source| SeedError::Refused { what, source }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SeedOptions {
+    /// Approximate number of events: the simulation stops once it has written this many (or at
+    /// the end of the simulated window, whichever comes first).
+    pub events: u64,
+    /// Length of the simulated window, in days.
+    pub days: u32,
+    /// Seed of the generator: the same seed and options give the same history.
+    pub seed: u64,
+    /// Customers registering over the window (a tenth of them on the first morning).
+    pub customers: usize,
+    /// Products in the catalogue (most on the first morning, the rest added during the window).
+    pub products: usize,
+    /// When the simulated window starts.
+    pub start: DateTime<Utc>,
+    /// Events per commit (a commit may exceed it by the events of one simulated action).
+    pub batch_events: usize,
+}
+
+impl Default for SeedOptions {
+    fn default() -> Self {
+        SeedOptions {
+            events: 1_000_000,
+            days: 30,
+            seed: 42,
+            customers: 20_000,
+            products: 2_000,
+            start: default_start(),
+            batch_events: 5_000,
+        }
+    }
+}
+
+/// 2025-01-06T00:00:00Z, a Monday: a fixed start keeps seeded histories identical across runs.
+pub fn default_start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 1, 6, 0, 0, 0)
+        .single()
+        .unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// What the seeder wrote.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SeedReport {
+    pub events: u64,
+    pub commits: u64,
+    pub orders: u64,
+    pub customers: u64,
+    pub products: u64,
+    /// Orders that reached each end of their life inside the window.
+    pub delivered: u64,
+    pub cancelled: u64,
+    /// Simulated time the history covers, from the first to the last event.
+    pub simulated_days: f64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+}
+
+/// Writes a simulated shop history to `store`; see the module doc. `progress` is called after
+/// each commit with the number of events written so far.
+pub async fn seed(
+    store: &dyn EventStore,
+    options: &SeedOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<SeedReport, SeedError> {
+    if options.events == 0 {
+        return Err(SeedError::Invalid("the seeder needs a positive number of events"));
+    }
+    if options.days == 0 {
+        return Err(SeedError::Invalid("the seeder needs at least one simulated day"));
+    }
+    if options.customers == 0 || options.products == 0 {
+        return Err(SeedError::Invalid(
+            "the seeder needs at least one customer and one product",
+        ));
+    }
+    let started = Instant::now();
+    let mut shop = Shop::new(options);
+    let mut commits = 0_u64;
+    shop.open();
+    loop {
+        if shop.out.total >= options.events {
+            break;
+        }
+        let Some(next) = shop.next_step() else {
+            break;
+        };
+        shop.step(next)?;
+        if shop.out.in_commit >= options.batch_events.max(1) {
+            shop.out.flush(store).await?;
+            commits += 1;
+            progress(shop.out.total);
+        }
+    }
+    if shop.out.in_commit > 0 {
+        shop.out.flush(store).await?;
+        commits += 1;
+    }
+    progress(shop.out.total);
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(SeedReport {
+        events: shop.out.total,
+        commits,
+        orders: shop.stats.orders,
+        customers: shop.customers.len() as u64,
+        products: shop.products.len() as u64,
+        delivered: shop.stats.delivered,
+        cancelled: shop.stats.cancelled,
+        simulated_days: (shop.now - options.start).num_milliseconds() as f64 / DAY_MS as f64,
+        seconds,
+        events_per_second: shop.out.total as f64 / seconds.max(1e-9),
+    })
+}
+
+/// [`seed`] with a progress bar on stderr (events written, events/s, ETA), labelled `message`.
+pub async fn seed_with_progress(
+    store: &dyn EventStore,
+    options: &SeedOptions,
+    message: &str,
+) -> Result<SeedReport, SeedError> {
+    let bar = service_kit::cli::progress_bar(options.events, message, "events");
+    let report = seed(store, options, |written| {
+        bar.set_length(bar.length().unwrap_or(0).max(written));
+        bar.set_position(written);
+    })
+    .await;
+    bar.finish_and_clear();
+    report
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Share of orders cancelled while placed, and while confirmed (8% in all).
+const CANCEL_PLACED: f64 = 0.04;
+const CANCEL_CONFIRMED: f64 = 0.04;
+/// A product with fewer units available than this gets a restock scheduled.
+const LOW_STOCK: i64 = 15;
+/// Mean days from placement to the last lifecycle event of a delivered order.
+const LIFECYCLE_DAYS: f64 = 3.6;
+/// Relative order rate per hour of the day (UTC): quiet nights, busy evenings.
+const HOURLY: [f64; 24] = [
+    0.25, 0.15, 0.1, 0.08, 0.08, 0.12, 0.25, 0.45, 0.6, 0.7, 0.75, 0.8, 0.85, 0.8, 0.75, 0.75, 0.8, 0.85, 0.9, 1.0,
+    1.0, 0.9, 0.7, 0.45,
+];
+
+/// An aggregate the seeder owns: its id, its state and its stream's version.
+#[derive(Debug)]
+struct Sim<A> {
+    id: Uuid,
+    state: A,
+    version: u64,
+}
+
+impl<A: Default> Sim<A> {
+    fn new(id: Uuid) -> Self {
+        Sim {
+            id,
+            state: A::default(),
+            version: 0,
+        }
+    }
+}
+
+/// How an order's life will go, drawn when it is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Delivered,
+    CancelledPlaced,
+    CancelledConfirmed,
+}
+
+#[derive(Debug)]
+struct OrderSim {
+    sim: Sim<Order>,
+    /// Index in `Shop::products` of each line's product.
+    products: Vec<usize>,
+    fate: Fate,
+}
+
+/// Something due at a simulated time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// The first morning's catalogue and customers.
+    AddProduct,
+    Register,
+    Confirm(usize),
+    Ship(usize),
+    Deliver(usize),
+    Cancel(usize),
+    Restock(usize),
+}
+
+/// What happens next: a scheduled action, or an arrival of one of the random processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Due(Action),
+    Arrival(Arrival),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    Order,
+    Customer,
+    Product,
+    Rename,
+    EmailChange,
+    PriceChange,
+    /// Recompute the order rate from what is left of the event budget.
+    Calibrate,
+}
+
+const ARRIVALS: [Arrival; 7] = [
+    Arrival::Order,
+    Arrival::Customer,
+    Arrival::Product,
+    Arrival::Rename,
+    Arrival::EmailChange,
+    Arrival::PriceChange,
+    Arrival::Calibrate,
+];
+
+/// A scheduled action, ordered for a min-heap on (time, sequence).
+#[derive(Debug, PartialEq, Eq)]
+struct Scheduled {
+    at: i64,
+    seq: u64,
+    action: Action,
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The commit being filled, and the ids of the events that go into it.
+struct Out {
+    rng: Rng,
+    appends: Vec<StreamAppend>,
+    /// Index in `appends` of each stream already in this commit.
+    streams: HashMap<String, usize>,
+    in_commit: usize,
+    total: u64,
+}
+
+impl Out {
+    /// Adds `events` to `sim`'s stream in the current commit and folds them into its state.
+    fn append<A: Aggregate>(&mut self, sim: &mut Sim<A>, events: Vec<A::Event>, at: DateTime<Utc>, correlation: &str) {
+        if events.is_empty() {
+            return;
+        }
+        let stream_id = A::CATEGORY.stream_id(sim.id);
+        let metadata = EventMetadata {
+            correlation_id: correlation.to_owned(),
+            causation_id: correlation.to_owned(),
+            actor: "seed".to_owned(),
+        };
+        let encoded: Vec<NewEvent> = events
+            .iter()
+            .map(|event| {
+                let encoded = Into::<DomainEvent>::into(event.clone()).encode();
+                NewEvent {
+                    event_id: self.rng.uuid_at(at),
+                    event_type: encoded.event_type.to_owned(),
+                    schema_version: encoded.schema_version,
+                    payload: encoded.payload,
+                    occurred_at: at,
+                    metadata: metadata.clone(),
+                }
+            })
+            .collect();
+        let n = encoded.len();
+        match self.streams.get(&stream_id) {
+            Some(&i) => self.appends[i].events.extend(encoded),
+            None => {
+                // First time in this commit: the version the seeder knows is the stored one.
+                let expected = match sim.version {
+                    0 => ExpectedVersion::NoStream,
+                    v => ExpectedVersion::Exact(v),
+                };
+                self.streams.insert(stream_id.clone(), self.appends.len());
+                self.appends.push(StreamAppend {
+                    stream_id,
+                    expected,
+                    events: encoded,
+                });
+            }
+        }
+        sim.state = std::mem::take(&mut sim.state).evolve_all(&events);
+        sim.version += n as u64;
+        self.in_commit += n;
+        self.total += n as u64;
+    }
+
+    async fn flush(&mut self, store: &dyn EventStore) -> Result<(), SeedError> {
+        let appends = std::mem::take(&mut self.appends);
+        self.streams.clear();
+        self.in_commit = 0;
+        store
+            .commit(Commit {
+                appends,
+                idempotency: None,
+            })
+            .await
+            .map_err(SeedError::Store)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    orders: u64,
+    lines: u64,
+    restocks: u64,
+    delivered: u64,
+    cancelled: u64,
+}
+
+/// The simulated shop.
+struct Shop {
+    rng: Rng,
+    out: Out,
+    start: DateTime<Utc>,
+    end: i64,
+    /// The simulated time, in milliseconds since the epoch; strictly increasing per action.
+    now: DateTime<Utc>,
+    now_ms: i64,
+    target: u64,
+    customers_total: usize,
+    products_total: usize,
+    customers: Vec<Sim<Customer>>,
+    products: Vec<Sim<Product>>,
+    /// Products by currency: an order's lines share one currency.
+    eur: Vec<usize>,
+    usd: Vec<usize>,
+    restock_due: Vec<bool>,
+    sold_since_restock: Vec<i64>,
+    orders: Vec<Option<OrderSim>>,
+    heap: BinaryHeap<Scheduled>,
+    seq: u64,
+    /// When each arrival process fires next (ms), in `ARRIVALS` order.
+    next_arrival: [i64; 7],
+    /// Mean ms between order candidates (before the hour-of-day thinning).
+    order_gap_ms: f64,
+    stats: Stats,
+}
+
+impl Shop {
+    fn new(options: &SeedOptions) -> Self {
+        let start_ms = options.start.timestamp_millis();
+        Shop {
+            rng: Rng::new(options.seed),
+            out: Out {
+                rng: Rng::new(options.seed ^ 0x0005_eed0_f1d5),
+                appends: Vec::new(),
+                streams: HashMap::new(),
+                in_commit: 0,
+                total: 0,
+            },
+            start: options.start,
+            end: start_ms + i64::from(options.days) * DAY_MS,
+            now: options.start,
+            now_ms: start_ms,
+            target: options.events,
+            customers_total: options.customers,
+            products_total: options.products,
+            customers: Vec::with_capacity(options.customers),
+            products: Vec::with_capacity(options.products),
+            eur: Vec::new(),
+            usd: Vec::new(),
+            restock_due: Vec::new(),
+            sold_since_restock: Vec::new(),
+            orders: Vec::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            next_arrival: [i64::MAX; 7],
+            order_gap_ms: f64::INFINITY,
+            stats: Stats::default(),
+        }
+    }
+
+    fn days(&self) -> f64 {
+        (self.end - self.start.timestamp_millis()) as f64 / DAY_MS as f64
+    }
+
+    /// The first morning: most of the catalogue and a tenth of the customers arrive one every
+    /// second or so (scheduled, so that they go through the commits like everything else), and
+    /// the random processes start.
+    fn open(&mut self) {
+        let products = (self.products_total * 7 / 10).max(1);
+        let customers = (self.customers_total / 10).max(1);
+        let mut after = 0;
+        for _ in 0..products {
+            after += self.rng.range(100, 2_000);
+            self.schedule(after, Action::AddProduct);
+        }
+        for _ in 0..customers {
+            after += self.rng.range(100, 2_000);
+            self.schedule(after, Action::Register);
+        }
+        let days = self.days();
+        for (i, arrival) in ARRIVALS.iter().enumerate() {
+            self.next_arrival[i] = self.now_ms;
+            if let Some(gap) = self.mean_gap(*arrival, days) {
+                self.next_arrival[i] += self.rng.exp(gap) as i64;
+            }
+        }
+        self.calibrate();
+    }
+
+    /// Mean ms between two arrivals of a process with a constant rate (None: not constant).
+    fn mean_gap(&self, arrival: Arrival, days: f64) -> Option<f64> {
+        let per_window = |n: f64| {
+            if n > 0.0 {
+                days * DAY_MS as f64 / n
+            } else {
+                f64::INFINITY
+            }
+        };
+        let c = self.customers_total as f64;
+        let p = self.products_total as f64;
+        match arrival {
+            Arrival::Customer => Some(per_window(c - (self.customers_total / 10).max(1) as f64)),
+            // The rest of the catalogue arrives during the first two thirds of the window.
+            Arrival::Product => Some(per_window(p - (self.products_total * 7 / 10).max(1) as f64) * 2.0 / 3.0),
+            Arrival::Rename => Some(per_window(c * 0.10)),
+            Arrival::EmailChange => Some(per_window(c * 0.12)),
+            // Each product is repriced about every 40 days.
+            Arrival::PriceChange => Some(per_window(p * days / 40.0)),
+            Arrival::Calibrate => Some(DAY_MS as f64 / 4.0),
+            Arrival::Order => None,
+        }
+    }
+
+    /// Sets the order rate so that the events still to come fill the budget by the end of the
+    /// window: the other processes' events and the scheduled actions are subtracted, and each
+    /// order counts its placement, its reservations, restocks, and the lifecycle events that will
+    /// happen before the end.
+    fn calibrate(&mut self) {
+        let left_days = ((self.end - self.now_ms) as f64 / DAY_MS as f64).max(1.0 / 24.0);
+        let c = self.customers_total as f64;
+        let p = self.products_total as f64;
+        let others = (c - self.customers.len() as f64).max(0.0)
+            + (p - self.products.len() as f64).max(0.0)
+            + (c * 0.22 + p * self.days() / 40.0) * left_days / self.days();
+        let scheduled = self
+            .heap
+            .iter()
+            .filter(|s| s.at < self.end && !matches!(s.action, Action::AddProduct | Action::Register))
+            .count() as f64;
+        let budget = self.target as f64 - self.out.total as f64 - others - scheduled;
+        let lines = if self.stats.orders > 50 {
+            self.stats.lines as f64 / self.stats.orders as f64
+        } else {
+            2.0
+        };
+        let restocks = if self.stats.orders > 50 {
+            self.stats.restocks as f64 / self.stats.orders as f64
+        } else {
+            0.05
+        };
+        let cancel = CANCEL_PLACED + CANCEL_CONFIRMED;
+        let lifecycle = (1.0 - cancel) * 3.0 + CANCEL_PLACED * (1.0 + lines) + CANCEL_CONFIRMED * (2.0 + lines);
+        // Share of the lifecycle that happens before the end, on average over the orders still
+        // to place.
+        let done = if left_days >= LIFECYCLE_DAYS {
+            1.0 - LIFECYCLE_DAYS / (2.0 * left_days)
+        } else {
+            left_days / (2.0 * LIFECYCLE_DAYS)
+        };
+        let per_order = 1.0 + lines + restocks + lifecycle * done;
+        let orders_per_day = (budget / per_order / left_days).max(0.0);
+        let mean_weight = HOURLY.iter().sum::<f64>() / HOURLY.len() as f64;
+        // Candidates arrive at the peak rate; the hour of the day thins them.
+        let candidates_per_day = orders_per_day / mean_weight;
+        self.order_gap_ms = if candidates_per_day > 0.0 {
+            DAY_MS as f64 / candidates_per_day
+        } else {
+            f64::INFINITY
+        };
+        let i = arrival_index(Arrival::Order);
+        self.next_arrival[i] = self.now_ms.saturating_add(self.gap(self.order_gap_ms));
+    }
+
+    fn gap(&mut self, mean: f64) -> i64 {
+        if mean.is_finite() {
+            (self.rng.exp(mean) as i64).max(1)
+        } else {
+            i64::MAX / 4
+        }
+    }
+
+    /// The next thing to happen inside the window, if any.
+    fn next_step(&mut self) -> Option<(i64, Step)> {
+        let (i, &at) = self.next_arrival.iter().enumerate().min_by_key(|(_, at)| **at)?;
+        let arrival = (at, Step::Arrival(ARRIVALS[i]));
+        let next = match self.heap.peek() {
+            Some(s) if s.at <= at => (s.at, Step::Due(s.action)),
+            _ => arrival,
+        };
+        (next.0 < self.end).then_some(next)
+    }
+
+    fn advance(&mut self, at: i64) {
+        // Every action at its own millisecond: the log sorted by occurred_at is the order of
+        // the shop's decisions.
+        self.now_ms = at.max(self.now_ms + 1);
+        self.now = DateTime::from_timestamp_millis(self.now_ms).unwrap_or(self.now);
+    }
+
+    fn schedule(&mut self, after_ms: i64, action: Action) {
+        self.seq += 1;
+        self.heap.push(Scheduled {
+            at: self.now_ms + after_ms.max(1),
+            seq: self.seq,
+            action,
+        });
+    }
+
+    fn step(&mut self, (at, step): (i64, Step)) -> Result<(), SeedError> {
+        self.advance(at);
+        match step {
+            Step::Due(action) => {
+                self.heap.pop();
+                match action {
+                    Action::AddProduct if self.products.len() < self.products_total => self.add_product()?,
+                    Action::Register if self.customers.len() < self.customers_total => self.register()?,
+                    Action::AddProduct | Action::Register => {}
+                    Action::Confirm(o) => self.confirm(o)?,
+                    Action::Ship(o) => self.ship(o)?,
+                    Action::Deliver(o) => self.deliver(o)?,
+                    Action::Cancel(o) => self.cancel(o)?,
+                    Action::Restock(p) => self.restock(p)?,
+                }
+            }
+            Step::Arrival(arrival) => {
+                let i = arrival_index(arrival);
+                let days = self.days();
+                let gap = match self.mean_gap(arrival, days) {
+                    Some(mean) => self.gap(mean),
+                    None => self.gap(self.order_gap_ms),
+                };
+                self.next_arrival[i] = self.now_ms.saturating_add(gap);
+                match arrival {
+                    Arrival::Order => {
+                        let hour = self.now.hour() as usize;
+                        if self.rng.chance(HOURLY[hour]) {
+                            self.place()?;
+                        }
+                    }
+                    Arrival::Customer => {
+                        if self.customers.len() < self.customers_total {
+                            self.register()?;
+                        }
+                    }
+                    Arrival::Product => {
+                        if self.products.len() < self.products_total {
+                            self.add_product()?;
+                        }
+                    }
+                    Arrival::Rename => self.rename()?,
+                    Arrival::EmailChange => self.change_email()?,
+                    Arrival::PriceChange => self.change_price()?,
+                    Arrival::Calibrate => self.calibrate(),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn correlation(&mut self) -> String {
+        self.rng.uuid_at(self.now).to_string()
+    }
+
+    fn register(&mut self) -> Result<(), SeedError> {
+        let n = self.customers.len();
+        let (first, last) = (*self.rng.pick(FIRST_NAMES), *self.rng.pick(LAST_NAMES));
+        let domain = *self.rng.pick(EMAIL_DOMAINS);
+        let customer_id = self.rng.uuid_at(self.now);
+        let mut sim = Sim::<Customer>::new(customer_id);
+        let events = sim
+            .state
+            .decide(CustomerCommand::Register {
+                customer_id,
+                name: format!("{first} {last}"),
+                email: format!("{}.{}{n}@{domain}", handle(first), handle(last)),
+            })
+            .map_err(refused("registered a customer"))?;
+        let correlation = self.correlation();
+        self.out.append(&mut sim, events, self.now, &correlation);
+        self.customers.push(sim);
+        Ok(())
+    }
+
+    fn rename(&mut self) -> Result<(), SeedError> {
+        if self.customers.is_empty() {
+            return Ok(());
+        }
+        let c = self.rng.below(self.customers.len());
+        let current = self.customers[c].state.name.clone();
+        let first = current.split(' ').next().unwrap_or("Alex").to_owned();
+        let name = if self.rng.chance(0.7) {
+            format!("{first} {}", self.rng.pick(LAST_NAMES))
+        } else {
+            format!(
+                "{} {}",
+                self.rng.pick(FIRST_NAMES),
+                current.split(' ').nth(1).unwrap_or("Smith")
+            )
+        };
+        let customer_id = self.customers[c].id;
+        let events = self.customers[c]
+            .state
+            .decide(CustomerCommand::Rename { customer_id, name })
+            .map_err(refused("renamed a customer"))?;
+        let correlation = self.correlation();
+        self.out.append(&mut self.customers[c], events, self.now, &correlation);
+        Ok(())
+    }
+
+    fn change_email(&mut self) -> Result<(), SeedError> {
+        if self.customers.is_empty() {
+            return Ok(());
+        }
+        let c = self.rng.below(self.customers.len());
+        let customer = &self.customers[c].state;
+        let mut parts = customer.name.split(' ');
+        let (first, last) = (parts.next().unwrap_or("alex"), parts.next().unwrap_or("smith"));
+        let email = format!(
+            "{}.{}{}.{}@{}",
+            handle(first),
+            handle(last),
+            c,
+            self.rng.range(1, 99),
+            self.rng.pick(EMAIL_DOMAINS)
+        );
+        let customer_id = self.customers[c].id;
+        let events = self.customers[c]
+            .state
+            .decide(CustomerCommand::ChangeEmail { customer_id, email })
+            .map_err(refused("changed an email"))?;
+        let correlation = self.correlation();
+        self.out.append(&mut self.customers[c], events, self.now, &correlation);
+        Ok(())
+    }
+
+    fn add_product(&mut self) -> Result<(), SeedError> {
+        let n = self.products.len();
+        let (adjective, noun) = (*self.rng.pick(ADJECTIVES), *self.rng.pick(NOUNS));
+        let usd = self.rng.chance(0.15);
+        // Log-uniform between 2.99 and 499.99, ending in .99.
+        let major = (3.0_f64 * (500.0_f64 / 3.0).powf(self.rng.unit())).round() as i64;
+        let product_id = self.rng.uuid_at(self.now);
+        let mut sim = Sim::<Product>::new(product_id);
+        let sku_prefix: String = noun.chars().filter(char::is_ascii_alphabetic).take(3).collect();
+        let events = sim
+            .state
+            .decide(ProductCommand::Add {
+                product_id,
+                sku: format!("{}-{n:05}", sku_prefix.to_ascii_uppercase()),
+                name: format!("{adjective} {noun}"),
+                price_minor: (major * 100 - 1).max(99),
+                currency: if usd { "USD" } else { "EUR" }.to_owned(),
+                stock: self.rng.range(2, 40) * 10,
+            })
+            .map_err(refused("added a product"))?;
+        let correlation = self.correlation();
+        self.out.append(&mut sim, events, self.now, &correlation);
+        if usd { &mut self.usd } else { &mut self.eur }.push(n);
+        self.products.push(sim);
+        self.restock_due.push(false);
+        self.sold_since_restock.push(0);
+        Ok(())
+    }
+
+    fn change_price(&mut self) -> Result<(), SeedError> {
+        if self.products.is_empty() {
+            return Ok(());
+        }
+        let p = self.rng.below(self.products.len());
+        let Some(price) = self.products[p].state.price else {
+            return Ok(());
+        };
+        let factor = 0.85 + 0.35 * self.rng.unit();
+        let major = ((price.amount_minor as f64 / 100.0) * factor).round() as i64;
+        let price_minor = (major * 100 - 1).max(99);
+        let product_id = self.products[p].id;
+        let events = self.products[p]
+            .state
+            .decide(ProductCommand::ChangePrice {
+                product_id,
+                price_minor,
+            })
+            .map_err(refused("changed a price"))?;
+        let correlation = self.correlation();
+        self.out.append(&mut self.products[p], events, self.now, &correlation);
+        Ok(())
+    }
+
+    fn request_restock(&mut self, p: usize, soon: bool) {
+        if !self.restock_due[p] {
+            self.restock_due[p] = true;
+            let after = if soon {
+                self.rng.range(HOUR_MS, DAY_MS)
+            } else {
+                self.rng.range(4 * HOUR_MS, 2 * DAY_MS)
+            };
+            self.schedule(after, Action::Restock(p));
+        }
+    }
+
+    fn restock(&mut self, p: usize) -> Result<(), SeedError> {
+        self.restock_due[p] = false;
+        // At least what sold since the last delivery from the supplier, rounded up to tens.
+        let sold = self.sold_since_restock[p];
+        let quantity = (self.rng.range(5, 50).max((sold + 9) / 10)) * 10;
+        let product_id = self.products[p].id;
+        let events = self.products[p]
+            .state
+            .decide(ProductCommand::Restock { product_id, quantity })
+            .map_err(refused("restocked a product"))?;
+        self.sold_since_restock[p] = 0;
+        self.stats.restocks += events.len() as u64;
+        let correlation = self.correlation();
+        self.out.append(&mut self.products[p], events, self.now, &correlation);
+        Ok(())
+    }
+
+    /// A customer places an order of 1 to 4 lines in one currency, each line on a product with
+    /// enough stock (a line whose product is sold out is dropped, and a restock requested).
+    fn place(&mut self) -> Result<(), SeedError> {
+        if self.customers.is_empty() || self.products.is_empty() {
+            return Ok(());
+        }
+        let c = self.rng.skewed(self.customers.len(), 1.6);
+        let wanted = match self.rng.unit() {
+            x if x < 0.45 => 1,
+            x if x < 0.75 => 2,
+            x if x < 0.90 => 3,
+            _ => 4,
+        };
+        let first = self.rng.skewed(self.products.len(), 2.0);
+        let usd = self.products[first]
+            .state
+            .price
+            .is_some_and(|p| p.currency == Currency::USD);
+        let pool = if usd { &self.usd } else { &self.eur };
+        let mut picked: Vec<(usize, i64)> = Vec::with_capacity(wanted);
+        let mut sold_out = Vec::new();
+        let mut candidate = first;
+        for _ in 0..wanted * 3 {
+            if picked.len() == wanted {
+                break;
+            }
+            if picked.iter().all(|&(p, _)| p != candidate) && !sold_out.contains(&candidate) {
+                let quantity = match self.rng.unit() {
+                    x if x < 0.6 => 1,
+                    x if x < 0.85 => 2,
+                    x if x < 0.95 => 3,
+                    _ => self.rng.range(4, 6),
+                };
+                if self.products[candidate].state.available >= quantity {
+                    picked.push((candidate, quantity));
+                } else {
+                    sold_out.push(candidate);
+                }
+            }
+            candidate = pool[self.rng.skewed(pool.len(), 2.0)];
+        }
+        for p in sold_out {
+            self.request_restock(p, true);
+        }
+        if picked.is_empty() {
+            return Ok(()); // a lost sale: everything the customer wanted was sold out
+        }
+
+        let order_id = self.rng.uuid_at(self.now);
+        let customer_id = self.customers[c].id;
+        let decision = place_order(
+            &Order::default(),
+            &self.customers[c].state,
+            picked.iter().map(|&(p, _)| &self.products[p].state),
+            PlaceOrder {
+                order_id,
+                customer_id,
+                lines: picked
+                    .iter()
+                    .map(|&(p, quantity)| PlaceOrderLine {
+                        product_id: self.products[p].id,
+                        quantity,
+                    })
+                    .collect(),
+            },
+        )
+        .map_err(refused("placed an order"))?;
+
+        let correlation = self.correlation();
+        let mut order = Sim::new(order_id);
+        self.out
+            .append(&mut order, decision.order_events, self.now, &correlation);
+        for (product_id, events) in decision.product_events {
+            let Some(&(p, quantity)) = picked.iter().find(|&&(p, _)| self.products[p].id == product_id) else {
+                return Err(SeedError::Unexpected(format!(
+                    "reserved stock of product {product_id}, which is not on the order"
+                )));
+            };
+            self.out.append(&mut self.products[p], events, self.now, &correlation);
+            self.sold_since_restock[p] += quantity;
+            if self.products[p].state.available < LOW_STOCK {
+                self.request_restock(p, false);
+            }
+        }
+        self.stats.orders += 1;
+        self.stats.lines += picked.len() as u64;
+
+        let fate = match self.rng.unit() {
+            x if x < CANCEL_PLACED => Fate::CancelledPlaced,
+            x if x < CANCEL_PLACED + CANCEL_CONFIRMED => Fate::CancelledConfirmed,
+            _ => Fate::Delivered,
+        };
+        let o = self.orders.len();
+        self.orders.push(Some(OrderSim {
+            sim: order,
+            products: picked.iter().map(|&(p, _)| p).collect(),
+            fate,
+        }));
+        if fate == Fate::CancelledPlaced {
+            let after = self.rng.range(10 * 60_000, 2 * DAY_MS);
+            self.schedule(after, Action::Cancel(o));
+        } else {
+            let after = 5 * 60_000 + self.rng.exp(2.0 * HOUR_MS as f64) as i64;
+            self.schedule(after, Action::Confirm(o));
+        }
+        Ok(())
+    }
+
+    /// Decides `command` on order `o` and appends the result.
+    fn transition(&mut self, o: usize, command: impl FnOnce(Uuid) -> OrderCommand) -> Result<Option<Fate>, SeedError> {
+        let Some(order) = self.orders.get_mut(o).and_then(Option::as_mut) else {
+            return Ok(None);
+        };
+        let events = order
+            .sim
+            .state
+            .decide(command(order.sim.id))
+            .map_err(refused("moved an order"))?;
+        let correlation = self.rng.uuid_at(self.now).to_string();
+        self.out.append(&mut order.sim, events, self.now, &correlation);
+        Ok(Some(order.fate))
+    }
+
+    fn confirm(&mut self, o: usize) -> Result<(), SeedError> {
+        match self.transition(o, |order_id| OrderCommand::Confirm { order_id })? {
+            Some(Fate::CancelledConfirmed) => {
+                let after = self.rng.range(30 * 60_000, DAY_MS);
+                self.schedule(after, Action::Cancel(o));
+            }
+            Some(_) => {
+                let after = 4 * HOUR_MS + self.rng.exp(20.0 * HOUR_MS as f64) as i64;
+                self.schedule(after, Action::Ship(o));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn ship(&mut self, o: usize) -> Result<(), SeedError> {
+        let (carrier, tracking) = shipping_label(&mut self.rng);
+        let shipped = self.transition(o, |order_id| OrderCommand::Ship {
+            order_id,
+            carrier,
+            tracking,
+        })?;
+        if shipped.is_some() {
+            let after = DAY_MS + self.rng.exp(1.5 * DAY_MS as f64) as i64;
+            self.schedule(after, Action::Deliver(o));
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, o: usize) -> Result<(), SeedError> {
+        if self
+            .transition(o, |order_id| OrderCommand::Deliver { order_id })?
+            .is_some()
+        {
+            self.stats.delivered += 1;
+        }
+        // Nothing happens to a delivered order any more: free its state.
+        if let Some(slot) = self.orders.get_mut(o) {
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    fn cancel(&mut self, o: usize) -> Result<(), SeedError> {
+        let Some(order) = self.orders.get_mut(o).and_then(Option::take) else {
+            return Ok(());
+        };
+        let OrderSim {
+            sim: mut order_sim,
+            products: lines,
+            ..
+        } = order;
+        let reason = (*self.rng.pick(CANCEL_REASONS)).to_owned();
+        let decision = cancel_order(
+            &order_sim.state,
+            lines.iter().map(|&p| &self.products[p].state),
+            CancelOrder {
+                order_id: order_sim.id,
+                reason,
+            },
+        )
+        .map_err(refused("cancelled an order"))?;
+        let correlation = self.correlation();
+        self.out
+            .append(&mut order_sim, decision.order_events, self.now, &correlation);
+        for (product_id, events) in decision.product_events {
+            let Some(&p) = lines.iter().find(|&&p| self.products[p].id == product_id) else {
+                return Err(SeedError::Unexpected(format!(
+                    "released stock of product {product_id}, which is not on the order"
+                )));
+            };
+            self.out.append(&mut self.products[p], events, self.now, &correlation);
+        }
+        self.stats.cancelled += 1;
+        Ok(())
+    }
+}
+
+fn arrival_index(arrival: Arrival) -> usize {
+    ARRIVALS.iter().position(|a| *a == arrival).unwrap_or(0)
+}
+
+/// The ASCII, lower-case form of a name for an email address (`"Zoë"` → `"zo"`).
+fn handle(name: &str) -> String {
+    let handle: String = name
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if handle.is_empty() {
+        "customer".to_owned()
+    } else {
+        handle
+    }
+}
+
+const FIRST_NAMES: &[&str] = &[
+    "Ada",
+    "Alan",
+    "Amélie",
+    "Anna",
+    "Ben",
+    "Carla",
+    "Chen",
+    "Chloé",
+    "Daniel",
+    "Elena",
+    "Emil",
+    "Fatima",
+    "Felix",
+    "Grace",
+    "Hannah",
+    "Hugo",
+    "Ines",
+    "Isaac",
+    "Jana",
+    "João",
+    "Jonas",
+    "Karim",
+    "Katarzyna",
+    "Lea",
+    "Leon",
+    "Lucía",
+    "Marco",
+    "Maria",
+    "Mateo",
+    "Mia",
+    "Noah",
+    "Nora",
+    "Olga",
+    "Omar",
+    "Paul",
+    "Priya",
+    "Rosa",
+    "Sami",
+    "Sofia",
+    "Tom",
+    "Yuki",
+    "Zoë",
+];
+
+const LAST_NAMES: &[&str] = &[
+    "Andersen",
+    "Bauer",
+    "Becker",
+    "Costa",
+    "Dubois",
+    "Fischer",
+    "García",
+    "Hansen",
+    "Hoffmann",
+    "Ivanova",
+    "Jansen",
+    "Kowalski",
+    "Lambert",
+    "Lopez",
+    "Martin",
+    "Meyer",
+    "Moreau",
+    "Müller",
+    "Nielsen",
+    "Novak",
+    "Peeters",
+    "Petit",
+    "Rossi",
+    "Schmidt",
+    "Schneider",
+    "Silva",
+    "Smith",
+    "Svensson",
+    "Wagner",
+    "Weber",
+    "Wójcik",
+    "Yilmaz",
+];
+
+const EMAIL_DOMAINS: &[&str] = &[
+    "example.com",
+    "example.org",
+    "example.net",
+    "mail.example.com",
+    "shop.example",
+];
+
+const ADJECTIVES: &[&str] = &[
+    "Organic",
+    "Classic",
+    "Compact",
+    "Deluxe",
+    "Eco",
+    "Everyday",
+    "Handmade",
+    "Large",
+    "Lightweight",
+    "Mini",
+    "Premium",
+    "Recycled",
+    "Small",
+    "Smart",
+    "Sturdy",
+    "Travel",
+    "Vintage",
+    "Waterproof",
+    "Wireless",
+    "Wooden",
+];
+
+const NOUNS: &[&str] = &[
+    "Backpack",
+    "Blanket",
+    "Bottle",
+    "Candle",
+    "Chair",
+    "Coffee",
+    "Cup",
+    "Desk Lamp",
+    "Headphones",
+    "Jacket",
+    "Kettle",
+    "Keyboard",
+    "Lamp",
+    "Mug",
+    "Notebook",
+    "Pan",
+    "Pillow",
+    "Plant Pot",
+    "Scarf",
+    "Sneakers",
+    "Speaker",
+    "Tea",
+    "Teapot",
+    "Towel",
+    "Umbrella",
+    "Wallet",
+    "Watch",
+];
+
+/// A carrier and a tracking number of its form.
+pub fn shipping_label(rng: &mut Rng) -> (String, String) {
+    let &(carrier, prefix, digits) = rng.pick(CARRIERS);
+    let mut tracking = prefix.to_owned();
+    for _ in 0..digits {
+        tracking.push(char::from(b'0' + rng.below(10) as u8));
+    }
+    (carrier.to_owned(), tracking)
+}
+
+/// Carrier, tracking prefix, digits after it.
+const CARRIERS: &[(&str, &str, usize)] = &[
+    ("DHL", "JJD", 12),
+    ("UPS", "1Z", 16),
+    ("DPD", "0", 13),
+    ("GLS", "", 11),
+    ("FedEx", "", 12),
+    ("PostNL", "3S", 13),
+    ("La Poste", "6A", 11),
+];
+
+pub const CANCEL_REASONS: &[&str] = &[
+    "customer changed their mind",
+    "payment failed",
+    "duplicate order",
+    "delivery date too late",
+    "address could not be verified",
+    "ordered the wrong size",
+    "found a better price elsewhere",
+];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use event_schemas::{CustomerEvent, OrderEvent, ProductEvent, parse_stream_id};
+    use event_store::{RecordedEvent, SqliteEventStore, StoreOptions};
+    use write_side::domain::DomainError;
+
+    use super::*;
+
+    /// A SQLite store in a temporary file, deleted when dropped.
+    struct TempStore {
+        store: SqliteEventStore,
+        path: PathBuf,
+    }
+
+    impl TempStore {
+        async fn new() -> Self {
+            let path = std::env::temp_dir().join(format!("orderflow-seed-{}.db", Uuid::new_v4().simple()));
+            let pool = sqlx::SqlitePool::connect_with(SqliteEventStore::connect_options(&path))
+                .await
+                .expect("open SQLite");
+            SqliteEventStore::migrate(&pool).await.expect("migrate");
+            let store = SqliteEventStore::open(pool, StoreOptions::default())
+                .await
+                .expect("store");
+            TempStore { store, path }
+        }
+
+        async fn everything(&self) -> Vec<RecordedEvent> {
+            let mut all = Vec::new();
+            loop {
+                let after = all.last().map_or(0, |e: &RecordedEvent| e.position);
+                let page = self.store.read_all(after, 5_000).await.expect("read_all");
+                if page.is_empty() {
+                    return all;
+                }
+                all.extend(page);
+            }
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn options(events: u64, seed: u64) -> SeedOptions {
+        SeedOptions {
+            events,
+            days: 21,
+            seed,
+            customers: 600,
+            products: 120,
+            batch_events: 2_000,
+            ..SeedOptions::default()
+        }
+    }
+
+    /// Where the events of one simulated action went: (product, order) → (quantity, commit
+    /// time, simulated time).
+    type Moves = HashMap<(Uuid, Uuid), (i64, DateTime<Utc>, DateTime<Utc>)>;
+
+    #[tokio::test]
+    async fn twenty_thousand_events_are_a_valid_shop_history() {
+        let temp = TempStore::new().await;
+        let options = options(20_000, 7);
+        let mut reported = Vec::new();
+        let report = seed(&temp.store, &options, |n| reported.push(n)).await.expect("seed");
+        let events = temp.everything().await;
+        eprintln!("{report:?}");
+
+        // The count is what was asked for, give or take one action; progress only grows.
+        assert_eq!(events.len() as u64, report.events);
+        assert!(
+            (20_000..20_100).contains(&report.events),
+            "{} events for a target of 20000 ({report:?})",
+            report.events
+        );
+        assert!(reported.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(reported.last(), Some(&report.events));
+        assert!(report.commits >= 10, "{report:?}");
+        // The budget lasts about the whole window.
+        assert!(report.simulated_days > 18.0, "{report:?}");
+
+        // Versions are contiguous per stream, simulated time never goes back within a stream and
+        // stays inside the window.
+        let end = options.start + chrono::Duration::days(i64::from(options.days));
+        let mut versions: HashMap<&str, (u64, DateTime<Utc>)> = HashMap::new();
+        for e in &events {
+            let (version, at) = versions.entry(&e.stream_id).or_insert((0, options.start));
+            assert_eq!(e.stream_version, *version + 1, "{} is not contiguous", e.stream_id);
+            assert!(e.occurred_at >= *at, "{} goes back in time", e.stream_id);
+            assert!(e.occurred_at < end);
+            *version = e.stream_version;
+            *at = e.occurred_at;
+        }
+
+        // Every event decodes and belongs to the stream it is in.
+        let decoded: Vec<DomainEvent> = events
+            .iter()
+            .map(|e| {
+                let event = event_schemas::decode(&e.event_type, e.schema_version, &e.payload).expect("decodes");
+                assert_eq!(event.stream_id(), e.stream_id);
+                parse_stream_id(&e.stream_id).expect("canonical stream id");
+                event
+            })
+            .collect();
+
+        // Reservations and releases, by (product, order).
+        let mut reserved = Moves::new();
+        let mut released = Moves::new();
+        for (e, event) in events.iter().zip(&decoded) {
+            match event {
+                DomainEvent::Product(ProductEvent::StockReserved(r)) => {
+                    let old = reserved.insert((r.product_id, r.order_id), (r.quantity, e.recorded_at, e.occurred_at));
+                    assert!(old.is_none(), "reserved twice");
+                }
+                DomainEvent::Product(ProductEvent::StockReleased(r)) => {
+                    let old = released.insert((r.product_id, r.order_id), (r.quantity, e.recorded_at, e.occurred_at));
+                    assert!(old.is_none(), "released twice");
+                }
+                _ => {}
+            }
+        }
+
+        // Replay the log in simulated order through the write side's own decisions: each stored
+        // event must be exactly what the domain decides from the state before it.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by_key(|&i| (events[i].occurred_at, events[i].position));
+        let mut customers: HashMap<Uuid, Customer> = HashMap::new();
+        let mut products: HashMap<Uuid, Product> = HashMap::new();
+        let mut orders: HashMap<Uuid, Order> = HashMap::new();
+        let mut stocked: HashMap<Uuid, i64> = HashMap::new();
+        let (mut renames, mut email_changes, mut price_changes, mut restocks, mut usd) = (0, 0, 0, 0, 0_usize);
+        let (mut placed, mut cancelled, mut delivered) = (0_u64, 0_u64, 0_u64);
+        for i in order {
+            let (recorded, event) = (&events[i], &decoded[i]);
+            let same_action = |moves: &Moves, product_id: Uuid, order_id: Uuid, quantity: i64| {
+                let found = moves.get(&(product_id, order_id));
+                assert_eq!(
+                    found,
+                    Some(&(quantity, recorded.recorded_at, recorded.occurred_at)),
+                    "order {order_id}: product {product_id} not moved in the same commit"
+                );
+            };
+            match event {
+                DomainEvent::Customer(e) => {
+                    let state = customers.entry(e.customer_id()).or_default();
+                    let command = match e {
+                        CustomerEvent::Registered(r) => CustomerCommand::Register {
+                            customer_id: r.customer_id,
+                            name: r.name.clone(),
+                            email: r.email.clone(),
+                        },
+                        CustomerEvent::Renamed(r) => {
+                            renames += 1;
+                            CustomerCommand::Rename {
+                                customer_id: r.customer_id,
+                                name: r.name.clone(),
+                            }
+                        }
+                        CustomerEvent::EmailChanged(r) => {
+                            email_changes += 1;
+                            CustomerCommand::ChangeEmail {
+                                customer_id: r.customer_id,
+                                email: r.email.clone(),
+                            }
+                        }
+                    };
+                    assert_eq!(state.decide(command), Ok(vec![e.clone()]));
+                    *state = std::mem::take(state).evolve(e);
+                }
+                DomainEvent::Product(e) => {
+                    let state = products.entry(e.product_id()).or_default();
+                    let command = match e {
+                        ProductEvent::Added(r) => {
+                            usd += usize::from(r.price.currency == Currency::USD);
+                            *stocked.entry(r.product_id).or_default() += r.stock;
+                            ProductCommand::Add {
+                                product_id: r.product_id,
+                                sku: r.sku.clone(),
+                                name: r.name.clone(),
+                                price_minor: r.price.amount_minor,
+                                currency: r.price.currency.to_string(),
+                                stock: r.stock,
+                            }
+                        }
+                        ProductEvent::PriceChanged(r) => {
+                            price_changes += 1;
+                            ProductCommand::ChangePrice {
+                                product_id: r.product_id,
+                                price_minor: r.price.amount_minor,
+                            }
+                        }
+                        ProductEvent::Restocked(r) => {
+                            restocks += 1;
+                            *stocked.entry(r.product_id).or_default() += r.quantity;
+                            ProductCommand::Restock {
+                                product_id: r.product_id,
+                                quantity: r.quantity,
+                            }
+                        }
+                        ProductEvent::StockReserved(r) => ProductCommand::ReserveStock {
+                            product_id: r.product_id,
+                            order_id: r.order_id,
+                            quantity: r.quantity,
+                        },
+                        ProductEvent::StockReleased(r) => ProductCommand::ReleaseStock {
+                            product_id: r.product_id,
+                            order_id: r.order_id,
+                        },
+                    };
+                    // Reserving more than is available would be InsufficientStock here.
+                    assert_eq!(state.decide(command), Ok(vec![e.clone()]));
+                    *state = std::mem::take(state).evolve(e);
+                    assert!(state.available >= 0, "negative stock: {state:?}");
+                }
+                DomainEvent::Order(OrderEvent::Placed(p)) => {
+                    placed += 1;
+                    assert!((1..=4).contains(&p.lines.len()));
+                    let total: i64 = p.lines.iter().map(|l| l.quantity * l.unit_price_minor).sum();
+                    assert_eq!(p.total_minor, total);
+                    let customer = customers
+                        .get(&p.customer_id)
+                        .expect("customer registered before ordering");
+                    // The products as they were before this order's own reservations.
+                    let before: Vec<Product> = p
+                        .lines
+                        .iter()
+                        .map(|l| {
+                            let mut product = products.get(&l.product_id).expect("product added").clone();
+                            if let Some(held) = product.reservations.remove(&p.order_id) {
+                                product.available += held;
+                            }
+                            product
+                        })
+                        .collect();
+                    let state = orders.entry(p.order_id).or_default();
+                    let decision = place_order(
+                        state,
+                        customer,
+                        &before,
+                        PlaceOrder {
+                            order_id: p.order_id,
+                            customer_id: p.customer_id,
+                            lines: p
+                                .lines
+                                .iter()
+                                .map(|l| PlaceOrderLine {
+                                    product_id: l.product_id,
+                                    quantity: l.quantity,
+                                })
+                                .collect(),
+                        },
+                    )
+                    .expect("a legal placement");
+                    assert_eq!(decision.order_events, vec![OrderEvent::Placed(p.clone())]);
+                    for line in &p.lines {
+                        same_action(&reserved, line.product_id, p.order_id, line.quantity);
+                    }
+                    *state = std::mem::take(state).evolve(&OrderEvent::Placed(p.clone()));
+                }
+                DomainEvent::Order(e) => {
+                    let state = orders.get_mut(&e.order_id()).expect("placed before anything else");
+                    let order_id = e.order_id();
+                    let decided: Result<Vec<OrderEvent>, DomainError> = match e {
+                        OrderEvent::Confirmed(_) => state.decide(OrderCommand::Confirm { order_id }),
+                        OrderEvent::Shipped(s) => state.decide(OrderCommand::Ship {
+                            order_id,
+                            carrier: s.carrier.clone(),
+                            tracking: s.tracking.clone(),
+                        }),
+                        OrderEvent::Delivered(_) => {
+                            delivered += 1;
+                            state.decide(OrderCommand::Deliver { order_id })
+                        }
+                        OrderEvent::Cancelled(c) => {
+                            cancelled += 1;
+                            for line in &state.lines {
+                                same_action(&released, line.product_id, order_id, line.quantity);
+                            }
+                            state.decide(OrderCommand::Cancel {
+                                order_id,
+                                reason: c.reason.clone(),
+                            })
+                        }
+                        OrderEvent::Placed(_) => unreachable!("handled above"),
+                    };
+                    assert_eq!(decided, Ok(vec![e.clone()]), "illegal transition of {order_id}");
+                    *state = std::mem::take(state).evolve(e);
+                }
+                DomainEvent::Payment(_) => panic!("the seeder writes no payments"),
+            }
+        }
+
+        // Stock is conserved: what came in is available or held by an order.
+        for (id, product) in &products {
+            assert_eq!(product.available + product.reserved(), stocked[id], "product {id}");
+        }
+        // A shop, not noise: the counts the report gives, and a bit of everything.
+        assert_eq!(placed, report.orders);
+        assert_eq!(cancelled, report.cancelled);
+        assert_eq!(delivered, report.delivered);
+        assert_eq!(customers.len() as u64, report.customers);
+        assert_eq!(products.len() as u64, report.products);
+        let cancelled_share = cancelled as f64 / placed as f64;
+        assert!(
+            (0.04..0.13).contains(&cancelled_share),
+            "{cancelled} of {placed} cancelled"
+        );
+        assert!(
+            delivered as f64 > 0.6 * placed as f64,
+            "{delivered} of {placed} delivered"
+        );
+        assert!(renames > 10 && email_changes > 10 && price_changes > 10 && restocks > 10);
+        assert!(usd > 0 && usd < products.len() / 2);
+        assert!(released.len() < reserved.len());
+    }
+
+    #[tokio::test]
+    async fn the_same_seed_gives_the_same_history() {
+        let (a, b, c) = (TempStore::new().await, TempStore::new().await, TempStore::new().await);
+        seed(&a.store, &options(3_000, 11), |_| {}).await.expect("seed a");
+        seed(&b.store, &options(3_000, 11), |_| {}).await.expect("seed b");
+        seed(&c.store, &options(3_000, 12), |_| {}).await.expect("seed c");
+        let key = |e: RecordedEvent| (e.stream_id, e.stream_version, e.event_id, e.payload, e.occurred_at);
+        let a: Vec<_> = a.everything().await.into_iter().map(key).collect();
+        let b: Vec<_> = b.everything().await.into_iter().map(key).collect();
+        let c: Vec<_> = c.everything().await.into_iter().map(key).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}
