@@ -44,6 +44,10 @@ pub enum StoreError {
     Closed,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// An adapter that is not SQL failed (crate `event-store-kurrentdb`): its own error, which
+    /// says what it was doing, is the source. Like `Database`: retry later, 503.
+    #[error("event store backend error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -4,8 +4,8 @@
 //! - [`EventStore`] (`store`): the contract, one trait for every adapter.
 //! - [`PgEventStore`] (`postgres`): PostgreSQL, the distributed deployment's store.
 //! - [`SqliteEventStore`] (`sqlite`): one SQLite file, the embedded default.
-//! - `KurrentDbEventStore` (`kurrentdb`, feature `kurrentdb`): a KurrentDB server; single-stream
-//!   commits only, and what else differs is in its module doc and ADR 0006.
+//! - The KurrentDB adapter is not here: it is the separate crate `event-store-kurrentdb`, outside
+//!   the workspace, on this crate's trait and types (ADR 0006).
 //! - [`Subscription`] (`subscription`): catch up on the global log, then follow it live.
 //! - [`PgLease`] (`lease`): one leader among processes sharing a PostgreSQL store (the relay).
 //! - `group_commit` and `plan`: how concurrent commits share one transaction while each keeps its
@@ -26,8 +26,6 @@
 
 mod error;
 mod group_commit;
-#[cfg(feature = "kurrentdb")]
-mod kurrentdb;
 mod lease;
 mod model;
 mod plan;
@@ -36,8 +34,6 @@ mod sqlite;
 mod store;
 mod subscription;
 
-#[cfg(feature = "kurrentdb")]
-pub use self::kurrentdb::{KurrentDbEventStore, KurrentDbOptions};
 pub use error::{AppendError, StoreError};
 pub use lease::PgLease;
 pub use model::{
@@ -48,6 +44,14 @@ pub use postgres::{APPEND_LOCK, NOTIFY_CHANNEL, PgEventStore, WRITER_APPLICATION
 pub use sqlite::SqliteEventStore;
 pub use store::EventStore;
 pub use subscription::Subscription;
+
+/// Checks what every adapter checks before it writes anything: at least one append, no empty
+/// append, and stream ids, event types and the idempotency key within their lengths. Public for
+/// adapters outside this crate (`event-store-kurrentdb`), so that they refuse exactly what these
+/// refuse.
+pub fn validate_commit(commit: &Commit) -> Result<(), AppendError> {
+    plan::validate(commit)
+}
 
 /// Tuning for an adapter's writer.
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,25 @@
-//! The KurrentDB adapter (feature `kurrentdb`, ADR 0006): the store's contract on a KurrentDB
-//! server through its gRPC client (crate `kurrentdb` 1.2), as far as KurrentDB can give it.
+//! The KurrentDB adapter of orderflow's event store (ADR 0006): the contract of
+//! [`event_store::EventStore`] on a KurrentDB server through its gRPC client (crate `kurrentdb`
+//! 1.2), as far as KurrentDB can give it. A crate of its own, outside the workspace, so that the
+//! workspace's builds never compile the client (tonic, rustls, aws-lc). No binary selects it yet.
+//!
+//! Map of this file, top to bottom:
+//! - [`KurrentDbOptions`] and [`KurrentDbEventStore`]: connecting, and the task (`follow`) that
+//!   turns other processes' commits into [`changes`](EventStore::changes) signals.
+//! - `Names`: where a store's streams live on the server (its namespace, its own `_orderflow.`
+//!   streams) and the server-side filter of `$all` that keeps only domain streams.
+//! - Records: `EventMeta` (our fields of an event, in KurrentDB's user metadata), `StoredEvent`,
+//!   `KeyRecord` (an idempotency key's intent and outcome), `CheckpointRecord`, `SnapshotRecord`.
+//! - The write path: `validate`, `send`, `read_back`, `append_once`, and the idempotency
+//!   protocol (`commit_with_key`, `apply`, `settle`, `record_outcome`).
+//! - The adapter's own streams: `append_record`, `read_last`, `keep_only`, snapshots.
+//! - `impl EventStore for KurrentDbEventStore`: the trait, where [`KurrentDbError`] becomes
+//!   [`StoreError`] (or, in a commit, [`AppendError::Store`]).
+//! - Reads of `$all` (`read_all_from`, `read_head`, `read_log_end`) and the mappings between
+//!   KurrentDB's events, revisions and times and ours.
+//! - [`KurrentDbError`]: this adapter's errors.
+//! - Tests: pure ones, and two of the idempotency recovery against a server (compiled only when
+//!   `KURRENTDB_URL` is set, see `build.rs`). The contract suite is `tests/contract.rs`.
 //!
 //! What maps natively:
 //! - A stream is the KurrentDB stream of the same name (behind [`KurrentDbOptions::namespace`]).
@@ -31,34 +51,35 @@
 //!   (KurrentDB's) or `_` (ours) are never domain streams: reads of `$all` filter them out on the
 //!   server, and appends to such names are refused.
 //! - `changes()` moves with this process's own commits at once, and with other processes' within
-//!   [`FOLLOW_POLL`]: a task reads `$all` forward from the known head. Not a `subscribe_to_all`
-//!   task: the 1.2 client's subscription, when the server ends the stream cleanly, polls the
-//!   finished stream again without ever yielding (`Subscription::next_subscription_event`), which
-//!   would pin a runtime worker for good.
+//!   `FOLLOW_POLL` (200 ms): a task reads `$all` forward from the known head. Not a
+//!   `subscribe_to_all` task: the 1.2 client's subscription, when the server ends the stream
+//!   cleanly, polls the finished stream again without ever yielding
+//!   (`Subscription::next_subscription_event`), which would pin a runtime worker for good.
 //!
-//! Errors of the client travel as `StoreError::Database(sqlx::Error::Io(..))`, the only variant
-//! of [`StoreError`] that says "the database failed"; the KurrentDB error is in the source chain.
+//! Errors: everything inside the adapter fails with [`KurrentDbError`], which wraps the client's
+//! error with what the adapter was doing. At the trait boundary it becomes
+//! [`StoreError::Backend`] (the `KurrentDbError` is its source), except inconsistent stored data,
+//! which stays [`StoreError::Corrupt`] as in the other adapters.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::kurrentdb::{
-    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, ReadAllOptions, ReadStreamOptions,
-    ResolvedEvent, StreamMetadata, StreamPosition, StreamState, SubscriptionFilter,
-};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use event_store::{
+    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, ExpectedVersion, IdempotencyKey,
+    IdempotentResult, NewEvent, Position, RecordedEvent, Snapshot, StoreError, StreamAppend, Until,
+};
+use kurrentdb::{
+    AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, ReadAllOptions, ReadStreamOptions,
+    ResolvedEvent, StreamMetadata, StreamPosition, StreamState, SubscriptionFilter,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
-
-use crate::{
-    AppendError, AppendResult, Commit, Committed, EventMetadata, EventStore, ExpectedVersion, IdempotencyKey,
-    IdempotentResult, NewEvent, Position, RecordedEvent, Snapshot, StoreError, StreamAppend, Until,
-};
 
 /// Prefix of the streams this adapter keeps for itself (keys, checkpoints, snapshots).
 const INTERNAL: &str = "_orderflow.";
@@ -123,16 +144,14 @@ impl KurrentDbEventStore {
     /// (`kurrentdb://admin:changeit@localhost:2113?tls=false`). The user must be allowed to read
     /// `$all`. Reads the head and starts the task that follows `$all`, so it must be called inside
     /// a Tokio runtime; an unreachable server is an error here, not at the first command.
-    pub async fn connect(url: &str, options: KurrentDbOptions) -> Result<Self, StoreError> {
-        let settings: ClientSettings = url
-            .parse()
-            .map_err(|e: ::kurrentdb::ClientSettingsParseError| configuration(Box::new(e)))?;
-        let client = Client::new(settings).map_err(|e| configuration(e.into()))?;
+    pub async fn connect(url: &str, options: KurrentDbOptions) -> Result<Self, KurrentDbError> {
+        let settings: ClientSettings = url.parse().map_err(KurrentDbError::ConnectionString)?;
+        let client = Client::new(settings).map_err(|e| KurrentDbError::ClientSetup(e.into()))?;
         Self::open(client, options).await
     }
 
     /// A store on an existing client (see [`connect`](Self::connect)).
-    pub async fn open(client: Client, options: KurrentDbOptions) -> Result<Self, StoreError> {
+    pub async fn open(client: Client, options: KurrentDbOptions) -> Result<Self, KurrentDbError> {
         let names = Arc::new(Names::new(options.namespace)?);
         let head = read_head(&client, &names).await?;
         // Where the follower starts: the head, or for a namespace without events the end of the
@@ -185,7 +204,7 @@ async fn follow(client: Client, names: Arc<Names>, head: watch::Sender<Position>
             }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(error = %e, "following KurrentDB $all failed; retrying every second");
+                    tracing::warn!(error = ?e, "following KurrentDB $all failed; retrying every second");
                 }
                 failing = true;
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -216,11 +235,9 @@ struct Names {
 }
 
 impl Names {
-    fn new(namespace: String) -> Result<Self, StoreError> {
+    fn new(namespace: String) -> Result<Self, KurrentDbError> {
         if !namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(configuration(
-                format!("KurrentDB namespace {namespace:?} may hold only letters, digits and '-'").into(),
-            ));
+            return Err(KurrentDbError::Namespace(namespace));
         }
         let prefix = if namespace.is_empty() {
             String::new()
@@ -305,7 +322,7 @@ impl From<&NewEvent> for StoredEvent {
 }
 
 impl StoredEvent {
-    fn to_event_data(&self) -> Result<EventData, StoreError> {
+    fn to_event_data(&self) -> Result<EventData, KurrentDbError> {
         let meta = EventMeta {
             schema_version: self.schema_version,
             occurred_at_us: self.occurred_at_us,
@@ -313,7 +330,7 @@ impl StoredEvent {
             causation_id: self.causation_id.clone(),
             actor: self.actor.clone(),
         };
-        let meta = serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt(format!("event metadata: {e}")))?;
+        let meta = serde_json::to_vec(&meta).map_err(|e| KurrentDbError::Corrupt(format!("event metadata: {e}")))?;
         Ok(EventData::binary(&self.event_type, Bytes::from(self.payload.clone()))
             .id(self.event_id)
             .metadata(Bytes::from(meta)))
@@ -376,7 +393,7 @@ struct Last<T> {
 impl KurrentDbEventStore {
     /// Checks what can be checked before anything is sent.
     fn validate(&self, commit: &Commit) -> Result<(), AppendError> {
-        crate::plan::validate(commit)?;
+        event_store::validate_commit(commit)?;
         if commit.appends.len() > 1 {
             let streams: Vec<&str> = commit.appends.iter().map(|a| a.stream_id.as_str()).collect();
             return Err(AppendError::Unsupported(format!(
@@ -409,7 +426,7 @@ impl KurrentDbEventStore {
         stream_id: &str,
         state: StreamState,
         events: &[StoredEvent],
-    ) -> Result<Result<u64, u64>, StoreError> {
+    ) -> Result<Result<u64, u64>, KurrentDbError> {
         let data = events
             .iter()
             .map(StoredEvent::to_event_data)
@@ -423,7 +440,7 @@ impl KurrentDbEventStore {
             .await
         {
             Ok(written) => Ok(Ok(written.next_expected_version)),
-            Err(::kurrentdb::Error::WrongExpectedVersion { current, .. }) => Ok(Err(version_of(current))),
+            Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => Ok(Err(version_of(current))),
             Err(e) => Err(failed(format!("appending to {stream_id}"), e)),
         }
     }
@@ -435,13 +452,13 @@ impl KurrentDbEventStore {
         stream_id: &str,
         first_revision: u64,
         events: &[StoredEvent],
-    ) -> Result<AppendResult, StoreError> {
+    ) -> Result<AppendResult, KurrentDbError> {
         let read = self
             .read_domain(stream_id, forwards_from(first_revision, events.len()))
             .await?;
         let same = read.len() == events.len() && read.iter().zip(events).all(|(r, e)| r.event_id == e.event_id);
         let Some(last) = read.last().filter(|_| same) else {
-            return Err(StoreError::Corrupt(format!(
+            return Err(KurrentDbError::Corrupt(format!(
                 "{stream_id} does not hold the {} events just appended at revision {first_revision}",
                 events.len()
             )));
@@ -472,7 +489,7 @@ impl KurrentDbEventStore {
             }
         };
         let first_revision = (last_revision + 1).checked_sub(events.len() as u64).ok_or_else(|| {
-            StoreError::Corrupt(format!(
+            KurrentDbError::Corrupt(format!(
                 "append to {} answered revision {last_revision}",
                 append.stream_id
             ))
@@ -524,7 +541,7 @@ impl KurrentDbEventStore {
 
             // The stream must be where the caller expects before the key is claimed, so an intent
             // always names the version the stream is at or has already passed.
-            let version = self.stream_version(&append.stream_id).await?;
+            let version = self.version(&append.stream_id).await?;
             if !append.expected.matches(version) {
                 return Err(AppendError::WrongExpectedVersion {
                     stream_id: append.stream_id,
@@ -569,7 +586,7 @@ impl KurrentDbEventStore {
     }
 
     /// Sends an intent's append: exactly these events right after `version`.
-    async fn apply(&self, stream_id: &str, version: u64, events: &[StoredEvent]) -> Result<Outcome, StoreError> {
+    async fn apply(&self, stream_id: &str, version: u64, events: &[StoredEvent]) -> Result<Outcome, KurrentDbError> {
         match self
             .send(stream_id, stream_state(ExpectedVersion::Exact(version)), events)
             .await?
@@ -586,7 +603,7 @@ impl KurrentDbEventStore {
         intent: &KeyRecord,
         intent_revision: u64,
         created: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), KurrentDbError> {
         let KeyRecord::Intent {
             request_hash,
             stream_id,
@@ -607,7 +624,7 @@ impl KurrentDbEventStore {
             }
             // Another event took that place: this append can never happen.
             Some(_) => Outcome::Conflict {
-                actual: self.stream_version(stream_id).await?,
+                actual: self.version(stream_id).await?,
             },
             // Not yet. Its writer may still be sending it; once it has certainly given up,
             // send the same append (applied at most once, whoever sends it).
@@ -629,7 +646,7 @@ impl KurrentDbEventStore {
         intent_revision: u64,
         request_hash: &[u8],
         outcome: &Outcome,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), KurrentDbError> {
         let record = match outcome {
             Outcome::Appended(result) => KeyRecord::Done {
                 request_hash: request_hash.to_vec(),
@@ -656,9 +673,9 @@ impl KurrentDbEventStore {
         state: StreamState,
         event_type: &str,
         record: &T,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<u64>, KurrentDbError> {
         let data =
-            EventData::json(event_type, record).map_err(|e| StoreError::Corrupt(format!("{event_type}: {e}")))?;
+            EventData::json(event_type, record).map_err(|e| KurrentDbError::Corrupt(format!("{event_type}: {e}")))?;
         self.append_internal(stream, state, data).await
     }
 
@@ -667,13 +684,13 @@ impl KurrentDbEventStore {
         stream: &str,
         state: StreamState,
         data: EventData,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<u64>, KurrentDbError> {
         let options = AppendToStreamOptions::default()
             .stream_state(state)
             .requires_leader(true);
         match self.client.append_to_stream(stream, &options, data).await {
             Ok(written) => Ok(Some(written.next_expected_version)),
-            Err(::kurrentdb::Error::WrongExpectedVersion { .. }) => Ok(None),
+            Err(kurrentdb::Error::WrongExpectedVersion { .. }) => Ok(None),
             Err(e) => Err(failed(format!("appending to {stream}"), e)),
         }
     }
@@ -692,13 +709,13 @@ impl KurrentDbEventStore {
     }
 
     /// The last record of one of the adapter's own streams, if it has any.
-    async fn read_last<T: DeserializeOwned>(&self, stream: &str) -> Result<Option<Last<T>>, StoreError> {
+    async fn read_last<T: DeserializeOwned>(&self, stream: &str) -> Result<Option<Last<T>>, KurrentDbError> {
         let events = self.read_raw(stream, backwards_from_end(1)).await?;
         let Some(e) = events.first().and_then(|e| e.event.as_ref()) else {
             return Ok(None);
         };
         let record = serde_json::from_slice(&e.data)
-            .map_err(|err| StoreError::Corrupt(format!("record {} of {stream}: {err}", e.revision)))?;
+            .map_err(|err| KurrentDbError::Corrupt(format!("record {} of {stream}: {err}", e.revision)))?;
         Ok(Some(Last {
             record,
             revision: e.revision,
@@ -707,10 +724,10 @@ impl KurrentDbEventStore {
     }
 
     /// A stream's events as KurrentDB answers them; a missing stream has none.
-    async fn read_raw(&self, stream: &str, options: ReadStreamOptions) -> Result<Vec<ResolvedEvent>, StoreError> {
+    async fn read_raw(&self, stream: &str, options: ReadStreamOptions) -> Result<Vec<ResolvedEvent>, KurrentDbError> {
         let mut read = match self.client.read_stream(stream, &options).await {
             Ok(read) => read,
-            Err(::kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+            Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
             Err(e) => return Err(failed(format!("reading {stream}"), e)),
         };
         let mut events = Vec::new();
@@ -718,14 +735,29 @@ impl KurrentDbEventStore {
             match read.next().await {
                 Ok(Some(e)) => events.push(e),
                 Ok(None) => return Ok(events),
-                Err(::kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+                Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
                 Err(e) => return Err(failed(format!("reading {stream}"), e)),
             }
         }
     }
 
+    /// A domain stream's version: the number of events in it (0 for no stream).
+    async fn version(&self, stream_id: &str) -> Result<u64, KurrentDbError> {
+        let last = self
+            .read_raw(&self.names.stream(stream_id), backwards_from_end(1))
+            .await?;
+        Ok(last
+            .first()
+            .and_then(|e| e.event.as_ref())
+            .map_or(0, |e| e.revision + 1))
+    }
+
     /// A domain stream's events, as the store answers them.
-    async fn read_domain(&self, stream_id: &str, options: ReadStreamOptions) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_domain(
+        &self,
+        stream_id: &str,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, KurrentDbError> {
         self.read_raw(&self.names.stream(stream_id), options)
             .await?
             .iter()
@@ -735,7 +767,7 @@ impl KurrentDbEventStore {
 
     /// The snapshots a stream still holds, newest first (up to the last "cleared" marker), and
     /// the revision of its last record.
-    async fn live_snapshots(&self, stream: &str) -> Result<(Vec<Snapshot>, Option<u64>), StoreError> {
+    async fn live_snapshots(&self, stream: &str) -> Result<(Vec<Snapshot>, Option<u64>), KurrentDbError> {
         let events = self
             .read_raw(stream, backwards_from_end(SNAPSHOTS_KEPT as usize))
             .await?;
@@ -746,7 +778,7 @@ impl KurrentDbEventStore {
                 break;
             }
             let record: SnapshotRecord = serde_json::from_slice(&e.custom_metadata)
-                .map_err(|err| StoreError::Corrupt(format!("snapshot {} of {stream}: {err}", e.revision)))?;
+                .map_err(|err| KurrentDbError::Corrupt(format!("snapshot {} of {stream}: {err}", e.revision)))?;
             snapshots.push(Snapshot {
                 stream_id: record.stream_id,
                 version: record.version,
@@ -761,7 +793,7 @@ impl KurrentDbEventStore {
     }
 
     /// Marks a snapshot stream cleared; answers how many snapshots that removed.
-    async fn clear_snapshots(&self, stream: &str) -> Result<u64, StoreError> {
+    async fn clear_snapshots(&self, stream: &str) -> Result<u64, KurrentDbError> {
         loop {
             let (live, last_revision) = self.live_snapshots(stream).await?;
             let Some(last_revision) = last_revision.filter(|_| !live.is_empty()) else {
@@ -801,8 +833,9 @@ impl EventStore for KurrentDbEventStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.read_domain(stream_id, forwards_from(from_version.saturating_sub(1), limit))
-            .await
+        Ok(self
+            .read_domain(stream_id, forwards_from(from_version.saturating_sub(1), limit))
+            .await?)
     }
 
     async fn read_stream_until(
@@ -825,25 +858,17 @@ impl EventStore for KurrentDbEventStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        read_all_from(&self.client, &self.names.domain_filter(), after, limit)
-            .await?
-            .iter()
-            .map(|e| recorded(&self.names, e))
-            .collect()
+        let events = read_all_from(&self.client, &self.names.domain_filter(), after, limit).await?;
+        let events: Result<Vec<_>, KurrentDbError> = events.iter().map(|e| recorded(&self.names, e)).collect();
+        Ok(events?)
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {
-        read_head(&self.client, &self.names).await
+        Ok(read_head(&self.client, &self.names).await?)
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
-        let last = self
-            .read_raw(&self.names.stream(stream_id), backwards_from_end(1))
-            .await?;
-        Ok(last
-            .first()
-            .and_then(|e| e.event.as_ref())
-            .map_or(0, |e| e.revision + 1))
+        Ok(self.version(stream_id).await?)
     }
 
     fn changes(&self) -> watch::Receiver<Position> {
@@ -903,7 +928,7 @@ impl EventStore for KurrentDbEventStore {
             state_type: s.state_type.clone(),
             state_version: s.state_version,
         };
-        let meta = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))?;
+        let meta = serde_json::to_vec(&record).map_err(|e| KurrentDbError::Corrupt(format!("snapshot: {e}")))?;
         loop {
             let (live, last_revision) = self.live_snapshots(&stream).await?;
             if live.iter().any(|l| l.version == s.version) {
@@ -936,7 +961,7 @@ impl EventStore for KurrentDbEventStore {
 
     async fn delete_snapshots(&self, stream_id: Option<&str>) -> Result<u64, StoreError> {
         if let Some(stream_id) = stream_id {
-            return self.clear_snapshots(&self.names.snapshot(stream_id)).await;
+            return Ok(self.clear_snapshots(&self.names.snapshot(stream_id)).await?);
         }
         // Every snapshot stream of this namespace: found by scanning `$all` (filtered on the
         // server), which grows with the log. An administrative operation.
@@ -970,11 +995,11 @@ async fn read_all_from(
     filter: &SubscriptionFilter,
     after: Position,
     limit: usize,
-) -> Result<Vec<ResolvedEvent>, StoreError> {
+) -> Result<Vec<ResolvedEvent>, KurrentDbError> {
     let start = if after == 0 {
         StreamPosition::Start
     } else {
-        StreamPosition::Position(::kurrentdb::Position {
+        StreamPosition::Position(kurrentdb::Position {
             commit: after,
             prepare: after,
         })
@@ -999,7 +1024,7 @@ async fn read_all_from(
 }
 
 /// The position of the newest domain event (0 for none).
-async fn read_head(client: &Client, names: &Names) -> Result<Position, StoreError> {
+async fn read_head(client: &Client, names: &Names) -> Result<Position, KurrentDbError> {
     let options = ReadAllOptions::default()
         .position(StreamPosition::End)
         .filter(names.domain_filter())
@@ -1015,7 +1040,7 @@ async fn read_head(client: &Client, names: &Names) -> Result<Position, StoreErro
 }
 
 /// The position of the last record of the whole log, whatever its stream (0 for an empty log).
-async fn read_log_end(client: &Client) -> Result<Position, StoreError> {
+async fn read_log_end(client: &Client) -> Result<Position, KurrentDbError> {
     let options = ReadAllOptions::default()
         .position(StreamPosition::End)
         .max_count(1)
@@ -1028,17 +1053,17 @@ async fn read_log_end(client: &Client) -> Result<Position, StoreError> {
 }
 
 /// A domain event as the store answers it.
-fn recorded(names: &Names, resolved: &ResolvedEvent) -> Result<RecordedEvent, StoreError> {
+fn recorded(names: &Names, resolved: &ResolvedEvent) -> Result<RecordedEvent, KurrentDbError> {
     let e = resolved
         .event
         .as_ref()
-        .ok_or_else(|| StoreError::Corrupt("KurrentDB answered a read without the event".into()))?;
+        .ok_or_else(|| KurrentDbError::Corrupt("KurrentDB answered a read without the event".into()))?;
     let name = e.stream_id();
     let stream_id = names
         .stream_id(name)
-        .ok_or_else(|| StoreError::Corrupt(format!("stream {name} is outside this store's namespace")))?;
+        .ok_or_else(|| KurrentDbError::Corrupt(format!("stream {name} is outside this store's namespace")))?;
     let meta: EventMeta = serde_json::from_slice(&e.custom_metadata)
-        .map_err(|err| StoreError::Corrupt(format!("metadata of {name}@{}: {err}", e.revision)))?;
+        .map_err(|err| KurrentDbError::Corrupt(format!("metadata of {name}@{}: {err}", e.revision)))?;
     Ok(RecordedEvent {
         position: e.position.commit,
         stream_id: stream_id.to_owned(),
@@ -1059,17 +1084,18 @@ fn recorded(names: &Names, resolved: &ResolvedEvent) -> Result<RecordedEvent, St
 
 /// When the server wrote an event. The client rounds its own `created` to the second, so this
 /// reads the raw stamp: 100 ns ticks since the Unix epoch, kept to the microsecond.
-fn created(e: &::kurrentdb::RecordedEvent) -> Result<DateTime<Utc>, StoreError> {
+fn created(e: &kurrentdb::RecordedEvent) -> Result<DateTime<Utc>, KurrentDbError> {
     let ticks: i64 = e
         .metadata
         .get("created")
         .and_then(|t| t.parse().ok())
-        .ok_or_else(|| StoreError::Corrupt(format!("{}@{} has no creation time", e.stream_id(), e.revision)))?;
+        .ok_or_else(|| KurrentDbError::Corrupt(format!("{}@{} has no creation time", e.stream_id(), e.revision)))?;
     from_micros(ticks / 10)
 }
 
-fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("time {micros} out of range")))
+fn from_micros(micros: i64) -> Result<DateTime<Utc>, KurrentDbError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| KurrentDbError::Corrupt(format!("time {micros} out of range")))
 }
 
 fn age(created: DateTime<Utc>) -> Duration {
@@ -1110,25 +1136,58 @@ fn backwards_from_end(max: usize) -> ReadStreamOptions {
         .deadline(READ_DEADLINE)
 }
 
-/// The client failed: the store's "database" failed, with the KurrentDB error as the source.
-fn failed(context: impl Into<String>, source: ::kurrentdb::Error) -> StoreError {
-    let error = ClientError {
+/// The client failed while the adapter was doing `context`.
+fn failed(context: impl Into<String>, source: kurrentdb::Error) -> KurrentDbError {
+    KurrentDbError::Client {
         context: context.into(),
         source,
-    };
-    StoreError::Database(sqlx::Error::Io(std::io::Error::other(error)))
+    }
 }
 
-fn configuration(error: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
-    StoreError::Database(sqlx::Error::Configuration(error))
-}
-
+/// Why the KurrentDB adapter failed. Its own API ([`KurrentDbEventStore::connect`] and
+/// [`open`](KurrentDbEventStore::open)) answers it as it is; behind [`EventStore`] it becomes a
+/// [`StoreError`] (see the `From` impls below), so callers of the trait see what they see from
+/// the other adapters.
 #[derive(Debug, thiserror::Error)]
-#[error("KurrentDB: {context}")]
-struct ClientError {
-    context: String,
-    #[source]
-    source: ::kurrentdb::Error,
+pub enum KurrentDbError {
+    /// The connection string does not parse.
+    #[error("invalid KurrentDB connection string")]
+    ConnectionString(#[source] kurrentdb::ClientSettingsParseError),
+    /// The client could not be built from valid settings.
+    #[error("the KurrentDB client could not be created")]
+    ClientSetup(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// [`KurrentDbOptions::namespace`] holds something other than letters, digits and `-`.
+    #[error("KurrentDB namespace {0:?} may hold only letters, digits and '-'")]
+    Namespace(String),
+    /// A request to the server failed (unreachable, refused, timed out...); `context` says what
+    /// the adapter was doing ("appending to order-1").
+    #[error("KurrentDB: {context}")]
+    Client {
+        context: String,
+        #[source]
+        source: kurrentdb::Error,
+    },
+    /// What the server holds is not what this adapter wrote, or cannot be encoded.
+    #[error("KurrentDB holds inconsistent data: {0}")]
+    Corrupt(String),
+}
+
+/// The trait boundary: inconsistent data stays [`StoreError::Corrupt`], as in the other adapters;
+/// every other failure is [`StoreError::Backend`], with this error as its source.
+impl From<KurrentDbError> for StoreError {
+    fn from(e: KurrentDbError) -> Self {
+        match e {
+            KurrentDbError::Corrupt(reason) => StoreError::Corrupt(reason),
+            e => StoreError::Backend(Box::new(e)),
+        }
+    }
+}
+
+/// In a commit: a failure of the store, not of the commit ([`AppendError::Store`]).
+impl From<KurrentDbError> for AppendError {
+    fn from(e: KurrentDbError) -> Self {
+        AppendError::Store(e.into())
+    }
 }
 
 #[cfg(test)]
@@ -1164,6 +1223,27 @@ mod tests {
         assert_eq!(stream_state(ExpectedVersion::Exact(3)), StreamState::StreamRevision(2));
         assert_eq!(version_of(CurrentRevision::NoStream), 0);
         assert_eq!(version_of(CurrentRevision::Current(2)), 3);
+    }
+
+    #[test]
+    fn errors_become_store_errors_at_the_trait_boundary() {
+        let store = StoreError::from(Names::new("bad name".into()).unwrap_err());
+        assert!(matches!(store, StoreError::Backend(_)), "{store:?}");
+        assert_eq!(store.to_string(), "event store backend error");
+        let source = std::error::Error::source(&store).unwrap();
+        assert!(
+            source.is::<KurrentDbError>(),
+            "the adapter's error is the source: {source:?}"
+        );
+        assert!(source.to_string().contains("bad name"), "{source}");
+
+        let corrupt = StoreError::from(KurrentDbError::Corrupt("no creation time".into()));
+        assert!(matches!(corrupt, StoreError::Corrupt(ref reason) if reason == "no creation time"));
+        let append = AppendError::from(KurrentDbError::Namespace("a.b".into()));
+        assert!(
+            matches!(append, AppendError::Store(StoreError::Backend(_))),
+            "{append:?}"
+        );
     }
 
     #[test]
