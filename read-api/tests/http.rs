@@ -351,6 +351,58 @@ async fn dashboard_filters_pages_and_as_of() {
     );
 }
 
+/// The read API's edge is the service kit's: every answer, an error included, carries the
+/// correlation id it was given (or one it made up) and its own request id.
+#[tokio::test]
+async fn answers_carry_the_correlation_and_request_ids() {
+    let side = ReadSide::new(Duration::from_millis(100)).await;
+    for uri in [
+        "/v1/dashboard/orders",
+        "/v1/dashboard/orders?limit=0",
+        "/nowhere",
+        "/health",
+    ] {
+        let request = Request::get(uri)
+            .header("x-correlation-id", "trace-me-42")
+            .body(Body::empty())
+            .unwrap();
+        let response = side.router.clone().oneshot(request).await.unwrap();
+        let headers = response.headers();
+        assert_eq!(
+            headers.get("x-correlation-id").and_then(|v| v.to_str().ok()),
+            Some("trace-me-42"),
+            "{uri}"
+        );
+        let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+        assert!(
+            request_id.is_some_and(|id| Uuid::try_parse(id).is_ok()),
+            "{uri}: {request_id:?}"
+        );
+    }
+    let response = side
+        .router
+        .clone()
+        .oneshot(Request::get("/v1/projections").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let made_up = response.headers().get("x-correlation-id").and_then(|v| v.to_str().ok());
+    assert!(
+        made_up.is_some_and(|id| Uuid::try_parse(id).is_ok()),
+        "made up when absent: {made_up:?}"
+    );
+    let bad = Request::get("/v1/projections")
+        .header("x-correlation-id", "has spaces")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = {
+        let response = side.router.clone().oneshot(bad).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
+
 #[tokio::test]
 async fn bad_parameters_are_400_in_the_error_format() {
     let side = ReadSide::new(Duration::from_millis(100)).await;
