@@ -162,12 +162,12 @@ impl Api {
 }
 
 #[derive(Clone)]
-struct Shop {
+struct Catalogue {
     customers: Arc<Vec<Uuid>>,
     products: Arc<Vec<Uuid>>,
 }
 
-impl Shop {
+impl Catalogue {
     /// Creates the run's customers and products through the write side.
     async fn create(api: &Api, customers: usize, products: usize, run: &str) -> anyhow::Result<Self> {
         let mut shop = (Vec::with_capacity(customers), Vec::with_capacity(products));
@@ -196,7 +196,7 @@ impl Shop {
             );
             shop.1.push(id);
         }
-        Ok(Shop {
+        Ok(Catalogue {
             customers: Arc::new(shop.0),
             products: Arc::new(shop.1),
         })
@@ -234,7 +234,7 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
         "freshness against {} → {}: creating {} customers and {} products …",
         api.write, api.read, b.customers, b.products
     );
-    let shop = Shop::create(&api, b.customers, b.products, &run)
+    let shop = Catalogue::create(&api, b.customers, b.products, &run)
         .await
         .context("is the deployment up? (scripts/dev-up)")?;
     warm_up(&api, &shop, &b).await?;
@@ -278,7 +278,7 @@ fn read_token(path: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<str>>
 
 /// Places one order and waits until the read API shows it: the deployment's whole pipeline is
 /// up (projection workers included) before anything is measured.
-async fn warm_up(api: &Api, shop: &Shop, b: &FreshnessBench) -> anyhow::Result<()> {
+async fn warm_up(api: &Api, shop: &Catalogue, b: &FreshnessBench) -> anyhow::Result<()> {
     eprintln!("      waiting for the pipeline: one order end to end …");
     let mut rng = Rng::new(b.seed ^ 0xf7e5);
     let (warm, placed) = shop.place(api, &mut rng).await?;
@@ -304,7 +304,7 @@ async fn warm_up(api: &Api, shop: &Shop, b: &FreshnessBench) -> anyhow::Result<(
 /// `pending` ([`place_at_rate`]).
 fn place_orders(
     api: &Api,
-    shop: &Shop,
+    shop: &Catalogue,
     pending: Pending,
     b: &FreshnessBench,
     total: u64,

@@ -518,6 +518,22 @@ fn set_defaults(command: Command, path: &[String], plan: &Plan) -> Command {
     })
 }
 
+/// For the test that keeps a program's example file complete: the example at `path` documents
+/// every flag of `P` (see [`undocumented_flags`]) and configures `program` without an error;
+/// answers what it configures. The error names what is wrong.
+pub fn parse_documented_example<P: CommandFactory + FromArgMatches>(
+    path: &str,
+    program: &str,
+    skip: &[&str],
+) -> Result<P, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let missing = undocumented_flags(&text, &P::command(), program, skip);
+    if !missing.is_empty() {
+        return Err(format!("{path} does not document {missing:?}"));
+    }
+    try_parse_from(program, [program, "--config", path], None).map_err(|e| format!("{program} --config {path}: {e}"))
+}
+
 /// The flags of `command` (the program whose own section is `program`) that `text`, an example
 /// configuration file, does not mention where they would apply: as a key or a commented-out
 /// key (`# key = ...`) in the subcommand's section, a parent's, the program's, or at the top.

@@ -29,8 +29,8 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{
-    CONFIG_ENV, CONFIG_FLAG, ConfigError, ConfigFile, SECTIONS, config_arg, parse, parse_subcommand, try_parse_from,
-    try_parse_subcommand_from, undocumented_flags,
+    CONFIG_ENV, CONFIG_FLAG, ConfigError, ConfigFile, SECTIONS, config_arg, parse, parse_documented_example,
+    parse_subcommand, try_parse_from, try_parse_subcommand_from, undocumented_flags,
 };
 pub use http::chain as error_chain;
 pub use shutdown::{cancel_on_signal, shutdown_signal};

@@ -31,7 +31,7 @@ enum Stage {
 
 /// The ids the trickle works with, read from the global log.
 #[derive(Debug, Default)]
-struct Shop {
+struct ShopIds {
     customers: Vec<Uuid>,
     products: Vec<Uuid>,
     currency: HashMap<Uuid, Currency>,
@@ -41,10 +41,10 @@ struct Shop {
     open: Vec<(Uuid, Stage)>,
 }
 
-impl Shop {
+impl ShopIds {
     /// Reads the whole log once: every customer and product, and the orders still open.
-    async fn read(store: &dyn EventStore) -> Result<Shop, StoreError> {
-        let mut shop = Shop::default();
+    async fn read(store: &dyn EventStore) -> Result<ShopIds, StoreError> {
+        let mut shop = ShopIds::default();
         let mut orders: HashMap<Uuid, Stage> = HashMap::new();
         let mut after = 0;
         loop {
@@ -162,7 +162,7 @@ impl Counts {
 /// Keeps a live shop going at `rate` commands per second until `cancel`; see the module doc.
 pub async fn trickle(handler: CommandHandler, rate: f64, cancel: CancellationToken) {
     let shop = tokio::select! {
-        shop = Shop::read(handler.store().as_ref()) => shop,
+        shop = ShopIds::read(handler.store().as_ref()) => shop,
         () = cancel.cancelled() => return,
     };
     let mut shop = match shop {
@@ -206,7 +206,7 @@ pub async fn trickle(handler: CommandHandler, rate: f64, cancel: CancellationTok
 
 /// One command: a restock (5%), a new order (35%, or always when no order is open), or the next
 /// step of an open order.
-async fn step(handler: &CommandHandler, shop: &mut Shop, rng: &mut Rng, counts: &mut Counts) {
+async fn step(handler: &CommandHandler, shop: &mut ShopIds, rng: &mut Rng, counts: &mut Counts) {
     let ctx = context();
     if rng.chance(0.05) {
         let product_id = *rng.pick(&shop.products);

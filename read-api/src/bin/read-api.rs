@@ -86,7 +86,6 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
 
     use super::*;
 
@@ -94,11 +93,8 @@ mod tests {
 
     #[test]
     fn the_example_configuration_documents_every_flag_and_configures_the_read_api() {
-        let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
-        let missing = service_kit::undocumented_flags(&text, &Args::command(), "read-api", &[]);
-        assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
-        let args: Args = service_kit::try_parse_from("read-api", ["read-api", "--config", EXAMPLE], None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let args: Args =
+            service_kit::parse_documented_example(EXAMPLE, "read-api", &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             args.listen,
             "0.0.0.0:8082".parse().expect("an address"),

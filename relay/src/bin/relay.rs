@@ -28,7 +28,6 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
 
     use super::*;
 
@@ -36,11 +35,7 @@ mod tests {
 
     #[test]
     fn the_example_configuration_documents_every_flag_and_configures_the_relay() {
-        let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
-        let missing = service_kit::undocumented_flags(&text, &Args::command(), "relay", &[]);
-        assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
-        let args: Args = service_kit::try_parse_from("relay", ["relay", "--config", EXAMPLE], None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let args: Args = service_kit::parse_documented_example(EXAMPLE, "relay", &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.relay.database_url, "postgres://write_side@postgres:5432/orderflow");
         assert_eq!(args.relay.kafka_brokers, "kafka:19092");
     }

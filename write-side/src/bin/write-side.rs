@@ -207,7 +207,6 @@ async fn stop_relay(relay: RelayTask) {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
 
     use super::*;
 
@@ -219,10 +218,8 @@ mod tests {
 
     #[test]
     fn the_example_configuration_documents_every_flag_and_configures_the_write_side() {
-        let text = std::fs::read_to_string(EXAMPLE).expect("read the example configuration");
-        let missing = service_kit::undocumented_flags(&text, &Args::command(), "write-side", &[]);
-        assert!(missing.is_empty(), "{EXAMPLE} does not document {missing:?}");
-        let args = parse(&["--config", EXAMPLE]).unwrap_or_else(|e| panic!("{e}"));
+        let args: Args =
+            service_kit::parse_documented_example(EXAMPLE, "write-side", &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             args.listen,
             "0.0.0.0:8081".parse().expect("an address"),
