@@ -31,7 +31,7 @@ pub use customer::{CustomerEmailChanged, CustomerEvent, CustomerRegistered, Cust
 pub use order::{
     CustomerSnapshot, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced, OrderShipped,
 };
-pub use payment::{PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded};
+pub use payment::{PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentVoided};
 pub use product::{
     ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased, ProductStockReserved,
 };
@@ -229,6 +229,7 @@ schemas! {
         Captured(PaymentCaptured),
         Declined(PaymentDeclined),
         Refunded(PaymentRefunded),
+        Voided(PaymentVoided),
     }
 }
 
@@ -247,6 +248,6 @@ mod tests {
             assert!(schema.event_type.starts_with(&prefix), "{}", schema.event_type);
             assert!(schema.schema_version >= 1);
         }
-        assert_eq!(seen.len(), 17);
+        assert_eq!(seen.len(), 18);
     }
 }

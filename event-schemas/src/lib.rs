@@ -15,6 +15,8 @@
 //!   [`decode`] reads it back, through the [`Upcasters`] for payloads of older versions.
 //! - [`Category`] names the aggregate kinds, their stream ids (`order-{uuid}`, see
 //!   [`parse_stream_id`]) and their Kafka topics (`orderflow.orders.v1`, ...).
+//! - [`Service`] names the write services and the categories each owns; a
+//!   [`ConsistencyToken`] (`orders:12`) is a position in one service's log.
 //! - [`Envelope`] is an event with its metadata (ids, positions, times), the value of every Kafka
 //!   record.
 //! - [`DecodeError`] is the one error of this crate.
@@ -45,6 +47,7 @@ mod error;
 mod event;
 mod money;
 pub mod proto;
+mod service;
 mod upcast;
 
 pub use category::{Category, parse_stream_id};
@@ -54,8 +57,9 @@ pub use event::{
     CustomerEmailChanged, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent,
     EVENT_SCHEMAS, EncodedEvent, EventSchema, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine,
     OrderPlaced, OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded,
-    ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased, ProductStockReserved,
-    decode,
+    PaymentVoided, ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased,
+    ProductStockReserved, decode,
 };
 pub use money::{Currency, InvalidCurrency, Money};
+pub use service::{ConsistencyToken, InvalidToken, Service, UnknownService};
 pub use upcast::{Upcaster, Upcasters};

@@ -41,6 +41,19 @@ pub struct PaymentRefunded {
 }
 event_type!(PaymentRefunded, "payment.refunded", version 1);
 
+/// An authorization was released without collecting it. The stream may start with it: a void
+/// that arrived before the authorization it releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentVoided {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    /// The authorized amount released; `None` when nothing was authorized yet (the void came
+    /// first, so there is no amount and no currency).
+    pub amount: Option<Money>,
+    pub reason: String,
+}
+event_type!(PaymentVoided, "payment.voided", version 1);
+
 /// Every event of a payment stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentEvent {
@@ -48,6 +61,7 @@ pub enum PaymentEvent {
     Captured(PaymentCaptured),
     Declined(PaymentDeclined),
     Refunded(PaymentRefunded),
+    Voided(PaymentVoided),
 }
 
 impl PaymentEvent {
@@ -58,6 +72,7 @@ impl PaymentEvent {
             Self::Captured(_) => PaymentCaptured::EVENT_TYPE,
             Self::Declined(_) => PaymentDeclined::EVENT_TYPE,
             Self::Refunded(_) => PaymentRefunded::EVENT_TYPE,
+            Self::Voided(_) => PaymentVoided::EVENT_TYPE,
         }
     }
 
@@ -68,6 +83,7 @@ impl PaymentEvent {
             Self::Captured(_) => PaymentCaptured::SCHEMA_VERSION,
             Self::Declined(_) => PaymentDeclined::SCHEMA_VERSION,
             Self::Refunded(_) => PaymentRefunded::SCHEMA_VERSION,
+            Self::Voided(_) => PaymentVoided::SCHEMA_VERSION,
         }
     }
 
@@ -78,6 +94,7 @@ impl PaymentEvent {
             Self::Captured(e) => e.payment_id,
             Self::Declined(e) => e.payment_id,
             Self::Refunded(e) => e.payment_id,
+            Self::Voided(e) => e.payment_id,
         }
     }
 
@@ -88,6 +105,7 @@ impl PaymentEvent {
             Self::Captured(e) => e.order_id,
             Self::Declined(e) => e.order_id,
             Self::Refunded(e) => e.order_id,
+            Self::Voided(e) => e.order_id,
         }
     }
 }
@@ -115,6 +133,12 @@ impl From<PaymentEvent> for proto::PaymentEvent {
                 payment_id: id(e.payment_id),
                 order_id: id(e.order_id),
                 amount: Some(e.amount.into()),
+            }),
+            PaymentEvent::Voided(e) => Event::Voided(proto::PaymentVoided {
+                payment_id: id(e.payment_id),
+                order_id: id(e.order_id),
+                amount: e.amount.map(Into::into),
+                reason: e.reason,
             }),
         };
         Self { event: Some(event) }
@@ -156,6 +180,65 @@ impl TryFrom<proto::PaymentEvent> for PaymentEvent {
                 order_id: uuid("PaymentRefunded.order_id", &e.order_id)?,
                 amount: money("PaymentRefunded.amount", e.amount)?,
             }),
+            Event::Voided(e) => Self::Voided(PaymentVoided {
+                payment_id: uuid("PaymentVoided.payment_id", &e.payment_id)?,
+                order_id: uuid("PaymentVoided.order_id", &e.order_id)?,
+                // Optional: absent when the void came before any authorization.
+                amount: e
+                    .amount
+                    .map(|amount| money("PaymentVoided.amount", Some(amount)))
+                    .transpose()?,
+                reason: e.reason,
+            }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Currency;
+
+    fn voided(amount: Option<proto::Money>) -> proto::PaymentEvent {
+        proto::PaymentEvent {
+            event: Some(proto::payment_event::Event::Voided(proto::PaymentVoided {
+                payment_id: id(Uuid::from_u128(0xd0)),
+                order_id: id(Uuid::from_u128(0x0a)),
+                amount,
+                reason: "order not confirmed in time".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_void_carries_an_amount_only_when_something_was_authorized() {
+        let Ok(PaymentEvent::Voided(released)) = PaymentEvent::try_from(voided(Some(proto::Money {
+            amount_minor: 3_490,
+            currency: "EUR".into(),
+        }))) else {
+            panic!("a void with an amount decodes");
+        };
+        assert_eq!(released.amount, Some(Money::new(3_490, Currency::EUR)));
+
+        let Ok(PaymentEvent::Voided(early)) = PaymentEvent::try_from(voided(None)) else {
+            panic!("a void without an amount decodes");
+        };
+        assert_eq!(early.amount, None);
+        assert_eq!(proto::PaymentEvent::from(PaymentEvent::Voided(early)), voided(None));
+    }
+
+    #[test]
+    fn a_void_amount_that_is_present_must_be_valid() {
+        let bad = voided(Some(proto::Money {
+            amount_minor: 1,
+            currency: "euro".into(),
+        }));
+        assert!(matches!(
+            PaymentEvent::try_from(bad),
+            Err(DecodeError::InvalidCurrency {
+                field: "PaymentVoided.amount",
+                ..
+            })
+        ));
     }
 }

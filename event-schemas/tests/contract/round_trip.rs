@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use event_schemas::{
     Currency, CustomerEmailChanged, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent,
     EVENT_SCHEMAS, Envelope, Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced,
-    OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, ProductAdded,
-    ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased, ProductStockReserved, decode,
+    OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentVoided,
+    ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased, ProductStockReserved,
+    decode,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -154,6 +155,16 @@ fn payment_event() -> impl Strategy<Value = PaymentEvent> {
                 payment_id,
                 order_id,
                 amount,
+            }
+            .into()
+        }),
+        // With and without an amount: a void may come before any authorization.
+        (id(), id(), proptest::option::of(money()), text()).prop_map(|(payment_id, order_id, amount, reason)| {
+            PaymentVoided {
+                payment_id,
+                order_id,
+                amount,
+                reason,
             }
             .into()
         }),

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use event_schemas::{
     Currency, CustomerEmailChanged, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent, Envelope,
     Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderLine, OrderPlaced, OrderShipped, PaymentAuthorized,
-    PaymentCaptured, PaymentDeclined, PaymentRefunded, ProductAdded, ProductPriceChanged, ProductRestocked,
-    ProductStockReleased, ProductStockReserved,
+    PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentVoided, ProductAdded, ProductPriceChanged,
+    ProductRestocked, ProductStockReleased, ProductStockReserved,
 };
 use uuid::Uuid;
 
@@ -135,6 +135,13 @@ pub(crate) fn events() -> Vec<DomainEvent> {
             payment_id: PAYMENT,
             order_id: ORDER,
             amount: eur(3_490),
+        }
+        .into(),
+        PaymentVoided {
+            payment_id: PAYMENT,
+            order_id: ORDER,
+            amount: Some(eur(3_490)),
+            reason: "order not confirmed in time".into(),
         }
         .into(),
     ]
