@@ -42,6 +42,12 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("event store is shut down")]
     Closed,
+    /// The request is the caller's mistake, not the store's: nothing was written. Only the
+    /// log-transfer primitives ([`LogTransfer`](crate::LogTransfer)) answer it, e.g. for an
+    /// imported batch that does not continue the store's log. Like [`AppendError::Invalid`], it
+    /// is not worth retrying as is.
+    #[error("invalid request to the event store: {0}")]
+    Invalid(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     /// An adapter that is not SQL failed (crate `event-store-kurrentdb`): its own error, which

@@ -7,6 +7,8 @@
 //! - The KurrentDB adapter is not here: it is the separate crate `event-store-kurrentdb`, outside
 //!   the workspace, on this crate's trait and types (ADR 0006).
 //! - [`Subscription`] (`subscription`): catch up on the global log, then follow it live.
+//! - [`LogTransfer`] (`transfer`): copying a log between stores with its positions, versions,
+//!   ids, times and idempotency records kept (PostgreSQL and SQLite; not part of `EventStore`).
 //! - [`PgLease`] (`lease`): one leader among processes sharing a PostgreSQL store (the relay).
 //! - `group_commit` and `plan`: how concurrent commits share one transaction while each keeps its
 //!   own optimistic check and its own answer. Both adapters use them.
@@ -33,6 +35,7 @@ mod postgres;
 mod sqlite;
 mod store;
 mod subscription;
+mod transfer;
 
 pub use error::{AppendError, StoreError};
 pub use lease::PgLease;
@@ -44,6 +47,7 @@ pub use postgres::{APPEND_LOCK, NOTIFY_CHANNEL, PgEventStore, WRITER_APPLICATION
 pub use sqlite::SqliteEventStore;
 pub use store::EventStore;
 pub use subscription::Subscription;
+pub use transfer::{IdempotencyRecord, LogTransfer};
 
 /// Checks what every adapter checks before it writes anything: at least one append, no empty
 /// append, and stream ids, event types and the idempotency key within their lengths. Public for

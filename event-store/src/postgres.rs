@@ -21,9 +21,10 @@ use uuid::Uuid;
 
 use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
 use crate::plan::{self, BatchState};
+use crate::transfer::{self, LogState};
 use crate::{
-    AppendError, Commit, Committed, EventMetadata, EventStore, IdempotentResult, Position, RecordedEvent, Snapshot,
-    StoreError, StoreOptions, Until,
+    AppendError, Commit, Committed, EventMetadata, EventStore, IdempotencyRecord, IdempotentResult, LogTransfer,
+    Position, RecordedEvent, Snapshot, StoreError, StoreOptions, Until,
 };
 
 /// The advisory lock every writer holds from its insert to its commit ("orderflo" as an i64).
@@ -40,6 +41,8 @@ pub struct PgEventStore {
     pool: PgPool,
     writer: GroupCommit,
     changes: watch::Receiver<Position>,
+    /// The sender of `changes`, for what is written outside group commit (imports).
+    head: watch::Sender<Position>,
     _listener: Arc<AbortOnDrop>,
 }
 
@@ -67,11 +70,12 @@ impl PgEventStore {
             begin_timeout: options.begin_timeout,
         };
         let writer = GroupCommit::spawn(Arc::new(writer), head_tx.clone(), limits);
-        let listener = tokio::spawn(listen(pool.clone(), head_tx));
+        let listener = tokio::spawn(listen(pool.clone(), head_tx.clone()));
         Ok(PgEventStore {
             pool,
             writer,
             changes,
+            head: head_tx,
             _listener: Arc::new(AbortOnDrop(listener)),
         })
     }
@@ -246,6 +250,11 @@ async fn write_batch_on(
 /// stream's version (in the order of `streams_of`), the event ids that already exist, and the
 /// time the batch is recorded at. Stored idempotency keys take a second query, only when the
 /// batch carries keys.
+///
+/// The time is the server's clock, but never earlier than the last event's `recorded_at`, so
+/// `recorded_at` does not decrease along the log even when the clock steps back or an import
+/// brought events recorded by a clock ahead of this one (one more index probe, on the last
+/// position).
 async fn snapshot(
     tx: &mut Transaction<'_, Postgres>,
     batch: &[&Commit],
@@ -253,7 +262,7 @@ async fn snapshot(
     let streams: Vec<&str> = plan::streams_of(batch);
     let ids = plan::event_ids_of(batch);
     let row = sqlx::query(
-        "SELECT clock_timestamp(),
+        "SELECT greatest(clock_timestamp(), (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1)),
                 ARRAY(SELECT coalesce((SELECT stream_version FROM events
                                        WHERE events.stream_id = s.stream_id
                                        ORDER BY stream_version DESC LIMIT 1), 0)
@@ -596,6 +605,288 @@ impl EventStore for PgEventStore {
             None => sqlx::query("DELETE FROM snapshots").execute(&self.pool).await?,
         };
         Ok(done.rows_affected())
+    }
+}
+
+/// Log transfer (see `transfer`). An import is one transaction on a pooled connection that takes
+/// the append lock first, exactly as the writer's batches do, so imports and commits take turns.
+/// Positions are inserted as given (`OVERRIDING SYSTEM VALUE`: the column is an identity
+/// `GENERATED ALWAYS`), then the identity's sequence is moved to the imported head, never back,
+/// so the next commit draws a position above it.
+#[async_trait]
+impl LogTransfer for PgEventStore {
+    async fn idempotency_records(
+        &self,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        // Two statements rather than `$1 IS NULL OR key > $1`, which a generic plan could not
+        // answer with a range scan of the primary key.
+        const COLS: &str = "key, request_hash, result::text, created_at";
+        let query = match after_key {
+            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM idempotency_keys ORDER BY key LIMIT $1"
+            )))
+            .bind(clamp(limit as u64)),
+            Some(after) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM idempotency_keys WHERE key > $1 ORDER BY key LIMIT $2"
+            )))
+            .bind(after)
+            .bind(clamp(limit as u64)),
+        };
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(IdempotencyRecord {
+                    key: row.try_get(0)?,
+                    request_hash: row.try_get(1)?,
+                    result: row.try_get(2)?,
+                    created_at: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn import_events(&self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        transfer::check_events(events)?;
+        let rows = ImportRows::of(events)?;
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin_batch_sql())).await?;
+        match import_on(&mut tx, events, &rows).await {
+            Ok(()) => tx.commit().await?,
+            Err(e) => {
+                // At once rather than when the pool gets the connection back: the rollback
+                // releases the append lock that every writer is waiting for.
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "rolling back a refused import failed");
+                }
+                return Err(e);
+            }
+        }
+        // The NOTIFY told every listener, this store's included, but only once its LISTEN
+        // connection delivers it: this store's own readers hear at once.
+        self.head.send_if_modified(|h| {
+            let moved = last.position > *h;
+            if moved {
+                *h = last.position;
+            }
+            moved
+        });
+        Ok(())
+    }
+
+    async fn import_idempotency(&self, records: &[IdempotencyRecord]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        transfer::check_records(records)?;
+        let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+        let hashes: Vec<&[u8]> = records.iter().map(|r| r.request_hash.as_slice()).collect();
+        let results: Vec<&str> = records.iter().map(|r| r.result.as_str()).collect();
+        let created: Vec<DateTime<Utc>> = records.iter().map(|r| r.created_at).collect();
+        // Under the append lock like the writer's own keys: the writer reads the keys of its
+        // batch and inserts the new ones in one transaction, which an insert between the two
+        // would make fail.
+        let mut tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin_batch_sql())).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, result, created_at)
+             SELECT key, request_hash, result::jsonb, created_at
+             FROM unnest($1::text[], $2::bytea[], $3::text[], $4::timestamptz[]) AS t(key, request_hash, result, created_at)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&keys)
+        .bind(&hashes)
+        .bind(&results)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(done) => {
+                tx.commit().await?;
+                Ok(done.rows_affected())
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "rolling back a refused import failed");
+                }
+                Err(refused_json(e))
+            }
+        }
+    }
+
+    async fn first_stream_outside(&self, prefixes: &[&str]) -> Result<Option<String>, StoreError> {
+        // `LIKE ANY` of no pattern is false: with no prefixes every stream is outside.
+        let patterns: Vec<String> = prefixes.iter().map(|p| transfer::like_prefix(p)).collect();
+        let first = sqlx::query_scalar(
+            "SELECT stream_id FROM events WHERE NOT (stream_id LIKE ANY ($1::text[])) ORDER BY position LIMIT 1",
+        )
+        .bind(&patterns)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(first)
+    }
+}
+
+/// An imported batch as the column arrays of one `INSERT ... SELECT FROM unnest(...)`.
+struct ImportRows<'a> {
+    positions: Vec<i64>,
+    stream_ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<&'a [u8]>,
+    occurred: Vec<DateTime<Utc>>,
+    recorded: Vec<DateTime<Utc>>,
+    correlation: Vec<&'a str>,
+    causation: Vec<&'a str>,
+    actors: Vec<&'a str>,
+}
+
+impl<'a> ImportRows<'a> {
+    fn of(events: &'a [RecordedEvent]) -> Result<Self, StoreError> {
+        let n = events.len();
+        let mut rows = ImportRows {
+            positions: Vec::with_capacity(n),
+            stream_ids: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            event_ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            occurred: Vec::with_capacity(n),
+            recorded: Vec::with_capacity(n),
+            correlation: Vec::with_capacity(n),
+            causation: Vec::with_capacity(n),
+            actors: Vec::with_capacity(n),
+        };
+        for e in events {
+            // `check_events` bounded positions and versions by i64::MAX already.
+            rows.positions.push(to_i64(e.position)?);
+            rows.stream_ids.push(&e.stream_id);
+            rows.versions.push(to_i64(e.stream_version)?);
+            rows.event_ids.push(e.event_id);
+            rows.types.push(&e.event_type);
+            rows.schema_versions.push(i32::try_from(e.schema_version).map_err(|_| {
+                StoreError::Invalid(format!(
+                    "the event at position {}: schema version {} does not fit PostgreSQL's integer column",
+                    e.position, e.schema_version
+                ))
+            })?);
+            rows.payloads.push(&e.payload);
+            rows.occurred.push(e.occurred_at);
+            rows.recorded.push(e.recorded_at);
+            rows.correlation.push(&e.metadata.correlation_id);
+            rows.causation.push(&e.metadata.causation_id);
+            rows.actors.push(&e.metadata.actor);
+        }
+        Ok(rows)
+    }
+}
+
+/// The import inside its transaction, after the append lock: the checks against the store,
+/// the insert, the sequence moved past the imported head and the announcement (delivered at
+/// commit).
+async fn import_on(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[RecordedEvent],
+    rows: &ImportRows<'_>,
+) -> Result<(), StoreError> {
+    let streams = transfer::streams_of(events);
+    let ids = transfer::event_ids_of(events);
+    let row = sqlx::query(
+        "SELECT (SELECT position FROM events ORDER BY position DESC LIMIT 1),
+                (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1),
+                ARRAY(SELECT coalesce((SELECT stream_version FROM events
+                                       WHERE events.stream_id = s.stream_id
+                                       ORDER BY stream_version DESC LIMIT 1), 0)
+                      FROM unnest($1::text[]) WITH ORDINALITY AS s(stream_id, ord)
+                      ORDER BY ord),
+                ARRAY(SELECT event_id FROM events WHERE event_id = ANY($2))",
+    )
+    .bind(&streams)
+    .bind(&ids)
+    .fetch_one(&mut **tx)
+    .await?;
+    let head: Option<i64> = row.try_get(0)?;
+    let versions: Vec<i64> = row.try_get(2)?;
+    if versions.len() != streams.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the version lookup returned {} versions for {} streams",
+            versions.len(),
+            streams.len()
+        )));
+    }
+    let existing: Vec<Uuid> = row.try_get(3)?;
+    let state = LogState {
+        head: head.map_or(0, to_u64),
+        last_recorded_at: row.try_get(1)?,
+        versions: streams
+            .iter()
+            .zip(versions)
+            .map(|(s, v)| ((*s).to_owned(), to_u64(v)))
+            .collect(),
+        existing_event_ids: existing.into_iter().collect(),
+    };
+    transfer::check_against(events, &state)?;
+
+    let inserted = sqlx::query(
+        "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version, payload,
+                             occurred_at, recorded_at, correlation_id, causation_id, actor)
+         OVERRIDING SYSTEM VALUE
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[],
+                              $7::bytea[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[])",
+    )
+    .bind(&rows.positions)
+    .bind(&rows.stream_ids)
+    .bind(&rows.versions)
+    .bind(&rows.event_ids)
+    .bind(&rows.types)
+    .bind(&rows.schema_versions)
+    .bind(&rows.payloads)
+    .bind(&rows.occurred)
+    .bind(&rows.recorded)
+    .bind(&rows.correlation)
+    .bind(&rows.causation)
+    .bind(&rows.actors)
+    .execute(&mut **tx)
+    .await
+    .map_err(transfer::refused_by_constraint)?;
+    if inserted.rows_affected() != events.len() as u64 {
+        return Err(StoreError::Corrupt(format!(
+            "the import inserted {} rows for {} events",
+            inserted.rows_affected(),
+            events.len()
+        )));
+    }
+
+    // The sequence is not transactional: moved here, it stays moved even if the commit fails,
+    // which only leaves a hole. `greatest` keeps it from going back below positions already
+    // drawn (and rolled back) above the imported head.
+    let head = rows.positions.last().copied().unwrap_or(0);
+    sqlx::query(
+        "SELECT setval(seq, greatest($1, coalesce(pg_sequence_last_value(seq), 0))), pg_notify($2, $1::text)
+         FROM (SELECT pg_get_serial_sequence('events', 'position')::regclass AS seq) AS s",
+    )
+    .bind(head)
+    .bind(NOTIFY_CHANNEL)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL refused an idempotency result that `check_records` let through (`jsonb` is
+/// stricter than JSON: no `\u0000` in strings): the caller's data, not a failure of the store.
+fn refused_json(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+            StoreError::Invalid(format!("PostgreSQL refused an idempotency result: {}", db.message()))
+        }
+        _ => StoreError::Database(e),
     }
 }
 

@@ -18,14 +18,16 @@ use uuid::Uuid;
 
 use crate::group_commit::{BatchLimits, BatchWriter, GroupCommit};
 use crate::plan::{self, BatchState};
+use crate::transfer::{self, LogState};
 use crate::{
-    AppendError, Commit, Committed, EventMetadata, EventStore, IdempotentResult, Position, RecordedEvent, Snapshot,
-    StoreError, StoreOptions, Until,
+    AppendError, Commit, Committed, EventMetadata, EventStore, IdempotencyRecord, IdempotentResult, LogTransfer,
+    Position, RecordedEvent, Snapshot, StoreError, StoreOptions, Until,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Rows per multi-row `INSERT`: 11 parameters each stays far below SQLite's variable limit.
+/// Rows per multi-row `INSERT`: 12 parameters each (an import's) stays far below SQLite's
+/// variable limit.
 const ROWS_PER_INSERT: usize = 500;
 /// Values per `IN (...)` list.
 const IDS_PER_QUERY: usize = 900;
@@ -36,6 +38,10 @@ pub struct SqliteEventStore {
     pool: SqlitePool,
     writer: GroupCommit,
     changes: watch::Receiver<Position>,
+    /// The sender of `changes`, for what is written outside group commit (imports).
+    head: watch::Sender<Position>,
+    /// The writer's clock, which an import moves past the times it brings.
+    clock: Arc<SqliteWriter>,
 }
 
 impl SqliteEventStore {
@@ -70,12 +76,18 @@ impl SqliteEventStore {
             max_commits: options.max_batch_commits,
             max_events: options.max_batch_events,
         };
-        let writer = SqliteWriter {
+        let clock = Arc::new(SqliteWriter {
             pool: pool.clone(),
             last_recorded: std::sync::Mutex::new(last_recorded.unwrap_or(0)),
-        };
-        let writer = GroupCommit::spawn(Arc::new(writer), head_tx, limits);
-        Ok(SqliteEventStore { pool, writer, changes })
+        });
+        let writer = GroupCommit::spawn(clock.clone(), head_tx.clone(), limits);
+        Ok(SqliteEventStore {
+            pool,
+            writer,
+            changes,
+            head: head_tx,
+            clock,
+        })
     }
 
     /// The pool this store reads with.
@@ -96,6 +108,12 @@ impl SqliteWriter {
         let mut last = self.last_recorded.lock().unwrap_or_else(|p| p.into_inner());
         *last = now.max(*last);
         *last
+    }
+
+    /// No later commit is recorded before `micros` (an imported event's time).
+    fn not_before(&self, micros: i64) {
+        let mut last = self.last_recorded.lock().unwrap_or_else(|p| p.into_inner());
+        *last = micros.max(*last);
     }
 }
 
@@ -375,6 +393,184 @@ impl EventStore for SqliteEventStore {
         };
         Ok(done.rows_affected())
     }
+}
+
+/// Log transfer (see `transfer`). An import is one `BEGIN IMMEDIATE` transaction, SQLite's one
+/// writer at a time, like the writer's batches. Positions are inserted as given; `AUTOINCREMENT`
+/// keeps the largest position ever inserted in `sqlite_sequence`, explicit ones included, so the
+/// next commit lands above the imported head with nothing more to do.
+#[async_trait]
+impl LogTransfer for SqliteEventStore {
+    async fn idempotency_records(
+        &self,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        const COLS: &str = "key, request_hash, result, created_at";
+        let query = match after_key {
+            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM idempotency_keys ORDER BY key LIMIT ?"
+            )))
+            .bind(clamp(limit as u64)),
+            Some(after) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM idempotency_keys WHERE key > ? ORDER BY key LIMIT ?"
+            )))
+            .bind(after)
+            .bind(clamp(limit as u64)),
+        };
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(IdempotencyRecord {
+                    key: row.try_get(0)?,
+                    request_hash: row.try_get(1)?,
+                    result: row.try_get(2)?,
+                    created_at: from_micros(row.try_get(3)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn import_events(&self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        transfer::check_events(events)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        match import_on(&mut tx, events).await {
+            Ok(()) => {
+                // Still under the write lock, so no commit can be recorded in between.
+                self.clock.not_before(last.recorded_at.timestamp_micros());
+                tx.commit().await?;
+            }
+            Err(e) => {
+                // At once: the rollback ends the write transaction the writer is waiting for.
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "rolling back a refused import failed");
+                }
+                return Err(e);
+            }
+        }
+        self.head.send_if_modified(|h| {
+            let moved = last.position > *h;
+            if moved {
+                *h = last.position;
+            }
+            moved
+        });
+        Ok(())
+    }
+
+    async fn import_idempotency(&self, records: &[IdempotencyRecord]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        transfer::check_records(records)?;
+        // In a write transaction like the writer's keys, which it reads and inserts in one.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut new = 0;
+        for chunk in records.chunks(ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO idempotency_keys (key, request_hash, result, created_at) ");
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.key.clone())
+                    .push_bind(r.request_hash.clone())
+                    .push_bind(r.result.clone())
+                    .push_bind(r.created_at.timestamp_micros());
+            });
+            q.push(" ON CONFLICT (key) DO NOTHING");
+            new += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn first_stream_outside(&self, prefixes: &[&str]) -> Result<Option<String>, StoreError> {
+        // Not `LIKE`, which in SQLite ignores the case of ASCII letters: `instr(...) = 1` is a
+        // literal, case-sensitive "starts with".
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT stream_id FROM events");
+        if !prefixes.is_empty() {
+            q.push(" WHERE NOT (");
+            for (i, prefix) in prefixes.iter().enumerate() {
+                if i > 0 {
+                    q.push(" OR ");
+                }
+                q.push("instr(stream_id, ").push_bind(*prefix).push(") = 1");
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY position LIMIT 1");
+        Ok(q.build_query_scalar().fetch_optional(&self.pool).await?)
+    }
+}
+
+/// The import inside its write transaction: the checks against the store, then the insert.
+async fn import_on(tx: &mut Transaction<'_, Sqlite>, events: &[RecordedEvent]) -> Result<(), StoreError> {
+    let mut state = LogState::default();
+    let last = sqlx::query("SELECT position, recorded_at FROM events ORDER BY position DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(row) = last {
+        state.head = to_u64(row.try_get(0)?);
+        state.last_recorded_at = Some(from_micros(row.try_get(1)?)?);
+    }
+    for stream in transfer::streams_of(events) {
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(stream_version) FROM events WHERE stream_id = ?")
+            .bind(stream)
+            .fetch_one(&mut **tx)
+            .await?;
+        if let Some(v) = v {
+            state.versions.insert(stream.to_owned(), to_u64(v));
+        }
+    }
+    for ids in transfer::event_ids_of(events).chunks(IDS_PER_QUERY) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT event_id FROM events WHERE event_id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let existing: Vec<Uuid> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        state.existing_event_ids.extend(existing);
+    }
+    transfer::check_against(events, &state)?;
+
+    for rows in events.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version, payload, \
+             occurred_at, recorded_at, correlation_id, causation_id, actor) ",
+        );
+        // `check_events` bounded positions and versions by i64::MAX.
+        q.push_values(rows, |mut b, e| {
+            b.push_bind(clamp(e.position))
+                .push_bind(e.stream_id.clone())
+                .push_bind(clamp(e.stream_version))
+                .push_bind(e.event_id)
+                .push_bind(e.event_type.clone())
+                .push_bind(i64::from(e.schema_version))
+                .push_bind(e.payload.clone())
+                .push_bind(e.occurred_at.timestamp_micros())
+                .push_bind(e.recorded_at.timestamp_micros())
+                .push_bind(e.metadata.correlation_id.clone())
+                .push_bind(e.metadata.causation_id.clone())
+                .push_bind(e.metadata.actor.clone());
+        });
+        let done = q
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(transfer::refused_by_constraint)?;
+        if done.rows_affected() != rows.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "the import inserted {} rows for {} events",
+                done.rows_affected(),
+                rows.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn to_u64(v: i64) -> u64 {
