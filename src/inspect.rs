@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use event_schemas::Category;
+use event_schemas::{Category, Service};
 use event_store::{EventStore, Until};
 use serde_json::{Value, json};
-use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
+use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls};
 use uuid::Uuid;
 use write_side::domain::{Customer, Order, Payment, Product};
 use write_side::http::{EventView, OrderStateView, StreamEventsPage};
@@ -29,12 +29,13 @@ use write_side::{CommandHandler, HandlerOptions, Loaded, Snapshottable};
 /// Events read per round trip.
 const PAGE: usize = 1000;
 
-/// Which event store to read.
+/// Which event store to read: the one of the service that owns the stream.
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
-    /// The event store: a PostgreSQL URL (postgres://user@host:5432/orderflow; its password is
-    /// never shown) or a SQLite file (a path, or sqlite://path). Without it, the embedded store
-    /// of `orderflow serve`: <DATA_DIR>/events.db.
+    /// The services' event stores: a PostgreSQL URL or a SQLite file (a path, or sqlite://path),
+    /// with `{service}` where the service's name goes (postgres://orders@host/orderflow_{service});
+    /// without it, one store holds every service's streams. Its password is never shown. Without
+    /// it, the embedded stores of `orderflow serve`: <DATA_DIR>/<service>.db.
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true, value_name = "URL")]
     event_store_url: Option<String>,
     /// The embedded deployment's data directory (as `orderflow serve --data-dir`), read when
@@ -83,7 +84,8 @@ pub(crate) struct StateArgs {
     /// Fold only the events recorded at or before this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
     #[arg(long, env = "ORDERFLOW_STATE_AS_OF", value_name = "RFC3339", value_parser = parse_time, conflicts_with = "at")]
     as_of: Option<DateTime<Utc>>,
-    /// Fold only the events at or below this global position (a command's answer carries one).
+    /// Fold only the events at or below this position of the stream's service's log (a
+    /// command's answer carries one).
     #[arg(long, env = "ORDERFLOW_STATE_AT", value_name = "POSITION")]
     at: Option<u64>,
     #[command(flatten)]
@@ -120,7 +122,7 @@ pub(crate) async fn state(args: StateArgs) -> anyhow::Result<()> {
         (None, Some(position)) => Some(Until::Position(position)),
         (None, None) => None,
     };
-    let (store, location) = open(&args.store).await?;
+    let (store, location) = open(&args.store, &args.stream).await?;
     let handler = CommandHandler::new(Arc::clone(&store), HandlerOptions::default());
     let Stream {
         id: stream_id,
@@ -151,7 +153,7 @@ pub(crate) async fn state(args: StateArgs) -> anyhow::Result<()> {
 
 /// `orderflow events`.
 pub(crate) async fn events(args: EventsArgs) -> anyhow::Result<()> {
-    let (store, location) = open(&args.store).await?;
+    let (store, location) = open(&args.store, &args.stream).await?;
     let handler = CommandHandler::new(Arc::clone(&store), HandlerOptions::default());
     let stream_id = &args.stream.id;
     let limit = args.limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
@@ -211,18 +213,22 @@ fn describe(point: Until) -> String {
     }
 }
 
-/// Opens the event store to read, without creating or migrating it. Answers it with where it
-/// is, for messages.
-async fn open(args: &StoreArgs) -> anyhow::Result<(Arc<dyn EventStore>, DatabaseUrl)> {
+/// Opens the event store of the service that owns `stream`, to read, without creating or
+/// migrating it. Answers it with where it is, for messages.
+async fn open(args: &StoreArgs, stream: &Stream) -> anyhow::Result<(Arc<dyn EventStore>, DatabaseUrl)> {
+    let service = Service::owning(stream.category);
     let url = match &args.event_store_url {
-        Some(url) => DatabaseUrl::parse("--event-store-url", url)?,
-        None => DatabaseUrl::Sqlite(args.data_dir.join("events.db")),
+        Some(url) => ServiceStoreUrls::parse("--event-store-url", url)?.get(service).clone(),
+        None => {
+            embedded::refuse_a_single_store(&args.data_dir)?;
+            ServiceStoreUrls::embedded(&args.data_dir).get(service).clone()
+        }
     };
-    tracing::info!(store = %url, "reading the event store");
+    tracing::info!(store = %url, %service, "reading the service's event store");
     if let Some(path) = url.sqlite_path() {
         anyhow::ensure!(
             path.is_file(),
-            "no event store at {}: `orderflow serve` creates it (or `orderflow migrate \
+            "no event store at {}: `orderflow serve` creates it (or `orderflow migrate --service {service} \
              --event-store-url {}`); to read another one, give --event-store-url",
             path.display(),
             path.display()

@@ -5,7 +5,8 @@
 //! - `projections run|rebuild|list|status`: the read models' workers and rebuilds
 //!   ([`projections::cli`]).
 //! - `state` / `events`: one stream folded "as of", or its events, read from the store (`inspect`).
-//! - `migrate`: create or upgrade the event store's and the read side's tables (`migrate`).
+//! - `migrate`: create or upgrade the services' stores' and the read side's tables (`migrate`).
+//! - `export` / `import` / `split-store`: a service's log moved between stores (`transfer`).
 //! - `bench ...`: the platform's throughput and latency ([`bench`]).
 //!
 //! Every flag can also be set from an environment variable, and from the configuration file
@@ -16,6 +17,7 @@ use service_kit::cancel_on_signal;
 
 mod inspect;
 mod migrate;
+mod transfer;
 
 /// orderflow: an event-sourced CQRS platform for order management.
 #[derive(Debug, clap::Parser)]
@@ -62,6 +64,24 @@ enum Command {
     /// and serve), the projections' control tables, and each projection's live tables (as
     /// `projections run`), in ClickHouse too with --clickhouse-url. Prints what it did.
     Migrate(migrate::MigrateArgs),
+    /// Write one service's log to a file: every event as stored and its idempotency records.
+    ///
+    /// With `import`, how a deployment moves between SQLite and PostgreSQL without losing an
+    /// event (ids, positions, times, metadata kept); also the service's backup. The file is
+    /// JSON Lines ending with a count and a SHA-256, so a file cut short is refused.
+    Export(transfer::ExportArgs),
+    /// Add a file `export` wrote to a service's store (created or migrated if needed).
+    ///
+    /// The whole file is checked first: bad or truncated input imports nothing. Running it
+    /// again adds nothing twice (a stopped import is finished by running it again); a store
+    /// that holds other events is refused.
+    Import(transfer::ImportArgs),
+    /// Split the one store of old (every service's streams together) into the services' own.
+    ///
+    /// A data directory's events.db into its <service>.db files (events.db is then moved
+    /// aside), or --from a database --to a URL with {service}. Keeps every event; safe to run
+    /// again.
+    SplitStore(transfer::SplitArgs),
 }
 
 /// glibc's allocator took a fifth of this process's CPU under load (BENCHMARKS.md).
@@ -81,6 +101,9 @@ async fn main() -> anyhow::Result<()> {
         Command::State(args) => inspect::state(args).await,
         Command::Events(args) => inspect::events(args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Export(args) => transfer::export(args).await,
+        Command::Import(args) => transfer::import(args).await,
+        Command::SplitStore(args) => transfer::split(args).await,
     }
 }
 

@@ -2,8 +2,9 @@
 //! with the code that does it when the services start (so running it first changes nothing
 //! they would not have done, and running it twice changes nothing the second time):
 //!
-//! - the event store: [`StorePool::migrate`] (either adapter's migrations), as `write-side`
-//!   and `orderflow serve` do on start;
+//! - the services' event stores (each service has its own: `--event-store-url` is a template
+//!   with `{service}`, and `--service` picks one): [`StorePool::migrate`] (either adapter's
+//!   migrations), as `write-side --service` and `orderflow serve` do on start;
 //! - the read database: [`ReadDb::migrate`] (the projections' control tables), then for every
 //!   projection its live version (version 1 on a new database, [`ReadDb::ensure_live`]) and that
 //!   version's tables ([`projections::Projection::prepare`]), as `orderflow projections run`
@@ -16,24 +17,29 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use clap::Args;
+use event_schemas::Service;
 use projections::ReadDb;
 use projections::catalog::{self, Sinks};
 use projections::cli::ClickHouseArgs;
 use service_kit::cli::write_line;
-use service_kit::db::{DatabaseUrl, PoolSettings, StorePool, without_credentials};
+use service_kit::db::{DatabaseUrl, PoolSettings, ServiceStoreUrls, StorePool, without_credentials};
 use sqlx::{AnyPool, PgPool, SqlitePool};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
-  orderflow migrate --event-store-url postgres://write_side@127.0.0.1:5432/orderflow
+  orderflow migrate --service orders --event-store-url postgres://orders@127.0.0.1:5432/orderflow_orders
   orderflow migrate --read-db-url postgres://projections@127.0.0.1:5432/orderflow_read \\
                     --clickhouse-url http://127.0.0.1:8123
-  orderflow migrate --event-store-url orderflow-data/events.db --read-db-url sqlite://orderflow-data/read.db")]
+  orderflow migrate --event-store-url 'orderflow-data/{service}.db' --read-db-url sqlite://orderflow-data/read.db")]
 pub(crate) struct MigrateArgs {
-    /// The event store to create or upgrade: a PostgreSQL URL, or a SQLite file (a path or
-    /// sqlite://path, created if missing). Its password is never shown.
+    /// The services' event stores to create or upgrade: a PostgreSQL URL, or a SQLite file (a
+    /// path or sqlite://path, created if missing), with `{service}` where the service's name
+    /// goes. Without `{service}`, the one store of --service. Its password is never shown.
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true, value_name = "URL")]
     event_store_url: Option<String>,
+    /// Only this service's store: customers, inventory, orders or payments.
+    #[arg(long, env = "ORDERFLOW_SERVICE", value_name = "SERVICE")]
+    service: Option<Service>,
     /// The read database to create or upgrade: postgres://... or sqlite://path. Gets the
     /// projections' control tables and each projection's live tables. Its password is never shown.
     #[arg(long, env = "ORDERFLOW_READ_DB_URL", hide_env_values = true, value_name = "URL")]
@@ -79,8 +85,24 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         args.clickhouse.clickhouse_url.is_none() || args.read_db_url.is_some(),
         "--clickhouse-url needs --read-db-url: the analytics' versions and checkpoints live in the read database"
     );
-    if let Some(url) = &args.event_store_url {
-        event_store(url).await?;
+    anyhow::ensure!(
+        args.service.is_none() || args.event_store_url.is_some(),
+        "--service needs --event-store-url: the store of the service to migrate"
+    );
+    if let Some(template) = &args.event_store_url {
+        let urls = ServiceStoreUrls::parse("--event-store-url", template)?;
+        let services: Vec<Service> = match args.service {
+            Some(service) => vec![service],
+            None if template.contains(ServiceStoreUrls::PLACEHOLDER) => Service::ALL.to_vec(),
+            None => anyhow::bail!(
+                "--event-store-url names one store: say whose with --service, or put {} in it for every \
+                 service's (e.g. postgres://…/orderflow_{{service}})",
+                ServiceStoreUrls::PLACEHOLDER
+            ),
+        };
+        for service in services {
+            event_store(service, urls.get(service)).await?;
+        }
     }
     if let Some(url) = &args.read_db_url {
         read_side(url, &args).await?;
@@ -88,20 +110,19 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn event_store(url: &str) -> anyhow::Result<()> {
-    let url = DatabaseUrl::parse("--event-store-url", url)?;
+async fn event_store(service: Service, url: &DatabaseUrl) -> anyhow::Result<()> {
     if let Some(path) = url.sqlite_path() {
         create_parent(path)?;
     }
-    tracing::info!(store = %url, "migrating the event store");
-    let pool = StorePool::connect(&url, PoolSettings::new(1)).await?;
+    tracing::info!(store = %url, %service, "migrating the service's event store");
+    let pool = StorePool::connect(url, PoolSettings::new(1)).await?;
     let before = store_schema(&pool).await?;
     pool.migrate()
         .await
-        .with_context(|| format!("cannot migrate the event store ({url})"))?;
+        .with_context(|| format!("cannot migrate the {service} event store ({url})"))?;
     let after = store_schema(&pool).await?;
     pool.close().await;
-    write_line(&format!("event store ({url}): {}", after.since(before)))?;
+    write_line(&format!("{service} event store ({url}): {}", after.since(before)))?;
     Ok(())
 }
 

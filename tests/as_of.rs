@@ -2,26 +2,26 @@
 //! up to T from the write side. A property test asks both HTTP APIs about random orders at
 //! random times (before, between and exactly at the events) and compares the answers.
 //!
-//! Embedded deployment: SQLite store, the real command handler, the in-process subscription
-//! feeding the dashboard, the write side's and the read side's routers.
+//! Embedded deployment: the services over their SQLite stores (as `orderflow serve` opens
+//! them), the in-process subscriptions feeding the dashboard, the write side's and the read
+//! side's routers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
-use event_store::EventStore;
+use event_schemas::Service;
 use projections::catalog::{self, Sinks};
-use projections::{ReadDb, RunOptions, applied_position, dashboard, run_from_store};
+use projections::{ReadDb, RunOptions, applied_position, dashboard, run_from_stores};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use write_side::CommandContext;
 use write_side::domain::{CancelOrder, CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
-use write_side::http::{Auth, HttpConfig, HttpState};
-use write_side::{CommandContext, CommandHandler, HandlerOptions};
+use write_side::http::{Auth, HttpConfig};
 
 use testkit::http::get;
 
@@ -38,12 +38,15 @@ struct World {
 
 async fn world() -> World {
     let dir = std::env::temp_dir();
-    let store = Arc::new(testkit::sqlite::store("as_of_store").await);
-    let handler = CommandHandler::new(store.clone(), HandlerOptions::default());
+    let data_dir = dir.join(testkit::unique_name("as_of_services"));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let services = embedded::open(&data_dir).await.unwrap();
+    let local = services.local;
     let ctx = CommandContext::default();
 
     let customer_id = Uuid::now_v7();
-    handler
+    local
+        .handler(Service::Customers)
         .customer(
             &ctx,
             customer_id,
@@ -57,7 +60,8 @@ async fn world() -> World {
         .unwrap();
     let products: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     for (n, &product_id) in products.iter().enumerate() {
-        handler
+        local
+            .handler(Service::Inventory)
             .product(
                 &ctx,
                 product_id,
@@ -81,7 +85,7 @@ async fn world() -> World {
             product_id: products[i % 3],
             quantity: 1 + i as i64 % 3,
         }];
-        handler
+        local
             .place_order(
                 &ctx,
                 PlaceOrder {
@@ -114,17 +118,22 @@ async fn world() -> World {
             };
             match command {
                 Some(Ok(command)) => {
-                    handler.order(&ctx, order_id, command).await.unwrap();
+                    local
+                        .handler(Service::Orders)
+                        .order(&ctx, order_id, command)
+                        .await
+                        .unwrap();
                 }
                 Some(Err(cancel)) => {
-                    handler.cancel_order(&ctx, cancel).await.unwrap();
+                    local.cancel_order(&ctx, cancel).await.unwrap();
                 }
                 None => continue,
             }
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         if step == 1 {
-            handler
+            local
+                .handler(Service::Customers)
                 .customer(
                     &ctx,
                     customer_id,
@@ -138,9 +147,15 @@ async fn world() -> World {
         }
     }
 
-    let events = store.read_all(0, 10_000).await.unwrap();
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
-    let head = events.last().unwrap().position;
+    // Every commit time of the services' logs: the instants where an answer may change.
+    let mut times: Vec<DateTime<Utc>> = Vec::new();
+    let mut heads = Vec::new();
+    for log in &services.logs {
+        let events = log.store.read_all(0, 10_000).await.unwrap();
+        times.extend(events.iter().map(|e| e.recorded_at));
+        heads.push((log.service, log.store.head_position().await.unwrap()));
+    }
+    times.sort();
 
     let read_url = format!(
         "sqlite://{}",
@@ -153,23 +168,27 @@ async fn world() -> World {
         clickhouse: None,
     };
     let cancel = CancellationToken::new();
-    tokio::spawn(run_from_store(
-        store.clone() as Arc<dyn EventStore>,
+    tokio::spawn(run_from_stores(
+        services.logs.clone(),
         db.clone(),
         catalog::factory(dashboard::NAME, &sinks).unwrap(),
         RunOptions::default(),
         cancel.clone(),
     ));
     loop {
-        if let Some(version) = db.live_version(dashboard::NAME).await.unwrap()
-            && applied_position(&db.progress(dashboard::NAME, version).await.unwrap()) >= head
-        {
-            break;
+        if let Some(version) = db.live_version(dashboard::NAME).await.unwrap() {
+            let progress = db.progress(dashboard::NAME, version).await.unwrap();
+            if heads
+                .iter()
+                .all(|(service, head)| applied_position(&progress, *service) >= *head)
+            {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     World {
-        write: write_side::http::router(HttpState::new(handler, HttpConfig::new(Auth::Disabled))),
+        write: write_side::http::router(local.http_state(HttpConfig::new(Auth::Disabled))),
         read: read_api::router(read_api::ReadState::new(db, None, read_api::ReadConfig::default())),
         orders,
         first: times[0],

@@ -9,21 +9,21 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::{DateTime, Utc};
+use event_schemas::Service;
 use event_store::{EventStore, SqliteEventStore, StoreOptions};
 use http_body_util::BodyExt;
 use projections::ReadDb;
 use serde_json::Value;
 use tower::ServiceExt;
 use uuid::Uuid;
+use write_side::CommandContext;
 use write_side::domain::{CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
-use write_side::http::{Auth, HttpConfig, HttpState};
-use write_side::{CommandContext, CommandHandler, HandlerOptions};
+use write_side::http::{Auth, HttpConfig};
 
 mod support;
 use support::{orderflow, scratch, stderr, stdout};
@@ -35,16 +35,17 @@ fn json_of(output: &Output) -> Value {
 }
 
 struct Shop {
-    /// Holds `orderflow-data/events.db`, the default store of `state` and `events` run here.
+    /// Holds `orderflow-data/<service>.db`, the default stores of `state` and `events` run here.
     dir: PathBuf,
+    /// The orders service's store.
     store_path: PathBuf,
     /// The write side's API over the same store.
     api: axum::Router,
     customer: Uuid,
     product: Uuid,
     order: Uuid,
-    /// The positions of the product's addition (before the order), the order's placement
-    /// (with its stock reservation) and confirmation.
+    /// The product's addition in the inventory's log (before the reservation for the order),
+    /// and the order's placement and confirmation in the orders' log.
     added: u64,
     placed: u64,
     confirmed: u64,
@@ -68,16 +69,19 @@ impl Shop {
     }
 }
 
-/// A customer, a product, and an order placed then confirmed, in `<dir>/orderflow-data/events.db`.
+/// A customer, a product, and an order placed then confirmed, by the services of `orderflow
+/// serve` in `<dir>/orderflow-data` (each service's store its own file there).
 async fn shop(name: &str) -> Shop {
     let dir = scratch(name);
-    let store_path = dir.join("orderflow-data").join("events.db");
-    std::fs::create_dir_all(store_path.parent().unwrap()).unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(testkit::sqlite::store_at(&store_path).await);
-    let handler = CommandHandler::new(store, HandlerOptions::default());
+    let data_dir = dir.join("orderflow-data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let store_path = data_dir.join("orders.db");
+    let services = embedded::open(&data_dir).await.unwrap();
+    let local = services.local;
     let ctx = CommandContext::default();
     let (customer, product, order) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    handler
+    local
+        .handler(Service::Customers)
         .customer(
             &ctx,
             customer,
@@ -89,7 +93,8 @@ async fn shop(name: &str) -> Shop {
         )
         .await
         .unwrap();
-    let added = handler
+    let added = local
+        .handler(Service::Inventory)
         .product(
             &ctx,
             product,
@@ -105,7 +110,7 @@ async fn shop(name: &str) -> Shop {
         .await
         .unwrap()
         .position;
-    let placed = handler
+    let placed = local
         .place_order(
             &ctx,
             PlaceOrder {
@@ -122,12 +127,13 @@ async fn shop(name: &str) -> Shop {
         .position;
     // Apart in time, so that "as of" the placement's commit time excludes the confirmation.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let confirmed = handler
+    let confirmed = local
+        .handler(Service::Orders)
         .order(&ctx, order, OrderCommand::Confirm { order_id: order })
         .await
         .unwrap()
         .position;
-    let api = write_side::http::router(HttpState::new(handler, HttpConfig::new(Auth::Disabled)));
+    let api = write_side::http::router(local.http_state(HttpConfig::new(Auth::Disabled)));
     Shop {
         dir,
         store_path,
@@ -237,7 +243,7 @@ async fn unknown_streams_and_bad_flags_fail_with_clear_errors() {
         assert_eq!(output.status.code(), Some(1), "{command}: {}", stderr(&output));
         assert!(
             stderr(&output).contains(&format!(
-                "no stream {unknown} in the event store (SQLite orderflow-data/events.db)"
+                "no stream {unknown} in the event store (SQLite orderflow-data/orders.db)"
             )),
             "{command}: {}",
             stderr(&output)
@@ -245,9 +251,11 @@ async fn unknown_streams_and_bad_flags_fail_with_clear_errors() {
         assert!(output.stdout.is_empty());
     }
 
-    // The order existed later, not at that point.
+    // The order existed later, not at that point (its placement is the orders' log's first
+    // event).
     let stream = format!("order-{}", shop.order);
-    let output = shop.orderflow(&["state", &stream, "--at", &shop.added.to_string()]);
+    assert_eq!(shop.placed, 1);
+    let output = shop.orderflow(&["state", &stream, "--at", "0"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("has no event at or before position"),
@@ -274,11 +282,24 @@ async fn unknown_streams_and_bad_flags_fail_with_clear_errors() {
     let output = orderflow(&empty, &["state", &stream], &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("no event store at orderflow-data/events.db"),
+        stderr(&output).contains("no event store at orderflow-data/orders.db"),
         "{}",
         stderr(&output)
     );
     assert!(!empty.join("orderflow-data").exists(), "reading created the store");
+
+    // A data directory of one store for every service, from before each had its own: refused,
+    // naming the command that splits it.
+    let legacy = scratch("cli-legacy");
+    std::fs::create_dir_all(legacy.join("orderflow-data")).unwrap();
+    std::fs::copy(&shop.store_path, legacy.join("orderflow-data/events.db")).unwrap();
+    let output = orderflow(&legacy, &["state", &stream], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("orderflow split-store --data-dir"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[tokio::test]
@@ -287,14 +308,19 @@ async fn migrate_creates_the_sqlite_tables_and_is_safe_twice() {
     let args = [
         "migrate",
         "--event-store-url",
-        "data/events.db",
+        "data/{service}.db",
         "--read-db-url",
         "sqlite://data/read.db",
     ];
     let first = orderflow(&dir, &args, &[]);
     assert!(first.status.success(), "{}", stderr(&first));
     let out = stdout(&first);
-    assert!(out.contains("event store (SQLite data/events.db): "), "{out}");
+    for service in Service::ALL {
+        assert!(
+            out.contains(&format!("{service} event store (SQLite data/{service}.db): ")),
+            "{out}"
+        );
+    }
     assert!(out.contains("migrations applied"), "{out}");
     assert!(!out.contains("already up to date"), "{out}");
     assert!(out.contains("order_dashboard: live version 1"), "{out}");
@@ -303,14 +329,22 @@ async fn migrate_creates_the_sqlite_tables_and_is_safe_twice() {
     let second = orderflow(&dir, &args, &[]);
     assert!(second.status.success(), "{}", stderr(&second));
     let out = stdout(&second);
-    assert_eq!(out.matches("already up to date").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("already up to date").count(),
+        5,
+        "four stores and the read database: {out}"
+    );
 
-    // The store opens and is empty; the projections are registered and their tables exist.
-    let pool = sqlx::SqlitePool::connect_with(SqliteEventStore::connect_options(&dir.join("data/events.db")))
-        .await
-        .unwrap();
-    let store = SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap();
-    assert_eq!(store.head_position().await.unwrap(), 0);
+    // Every service's store opens and is empty; the projections are registered and their
+    // tables exist.
+    for service in Service::ALL {
+        let path = dir.join(format!("data/{service}.db"));
+        let pool = sqlx::SqlitePool::connect_with(SqliteEventStore::connect_options(&path))
+            .await
+            .unwrap();
+        let store = SqliteEventStore::open(pool, StoreOptions::default()).await.unwrap();
+        assert_eq!(store.head_position().await.unwrap(), 0);
+    }
     let read_db = ReadDb::connect(&format!("sqlite://{}", dir.join("data/read.db").display()), 1)
         .await
         .unwrap();
@@ -324,6 +358,29 @@ async fn migrate_creates_the_sqlite_tables_and_is_safe_twice() {
                 .unwrap();
         assert!(tables > 0, "{name}: no table of version 1");
     }
+
+    // One service's store alone; one URL without the service's name needs --service.
+    let one = orderflow(
+        &dir,
+        &["migrate", "--service", "payments", "--event-store-url", "data/pay.db"],
+        &[],
+    );
+    assert!(one.status.success(), "{}", stderr(&one));
+    assert!(
+        stdout(&one).contains("payments event store (SQLite data/pay.db): "),
+        "{}",
+        stdout(&one)
+    );
+    let whose = orderflow(&dir, &["migrate", "--event-store-url", "data/other.db"], &[]);
+    assert_eq!(whose.status.code(), Some(1));
+    assert!(stderr(&whose).contains("--service"), "{}", stderr(&whose));
+    assert!(!dir.join("data/other.db").exists(), "nothing created");
+    let unknown = orderflow(
+        &dir,
+        &["migrate", "--service", "shipping", "--event-store-url", "data/x.db"],
+        &[],
+    );
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
 
     let nothing = orderflow(&dir, &["migrate"], &[]);
     assert_eq!(nothing.status.code(), Some(1));
@@ -359,6 +416,7 @@ async fn migrate_postgres_and_clickhouse_without_printing_passwords() {
             &dir,
             &["migrate", "--clickhouse-url", &clickhouse_url],
             &[
+                ("ORDERFLOW_SERVICE", "orders"),
                 ("ORDERFLOW_EVENT_STORE_URL", &store_url),
                 ("ORDERFLOW_READ_DB_URL", &read_url),
                 ("ORDERFLOW_CLICKHOUSE_DATABASE", &clickhouse_db),
@@ -373,7 +431,7 @@ async fn migrate_postgres_and_clickhouse_without_printing_passwords() {
         "{printed}"
     );
     let out = stdout(&first);
-    assert!(out.contains("event store (PostgreSQL "), "{out}");
+    assert!(out.contains("orders event store (PostgreSQL "), "{out}");
     assert!(out.contains(&format!("/{}): ", store_db.name)), "{out}");
     assert!(out.contains("read database (PostgreSQL "), "{out}");
     assert!(out.contains("migrations applied"), "{out}");

@@ -29,10 +29,10 @@ fn store_read(dir: &Path, command: &str, args: &[&str], env: &[(&str, &str)]) ->
     rest.split_once(')').map(|(path, _)| path.to_owned()).unwrap()
 }
 
-/// Empty, migrated SQLite stores at these paths under `dir`.
+/// Empty, migrated SQLite stores (the orders service's) at these paths under `dir`.
 fn stores(dir: &Path, paths: &[&str]) {
     for path in paths {
-        let output = orderflow(dir, &["migrate", "--event-store-url", path], &[]);
+        let output = orderflow(dir, &["migrate", "--service", "orders", "--event-store-url", path], &[]);
         assert!(output.status.success(), "migrate {path}: {}", stderr(&output));
     }
 }
@@ -46,11 +46,11 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 #[test]
 fn a_flag_beats_its_variable_beats_the_file_beats_the_default() {
     let dir = scratch("config");
-    stores(&dir, &["data/events.db", "file.db", "section.db", "env.db", "flag.db"]);
-    // The built-in default: orderflow-data/events.db, which is not there.
+    stores(&dir, &["data/orders.db", "file.db", "section.db", "env.db", "flag.db"]);
+    // The built-in default: orderflow-data/orders.db, which is not there.
     let output = orderflow(&dir, &["state", &format!("order-{}", Uuid::now_v7())], &[]);
     assert!(
-        stderr(&output).contains("no event store at orderflow-data/events.db"),
+        stderr(&output).contains("no event store at orderflow-data/orders.db"),
         "{}",
         stderr(&output)
     );
@@ -59,7 +59,7 @@ fn a_flag_beats_its_variable_beats_the_file_beats_the_default() {
     let data_dir = write(&dir, "data-dir.toml", "[orderflow]\ndata-dir = \"data\"\n");
     assert_eq!(
         store_read(&dir, "state", &["--config", &data_dir], &[]),
-        "data/events.db"
+        "data/orders.db"
     );
 
     // Within the file, [state] over [orderflow]; `events` has no section, so [orderflow].

@@ -1,6 +1,6 @@
-//! End to end with the real binaries: commands → PostgreSQL store → `orderflow relay` → Kafka →
-//! two `orderflow projections run` workers in one consumer group → PostgreSQL dashboard and
-//! ClickHouse analytics. The workers are killed with SIGKILL at random points under load and
+//! End to end with the real binaries: commands → the services' PostgreSQL stores (a database
+//! each) → an `orderflow relay` per store → Kafka → two `orderflow projections run` workers in
+//! one consumer group → PostgreSQL dashboard and ClickHouse analytics. The workers are killed with SIGKILL at random points under load and
 //! started again; at the end the read models must equal a fold of the whole log from scratch
 //! (invariants 5 and 6 of docs/design.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,30 +9,32 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_schemas::{DomainEvent, OrderEvent};
+use event_schemas::{DomainEvent, OrderEvent, Service};
 use event_store::{EventStore, PgEventStore, StoreOptions};
 use projections::analytics::{self, SalesAnalytics};
 use projections::dashboard;
-use projections::{ReadDb, RebuildOptions, UntilPoint, applied_position, catalog};
+use projections::{ReadDb, RebuildOptions, ServiceLog, UntilPoint, applied_position, catalog};
 use sqlx::Row;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use write_side::domain::{CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
-use write_side::{CommandContext, CommandHandler, HandlerOptions};
+use write_side::{CommandContext, HandlerOptions, Local};
 
 struct Deployment {
-    store_db: testkit::postgres::TestDatabase,
+    store_dbs: Vec<(Service, testkit::postgres::TestDatabase)>,
     read_db: testkit::postgres::TestDatabase,
     clickhouse_db: String,
     prefix: String,
 }
 
 impl Deployment {
-    fn relay(&self) -> Child {
+    /// The relay of `service`'s store.
+    fn relay(&self, service: Service) -> Child {
+        let (_, store_db) = self.store_dbs.iter().find(|(s, _)| *s == service).unwrap();
         Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .args(["relay", "--batch-size", "200", "--partitions", "4"])
-            .env("ORDERFLOW_EVENT_STORE_URL", &self.store_db.url)
+            .env("ORDERFLOW_EVENT_STORE_URL", &store_db.url)
             .env("ORDERFLOW_KAFKA_BROKERS", testkit::kafka::bootstrap_servers())
             .env("ORDERFLOW_RELAY_TOPIC_PREFIX", &self.prefix)
             .env("RUST_LOG", "warn")
@@ -69,9 +71,10 @@ impl Deployment {
     }
 }
 
-/// A small shop's traffic through the real command handler: orders placed, confirmed,
-/// shipped, delivered or cancelled, customers renamed, while the workers are being killed.
-async fn traffic(handler: Arc<CommandHandler>, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid>>, seed: u64) {
+/// A small shop's traffic through the services: orders placed (stock reserved at inventory),
+/// confirmed, shipped, delivered or cancelled, customers renamed, while the workers are being
+/// killed.
+async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid>>, seed: u64) {
     let ctx = CommandContext::default();
     let mut rng = seed;
     let mut next = move |n: u64| {
@@ -94,7 +97,7 @@ async fn traffic(handler: Arc<CommandHandler>, customers: Arc<Vec<Uuid>>, produc
                 quantity: 1,
             });
         }
-        handler
+        local
             .place_order(
                 &ctx,
                 PlaceOrder {
@@ -107,7 +110,7 @@ async fn traffic(handler: Arc<CommandHandler>, customers: Arc<Vec<Uuid>>, produc
             .expect("place an order");
         let steps = next(5);
         if steps == 0 {
-            handler
+            local
                 .cancel_order(
                     &ctx,
                     write_side::domain::CancelOrder {
@@ -129,10 +132,15 @@ async fn traffic(handler: Arc<CommandHandler>, customers: Arc<Vec<Uuid>>, produc
             OrderCommand::Deliver { order_id },
         ];
         for command in lifecycle.into_iter().take(steps as usize) {
-            handler.order(&ctx, order_id, command).await.expect("order lifecycle");
+            local
+                .handler(Service::Orders)
+                .order(&ctx, order_id, command)
+                .await
+                .expect("order lifecycle");
         }
         if next(10) == 0 {
-            handler
+            local
+                .handler(Service::Customers)
                 .customer(
                     &ctx,
                     customer_id,
@@ -172,21 +180,44 @@ async fn table(db: &ReadDb, sql: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
+    let mut store_dbs = Vec::new();
+    for service in Service::ALL {
+        store_dbs.push((service, testkit::postgres::fresh_database().await));
+    }
     let deployment = Deployment {
-        store_db: testkit::postgres::fresh_database().await,
+        store_dbs,
         read_db: testkit::postgres::fresh_database().await,
         clickhouse_db: testkit::clickhouse::fresh_database().await,
         prefix: format!("{}.", testkit::unique_name("workers")),
     };
-    let pool = deployment.store_db.pool(16).await;
-    PgEventStore::migrate(&pool).await.unwrap();
-    let store = PgEventStore::open(pool, StoreOptions::default()).await.unwrap();
-    let handler = Arc::new(CommandHandler::new(Arc::new(store.clone()), HandlerOptions::default()));
+    let mut stores: Vec<(Service, Arc<dyn EventStore>)> = Vec::new();
+    for (service, db) in &deployment.store_dbs {
+        let pool = db.pool(16).await;
+        PgEventStore::migrate(&pool).await.unwrap();
+        stores.push((
+            *service,
+            Arc::new(PgEventStore::open(pool, StoreOptions::default()).await.unwrap()),
+        ));
+    }
+    let store_of = |service: Service| stores.iter().find(|(s, _)| *s == service).unwrap().1.clone();
+    // The orders service's copy of customers and products, in a database of its own.
+    let replica = testkit::postgres::fresh_database().await;
+    let replica_db = ReadDb::connect(&replica.url, 4).await.unwrap();
+    let local = Local::new(stores.clone(), replica_db, HandlerOptions::default())
+        .await
+        .unwrap();
+    let replica_stop = CancellationToken::new();
+    let _replica_stops = replica_stop.clone().drop_guard();
+    tokio::spawn({
+        let (local, stop) = (local.clone(), replica_stop.clone());
+        async move { local.run_replica(stop).await }
+    });
     let ctx = CommandContext::default();
 
     let customers: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
     for (n, &customer_id) in customers.iter().enumerate() {
-        handler
+        local
+            .handler(Service::Customers)
             .customer(
                 &ctx,
                 customer_id,
@@ -201,7 +232,8 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     }
     let products: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
     for (n, &product_id) in products.iter().enumerate() {
-        handler
+        local
+            .handler(Service::Inventory)
             .product(
                 &ctx,
                 product_id,
@@ -218,11 +250,11 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
             .unwrap();
     }
 
-    let mut relay = deployment.relay();
+    let mut relays: Vec<Child> = Service::ALL.into_iter().map(|s| deployment.relay(s)).collect();
     let mut workers = [deployment.worker(), deployment.worker()];
     let (customers, products) = (Arc::new(customers), Arc::new(products));
     let load: Vec<_> = (0..4)
-        .map(|seed| tokio::spawn(traffic(handler.clone(), customers.clone(), products.clone(), 7 + seed)))
+        .map(|seed| tokio::spawn(traffic(local.clone(), customers.clone(), products.clone(), 7 + seed)))
         .collect();
 
     // SIGKILL a worker every ~1.5 s while the traffic runs, alternating, and start it again.
@@ -247,31 +279,42 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     workers[0].wait().await.unwrap();
     workers[0] = deployment.worker();
     kills += 1;
-    let head = store.head_position().await.unwrap();
+    let mut heads = BTreeMap::new();
+    for (service, store) in &stores {
+        heads.insert(*service, store.head_position().await.unwrap());
+    }
+    let finished = chrono::Utc::now();
 
-    // Both projections get to the head, whatever the kills. The last kill's victim may still
-    // vouch for its partitions for DRAINED_FRESH_US after its death (ADR 0005): the claim is
-    // trusted once it has held beyond that, backed by living workers' reports.
+    // Both projections get to every head of the services they read, whatever the kills. The
+    // last kill's victim may still vouch for its partitions for DRAINED_FRESH_US after its
+    // death (ADR 0005): the claim is trusted once it has held beyond that, backed by living
+    // workers' reports.
     let deadline = Instant::now() + Duration::from_secs(120);
     tokio::time::sleep(Duration::from_micros(projections::DRAINED_FRESH_US as u64)).await;
     for name in catalog::NAMES {
-        loop {
-            let version = read.live_version(name).await.unwrap();
-            let position = match version {
-                Some(version) => applied_position(&read.progress(name, version).await.unwrap()),
-                None => 0,
-            };
-            if position >= head {
-                break;
+        let services: std::collections::BTreeSet<Service> =
+            catalog::categories(name).iter().map(|c| Service::owning(*c)).collect();
+        for service in services {
+            let head = heads[&service];
+            loop {
+                let version = read.live_version(name).await.unwrap();
+                let position = match version {
+                    Some(version) => applied_position(&read.progress(name, version).await.unwrap(), service),
+                    None => 0,
+                };
+                if position >= head {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} reached {service}:{position} of {head} after {kills} kills"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name} reached {position} of {head} after {kills} kills"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    // The dashboard equals a version built from scratch from the store, up to the same head.
+    // The dashboard equals a version built from scratch from the services' logs, up to the
+    // same heads (nothing is written after `finished`).
     // The workers keep running while we compare: the claim above may come a moment early
     // (ADR 0005), so the read models get a bounded time to converge; a lost or doubled event
     // never would.
@@ -283,13 +326,16 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
         read_db: read.clone(),
         clickhouse: Some(clickhouse.clone()),
     };
-    let store: Arc<dyn EventStore> = Arc::new(store);
+    let logs = stores
+        .iter()
+        .map(|(s, store)| ServiceLog::new(*s, store.clone()))
+        .collect();
     let report = projections::rebuild(
-        store.clone(),
+        logs,
         &read,
         catalog::factory(dashboard::NAME, &sinks).unwrap(),
         RebuildOptions {
-            until: Some(UntilPoint::Position(head)),
+            until: Some(UntilPoint::Time(finished)),
             ..RebuildOptions::default()
         },
         CancellationToken::new(),
@@ -334,8 +380,9 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     let mut cancelled = 0u64;
     let mut delivered = 0u64;
     let mut after = 0;
+    let orders_store = store_of(Service::Orders);
     loop {
-        let events = store.read_all(after, 1000).await.unwrap();
+        let events = orders_store.read_all(after, 1000).await.unwrap();
         let Some(last) = events.last() else { break };
         after = last.position;
         for recorded in &events {
@@ -385,6 +432,8 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
         worker.start_kill().unwrap();
         worker.wait().await.unwrap();
     }
-    relay.start_kill().unwrap();
-    relay.wait().await.unwrap();
+    for relay in &mut relays {
+        relay.start_kill().unwrap();
+        relay.wait().await.unwrap();
+    }
 }

@@ -1,17 +1,19 @@
-//! `orderflow bench commands`: C concurrent HTTP clients placing orders on the write side (an
-//! in-process server on loopback over a PostgreSQL store, auth off), and `--floor`: the same
-//! load against a server that only parses and answers, what HTTP, JSON and the load generator
-//! alone cost on the machine.
+//! `orderflow bench commands`: C concurrent HTTP clients sending one service's command to the
+//! write services (all four in-process on loopback, each over its own PostgreSQL database, the
+//! orders service calling inventory in-process; auth off), and `--floor`: the same load against
+//! a server that only parses and answers, what HTTP, JSON and the load generator alone cost on
+//! the machine.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use event_schemas::Service;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::load::{HttpClient, print_json};
@@ -30,22 +32,28 @@ pub struct CommandsBench {
     /// Seconds each run lasts.
     #[arg(long, default_value_t = 10, env = "ORDERFLOW_BENCH_SECONDS")]
     seconds: u64,
+    /// The service whose command the clients send: customers (register a customer), inventory
+    /// (reserve stock for an order), orders (place an order of 1 to 3 lines: a reservation per
+    /// line at the inventory service, then the order) or payments (authorize a payment).
+    #[arg(long, default_value = "orders", env = "ORDERFLOW_BENCH_SERVICE")]
+    service: Service,
     /// Products in the catalogue the orders draw from (fewer means more contention on stock).
     #[arg(long, default_value_t = 200, env = "ORDERFLOW_BENCH_PRODUCTS")]
     products: usize,
     /// Customers placing the orders.
     #[arg(long, default_value_t = 100, env = "ORDERFLOW_BENCH_CUSTOMERS")]
     customers: usize,
-    /// A PostgreSQL server URL; the benchmark creates its own database there and drops it after.
+    /// A PostgreSQL server URL; the benchmark creates a database per service there and drops
+    /// them after.
     #[arg(
         long,
         default_value = "postgres://postgres@127.0.0.1:5432/postgres",
         env = "ORDERFLOW_BENCH_PG_URL"
     )]
     pg_url: String,
-    /// Measure the floor instead: the same clients and orders against a server that parses each
-    /// order and answers 201 without deciding or storing it. What HTTP, JSON and the load
-    /// generator alone cost on this machine, which no store can go below.
+    /// Measure the floor instead: the same clients and commands against a server that parses
+    /// each command and answers 201 without deciding or storing it. What HTTP, JSON and the
+    /// load generator alone cost on this machine, which no store can go below.
     #[arg(long, env = "ORDERFLOW_BENCH_FLOOR")]
     floor: bool,
 }
@@ -63,11 +71,17 @@ struct CommandsRun {
     max_ms: f64,
 }
 
-pub(crate) async fn run(b: CommandsBench) -> anyhow::Result<()> {
-    use write_side::domain::CustomerCommand;
-    use write_side::http::{Auth, HttpConfig, HttpState};
-    use write_side::{CommandContext, CommandHandler, HandlerOptions};
+/// The command each service is measured with, as the report names it.
+fn command_name(service: Service) -> &'static str {
+    match service {
+        Service::Customers => "POST /v1/customers",
+        Service::Inventory => "POST /v1/products/{id}/reservations",
+        Service::Orders => "POST /v1/orders (1-3 lines, a reservation per line)",
+        Service::Payments => "POST /v1/payments (authorize)",
+    }
+}
 
+pub(crate) async fn run(b: CommandsBench) -> anyhow::Result<()> {
     anyhow::ensure!(
         b.seconds > 0 && b.products > 0 && b.customers > 0,
         "--seconds, --products and --customers must be positive"
@@ -79,31 +93,22 @@ pub(crate) async fn run(b: CommandsBench) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for (n, &clients) in b.clients.iter().enumerate() {
         eprintln!(
-            "[{}/{}] {clients} HTTP clients placing orders, {}s …",
+            "[{}/{}] {clients} HTTP clients sending {}, {}s …",
             n + 1,
             b.clients.len(),
+            command_name(b.service),
             b.seconds
         );
-        let target = Target::create(Adapter::Postgres, &b.pg_url).await?;
-        let store = target.open().await?;
-        let handler = CommandHandler::new(store, HandlerOptions::default());
-        eprintln!("      seeding {} customers and {} products …", b.customers, b.products);
-        let ctx = CommandContext::default();
-        let mut customers = Vec::with_capacity(b.customers);
-        for i in 0..b.customers {
-            let id = Uuid::now_v7();
-            let c = CustomerCommand::Register {
-                customer_id: id,
-                name: format!("Customer {i}"),
-                email: format!("c{i}@example.com"),
-            };
-            handler.customer(&ctx, id, c).await?;
-            customers.push(id);
+        // A database per service, and the orders service's for its copy of customers and
+        // products.
+        let mut targets = Vec::new();
+        for _ in 0..=Service::ALL.len() {
+            targets.push(Target::create(Adapter::Postgres, &b.pg_url).await?);
         }
-        let products = add_products(&handler, b.products).await?;
-        let app = write_side::http::router(HttpState::new(handler, HttpConfig::new(Auth::Disabled)));
-        let run = serve_and_drive(app, clients, &customers, &products, b.seconds).await;
-        target.drop_all().await;
+        let run = run_once(&b, clients, &targets).await;
+        for target in &targets {
+            target.drop_all().await;
+        }
         let run = run?;
         eprintln!(
             "      {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms  ({} not 201)",
@@ -111,31 +116,103 @@ pub(crate) async fn run(b: CommandsBench) -> anyhow::Result<()> {
         );
         runs.push(run);
     }
-    let out = serde_json::json!({ "benchmark": "commands", "command": "POST /v1/orders (1-3 lines)", "runs": runs });
+    let out = serde_json::json!({
+        "benchmark": "commands",
+        "service": b.service.name(),
+        "command": command_name(b.service),
+        "runs": runs,
+    });
     print_json(&out)
+}
+
+/// One run over the four services' databases `targets` (in [`Service::ALL`] order), then the
+/// orders service's database for its copy of customers and products, as deployed.
+async fn run_once(b: &CommandsBench, clients: usize, targets: &[Target]) -> anyhow::Result<CommandsRun> {
+    use write_side::domain::CustomerCommand;
+    use write_side::http::{Auth, HttpConfig};
+    use write_side::{CommandContext, HandlerOptions, Local};
+
+    let mut stores = Vec::new();
+    for (service, target) in Service::ALL.into_iter().zip(targets) {
+        stores.push((service, target.open().await?));
+    }
+    let replica_db = projections::ReadDb::open(
+        &targets[Service::ALL.len()].url(),
+        service_kit::db::PoolSettings::READ_DB,
+    )
+    .await?;
+    let local = Local::new(stores, replica_db, HandlerOptions::default()).await?;
+    eprintln!("      seeding {} customers and {} products …", b.customers, b.products);
+    let ctx = CommandContext::default();
+    let mut customers = Vec::with_capacity(b.customers);
+    for i in 0..b.customers {
+        let id = Uuid::now_v7();
+        let c = CustomerCommand::Register {
+            customer_id: id,
+            name: format!("Customer {i}"),
+            email: format!("c{i}@example.com"),
+        };
+        local.handler(Service::Customers).customer(&ctx, id, c).await?;
+        customers.push(id);
+    }
+    let products = add_products(local.handler(Service::Inventory), b.products).await?;
+    let stop = CancellationToken::new();
+    let replica = tokio::spawn({
+        let (local, stop) = (local.clone(), stop.clone());
+        async move { local.run_replica(stop).await }
+    });
+    let _stop = stop.clone().drop_guard();
+    // Measured with the copy caught up, as in steady state (a miss costs a call to customers).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !local.replica_caught_up().await? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the orders service's copy did not catch up in 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = write_side::http::router(local.http_state(HttpConfig::new(Auth::Disabled)));
+    let load = Load {
+        service: b.service,
+        customers,
+        products,
+    };
+    let run = serve_and_drive(app, clients, &load, b.seconds).await;
+    stop.cancel();
+    replica.await??;
+    run
 }
 
 /// `bench commands --floor`: the same load against a server that only parses and answers.
 async fn commands_floor(b: CommandsBench) -> anyhow::Result<()> {
     use axum::Json;
     use axum::http::StatusCode;
-    use write_side::http::{CommandAnswerBody, PlaceOrderBody};
+    use write_side::http::CommandAnswerBody;
 
-    let next_position = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let answer = move |Json(body): Json<PlaceOrderBody>| {
+    let next_position = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let service = b.service;
+    let answer = move |Json(_): Json<serde_json::Value>| {
         let position = next_position.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let order_id = body.order_id.unwrap_or_else(Uuid::now_v7);
-        let answer = CommandAnswerBody {
-            stream_id: event_schemas::Category::Order.stream_id(order_id),
+        let category = service.categories()[0];
+        let answer = CommandAnswerBody::new(write_side::CommandAnswer {
+            stream_id: category.stream_id(Uuid::now_v7()),
             version: 1,
             position,
-        };
+            replayed: false,
+        });
         // What the write side answers with: 201, the body and the stream's version as ETag.
         std::future::ready((StatusCode::CREATED, [(axum::http::header::ETAG, "\"1\"")], Json(answer)))
     };
-    let app = axum::Router::new().route("/v1/orders", axum::routing::post(answer));
-    let customers: Vec<Uuid> = (0..b.customers).map(|_| Uuid::now_v7()).collect();
-    let products: Vec<Uuid> = (0..b.products).map(|_| Uuid::now_v7()).collect();
+    let app = axum::Router::new()
+        .route("/v1/customers", axum::routing::post(answer.clone()))
+        .route("/v1/products/{id}/reservations", axum::routing::post(answer.clone()))
+        .route("/v1/orders", axum::routing::post(answer.clone()))
+        .route("/v1/payments", axum::routing::post(answer));
+    let load = Load {
+        service: b.service,
+        customers: (0..b.customers).map(|_| Uuid::now_v7()).collect(),
+        products: (0..b.products).map(|_| Uuid::now_v7()).collect(),
+    };
     let mut runs = Vec::new();
     for (n, &clients) in b.clients.iter().enumerate() {
         eprintln!(
@@ -144,7 +221,7 @@ async fn commands_floor(b: CommandsBench) -> anyhow::Result<()> {
             b.clients.len(),
             b.seconds
         );
-        let run = serve_and_drive(app.clone(), clients, &customers, &products, b.seconds).await?;
+        let run = serve_and_drive(app.clone(), clients, &load, b.seconds).await?;
         eprintln!(
             "      {:>8.0} answers/s  p50 {:.2} ms  p99 {:.2} ms",
             run.commands_per_sec, run.p50_ms, run.p99_ms
@@ -153,20 +230,50 @@ async fn commands_floor(b: CommandsBench) -> anyhow::Result<()> {
     }
     let out = serde_json::json!({
         "benchmark": "commands-floor",
-        "command": "POST /v1/orders (1-3 lines), parsed and answered, nothing decided or stored",
+        "service": b.service.name(),
+        "command": format!("{}, parsed and answered, nothing decided or stored", command_name(b.service)),
         "runs": runs,
     });
     print_json(&out)
 }
 
+/// What the clients send: commands of `service`, on these customers and products.
+#[derive(Clone)]
+struct Load {
+    service: Service,
+    customers: Vec<Uuid>,
+    products: Vec<Uuid>,
+}
+
+impl Load {
+    /// The next request's path and body. Every command creates something new (a customer, a
+    /// reservation for a new order, an order, a payment), so none is a replay.
+    fn request(&self, next: &mut impl FnMut(usize) -> usize) -> (String, serde_json::Value) {
+        match self.service {
+            Service::Customers => {
+                let id = Uuid::now_v7();
+                let body = serde_json::json!({ "customer_id": id, "name": "Bench Customer", "email": format!("{}@example.com", id.simple()) });
+                ("/v1/customers".to_owned(), body)
+            }
+            Service::Inventory => {
+                let product = self.products[next(self.products.len())];
+                let body = serde_json::json!({ "order_id": Uuid::now_v7(), "quantity": 1 + next(3) });
+                (format!("/v1/products/{product}/reservations"), body)
+            }
+            Service::Orders => (
+                "/v1/orders".to_owned(),
+                order_body(next, &self.customers, &self.products),
+            ),
+            Service::Payments => {
+                let body = serde_json::json!({ "order_id": Uuid::now_v7(), "amount_minor": 100 + next(10_000), "currency": "EUR" });
+                ("/v1/payments".to_owned(), body)
+            }
+        }
+    }
+}
+
 /// Serves `app` on a loopback port for one run of [`drive`], then stops it.
-async fn serve_and_drive(
-    app: axum::Router,
-    clients: usize,
-    customers: &[Uuid],
-    products: &[Uuid],
-    seconds: u64,
-) -> anyhow::Result<CommandsRun> {
+async fn serve_and_drive(app: axum::Router, clients: usize, load: &Load, seconds: u64) -> anyhow::Result<CommandsRun> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -178,29 +285,32 @@ async fn serve_and_drive(
             let _ = stopped.await;
         },
     ));
-    let run = drive(clients, address, customers, products, seconds).await;
+    let run = drive(clients, address, load, seconds).await;
     let _ = stop.send(());
     let _ = server.await;
     run
 }
 
-/// C clients, each posting orders in a loop until the deadline; one keep-alive connection each.
+/// C clients, each posting commands in a loop until the deadline; one keep-alive connection
+/// each.
 async fn drive(
     clients: usize,
     address: std::net::SocketAddr,
-    customers: &[Uuid],
-    products: &[Uuid],
+    load: &Load,
     seconds: u64,
 ) -> anyhow::Result<CommandsRun> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let uri: hyper::Uri = format!("http://{address}/v1/orders").parse()?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
-        let (client, uri) = (client.clone(), uri.clone());
-        let (customers, products) = (customers.to_vec(), products.to_vec());
-        tasks.push(tokio::spawn(post_orders(client, uri, customers, products, deadline, c)));
+        tasks.push(tokio::spawn(post_commands(
+            client.clone(),
+            address,
+            load.clone(),
+            deadline,
+            c,
+        )));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut commands, mut rejected) = (0, 0);
@@ -223,13 +333,12 @@ async fn drive(
     })
 }
 
-/// Client `c` of [`drive`]: posts orders one after the other until `deadline`. Answers the
-/// orders created (201), the other answers, and the latency of every answer.
-async fn post_orders(
+/// Client `c` of [`drive`]: posts commands one after the other until `deadline`. Answers the
+/// commands accepted (201), the other answers, and the latency of every answer.
+async fn post_commands(
     client: HttpClient,
-    uri: hyper::Uri,
-    customers: Vec<Uuid>,
-    products: Vec<Uuid>,
+    address: std::net::SocketAddr,
+    load: Load,
     deadline: Instant,
     c: usize,
 ) -> anyhow::Result<(u64, u64, Histogram<u64>)> {
@@ -237,8 +346,8 @@ async fn post_orders(
     let (mut ok, mut rejected) = (0_u64, 0_u64);
     let mut next = xorshift(c);
     while Instant::now() < deadline {
-        let body = order_body(&mut next, &customers, &products);
-        let request = hyper::Request::post(uri.clone())
+        let (path, body) = load.request(&mut next);
+        let request = hyper::Request::post(format!("http://{address}{path}"))
             .header("content-type", "application/json")
             .body(Full::new(bytes::Bytes::from(serde_json::to_vec(&body)?)))?;
         let t = Instant::now();

@@ -1,17 +1,17 @@
 //! `orderflow bench reads`: how fast the read API answers over a realistic read model, and how
 //! soon a command becomes visible in it.
 //!
-//! 1. Creates its own PostgreSQL databases (event store, read database) and ClickHouse database,
-//!    and drops them at the end, whatever happened ([`Scratch`]).
-//! 2. Seeds the store with a simulated shop ([`shop_sim::seed`], about 6 events per order) and
-//!    rebuilds the dashboard (PostgreSQL) and the analytics (ClickHouse) from it.
+//! 1. Creates its own PostgreSQL databases (an event store per service, a read database) and
+//!    ClickHouse database, and drops them at the end, whatever happened ([`Scratch`]).
+//! 2. Seeds the stores with a simulated shop ([`shop_sim::seed`], about 6 events per order) and
+//!    rebuilds the dashboard (PostgreSQL) and the analytics (ClickHouse) from them.
 //! 3. Serves the read API in-process on loopback and, per endpoint (a filtered page of the
 //!    dashboard list, one order by id, revenue by day over the seeded range), runs C concurrent
 //!    keep-alive clients in a closed loop for a while: requests/s, p50, p99. Then the list alone
 //!    in an open loop at a fixed rate (requests sent on schedule, latency measured from the
 //!    scheduled send time, so a slow answer cannot hide the queue behind it).
-//! 4. Freshness: the write side's HTTP API, the relay and a dashboard Kafka worker, in-process on
-//!    the same store; orders placed at a fixed rate, and for each answered command the time
+//! 4. Freshness: the write services' HTTP API, a relay per service and a dashboard Kafka worker,
+//!    in-process on the same stores; orders placed at a fixed rate, and for each answered command the time
 //!    until `GET /v1/dashboard/orders/{id}` finds it. Unfinished orders are looked up in bulk in
 //!    the read table every few milliseconds; once there, the GET through the read API confirms
 //!    it, and the time of that answer is the one measured.
@@ -27,28 +27,29 @@ use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use clap::Args;
+use event_schemas::Service;
 use event_store::{EventStore, PgEventStore};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use projections::catalog::{self, Sinks};
-use projections::{KafkaOptions, ReadDb, RebuildOptions, RunOptions};
+use projections::{KafkaOptions, ReadDb, RebuildOptions, RunOptions, ServiceLog};
 use serde::Serialize;
 use service_kit::cli::progress_bar;
-use service_kit::db::{self, Migrate, PoolSettings};
+use service_kit::db::{self, DatabaseUrl, PoolSettings};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use relay::{RelayConfig, RelayStatus};
 use shop_sim::{Rng, SeedOptions, SeedReport};
-use write_side::http::{Auth, HttpConfig, HttpState};
-use write_side::{CommandHandler, HandlerOptions};
+use write_side::http::{Auth, HttpConfig};
+use write_side::{HandlerOptions, Local};
 
 use crate::load::{
     Freshness, HttpClient, MAX_IN_FLIGHT, PROBE_EVERY, Pending, Watched, histogram, ms, order_lines, place_at_rate,
     watch,
 };
-use crate::scratch::{Scratch, ScratchServers, add_products};
+use crate::scratch::{self, Scratch, ScratchServers, add_products};
 
 #[derive(Debug, Args)]
 pub struct ReadsBench {
@@ -147,12 +148,11 @@ async fn measure(b: &ReadsBench, scratch: &Scratch) -> anyhow::Result<serde_json
     let stop = CancellationToken::new();
     let _stop_on_return = stop.clone().drop_guard();
 
-    let opened = db::open_event_store(&scratch.store_url(), PoolSettings::READ_DB, Migrate::Yes).await?;
-    let pg_store = opened.postgres().cloned().context("a PostgreSQL store")?;
-    let store = opened.shared();
-    let seeded = seed(b, &*store).await?;
+    let stores = scratch.open_stores().await?;
+    let logs = scratch::logs(&stores);
+    let seeded = seed(b, &logs).await?;
     let sinks = scratch.sinks().await?;
-    let (rebuilds, dashboard_version) = rebuild_all(&store, &sinks, &stop).await?;
+    let (rebuilds, dashboard_version) = rebuild_all(&logs, &sinks, &stop).await?;
     let model = ReadModel::load(scratch, dashboard_version, b.orders).await?;
     let (read_model_orders, read_model_customers) = (model.order_ids.len(), model.customers.len());
 
@@ -167,7 +167,8 @@ async fn measure(b: &ReadsBench, scratch: &Scratch) -> anyhow::Result<serde_json
         serde_json::Value::Null
     } else {
         let setup = FreshnessSetup {
-            store: pg_store,
+            stores,
+            replica_url: scratch.replica_db_url(),
             sinks,
             read_pg: model.pool,
             orders_table: model.orders_table,
@@ -198,7 +199,7 @@ async fn measure(b: &ReadsBench, scratch: &Scratch) -> anyhow::Result<serde_json
 }
 
 /// Seeds the store with a simulated shop of about `--orders` orders, showing a progress bar.
-async fn seed(b: &ReadsBench, store: &dyn EventStore) -> anyhow::Result<SeedReport> {
+async fn seed(b: &ReadsBench, logs: &[ServiceLog]) -> anyhow::Result<SeedReport> {
     // ~5.96 events per order in the simulation: aim a little above, to reach --orders.
     let events = b.orders * 61 / 10;
     eprintln!(
@@ -213,7 +214,7 @@ async fn seed(b: &ReadsBench, store: &dyn EventStore) -> anyhow::Result<SeedRepo
         products: (events / 500).max(20) as usize,
         ..SeedOptions::default()
     };
-    let seeded = shop_sim::seed_with_progress(store, &options, "seeding the event store").await?;
+    let seeded = shop_sim::seed_with_progress(logs, &options, "seeding the event stores").await?;
     eprintln!(
         "seeded {} events ({} orders, {} customers) in {:.1}s",
         seeded.events, seeded.orders, seeded.customers, seeded.seconds
@@ -221,19 +222,19 @@ async fn seed(b: &ReadsBench, store: &dyn EventStore) -> anyhow::Result<SeedRepo
     Ok(seeded)
 }
 
-/// Rebuilds every projection of the catalogue from the seeded store. Answers each rebuild's
+/// Rebuilds every projection of the catalogue from the seeded logs. Answers each rebuild's
 /// figures (for the report) and the dashboard's version (whose tables the requests read).
 async fn rebuild_all(
-    store: &Arc<dyn EventStore>,
+    logs: &[ServiceLog],
     sinks: &Sinks,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Vec<serde_json::Value>, u32)> {
     let mut rebuilds = Vec::new();
     let mut dashboard_version = 0;
     for name in catalog::NAMES {
-        let bar = progress_bar(store.head_position().await?, &format!("rebuilding {name}"), "positions");
+        let bar = progress_bar(scratch::heads(logs).await?, &format!("rebuilding {name}"), "positions");
         let report = projections::rebuild(
-            store.clone(),
+            logs.to_vec(),
             &sinks.read_db,
             catalog::factory(name, sinks)?,
             RebuildOptions::default(),
@@ -549,7 +550,9 @@ async fn open_loop(
 
 /// What the freshness run takes over from the read runs.
 struct FreshnessSetup {
-    store: PgEventStore,
+    stores: Vec<(Service, PgEventStore)>,
+    /// Where the orders service keeps its copy of customers and products: a database of its own.
+    replica_url: DatabaseUrl,
     sinks: Sinks,
     read_pg: sqlx::PgPool,
     orders_table: String,
@@ -565,9 +568,9 @@ async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) 
         "freshness: write side + relay + dashboard worker in-process, {} orders/s for {}s …",
         b.rate, b.freshness_seconds
     );
-    let handler = CommandHandler::new(Arc::new(s.store.clone()), HandlerOptions::default());
-    let products = add_products(&handler, 200).await?;
-    let pipeline = Pipeline::start(b, &s, handler, stop).await?;
+    let local = write_services(&s).await?;
+    let products = add_products(local.handler(Service::Inventory), 200).await?;
+    let pipeline = Pipeline::start(b, &s, &local, stop).await?;
     let place = Placer {
         client: s.client.clone(),
         address: pipeline.write_address,
@@ -587,29 +590,64 @@ async fn freshness(b: &ReadsBench, s: FreshnessSetup, stop: &CancellationToken) 
     Ok(Freshness::new(b.rate, total, &watched))
 }
 
-/// The write path of the freshness run, each part a task of this process: the relay (store to
-/// Kafka), the dashboard worker (Kafka to the read database) and the write side's HTTP API.
+/// The four write services over the seeded stores, with the orders service's copy of
+/// customers and products caught up (as in steady state: a miss costs a call to customers).
+async fn write_services(s: &FreshnessSetup) -> anyhow::Result<Local> {
+    let stores = s
+        .stores
+        .iter()
+        .map(|(service, store)| (*service, Arc::new(store.clone()) as Arc<dyn EventStore>))
+        .collect();
+    let replica_db = ReadDb::open(&s.replica_url, PoolSettings::READ_DB).await?;
+    Ok(Local::new(stores, replica_db, HandlerOptions::default()).await?)
+}
+
+/// The write path of the freshness run, each part a task of this process: a relay per service
+/// (its store to Kafka), the dashboard worker (Kafka to the read database), the orders
+/// service's copy of customers and products, and the write services' HTTP API.
 struct Pipeline {
-    relay: tokio::task::JoinHandle<Result<(), relay::RelayError>>,
+    relays: Vec<tokio::task::JoinHandle<Result<(), relay::RelayError>>>,
+    replica: tokio::task::JoinHandle<Result<(), projections::ProjectionError>>,
     worker: tokio::task::JoinHandle<Result<(), projections::ProjectionError>>,
     write_server: tokio::task::JoinHandle<std::io::Result<()>>,
     write_address: SocketAddr,
 }
 
 impl Pipeline {
-    /// Starts the relay (and waits until it is ready), then the worker, then the write side
-    /// serving `handler` on a loopback port; all stop with `stop`.
+    /// Starts the relays (and waits until they are ready), then the worker, then the orders
+    /// service's copy (and waits until it has caught up), then the write services on a
+    /// loopback port; all stop with `stop`.
     async fn start(
         b: &ReadsBench,
         s: &FreshnessSetup,
-        handler: CommandHandler,
+        local: &Local,
         stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
         // Topics and consumer group of this run's own.
         let id = Uuid::new_v4().simple().to_string();
-        let (config, relay) = start_relay(b, &s.store, &id, stop).await?;
+        let config = RelayConfig {
+            brokers: b.kafka_brokers.clone(),
+            topic_prefix: format!("bench_{id}."),
+            ..RelayConfig::default()
+        };
+        let mut relays = Vec::new();
+        for (_, store) in &s.stores {
+            relays.push(start_relay(store, &config, stop).await?);
+        }
         let worker = spawn_dashboard_worker(b, &s.sinks, &config, &id, stop)?;
-        let app = write_side::http::router(HttpState::new(handler, HttpConfig::new(Auth::Disabled)));
+        let replica = tokio::spawn({
+            let (local, stop) = (local.clone(), stop.clone());
+            async move { local.run_replica(stop).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !local.replica_caught_up().await? {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the orders service's copy did not catch up in 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let app = write_side::http::router(local.http_state(HttpConfig::new(Auth::Disabled)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let write_address = listener.local_addr()?;
         let write_server = tokio::spawn(write_side::http::serve_on(listener, app, Duration::from_secs(5), {
@@ -617,7 +655,8 @@ impl Pipeline {
             async move { stop.cancelled().await }
         }));
         Ok(Pipeline {
-            relay,
+            relays,
+            replica,
             worker,
             write_server,
             write_address,
@@ -634,37 +673,33 @@ impl Pipeline {
             Ok(Err(e)) => tracing::warn!(error = %e, "the dashboard worker panicked"),
             _ => {}
         }
-        match tokio::time::timeout(Duration::from_secs(15), self.relay).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the relay failed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "the relay panicked"),
-            _ => {}
+        for relay in self.relays {
+            match tokio::time::timeout(Duration::from_secs(15), relay).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "a relay failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "a relay panicked"),
+                _ => {}
+            }
         }
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.replica).await;
     }
 }
 
-/// Starts the relay on topics named after `id`, from the store's head, and waits until it is
-/// ready. Answers its configuration (the worker subscribes to its topics) and its task.
+/// Starts a relay of `store` with `config`, from the store's head, and waits until it is ready.
 async fn start_relay(
-    b: &ReadsBench,
     store: &PgEventStore,
-    id: &str,
+    config: &RelayConfig,
     stop: &CancellationToken,
-) -> anyhow::Result<(RelayConfig, tokio::task::JoinHandle<Result<(), relay::RelayError>>)> {
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), relay::RelayError>>> {
     // The relay starts at the head: the seeded history is in the read model already, and
     // only what the run writes goes through Kafka.
     let head = store.head_position().await?;
     store.save_checkpoint(relay::RELAY_NAME, head).await?;
-    let config = RelayConfig {
-        brokers: b.kafka_brokers.clone(),
-        topic_prefix: format!("bench_{id}."),
-        ..RelayConfig::default()
-    };
     let (status_tx, mut status) = tokio::sync::watch::channel(RelayStatus::default());
     let relay_task = tokio::spawn(relay::run(store.clone(), config.clone(), status_tx, stop.clone()));
     tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.ready))
         .await
         .context("the relay was not ready within 60 s (is Kafka up?)")??;
-    Ok((config, relay_task))
+    Ok(relay_task)
 }
 
 /// Spawns the dashboard's Kafka worker on the relay's topics, in a consumer group named after `id`.

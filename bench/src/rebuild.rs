@@ -1,11 +1,12 @@
 //! `orderflow bench rebuild`: how fast the projections rebuild from a realistic event store.
 //!
-//! 1. Creates its own PostgreSQL databases (event store, read database) and ClickHouse database,
-//!    and drops them at the end, whatever happened.
-//! 2. Seeds the store with a simulated shop ([`shop_sim::seed`]): valid histories, realistic mix.
-//! 3. Times reading and decoding the whole log (what every rebuild does before it applies
+//! 1. Creates its own PostgreSQL databases (an event store per service, a read database) and
+//!    ClickHouse database, and drops them at the end, whatever happened.
+//! 2. Seeds the stores with a simulated shop ([`shop_sim::seed`]): valid histories, realistic
+//!    mix, each service's events in its own store.
+//! 3. Times reading and decoding every log (what every rebuild does before it applies
 //!    anything), then rebuilds each projection of `--projections` (all of [`catalog::NAMES`] by
-//!    default) from the store's global log, timing each (the dashboard into PostgreSQL, the
+//!    default) from the services' logs, timing each (the dashboard into PostgreSQL, the
 //!    analytics into ClickHouse).
 //! 4. For scale, copies every row of the dashboard's tables out with `COPY ... TO STDOUT` and
 //!    times a raw `COPY ... FROM STDIN` of the same bytes into fresh tables shaped like them: with
@@ -19,23 +20,20 @@
 //!
 //! One JSON document on stdout, progress bars on stderr.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use event_store::EventStore;
 use futures::TryStreamExt;
-use projections::RebuildOptions;
 use projections::catalog::{self, Sinks};
+use projections::{RebuildOptions, ServiceLog};
 use serde::Serialize;
 use service_kit::cli::progress_bar;
-use service_kit::db::{self, Migrate, PoolSettings};
 use shop_sim::{SeedOptions, SeedReport};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::scratch::{Scratch, ScratchServers};
+use crate::scratch::{self, Scratch, ScratchServers};
 
 #[derive(Debug, Args)]
 pub struct RebuildBench {
@@ -119,20 +117,18 @@ pub(crate) async fn run(b: RebuildBench) -> anyhow::Result<()> {
 /// Seeds the store, reads the log, rebuilds each projection, then copies the dashboard's rows
 /// raw for comparison.
 async fn measure(b: &RebuildBench, scratch: &Scratch) -> anyhow::Result<serde_json::Value> {
-    let store = db::open_event_store(&scratch.store_url(), PoolSettings::READ_DB, Migrate::Yes)
-        .await?
-        .shared();
-    let seeded = seed(b, &*store).await?;
+    let logs = scratch::logs(&scratch.open_stores().await?);
+    let seeded = seed(b, &logs).await?;
     let sinks = scratch.sinks().await?;
-    let head = store.head_position().await?;
-    let log_read = read_log(&*store, head, b.batch_size).await?;
+    let head = scratch::heads(&logs).await?;
+    let log_read = read_logs(&logs, head, b.batch_size).await?;
     eprintln!(
-        "read and decoded the log: {} events in {:.1}s: {:.0} events/s",
+        "read and decoded the logs: {} events in {:.1}s: {:.0} events/s",
         log_read.events, log_read.seconds, log_read.events_per_second
     );
     let mut runs = Vec::new();
     for name in &b.projections {
-        runs.push(rebuild_one(&store, &sinks, name, head, b.batch_size).await?);
+        runs.push(rebuild_one(&logs, &sinks, name, head, b.batch_size).await?);
     }
     let dashboard = runs
         .iter()
@@ -149,7 +145,7 @@ struct Seeded {
 }
 
 /// Seeds the store with the simulated shop `b` describes, showing a progress bar.
-async fn seed(b: &RebuildBench, store: &dyn EventStore) -> anyhow::Result<Seeded> {
+async fn seed(b: &RebuildBench, logs: &[ServiceLog]) -> anyhow::Result<Seeded> {
     let options = SeedOptions {
         events: b.events,
         days: b.days,
@@ -158,7 +154,7 @@ async fn seed(b: &RebuildBench, store: &dyn EventStore) -> anyhow::Result<Seeded
         products: b.products.unwrap_or((b.events / 500).max(20) as usize),
         ..SeedOptions::default()
     };
-    let seeded = shop_sim::seed_with_progress(store, &options, "seeding the event store").await?;
+    let seeded = shop_sim::seed_with_progress(logs, &options, "seeding the event stores").await?;
     eprintln!(
         "seeded {} events ({} orders, {} customers, {} products) in {:.1}s: {:.0} events/s",
         seeded.events, seeded.orders, seeded.customers, seeded.products, seeded.seconds, seeded.events_per_second
@@ -169,10 +165,10 @@ async fn seed(b: &RebuildBench, store: &dyn EventStore) -> anyhow::Result<Seeded
     })
 }
 
-/// Rebuilds projection `name` from the store's log up to `head`, timing it and watching the
-/// process's peak resident memory meanwhile.
+/// Rebuilds projection `name` from the services' logs (`head`: the sum of their heads), timing
+/// it and watching the process's peak resident memory meanwhile.
 async fn rebuild_one(
-    store: &Arc<dyn EventStore>,
+    logs: &[ServiceLog],
     sinks: &Sinks,
     name: &str,
     head: u64,
@@ -184,7 +180,7 @@ async fn rebuild_one(
     let peak_reset = reset_peak_memory();
     let started = Instant::now();
     let report = projections::rebuild(
-        store.clone(),
+        logs.to_vec(),
         &sinks.read_db,
         factory,
         RebuildOptions {
@@ -342,24 +338,27 @@ struct LogRead {
     events_per_second: f64,
 }
 
-/// Times what every rebuild does before applying anything: reading the whole global log in
+/// Times what every rebuild does before applying anything: reading every service's log in
 /// batches of `batch_size` and decoding every event. The floor under any rebuild's time.
-async fn read_log(store: &dyn EventStore, head: u64, batch_size: usize) -> anyhow::Result<LogRead> {
-    let bar = progress_bar(head, "reading the log", "positions");
+async fn read_logs(logs: &[ServiceLog], head: u64, batch_size: usize) -> anyhow::Result<LogRead> {
+    let bar = progress_bar(head, "reading the logs", "positions");
     let started = Instant::now();
-    let (mut after, mut events) = (0, 0_u64);
-    loop {
-        let page = store.read_all(after, batch_size).await?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        after = last.position;
-        for e in &page {
-            event_schemas::decode(&e.event_type, e.schema_version, &e.payload)
-                .with_context(|| format!("event at position {} does not decode", e.position))?;
+    let mut events = 0_u64;
+    for log in logs {
+        let mut after = 0;
+        loop {
+            let page = log.store.read_all(after, batch_size).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.position;
+            for e in &page {
+                event_schemas::decode(&e.event_type, e.schema_version, &e.payload)
+                    .with_context(|| format!("event {}:{} does not decode", log.service, e.position))?;
+            }
+            events += page.len() as u64;
+            bar.inc(page.len() as u64);
         }
-        events += page.len() as u64;
-        bar.set_position(after);
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();

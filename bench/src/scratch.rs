@@ -1,14 +1,16 @@
 //! The databases a benchmark makes for itself on the servers it is given, and drops after: a
 //! store's database or SQLite file ([`Target`]), or a whole scratch deployment's (an event
-//! store and a read database on PostgreSQL, a database on ClickHouse: [`Scratch`]).
+//! store per service and a read database on PostgreSQL, a database on ClickHouse:
+//! [`Scratch`]).
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use event_schemas::Service;
 use event_store::{EventStore, PgEventStore};
-use projections::ReadDb;
 use projections::catalog::Sinks;
+use projections::{ReadDb, ServiceLog};
 use serde::Serialize;
 use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, PostgresUrl};
 use sqlx::{ConnectOptions as _, Connection as _};
@@ -69,6 +71,14 @@ impl Target {
                     .shared()
             }
         })
+    }
+
+    /// The database's URL.
+    pub(crate) fn url(&self) -> DatabaseUrl {
+        match self {
+            Target::Postgres { admin, name } => DatabaseUrl::Postgres(admin.with_database(name)),
+            Target::Sqlite(path) => DatabaseUrl::Sqlite(path.clone()),
+        }
     }
 
     /// The PostgreSQL store, migrated, with the pool settings the binaries use.
@@ -133,10 +143,14 @@ pub(crate) struct ScratchServers {
     pub(crate) clickhouse_password: String,
 }
 
-/// The benchmark's own databases: two on PostgreSQL, one on ClickHouse.
+/// The benchmark's own databases: an event store per service and a read database on
+/// PostgreSQL, one on ClickHouse.
 pub(crate) struct Scratch {
     pub(crate) admin: PostgresUrl,
-    pub(crate) store_db: String,
+    /// Each service's store, in [`Service::ALL`] order.
+    pub(crate) store_dbs: Vec<(Service, String)>,
+    /// The orders service's copy of customers and products.
+    pub(crate) replica_db: String,
     pub(crate) read_db: String,
     /// Without a database: for CREATE and DROP DATABASE.
     pub(crate) clickhouse: clickhouse::Client,
@@ -156,7 +170,11 @@ impl Scratch {
         let id = Uuid::new_v4().simple().to_string();
         Ok(Scratch {
             admin,
-            store_db: format!("orderflow_bench_{id}_store"),
+            store_dbs: Service::ALL
+                .into_iter()
+                .map(|service| (service, format!("orderflow_bench_{id}_{service}")))
+                .collect(),
+            replica_db: format!("orderflow_bench_{id}_orders_replica"),
             read_db: format!("orderflow_bench_{id}_read"),
             clickhouse: clickhouse::Client::default()
                 .with_url(clickhouse_url)
@@ -174,7 +192,7 @@ impl Scratch {
             .connect()
             .await
             .context("connect to PostgreSQL (is `scripts/services up` running?)")?;
-        for name in [&self.store_db, &self.read_db] {
+        for name in self.databases() {
             // The names are ours, [a-z0-9_] only.
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut conn)
@@ -189,9 +207,37 @@ impl Scratch {
         Ok(())
     }
 
-    /// The event store's database.
-    pub(crate) fn store_url(&self) -> DatabaseUrl {
-        DatabaseUrl::Postgres(self.admin.with_database(&self.store_db))
+    /// The PostgreSQL databases, stores first.
+    fn databases(&self) -> impl Iterator<Item = &String> {
+        self.store_dbs
+            .iter()
+            .map(|(_, name)| name)
+            .chain([&self.replica_db, &self.read_db])
+    }
+
+    /// `service`'s event store database.
+    pub(crate) fn store_url(&self, service: Service) -> DatabaseUrl {
+        let name = self
+            .store_dbs
+            .iter()
+            .find_map(|(s, name)| (*s == service).then_some(name))
+            .unwrap_or_else(|| unreachable!("a store per service"));
+        DatabaseUrl::Postgres(self.admin.with_database(name))
+    }
+
+    /// Every service's store, migrated, with the pool settings the binaries use.
+    pub(crate) async fn open_stores(&self) -> anyhow::Result<Vec<(Service, PgEventStore)>> {
+        let mut stores = Vec::new();
+        for service in Service::ALL {
+            let opened = db::open_event_store(&self.store_url(service), PoolSettings::READ_DB, Migrate::Yes).await?;
+            stores.push((service, opened.postgres().cloned().context("a PostgreSQL store")?));
+        }
+        Ok(stores)
+    }
+
+    /// The orders service's database for its copy of customers and products.
+    pub(crate) fn replica_db_url(&self) -> DatabaseUrl {
+        DatabaseUrl::Postgres(self.admin.with_database(&self.replica_db))
     }
 
     /// The read database.
@@ -231,7 +277,7 @@ impl Scratch {
     pub(crate) async fn drop_all(&self) {
         match self.admin.options().connect().await {
             Ok(mut conn) => {
-                for name in [&self.store_db, &self.read_db] {
+                for name in self.databases() {
                     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                     if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
                         tracing::warn!(error = %e, database = %name, "could not drop a benchmark database");
@@ -267,6 +313,23 @@ pub(crate) async fn add_products(handler: &CommandHandler, count: usize) -> anyh
         products.push(id);
     }
     Ok(products)
+}
+
+/// The services' logs over `stores`.
+pub(crate) fn logs(stores: &[(Service, PgEventStore)]) -> Vec<ServiceLog> {
+    stores
+        .iter()
+        .map(|(service, store)| ServiceLog::new(*service, Arc::new(store.clone())))
+        .collect()
+}
+
+/// The sum of the logs' heads: how many positions a rebuild goes through.
+pub(crate) async fn heads(logs: &[ServiceLog]) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for log in logs {
+        sum += log.store.head_position().await?;
+    }
+    Ok(sum)
 }
 
 #[cfg(test)]

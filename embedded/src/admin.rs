@@ -1,5 +1,5 @@
 //! The embedded admin endpoint, `POST /v1/projections/{name}/rebuild`: builds the next version
-//! of a projection from the event store beside the live one, in the background, and switches
+//! of a projection from the services' logs beside the live one, in the background, and switches
 //! reads to it when it has caught up.
 
 use std::collections::HashSet;
@@ -10,9 +10,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use event_store::EventStore;
 use projections::catalog::{self, Sinks};
-use projections::{ProjectionFactory, ReadDb, RebuildOptions};
+use projections::{ProjectionFactory, ReadDb, RebuildOptions, ServiceLog};
 use service_kit::http::ApiError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 /// The admin endpoints' state.
 #[derive(Clone)]
 pub(crate) struct Admin {
-    store: Arc<dyn EventStore>,
+    logs: Vec<ServiceLog>,
     sinks: Sinks,
     rebuilds: Arc<Mutex<Rebuilds>>,
     /// Stops the rebuilds with the projection runners.
@@ -37,9 +36,9 @@ struct Rebuilds {
 }
 
 impl Admin {
-    pub(crate) fn new(store: Arc<dyn EventStore>, sinks: Sinks, stop: CancellationToken) -> Self {
+    pub(crate) fn new(logs: Vec<ServiceLog>, sinks: Sinks, stop: CancellationToken) -> Self {
         Admin {
-            store,
+            logs,
             sinks,
             rebuilds: Arc::new(Mutex::new(Rebuilds::default())),
             stop,
@@ -122,7 +121,7 @@ async fn rebuild_in_background(admin: Admin, factory: ProjectionFactory, version
     let name = running.name;
     let db = &admin.sinks.read_db;
     let build = projections::rebuild(
-        Arc::clone(&admin.store),
+        admin.logs.clone(),
         db,
         Arc::clone(&factory),
         RebuildOptions::default(),

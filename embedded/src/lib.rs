@@ -1,18 +1,26 @@
 //! `orderflow serve`: the embedded deployment, the whole platform in one process with no server
 //! to install (docs/design.md, "Two deployments").
 //!
-//! - The event store is a SQLite file, `<data-dir>/events.db`; the read models (the order
+//! - Every service has its own event store, a SQLite file: `<data-dir>/customers.db`,
+//!   `inventory.db`, `orders.db`, `payments.db`; the orders service's copy of customers and
+//!   products is a database of that service's own, `orders-replica.db` (its tables and
+//!   migrations are a projection's, kept apart from the event store's). The read models (the order
 //!   dashboard, sales analytics and the projections' control tables) are another,
 //!   `<data-dir>/read.db`: a database per service, even here.
-//! - Fan-out is the in-process subscription to the store's global log: one
-//!   [`projections::run_from_store`] runner per projection, each resuming from the store position
-//!   it checkpointed with its rows (so a restart continues where it stopped, and applies nothing
+//! - The services are [`write_side::Local`]: the orders service calls the inventory and
+//!   customers services through their own routers in-process, the code paths of the
+//!   distributed deployment without sockets.
+//! - Fan-out is the in-process subscription to each service's log: per projection, one
+//!   [`projections::run_from_stores`] runner per service, each resuming from the position it
+//!   checkpointed with its rows (so a restart continues where it stopped, and applies nothing
 //!   twice).
-//! - One HTTP port serves the write side's router (commands, the store's reads, and the
-//!   operations endpoints `/health`, `/ready`, `/metrics`, `/openapi.json`), the read API's
-//!   `/v1/...` queries ([`read_api::query_routes`]), and the admin endpoint
+//! - One HTTP port serves the services' router (commands, the stores' reads, and the operations
+//!   endpoints `/health`, `/ready`, `/metrics`, `/openapi.json`), the read API's `/v1/...`
+//!   queries ([`read_api::query_routes`]), and the admin endpoint
 //!   `POST /v1/projections/{name}/rebuild` (`admin`). Each path is served once: the operations
-//!   endpoints are the write side's, `/ready` therefore checks the event store.
+//!   endpoints are the services', `/ready` therefore checks the event stores.
+//! - A data directory from before every service had its own store (one `events.db`) is not
+//!   served: `serve` refuses to start and names the command that splits it.
 //! - Authentication is off: the embedded mode is a demo and a development tool on loopback.
 //! - One Prometheus recorder for the process (the service kit's), rendered by both routers.
 //! - Shutdown is one [`CancellationToken`]: the HTTP server stops accepting and drains the
@@ -25,6 +33,7 @@
 mod admin;
 mod catch_up;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,23 +41,26 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use event_store::{EventStore, Position};
+use event_schemas::Service;
+use event_store::Position;
 use projections::catalog::{self, Sinks};
-use projections::{ReadDb, RunOptions};
+use projections::{ReadDb, RunOptions, ServiceLog};
 use read_api::{ReadConfig, ReadState};
-use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
+use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use write_side::http::{Auth, HttpConfig, HttpState};
-use write_side::{CommandHandler, HandlerOptions};
+use write_side::http::{Auth, HttpConfig};
+use write_side::orders::replica;
+use write_side::{HandlerOptions, Local};
 
 /// How long the projection runners and rebuilds get to stop once the HTTP server has drained.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where the embedded databases live (created if missing): `events.db`, the event store, and
-    /// `read.db`, the read models. Keep it to keep the data across restarts.
+    /// Where the embedded databases live (created if missing): `<service>.db`, each service's
+    /// event store, and `read.db`, the read models. Keep it to keep the data across restarts.
     #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "orderflow-data")]
     data_dir: PathBuf,
     /// The one HTTP address: commands, queries, admin and operations endpoints. Authentication
@@ -86,26 +98,24 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     );
     anyhow::ensure!(!args.demo || args.demo_events > 0, "--demo-events must be at least 1");
     let data_dir = data_dir(&args.data_dir)?;
-    let events = DatabaseUrl::Sqlite(data_dir.join("events.db"));
-    let opened = db::open_event_store(&events, PoolSettings::READ_DB, Migrate::Yes)
-        .await
-        .context("cannot open the event store")?;
-    let store = opened.shared();
+    let Opened {
+        stores: opened,
+        logs,
+        local,
+        replica_db,
+    } = open(&data_dir).await?;
     let seeded = if args.demo {
-        shop_sim::demo::seed_if_empty(&*store, args.demo_events, &shutdown).await?
+        shop_sim::demo::seed_if_empty(&logs, args.demo_events, &shutdown).await?
     } else {
         None
     };
     if shutdown.is_cancelled() {
-        opened.close().await;
+        close_stores(&opened).await;
+        replica_db.pool().close().await;
         tracing::info!("stopped");
         return Ok(());
     }
-    let read = DatabaseUrl::Sqlite(data_dir.join("read.db"));
-    let read_db = ReadDb::open(&read, PoolSettings::READ_DB)
-        .await
-        .with_context(|| format!("cannot open the read database {read}"))?;
-    read_db.migrate().await.context("cannot migrate the read database")?;
+    let read_db = open_read_db(&DatabaseUrl::Sqlite(data_dir.join("read.db"))).await?;
     let sinks = Sinks {
         read_db: read_db.clone(),
         clickhouse: None,
@@ -114,11 +124,10 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     // The runners, rebuilds and the demo stop once the HTTP server has drained, not with it: a
     // read in flight may be waiting for a runner to apply its `min_position`.
     let workers = CancellationToken::new();
-    let mut runners = start_runners(&store, &sinks, &workers)?;
-    let handler = CommandHandler::new(Arc::clone(&store), HandlerOptions::default());
-    let demo_tasks = start_demo(&args, seeded, &handler, &read_db, &workers);
-    let admin = admin::Admin::new(Arc::clone(&store), sinks, workers.clone());
-    let (app, grace) = router(handler, &store, &read_db, admin.clone());
+    let mut runners = start_runners(&local, &sinks, &workers)?;
+    let demo_tasks = start_demo(&args, seeded, &local, &read_db, &workers);
+    let admin = admin::Admin::new(logs.clone(), sinks, workers.clone());
+    let (app, grace) = router(&local, &logs, &read_db, admin.clone());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -142,12 +151,54 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     shutdown.cancel();
     workers.cancel();
     stop(runners, demo_tasks, &admin).await;
-    opened.close().await;
+    close_stores(&opened).await;
     read_db.pool().close().await;
+    replica_db.pool().close().await;
     served.with_context(|| format!("cannot serve on {address}"))?;
     anyhow::ensure!(!runner_failed, "a projection runner failed; see the log above");
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The four services of a data directory, ready to take commands.
+pub struct Opened {
+    /// Each service's event store (`<service>.db`), migrated.
+    pub stores: Vec<(Service, db::OpenStore)>,
+    /// Each service's log, for projections.
+    pub logs: Vec<ServiceLog>,
+    /// The services over their stores.
+    pub local: Local,
+    /// The orders service's copy of customers and products, in `orders-replica.db`.
+    pub replica_db: ReadDb,
+}
+
+/// Opens the services of `data_dir` (an existing directory) as `serve` runs them: each
+/// service's store created or migrated, the orders service's copy of customers and products
+/// prepared. A data directory from before every service had its own store is refused.
+pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
+    refuse_a_single_store(data_dir)?;
+    let urls = ServiceStoreUrls::embedded(data_dir);
+    let stores = db::open_service_stores(&urls, PoolSettings::READ_DB, Migrate::Yes)
+        .await
+        .context("cannot open the services' event stores")?;
+    let logs: Vec<ServiceLog> = stores
+        .iter()
+        .map(|(service, store)| ServiceLog::new(*service, store.shared()))
+        .collect();
+    let replica_db = open_read_db(&DatabaseUrl::Sqlite(data_dir.join(REPLICA_FILE))).await?;
+    let local = Local::new(
+        logs.iter().map(|log| (log.service, log.store.clone())).collect(),
+        replica_db.clone(),
+        HandlerOptions::default(),
+    )
+    .await
+    .context("cannot prepare the orders service's copy of customers and products")?;
+    Ok(Opened {
+        stores,
+        logs,
+        local,
+        replica_db,
+    })
 }
 
 /// The data directory, created if missing, as an absolute path.
@@ -156,57 +207,92 @@ fn data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(dir).with_context(|| format!("cannot resolve the data directory {}", dir.display()))
 }
 
+/// `events.db` is the one store of a data directory from before every service had its own:
+/// serving would start the services empty beside it, so `serve` refuses and names the command
+/// that splits it into the services' stores.
+pub fn refuse_a_single_store(data_dir: &Path) -> anyhow::Result<()> {
+    let single = data_dir.join(SINGLE_STORE_FILE);
+    anyhow::ensure!(
+        !single.exists(),
+        "{} holds the events of every service in one store, from before every service had its own; \
+         split it into the services' stores first: `orderflow split-store --data-dir {}` \
+         (it keeps every event, and can be run again)",
+        single.display(),
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// The orders service's copy of customers and products in a data directory.
+pub const REPLICA_FILE: &str = "orders-replica.db";
+
+/// The file of the one store of old, which `orderflow split-store` splits.
+pub const SINGLE_STORE_FILE: &str = "events.db";
+
+async fn open_read_db(url: &DatabaseUrl) -> anyhow::Result<ReadDb> {
+    let db = ReadDb::open(url, PoolSettings::READ_DB)
+        .await
+        .with_context(|| format!("cannot open the read database {url}"))?;
+    db.migrate().await.context("cannot migrate the read database")?;
+    Ok(db)
+}
+
+async fn close_stores(opened: &[(Service, db::OpenStore)]) {
+    for (_, store) in opened {
+        store.close().await;
+    }
+}
+
 type Runners = JoinSet<(&'static str, Result<(), projections::ProjectionError>)>;
 
-/// One runner per projection, following the store in-process.
-fn start_runners(store: &Arc<dyn EventStore>, sinks: &Sinks, stop: &CancellationToken) -> anyhow::Result<Runners> {
+/// Per projection, the runners that follow every service's log in-process, and the runner of
+/// the orders service's copy of customers and products.
+fn start_runners(local: &Local, sinks: &Sinks, stop: &CancellationToken) -> anyhow::Result<Runners> {
     let mut runners = JoinSet::new();
     for name in catalog::NAMES {
         let factory = catalog::factory(name, sinks)?;
-        let (store, db, cancel) = (Arc::clone(store), sinks.read_db.clone(), stop.clone());
+        let (logs, db, cancel) = (local.logs(), sinks.read_db.clone(), stop.clone());
         runners.spawn(async move {
             (
                 name,
-                projections::run_from_store(store, db, factory, RunOptions::default(), cancel).await,
+                projections::run_from_stores(logs, db, factory, RunOptions::default(), cancel).await,
             )
         });
     }
+    let (local, cancel) = (local.clone(), stop.clone());
+    runners.spawn(async move { (replica::NAME, local.run_replica(cancel).await) });
     Ok(runners)
 }
 
 /// The demo's tasks: the catch-up report after seeding, and the live shop of `--rate`.
 fn start_demo(
     args: &ServeArgs,
-    seeded: Option<Position>,
-    handler: &CommandHandler,
+    seeded: Option<BTreeMap<Service, Position>>,
+    local: &Local,
     read_db: &ReadDb,
     stop: &CancellationToken,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    if let Some(target) = seeded {
-        tasks.spawn(catch_up::report(read_db.clone(), target, stop.clone()));
+    if let Some(targets) = seeded {
+        tasks.spawn(catch_up::report(read_db.clone(), targets, stop.clone()));
     }
     if args.rate > 0.0 {
-        tasks.spawn(shop_sim::live::trickle(handler.clone(), args.rate, stop.clone()));
+        tasks.spawn(shop_sim::live::trickle(local.clone(), args.rate, stop.clone()));
     }
     tasks
 }
 
-/// The one router: commands, queries and admin, with the write side's operations endpoints.
+/// The one router: commands, queries and admin, with the services' operations endpoints.
 /// Answers it with the grace period the server drains within.
-fn router(
-    handler: CommandHandler,
-    store: &Arc<dyn EventStore>,
-    read_db: &ReadDb,
-    admin: admin::Admin,
-) -> (axum::Router, Duration) {
+fn router(local: &Local, logs: &[ServiceLog], read_db: &ReadDb, admin: admin::Admin) -> (axum::Router, Duration) {
     let http = HttpConfig::new(Auth::Disabled);
     let grace = http.request_timeout + Duration::from_secs(1);
-    let commands = write_side::http::router(HttpState::new(handler, http));
-    let head = store.changes();
-    let queries = read_api::query_routes(
-        ReadState::new(read_db.clone(), None, ReadConfig::default()).with_head(Arc::new(move || *head.borrow())),
-    );
+    let commands = write_side::http::router(local.http_state(http));
+    let heads: BTreeMap<Service, watch::Receiver<Position>> =
+        logs.iter().map(|log| (log.service, log.store.changes())).collect();
+    let head = move |service: Service| heads.get(&service).map_or(0, |changes| *changes.borrow());
+    let queries =
+        read_api::query_routes(ReadState::new(read_db.clone(), None, ReadConfig::default()).with_head(Arc::new(head)));
     (commands.merge(queries).merge(admin::routes(admin)), grace)
 }
 

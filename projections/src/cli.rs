@@ -2,18 +2,17 @@
 //! projections ...` (the same flags): run projection workers from Kafka, rebuild a projection
 //! from the event store, list versions and show status.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use event_store::EventStore;
+use event_schemas::ConsistencyToken;
 use service_kit::cli::{progress_bar, write_line};
-use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
+use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, Sinks};
-use crate::{KafkaOptions, ReadDb, RebuildOptions, RunOptions, UntilPoint};
+use crate::{KafkaOptions, ReadDb, RebuildOptions, RunOptions, ServiceLog, UntilPoint};
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
@@ -112,12 +111,15 @@ pub struct RebuildArgs {
     name: String,
     #[command(flatten)]
     sinks: SinkArgs,
-    /// The event store: `postgres://...` or `sqlite://path` (read through the store's API only).
+    /// The services' event stores (read through the store's API only): a template with
+    /// `{service}` where each service's name goes (`postgres://projections@db/orderflow_{service}`,
+    /// `orderflow-data/{service}.db`), or one store that holds every service's streams.
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true)]
     event_store_url: String,
-    /// Build the view as it stood at a past point: a global position (`12345`) or an RFC 3339
-    /// time (`2026-11-01T12:00:00Z`). The result is a separate, historical version; the live
-    /// version is not replaced.
+    /// Build the view as it stood at a past point: a position of one service's log
+    /// (`orders:12345`; the other services' logs stop at that event's time) or an RFC 3339 time
+    /// (`2026-11-01T12:00:00Z`). The result is a separate, historical version; the live version
+    /// is not replaced.
     #[arg(long)]
     until: Option<String>,
     /// Events per batch.
@@ -197,20 +199,24 @@ async fn run_workers(args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
     outcome
 }
 
-/// Opens the event store a rebuild reads (through the store's API only; never migrated here).
-pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
-    let url = DatabaseUrl::parse("--event-store-url", url)?;
-    Ok(db::open_event_store(&url, PoolSettings::WORKER, Migrate::No)
-        .await?
-        .shared())
+/// Opens the services' event stores a rebuild reads (through the store's API only; never
+/// migrated here), from a `{service}` template or one URL for every service.
+pub async fn open_logs(url: &str) -> anyhow::Result<Vec<ServiceLog>> {
+    let urls = ServiceStoreUrls::parse("--event-store-url", url)?;
+    let opened = db::open_service_stores(&urls, PoolSettings::WORKER, Migrate::No).await?;
+    Ok(opened
+        .into_iter()
+        .map(|(service, store)| ServiceLog::new(service, store.shared()))
+        .collect())
 }
 
 fn parse_until(until: &str) -> anyhow::Result<UntilPoint> {
-    if let Ok(position) = until.parse::<u64>() {
-        return Ok(UntilPoint::Position(position));
+    if let Ok(token) = until.parse::<ConsistencyToken>() {
+        return Ok(UntilPoint::Position(token));
     }
-    let time = chrono::DateTime::parse_from_rfc3339(until)
-        .with_context(|| format!("--until {until:?} is neither a position nor an RFC 3339 time"))?;
+    let time = chrono::DateTime::parse_from_rfc3339(until).with_context(|| {
+        format!("--until {until:?} is neither a position of a service's log (orders:12345) nor an RFC 3339 time")
+    })?;
     Ok(UntilPoint::Time(time.with_timezone(&chrono::Utc)))
 }
 
@@ -218,14 +224,14 @@ async fn rebuild(args: RebuildArgs, shutdown: CancellationToken) -> anyhow::Resu
     let until = args.until.as_deref().map(parse_until).transpose()?;
     let sinks = sinks(&args.sinks).await?;
     let factory = catalog::factory(&args.name, &sinks)?;
-    let store = open_store(&args.event_store_url).await?;
-    let bar = progress_bar(
-        store.head_position().await?,
-        &format!("rebuilding {}", args.name),
-        "positions",
-    );
+    let logs = open_logs(&args.event_store_url).await?;
+    let mut heads = 0;
+    for log in &logs {
+        heads += log.store.head_position().await?;
+    }
+    let bar = progress_bar(heads, &format!("rebuilding {}", args.name), "positions");
     let report = crate::rebuild(
-        store,
+        logs,
         &sinks.read_db,
         factory,
         RebuildOptions {
@@ -247,7 +253,7 @@ async fn rebuild(args: RebuildArgs, shutdown: CancellationToken) -> anyhow::Resu
         "replaced": report.replaced,
         "historical": report.historical,
         "events": report.events_applied,
-        "position": report.position,
+        "positions": report.positions.iter().map(|(service, position)| (service.name(), *position)).collect::<std::collections::BTreeMap<_, _>>(),
         "seconds": report.seconds,
         "events_per_second": report.events_per_second.round(),
     });

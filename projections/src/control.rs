@@ -7,11 +7,19 @@
 //! integer microseconds since the epoch (UTC), ids as text.
 
 use chrono::{DateTime, Utc};
+use event_schemas::Service;
 use service_kit::db::{self, DatabaseUrl, PoolSettings, PostgresUrl};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, PgConnection, Row};
 
 use crate::json_rows::{Dialect, insert_rows, json_rows};
 use crate::{Checkpoint, DeadLetter, ProjectionError};
+
+/// `LIKE` patterns of the sources of the services' stores and of the floors rebuilds leave
+/// (`store:<service>`, `store-rebuild:<service>`; `_` and `%` do not occur in the prefixes).
+const STORE_PATTERN: &str = "store:%";
+const REBUILT_PATTERN: &str = "store-rebuild:%";
+// A store source's `:<service>` starts at character 6 (after `store`): the `substr(source, 6)`
+// of the statements that turn `store:<service>` into `store-rebuild:<service>`.
 
 /// Which SQL server a [`ReadDb`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,14 +249,14 @@ impl ReadDb {
                     (name, version, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us)
                  SELECT name, $3, source, partition_no, last_offset, last_position, last_recorded_at_us, updated_at_us
                    FROM projection_checkpoints
-                  WHERE name = $1 AND version = $2 AND source <> $4 AND source <> $5
+                  WHERE name = $1 AND version = $2 AND source NOT LIKE $4 AND source NOT LIKE $5
                  ON CONFLICT (name, version, source, partition_no) DO NOTHING",
             )
             .bind(name)
             .bind(i64::from(old))
             .bind(i64::from(version))
-            .bind(crate::STORE_SOURCE)
-            .bind(crate::REBUILT_SOURCE)
+            .bind(STORE_PATTERN)
+            .bind(REBUILT_PATTERN)
             .execute(&mut *tx)
             .await?;
         }
@@ -285,19 +293,20 @@ impl ReadDb {
             .execute(&mut *tx)
             .await?;
         let done = sqlx::query(
-            "UPDATE projection_checkpoints SET source = $4
-              WHERE name = $1 AND version = $2 AND source = $3
+            "UPDATE projection_checkpoints SET source = $5 || substr(source, 6)
+              WHERE name = $1 AND version = $2 AND source LIKE $3
                 AND EXISTS (SELECT 1 FROM projection_checkpoints k
-                             WHERE k.name = $1 AND k.version = $2 AND k.source <> $3 AND k.source <> $4)",
+                             WHERE k.name = $1 AND k.version = $2 AND k.source NOT LIKE $3 AND k.source NOT LIKE $4)",
         )
         .bind(name)
         .bind(i64::from(version))
-        .bind(crate::STORE_SOURCE)
+        .bind(STORE_PATTERN)
+        .bind(REBUILT_PATTERN)
         .bind(crate::REBUILT_SOURCE)
         .execute(&mut *tx)
         .await?
         .rows_affected()
-            == 1;
+            > 0;
         tx.commit().await?;
         Ok(done)
     }
@@ -311,12 +320,12 @@ impl ReadDb {
         let row = sqlx::query(
             "SELECT CASE WHEN caught_up_at_us IS NULL THEN 0 ELSE 1 END,
                     CASE WHEN EXISTS (SELECT 1 FROM projection_checkpoints
-                                       WHERE name = $1 AND version = $2 AND source = $3) THEN 1 ELSE 0 END
+                                       WHERE name = $1 AND version = $2 AND source LIKE $3) THEN 1 ELSE 0 END
                FROM projection_versions WHERE name = $1 AND version = $2",
         )
         .bind(name)
         .bind(i64::from(version))
-        .bind(crate::STORE_SOURCE)
+        .bind(STORE_PATTERN)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
@@ -331,14 +340,15 @@ impl ReadDb {
         }
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "UPDATE projection_checkpoints SET source = $4
-              WHERE name = $1 AND version = $2 AND source = $3
+            "UPDATE projection_checkpoints SET source = $4 || substr(source, 6)
+              WHERE name = $1 AND version = $2 AND source LIKE $3
                 AND NOT EXISTS (SELECT 1 FROM projection_checkpoints r
-                                 WHERE r.name = $1 AND r.version = $2 AND r.source = $4)",
+                                 WHERE r.name = $1 AND r.version = $2
+                                   AND r.source = $4 || substr(projection_checkpoints.source, 6))",
         )
         .bind(name)
         .bind(i64::from(version))
-        .bind(crate::STORE_SOURCE)
+        .bind(STORE_PATTERN)
         .bind(crate::REBUILT_SOURCE)
         .execute(&mut *tx)
         .await?;
@@ -636,15 +646,20 @@ pub enum HandOver {
 ///   order), so a partition whose applied position is p has applied every one of its events up
 ///   to p. A partition whose worker found it empty at its last poll has nothing older waiting,
 ///   so it counts as far as the furthest partition. The answer is the minimum over partitions.
-pub fn applied_position(progress: &[PartitionProgress]) -> u64 {
-    if let Some(store) = progress.iter().find(|p| p.source == crate::STORE_SOURCE) {
+///
+/// Positions are per service (every service has its own log): the answer is for `service`'s
+/// log, from the sources that carry it ([`crate::source_service`]).
+pub fn applied_position(progress: &[PartitionProgress], service: Service) -> u64 {
+    let progress: Vec<&PartitionProgress> = progress
+        .iter()
+        .filter(|p| crate::source_service(&p.source) == Some(service))
+        .collect();
+    let (store, rebuilt) = (crate::store_source(service), crate::rebuilt_source(service));
+    if let Some(store) = progress.iter().find(|p| p.source == store) {
         return store.position;
     }
-    let floor = progress
-        .iter()
-        .find(|p| p.source == crate::REBUILT_SOURCE)
-        .map_or(0, |p| p.position);
-    let partitions = || progress.iter().filter(|p| p.source != crate::REBUILT_SOURCE);
+    let floor = progress.iter().find(|p| p.source == rebuilt).map_or(0, |p| p.position);
+    let partitions = || progress.iter().filter(|p| p.source != rebuilt);
     let furthest = partitions().map(|p| p.position).max().unwrap_or(0);
     let kafka = partitions()
         .map(|p| if p.drained { furthest } else { p.position })
@@ -653,11 +668,15 @@ pub fn applied_position(progress: &[PartitionProgress]) -> u64 {
     floor.max(kafka)
 }
 
-/// Records waiting in Kafka for the projection (from the ends the workers reported), if known.
-pub fn lag_records(progress: &[PartitionProgress]) -> Option<u64> {
+/// Records waiting in Kafka for the projection from `service`'s topics (from the ends the
+/// workers reported), if known.
+pub fn lag_records(progress: &[PartitionProgress], service: Service) -> Option<u64> {
     let mut total = 0u64;
     let mut known = false;
-    for p in progress {
+    for p in progress
+        .iter()
+        .filter(|p| crate::source_service(&p.source) == Some(service))
+    {
         if let Some(end) = p.high_watermark {
             known = true;
             total += u64::try_from(end - (p.offset + 1)).unwrap_or(0);
@@ -760,40 +779,62 @@ mod tests {
         }
     }
 
+    const ORDERS_TOPIC: &str = "orderflow.orders.v1";
+    const ORDERS: Service = Service::Orders;
+
     #[test]
     fn the_store_checkpoint_is_exact_while_it_is_the_source() {
         let progress = [
-            partition(crate::STORE_SOURCE, 0, 40, false),
-            partition("orders", 0, 90, true),
+            partition(&crate::store_source(ORDERS), 0, 40, false),
+            partition(ORDERS_TOPIC, 0, 90, true),
         ];
-        assert_eq!(applied_position(&progress), 40);
+        assert_eq!(applied_position(&progress, ORDERS), 40);
     }
 
     #[test]
     fn partitions_answer_their_minimum_and_drained_ones_count_as_the_furthest() {
-        let progress = [partition("orders", 0, 70, false), partition("orders", 1, 90, false)];
-        assert_eq!(applied_position(&progress), 70);
-        let progress = [partition("orders", 0, 70, true), partition("orders", 1, 90, false)];
-        assert_eq!(applied_position(&progress), 90);
-        assert_eq!(applied_position(&[]), 0);
+        let progress = [
+            partition(ORDERS_TOPIC, 0, 70, false),
+            partition(ORDERS_TOPIC, 1, 90, false),
+        ];
+        assert_eq!(applied_position(&progress, ORDERS), 70);
+        let progress = [
+            partition(ORDERS_TOPIC, 0, 70, true),
+            partition(ORDERS_TOPIC, 1, 90, false),
+        ];
+        assert_eq!(applied_position(&progress, ORDERS), 90);
+        assert_eq!(applied_position(&[], ORDERS), 0);
+    }
+
+    /// Every service has its own log: another service's sources say nothing about this one's.
+    #[test]
+    fn each_service_is_answered_from_its_own_sources() {
+        let progress = [
+            partition(&crate::store_source(Service::Customers), 0, 500, false),
+            partition(&crate::store_source(ORDERS), 0, 40, false),
+            partition("orderflow.customers.v1", 0, 900, false),
+        ];
+        assert_eq!(applied_position(&progress, ORDERS), 40);
+        assert_eq!(applied_position(&progress, Service::Customers), 500);
+        assert_eq!(applied_position(&progress, Service::Payments), 0);
     }
 
     /// After a distributed rebuild: the rebuild's position is a floor, and the workers' progress
     /// counts beyond it (the bug: it stayed at the floor forever).
     #[test]
     fn a_handed_over_rebuild_is_a_floor_under_the_partitions() {
-        let floor = partition(crate::REBUILT_SOURCE, 0, 100, false);
+        let floor = partition(&crate::rebuilt_source(ORDERS), 0, 100, false);
         let behind = [
             floor.clone(),
-            partition("orders", 0, 60, false),
-            partition("orders", 1, 80, false),
+            partition(ORDERS_TOPIC, 0, 60, false),
+            partition(ORDERS_TOPIC, 1, 80, false),
         ];
-        assert_eq!(applied_position(&behind), 100);
+        assert_eq!(applied_position(&behind, ORDERS), 100);
         let beyond = [
             floor,
-            partition("orders", 0, 120, false),
-            partition("orders", 1, 150, true),
+            partition(ORDERS_TOPIC, 0, 120, false),
+            partition(ORDERS_TOPIC, 1, 150, true),
         ];
-        assert_eq!(applied_position(&beyond), 120);
+        assert_eq!(applied_position(&beyond, ORDERS), 120);
     }
 }

@@ -1,9 +1,16 @@
-//! Rebuilds: a new version of a projection's tables, built beside the live one from the store's
-//! global log (not Kafka: the log is the source of truth and reads in large batches), then
-//! switched to atomically.
+//! Rebuilds: a new version of a projection's tables, built beside the live one from the services'
+//! logs (not Kafka: the logs are the source of truth and read in large batches), then switched
+//! to atomically.
+//!
+//! Every service has its own log. A rebuild reads them all, merged by commit time (a log's
+//! `recorded_at` never decreases; equal times go in [`Service::ALL`] order), and checkpoints
+//! each service's log on its own. The projections converge whatever the interleaving of
+//! different streams (the [`crate::Projection`] contract), so any merge order gives the same
+//! tables; commit-time order is the one that makes a build up to a time read exactly the events
+//! committed by then.
 //!
 //! 1. Register version N+1 as `building`, create its tables.
-//! 2. Read the global log from the start in large batches and apply them, reporting progress
+//! 2. Read the logs from the start in large batches and apply them, reporting progress
 //!    (events/s, ETA) to the registry (for `/v1/projections`) and to the caller (the CLI's bar).
 //!    Pages are read and decoded ahead on a task of their own. A projection that can load in
 //!    bulk ([`crate::Projection::bulk_load`], the dashboard) is fed the batches up to the head
@@ -19,30 +26,51 @@
 //!    themselves (they poll the registry) and go on from N+1's checkpoints.
 //! 5. After a grace period (readers that had picked N finish), drop N's tables.
 //!
-//! With `until`, the build stops at that position or time and stays `historical`: a view of the
-//! past beside the live one, never switched to.
+//! With `until`, the build stops at that time (or at that position of one service's log, and the
+//! other logs at that event's commit time) and stays `historical`: a view of the past beside the
+//! live one, never switched to.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use event_store::{EventStore, RecordedEvent};
+use event_schemas::{ConsistencyToken, Service};
+use event_store::RecordedEvent;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::runtime::store::batch_of;
+use crate::runtime::store::{ServiceLog, batch_of, belongs};
 use crate::runtime::{ProjectionFactory, RunError, RunOptions, apply_reliably};
 use crate::{Batch, BulkLoad, ProjectionError, ReadDb};
 
 /// Where a `--until` build stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UntilPoint {
-    /// The last global position included.
-    Position(u64),
-    /// The last commit time included.
+    /// The last position of one service's log included (`orders:123`); the other logs stop at
+    /// that event's commit time.
+    Position(ConsistencyToken),
+    /// The last commit time included, in every log.
     Time(DateTime<Utc>),
+}
+
+/// A `--until` point resolved against the logs: the last commit time included, and for a
+/// position, the last position of its service's log (its events committed at that same time but
+/// after it stay out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Until {
+    time: DateTime<Utc>,
+    position: Option<ConsistencyToken>,
+}
+
+impl Until {
+    fn includes(&self, service: Service, position: u64, recorded_at: DateTime<Utc>) -> bool {
+        recorded_at <= self.time
+            && self
+                .position
+                .is_none_or(|t| t.service != service || position <= t.position)
+    }
 }
 
 /// How to rebuild.
@@ -72,9 +100,9 @@ impl Default for RebuildOptions {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RebuildProgress {
     pub version: u32,
-    /// The position applied so far.
+    /// The positions applied so far, summed over the services' logs.
     pub position: u64,
-    /// Where it is going: the head (it moves while the build runs) or the `until` position.
+    /// Where it is going: the sum of the logs' heads (they move while the build runs).
     pub target: u64,
     pub events_applied: u64,
     pub events_per_second: f64,
@@ -88,16 +116,17 @@ pub struct RebuildReport {
     /// The version it replaced (none for a historical build, or the very first build).
     pub replaced: Option<u32>,
     pub events_applied: u64,
-    pub position: u64,
+    /// The last position applied of each service's log.
+    pub positions: BTreeMap<Service, u64>,
     pub seconds: f64,
     pub events_per_second: f64,
     pub historical: bool,
 }
 
-/// Builds the next version of the projection `factory` makes, from `store`'s global log; see the
+/// Builds the next version of the projection `factory` makes, from the services' logs; see the
 /// module doc. `progress` is called after each batch.
 pub async fn rebuild(
-    store: Arc<dyn EventStore>,
+    logs: Vec<ServiceLog>,
     db: &ReadDb,
     factory: ProjectionFactory,
     options: RebuildOptions,
@@ -107,23 +136,14 @@ pub async fn rebuild(
     let name = factory(1).name();
     let versions = db.versions(name).await?;
     let version = versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-    let until_position = match options.until {
-        Some(UntilPoint::Position(p)) => Some(p),
-        _ => None,
-    };
-    let until_time = match options.until {
-        Some(UntilPoint::Time(t)) => Some(t),
-        _ => None,
-    };
-    let head = store.head_position().await?;
-    let target = until_position.map_or(head, |p| p.min(head));
+    let until = resolve_until(&logs, options.until).await?;
+    let heads = heads(&logs).await?;
+    let start_target: u64 = heads.values().sum();
     db.register_building(
         name,
         version,
-        target,
-        options
-            .until
-            .map(|_| (until_position.unwrap_or(u64::MAX).min(head), until_time)),
+        start_target,
+        until.map(|u| (u.position.map_or(u64::MAX, |t| t.position), Some(u.time))),
     )
     .await?;
     let projection = factory(version);
@@ -146,87 +166,79 @@ pub async fn rebuild(
     info!(
         projection = name,
         version,
-        target,
+        target = start_target,
         bulk = bulk.is_some(),
         "rebuild started"
     );
 
     let started = Instant::now();
-    let mut after = 0u64;
     let mut applied = 0u64;
-    let mut target = target;
+    let mut positions: BTreeMap<Service, u64> = logs.iter().map(|log| (log.service, 0)).collect();
+    let mut target = start_target;
     let mut last_report = Instant::now();
-    // Reading and decoding the log overlaps with applying it (a bulk load's writer is a third
-    // task): pages are read ahead on a task of their own.
-    let mut pages = Pages::read_ahead(Arc::clone(&store), after, options.batch_size);
-    loop {
-        let Page { mut marks, mut batch } = pages.next().await?;
-        let mut keep = marks.len();
-        if let Some(limit) = until_position {
-            keep = keep.min(marks.iter().take_while(|(position, _)| *position <= limit).count());
-        }
-        if let Some(limit) = until_time {
-            keep = keep.min(marks.iter().take_while(|(_, recorded)| *recorded <= limit).count());
-        }
-        let reached_until = keep < marks.len();
-        if reached_until {
-            let first_left_out = marks[keep].0;
-            batch.events.retain(|e| e.position < first_left_out);
-            batch.dead_letters.retain(|d| d.position < first_left_out);
-            marks.truncate(keep);
-        }
-        let Some(last) = marks.last().map(|(position, _)| *position) else {
-            break;
+    // Reading, decoding and merging the logs overlaps with applying them (a bulk load's writer
+    // is a third task): pages are read ahead on a task of their own.
+    let mut pages = Pages::read_ahead(logs.clone(), options.batch_size);
+    while let Some(Page { mut marks, mut batch }) = pages.next().await? {
+        let reached_until = match until {
+            Some(until) => keep_until(until, &mut marks, &mut batch),
+            None => false,
         };
-        match bulk.as_mut() {
-            Some(load) => {
-                if cancel.is_cancelled() {
-                    return Err(cancelled());
+        if !marks.is_empty() {
+            match bulk.as_mut() {
+                Some(load) => {
+                    if cancel.is_cancelled() {
+                        return Err(cancelled());
+                    }
+                    load.push(&batch).await?;
                 }
-                load.push(&batch).await?;
+                None => apply_batch(&*projection, batch, &options.run, &cancel).await?,
             }
-            None => apply_batch(&*projection, batch, &options.run, &cancel).await?,
+            applied += marks.len() as u64;
+            for (service, position, _) in &marks {
+                positions.insert(*service, *position);
+            }
+            if until.is_none() {
+                target = target.max(heads_sum(&logs).await?);
+            }
+            let position: u64 = positions.values().sum();
+            let rate = applied as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            progress(RebuildProgress {
+                version,
+                position,
+                target,
+                events_applied: applied,
+                events_per_second: rate,
+            });
+            if last_report.elapsed() >= Duration::from_millis(500) {
+                last_report = Instant::now();
+                db.report_progress(name, version, applied, rate, target).await?;
+            }
+            // The bulk load covers the logs up to where they were when the build started (or
+            // until memory is full); what was appended since is caught up batch by batch.
+            if bulk
+                .as_ref()
+                .is_some_and(|load| reached(&positions, &heads) || load.full())
+                && let Some(load) = bulk.take()
+            {
+                finish_bulk(load, name, version, position).await?;
+            }
         }
-        applied += marks.len() as u64;
-        after = last;
-        if options.until.is_none() {
-            target = target.max(store.head_position().await?);
-        }
-        let rate = applied as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        progress(RebuildProgress {
-            version,
-            position: after,
-            target,
-            events_applied: applied,
-            events_per_second: rate,
-        });
-        if last_report.elapsed() >= Duration::from_millis(500) {
-            last_report = Instant::now();
-            db.report_progress(name, version, applied, rate, target).await?;
-        }
-        // The bulk load covers the log up to where it was when the build started (or until
-        // memory is full); what was appended since is caught up batch by batch.
-        if bulk
-            .as_ref()
-            .is_some_and(|load| after >= bulk_target(head, until_position) || load.full())
-            && let Some(load) = bulk.take()
-        {
-            finish_bulk(load, name, version, after).await?;
-        }
-        if reached_until || until_position.is_some_and(|p| after >= p) {
+        if reached_until {
             break;
         }
     }
     drop(pages);
+    let position: u64 = positions.values().sum();
     if let Some(load) = bulk.take() {
-        finish_bulk(load, name, version, after).await?;
+        finish_bulk(load, name, version, position).await?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let rate = applied as f64 / seconds.max(1e-9);
-    db.report_progress(name, version, applied, rate, target.max(after))
+    db.report_progress(name, version, applied, rate, target.max(position))
         .await?;
 
-    if options.until.is_some() {
+    if until.is_some() {
         db.set_state(name, version, "historical").await?;
         info!(projection = name, version, applied, "historical version built");
         return Ok(RebuildReport {
@@ -234,7 +246,7 @@ pub async fn rebuild(
             version,
             replaced: None,
             events_applied: applied,
-            position: after,
+            positions,
             seconds,
             events_per_second: rate,
             historical: true,
@@ -242,21 +254,24 @@ pub async fn rebuild(
     }
 
     let replaced = db.switch_live(name, version).await?;
-    // Events the old version's workers applied up to the switch are in the store by now.
-    loop {
-        let events = store.read_all(after, options.batch_size).await?;
-        let Some(last) = events.last().map(|e| e.position) else {
-            break;
-        };
-        apply(&*projection, &events, &options.run, &cancel).await?;
-        applied += events.len() as u64;
-        after = last;
+    // Events the old version's workers applied up to the switch are in the stores by now.
+    for log in &logs {
+        let after = positions.entry(log.service).or_insert(0);
+        loop {
+            let events = log.store.read_all(*after, options.batch_size).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            apply(&*projection, &events, log.service, &options.run, &cancel).await?;
+            applied += events.iter().filter(|e| belongs(e, log.service)).count() as u64;
+            *after = last;
+        }
     }
     if db.hand_over_to_kafka(name, version).await? {
         info!(
             projection = name,
             version,
-            position = after,
+            ?positions,
             "caught up; Kafka workers carry the version on"
         );
     }
@@ -274,17 +289,58 @@ pub async fn rebuild(
         version,
         replaced,
         events_applied: applied,
-        position: after,
+        positions,
         seconds,
         events_per_second: rate,
         historical: false,
     })
 }
 
-/// Where a bulk load hands over to batch-by-batch apply: the head when the build started (or
-/// the `until` position before it).
-fn bulk_target(head: u64, until_position: Option<u64>) -> u64 {
-    until_position.map_or(head, |p| p.min(head))
+/// Every log's head when the build starts.
+async fn heads(logs: &[ServiceLog]) -> Result<BTreeMap<Service, u64>, ProjectionError> {
+    let mut heads = BTreeMap::new();
+    for log in logs {
+        heads.insert(log.service, log.store.head_position().await?);
+    }
+    Ok(heads)
+}
+
+async fn heads_sum(logs: &[ServiceLog]) -> Result<u64, ProjectionError> {
+    Ok(heads(logs).await?.values().sum())
+}
+
+/// Whether every log has been read up to its head of `heads`.
+fn reached(positions: &BTreeMap<Service, u64>, heads: &BTreeMap<Service, u64>) -> bool {
+    heads
+        .iter()
+        .all(|(service, head)| positions.get(service).copied().unwrap_or(0) >= *head)
+}
+
+/// The `until` point against the logs: a position becomes its event's commit time too.
+async fn resolve_until(logs: &[ServiceLog], until: Option<UntilPoint>) -> Result<Option<Until>, ProjectionError> {
+    match until {
+        None => Ok(None),
+        Some(UntilPoint::Time(time)) => Ok(Some(Until { time, position: None })),
+        Some(UntilPoint::Position(token)) => {
+            let log = logs.iter().find(|log| log.service == token.service).ok_or_else(|| {
+                ProjectionError::Invalid(format!("the rebuild reads no log of the {} service", token.service))
+            })?;
+            let before = log.store.read_all(token.position.saturating_sub(1), 1).await?;
+            let event = before
+                .into_iter()
+                .find(|e| e.position <= token.position)
+                .ok_or_else(|| {
+                    ProjectionError::Invalid(format!(
+                        "{token} is not the position of an event of the {} log",
+                        token.service
+                    ))
+                })?;
+            Ok(Some(Until {
+                time: event.recorded_at,
+                position: Some(token),
+            }))
+        }
+    }
 }
 
 async fn finish_bulk(load: Box<dyn BulkLoad>, name: &str, version: u32, after: u64) -> Result<(), ProjectionError> {
@@ -305,16 +361,38 @@ fn cancelled() -> ProjectionError {
     ProjectionError::Invalid("rebuild cancelled".to_owned())
 }
 
-/// One page of the global log, decoded: each event's position and commit time (for `until`),
-/// and the batch to apply.
+/// Keeps of a page what `until` includes; answers whether the page went past it (every later
+/// page would too: pages come in commit-time order).
+fn keep_until(until: Until, marks: &mut Vec<Mark>, batch: &mut Batch) -> bool {
+    let past = marks.iter().any(|(_, _, recorded_at)| *recorded_at > until.time);
+    let before = marks.len();
+    marks.retain(|(service, position, recorded_at)| until.includes(*service, *position, *recorded_at));
+    if marks.len() < before {
+        batch
+            .events
+            .retain(|e| until.includes(e.service(), e.position, e.recorded_at));
+        batch.dead_letters.retain(|letter| {
+            marks.iter().any(|(service, position, _)| {
+                *position == letter.position && letter.origin.source == crate::store_source(*service)
+            })
+        });
+    }
+    past
+}
+
+/// An event of a page: its service, its position in that service's log and its commit time.
+type Mark = (Service, u64, DateTime<Utc>);
+
+/// One page of the merged logs, decoded: each event's mark (for `until` and the positions
+/// reached), and the batch to apply.
 struct Page {
-    marks: Vec<(u64, DateTime<Utc>)>,
+    marks: Vec<Mark>,
     batch: Batch,
 }
 
-/// Pages of the global log read and decoded ahead by a task of their own (at most
-/// `PAGES_AHEAD` waiting). The task stops after the first empty page, at the first error, or
-/// when this is dropped.
+/// Pages of the services' logs merged by commit time, read and decoded ahead by a task of
+/// their own (at most `PAGES_AHEAD` waiting). The task stops at the end of every log, at the
+/// first error, or when this is dropped.
 struct Pages {
     pages: mpsc::Receiver<Result<Page, ProjectionError>>,
     reader: JoinHandle<()>,
@@ -322,46 +400,91 @@ struct Pages {
 
 const PAGES_AHEAD: usize = 2;
 
+/// One log being read: what was read of it and not merged yet.
+struct Cursor {
+    log: ServiceLog,
+    after: u64,
+    buffer: VecDeque<RecordedEvent>,
+    done: bool,
+}
+
+impl Cursor {
+    /// Reads the next page of the log when everything read so far is merged.
+    async fn refill(&mut self, size: usize) -> Result<(), ProjectionError> {
+        // A page of a shared store may hold nothing of this service: read on until something
+        // is waiting or the log ends, so that the merge always knows this log's next event.
+        while !self.done && self.buffer.is_empty() {
+            let events = self.log.store.read_all(self.after, size).await?;
+            match events.last() {
+                Some(last) => self.after = last.position,
+                None => self.done = true,
+            }
+            let service = self.log.service;
+            self.buffer.extend(events.into_iter().filter(|e| belongs(e, service)));
+        }
+        Ok(())
+    }
+}
+
 impl Pages {
-    fn read_ahead(store: Arc<dyn EventStore>, mut after: u64, size: usize) -> Self {
+    fn read_ahead(logs: Vec<ServiceLog>, size: usize) -> Self {
         let (sender, pages) = mpsc::channel(PAGES_AHEAD);
         let reader = tokio::spawn(async move {
+            let mut cursors: Vec<Cursor> = logs
+                .into_iter()
+                .map(|log| Cursor {
+                    log,
+                    after: 0,
+                    buffer: VecDeque::new(),
+                    done: false,
+                })
+                .collect();
             loop {
-                let events = match store.read_all(after, size).await {
-                    Ok(events) => events,
-                    Err(cause) => {
-                        let _ = sender.send(Err(cause.into())).await;
-                        return;
-                    }
+                let page = match merge_page(&mut cursors, size).await {
+                    Ok(Some(page)) => Ok(page),
+                    Ok(None) => return,
+                    Err(cause) => Err(cause),
                 };
-                let last = events.last().map(|e| e.position);
-                let page = Page {
-                    marks: events.iter().map(|e| (e.position, e.recorded_at)).collect(),
-                    batch: batch_of(&events),
-                };
-                drop(events);
-                if sender.send(Ok(page)).await.is_err() {
+                let failed = page.is_err();
+                if sender.send(page).await.is_err() || failed {
                     return;
-                }
-                match last {
-                    Some(last) => after = last,
-                    None => return,
                 }
             }
         });
         Pages { pages, reader }
     }
 
-    /// The next page; an empty one at the end of the log.
-    async fn next(&mut self) -> Result<Page, ProjectionError> {
-        match self.pages.recv().await {
-            Some(page) => page,
-            None => Ok(Page {
-                marks: Vec::new(),
-                batch: Batch::default(),
-            }),
-        }
+    /// The next page; `None` at the end of the logs.
+    async fn next(&mut self) -> Result<Option<Page>, ProjectionError> {
+        self.pages.recv().await.transpose()
     }
+}
+
+/// The next page of up to `size` events of the merged logs (`None`: every log is read). An
+/// event is taken only while every log that is not finished has one waiting, so that the
+/// earliest of them all is always known.
+async fn merge_page(cursors: &mut [Cursor], size: usize) -> Result<Option<Page>, ProjectionError> {
+    let mut page = Page {
+        marks: Vec::new(),
+        batch: Batch::default(),
+    };
+    while page.marks.len() < size {
+        for cursor in cursors.iter_mut() {
+            cursor.refill(size).await?;
+        }
+        let next = cursors
+            .iter_mut()
+            .filter(|c| !c.buffer.is_empty())
+            .min_by_key(|c| c.buffer.front().map(|e| (e.recorded_at, c.log.service)));
+        let Some(cursor) = next else { break };
+        let Some(event) = cursor.buffer.pop_front() else { break };
+        let service = cursor.log.service;
+        page.marks.push((service, event.position, event.recorded_at));
+        let decoded = batch_of(std::slice::from_ref(&event), service);
+        page.batch.events.extend(decoded.events);
+        page.batch.dead_letters.extend(decoded.dead_letters);
+    }
+    Ok((!page.marks.is_empty()).then_some(page))
 }
 
 impl Drop for Pages {
@@ -386,8 +509,9 @@ async fn apply_batch(
 async fn apply(
     projection: &dyn crate::Projection,
     events: &[RecordedEvent],
+    service: Service,
     run: &RunOptions,
     cancel: &CancellationToken,
 ) -> Result<(), ProjectionError> {
-    apply_batch(projection, batch_of(events), run, cancel).await
+    apply_batch(projection, batch_of(events, service), run, cancel).await
 }

@@ -209,7 +209,7 @@ fn history() -> History {
                 recorded_at: at,
                 correlation_id: String::new(),
                 event: DomainEvent::Order(event),
-                origin: Origin::store(position),
+                origin: Origin::store(event_schemas::Service::Orders, position),
             }
         })
         .collect();
@@ -544,7 +544,12 @@ impl Harness {
         assert_eq!(at.len(), 1, "one partition read: {at:?}");
         assert_eq!(
             (at[0].source.as_str(), at[0].partition, at[0].offset, at[0].position),
-            (projections::STORE_SOURCE, 0, i64::try_from(position).unwrap(), position)
+            (
+                projections::store_source(event_schemas::Service::Orders).as_str(),
+                0,
+                i64::try_from(position).unwrap(),
+                position
+            )
         );
     }
 }
@@ -615,7 +620,7 @@ async fn replays_never_double_count(sink: Sink) {
     let batch = Batch {
         events: crashed.to_vec(),
         dead_letters: vec![DeadLetter {
-            origin: Origin::store(0),
+            origin: Origin::store(event_schemas::Service::Orders, 0),
             position: 0,
             event_type: String::new(),
             reason: "undecodable".to_owned(),

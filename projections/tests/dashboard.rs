@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use event_schemas::Service;
 use event_schemas::{
     Category, Currency, CustomerEmailChanged, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot,
     DomainEvent, Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced,
@@ -14,7 +15,7 @@ use event_schemas::{
 use projections::dashboard::{
     self, AsOf, Cursor, Direction, OrderDashboard, OrderFilter, OrderRow, OrderStatus, QueryError, Sort, SortKey,
 };
-use projections::{Batch, Origin, ProjectedEvent, Projection, ProjectionError, ReadDb, STORE_SOURCE};
+use projections::{Batch, Origin, ProjectedEvent, Projection, ProjectionError, ReadDb, store_source};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -58,7 +59,8 @@ fn time_of(position: u64) -> DateTime<Utc> {
     base_time() + Duration::seconds(i64::try_from(position).unwrap())
 }
 
-/// A global log being written: positions from 1, stream versions per stream.
+/// The services' logs being written: positions from 1 counted across the services (so each
+/// service's log has increasing positions with holes), stream versions per stream.
 #[derive(Default)]
 struct Log {
     events: Vec<ProjectedEvent>,
@@ -71,6 +73,7 @@ impl Log {
         let version = self.versions.entry(stream_id.clone()).or_insert(0);
         *version += 1;
         let position = self.events.len() as u64 + 1;
+        let service = event_schemas::Service::owning(event.category());
         let event = ProjectedEvent {
             event_id: Uuid::new_v4(),
             stream_id,
@@ -80,7 +83,7 @@ impl Log {
             recorded_at: time_of(position),
             correlation_id: "test".to_owned(),
             event,
-            origin: Origin::store(position),
+            origin: Origin::store(service, position),
         };
         self.events.push(event.clone());
         event
@@ -278,16 +281,22 @@ async fn lifecycle(server: Server) {
     assert_eq!(row.placed_at, time_of(2));
     assert_eq!(row.confirmed_at, None);
     assert_eq!((row.stream_version, row.last_position), (1, 2));
-    let checkpoints = dash.checkpoints().await.unwrap();
-    assert_eq!(checkpoints.len(), 1);
+    let mut checkpoints: Vec<(String, i64, u64)> = dash
+        .checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.source, c.offset, c.position))
+        .collect();
+    checkpoints.sort();
     assert_eq!(
-        (
-            checkpoints[0].source.as_str(),
-            checkpoints[0].offset,
-            checkpoints[0].position
-        ),
-        (STORE_SOURCE, 4, 4),
-        "the payment event is not applied but counts toward the checkpoint"
+        checkpoints,
+        [
+            (store_source(Service::Customers), 1, 1),
+            (store_source(Service::Orders), 3, 3),
+            (store_source(Service::Payments), 4, 4),
+        ],
+        "one checkpoint per service's log; the payment event is not applied but counts toward its log's"
     );
 
     dash.apply(&batch(second)).await.expect("second batch");
@@ -312,8 +321,12 @@ async fn lifecycle(server: Server) {
     assert_eq!(row.total_minor, 300);
     assert_eq!(dashboard::get_order(&db, 1, Uuid::new_v4()).await.unwrap(), None);
     let checkpoints = dash.checkpoints().await.unwrap();
-    assert_eq!((checkpoints[0].offset, checkpoints[0].position), (8, 8));
-    assert_eq!(checkpoints[0].recorded_at, Some(time_of(8)));
+    let orders = checkpoints
+        .iter()
+        .find(|c| c.source == store_source(Service::Orders))
+        .unwrap();
+    assert_eq!((orders.offset, orders.position), (8, 8));
+    assert_eq!(orders.recorded_at, Some(time_of(8)));
 
     // An event for an order never placed fails the whole batch: neither its rows nor its
     // checkpoint are stored (they are one transaction).
@@ -327,9 +340,16 @@ async fn lifecycle(server: Server) {
         .expect_err("inconsistent");
     assert!(matches!(error, ProjectionError::Inconsistent(_)), "{error:?}");
     assert_eq!(dump(&db, 1).await, before);
-    assert_eq!(dash.checkpoints().await.unwrap()[0].offset, 8);
+    let orders_offset = || async {
+        let checkpoints = dash.checkpoints().await.unwrap();
+        checkpoints
+            .iter()
+            .find(|c| c.source == store_source(Service::Orders))
+            .map(|c| c.offset)
+    };
+    assert_eq!(orders_offset().await, Some(8));
     dash.apply(&batch(&[placed_c])).await.expect("the order alone applies");
-    assert_eq!(dash.checkpoints().await.unwrap()[0].offset, 9);
+    assert_eq!(orders_offset().await, Some(9));
 
     // Versions are separate tables; dropping one leaves the other.
     let other = dashboard(&db, 2).await;
@@ -458,7 +478,11 @@ async fn replay(server: Server) {
     dash.apply(&batch(&doubled)).await.unwrap();
     assert_eq!(dump(&db, 1).await, once, "every event twice in one batch");
     let checkpoints = dash.checkpoints().await.unwrap();
-    assert_eq!(checkpoints[0].offset, 12, "a replay never moves the checkpoint back");
+    let orders_log = checkpoints
+        .iter()
+        .find(|c| c.source == store_source(Service::Orders))
+        .unwrap();
+    assert_eq!(orders_log.offset, 12, "a replay never moves the checkpoint back");
 
     // The same log applied event by event gives the same tables.
     let single = dashboard(&db, 2).await;
@@ -579,7 +603,7 @@ async fn summary(server: Server) {
     let mut late = Log::default();
     let mut registration = late.push(registered(ghost, "Casper", "casper@example.com"));
     registration.position = 100;
-    registration.origin = Origin::store(100);
+    registration.origin = Origin::store(event_schemas::Service::Customers, 100);
     dash.apply(&batch(&[registration])).await.unwrap();
     for order in &orders[3..] {
         let row = dashboard::get_order(&db, 1, *order).await.unwrap().unwrap();
@@ -949,12 +973,24 @@ async fn as_of(server: Server) {
 
     let last = events.len() as u64;
     for position in 0..=last + 1 {
+        // A position is one of the orders' log: the orders' events up to it, and the other
+        // services' as of its commit time (the log above counts positions across services).
+        let orders_cut = events
+            .iter()
+            .filter(|e| e.position <= position && matches!(e.event, DomainEvent::Order(_)))
+            .map(|e| e.position)
+            .max()
+            .unwrap_or(0);
         for order in [a, b] {
-            let expected = fold_up_to(events, order, position);
             let at_position = dashboard::get_order_as_of(&db, 1, order, AsOf::Position(position))
                 .await
                 .unwrap();
-            assert_eq!(at_position, expected, "order {order} at position {position}");
+            assert_eq!(
+                at_position,
+                fold_up_to(events, order, orders_cut),
+                "order {order} at orders position {position}"
+            );
+            let expected = fold_up_to(events, order, position);
             let at_time = dashboard::get_order_as_of(&db, 1, order, AsOf::Time(time_of(position)))
                 .await
                 .unwrap();
@@ -976,9 +1012,12 @@ async fn as_of(server: Server) {
         )
         .await
         .unwrap();
-        let mut expected: Vec<OrderRow> = [a, b].iter().filter_map(|o| fold_up_to(events, *o, position)).collect();
+        let mut expected: Vec<OrderRow> = [a, b]
+            .iter()
+            .filter_map(|o| fold_up_to(events, *o, orders_cut))
+            .collect();
         expected.sort_by_key(|row| std::cmp::Reverse(row.placed_at));
-        assert_eq!(page.rows, expected, "list at position {position}");
+        assert_eq!(page.rows, expected, "list at orders position {position}");
         assert_eq!(page.next_cursor, None);
     }
     // The latest version equals the current row.
@@ -1648,10 +1687,11 @@ async fn build_incrementally(db: &ReadDb, version: u32, recorded: &[event_store:
     for page in recorded.chunks(17) {
         let mut b = Batch::default();
         for e in page {
-            match ProjectedEvent::from_recorded(e) {
+            let service = event_schemas::Service::of_stream(&e.stream_id).unwrap();
+            match ProjectedEvent::from_recorded(e, service) {
                 Ok(event) => b.events.push(event),
                 Err(cause) => b.dead_letters.push(projections::DeadLetter {
-                    origin: Origin::store(e.position),
+                    origin: Origin::store(service, e.position),
                     position: e.position,
                     event_type: e.event_type.clone(),
                     reason: service_kit::error_chain(&cause),
@@ -1699,7 +1739,7 @@ async fn rebuild_in_bulk(server: Server) {
     build_incrementally(&db, 50, &recorded).await;
     let mut positions = Vec::new();
     let report = projections::rebuild(
-        store.clone(),
+        projections::ServiceLog::shared(&store),
         &db,
         counts.factory(&db, dashboard::DEFAULT_MEMORY_ROWS),
         options(None),
@@ -1717,22 +1757,34 @@ async fn rebuild_in_bulk(server: Server) {
     assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions.len() == recorded.len().div_ceil(23));
     assert_same_version(&db, 50, 1, "rebuild").await;
 
-    // Historical, up to a position: exactly there.
-    let until = recorded[recorded.len() / 2].position;
-    build_incrementally(&db, 51, &recorded[..=recorded.len() / 2]).await;
-    let mut last = 0;
+    // Historical, up to a position of one service's log: exactly there. (The other services'
+    // logs stop at its commit time: an event committed just after it would be in the same
+    // microsecond only by chance, so the cut is taken where the next commit is later.)
+    let mid = (recorded.len() / 2..recorded.len() - 1)
+        .find(|&i| recorded[i].recorded_at < recorded[i + 1].recorded_at)
+        .unwrap();
+    let token = event_schemas::ConsistencyToken {
+        service: event_schemas::Service::of_stream(&recorded[mid].stream_id).unwrap(),
+        position: recorded[mid].position,
+    };
+    build_incrementally(&db, 51, &recorded[..=mid]).await;
     let report = projections::rebuild(
-        store.clone(),
+        projections::ServiceLog::shared(&store),
         &db,
         counts.factory(&db, dashboard::DEFAULT_MEMORY_ROWS),
-        options(Some(projections::UntilPoint::Position(until))),
+        options(Some(projections::UntilPoint::Position(token))),
         cancel.clone(),
-        |p| last = p.position,
+        |_| {},
     )
     .await
     .unwrap();
     assert!(report.historical);
-    assert_eq!((report.position, last), (until, until));
+    assert_eq!(report.positions[&token.service], token.position);
+    assert_eq!(
+        report.positions.values().max(),
+        Some(&token.position),
+        "nothing after it"
+    );
     assert_eq!(counts.take().1, 0, "no batch applied one by one");
     assert_same_version(&db, 51, report.version, "rebuild until a position").await;
 
@@ -1742,7 +1794,7 @@ async fn rebuild_in_bulk(server: Server) {
         .unwrap();
     build_incrementally(&db, 52, &recorded[..=cut]).await;
     let report = projections::rebuild(
-        store.clone(),
+        projections::ServiceLog::shared(&store),
         &db,
         counts.factory(&db, dashboard::DEFAULT_MEMORY_ROWS),
         options(Some(projections::UntilPoint::Time(recorded[cut].recorded_at))),
@@ -1751,13 +1803,13 @@ async fn rebuild_in_bulk(server: Server) {
     )
     .await
     .unwrap();
-    assert_eq!(report.position, recorded[cut].position);
+    assert_eq!(report.positions.values().max(), Some(&recorded[cut].position));
     assert_eq!(counts.take().1, 0);
     assert_same_version(&db, 52, report.version, "rebuild until a time").await;
 
     // Memory for only 40 orders and customers: bulk up to there, then batch by batch.
     let report = projections::rebuild(
-        store.clone(),
+        projections::ServiceLog::shared(&store),
         &db,
         counts.factory(&db, 40),
         options(None),

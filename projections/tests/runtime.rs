@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{SubsecRound, Utc};
-use event_schemas::{CustomerEvent, CustomerRenamed, DomainEvent, Envelope};
+use event_schemas::{Category, CustomerEvent, CustomerRenamed, DomainEvent, Envelope, Service};
 use event_store::{Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
 use projections::{
     Batch, Checkpoint, KafkaOptions, Projection, ProjectionError, ProjectionFactory, ReadDb, RebuildOptions,
-    RunOptions, applied_position, rebuild, run_from_kafka, run_from_store, save_checkpoints, save_dead_letters,
+    RunOptions, ServiceLog, applied_position, rebuild, run_from_kafka, run_from_store, save_checkpoints,
+    save_dead_letters,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::Row;
@@ -525,7 +526,7 @@ async fn the_embedded_runner_follows_the_store_and_a_rebuild_switches_it_to_the_
     }
     let cancel = CancellationToken::new();
     let runner = tokio::spawn(run_from_store(
-        Arc::clone(&store),
+        ServiceLog::new(Service::Customers, Arc::clone(&store)),
         db.clone(),
         Tally::factory(&db, &[]),
         RunOptions::default(),
@@ -547,7 +548,7 @@ async fn the_embedded_runner_follows_the_store_and_a_rebuild_switches_it_to_the_
         }
     });
     let report = rebuild(
-        Arc::clone(&store),
+        vec![ServiceLog::new(Service::Customers, Arc::clone(&store))],
         &db,
         Tally::factory(&db, &[]),
         RebuildOptions {
@@ -583,11 +584,11 @@ async fn the_embedded_runner_follows_the_store_and_a_rebuild_switches_it_to_the_
 
     // A historical build up to a past position holds exactly the events up to it.
     let historical = rebuild(
-        Arc::clone(&store),
+        vec![ServiceLog::new(Service::Customers, Arc::clone(&store))],
         &db,
         Tally::factory(&db, &[]),
         RebuildOptions {
-            until: Some(projections::UntilPoint::Position(30)),
+            until: Some(projections::UntilPoint::Position("customers:30".parse().unwrap())),
             ..RebuildOptions::default()
         },
         CancellationToken::new(),
@@ -596,7 +597,7 @@ async fn the_embedded_runner_follows_the_store_and_a_rebuild_switches_it_to_the_
     .await
     .unwrap();
     assert!(historical.historical);
-    assert_eq!(historical.position, 30);
+    assert_eq!(historical.positions[&Service::Customers], 30);
     assert_eq!(
         tally(&db, 3).await,
         expected(&customers, 3),
@@ -615,7 +616,12 @@ async fn the_embedded_runner_follows_the_store_and_a_rebuild_switches_it_to_the_
 async fn workers_started_after_a_rebuild_carry_its_applied_position_on() {
     let store = sqlite_store().await;
     let db = postgres_read_db().await;
-    let topic = testkit::kafka::unique_topic("handover");
+    // Named like the customers' topic, for the applied position to count it as the customers'.
+    let topic = format!(
+        "{}.{}",
+        testkit::kafka::unique_topic("handover"),
+        Category::Customer.topic()
+    );
     testkit::kafka::create_topic(&topic, 2).await;
     let customers: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
     for version in 1..=3 {
@@ -624,7 +630,7 @@ async fn workers_started_after_a_rebuild_carry_its_applied_position_on() {
         }
     }
     let report = rebuild(
-        Arc::clone(&store),
+        vec![ServiceLog::new(Service::Customers, Arc::clone(&store))],
         &db,
         Tally::factory(&db, &[]),
         RebuildOptions::default(),
@@ -634,8 +640,8 @@ async fn workers_started_after_a_rebuild_carry_its_applied_position_on() {
     .await
     .unwrap();
     let rebuilt = 3 * customers.len() as u64;
-    assert_eq!((report.version, report.position), (1, rebuilt));
-    let applied = || async { applied_position(&db.progress("tally", 1).await.unwrap()) };
+    assert_eq!((report.version, report.positions[&Service::Customers]), (1, rebuilt));
+    let applied = || async { applied_position(&db.progress("tally", 1).await.unwrap(), Service::Customers) };
     assert_eq!(applied().await, rebuilt);
 
     // The relay publishes the log in the store's order, and the shop goes on.
@@ -667,7 +673,7 @@ async fn a_drained_report_vouches_for_a_partition_only_while_it_is_fresh() {
     use projections::{PartitionReport, applied_position};
     let db = sqlite_read_db().await;
     let checkpoint = |partition: i32, offset: i64, position: u64| Checkpoint {
-        source: "orders".to_owned(),
+        source: Category::Order.topic().to_owned(),
         partition,
         offset,
         position,
@@ -679,7 +685,7 @@ async fn a_drained_report_vouches_for_a_partition_only_while_it_is_fresh() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
-        applied_position(&db.progress("tally", 1).await.unwrap()),
+        applied_position(&db.progress("tally", 1).await.unwrap(), Service::Orders),
         40,
         "the slower partition bounds it"
     );
@@ -687,7 +693,7 @@ async fn a_drained_report_vouches_for_a_partition_only_while_it_is_fresh() {
     // Partition 1's worker found it empty: nothing older waits there, so it counts as far as
     // the furthest partition.
     let report = PartitionReport {
-        source: "orders".to_owned(),
+        source: Category::Order.topic().to_owned(),
         partition: 1,
         drained: true,
         high_watermark: None,
@@ -695,7 +701,10 @@ async fn a_drained_report_vouches_for_a_partition_only_while_it_is_fresh() {
     db.report_partitions("tally", 1, std::slice::from_ref(&report))
         .await
         .unwrap();
-    assert_eq!(applied_position(&db.progress("tally", 1).await.unwrap()), 90);
+    assert_eq!(
+        applied_position(&db.progress("tally", 1).await.unwrap(), Service::Orders),
+        90
+    );
 
     // A report older than DRAINED_FRESH_US (its worker died) vouches for nothing.
     sqlx::query("UPDATE projection_checkpoints SET drained_at_us = drained_at_us - $1")
@@ -703,7 +712,10 @@ async fn a_drained_report_vouches_for_a_partition_only_while_it_is_fresh() {
         .execute(db.pool())
         .await
         .unwrap();
-    assert_eq!(applied_position(&db.progress("tally", 1).await.unwrap()), 40);
+    assert_eq!(
+        applied_position(&db.progress("tally", 1).await.unwrap(), Service::Orders),
+        40
+    );
 
     // A new batch for the partition clears the claim at once.
     db.report_partitions("tally", 1, &[report]).await.unwrap();
@@ -714,5 +726,5 @@ async fn a_drained_report_vouches_for_a_partition_only_while_it_is_fresh() {
     tx.commit().await.unwrap();
     let progress = db.progress("tally", 1).await.unwrap();
     assert!(progress.iter().all(|p| !p.drained), "{progress:?}");
-    assert_eq!(applied_position(&progress), 90);
+    assert_eq!(applied_position(&progress, Service::Orders), 90);
 }

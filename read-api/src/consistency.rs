@@ -1,15 +1,17 @@
-//! Read-your-writes: wait until a projection has applied a position, then read the version that
-//! is live, and read again once if that version was replaced (and dropped) in between.
+//! Read-your-writes: wait until a projection has applied a consistency token (a position of one
+//! service's log, `orders:12`), then read the version that is live, and read again once if that
+//! version was replaced (and dropped) in between.
 //!
 //! A request looks at the projection's progress once itself. If the position is not applied yet,
 //! it waits on the projection's [`ProgressWatches`] entry: one lookup every [`POLL`] for all the
 //! requests waiting on that projection, however many there are.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use event_schemas::{ConsistencyToken, Service};
 use projections::applied_position;
 use tokio::sync::watch;
 
@@ -56,7 +58,11 @@ impl LiveVersions {
 
 /// The projection's live version, once it has applied `min_position` (immediately without it).
 /// 503 `not_caught_up` after [`crate::ReadConfig::wait`].
-pub(crate) async fn live_version(state: &ReadState, name: &str, min_position: Option<u64>) -> Result<u32, ApiError> {
+pub(crate) async fn live_version(
+    state: &ReadState,
+    name: &str,
+    min_position: Option<ConsistencyToken>,
+) -> Result<u32, ApiError> {
     if min_position.is_none()
         && let Some(version) = state.live.fresh(name)
     {
@@ -72,25 +78,33 @@ pub(crate) async fn live_version(state: &ReadState, name: &str, min_position: Op
         // No live version yet: wait for one.
         return wait_for(state, name, None, started, 0).await;
     };
-    let (version, position) = look_up(state, name).await?;
-    if let Some(version) = version.filter(|_| position >= wanted) {
+    let (version, applied) = look_up(state, name).await?;
+    let position = applied.get(&wanted.service).copied().unwrap_or(0);
+    if let Some(version) = version.filter(|_| position >= wanted.position) {
         return Ok(version);
     }
     wait_for(state, name, Some(wanted), started, position).await
 }
 
-/// The live version and the position it has applied (0 without a live version): the look every
-/// request with `min_position` makes once, and the shared poller every [`POLL`] while requests
-/// wait. Counted in `orderflow_read_progress_lookups_total`.
-async fn look_up(state: &ReadState, name: &str) -> Result<(Option<u32>, u64), ApiError> {
+/// How far each service's log is applied: what a look finds.
+type Applied = BTreeMap<Service, u64>;
+
+/// The live version and the position it has applied of every service's log (none without a
+/// live version): the look every request with `min_position` makes once, and the shared poller
+/// every [`POLL`] while requests wait. Counted in `orderflow_read_progress_lookups_total`.
+async fn look_up(state: &ReadState, name: &str) -> Result<(Option<u32>, Applied), ApiError> {
     metrics::counter!("orderflow_read_progress_lookups_total", "projection" => name.to_owned()).increment(1);
     let version = state.db().live_version(name).await?;
     let Some(version) = version else {
-        return Ok((None, 0));
+        return Ok((None, Applied::new()));
     };
     state.live.remember(name, version);
-    let position = applied_position(&state.db().progress(name, version).await?);
-    Ok((Some(version), position))
+    let progress = state.db().progress(name, version).await?;
+    let applied = Service::ALL
+        .into_iter()
+        .map(|service| (service, applied_position(&progress, service)))
+        .collect();
+    Ok((Some(version), applied))
 }
 
 /// Waits on the projection's shared watch until a look finds a live version that has applied
@@ -99,17 +113,19 @@ async fn look_up(state: &ReadState, name: &str) -> Result<(Option<u32>, u64), Ap
 async fn wait_for(
     state: &ReadState,
     name: &str,
-    wanted: Option<u64>,
+    wanted: Option<ConsistencyToken>,
     started: Instant,
     seen: u64,
 ) -> Result<u32, ApiError> {
-    let done = |version: Option<u32>, applied: u64| version.filter(|_| wanted.is_none_or(|w| applied >= w));
-    let wanted_or_first = wanted.unwrap_or(1);
+    let applied_of = |applied: &Applied| wanted.map_or(0, |w| applied.get(&w.service).copied().unwrap_or(0));
+    let done = |version: Option<u32>, applied: &Applied| {
+        version.filter(|_| wanted.is_none_or(|w| applied.get(&w.service).copied().unwrap_or(0) >= w.position))
+    };
     let deadline = tokio::time::Instant::from_std(started + state.config.wait);
     let mut progress = state.progress.subscribe(state, name);
     // A poller that was running already may have looked since this request did.
-    if let Some(Ok((version, applied))) = *progress.borrow()
-        && let Some(version) = done(version, applied)
+    if let Some(Ok((version, applied))) = &*progress.borrow()
+        && let Some(version) = done(*version, applied)
     {
         return Ok(version);
     }
@@ -123,13 +139,13 @@ async fn wait_for(
                 progress = state.progress.subscribe(state, name);
                 continue;
             }
-            Err(_elapsed) => return Err(not_caught_up(name, wanted_or_first, position, started)),
+            Err(_elapsed) => return Err(not_caught_up(name, wanted, position, started)),
         }
         let observed = progress.borrow_and_update().clone();
         match observed {
-            Some(Ok((version, applied))) => match done(version, applied) {
+            Some(Ok((version, applied))) => match done(version, &applied) {
                 Some(version) => return Ok(version),
-                None => position = applied,
+                None => position = applied_of(&applied),
             },
             Some(Err(error)) => return Err(error),
             None => {}
@@ -137,13 +153,20 @@ async fn wait_for(
     }
 }
 
-fn not_caught_up(name: &str, wanted: u64, position: u64, started: Instant) -> ApiError {
-    ApiError::not_caught_up(name, wanted, position, started.elapsed().as_millis() as u64)
+/// 503 `not_caught_up`: `position` is what `name` has applied of the token's service's log (of
+/// none, when the request waited for a live version only).
+fn not_caught_up(name: &str, wanted: Option<ConsistencyToken>, position: u64, started: Instant) -> ApiError {
+    let waited_ms = started.elapsed().as_millis() as u64;
+    match wanted {
+        Some(token) => ApiError::not_caught_up(name, &token.to_string(), position, waited_ms)
+            .with_detail("service", token.service.name()),
+        None => ApiError::not_caught_up(name, "a live version", position, waited_ms),
+    }
 }
 
-/// What the poller saw at its last look: the live version and the position it has applied, or
-/// why the look failed. `None` until its first look.
-type Observed = Option<Result<(Option<u32>, u64), ApiError>>;
+/// What the poller saw at its last look: the live version and the position it has applied of
+/// every service's log, or why the look failed. `None` until its first look.
+type Observed = Option<Result<(Option<u32>, Applied), ApiError>>;
 
 /// One progress poller per projection that requests wait on. It starts with the first waiting
 /// request and stops at its first turn (every [`POLL`], before it looks) after the last one gave
@@ -226,7 +249,7 @@ impl Drop for Poller {
 pub(crate) async fn read<T, F, Fut>(
     state: &ReadState,
     name: &str,
-    min_position: Option<u64>,
+    min_position: Option<ConsistencyToken>,
     query: F,
 ) -> Result<T, ApiError>
 where

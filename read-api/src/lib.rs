@@ -61,9 +61,9 @@ impl Default for ReadConfig {
     }
 }
 
-/// The store's head position, when the process has the store at hand (embedded mode): it makes
-/// the lag in events exact. Distributed, the lag comes from the Kafka partitions' ends.
-pub type HeadFn = Arc<dyn Fn() -> u64 + Send + Sync>;
+/// A service's store's head position, when the process has the stores at hand (embedded mode):
+/// it makes the lag in events exact. Distributed, the lag comes from the Kafka partitions' ends.
+pub type HeadFn = Arc<dyn Fn(event_schemas::Service) -> u64 + Send + Sync>;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -92,7 +92,7 @@ impl ReadState {
         }
     }
 
-    /// Gives the store's head, for exact lag in events (embedded mode).
+    /// Gives the stores' heads, for exact lag in events (embedded mode).
     pub fn with_head(mut self, head: HeadFn) -> Self {
         self.head = Some(head);
         self

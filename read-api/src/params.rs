@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use event_schemas::{ConsistencyToken, Service};
 use uuid::Uuid;
 
 use crate::ApiError;
@@ -93,18 +94,39 @@ impl Params {
             .transpose()
     }
 
-    /// The read-your-writes token, `min_position`.
-    pub(crate) fn min_position(&self) -> Result<Option<u64>, ApiError> {
-        self.integer("min_position", 0, i64::MAX as u64)
+    /// A consistency token (`orders:12`, what a command answers as `token`). A bare position is
+    /// refused: every service has its own log, so it would not say which.
+    pub(crate) fn token(&self, name: &str) -> Result<Option<ConsistencyToken>, ApiError> {
+        self.text(name)
+            .map(|text| {
+                text.parse::<ConsistencyToken>().map_err(|e| {
+                    ApiError::bad_parameter(name, format!("{name}: {e}"))
+                        .with_detail("expected", "<service>:<position>, e.g. orders:12")
+                })
+            })
+            .transpose()
     }
 
-    /// `as_of` (an RFC 3339 time) or `at_position` (a global position); not both.
+    /// The read-your-writes token, `min_position`: the `token` a command answered.
+    pub(crate) fn min_position(&self) -> Result<Option<ConsistencyToken>, ApiError> {
+        self.token("min_position")
+    }
+
+    /// `as_of` (an RFC 3339 time) or `at_position` (a position of the orders log, `orders:12`:
+    /// an order's rows are versioned by the order's events); not both.
     pub(crate) fn as_of(&self) -> Result<Option<projections::dashboard::AsOf>, ApiError> {
         use projections::dashboard::AsOf;
-        match (self.time("as_of")?, self.integer("at_position", 0, i64::MAX as u64)?) {
+        match (self.time("as_of")?, self.token("at_position")?) {
             (Some(_), Some(_)) => Err(ApiError::bad_parameter("as_of", "give as_of or at_position, not both")),
             (Some(time), None) => Ok(Some(AsOf::Time(time))),
-            (None, Some(position)) => Ok(Some(AsOf::Position(position))),
+            (None, Some(token)) if token.service == Service::Orders => Ok(Some(AsOf::Position(token.position))),
+            (None, Some(token)) => Err(ApiError::bad_parameter(
+                "at_position",
+                format!(
+                    "at_position is a position of the orders log (orders:12), not of {}",
+                    token.service
+                ),
+            )),
             (None, None) => Ok(None),
         }
     }

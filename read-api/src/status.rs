@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use chrono::Utc;
-use projections::{applied_position, catalog, lag_records};
+use event_schemas::{ConsistencyToken, Service};
+use projections::{PartitionProgress, applied_position, catalog, lag_records, source_service};
 use serde::Serialize;
 
 use crate::params::Params;
@@ -21,15 +22,30 @@ pub(crate) struct ProjectionStatus {
     /// `live`, `rebuilding` (a new version is being built beside the live one) or `not_started`.
     state: &'static str,
     live_version: Option<u32>,
-    /// Every event up to this global position is applied (see `projections::applied_position`).
-    position: u64,
-    /// Events not applied yet: from the store's head (embedded) or the partitions' ends.
+    /// Events not applied yet, every service's log together.
     lag_events: Option<u64>,
-    /// How old the oldest unapplied work is: 0 when caught up.
+    /// How old the oldest unapplied work is, of any service's log: 0 when caught up.
     lag_seconds: f64,
+    /// Per service whose log the projection follows: how far it is applied, and the lag.
+    services: Vec<SourceStatus>,
     dead_letters: u64,
     rebuild: Option<Rebuild>,
     versions: Vec<Version>,
+}
+
+/// A projection's progress through one service's log.
+#[derive(Debug, Serialize)]
+pub(crate) struct SourceStatus {
+    service: &'static str,
+    /// Every event of the service's log up to this position is applied (see
+    /// `projections::applied_position`).
+    position: u64,
+    /// The same as a consistency token, `orders:12`.
+    token: String,
+    /// Events not applied yet: from the store's head (embedded) or the partitions' ends.
+    lag_events: Option<u64>,
+    /// How old the oldest unapplied work of this log is: 0 when caught up.
+    lag_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,31 +85,22 @@ async fn status(state: &ReadState, name: &'static str) -> Result<ProjectionStatu
     let versions = db.versions(name).await?;
     let live = versions.iter().find(|v| v.state == "live").map(|v| v.version);
     let building = versions.iter().find(|v| v.state == "building");
-    let (position, lag_events, lag_seconds, dead_letters) = match live {
+    let (services, dead_letters) = match live {
         Some(version) => {
             let progress = db.progress(name, version).await?;
-            let position = applied_position(&progress);
-            let lag_events = match &state.head {
-                Some(head) => Some(head().saturating_sub(position)),
-                None => lag_records(&progress),
-            };
-            let behind = progress
-                .iter()
-                .filter(|p| !p.drained && lag_events.is_none_or(|lag| lag > 0));
-            let oldest = behind.filter_map(|p| p.recorded_at).min();
-            let lag_seconds = match (lag_events, oldest) {
-                (Some(0), _) | (_, None) => 0.0,
-                (_, Some(time)) => (Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0,
-            };
-            (
-                position,
-                lag_events,
-                lag_seconds,
-                db.dead_letter_count(name, version).await?,
-            )
+            let services = Service::ALL
+                .into_iter()
+                .map(|service| source_status(state, &progress, service))
+                .collect();
+            (services, db.dead_letter_count(name, version).await?)
         }
-        None => (0, None, 0.0, 0),
+        None => (Vec::new(), 0),
     };
+    let lag_events = services
+        .iter()
+        .map(|s: &SourceStatus| s.lag_events)
+        .try_fold(0u64, |total, lag| lag.map(|lag| total + lag));
+    let lag_seconds = services.iter().map(|s| s.lag_seconds).fold(0.0, f64::max);
     let rebuild = building.map(|v| {
         let percent = if v.target_position == 0 {
             0.0
@@ -117,9 +124,9 @@ async fn status(state: &ReadState, name: &'static str) -> Result<ProjectionStatu
             (None, None) => "not_started",
         },
         live_version: live,
-        position,
         lag_events,
         lag_seconds,
+        services,
         dead_letters,
         rebuild,
         versions: versions
@@ -132,4 +139,29 @@ async fn status(state: &ReadState, name: &'static str) -> Result<ProjectionStatu
             })
             .collect(),
     })
+}
+
+/// How far a live version is through `service`'s log, and its lag there.
+fn source_status(state: &ReadState, progress: &[PartitionProgress], service: Service) -> SourceStatus {
+    let position = applied_position(progress, service);
+    let lag_events = match &state.head {
+        Some(head) => Some(head(service).saturating_sub(position)),
+        None => lag_records(progress, service),
+    };
+    let behind = progress
+        .iter()
+        .filter(|p| source_service(&p.source) == Some(service))
+        .filter(|p| !p.drained && lag_events.is_none_or(|lag| lag > 0));
+    let oldest = behind.filter_map(|p| p.recorded_at).min();
+    let lag_seconds = match (lag_events, oldest) {
+        (Some(0), _) | (_, None) => 0.0,
+        (_, Some(time)) => (Utc::now() - time).num_milliseconds().max(0) as f64 / 1000.0,
+    };
+    SourceStatus {
+        service: service.name(),
+        position,
+        token: ConsistencyToken { service, position }.to_string(),
+        lag_events,
+        lag_seconds,
+    }
 }

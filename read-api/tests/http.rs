@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::{DateTime, TimeZone, Utc};
 use event_schemas::{
-    Currency, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent, OrderCancelled,
-    OrderConfirmed, OrderEvent, OrderLine, OrderPlaced,
+    ConsistencyToken, Currency, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent,
+    OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, Service,
 };
 use http_body_util::BodyExt;
 use projections::analytics::SalesAnalytics;
@@ -30,7 +30,8 @@ struct ReadSide {
     dashboard: OrderDashboard,
     analytics: SalesAnalytics,
     router: Router,
-    position: u64,
+    /// Each service's log as applied so far: its last position.
+    positions: BTreeMap<Service, u64>,
 }
 
 fn base_time() -> DateTime<Utc> {
@@ -86,32 +87,46 @@ impl ReadSide {
             dashboard,
             analytics,
             router: read_api::router(state),
-            position: 0,
+            positions: BTreeMap::new(),
         }
     }
 
-    /// Applies events to both projections as the store would hand them out; answers the last
-    /// position.
-    async fn apply(&mut self, events: Vec<(String, u64, DomainEvent)>) -> u64 {
+    /// Applies events to both projections as the services' stores would hand them out (each
+    /// service's log numbered on its own); answers the token of the last one.
+    async fn apply(&mut self, events: Vec<(String, u64, DomainEvent)>) -> ConsistencyToken {
         let mut batch = Batch::default();
+        let mut last = None;
         for (stream_id, stream_version, event) in events {
-            self.position += 1;
-            let at = base_time() + chrono::Duration::minutes(self.position as i64);
+            let service = Service::owning(event.category());
+            let position = self.positions.entry(service).or_insert(0);
+            *position += 1;
+            let minute = self.positions.values().sum::<u64>() as i64;
+            let position = self.positions[&service];
+            let at = base_time() + chrono::Duration::minutes(minute);
             batch.events.push(ProjectedEvent {
                 event_id: Uuid::now_v7(),
                 stream_id,
                 stream_version,
-                position: self.position,
+                position,
                 occurred_at: at,
                 recorded_at: at,
                 correlation_id: "test".to_owned(),
                 event,
-                origin: Origin::store(self.position),
+                origin: Origin::store(service, position),
             });
+            last = Some(ConsistencyToken { service, position });
         }
         self.dashboard.apply(&batch).await.unwrap();
         self.analytics.apply(&batch).await.unwrap();
-        self.position
+        last.expect("events to apply")
+    }
+
+    /// The token of `service`'s log as applied so far.
+    fn token(&self, service: Service) -> ConsistencyToken {
+        ConsistencyToken {
+            service,
+            position: self.positions.get(&service).copied().unwrap_or(0),
+        }
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
@@ -275,7 +290,7 @@ async fn dashboard_filters_pages_and_as_of() {
             .collect(),
     )
     .await;
-    let before_cancel = side.position;
+    let before_cancel = side.token(Service::Orders);
     side.apply(vec![confirmed(orders[0]), cancelled(orders[1], 2)]).await;
 
     // Pages of 5, newest first, cover every order once.
@@ -333,9 +348,18 @@ async fn dashboard_filters_pages_and_as_of() {
         .await;
     assert_eq!(listed_then["rows"].as_array().unwrap().len(), 0);
     let (status, none) = side
-        .get(&format!("/v1/dashboard/orders/{}?at_position=2", orders[1]))
+        .get(&format!("/v1/dashboard/orders/{}?at_position=orders:1", orders[1]))
         .await;
     assert_error(status, &none, StatusCode::NOT_FOUND, "not_found");
+    // A position is one service's log's: a bare number could be any, and another service's
+    // log is not the orders'.
+    for at in ["2", "customers:2"] {
+        let (status, body) = side
+            .get(&format!("/v1/dashboard/orders/{}?at_position={at}", orders[1]))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+        assert!(body["error"]["message"].as_str().unwrap().contains("orders:"), "{body}");
+    }
 
     // The customer's summary: the cancelled order leaves the lifetime value.
     let customer = shop.customers[1];
@@ -420,8 +444,12 @@ async fn bad_parameters_are_400_in_the_error_format() {
         "/v1/dashboard/orders?cursor=zz".to_owned(),
         "/v1/dashboard/orders?cursor=%27%3B%20DROP%20TABLE%20x%3B--".to_owned(),
         "/v1/dashboard/orders?sort=price".to_owned(),
-        "/v1/dashboard/orders?as_of=2026-11-02T00:00:00Z&at_position=3".to_owned(),
+        "/v1/dashboard/orders?as_of=2026-11-02T00:00:00Z&at_position=orders:3".to_owned(),
         "/v1/dashboard/orders?min_position=-1".to_owned(),
+        "/v1/dashboard/orders?min_position=12".to_owned(),
+        "/v1/dashboard/orders?min_position=shipping:12".to_owned(),
+        "/v1/dashboard/orders?min_position=orders:".to_owned(),
+        "/v1/dashboard/orders?min_position=orders:-3".to_owned(),
         "/v1/dashboard/orders/not-a-uuid".to_owned(),
         format!("/v1/dashboard/orders/{order}?as_of=noon"),
         "/v1/dashboard/customers/123".to_owned(),
@@ -454,35 +482,43 @@ async fn min_position_waits_for_the_projection_or_answers_503_with_the_position_
     let mut side = ReadSide::new(Duration::from_millis(1500)).await;
     let shop = Shop::new();
     let reached = side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
+    assert_eq!(reached.to_string(), "customers:3");
 
-    // Never applied within the wait: 503 with the position reached.
-    let (status, body) = side
-        .get(&format!("/v1/dashboard/orders?min_position={}", reached + 100))
-        .await;
+    // A bare number is refused, showing the token form.
+    let (status, body) = side.get("/v1/dashboard/orders?min_position=3").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("orders:12"),
+        "{body}"
+    );
+
+    // Never applied within the wait: 503 with the position reached of the token's service.
+    let (status, body) = side.get("/v1/dashboard/orders?min_position=customers:103").await;
     assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_caught_up");
-    assert_eq!(body["error"]["details"]["position"], reached);
-    assert_eq!(body["error"]["details"]["min_position"], reached + 100);
+    assert_eq!(body["error"]["details"]["position"], 3);
+    assert_eq!(body["error"]["details"]["min_position"], "customers:103");
+    assert_eq!(body["error"]["details"]["service"], "customers");
+    // Another service's log is waited for on its own: nothing of the orders' is applied yet.
+    let (status, body) = side.get("/v1/dashboard/orders?min_position=orders:1").await;
+    assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_caught_up");
+    assert_eq!(body["error"]["details"]["position"], 0);
+    let (status, body) = side.get("/v1/dashboard/orders?min_position=customers:3").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // Applied while the request waits: the answer includes it.
     let order = Uuid::new_v4();
     let event = shop.placed(order, 0, 0, 2);
-    let uri = format!("/v1/dashboard/orders/{order}?min_position={}", reached + 1);
+    let uri = format!("/v1/dashboard/orders/{order}?min_position=orders:1");
     let request = tokio::spawn(get(side.router.clone(), uri));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    side.apply(vec![event]).await;
+    let placed = side.apply(vec![event]).await;
+    assert_eq!(placed.to_string(), "orders:1");
     let (status, body) = request.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["order_id"], order.to_string());
     for uri in [
-        format!(
-            "/v1/analytics/revenue?from=2026-11-01T00:00:00Z&to=2026-11-03T00:00:00Z&min_position={}",
-            reached + 1
-        ),
-        format!(
-            "/v1/dashboard/customers/{}?min_position={}",
-            shop.customers[0],
-            reached + 1
-        ),
+        format!("/v1/analytics/revenue?from=2026-11-01T00:00:00Z&to=2026-11-03T00:00:00Z&min_position={placed}"),
+        format!("/v1/dashboard/customers/{}?min_position={placed}", shop.customers[0],),
     ] {
         let (status, body) = side.get(&uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
@@ -505,7 +541,7 @@ async fn requests_waiting_on_a_projection_share_one_look_at_its_progress() {
     let mut side = ReadSide::new(wait).await;
     let shop = Shop::new();
     let reached = side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
-    let waiting = |waiters: usize, min_position: u64| {
+    let waiting = |waiters: usize, min_position: ConsistencyToken| {
         (0..waiters)
             .map(|_| {
                 let uri = format!("/v1/dashboard/orders?min_position={min_position}");
@@ -516,10 +552,14 @@ async fn requests_waiting_on_a_projection_share_one_look_at_its_progress() {
     // Lookups while `waiters` requests wait the whole second for a position never applied.
     let never_applied = async |waiters: usize| {
         let before = dashboard_lookups(&side).await;
-        for request in waiting(waiters, reached + 100) {
+        let never = ConsistencyToken {
+            position: reached.position + 100,
+            ..reached
+        };
+        for request in waiting(waiters, never) {
             let (status, body) = request.await.unwrap();
             assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_caught_up");
-            assert_eq!(body["error"]["details"]["position"], reached);
+            assert_eq!(body["error"]["details"]["position"], reached.position);
         }
         dashboard_lookups(&side).await - before
     };
@@ -540,7 +580,7 @@ async fn requests_waiting_on_a_projection_share_one_look_at_its_progress() {
 
     // Applied while they wait: every one of them is answered with it.
     let order = Uuid::new_v4();
-    let requests = waiting(WAITERS, reached + 1);
+    let requests = waiting(WAITERS, "orders:1".parse().unwrap());
     tokio::time::sleep(Duration::from_millis(100)).await;
     side.apply(vec![shop.placed(order, 0, 0, 2)]).await;
     for request in requests {
@@ -617,7 +657,20 @@ async fn analytics_and_projection_status() {
         let p = &by_name[name];
         assert_eq!(p["state"], "live", "{p}");
         assert_eq!(p["live_version"], 1);
-        assert_eq!(p["position"], side.position, "{p}");
+        // Per service whose events it reads: the position applied of its log, and its token.
+        let services: BTreeMap<String, Value> = p["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["service"].as_str().unwrap().to_owned(), s.clone()))
+            .collect();
+        for category in projections::catalog::categories(name) {
+            let service = Service::owning(*category);
+            let token = side.token(service);
+            let s = &services[service.name()];
+            assert_eq!(s["position"], token.position, "{name}: {p}");
+            assert_eq!(s["token"], token.to_string(), "{name}: {p}");
+        }
         assert_eq!(p["dead_letters"], 0);
     }
 

@@ -10,11 +10,12 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use event_schemas::{
     Currency, CustomerEvent, CustomerRegistered, CustomerSnapshot, DomainEvent, OrderEvent, OrderLine, OrderPlaced,
+    Service,
 };
 use event_store::{Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
 use projections::catalog::{self, Sinks};
 use projections::dashboard;
-use projections::{ReadDb, RebuildOptions, RunOptions, run_from_store};
+use projections::{ReadDb, RebuildOptions, RunOptions, ServiceLog, run_from_stores};
 use read_api::{ReadConfig, ReadState};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,18 +34,26 @@ fn new_event(event: DomainEvent) -> NewEvent {
     }
 }
 
-async fn seed(store: &dyn EventStore) {
+/// One customer in the customers' store, and `ORDERS` orders of theirs in the orders' store.
+async fn seed(customers: &dyn EventStore, orders: &dyn EventStore) {
     let customer_id = Uuid::now_v7();
     let registered = DomainEvent::Customer(CustomerEvent::Registered(CustomerRegistered {
         customer_id,
         name: "Ada".into(),
         email: "ada@example.com".into(),
     }));
-    let mut appends = vec![StreamAppend {
-        stream_id: registered.stream_id(),
-        expected: ExpectedVersion::NoStream,
-        events: vec![new_event(registered)],
-    }];
+    customers
+        .commit(Commit {
+            appends: vec![StreamAppend {
+                stream_id: registered.stream_id(),
+                expected: ExpectedVersion::NoStream,
+                events: vec![new_event(registered)],
+            }],
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    let mut appends = Vec::new();
     for n in 0..ORDERS {
         let placed = DomainEvent::Order(OrderEvent::Placed(OrderPlaced {
             order_id: Uuid::now_v7(),
@@ -69,7 +78,7 @@ async fn seed(store: &dyn EventStore) {
             events: vec![new_event(placed)],
         });
     }
-    store
+    orders
         .commit(Commit {
             appends,
             idempotency: None,
@@ -83,8 +92,13 @@ use testkit::http::get;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_never_see_a_half_built_version_while_rebuilds_switch() {
     let dir = std::env::temp_dir();
-    let store: Arc<dyn EventStore> = Arc::new(testkit::sqlite::store("rebuild_store").await);
-    seed(&*store).await;
+    let customers: Arc<dyn EventStore> = Arc::new(testkit::sqlite::store("rebuild_customers").await);
+    let orders: Arc<dyn EventStore> = Arc::new(testkit::sqlite::store("rebuild_orders").await);
+    seed(&*customers, &*orders).await;
+    let logs = vec![
+        ServiceLog::new(Service::Customers, customers),
+        ServiceLog::new(Service::Orders, Arc::clone(&orders)),
+    ];
     let read_url = format!(
         "sqlite://{}",
         dir.join(format!("{}.db", testkit::unique_name("rebuild_read")))
@@ -98,16 +112,20 @@ async fn readers_never_see_a_half_built_version_while_rebuilds_switch() {
     };
     let factory = catalog::factory(dashboard::NAME, &sinks).unwrap();
     let cancel = CancellationToken::new();
-    let runner = tokio::spawn(run_from_store(
-        store.clone(),
+    let runner = tokio::spawn(run_from_stores(
+        logs.clone(),
         db.clone(),
         factory.clone(),
         RunOptions::default(),
         cancel.clone(),
     ));
     let router = read_api::router(ReadState::new(db.clone(), None, ReadConfig::default()));
-    let head = store.head_position().await.unwrap();
-    let (status, page) = get(&router, &format!("/v1/dashboard/orders?limit=500&min_position={head}")).await;
+    let head = orders.head_position().await.unwrap();
+    let (status, page) = get(
+        &router,
+        &format!("/v1/dashboard/orders?limit=500&min_position=orders:{head}"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["rows"].as_array().unwrap().len(), ORDERS);
 
@@ -132,7 +150,7 @@ async fn readers_never_see_a_half_built_version_while_rebuilds_switch() {
         .collect();
     for expected in [2, 3] {
         let report = projections::rebuild(
-            store.clone(),
+            logs.clone(),
             &db,
             factory.clone(),
             RebuildOptions {

@@ -68,6 +68,9 @@ pub const SECTIONS: &[&str] = &[
     "state",
     "events",
     "migrate",
+    "export",
+    "import",
+    "split-store",
     "bench",
 ];
 

@@ -12,7 +12,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::{EventStore, PgEventStore, SqliteEventStore, StoreError, StoreOptions};
+use event_schemas::Service;
+use event_store::{EventStore, LogTransfer, PgEventStore, SqliteEventStore, StoreError, StoreOptions};
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -305,6 +306,26 @@ impl OpenStore {
         }
     }
 
+    /// The store with the primitives that copy a log between stores.
+    pub fn transfer(&self) -> Arc<dyn LogTransfer> {
+        match self {
+            OpenStore::Postgres(store) => Arc::new(store.clone()),
+            OpenStore::Sqlite(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The first stream of the store that is not `service`'s, if any: a store shared by every
+    /// service, from before each had its own (or another service's store given by mistake).
+    pub async fn foreign_stream(&self, service: Service) -> Result<Option<String>, StoreError> {
+        let prefixes: Vec<String> = service
+            .categories()
+            .iter()
+            .map(|category| format!("{}-", category.name()))
+            .collect();
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        self.transfer().first_stream_outside(&prefixes).await
+    }
+
     /// Closes the pool: waits for the connections in use to be returned.
     pub async fn close(&self) {
         match self {
@@ -382,6 +403,102 @@ pub async fn read_pool(url: &DatabaseUrl, settings: PoolSettings) -> Result<AnyP
         .map_err(connect_error)
 }
 
+/// Where every service's event store is, from one URL: a template with `{service}` where the
+/// service's name goes (`postgres://projections@db/orderflow_{service}`,
+/// `orderflow-data/{service}.db`), or, without it, one store that holds every service's streams
+/// (a database from before every service had its own, or a test's).
+#[derive(Clone, Debug)]
+pub struct ServiceStoreUrls {
+    urls: Vec<(Service, DatabaseUrl)>,
+}
+
+impl ServiceStoreUrls {
+    /// The placeholder of a service's name in a template.
+    pub const PLACEHOLDER: &'static str = "{service}";
+
+    /// Reads `template` given to `flag` (named in errors; the URL never is).
+    pub fn parse(flag: &str, template: &str) -> Result<Self, UrlError> {
+        let urls = Service::ALL
+            .into_iter()
+            .map(|service| {
+                let url = template.replace(Self::PLACEHOLDER, service.name());
+                DatabaseUrl::parse(flag, &url).map(|url| (service, url))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ServiceStoreUrls { urls })
+    }
+
+    /// The store of every service in `data_dir` of the embedded deployment: `<service>.db`.
+    pub fn embedded(data_dir: &Path) -> Self {
+        let urls = Service::ALL
+            .into_iter()
+            .map(|service| (service, DatabaseUrl::Sqlite(data_dir.join(format!("{service}.db")))))
+            .collect();
+        ServiceStoreUrls { urls }
+    }
+
+    /// Each service with its store's URL, in [`Service::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Service, &DatabaseUrl)> {
+        self.urls.iter().map(|(service, url)| (*service, url))
+    }
+
+    /// `service`'s store.
+    pub fn get(&self, service: Service) -> &DatabaseUrl {
+        self.urls
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, url)| url)
+            .unwrap_or(&self.urls[0].1)
+    }
+}
+
+/// Opens every service's event store of `urls` (one store open once, when several services share
+/// it), each with `settings`.
+pub async fn open_service_stores(
+    urls: &ServiceStoreUrls,
+    settings: PoolSettings,
+    migrate: Migrate,
+) -> Result<Vec<(Service, OpenStore)>, DbError> {
+    let mut opened: Vec<(Service, OpenStore)> = Vec::new();
+    let mut by_url: Vec<(String, OpenStore)> = Vec::new();
+    for (service, url) in urls.iter() {
+        let key = url_key(url);
+        let store = match by_url.iter().find(|(k, _)| *k == key) {
+            Some((_, store)) => store.clone(),
+            None => {
+                let store = open_event_store(url, settings, migrate).await?;
+                by_url.push((key, store.clone()));
+                store
+            }
+        };
+        opened.push((service, store));
+    }
+    Ok(opened)
+}
+
+impl DatabaseUrl {
+    /// Whether `self` and `other` name the same database (the same server, port and database,
+    /// or the same file as written).
+    pub fn same_database(&self, other: &DatabaseUrl) -> bool {
+        match (self, other) {
+            (DatabaseUrl::Postgres(a), DatabaseUrl::Postgres(b)) => {
+                (a.options.get_host(), a.options.get_port(), a.options.get_database())
+                    == (b.options.get_host(), b.options.get_port(), b.options.get_database())
+            }
+            (DatabaseUrl::Sqlite(a), DatabaseUrl::Sqlite(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// What tells two URLs' databases apart (never shown: it may hold the password).
+fn url_key(url: &DatabaseUrl) -> String {
+    match url {
+        DatabaseUrl::Postgres(pg) => pg.url.to_string(),
+        DatabaseUrl::Sqlite(path) => path.display().to_string(),
+    }
+}
+
 /// A `sqlite://` URL for `path`, with the characters SQLite URLs give a meaning escaped.
 pub fn sqlite_url(path: &Path) -> String {
     let path = path.to_string_lossy();
@@ -431,6 +548,29 @@ mod tests {
         assert!(DatabaseUrl::parse("--event-store-url", "sqlite::memory:").is_err());
         let e = DatabaseUrl::parse("--event-store-url", "kurrentdb://127.0.0.1:2113").expect_err("not supported");
         assert!(e.to_string().contains("kurrentdb://"), "{e}");
+    }
+
+    #[test]
+    fn a_template_names_every_service_s_store_and_a_plain_url_one_store_for_all() {
+        let urls = ServiceStoreUrls::parse("--x", "postgres://p:pw@db/orderflow_{service}").expect("a template");
+        let shown: Vec<String> = urls.iter().map(|(_, url)| url.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "PostgreSQL db:5432/orderflow_customers",
+                "PostgreSQL db:5432/orderflow_inventory",
+                "PostgreSQL db:5432/orderflow_orders",
+                "PostgreSQL db:5432/orderflow_payments"
+            ]
+        );
+        let one = ServiceStoreUrls::parse("--x", "orderflow-data/events.db").expect("a path");
+        assert!(
+            one.iter()
+                .all(|(_, url)| url.to_string() == "SQLite orderflow-data/events.db")
+        );
+        let embedded = ServiceStoreUrls::embedded(Path::new("/data"));
+        assert_eq!(embedded.get(Service::Payments).to_string(), "SQLite /data/payments.db");
+        assert!(ServiceStoreUrls::parse("--x", "kurrentdb://h/{service}").is_err());
     }
 
     #[test]

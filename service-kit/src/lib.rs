@@ -3,6 +3,8 @@
 //!
 //! # Map
 //!
+//! - [`archive`]: a service's log moved between stores with nothing lost (`orderflow export`,
+//!   `import`, `split-store`): the file format, its checks, and the copy.
 //! - [`cli`]: a command line's own output, lines on stdout and progress bars.
 //! - [`config`]: the one configuration file format (TOML, keys = long flag names), layered under
 //!   clap: command line > environment variable > file > default.
@@ -14,13 +16,20 @@
 //!   ([`http::ApiError`], `{"error": {"code", "message", "details"}}`), one middleware
 //!   ([`http::edge`]: correlation and request ids, span, timeout, panic → 500, metrics per
 //!   route), the operations handlers, and [`http::serve_on`] (graceful drain with a deadline).
+//! - [`client`]: calls between services ([`client::ServiceClient`], one per target): JSON over
+//!   HTTP or in-process to the target's router, with the caller's correlation and causation
+//!   ids, a bearer token, retries of what is safe to repeat, a circuit breaker per target, and
+//!   [`client::ClientError`] mapped to the error answer.
 //! - [`metrics`]: the process's one Prometheus recorder ([`metrics::prometheus_handle`]).
 //! - [`telemetry`]: the `tracing` subscriber every binary installs.
 //! - [`shutdown`]: Ctrl-C and SIGTERM as a future or a `CancellationToken`.
 //!
-//! Nothing here knows the order domain: it depends on `event-store` only to open a store.
+//! Nothing here knows the order domain: it depends on `event-store` to open and copy a store,
+//! and on `event-schemas` for which service owns which streams.
 
+pub mod archive;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod http;

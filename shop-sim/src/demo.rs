@@ -1,10 +1,14 @@
-//! The demo shop of `serve --demo`: an EMPTY event store gets a simulated history (customers,
+//! The demo shop of `serve --demo`: EMPTY event stores get a simulated history (customers,
 //! products, orders through their lifecycle over four weeks ending today, renames,
-//! cancellations), with a progress bar on stderr. A store that holds anything is left alone, so a
-//! restart never seeds twice.
+//! cancellations), each service's events in its own store, with a progress bar on stderr. Stores
+//! that hold anything are left alone, so a restart never seeds twice.
 
 use chrono::{Days, Utc};
-use event_store::{EventStore, Position};
+use std::collections::BTreeMap;
+
+use event_schemas::Service;
+use event_store::Position;
+use projections::ServiceLog;
 use tokio_util::sync::CancellationToken;
 
 use crate::seed::{self, SeedError, SeedOptions};
@@ -29,15 +33,16 @@ fn seed_options(events: u64) -> SeedOptions {
     }
 }
 
-/// Seeds the demo shop if the store is empty (head position 0). Answers the store's head after
-/// seeding, or `None` when nothing was seeded (the store held events, or `shutdown` came first:
-/// the commits made so far stay, a valid shorter history, and the next start will not seed).
+/// Seeds the demo shop if every store of `logs` is empty (head position 0). Answers each
+/// service's head after seeding, or `None` when nothing was seeded (a store held events, or
+/// `shutdown` came first: the commits made so far stay, a valid shorter history, and the next
+/// start will not seed).
 pub async fn seed_if_empty(
-    store: &dyn EventStore,
+    logs: &[ServiceLog],
     events: u64,
     shutdown: &CancellationToken,
-) -> Result<Option<Position>, SeedError> {
-    let head = store.head_position().await.map_err(|e| SeedError::Store(e.into()))?;
+) -> Result<Option<BTreeMap<Service, Position>>, SeedError> {
+    let head = heads(logs).await?.into_values().max().unwrap_or(0);
     if head > 0 {
         tracing::info!(
             head,
@@ -53,7 +58,7 @@ pub async fn seed_if_empty(
         days = options.days,
         "seeding the demo shop"
     );
-    let seeding = seed::seed_with_progress(store, &options, "seeding the demo shop");
+    let seeding = seed::seed_with_progress(logs, &options, "seeding the demo shop");
     let report = tokio::select! {
         report = seeding => report?,
         () = shutdown.cancelled() => {
@@ -73,6 +78,19 @@ pub async fn seed_if_empty(
         events_per_second = format_args!("{:.0}", report.events_per_second),
         "seeded the demo shop; the read models are catching up"
     );
-    let head = store.head_position().await.map_err(|e| SeedError::Store(e.into()))?;
-    Ok(Some(head))
+    Ok(Some(heads(logs).await?))
+}
+
+/// Each service's head position.
+async fn heads(logs: &[ServiceLog]) -> Result<BTreeMap<Service, Position>, SeedError> {
+    let mut heads = BTreeMap::new();
+    for log in logs {
+        let head = log
+            .store
+            .head_position()
+            .await
+            .map_err(|e| SeedError::Store(e.into()))?;
+        heads.insert(log.service, head);
+    }
+    Ok(heads)
 }

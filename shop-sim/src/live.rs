@@ -1,5 +1,6 @@
-//! A live shop (`serve --rate`): commands at a steady rate through the real [`CommandHandler`],
-//! so every business rule applies. New orders for existing customers and products, existing
+//! A live shop (`serve --rate`): commands at a steady rate through the real services
+//! ([`Local`]: the command handlers, and the orders service's flows that reserve and release
+//! stock at the inventory service), so every business rule applies. New orders for existing customers and products, existing
 //! orders moved through confirm, ship and deliver, or cancelled, and a restock now and then. A
 //! rejection (out of stock, an order someone else moved) is part of the show: counted and logged
 //! at debug, never fatal.
@@ -8,12 +9,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use event_schemas::Service;
 use event_schemas::{Currency, CustomerEvent, DomainEvent, OrderEvent, ProductEvent};
-use event_store::{EventMetadata, EventStore, StoreError};
+use event_store::{EventMetadata, StoreError};
+use projections::ServiceLog;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use write_side::domain::{CancelOrder, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
-use write_side::{CommandContext, CommandError, CommandHandler};
+use write_side::orders::OrdersError;
+use write_side::{CommandContext, CommandError, Local};
 
 use crate::Rng;
 use crate::seed::{CANCEL_REASONS, shipping_label};
@@ -42,13 +46,25 @@ struct ShopIds {
 }
 
 impl ShopIds {
-    /// Reads the whole log once: every customer and product, and the orders still open.
-    async fn read(store: &dyn EventStore) -> Result<ShopIds, StoreError> {
+    /// Reads the customers', inventory's and orders' logs once: every customer and product, and
+    /// the orders still open.
+    async fn read(logs: &[ServiceLog]) -> Result<ShopIds, StoreError> {
         let mut shop = ShopIds::default();
         let mut orders: HashMap<Uuid, Stage> = HashMap::new();
+        for log in logs.iter().filter(|log| log.service != Service::Payments) {
+            shop.read_log(log, &mut orders).await?;
+        }
+        shop.open = orders.into_iter().collect();
+        // The map's order is random: sort so that a seed of the generator means one thing.
+        shop.open.sort_unstable_by_key(|(id, _)| *id);
+        Ok(shop)
+    }
+
+    async fn read_log(&mut self, log: &ServiceLog, orders: &mut HashMap<Uuid, Stage>) -> Result<(), StoreError> {
+        let shop = self;
         let mut after = 0;
         loop {
-            let page = store.read_all(after, LOG_PAGE).await?;
+            let page = log.store.read_all(after, LOG_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.position;
             for recorded in &page {
@@ -89,10 +105,7 @@ impl ShopIds {
                 }
             }
         }
-        shop.open = orders.into_iter().collect();
-        // The map's order is random: sort so that a seed of the generator means one thing.
-        shop.open.sort_unstable_by_key(|(id, _)| *id);
-        Ok(shop)
+        Ok(())
     }
 
     /// A new order of 1 to 3 lines in one currency, 1 to 3 units each.
@@ -132,17 +145,21 @@ struct Counts {
 
 impl Counts {
     /// Counts an outcome; `true` when the command was accepted.
-    fn record(&mut self, what: &'static str, outcome: Result<write_side::CommandAnswer, CommandError>) -> bool {
+    fn record(&mut self, what: &'static str, outcome: Result<write_side::CommandAnswer, OrdersError>) -> bool {
         match outcome {
             Ok(_) => {
                 self.accepted += 1;
                 return true;
             }
-            Err(CommandError::Rejected(e)) => {
+            Err(OrdersError::Rejected(e) | OrdersError::Command(CommandError::Rejected(e))) => {
                 self.rejected += 1;
                 tracing::debug!(command = what, rejected = self.rejected, reason = %e, "demo command rejected");
             }
-            Err(CommandError::Conflict { .. }) => {
+            Err(OrdersError::Dependency(e)) if e.outcome() == "rejected" => {
+                self.rejected += 1;
+                tracing::debug!(command = what, rejected = self.rejected, reason = %e, "demo command rejected");
+            }
+            Err(OrdersError::Command(CommandError::Conflict { .. })) => {
                 self.conflicts += 1;
                 tracing::debug!(
                     command = what,
@@ -160,9 +177,10 @@ impl Counts {
 }
 
 /// Keeps a live shop going at `rate` commands per second until `cancel`; see the module doc.
-pub async fn trickle(handler: CommandHandler, rate: f64, cancel: CancellationToken) {
+pub async fn trickle(local: Local, rate: f64, cancel: CancellationToken) {
+    let logs = local.logs();
     let shop = tokio::select! {
-        shop = ShopIds::read(handler.store().as_ref()) => shop,
+        shop = ShopIds::read(&logs) => shop,
         () = cancel.cancelled() => return,
     };
     let mut shop = match shop {
@@ -193,7 +211,7 @@ pub async fn trickle(handler: CommandHandler, rate: f64, cancel: CancellationTok
             () = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        step(&handler, &mut shop, &mut rng, &mut counts).await;
+        step(&local, &mut shop, &mut rng, &mut counts).await;
     }
     tracing::info!(
         accepted = counts.accepted,
@@ -206,15 +224,17 @@ pub async fn trickle(handler: CommandHandler, rate: f64, cancel: CancellationTok
 
 /// One command: a restock (5%), a new order (35%, or always when no order is open), or the next
 /// step of an open order.
-async fn step(handler: &CommandHandler, shop: &mut ShopIds, rng: &mut Rng, counts: &mut Counts) {
+async fn step(local: &Local, shop: &mut ShopIds, rng: &mut Rng, counts: &mut Counts) {
     let ctx = context();
+    let orders = local.handler(Service::Orders);
     if rng.chance(0.05) {
         let product_id = *rng.pick(&shop.products);
         let quantity = rng.range(20, 200);
-        let restocked = handler
+        let restocked = local
+            .handler(Service::Inventory)
             .product(&ctx, product_id, ProductCommand::Restock { product_id, quantity })
             .await;
-        counts.record("restock", restocked);
+        counts.record("restock", restocked.map_err(OrdersError::from));
         return;
     }
     if shop.open.is_empty() || rng.chance(0.35) {
@@ -222,7 +242,7 @@ async fn step(handler: &CommandHandler, shop: &mut ShopIds, rng: &mut Rng, count
             return;
         };
         let order_id = order.order_id;
-        if counts.record("place", handler.place_order(&ctx, order).await) {
+        if counts.record("place", local.place_order(&ctx, order).await) {
             shop.open.push((order_id, Stage::Placed));
         }
         return;
@@ -234,16 +254,16 @@ async fn step(handler: &CommandHandler, shop: &mut ShopIds, rng: &mut Rng, count
     let (what, next, outcome) = match stage {
         Stage::Placed | Stage::Confirmed if rng.chance(if stage == Stage::Placed { 0.10 } else { 0.05 }) => {
             let reason = (*rng.pick(CANCEL_REASONS)).to_owned();
-            let cancelled = handler.cancel_order(&ctx, CancelOrder { order_id, reason }).await;
+            let cancelled = local.cancel_order(&ctx, CancelOrder { order_id, reason }).await;
             ("cancel", None, cancelled)
         }
         Stage::Placed => {
-            let confirmed = handler.order(&ctx, order_id, OrderCommand::Confirm { order_id }).await;
-            ("confirm", Some(Stage::Confirmed), confirmed)
+            let confirmed = orders.order(&ctx, order_id, OrderCommand::Confirm { order_id }).await;
+            ("confirm", Some(Stage::Confirmed), confirmed.map_err(OrdersError::from))
         }
         Stage::Confirmed => {
             let (carrier, tracking) = shipping_label(rng);
-            let shipped = handler
+            let shipped = orders
                 .order(
                     &ctx,
                     order_id,
@@ -254,11 +274,11 @@ async fn step(handler: &CommandHandler, shop: &mut ShopIds, rng: &mut Rng, count
                     },
                 )
                 .await;
-            ("ship", Some(Stage::Shipped), shipped)
+            ("ship", Some(Stage::Shipped), shipped.map_err(OrdersError::from))
         }
         Stage::Shipped => {
-            let delivered = handler.order(&ctx, order_id, OrderCommand::Deliver { order_id }).await;
-            ("deliver", None, delivered)
+            let delivered = orders.order(&ctx, order_id, OrderCommand::Deliver { order_id }).await;
+            ("deliver", None, delivered.map_err(OrdersError::from))
         }
     };
     // A rejected step means the order is not where the trickle thought (someone moved it over

@@ -1,5 +1,6 @@
-//! A realistic, valid shop history, written straight to an event store: what benchmarks and
-//! demos need when "a million events" must look like a real back office rather than noise.
+//! A realistic, valid shop history, written straight to the services' event stores (each
+//! stream to the store of the service that owns its category): what benchmarks and demos need
+//! when "a million events" must look like a real back office rather than noise.
 //!
 //! The seeder simulates a shop over `days` of simulated time. Customers register (a few rename
 //! themselves or change their email later), products are added with a stock and a price in
@@ -22,8 +23,11 @@
 //!
 //! Going through the command handler would cost one load and one commit per command. The
 //! seeder keeps every aggregate's state in memory instead and writes many commands' events in
-//! one [`Commit`] (`batch_events` events): each stream appears once per commit, with the
-//! version the seeder knows it is at, so the store still checks every expected version.
+//! one [`Commit`] per service (`batch_events` events in all): each stream appears once per
+//! commit, with the version the seeder knows it is at, so the store still checks every expected
+//! version. The decisions that span an order and its products ([`place_order`],
+//! [`cancel_order`]) are taken together in memory, as the services' flows would take them, and
+//! their events go to the orders and the inventory stores.
 //!
 //! # Deterministic
 //!
@@ -36,8 +40,10 @@ use std::collections::{BinaryHeap, HashMap};
 use std::time::Instant;
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
+use event_schemas::Service;
 use event_schemas::{Currency, DomainEvent};
-use event_store::{Commit, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
+use event_store::{Commit, EventMetadata, ExpectedVersion, NewEvent, StreamAppend};
+use projections::ServiceLog;
 use uuid::Uuid;
 use write_side::domain::{
     Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, PlaceOrder, PlaceOrderLine,
@@ -130,10 +136,11 @@ pub struct SeedReport {
     pub events_per_second: f64,
 }
 
-/// Writes a simulated shop history to `store`; see the module doc. `progress` is called after
+/// Writes a simulated shop history to the services' stores of `logs` (one per service); see the
+/// module doc. `progress` is called after
 /// each commit with the number of events written so far.
 pub async fn seed(
-    store: &dyn EventStore,
+    logs: &[ServiceLog],
     options: &SeedOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<SeedReport, SeedError> {
@@ -161,13 +168,13 @@ pub async fn seed(
         };
         shop.step(next)?;
         if shop.out.in_commit >= options.batch_events.max(1) {
-            shop.out.flush(store).await?;
+            shop.out.flush(logs).await?;
             commits += 1;
             progress(shop.out.total);
         }
     }
     if shop.out.in_commit > 0 {
-        shop.out.flush(store).await?;
+        shop.out.flush(logs).await?;
         commits += 1;
     }
     progress(shop.out.total);
@@ -188,12 +195,12 @@ pub async fn seed(
 
 /// [`seed`] with a progress bar on stderr (events written, events/s, ETA), labelled `message`.
 pub async fn seed_with_progress(
-    store: &dyn EventStore,
+    logs: &[ServiceLog],
     options: &SeedOptions,
     message: &str,
 ) -> Result<SeedReport, SeedError> {
     let bar = service_kit::cli::progress_bar(options.events, message, "events");
-    let report = seed(store, options, |written| {
+    let report = seed(logs, options, |written| {
         bar.set_length(bar.length().unwrap_or(0).max(written));
         bar.set_position(written);
     })
@@ -373,19 +380,37 @@ impl Out {
         self.total += n as u64;
     }
 
-    async fn flush(&mut self, store: &dyn EventStore) -> Result<(), SeedError> {
+    /// Commits what was filled, one commit per service to its own store.
+    async fn flush(&mut self, logs: &[ServiceLog]) -> Result<(), SeedError> {
         let appends = std::mem::take(&mut self.appends);
         self.streams.clear();
         self.in_commit = 0;
-        store
-            .commit(Commit {
-                appends,
-                idempotency: None,
-            })
-            .await
-            .map_err(SeedError::Store)?;
+        for log in logs {
+            let mine: Vec<StreamAppend> = appends
+                .iter()
+                .filter(|append| owner(&append.stream_id) == Some(log.service))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            log.store
+                .commit(Commit {
+                    appends: mine,
+                    idempotency: None,
+                })
+                .await
+                .map_err(SeedError::Store)?;
+        }
         Ok(())
     }
+}
+
+/// The service that owns a stream id the seeder made.
+fn owner(stream_id: &str) -> Option<Service> {
+    event_schemas::parse_stream_id(stream_id)
+        .ok()
+        .map(|(category, _)| Service::owning(category))
 }
 
 #[derive(Debug, Default)]
@@ -1204,7 +1229,7 @@ mod tests {
     use std::path::PathBuf;
 
     use event_schemas::{CustomerEvent, OrderEvent, ProductEvent, parse_stream_id};
-    use event_store::{RecordedEvent, SqliteEventStore, StoreOptions};
+    use event_store::{EventStore, RecordedEvent, SqliteEventStore, StoreOptions};
     use write_side::domain::DomainError;
 
     use super::*;
@@ -1241,6 +1266,15 @@ mod tests {
         }
     }
 
+    impl TempStore {
+        /// The one store as every service's: the seeder's events all land in it, in commit
+        /// order, as one log to check.
+        fn logs(&self) -> Vec<ServiceLog> {
+            let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(self.store.clone());
+            ServiceLog::shared(&store)
+        }
+    }
+
     impl Drop for TempStore {
         fn drop(&mut self) {
             for suffix in ["", "-wal", "-shm"] {
@@ -1263,16 +1297,17 @@ mod tests {
         }
     }
 
-    /// Where the events of one simulated action went: (product, order) → (quantity, commit
-    /// time, simulated time).
-    type Moves = HashMap<(Uuid, Uuid), (i64, DateTime<Utc>, DateTime<Utc>)>;
+    /// Where the events of one simulated action went: (product, order) → (quantity, simulated
+    /// time). The order's events and its products' go to two services' stores, so they share
+    /// the simulated action, not a commit.
+    type Moves = HashMap<(Uuid, Uuid), (i64, DateTime<Utc>)>;
 
     #[tokio::test]
     async fn twenty_thousand_events_are_a_valid_shop_history() {
         let temp = TempStore::new().await;
         let options = options(20_000, 7);
         let mut reported = Vec::new();
-        let report = seed(&temp.store, &options, |n| reported.push(n)).await.expect("seed");
+        let report = seed(&temp.logs(), &options, |n| reported.push(n)).await.expect("seed");
         let events = temp.everything().await;
         eprintln!("{report:?}");
 
@@ -1319,11 +1354,11 @@ mod tests {
         for (e, event) in events.iter().zip(&decoded) {
             match event {
                 DomainEvent::Product(ProductEvent::StockReserved(r)) => {
-                    let old = reserved.insert((r.product_id, r.order_id), (r.quantity, e.recorded_at, e.occurred_at));
+                    let old = reserved.insert((r.product_id, r.order_id), (r.quantity, e.occurred_at));
                     assert!(old.is_none(), "reserved twice");
                 }
                 DomainEvent::Product(ProductEvent::StockReleased(r)) => {
-                    let old = released.insert((r.product_id, r.order_id), (r.quantity, e.recorded_at, e.occurred_at));
+                    let old = released.insert((r.product_id, r.order_id), (r.quantity, e.occurred_at));
                     assert!(old.is_none(), "released twice");
                 }
                 _ => {}
@@ -1346,8 +1381,8 @@ mod tests {
                 let found = moves.get(&(product_id, order_id));
                 assert_eq!(
                     found,
-                    Some(&(quantity, recorded.recorded_at, recorded.occurred_at)),
-                    "order {order_id}: product {product_id} not moved in the same commit"
+                    Some(&(quantity, recorded.occurred_at)),
+                    "order {order_id}: product {product_id} not moved in the same action"
                 );
             };
             match event {
@@ -1527,9 +1562,9 @@ mod tests {
     #[tokio::test]
     async fn the_same_seed_gives_the_same_history() {
         let (a, b, c) = (TempStore::new().await, TempStore::new().await, TempStore::new().await);
-        seed(&a.store, &options(3_000, 11), |_| {}).await.expect("seed a");
-        seed(&b.store, &options(3_000, 11), |_| {}).await.expect("seed b");
-        seed(&c.store, &options(3_000, 12), |_| {}).await.expect("seed c");
+        seed(&a.logs(), &options(3_000, 11), |_| {}).await.expect("seed a");
+        seed(&b.logs(), &options(3_000, 11), |_| {}).await.expect("seed b");
+        seed(&c.logs(), &options(3_000, 12), |_| {}).await.expect("seed c");
         let key = |e: RecordedEvent| (e.stream_id, e.stream_version, e.event_id, e.payload, e.occurred_at);
         let a: Vec<_> = a.everything().await.into_iter().map(key).collect();
         let b: Vec<_> = b.everything().await.into_iter().map(key).collect();

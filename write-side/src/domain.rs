@@ -8,9 +8,10 @@
 //! - `product`: [`Product`] with its stock and its reservations per order, and
 //!   [`ProductCommand`] (add, change price, restock, reserve and release stock for an order).
 //! - `order`: [`Order`], the [`OrderStatus`] state machine and [`OrderCommand`] (confirm, ship,
-//!   deliver, cancel); [`place_order`] and [`cancel_order`], the two decisions that span the
-//!   order's stream and its products' streams ([`OrderDecision`]).
-//! - `payment`: [`Payment`] and [`PaymentCommand`] (authorize, decline, capture, refund).
+//!   deliver, cancel); [`place_reserved_order`], placing an order whose stock inventory has
+//!   reserved; [`place_order`] and [`cancel_order`], the order's and its products' decisions
+//!   taken at once ([`OrderDecision`], for the shop simulator).
+//! - `payment`: [`Payment`] and [`PaymentCommand`] (authorize, decline, capture, void, refund).
 //! - This module: the [`Aggregate`] trait they implement, [`DomainError`], the input limits
 //!   (`MAX_*`) and the validation helpers every aggregate shares.
 //!
@@ -29,18 +30,15 @@
 //! the state), then the state (absent → [`DomainError::NotFound`], already created →
 //! [`DomainError::AlreadyExists`], illegal transition → [`DomainError::Rejected`]).
 //!
-//! # Placing and cancelling an order: one atomic multi-stream append
+//! # Placing and cancelling an order: two services, two stores
 //!
-//! docs/design.md lets us choose between an atomic append to several streams and reserve-then-place
-//! with compensation. We chose the **atomic multi-stream append**: [`place_order`] decides, from
-//! the order, the customer and every product of the order, both the `OrderPlaced` event and one
-//! `StockReserved` event per line, and the handler appends them in one event-store commit with
-//! the expected version of every stream it read. Either all of them are stored or none is; a
-//! concurrent change to any of those products is a version conflict, and the handler reloads and
-//! decides again. So stock can never go below zero and no reservation is ever orphaned, without
-//! a compensation path to get right. [`cancel_order`] is the mirror image: `OrderCancelled` plus
-//! one `StockReleased` per line that still holds a reservation, in one commit. The place-order
-//! saga (later) will use the same product commands, one stream at a time.
+//! The stock belongs to the inventory service and the order to the orders service, each with
+//! its own event store, so no commit holds both (docs/adr/0003). The orders service reserves
+//! each line at inventory ([`ProductCommand::ReserveStock`], decided on the product's stream
+//! alone, so stock never goes below zero), then appends the order decided from inventory's
+//! answers ([`place_reserved_order`]: inventory's price is the one the order captures). A
+//! refused line releases what the earlier lines reserved. [`place_order`] and [`cancel_order`]
+//! decide the same at once over states in memory, for the shop simulator.
 
 mod customer;
 mod order;
@@ -54,8 +52,8 @@ use uuid::Uuid;
 
 pub use customer::{Customer, CustomerCommand};
 pub use order::{
-    CancelOrder, Order, OrderCommand, OrderDecision, OrderStatus, PlaceOrder, PlaceOrderLine, Shipment, cancel_order,
-    place_order,
+    CancelOrder, Order, OrderCommand, OrderDecision, OrderStatus, PlaceOrder, PlaceOrderLine, ReservedLine, Shipment,
+    cancel_order, place_order, place_reserved_order,
 };
 pub use payment::{Payment, PaymentCommand, PaymentStatus};
 pub use product::{Product, ProductCommand};

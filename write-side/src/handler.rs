@@ -30,8 +30,7 @@ pub use pipeline::new_events;
 
 use crate::aggregate_cache::AggregateCache;
 use crate::domain::{
-    Aggregate, CancelOrder, Customer, CustomerCommand, Order, OrderCommand, Payment, PlaceOrder, Product,
-    ProductCommand,
+    Aggregate, Customer, CustomerCommand, Order, OrderCommand, Payment, PaymentCommand, Product, ProductCommand,
 };
 use crate::stream_locks::StreamLocks;
 
@@ -51,7 +50,8 @@ impl Snapshottable for Order {
     const STATE_VERSION: u32 = 1;
 }
 impl Snapshottable for Payment {
-    const STATE_VERSION: u32 = 1;
+    /// 2: voids (`void_reason`, `voided_before_authorization`).
+    const STATE_VERSION: u32 = 2;
 }
 
 /// Tuning for the handler.
@@ -179,19 +179,30 @@ impl CommandHandler {
         self.run(ctx, &command).await
     }
 
-    /// Places an order: `OrderPlaced` and a stock reservation per line, in one commit across the
-    /// order's and the products' streams.
-    pub async fn place_order(&self, ctx: &CommandContext, command: PlaceOrder) -> Result<CommandAnswer, CommandError> {
-        self.run(ctx, &command).await
-    }
-
-    /// Cancels an order and releases its stock, in one commit.
-    pub async fn cancel_order(
+    /// Appends `events`, decided elsewhere, as the first events of aggregate `id`'s stream; a
+    /// stream that exists already is refused (`AlreadyExists`). For flows that call other
+    /// services before the aggregate's own events can be decided (placing an order).
+    pub async fn create<A>(
         &self,
         ctx: &CommandContext,
-        command: CancelOrder,
-    ) -> Result<CommandAnswer, CommandError> {
-        self.run(ctx, &command).await
+        id: Uuid,
+        events: Vec<A::Event>,
+    ) -> Result<CommandAnswer, CommandError>
+    where
+        A: Snapshottable,
+    {
+        self.run(ctx, &commands::Create::<A> { id, events }).await
+    }
+
+    /// The first answer to `ctx`'s idempotency key if the store has one (the key reused with
+    /// another request is an error), answering for `stream_id`: what a flow that calls other
+    /// services checks before calling them.
+    pub async fn replay_of(
+        &self,
+        ctx: &CommandContext,
+        stream_id: String,
+    ) -> Result<Option<CommandAnswer>, CommandError> {
+        self.replay(ctx, &stream_id).await
     }
 
     pub async fn customer(
@@ -214,6 +225,15 @@ impl CommandHandler {
 
     pub async fn order(&self, ctx: &CommandContext, id: Uuid, c: OrderCommand) -> Result<CommandAnswer, CommandError> {
         self.execute::<Order>(ctx, id, c).await
+    }
+
+    pub async fn payment(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        c: PaymentCommand,
+    ) -> Result<CommandAnswer, CommandError> {
+        self.execute::<Payment>(ctx, id, c).await
     }
 
     /// A stream's events from `from_version`, at most `limit`.

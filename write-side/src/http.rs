@@ -1,50 +1,67 @@
-//! The command HTTP API (axum): docs/design.md's command table, the write side's reads from the
-//! event store, and the operations endpoints.
+//! The write services' HTTP API (axum): the command table of docs/design.md, the services' reads
+//! from their own stores, and the operations endpoints.
+//!
+//! One router serves the services a process hosts ([`crate::Services`]): one service in the
+//! distributed deployment (`write-side --service orders`), all four in the embedded one. Only the
+//! hosted services' routes exist; the routes every service has (a stream's events, the log) pick
+//! the service by the stream's category or by `?service=`.
 //!
 //! # Routes
 //!
-//! | route | scope | answer |
-//! |---|---|---|
-//! | `POST /v1/customers` `{customer_id?, name, email}` | `commands` | 201 `{stream_id, version, position}` |
-//! | `POST /v1/customers/{id}/rename` `{name}` | `commands` | 200 |
-//! | `POST /v1/customers/{id}/change-email` `{email}` | `commands` | 200 |
-//! | `POST /v1/products` `{product_id?, sku, name, price_minor, currency, stock}` | `commands` | 201 |
-//! | `POST /v1/products/{id}/restock` `{quantity}` | `commands` | 200 |
-//! | `POST /v1/products/{id}/change-price` `{price_minor}` | `commands` | 200 |
-//! | `POST /v1/orders` `{order_id?, customer_id, lines: [{product_id, quantity}]}` | `commands` | 201 |
-//! | `POST /v1/orders/{id}/confirm` `{}` · `/cancel` `{reason}` · `/ship` `{carrier, tracking}` · `/deliver` `{}` | `commands` | 200 |
-//! | `GET /v1/streams/{stream_id}/events?from_version=&limit=` | `commands` | the stream's events |
-//! | `GET /v1/orders/{id}/state?as_of=<RFC 3339>` or `?at_position=N` | `commands` | the order folded up to that point |
-//! | `GET /v1/log?from_position=&limit=` | `admin` | the global log, `from_position` inclusive |
-//! | `GET /health`, `/ready`, `/metrics`, `/openapi.json` | none | operations |
+//! | route | service | scope | answer |
+//! |---|---|---|---|
+//! | `POST /v1/customers` `{customer_id?, name, email}` | customers | `commands` | 201 `{stream_id, version, position, service, token}` |
+//! | `POST /v1/customers/{id}/rename` `{name}` · `/change-email` `{email}` | customers | `commands` | 200 |
+//! | `GET /v1/customers/{id}` | customers | `commands` | the customer |
+//! | `POST /v1/products` `{product_id?, sku, name, price_minor, currency, stock}` | inventory | `commands` | 201 |
+//! | `POST /v1/products/{id}/restock` `{quantity}` · `/change-price` `{price_minor}` | inventory | `commands` | 200 |
+//! | `POST /v1/products/{id}/reservations` `{order_id, quantity}` | inventory | `commands` | 201, with the reserved price |
+//! | `POST /v1/products/{id}/reservations/{order_id}/release` | inventory | `commands` | 200 |
+//! | `GET /v1/products/{id}` | inventory | `commands` | the product |
+//! | `POST /v1/orders` `{order_id?, customer_id, lines}` | orders | `commands` | 201 (reserves at inventory first) |
+//! | `POST /v1/orders/{id}/confirm` · `/cancel` `{reason}` · `/ship` `{carrier, tracking}` · `/deliver` | orders | `commands` | 200 |
+//! | `GET /v1/orders/{id}/state?as_of=` or `?at_position=` | orders | `commands` | the order folded up to that point |
+//! | `POST /v1/payments` `{payment_id?, order_id, amount_minor, currency}` | payments | `commands` | 201 |
+//! | `POST /v1/payments/{id}/capture` · `/refund` `{amount_minor}` · `/void` · `/decline` `{order_id, reason}` | payments | `commands` | 200 |
+//! | `GET /v1/payments/{id}` | payments | `commands` | the payment |
+//! | `GET /v1/streams/{stream_id}/events?from_version=&limit=` | by category | `commands` | the stream's events |
+//! | `GET /v1/log?service=&from_position=&limit=` | by `service` | `admin` | a service's log |
+//! | `GET /health`, `/ready`, `/metrics`, `/openapi.json` | all | none | operations |
 //!
 //! Missing ids of creates are made up (UUID v7). Commands take `Idempotency-Key` (safe
 //! retries: a repeat answers the first result and appends nothing) and `If-Match: <version>`
 //! (conditional: a stale version is 409 and appends nothing); every request takes
 //! `X-Correlation-Id` (made up when absent) and gets it back, with its own `X-Request-Id`,
-//! which is the causation id of the events it appends. The token's name is their actor.
+//! which is the causation id of the events it appends (a call from another service passes its
+//! own request id as `X-Causation-Id`). The token's name is their actor.
 //!
 //! # Modules
 //!
+//! - `answer`: every command's answer, with its consistency token.
+//! - `customers`, `inventory`, `orders`, `payments`: each service's routes; `reads`: the
+//!   stream and log reads every service has, and an order's state.
 //! - `error`: how [`DomainError`](crate::domain::DomainError) and [`CommandError`](crate::CommandError)
 //!   answer as the service kit's [`ApiError`] (whose doc has the table of codes).
 //! - `extract`: extractors for JSON bodies, queries, path ids and command headers that answer
 //!   [`ApiError`] (bad input is 4xx and never reaches the store).
 //! - `auth`: bearer tokens stored as SHA-256 hashes, scopes `commands` and `admin`.
-//! - `commands`, `reads`: the handlers.
 //! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`. The edge middleware (correlation
 //!   and request ids, span, timeout, metrics) is the service kit's.
-//! - `openapi`: the generated OpenAPI document.
+//! - `openapi`: the OpenAPI document of the hosted services.
 //!
 //! Everything that is bad input answers 4xx before the command handler runs, so it appends
 //! nothing (docs/design.md invariant 9); the handler's own refusals append nothing either.
 
+mod answer;
 mod auth;
-mod commands;
+mod customers;
 mod error;
 mod extract;
+mod inventory;
 mod openapi;
 mod ops;
+mod orders;
+mod payments;
 mod reads;
 
 use std::future::Future;
@@ -55,17 +72,21 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
+use event_schemas::Service;
 use metrics_exporter_prometheus::PrometheusHandle;
 use service_kit::http::Edge;
 use tokio::net::TcpListener;
 
+pub use answer::CommandAnswerBody;
 pub use auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
-pub use commands::{
-    AddProduct, CancelOrderBody, ChangeCustomerEmail, ChangeProductPrice, CommandAnswerBody, OrderLineInput,
-    PlaceOrderBody, RegisterCustomer, RenameCustomer, RestockProduct, ShipOrderBody,
-};
+pub use customers::{ChangeCustomerEmail, CustomerStateView, RegisterCustomer, RenameCustomer};
 pub use extract::EmptyBody;
-pub use openapi::ApiDoc;
+pub use inventory::{
+    AddProduct, ChangeProductPrice, ProductStateView, ReservationView, ReserveStockBody, RestockProduct,
+};
+pub use openapi::api_doc;
+pub use orders::{CancelOrderBody, OrderLineInput, PlaceOrderBody, ShipOrderBody};
+pub use payments::{AuthorizePaymentBody, PaymentAmountBody, PaymentReasonBody, PaymentStateView};
 pub use reads::{
     CustomerView, DEFAULT_PAGE, EventView, LogPage, LogQuery, MAX_PAGE, OrderLineView, OrderStateQuery, OrderStateView,
     ShipmentView, StreamEventsPage, StreamEventsQuery, event_data,
@@ -73,7 +94,8 @@ pub use reads::{
 pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
 pub use service_kit::metrics::prometheus_handle;
 
-use crate::CommandHandler;
+use crate::orders::Orders;
+use crate::{CommandHandler, Services};
 
 /// Default [`HttpConfig::body_limit_bytes`]: 64 KiB.
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -114,28 +136,51 @@ impl HttpConfig {
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpState {
-    handler: CommandHandler,
+    services: Services,
+    /// The orders service's commands that call other services, when orders is hosted.
+    orders: Option<Orders>,
     auth: Auth,
     body_limit_bytes: usize,
     request_timeout: Duration,
     metrics: PrometheusHandle,
     relay: Option<tokio::sync::watch::Receiver<relay::RelayStatus>>,
+    /// The hosted services' OpenAPI document, rendered on first use.
+    openapi: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl HttpState {
-    pub fn new(handler: CommandHandler, config: HttpConfig) -> Self {
+    /// The API of `services`. Hosting orders needs [`Self::with_orders`] too.
+    pub fn new(services: Services, config: HttpConfig) -> Self {
         HttpState {
-            handler,
+            services,
+            orders: None,
             auth: config.auth,
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: config.request_timeout,
             metrics: config.metrics.unwrap_or_else(prometheus_handle),
             relay: config.relay,
+            openapi: std::sync::Arc::default(),
         }
     }
 
-    pub fn handler(&self) -> &CommandHandler {
-        &self.handler
+    /// With the orders service's cross-service commands (placing, cancelling).
+    #[must_use]
+    pub fn with_orders(mut self, orders: Orders) -> Self {
+        self.orders = Some(orders);
+        self
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The handler of `service`, or 404 when this process does not host it.
+    pub(crate) fn handler(&self, service: Service) -> Result<&CommandHandler, ApiError> {
+        self.services.get(service).ok_or_else(|| not_hosted(service))
+    }
+
+    pub(crate) fn orders(&self) -> Result<&Orders, ApiError> {
+        self.orders.as_ref().ok_or_else(|| not_hosted(Service::Orders))
     }
 
     /// Why the in-process relay makes this process unready, if it does.
@@ -151,6 +196,26 @@ impl HttpState {
     pub(crate) fn body_limit_bytes(&self) -> usize {
         self.body_limit_bytes
     }
+
+    /// `/openapi.json`: the hosted services' document.
+    pub(crate) fn openapi_json(&self) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let document = self.openapi.get_or_init(|| {
+            openapi::api_doc(self.services.hosted())
+                .to_json()
+                .unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
+        });
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            document.clone(),
+        )
+            .into_response()
+    }
+}
+
+/// 404 for a service this process does not host.
+fn not_hosted(service: Service) -> ApiError {
+    ApiError::not_found("service", service).with_detail("served_by", service.name())
 }
 
 /// The API as a [`Router`], ready to serve or to call with `tower::ServiceExt::oneshot`.
@@ -159,21 +224,11 @@ pub fn router(state: HttpState) -> Router {
         auth: state.auth.clone(),
         scope,
     };
-    let commands = Router::new()
-        .route("/v1/customers", post(commands::register_customer))
-        .route("/v1/customers/{id}/rename", post(commands::rename_customer))
-        .route("/v1/customers/{id}/change-email", post(commands::change_customer_email))
-        .route("/v1/products", post(commands::add_product))
-        .route("/v1/products/{id}/restock", post(commands::restock_product))
-        .route("/v1/products/{id}/change-price", post(commands::change_product_price))
-        .route("/v1/orders", post(commands::place_order))
-        .route("/v1/orders/{id}/confirm", post(commands::confirm_order))
-        .route("/v1/orders/{id}/cancel", post(commands::cancel_order))
-        .route("/v1/orders/{id}/ship", post(commands::ship_order))
-        .route("/v1/orders/{id}/deliver", post(commands::deliver_order))
-        .route("/v1/streams/{stream_id}/events", get(reads::stream_events))
-        .route("/v1/orders/{id}/state", get(reads::order_state))
-        .route_layer(from_fn_with_state(guard(Scope::Commands), auth::require));
+    let mut commands = Router::new().route("/v1/streams/{stream_id}/events", get(reads::stream_events));
+    for service in state.services.hosted() {
+        commands = commands.merge(service_routes(service));
+    }
+    let commands = commands.route_layer(from_fn_with_state(guard(Scope::Commands), auth::require));
     let admin = Router::new()
         .route("/v1/log", get(reads::log))
         .route_layer(from_fn_with_state(guard(Scope::Admin), auth::require));
@@ -198,21 +253,57 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// The routes of one service's commands and reads.
+fn service_routes(service: Service) -> Router<HttpState> {
+    match service {
+        Service::Customers => Router::new()
+            .route("/v1/customers", post(customers::register_customer))
+            .route("/v1/customers/{id}", get(customers::customer))
+            .route("/v1/customers/{id}/rename", post(customers::rename_customer))
+            .route(
+                "/v1/customers/{id}/change-email",
+                post(customers::change_customer_email),
+            ),
+        Service::Inventory => Router::new()
+            .route("/v1/products", post(inventory::add_product))
+            .route("/v1/products/{id}", get(inventory::product))
+            .route("/v1/products/{id}/restock", post(inventory::restock_product))
+            .route("/v1/products/{id}/change-price", post(inventory::change_product_price))
+            .route("/v1/products/{id}/reservations", post(inventory::reserve_stock))
+            .route(
+                "/v1/products/{id}/reservations/{order_id}/release",
+                post(inventory::release_stock),
+            ),
+        Service::Orders => Router::new()
+            .route("/v1/orders", post(orders::place_order))
+            .route("/v1/orders/{id}/confirm", post(orders::confirm_order))
+            .route("/v1/orders/{id}/cancel", post(orders::cancel_order))
+            .route("/v1/orders/{id}/ship", post(orders::ship_order))
+            .route("/v1/orders/{id}/deliver", post(orders::deliver_order))
+            .route("/v1/orders/{id}/state", get(reads::order_state)),
+        Service::Payments => Router::new()
+            .route("/v1/payments", post(payments::authorize_payment))
+            .route("/v1/payments/{id}", get(payments::payment))
+            .route("/v1/payments/{id}/capture", post(payments::capture_payment))
+            .route("/v1/payments/{id}/void", post(payments::void_payment))
+            .route("/v1/payments/{id}/refund", post(payments::refund_payment))
+            .route("/v1/payments/{id}/decline", post(payments::decline_payment)),
+    }
+}
+
 /// What [`serve`] needs.
 #[derive(Clone)]
 pub struct ServeConfig {
     /// Address to listen on, e.g. `127.0.0.1:8081`.
     pub listen: SocketAddr,
-    /// The command handler over the event store.
-    pub handler: CommandHandler,
-    pub http: HttpConfig,
+    pub state: HttpState,
 }
 
 /// Binds `config.listen` and serves the API until `shutdown` completes, then drains (see
 /// [`serve_on`]).
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
-    let grace = config.http.request_timeout + Duration::from_secs(1);
-    let app = router(HttpState::new(config.handler, config.http));
+    let grace = config.state.request_timeout + Duration::from_secs(1);
+    let app = router(config.state);
     serve_on(listener, app, grace, shutdown).await
 }

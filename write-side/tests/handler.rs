@@ -1,18 +1,37 @@
-//! The command handler against real stores (PostgreSQL from `scripts/services up`, SQLite files):
-//! optimistic concurrency under load, idempotency, snapshots that never change an answer, and
-//! "state as of" equal to the fold of the stream's events up to that point.
+//! The write services' invariants against real stores (PostgreSQL from `scripts/services up`,
+//! SQLite files), each asserted on one service's commands through its command handler, and end
+//! to end through [`Local`] (the four services in one process, here all over one shared store;
+//! placing an order reserves each line at the inventory service, then appends the order):
+//!
+//! - stock never goes below zero under concurrent reservations at the inventory service, nor
+//!   under concurrent orders (an order beyond the stock is refused with nothing left reserved);
+//! - concurrent repeats of an idempotent command append once and all get the same answer; the
+//!   key reused with another request is refused and appends nothing;
+//! - a stale `If-Match` is a conflict and appends nothing;
+//! - snapshots never change an answer, and "state as of" equals the fold of the stream's events
+//!   up to that point;
+//! - another process appending to the same store never leaves an aggregate this process cached
+//!   deciding alone.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
 
-use event_schemas::Category;
-use event_store::{EventMetadata, EventStore, IdempotencyKey, PgEventStore, StoreOptions, Until};
+use event_schemas::{Category, Service};
+use event_store::{
+    EventMetadata, EventStore, IdempotencyKey, PgEventStore, Position, RecordedEvent, StoreOptions, Until,
+};
+use projections::ReadDb;
+use service_kit::client::ClientError;
 use uuid::Uuid;
 use write_side::domain::{
     Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, OrderStatus, PlaceOrder,
     PlaceOrderLine, Product, ProductCommand,
 };
-use write_side::{CommandContext, CommandError, CommandHandler, HandlerOptions, Snapshottable};
+use write_side::orders::OrdersError;
+use write_side::{CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Local, Snapshottable};
 
 async fn postgres() -> Arc<dyn EventStore> {
     let db = testkit::postgres::fresh_database().await;
@@ -39,6 +58,7 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
+    stock_never_goes_negative_under_concurrent_reservations,
     stock_never_goes_negative_under_concurrent_orders,
     concurrent_repeats_of_an_idempotent_command_append_once,
     stale_if_match_is_a_conflict_and_appends_nothing,
@@ -46,6 +66,19 @@ on_both_stores!(
     state_as_of_equals_the_fold_of_the_events_up_to_it,
     another_process_appending_never_leaves_a_cached_aggregate_deciding_alone,
 );
+
+/// The four services in one process, every one over `store` (one store they share), the orders
+/// service's copy of customers and products in a SQLite file of its own. Nothing feeds the copy
+/// (`run_replica` is not running), so placing an order asks the customers service for the
+/// customer as it is now.
+async fn local(store: &Arc<dyn EventStore>, options: HandlerOptions) -> Local {
+    let path = std::env::temp_dir().join(format!("{}.db", testkit::unique_name("orderflow_handler_replica")));
+    let replica = ReadDb::connect(&format!("sqlite://{}", path.display()), 2)
+        .await
+        .unwrap();
+    let stores = Service::ALL.into_iter().map(|s| (s, Arc::clone(store))).collect();
+    Local::new(stores, replica, options).await.unwrap()
+}
 
 fn ctx() -> CommandContext {
     CommandContext {
@@ -58,22 +91,45 @@ fn ctx() -> CommandContext {
     }
 }
 
+/// A context with `Idempotency-Key: key` for a request hashing to `body`.
+fn keyed(key: &str, body: &[u8]) -> CommandContext {
+    CommandContext {
+        idempotency: Some(IdempotencyKey {
+            key: key.into(),
+            request_hash: body.to_vec(),
+        }),
+        ..ctx()
+    }
+}
+
+/// Registers a customer at the customers service of `h`.
 async fn customer(h: &CommandHandler) -> Uuid {
     let id = Uuid::now_v7();
-    let c = CustomerCommand::Register {
-        customer_id: id,
-        name: "Ada".into(),
-        email: "ada@example.com".into(),
-    };
-    h.customer(&ctx(), id, c).await.unwrap();
+    h.customer(&ctx(), id, register(id)).await.unwrap();
     id
 }
 
+fn register(customer_id: Uuid) -> CustomerCommand {
+    CustomerCommand::Register {
+        customer_id,
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    }
+}
+
+fn rename(customer_id: Uuid, name: &str) -> CustomerCommand {
+    CustomerCommand::Rename {
+        customer_id,
+        name: name.into(),
+    }
+}
+
+/// Adds a product with `stock` units at the inventory service of `h`.
 async fn product(h: &CommandHandler, stock: i64) -> Uuid {
     let id = Uuid::now_v7();
     let c = ProductCommand::Add {
         product_id: id,
-        sku: format!("SKU-{}", &id.simple().to_string()[..8]),
+        sku: format!("SKU-{}", id.simple()),
         name: "Widget".into(),
         price_minor: 1250,
         currency: "EUR".into(),
@@ -81,6 +137,22 @@ async fn product(h: &CommandHandler, stock: i64) -> Uuid {
     };
     h.product(&ctx(), id, c).await.unwrap();
     id
+}
+
+fn reserve(product_id: Uuid, order_id: Uuid, quantity: i64) -> ProductCommand {
+    ProductCommand::ReserveStock {
+        product_id,
+        order_id,
+        quantity,
+    }
+}
+
+fn release(product_id: Uuid, order_id: Uuid) -> ProductCommand {
+    ProductCommand::ReleaseStock { product_id, order_id }
+}
+
+fn restock(product_id: Uuid, quantity: i64) -> ProductCommand {
+    ProductCommand::Restock { product_id, quantity }
 }
 
 fn place(customer_id: Uuid, lines: &[(Uuid, i64)]) -> PlaceOrder {
@@ -94,208 +166,482 @@ fn place(customer_id: Uuid, lines: &[(Uuid, i64)]) -> PlaceOrder {
     }
 }
 
-async fn stock_never_goes_negative_under_concurrent_orders(store: Arc<dyn EventStore>) {
-    let h = CommandHandler::new(
-        store,
+/// How many events of each type the store holds after `after`.
+async fn appended_since(store: &Arc<dyn EventStore>, after: Position) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for e in store.read_all(after, 10_000).await.unwrap() {
+        *counts.entry(e.event_type).or_default() += 1;
+    }
+    counts
+}
+
+fn counts(of: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    of.iter().map(|&(t, n)| (t.to_owned(), n)).collect()
+}
+
+/// Aggregate `id`'s stream as stored, and its events decoded.
+async fn stream_of<A: Aggregate>(store: &Arc<dyn EventStore>, id: Uuid) -> (Vec<RecordedEvent>, Vec<A::Event>) {
+    let recorded = store.read_stream(&A::CATEGORY.stream_id(id), 1, 10_000).await.unwrap();
+    let events = recorded
+        .iter()
+        .map(|e| A::event_from(event_schemas::decode(&e.event_type, e.schema_version, &e.payload).unwrap()).unwrap())
+        .collect();
+    (recorded, events)
+}
+
+/// 32 concurrent reservations of one unit each (for 32 orders) against 20 units, at the
+/// inventory service: exactly 20 are taken, the others refused as insufficient stock, and the
+/// product never holds less than nothing at any point of its stream.
+async fn stock_never_goes_negative_under_concurrent_reservations(store: Arc<dyn EventStore>) {
+    let inventory = CommandHandler::new(
+        store.clone(),
         HandlerOptions {
             snapshot_every: 5,
             ..HandlerOptions::default()
         },
     );
-    let buyer = customer(&h).await;
-    let widget = product(&h, 20).await;
+    let widget = product(&inventory, 20).await;
     let mut clients = Vec::new();
     for _ in 0..32 {
-        let h = h.clone();
+        let (inventory, order_id) = (inventory.clone(), Uuid::now_v7());
         clients.push(tokio::spawn(async move {
-            h.place_order(&ctx(), place(buyer, &[(widget, 1)])).await
+            let answer = inventory.product(&ctx(), widget, reserve(widget, order_id, 1)).await;
+            (order_id, answer)
         }));
     }
-    let mut placed = 0;
+    let mut reserved = BTreeSet::new();
     for c in clients {
         match c.await.unwrap() {
-            Ok(_) => placed += 1,
-            Err(CommandError::Rejected(_) | CommandError::Conflict { .. }) => {}
-            Err(e) => panic!("unexpected: {e:?}"),
+            (order_id, Ok(_)) => {
+                reserved.insert(order_id);
+            }
+            (
+                _,
+                Err(CommandError::Rejected(DomainError::InsufficientStock {
+                    requested: 1,
+                    available: 0,
+                    ..
+                })),
+            ) => {}
+            (_, Err(e)) => panic!("unexpected: {e:?}"),
         }
     }
-    let p = h.load::<Product>(widget, None).await.unwrap().state;
-    assert_eq!(placed, 20, "exactly the stock was sold");
-    assert_eq!(p.available, 0);
-    assert_eq!(p.reservations.len(), 20);
-    assert_eq!(p.reserved(), 20);
+    assert_eq!(reserved.len(), 20, "exactly the stock was reserved");
+
+    // As this process sees it, and as another one loads it (a snapshot, then the events).
+    let stream_id = Category::Product.stream_id(widget);
+    assert!(
+        store.load_snapshot(&stream_id, None).await.unwrap().is_some(),
+        "the reservations took snapshots"
+    );
+    let other = CommandHandler::new(store.clone(), HandlerOptions::default());
+    for h in [&inventory, &other] {
+        let p = h.load::<Product>(widget, None).await.unwrap().state;
+        assert_eq!(p.available, 0);
+        assert_eq!(p.reservations.len(), 20);
+        assert_eq!(p.reserved(), 20);
+        assert_eq!(p.reservations.keys().copied().collect::<BTreeSet<_>>(), reserved);
+        assert!(p.reservations.values().all(|&q| q == 1), "{p:?}");
+    }
+    let (events, _) = stream_of::<Product>(&store, widget).await;
+    assert_eq!(events.len(), 21, "the product added, then 20 reservations");
+    for e in &events {
+        let then = other
+            .load::<Product>(widget, Some(Until::Position(e.position)))
+            .await
+            .unwrap()
+            .state;
+        assert!(
+            then.available >= 0,
+            "negative at version {}: {then:?}",
+            e.stream_version
+        );
+        assert_eq!(then.available + then.reserved(), 20, "at version {}", e.stream_version);
+    }
 }
 
-async fn concurrent_repeats_of_an_idempotent_command_append_once(store: Arc<dyn EventStore>) {
-    let h = CommandHandler::new(store.clone(), HandlerOptions::default());
-    let buyer = customer(&h).await;
-    let widget = product(&h, 100).await;
-    let command = place(buyer, &[(widget, 2)]);
+/// The same end to end: 32 concurrent orders of one unit against 20 units, placed through the
+/// orders service (each line reserved at the inventory service first). Exactly 20 are placed;
+/// the others are refused with inventory's 409 `insufficient_stock`, hold no stock and have no
+/// stream.
+async fn stock_never_goes_negative_under_concurrent_orders(store: Arc<dyn EventStore>) {
+    let shop = local(
+        &store,
+        HandlerOptions {
+            snapshot_every: 5,
+            ..HandlerOptions::default()
+        },
+    )
+    .await;
+    let buyer = customer(shop.handler(Service::Customers)).await;
+    let widget = product(shop.handler(Service::Inventory), 20).await;
     let head = store.head_position().await.unwrap();
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let (h, command) = (h.clone(), command.clone());
-        tasks.push(tokio::spawn(async move {
-            let ctx = CommandContext {
-                idempotency: Some(IdempotencyKey {
-                    key: "order-once".into(),
-                    request_hash: b"body".to_vec(),
-                }),
-                ..ctx()
-            };
-            h.place_order(&ctx, command).await
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let (shop, order) = (shop.clone(), place(buyer, &[(widget, 1)]));
+        clients.push(tokio::spawn(async move {
+            (order.order_id, shop.place_order(&ctx(), order).await)
         }));
     }
+    let (mut placed, mut refused) = (BTreeSet::new(), BTreeSet::new());
+    for c in clients {
+        match c.await.unwrap() {
+            (order_id, Ok(_)) => {
+                placed.insert(order_id);
+            }
+            (order_id, Err(OrdersError::Dependency(ClientError::Rejected { status, body, .. })))
+                if status.as_u16() == 409 && body.error.code == "insufficient_stock" =>
+            {
+                refused.insert(order_id);
+            }
+            (_, Err(e)) => panic!("unexpected: {e:?}"),
+        }
+    }
+    assert_eq!((placed.len(), refused.len()), (20, 12), "exactly the stock was sold");
+
+    let p = shop
+        .handler(Service::Inventory)
+        .load::<Product>(widget, None)
+        .await
+        .unwrap()
+        .state;
+    assert_eq!((p.available, p.reserved()), (0, 20), "{p:?}");
+    assert_eq!(
+        p.reservations.keys().copied().collect::<BTreeSet<_>>(),
+        placed,
+        "the placed orders hold the stock, the refused ones nothing"
+    );
+    for (orders, version) in [(&placed, 1), (&refused, 0)] {
+        for &id in orders {
+            let stream_id = Category::Order.stream_id(id);
+            assert_eq!(store.stream_version(&stream_id).await.unwrap(), version, "{stream_id}");
+        }
+    }
+    assert_eq!(
+        appended_since(&store, head).await,
+        counts(&[("order.placed", 20), ("product.stock_reserved", 20)])
+    );
+}
+
+/// Ten concurrent repeats of `command` (the same idempotency key and request), spread over two
+/// processes of one service, answered.
+async fn ten_repeats<F, Fut>(processes: &[CommandHandler; 2], command: F) -> Vec<CommandAnswer>
+where
+    F: Fn(CommandHandler) -> Fut,
+    Fut: Future<Output = Result<CommandAnswer, CommandError>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..10)
+        .map(|i| tokio::spawn(command(processes[i % 2].clone())))
+        .collect();
     let mut answers = Vec::new();
     for t in tasks {
         answers.push(t.await.unwrap().unwrap());
     }
-    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1, "one of ten appended");
+    answers
+}
+
+/// All ten answers name the same stream, version and position.
+#[track_caller]
+fn assert_all_alike(answers: &[CommandAnswer]) {
+    let first = &answers[0];
     assert!(
         answers
             .iter()
-            .all(|a| (a.version, a.position) == (answers[0].version, answers[0].position))
+            .all(|a| (&a.stream_id, a.version, a.position) == (&first.stream_id, first.version, first.position)),
+        "{answers:?}"
     );
-    let log = store.read_all(head, 100).await.unwrap();
-    assert_eq!(log.len(), 2, "one OrderPlaced and one StockReserved, once: {log:?}");
-    assert_eq!(h.load::<Product>(widget, None).await.unwrap().state.available, 98);
+}
 
-    let other = CommandContext {
-        idempotency: Some(IdempotencyKey {
-            key: "order-once".into(),
-            request_hash: b"other body".to_vec(),
-        }),
-        ..ctx()
-    };
-    let err = h.place_order(&other, place(buyer, &[(widget, 1)])).await.unwrap_err();
+async fn concurrent_repeats_of_an_idempotent_command_append_once(store: Arc<dyn EventStore>) {
+    let processes = [
+        CommandHandler::new(store.clone(), HandlerOptions::default()),
+        CommandHandler::new(store.clone(), HandlerOptions::default()),
+    ];
+
+    // Customers: a second `Register` of one id is refused (AlreadyExists); only the key makes
+    // the repeats succeed.
+    let id = Uuid::now_v7();
+    let head = store.head_position().await.unwrap();
+    let answers = ten_repeats(&processes, |h| async move {
+        h.customer(&keyed("register-once", b"register"), id, register(id)).await
+    })
+    .await;
+    assert_all_alike(&answers);
+    assert_eq!(
+        answers.iter().filter(|a| !a.replayed).count(),
+        1,
+        "one of ten appended: {answers:?}"
+    );
+    assert_eq!(answers[0].version, 1);
+    assert_eq!(
+        appended_since(&store, head).await,
+        counts(&[("customer.registered", 1)])
+    );
+    let other = Uuid::now_v7();
+    let err = processes[0]
+        .customer(&keyed("register-once", b"another body"), other, register(other))
+        .await
+        .unwrap_err();
     assert!(matches!(err, CommandError::IdempotencyKeyReused { .. }), "{err:?}");
-    assert_eq!(store.read_all(head, 100).await.unwrap().len(), 2);
+    assert_eq!(
+        appended_since(&store, head).await,
+        counts(&[("customer.registered", 1)])
+    );
+    assert_eq!(processes[1].load::<Customer>(other, None).await.unwrap().version, 0);
+
+    // Inventory: a reservation of two units for an order, repeated. A repeat that looked the key
+    // up before the first one committed, and decides after it, finds the reservation made and
+    // answers "unchanged" rather than "replayed": the same stream, version and position.
+    let widget = product(&processes[0], 100).await;
+    let order_id = Uuid::now_v7();
+    let head = store.head_position().await.unwrap();
+    let answers = ten_repeats(&processes, |h| async move {
+        h.product(&keyed("reserve-once", b"reserve"), widget, reserve(widget, order_id, 2))
+            .await
+    })
+    .await;
+    assert_all_alike(&answers);
+    assert_eq!(answers[0].version, 2);
+    assert_eq!(
+        appended_since(&store, head).await,
+        counts(&[("product.stock_reserved", 1)])
+    );
+    let err = processes[1]
+        .product(
+            &keyed("reserve-once", b"another body"),
+            widget,
+            reserve(widget, Uuid::now_v7(), 1),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::IdempotencyKeyReused { .. }), "{err:?}");
+    assert_eq!(
+        appended_since(&store, head).await,
+        counts(&[("product.stock_reserved", 1)])
+    );
+    for h in &processes {
+        let p = h.load::<Product>(widget, None).await.unwrap().state;
+        assert_eq!(
+            (p.available, p.reservations.clone()),
+            (98, BTreeMap::from([(order_id, 2)]))
+        );
+    }
+
+    // An order placed across the services, sent ten times at once with its key: one placed
+    // and reserved once, every copy answered as it was; the key with another request is
+    // refused before anything is reserved.
+    let shop = local(&store, HandlerOptions::default()).await;
+    let order = place(id, &[(widget, 2)]);
+    let head = store.head_position().await.unwrap();
+    let copies: Vec<_> = (0..10)
+        .map(|_| {
+            let (shop, order) = (shop.clone(), order.clone());
+            tokio::spawn(async move { shop.place_order(&keyed("order-once", b"order"), order).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for copy in copies {
+        answers.push(copy.await.unwrap().unwrap());
+    }
+    let first = answers.iter().find(|a| !a.replayed).expect("one copy placed the order");
+    assert!(
+        answers
+            .iter()
+            .all(|a| (&a.stream_id, a.version, a.position) == (&first.stream_id, first.version, first.position)),
+        "{answers:?}"
+    );
+    let once = counts(&[("order.placed", 1), ("product.stock_reserved", 1)]);
+    assert_eq!(appended_since(&store, head).await, once);
+    let err = shop
+        .place_order(&keyed("order-once", b"another body"), place(id, &[(widget, 1)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OrdersError::Command(CommandError::IdempotencyKeyReused { .. })),
+        "{err:?}"
+    );
+    assert_eq!(appended_since(&store, head).await, once);
+    let p = processes[0].load::<Product>(widget, None).await.unwrap().state;
+    assert_eq!((p.available, p.reserved_for(order.order_id)), (96, 2));
 }
 
 async fn stale_if_match_is_a_conflict_and_appends_nothing(store: Arc<dyn EventStore>) {
     let h = CommandHandler::new(store.clone(), HandlerOptions::default());
     let id = customer(&h).await;
-    let rename = |name: &str| CustomerCommand::Rename {
-        customer_id: id,
-        name: name.into(),
-    };
     let pinned = |v| CommandContext {
         if_match: Some(v),
         ..ctx()
     };
-    let a = h.customer(&pinned(1), id, rename("Ada L.")).await.unwrap();
+    let a = h.customer(&pinned(1), id, rename(id, "Ada L.")).await.unwrap();
     assert_eq!(a.version, 2);
     let head = store.head_position().await.unwrap();
-    let err = h.customer(&pinned(1), id, rename("Ada Lovelace")).await.unwrap_err();
+    let err = h
+        .customer(&pinned(1), id, rename(id, "Ada Lovelace"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, CommandError::Conflict { actual: 2, .. }), "{err:?}");
     assert_eq!(store.head_position().await.unwrap(), head);
     assert_eq!(h.load::<Customer>(id, None).await.unwrap().state.name, "Ada L.");
 }
 
-/// Two handlers on one store are two write-side processes: each caches what it last wrote
-/// (`aggregate_cache`), and the other one's appends make that stale. No answer may come from a
-/// stale entry: a refusal is checked against the store, a commit on a stale version is refused
-/// and decided again, and the customer an order is placed for is read as it is now.
+/// Two `Local`s over one store are two processes hosting the same services: each caches what it
+/// last wrote or read (`aggregate_cache`), and the other one's appends make that stale. No answer
+/// may come from a stale entry: a refusal or "nothing to do" is checked against the store, a
+/// commit on a stale version is refused and decided again, a stream missing from the cache is
+/// not taken as new once the store says otherwise, and the customer an order is placed for is
+/// read as it is now.
 async fn another_process_appending_never_leaves_a_cached_aggregate_deciding_alone(store: Arc<dyn EventStore>) {
-    let here = CommandHandler::new(store.clone(), HandlerOptions::default());
-    let there = CommandHandler::new(store.clone(), HandlerOptions::default());
-    let buyer = customer(&here).await;
-    let widget = product(&here, 1).await;
-    here.place_order(&ctx(), place(buyer, &[(widget, 1)])).await.unwrap();
+    let here = local(&store, HandlerOptions::default()).await;
+    let there = local(&store, HandlerOptions::default()).await;
+    let (stock_here, stock_there) = (here.handler(Service::Inventory), there.handler(Service::Inventory));
 
     // `here` remembers the widget sold out; `there` restocks it.
-    let restock = ProductCommand::Restock {
-        product_id: widget,
-        quantity: 5,
-    };
-    there.product(&ctx(), widget, restock).await.unwrap();
-    // A refusal ("out of stock") on the cached state would be wrong.
-    here.place_order(&ctx(), place(buyer, &[(widget, 3)]))
+    let widget = product(stock_here, 1).await;
+    let (first, second, third) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    stock_here
+        .product(&ctx(), widget, reserve(widget, first, 1))
+        .await
+        .unwrap();
+    stock_there.product(&ctx(), widget, restock(widget, 5)).await.unwrap();
+    // A refusal ("insufficient stock") on the cached state would be wrong.
+    stock_here
+        .product(&ctx(), widget, reserve(widget, second, 3))
         .await
         .expect("the restock made by the other process is seen");
-
     // `there` remembers 5 available, 2 are: its commit on the stale version must not go through.
-    there
-        .place_order(&ctx(), place(buyer, &[(widget, 2)]))
+    stock_there
+        .product(&ctx(), widget, reserve(widget, third, 2))
         .await
         .expect("decided again on the current stock");
-    let err = here
-        .place_order(&ctx(), place(buyer, &[(widget, 1)]))
+    // `here` remembers 2 available, none are.
+    let err = stock_here
+        .product(&ctx(), widget, reserve(widget, Uuid::now_v7(), 1))
         .await
         .unwrap_err();
-    assert!(matches!(err, CommandError::Rejected(_)), "sold out: {err:?}");
-    for h in [&here, &there] {
+    assert!(
+        matches!(
+            err,
+            CommandError::Rejected(DomainError::InsufficientStock { available: 0, .. })
+        ),
+        "sold out: {err:?}"
+    );
+    for h in [stock_here, stock_there] {
         let p = h.load::<Product>(widget, None).await.unwrap().state;
         assert_eq!((p.available, p.reserved()), (0, 6), "{p:?}");
+        assert_eq!(p.reservations, BTreeMap::from([(first, 1), (second, 3), (third, 2)]));
     }
 
+    // `here` caches the gadget as added, holding nothing for an order `there` then reserves
+    // for: releasing it from `here` is no "nothing to release".
+    let gadget = product(stock_here, 10).await;
+    let held = Uuid::now_v7();
+    stock_there
+        .product(&ctx(), gadget, reserve(gadget, held, 4))
+        .await
+        .unwrap();
+    let released = stock_here.product(&ctx(), gadget, release(gadget, held)).await.unwrap();
+    assert_eq!(released.version, 3, "a release was appended");
+    let g = stock_there.load::<Product>(gadget, None).await.unwrap().state;
+    assert_eq!((g.available, g.reserved()), (10, 0), "{g:?}");
+
     // The customer is only read by an order: renamed elsewhere, the next order has the new name.
-    let rename = CustomerCommand::Rename {
-        customer_id: buyer,
-        name: "Ada Lovelace".into(),
-    };
-    here.product(
-        &ctx(),
-        widget,
-        ProductCommand::Restock {
-            product_id: widget,
-            quantity: 1,
-        },
-    )
-    .await
-    .unwrap();
-    there.customer(&ctx(), buyer, rename).await.unwrap();
-    let order = place(buyer, &[(widget, 1)]);
+    let buyer = customer(here.handler(Service::Customers)).await;
+    there
+        .handler(Service::Customers)
+        .customer(&ctx(), buyer, rename(buyer, "Ada Lovelace"))
+        .await
+        .unwrap();
+    let order = place(buyer, &[(gadget, 1)]);
     here.place_order(&ctx(), order.clone()).await.unwrap();
-    let placed = here.load::<Order>(order.order_id, None).await.unwrap().state;
+    let placed = here
+        .handler(Service::Orders)
+        .load::<Order>(order.order_id, None)
+        .await
+        .unwrap()
+        .state;
     assert_eq!(placed.customer.map(|c| c.name).as_deref(), Some("Ada Lovelace"));
 
-    // Cancelled where the product is cached from before the other process's order: the order's
-    // stock is released all the same (the cached product holds no reservation for it).
-    let gadget = product(&here, 10).await;
+    // Placed by the other process and cancelled here, where the gadget is cached from before
+    // that order reserved it: the order's stock is released all the same.
     let elsewhere = place(buyer, &[(gadget, 4)]);
     there.place_order(&ctx(), elsewhere.clone()).await.unwrap();
-    here.load::<Order>(elsewhere.order_id, None).await.unwrap();
+    here.handler(Service::Orders)
+        .load::<Order>(elsewhere.order_id, None)
+        .await
+        .unwrap();
     let cancel = CancelOrder {
         order_id: elsewhere.order_id,
         reason: "changed my mind".into(),
     };
     here.cancel_order(&ctx(), cancel).await.unwrap();
-    let g = there.load::<Product>(gadget, None).await.unwrap().state;
-    assert_eq!((g.available, g.reserved()), (10, 0), "{g:?}");
+    let g = stock_there.load::<Product>(gadget, None).await.unwrap().state;
+    assert_eq!((g.available, g.reserved()), (9, 1), "{g:?}");
+    assert_eq!(g.reservations, BTreeMap::from([(order.order_id, 1)]));
+    let cancelled = there
+        .handler(Service::Orders)
+        .load::<Order>(elsewhere.order_id, None)
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
 
-    // Registered by the other process, unknown to this one's cache: refused as existing, not
+    // Registered by another process, unknown to this one's cache: refused as existing, not
     // answered as a conflict after retries on "new stream".
-    let twin = CustomerCommand::Register {
-        customer_id: buyer,
-        name: "Ada".into(),
-        email: "ada@example.com".into(),
-    };
+    let head = store.head_position().await.unwrap();
     let fresh = CommandHandler::new(store.clone(), HandlerOptions::default());
-    let err = fresh.customer(&ctx(), buyer, twin).await.unwrap_err();
+    let err = fresh.customer(&ctx(), buyer, register(buyer)).await.unwrap_err();
     assert!(
         matches!(err, CommandError::Rejected(DomainError::AlreadyExists { .. })),
         "{err:?}"
     );
 
-    // An order id the other process already placed: not a second OrderPlaced.
-    let head = store.head_position().await.unwrap();
+    // An order id the other process already placed: not a second OrderPlaced, neither from an
+    // orders handler that never saw the order (its cache takes the stream as new) nor through
+    // the orders flow (refused before anything is reserved).
+    let (_, events) = stream_of::<Order>(&store, order.order_id).await;
+    let err = there
+        .handler(Service::Orders)
+        .create::<Order>(&ctx(), order.order_id, events)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(DomainError::AlreadyExists { .. })),
+        "already placed: {err:?}"
+    );
     let err = there.place_order(&ctx(), order).await.unwrap_err();
-    assert!(matches!(err, CommandError::Rejected(_)), "already placed: {err:?}");
+    assert!(
+        matches!(err, OrdersError::Rejected(DomainError::AlreadyExists { .. })),
+        "already placed: {err:?}"
+    );
     assert_eq!(store.head_position().await.unwrap(), head, "nothing appended");
 }
 
-/// A little shop's history: orders placed, confirmed, shipped, cancelled; restocks; renames.
-async fn workload(h: &CommandHandler) -> (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) {
-    let customers = vec![customer(h).await, customer(h).await];
-    let products = vec![product(h, 50).await, product(h, 50).await];
+/// The ids of a little shop's aggregates.
+struct Shop {
+    customers: Vec<Uuid>,
+    products: Vec<Uuid>,
+    orders: Vec<Uuid>,
+}
+
+/// A little shop's history, through the services: orders placed (two lines each), confirmed,
+/// shipped, cancelled; restocks, a price change, renames.
+async fn workload(shop: &Local) -> Shop {
+    let (customers_h, inventory, orders_h) = (
+        shop.handler(Service::Customers),
+        shop.handler(Service::Inventory),
+        shop.handler(Service::Orders),
+    );
+    let customers = vec![customer(customers_h).await, customer(customers_h).await];
+    let products = vec![product(inventory, 50).await, product(inventory, 50).await];
     let mut orders = Vec::new();
+    let mut cancelled = BTreeSet::new();
     for i in 0..12 {
         let cmd = place(customers[i % 2], &[(products[0], 1 + (i as i64 % 3)), (products[1], 1)]);
         orders.push(cmd.order_id);
-        h.place_order(&ctx(), cmd).await.unwrap();
+        shop.place_order(&ctx(), cmd).await.unwrap();
         if i % 3 == 0 {
-            h.order(&ctx(), orders[i], OrderCommand::Confirm { order_id: orders[i] })
+            orders_h
+                .order(&ctx(), orders[i], OrderCommand::Confirm { order_id: orders[i] })
                 .await
                 .unwrap();
         }
@@ -304,19 +650,25 @@ async fn workload(h: &CommandHandler) -> (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) {
                 order_id: orders[i],
                 reason: "changed mind".into(),
             };
-            h.cancel_order(&ctx(), cancel).await.unwrap();
+            shop.cancel_order(&ctx(), cancel).await.unwrap();
+            cancelled.insert(orders[i]);
         }
         if i % 5 == 2 {
-            let c = ProductCommand::Restock {
-                product_id: products[1],
-                quantity: 3,
+            inventory
+                .product(&ctx(), products[1], restock(products[1], 3))
+                .await
+                .unwrap();
+            customers_h
+                .customer(&ctx(), customers[0], rename(customers[0], &format!("Ada {i}")))
+                .await
+                .unwrap();
+        }
+        if i == 6 {
+            let c = ProductCommand::ChangePrice {
+                product_id: products[0],
+                price_minor: 1300,
             };
-            h.product(&ctx(), products[1], c).await.unwrap();
-            let c = CustomerCommand::Rename {
-                customer_id: customers[0],
-                name: format!("Ada {i}"),
-            };
-            h.customer(&ctx(), customers[0], c).await.unwrap();
+            inventory.product(&ctx(), products[0], c).await.unwrap();
         }
     }
     let ship = OrderCommand::Ship {
@@ -324,22 +676,36 @@ async fn workload(h: &CommandHandler) -> (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) {
         carrier: "DHL".into(),
         tracking: "JD014600".into(),
     };
-    h.order(&ctx(), orders[0], ship).await.unwrap();
-    (customers, products, orders)
+    orders_h.order(&ctx(), orders[0], ship).await.unwrap();
+    // The stock of the orders still standing is reserved, the cancelled ones' released.
+    let standing: BTreeSet<Uuid> = orders.iter().copied().filter(|o| !cancelled.contains(o)).collect();
+    for &p in &products {
+        let p = inventory.load::<Product>(p, None).await.unwrap().state;
+        assert_eq!(p.reservations.keys().copied().collect::<BTreeSet<_>>(), standing);
+    }
+    Shop {
+        customers,
+        products,
+        orders,
+    }
 }
 
-/// Every aggregate loaded now and at every position of the log.
-async fn all_states(h: &CommandHandler, ids: &(Vec<Uuid>, Vec<Uuid>, Vec<Uuid>), head: u64) -> Vec<String> {
+/// Every aggregate of `shop` loaded now and at every position of the log, through the handlers
+/// of the customers, inventory and orders services.
+async fn all_states(services: [&CommandHandler; 3], shop: &Shop, head: u64) -> Vec<String> {
+    let [customers, inventory, orders] = services;
     let mut out = Vec::new();
     for until in std::iter::once(None).chain((1..=head).map(|p| Some(Until::Position(p)))) {
-        for &id in &ids.0 {
-            out.push(format!("{:?}", h.load::<Customer>(id, until).await.unwrap().state));
+        for &id in &shop.customers {
+            let c = customers.load::<Customer>(id, until).await.unwrap();
+            out.push(format!("{:?} v{} p{}", c.state, c.version, c.position));
         }
-        for &id in &ids.1 {
-            out.push(format!("{:?}", h.load::<Product>(id, until).await.unwrap().state));
+        for &id in &shop.products {
+            let p = inventory.load::<Product>(id, until).await.unwrap();
+            out.push(format!("{:?} v{} p{}", p.state, p.version, p.position));
         }
-        for &id in &ids.2 {
-            let o = h.load::<Order>(id, until).await.unwrap();
+        for &id in &shop.orders {
+            let o = orders.load::<Order>(id, until).await.unwrap();
             out.push(format!("{:?} v{} p{}", o.state, o.version, o.position));
         }
     }
@@ -347,73 +713,113 @@ async fn all_states(h: &CommandHandler, ids: &(Vec<Uuid>, Vec<Uuid>, Vec<Uuid>),
 }
 
 async fn snapshots_never_change_an_answer(store: Arc<dyn EventStore>) {
-    let h = CommandHandler::new(
-        store.clone(),
+    let shop = local(
+        &store,
         HandlerOptions {
             snapshot_every: 2,
             ..HandlerOptions::default()
         },
-    );
-    let ids = workload(&h).await;
-    let product_stream = Category::Product.stream_id(ids.1[0]);
-    assert!(
-        store.load_snapshot(&product_stream, None).await.unwrap().is_some(),
-        "the workload took snapshots"
-    );
+    )
+    .await;
+    let ids = workload(&shop).await;
+    for stream_id in [
+        Category::Customer.stream_id(ids.customers[0]),
+        Category::Product.stream_id(ids.products[0]),
+        Category::Order.stream_id(ids.orders[0]),
+    ] {
+        assert!(
+            store.load_snapshot(&stream_id, None).await.unwrap().is_some(),
+            "the workload took snapshots of {stream_id}"
+        );
+    }
     let head = store.head_position().await.unwrap();
-    let with = all_states(&h, &ids, head).await;
-    let deleted = store.delete_snapshots(None).await.unwrap();
-    assert!(deleted > 10, "{deleted} snapshots");
-    let without = all_states(&h, &ids, head).await;
-    assert_eq!(with, without);
-}
-
-/// Invariant 7 (write side): the handler's "as of" (snapshot + events) equals folding the
-/// stream's raw events up to that point.
-async fn state_as_of_equals_the_fold_of_the_events_up_to_it(store: Arc<dyn EventStore>) {
-    let h = CommandHandler::new(
+    let services = [
+        shop.handler(Service::Customers),
+        shop.handler(Service::Inventory),
+        shop.handler(Service::Orders),
+    ];
+    // Another process with nothing cached loads "now" from the snapshots too.
+    let uncached = CommandHandler::new(
         store.clone(),
         HandlerOptions {
-            snapshot_every: 3,
+            cache_capacity: 0,
             ..HandlerOptions::default()
         },
     );
-    let ids = workload(&h).await;
-    let order_id = ids.2[0];
-    let events = store
-        .read_stream(&Category::Order.stream_id(order_id), 1, 1000)
-        .await
-        .unwrap();
-    assert!(events.len() >= 3);
-    let head = store.head_position().await.unwrap();
+    let with = all_states(services, &ids, head).await;
+    assert_eq!(all_states([&uncached; 3], &ids, head).await, with);
+    let deleted = store.delete_snapshots(None).await.unwrap();
+    assert!(deleted > 10, "{deleted} snapshots");
+    assert_eq!(all_states(services, &ids, head).await, with);
+    assert_eq!(all_states([&uncached; 3], &ids, head).await, with);
+}
+
+/// Asserts that `h`'s "as of" every position up to `head` (a snapshot, then the events) equals
+/// folding aggregate `id`'s raw events up to it, and that "as of" each event's recording time
+/// includes it. Answers the stream's events.
+async fn assert_as_of_is_the_fold<A>(
+    h: &CommandHandler,
+    store: &Arc<dyn EventStore>,
+    id: Uuid,
+    head: Position,
+) -> Vec<RecordedEvent>
+where
+    A: Snapshottable + PartialEq + Debug,
+{
+    let (recorded, events) = stream_of::<A>(store, id).await;
     for p in 0..=head {
-        let expected = Order::fold(
-            events
-                .iter()
-                .filter(|e| e.position <= p)
-                .map(|e| {
-                    Order::event_from(event_schemas::decode(&e.event_type, e.schema_version, &e.payload).unwrap())
-                        .unwrap()
-                })
-                .collect::<Vec<_>>()
-                .iter(),
-        );
-        let loaded = h.load::<Order>(order_id, Some(Until::Position(p))).await.unwrap();
-        assert_eq!(loaded.state, expected, "as of position {p}");
+        let upto = recorded.iter().take_while(|e| e.position <= p).count();
+        let loaded = h.load::<A>(id, Some(Until::Position(p))).await.unwrap();
+        let stream_id = &loaded.stream_id;
+        assert_eq!(loaded.state, A::fold(&events[..upto]), "{stream_id} as of position {p}");
+        assert_eq!(loaded.version, upto as u64, "{stream_id} as of position {p}");
+        let last = upto.checked_sub(1).map_or(0, |i| recorded[i].position);
+        assert_eq!(loaded.position, last, "{stream_id} as of position {p}");
     }
-    for e in &events {
-        let at_time = h
-            .load::<Order>(order_id, Some(Until::RecordedAt(e.recorded_at)))
-            .await
-            .unwrap();
+    for e in &recorded {
+        let at_time = h.load::<A>(id, Some(Until::RecordedAt(e.recorded_at))).await.unwrap();
         assert!(
             at_time.version >= e.stream_version,
-            "as of {} includes version {}",
+            "{} as of {} includes version {}",
+            e.stream_id,
             e.recorded_at,
             e.stream_version
         );
     }
-    let shipped = h.load::<Order>(order_id, None).await.unwrap();
+    recorded
+}
+
+/// Invariant 7 (write side): each service's "as of" (snapshot + events) equals folding the
+/// stream's raw events up to that point, for every aggregate of the workload.
+async fn state_as_of_equals_the_fold_of_the_events_up_to_it(store: Arc<dyn EventStore>) {
+    let shop = local(
+        &store,
+        HandlerOptions {
+            snapshot_every: 3,
+            ..HandlerOptions::default()
+        },
+    )
+    .await;
+    let ids = workload(&shop).await;
+    let head = store.head_position().await.unwrap();
+    for &id in &ids.customers {
+        assert_as_of_is_the_fold::<Customer>(shop.handler(Service::Customers), &store, id, head).await;
+    }
+    for &id in &ids.products {
+        let events = assert_as_of_is_the_fold::<Product>(shop.handler(Service::Inventory), &store, id, head).await;
+        assert!(events.len() >= 10, "{} events", events.len());
+    }
+    for &id in &ids.orders {
+        assert_as_of_is_the_fold::<Order>(shop.handler(Service::Orders), &store, id, head).await;
+    }
+    let order_id = ids.orders[0];
+    let (events, _) = stream_of::<Order>(&store, order_id).await;
+    assert!(events.len() >= 3);
+    let shipped = shop
+        .handler(Service::Orders)
+        .load::<Order>(order_id, None)
+        .await
+        .unwrap();
     assert_eq!(shipped.state.status, OrderStatus::Shipped);
     assert_eq!(<Order as Snapshottable>::STATE_VERSION, 1);
 }

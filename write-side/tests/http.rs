@@ -20,14 +20,17 @@ use uuid::Uuid;
 use write_side::domain::Product;
 use write_side::http::{Auth, HttpConfig, Scope, TokenSpec};
 
+/// A command's answer: its stream, version and position, after checking that it names the
+/// service that owns the stream and the consistency token of that position in its log.
 fn answer_of(reply: &Reply) -> (String, u64, u64) {
     let body = reply.json.as_object().unwrap();
-    assert_eq!(body.len(), 3, "{}", reply.text);
-    (
-        body["stream_id"].as_str().unwrap().to_owned(),
-        body["version"].as_u64().unwrap(),
-        body["position"].as_u64().unwrap(),
-    )
+    assert_eq!(body.len(), 5, "{}", reply.text);
+    let stream_id = body["stream_id"].as_str().unwrap().to_owned();
+    let position = body["position"].as_u64().unwrap();
+    let owner = event_schemas::Service::of_stream(&stream_id).unwrap();
+    assert_eq!(body["service"], owner.name(), "{}", reply.text);
+    assert_eq!(body["token"], format!("{owner}:{position}"), "{}", reply.text);
+    (stream_id, body["version"].as_u64().unwrap(), position)
 }
 
 #[tokio::test]
@@ -256,12 +259,14 @@ async fn stream_events_and_the_log_show_the_envelope() {
 
     // The log: from_position is inclusive.
     let head = app.head().await;
-    let log = app.get("/v1/log?limit=1000").await;
+    let log = app.get("/v1/log?service=customers&limit=1000").await;
     let all = log.expect(StatusCode::OK)["events"].as_array().unwrap().clone();
     assert_eq!(all.len(), 4);
     assert_eq!(all.last().unwrap()["position"], head);
     let second = all[1]["position"].as_u64().unwrap();
-    let log = app.get(&format!("/v1/log?from_position={second}&limit=2")).await;
+    let log = app
+        .get(&format!("/v1/log?service=customers&from_position={second}&limit=2"))
+        .await;
     let log = log.expect(StatusCode::OK);
     let positions: Vec<u64> = log["events"]
         .as_array()
@@ -271,8 +276,22 @@ async fn stream_events_and_the_log_show_the_envelope() {
         .collect();
     assert_eq!(positions, [second, all[2]["position"].as_u64().unwrap()]);
     assert_eq!(log["next_from_position"], positions[1] + 1);
-    let log = app.get(&format!("/v1/log?from_position={}", head + 1)).await;
-    assert_eq!(log.expect(StatusCode::OK)["events"], json!([]));
+    let log = app
+        .get(&format!("/v1/log?service=customers&from_position={}", head + 1))
+        .await;
+    let log = log.expect(StatusCode::OK);
+    assert_eq!((&log["service"], &log["events"]), (&json!("customers"), &json!([])));
+
+    // Every service of the process has a log: which one is a parameter, not a guess.
+    let reply = app.get("/v1/log").await;
+    let error = reply.expect_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(error["field"], "service");
+    assert_eq!(error["hosted"], json!(["customers", "inventory", "orders", "payments"]));
+    let reply = app.get("/v1/log?service=shipping").await;
+    assert_eq!(
+        reply.expect_error(StatusCode::BAD_REQUEST, "bad_request")["field"],
+        "service"
+    );
 
     // A stream that does not exist, and one that cannot.
     let missing = app.get(&format!("/v1/streams/order-{}/events", Uuid::now_v7())).await;
@@ -829,28 +848,36 @@ async fn bad_input_gets_a_4xx_and_appends_nothing() {
         ),
         bad(
             "limit too large",
-            Request::get("/v1/log?limit=1001").body(Body::empty()).unwrap(),
+            Request::get("/v1/log?service=orders&limit=1001")
+                .body(Body::empty())
+                .unwrap(),
             S::BAD_REQUEST,
             "bad_request",
             Some("limit"),
         ),
         bad(
             "limit not a number",
-            Request::get("/v1/log?limit=ten").body(Body::empty()).unwrap(),
+            Request::get("/v1/log?service=orders&limit=ten")
+                .body(Body::empty())
+                .unwrap(),
             S::BAD_REQUEST,
             "bad_request",
             Some("limit"),
         ),
         bad(
             "from_position negative",
-            Request::get("/v1/log?from_position=-1").body(Body::empty()).unwrap(),
+            Request::get("/v1/log?service=orders&from_position=-1")
+                .body(Body::empty())
+                .unwrap(),
             S::BAD_REQUEST,
             "bad_request",
             Some("from_position"),
         ),
         bad(
             "unknown query parameter",
-            Request::get("/v1/log?offset=3").body(Body::empty()).unwrap(),
+            Request::get("/v1/log?service=orders&offset=3")
+                .body(Body::empty())
+                .unwrap(),
             S::BAD_REQUEST,
             "bad_request",
             Some("offset"),
@@ -915,7 +942,7 @@ async fn bad_input_gets_a_4xx_and_appends_nothing() {
 async fn the_body_limit_is_configurable() {
     let mut config = HttpConfig::new(Auth::Disabled);
     config.body_limit_bytes = 256;
-    let app = App::with(pg_store().await, config);
+    let app = App::with(pg_store().await, config).await;
     let big = json!({"name": "x".repeat(300), "email": "a@example.com"});
     let reply = app.post("/v1/customers", big).await;
     let details = reply.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
@@ -951,7 +978,7 @@ async fn bearer_tokens_and_scopes() {
             .parse()
             .unwrap(),
     ];
-    let app = App::with(pg_store().await, HttpConfig::new(Auth::tokens(tokens)));
+    let app = App::with(pg_store().await, HttpConfig::new(Auth::tokens(tokens))).await;
     let body = || Body::from(json!({"name": "Ada", "email": "ada@example.com"}).to_string());
 
     // No token, a wrong one, a malformed header: 401 with the challenge, nothing appended.
@@ -977,7 +1004,7 @@ async fn bearer_tokens_and_scopes() {
         .send(post("/v1/customers").body(Body::from("{not json")).unwrap())
         .await;
     reply.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
-    let reply = app.get("/v1/log").await;
+    let reply = app.get("/v1/log?service=orders").await;
     reply.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
     let reply = app.get(&format!("/v1/orders/{}/state", Uuid::now_v7())).await;
     reply.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -989,7 +1016,11 @@ async fn bearer_tokens_and_scopes() {
     let details = reply.expect_error(StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(details["required_scope"], "commands");
     let reply = app
-        .send(with_token(Request::get("/v1/log"), WRITER).body(Body::empty()).unwrap())
+        .send(
+            with_token(Request::get("/v1/log?service=orders"), WRITER)
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(
         reply.expect_error(StatusCode::FORBIDDEN, "forbidden")["required_scope"],
@@ -1013,7 +1044,7 @@ async fn bearer_tokens_and_scopes() {
     assert_eq!(reply.expect(StatusCode::OK)["events"][0]["actor"], "writer");
     let reply = app
         .send(
-            with_token(Request::get("/v1/log"), AUDITOR)
+            with_token(Request::get("/v1/log?service=orders"), AUDITOR)
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -1073,15 +1104,21 @@ async fn the_same_idempotent_request_ten_times_at_once_appends_once() {
         let new_head = app.head().await;
         assert_eq!(position, new_head);
         let appended = app
-            .get(&format!("/v1/log?from_position={}", head + 1))
+            .get(&format!("/v1/log?service=orders&from_position={}", head + 1))
             .await
             .expect(StatusCode::OK)["events"]
             .as_array()
             .unwrap()
             .clone();
-        let expected_events = if key.starts_with("order") { 2 } else { 1 };
-        assert_eq!(appended.len(), expected_events, "{key}: {appended:?}");
-        assert_eq!(appended[0]["stream_id"], stream_id);
+        // An order: its stock reserved at inventory once, then the order.
+        let types: Vec<&str> = appended.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+        let expected_types = if key.starts_with("order") {
+            vec!["product.stock_reserved", "order.placed"]
+        } else {
+            vec!["customer.registered"]
+        };
+        assert_eq!(types, expected_types, "{key}: {appended:?}");
+        assert_eq!(appended.last().unwrap()["stream_id"], stream_id);
 
         // Later repeats answer the same; the same key with another body is refused.
         let again = app
@@ -1330,7 +1367,7 @@ async fn metrics_count_requests_per_route_template() {
 #[tokio::test]
 async fn health_and_readiness() {
     let (store, pool) = sqlite_store().await;
-    let app = App::with(store, HttpConfig::new(Auth::Disabled));
+    let app = App::with(store, HttpConfig::new(Auth::Disabled)).await;
     let health = app.get("/health").await;
     assert_eq!(health.expect(StatusCode::OK)["status"], "ok");
     let customer = app.customer().await;
@@ -1361,7 +1398,8 @@ async fn store_failures_answer_generic_5xx() {
             fault: Fault::Down,
         }),
         HttpConfig::new(Auth::Disabled),
-    );
+    )
+    .await;
     let reply = down
         .post("/v1/customers", json!({"name": "Ada", "email": "ada@example.com"}))
         .await;
@@ -1379,7 +1417,8 @@ async fn store_failures_answer_generic_5xx() {
             fault: Fault::Garbage,
         }),
         HttpConfig::new(Auth::Disabled),
-    );
+    )
+    .await;
     let reply = corrupt
         .post(&format!("/v1/orders/{}/confirm", Uuid::now_v7()), json!({}))
         .await;
@@ -1394,7 +1433,8 @@ async fn store_failures_answer_generic_5xx() {
             fault: Fault::Slow(Duration::from_secs(2)),
         }),
         config,
-    );
+    )
+    .await;
     let reply = slow
         .post("/v1/customers", json!({"name": "Ada", "email": "ada@example.com"}))
         .await;
@@ -1410,7 +1450,7 @@ async fn serve_answers_on_a_socket_and_stops_on_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let app = write_side::http::router(write_side::http::HttpState::new(
-        handler,
+        write_side::Services::single(event_schemas::Service::Customers, handler),
         HttpConfig::new(Auth::Disabled),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -18,8 +18,9 @@ async fn ready_follows_the_relay_it_runs() {
     let (status, watch) = watch::channel(RelayStatus::default());
     let mut config = HttpConfig::new(Auth::Disabled);
     config.relay = Some(watch);
+    let handler = CommandHandler::new(Arc::new(store), HandlerOptions::default());
     let app = write_side::http::router(HttpState::new(
-        CommandHandler::new(Arc::new(store), HandlerOptions::default()),
+        write_side::Services::single(event_schemas::Service::Customers, handler),
         config,
     ));
     let ready = || async {

@@ -9,3 +9,6 @@ CREATE INDEX IF NOT EXISTS {prefix}orders_by_total ON {prefix}orders (total_mino
 
 -- "As of" lists.
 CREATE INDEX IF NOT EXISTS {prefix}order_history_by_placed ON {prefix}order_history (placed_at_us, order_id);
+-- "As of a position" of the orders log: the commit time of the newest order version at or
+-- below it, which the customers' versions are taken at.
+CREATE INDEX IF NOT EXISTS {prefix}order_history_by_position ON {prefix}order_history (valid_from_position);

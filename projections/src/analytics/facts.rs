@@ -183,7 +183,7 @@ mod tests {
             recorded_at: DateTime::from_timestamp(1_700_000_000, 0).expect("in range"),
             correlation_id: String::new(),
             event: DomainEvent::Order(event),
-            origin: Origin::store(position),
+            origin: Origin::store(event_schemas::Service::Orders, position),
         }
     }
 

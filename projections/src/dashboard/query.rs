@@ -289,6 +289,7 @@ pub struct Page {
 /// everything the store had recorded at this time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AsOf {
+    /// A position of the orders log.
     Position(u64),
     Time(DateTime<Utc>),
 }
@@ -368,7 +369,9 @@ fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
 }
 
 /// `FROM ...` of the current orders, or of the order versions valid at `as_of` with the
-/// customer's version valid then.
+/// customer's version valid then. Positions are per service: `AsOf::Position` is one of the
+/// orders log, and the customers' log is taken as of that position's commit time (the start of
+/// the newest order version at or below it: the orders log's commit times never decrease).
 fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> String {
     let Some(as_of) = as_of else {
         return format!("SELECT {CURRENT_SELECT} FROM {prefix}orders o");
@@ -378,10 +381,17 @@ fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> 
         AsOf::Time(time) => ("valid_from_us", "valid_to_us", Bind::Int(micros(time))),
     };
     let point = statement.param(point);
+    let at = match as_of {
+        AsOf::Time(_) => point.clone(),
+        AsOf::Position(_) => format!(
+            "(SELECT h.valid_from_us FROM {prefix}order_history h WHERE h.valid_from_position <= {point} \
+              ORDER BY h.valid_from_position DESC LIMIT 1)"
+        ),
+    };
     format!(
         "SELECT {HISTORY_SELECT} FROM {prefix}order_history o \
            LEFT JOIN {prefix}customer_history c ON c.customer_id = o.customer_id \
-                 AND c.{from} <= {point} AND (c.{to} IS NULL OR c.{to} > {point}) \
+                 AND c.valid_from_us <= {at} AND (c.valid_to_us IS NULL OR c.valid_to_us > {at}) \
           WHERE o.{from} <= {point} AND (o.{to} IS NULL OR o.{to} > {point})"
     )
 }

@@ -247,8 +247,9 @@ impl ApiError {
         )
     }
 
-    /// 503 `not_caught_up`: `projection` has not applied `min_position` within the wait.
-    pub fn not_caught_up(projection: &str, min_position: u64, position: u64, waited_ms: u64) -> Self {
+    /// 503 `not_caught_up`: `projection` has not applied `min_position` (a consistency token,
+    /// `orders:12`) within the wait; `position` is how far it has applied that log.
+    pub fn not_caught_up(projection: &str, min_position: &str, position: u64, waited_ms: u64) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_caught_up",

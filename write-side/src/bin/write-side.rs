@@ -1,6 +1,10 @@
-//! `write-side`: the command HTTP API of the distributed deployment, over the PostgreSQL event
-//! store, with the relay that publishes the store's log to Kafka running beside it (only one
-//! relay publishes at a time across every process; `--no-relay` leaves it to another). Every flag
+//! `write-side --service <name>`: one write service of the distributed deployment (customers,
+//! inventory, orders or payments), its HTTP API over its own PostgreSQL event store, with the
+//! relay that publishes that store's log to Kafka running beside it (only one relay publishes at
+//! a time across every process of the service; `--no-relay` leaves it to another). The orders
+//! service also calls the inventory and customers services (`--inventory-url`,
+//! `--customers-url`, with `--service-token`), and keeps its copy of customers and products from
+//! their Kafka topics in its own database. Every flag
 //! is also an environment variable, so the same binary runs from a shell and from
 //! `compose.yaml`, and a key of the `[write-side]` section of the configuration file of
 //! `--config` (see `service-kit`; command line > variable > file > default). Authentication
@@ -15,23 +19,34 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
+use event_schemas::{Category, Service};
+use projections::{KafkaOptions, ProjectionError, ReadDb, RunOptions};
 use relay::{RelayConfig, RelayStatus};
+use service_kit::client::{ClientSettings, Secret, ServiceClient, Target};
 use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, ServeConfig, TokenSpec};
-use write_side::{CommandHandler, HandlerOptions};
+use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, HttpState, ServeConfig, TokenSpec};
+use write_side::orders::replica::{self, LiveReplica};
+use write_side::orders::{CustomerDirectory, Orders};
+use write_side::{CommandHandler, HandlerOptions, Services};
 
-/// orderflow's write side: commands over HTTP, appended to the PostgreSQL event store.
+/// orderflow's write services: one service's commands over HTTP, appended to its own
+/// PostgreSQL event store.
 #[derive(Parser)]
 #[command(name = "write-side", version, about)]
 struct Args {
+    /// The service this process runs: customers, inventory, orders or payments.
+    #[arg(long, env = "ORDERFLOW_SERVICE")]
+    service: Service,
+
     /// Address to listen on.
     #[arg(long, env = "ORDERFLOW_WRITE_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
 
-    /// PostgreSQL URL of the event store, e.g. postgres://orderflow:secret@127.0.0.1:5432/orderflow.
+    /// PostgreSQL URL of the service's own event store, e.g.
+    /// postgres://orders:secret@127.0.0.1:5432/orderflow_orders.
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true)]
     database_url: String,
 
@@ -92,10 +107,47 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_RELAY_PARTITIONS", default_value_t = 4)]
     relay_partitions: i32,
 
-    /// Do not run the relay in this process (run `orderflow relay` or another write-side instead;
-    /// only one relay publishes at a time anyway).
+    /// Do not run the relay in this process (run `relay` or another process of the service
+    /// instead; only one relay publishes at a time anyway).
     #[arg(long, env = "ORDERFLOW_NO_RELAY")]
     no_relay: bool,
+
+    /// Put before every topic name the relay publishes to and the orders service reads (for
+    /// tests and shared brokers; empty in production).
+    #[arg(long, env = "ORDERFLOW_TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
+
+    #[command(flatten)]
+    peers: Peers,
+}
+
+/// What the orders service needs of the other services.
+#[derive(clap::Args)]
+struct Peers {
+    /// The inventory service's base URL (orders: stock is reserved there).
+    #[arg(long, env = "ORDERFLOW_INVENTORY_URL", value_name = "URL")]
+    inventory_url: Option<String>,
+
+    /// The customers service's base URL (orders: asked for a customer its copy has not seen).
+    #[arg(long, env = "ORDERFLOW_CUSTOMERS_URL", value_name = "URL")]
+    customers_url: Option<String>,
+
+    /// The bearer token the orders service sends to the other services (scope `commands`).
+    #[arg(long, env = "ORDERFLOW_SERVICE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    service_token: Option<String>,
+
+    /// Longest a call to another service may take, in milliseconds, per attempt.
+    #[arg(long, env = "ORDERFLOW_SERVICE_TIMEOUT_MS", default_value_t = 2000)]
+    service_timeout_ms: u64,
+
+    /// The orders service's database for its copy of customers and products (a PostgreSQL URL
+    /// or sqlite://path): its own, apart from its event store, like any projection's.
+    #[arg(long, env = "ORDERFLOW_REPLICA_DB_URL", hide_env_values = true, value_name = "URL")]
+    replica_db_url: Option<String>,
+
+    /// The orders service's consumer group for its copy of customers and products.
+    #[arg(long, env = "ORDERFLOW_REPLICA_GROUP", default_value = "orderflow.orders.replica")]
+    replica_group: String,
 }
 
 /// glibc's allocator took a fifth of this process's CPU under load (BENCHMARKS.md).
@@ -119,12 +171,23 @@ async fn main() -> anyhow::Result<()> {
 
     let url = DatabaseUrl::parse("--database-url", &args.database_url)?;
     anyhow::ensure!(url.postgres().is_some(), "--database-url is not a PostgreSQL URL");
-    tracing::info!(store = %url, "connecting to the event store");
+    tracing::info!(service = %args.service, store = %url, "connecting to the service's event store");
     let migrate = if args.migrate { Migrate::Yes } else { Migrate::No };
     let opened = db::open_event_store(&url, PoolSettings::new(args.database_max_connections), migrate).await?;
     let Some(store) = opened.postgres().cloned() else {
         anyhow::bail!("--database-url is not a PostgreSQL URL");
     };
+    // A store that holds another service's streams is the one store of old (or another
+    // service's): serving it would write this service's events beside theirs.
+    if let Some(stream) = opened.foreign_stream(args.service).await? {
+        anyhow::bail!(
+            "the event store {url} holds {stream}, which is not the {service} service's: it is a store from \
+             before every service had its own (or another service's). Split it into the services' stores \
+             with `orderflow split-store --from <its URL> --to <a URL with {{service}}>`, then give the \
+             {service} service its own",
+            service = args.service
+        );
+    }
 
     // One shutdown signal for everything: the HTTP server drains, the relay finishes its batch.
     let shutdown = service_kit::cancel_on_signal();
@@ -145,20 +208,78 @@ async fn main() -> anyhow::Result<()> {
     http.body_limit_bytes = args.body_limit_bytes;
     http.request_timeout = Duration::from_secs(args.request_timeout_secs);
     http.relay = relay.as_ref().map(|(_, watch)| watch.clone());
+    let mut state = HttpState::new(Services::single(args.service, handler.clone()), http);
+    let mut replica = None;
+    if args.service == Service::Orders {
+        let (orders, runner) = orders(&args, handler, &shutdown).await?;
+        state = state.with_orders(orders);
+        replica = Some(runner);
+    }
     let config = ServeConfig {
         listen: args.listen,
-        handler,
-        http,
+        state,
     };
     let served = write_side::http::serve(config, shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
     if let Some((relay, _)) = relay {
         stop_relay(relay).await;
     }
+    if let Some(replica) = replica {
+        stop_task("the copy of customers and products", replica).await;
+    }
     served.with_context(|| format!("cannot serve on {}", args.listen))?;
     opened.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The orders service's flows (clients of inventory and customers, its copy of customers and
+/// products) and the task that keeps the copy up from Kafka.
+async fn orders(
+    args: &Args,
+    handler: CommandHandler,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Orders, JoinHandle<Result<(), ProjectionError>>)> {
+    let peer = |name: &str, flag: &str, base: &Option<String>| -> anyhow::Result<ServiceClient> {
+        let base = base
+            .as_deref()
+            .with_context(|| format!("the orders service needs {flag}"))?;
+        let mut settings = ClientSettings::new(name, Target::http(base).with_context(|| flag.to_owned())?);
+        settings.token = args.peers.service_token.clone().map(Secret::new);
+        settings.timeout = Duration::from_millis(args.peers.service_timeout_ms.max(1));
+        Ok(ServiceClient::new(settings)?)
+    };
+    let inventory = peer("inventory", "--inventory-url", &args.peers.inventory_url)?;
+    let customers = peer("customers", "--customers-url", &args.peers.customers_url)?;
+    let replica_url = args
+        .peers
+        .replica_db_url
+        .as_deref()
+        .context("the orders service needs --replica-db-url: the database of its copy of customers and products")?;
+    let replica_url = DatabaseUrl::parse("--replica-db-url", replica_url)?;
+    tracing::info!(database = %replica_url, "the copy of customers and products");
+    let replica_db = ReadDb::open(&replica_url, PoolSettings::new(4)).await?;
+    replica_db.migrate().await?;
+    let version = replica_db.ensure_live(replica::NAME, 1).await?;
+    projections::Projection::prepare(&replica::Replica::new(replica_db.clone(), version)).await?;
+    let options = KafkaOptions {
+        brokers: args.kafka_brokers.clone(),
+        group_id: args.peers.replica_group.clone(),
+        topics: [Category::Customer, Category::Product]
+            .iter()
+            .map(|c| format!("{}{}", args.topic_prefix, c.topic()))
+            .collect(),
+        run: RunOptions::default(),
+        session_timeout: Duration::from_secs(10),
+    };
+    let runner = tokio::spawn(projections::run_from_kafka(
+        replica_db.clone(),
+        replica::factory(replica_db.clone()),
+        options,
+        shutdown.clone(),
+    ));
+    let directory = CustomerDirectory::new(LiveReplica::new(replica_db), customers);
+    Ok((Orders::new(handler, inventory, directory), runner))
 }
 
 /// The bearer tokens, or no authentication with `--no-auth`.
@@ -187,6 +308,7 @@ fn start_relay(
     let config = RelayConfig {
         brokers: args.kafka_brokers.clone(),
         partitions: args.relay_partitions,
+        topic_prefix: args.topic_prefix.clone(),
         ..RelayConfig::default()
     };
     tracing::info!(brokers = %config.brokers, "starting the relay");
@@ -197,11 +319,16 @@ fn start_relay(
 
 /// Waits for the relay to finish its batch, at most 15 s.
 async fn stop_relay(relay: RelayTask) {
-    match tokio::time::timeout(Duration::from_secs(15), relay).await {
-        Ok(Ok(Ok(()))) => tracing::info!("relay stopped"),
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "relay failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "relay task failed"),
-        Err(_) => tracing::warn!("relay did not stop within 15 s"),
+    stop_task("the relay", relay).await;
+}
+
+/// Waits for a background task to end, at most 15 s.
+async fn stop_task<E: std::fmt::Display>(what: &str, task: JoinHandle<Result<(), E>>) {
+    match tokio::time::timeout(Duration::from_secs(15), task).await {
+        Ok(Ok(Ok(()))) => tracing::info!("{what} stopped"),
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "{what} failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "{what}: the task failed"),
+        Err(_) => tracing::warn!("{what} did not stop within 15 s"),
     }
 }
 
@@ -225,8 +352,10 @@ mod tests {
             "0.0.0.0:8081".parse().expect("an address"),
             "[write-side], not [read-api]"
         );
-        assert_eq!(args.database_url, "postgres://write_side@postgres:5432/orderflow");
+        assert_eq!(args.service, Service::Orders);
+        assert_eq!(args.database_url, "postgres://orders@postgres:5432/orderflow_orders");
         assert_eq!(args.kafka_brokers, "kafka:19092");
+        assert_eq!(args.peers.inventory_url.as_deref(), Some("http://inventory:8084"));
         assert!(args.migrate && !args.no_auth);
     }
 
@@ -237,7 +366,7 @@ mod tests {
         let file = dir.join("ok.toml");
         std::fs::write(
             &file,
-            "[write-side]\ndatabase-url = \"postgres://db/x\"\nrelay-partitions = 8\nno-auth = true\n\
+            "[write-side]\nservice = \"payments\"\ndatabase-url = \"postgres://db/x\"\nrelay-partitions = 8\nno-auth = true\n\
              [read-api]\nlisten = \"127.0.0.1:1\"\n",
         )
         .expect("write the file");
@@ -245,6 +374,7 @@ mod tests {
         let args = parse(&["--config", file, "--relay-partitions", "2"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.relay_partitions, 2, "the flag over the file");
         assert!(args.no_auth, "the file over the default");
+        assert_eq!(args.service, Service::Payments);
         assert_eq!(
             args.listen,
             "127.0.0.1:8081".parse().expect("an address"),
@@ -254,7 +384,7 @@ mod tests {
         let typo = dir.join("typo.toml");
         std::fs::write(
             &typo,
-            "[write-side]\ndatabase-url = \"postgres://db/x\"\nrelay-partitons = 8\n",
+            "[write-side]\nservice = \"payments\"\ndatabase-url = \"postgres://db/x\"\nrelay-partitons = 8\n",
         )
         .expect("write the file");
         // `Args` has no `Debug` (it holds secrets): no `expect_err`.

@@ -1,5 +1,5 @@
-//! The order aggregate (`order-{uuid}` streams) and the two decisions that also touch the
-//! order's products.
+//! The order aggregate (`order-{uuid}` streams) and the decisions that also touch the order's
+//! products.
 //!
 //! An order is a state machine:
 //!
@@ -12,14 +12,14 @@
 //! Every other transition is a [`DomainError::Rejected`] naming the current status (an order
 //! that was never placed is [`DomainError::NotFound`]); nothing is appended.
 //!
-//! Placing and cancelling also change stock, so they are not [`Aggregate::decide`] alone:
-//! [`place_order`] and [`cancel_order`] decide the events of the order's stream and of each
-//! product's stream together ([`OrderDecision`]), and the handler appends them in **one atomic
-//! commit over several streams**, with the expected version of each. No event of the decision
-//! is stored unless all are, so an order is never placed without its stock and stock is never
-//! reserved for an order that was not placed; a concurrent change to any stream involved is a
-//! version conflict, and the handler reloads and decides again. See the `domain` module doc
-//! for why this rather than reserve-then-place with compensation.
+//! Placing and cancelling also change stock, which the inventory service owns, so they are not
+//! [`Aggregate::decide`] alone. The running services take them one store at a time: inventory
+//! decides a `StockReserved` per line (`ProductCommand::ReserveStock`), then the orders service
+//! decides `OrderPlaced` from what inventory answered ([`place_reserved_order`]); cancelling is
+//! `OrderCommand::Cancel`, then a `ReleaseStock` per line. [`place_order`] and
+//! [`cancel_order`] take the same decisions at once, over states held in memory
+//! ([`OrderDecision`]: the order's events and each product's): what the shop simulator writes,
+//! each service's events to its own store.
 //!
 //! An order names each product at most once: a [`PlaceOrder`] with two lines for the same
 //! product is rejected (not merged), so every line is one reservation of one product for this
@@ -257,50 +257,26 @@ pub struct OrderDecision {
 }
 
 /// Decides placing an order: the `OrderPlaced` event and one `StockReserved` per line, or why
-/// not.
+/// not; the decisions the inventory and orders services take in turn, taken at once.
 ///
 /// `order` is the state of the order's stream (it must be empty), `customer` the state of the
 /// customer's, and `products` the states of the products named by the lines (others are
-/// ignored; one that is missing or not added is [`DomainError::NotFound`]). Each line captures
-/// its product's sku, name and current unit price; the order records the customer's name and
-/// email now, the currency of its products (they must all share one) and the total, computed
-/// with checked arithmetic (an overflow is a rejection). A line asking for more than its product
-/// has available is [`DomainError::InsufficientStock`], and then nothing at all is decided.
+/// ignored; one that is missing or not added is [`DomainError::NotFound`]). Each line is
+/// reserved as inventory would ([`ProductCommand::ReserveStock`]: more than is available is
+/// [`DomainError::InsufficientStock`]), and the order is decided from the reservations as the
+/// orders service would ([`place_reserved_order`]). Any refusal decides nothing at all.
 pub fn place_order<'a>(
     order: &Order,
     customer: &Customer,
     products: impl IntoIterator<Item = &'a Product>,
     command: PlaceOrder,
 ) -> Result<OrderDecision, DomainError> {
+    command.validate()?;
     let PlaceOrder {
         order_id,
         customer_id,
         lines,
     } = command;
-
-    if lines.is_empty() {
-        return Err(DomainError::invalid("lines", "an order needs at least one line"));
-    }
-    if lines.len() > MAX_ORDER_LINES {
-        return Err(DomainError::invalid(
-            "lines",
-            format!("an order has at most {MAX_ORDER_LINES} lines"),
-        ));
-    }
-    let mut seen = BTreeSet::new();
-    for (i, line) in lines.iter().enumerate() {
-        validate::quantity(&format!("lines[{i}].quantity"), line.quantity)?;
-        if !seen.insert(line.product_id) {
-            return Err(DomainError::invalid(
-                format!("lines[{i}].product_id"),
-                format!(
-                    "product {} is on an earlier line; put its whole quantity on one line",
-                    line.product_id
-                ),
-            ));
-        }
-    }
-
     if order.status != OrderStatus::NotPlaced {
         return Err(DomainError::AlreadyExists {
             what: "order",
@@ -315,32 +291,128 @@ pub fn place_order<'a>(
     }
 
     let products = by_id(products);
-    let mut currency: Option<Currency> = None;
-    let mut total_minor: i64 = 0;
-    let mut order_lines = Vec::with_capacity(lines.len());
+    let mut reserved = Vec::with_capacity(lines.len());
     let mut product_events = Vec::with_capacity(lines.len());
-    for PlaceOrderLine { product_id, quantity } in lines {
+    for &PlaceOrderLine { product_id, quantity } in &lines {
         let product = products.get(&product_id).ok_or(DomainError::NotFound {
             what: "product",
             id: product_id,
         })?;
-        let price = product.require(product_id)?;
-        let order_currency = *currency.get_or_insert(price.currency);
-        if price.currency != order_currency {
-            return Err(DomainError::rejected(format!(
-                "product {product_id} is priced in {} but the order's first line is in {}; an order has one \
-                 currency",
-                price.currency,
-                currency_name(currency)
-            )));
-        }
-        let reserved = product.decide(ProductCommand::ReserveStock {
+        let unit_price = product.require(product_id)?;
+        let events = product.decide(ProductCommand::ReserveStock {
             product_id,
             order_id,
             quantity,
         })?;
-        total_minor = quantity
-            .checked_mul(price.amount_minor)
+        reserved.push(ReservedLine {
+            product_id,
+            quantity,
+            sku: product.sku.clone(),
+            name: product.name.clone(),
+            unit_price,
+        });
+        if !events.is_empty() {
+            product_events.push((product_id, events));
+        }
+    }
+    let command = PlaceOrder {
+        order_id,
+        customer_id,
+        lines,
+    };
+    Ok(OrderDecision {
+        order_events: place_reserved_order(order, &command, customer.snapshot(), &reserved)?,
+        product_events,
+    })
+}
+
+impl PlaceOrder {
+    /// Checks the command's own shape, whatever any state: 1 to [`MAX_ORDER_LINES`] lines,
+    /// each quantity in range, each product on one line. Checked before anything is reserved.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if self.lines.is_empty() {
+            return Err(DomainError::invalid("lines", "an order needs at least one line"));
+        }
+        if self.lines.len() > MAX_ORDER_LINES {
+            return Err(DomainError::invalid(
+                "lines",
+                format!("an order has at most {MAX_ORDER_LINES} lines"),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, line) in self.lines.iter().enumerate() {
+            validate::quantity(&format!("lines[{i}].quantity"), line.quantity)?;
+            if !seen.insert(line.product_id) {
+                return Err(DomainError::invalid(
+                    format!("lines[{i}].product_id"),
+                    format!(
+                        "product {} is on an earlier line; put its whole quantity on one line",
+                        line.product_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A line's product as the inventory service answered its reservation: the sku, name and unit
+/// price the order captures. The inventory's answer is the authority for the price; a copy the
+/// orders service keeps of the catalogue may be stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedLine {
+    pub product_id: Uuid,
+    pub quantity: i64,
+    pub sku: String,
+    pub name: String,
+    pub unit_price: Money,
+}
+
+/// Decides placing an order whose stock the inventory service has already reserved, line by
+/// line (the services own their stores, so the order and the stock cannot be one commit): the
+/// `OrderPlaced` event with `customer`'s name and email, or why not. `reserved` holds one line
+/// per line of the command, in its order. The checks are [`place_order`]'s but the stock's:
+/// the command's shape, an order not placed yet, one currency for every line, and a total that
+/// fits (checked arithmetic).
+pub fn place_reserved_order(
+    order: &Order,
+    command: &PlaceOrder,
+    customer: CustomerSnapshot,
+    reserved: &[ReservedLine],
+) -> Result<Vec<OrderEvent>, DomainError> {
+    command.validate()?;
+    if order.status != OrderStatus::NotPlaced {
+        return Err(DomainError::AlreadyExists {
+            what: "order",
+            id: command.order_id,
+        });
+    }
+    let same_lines = reserved.len() == command.lines.len()
+        && reserved
+            .iter()
+            .zip(&command.lines)
+            .all(|(r, l)| r.product_id == l.product_id && r.quantity == l.quantity);
+    if !same_lines {
+        return Err(DomainError::rejected(
+            "the reserved lines are not the order's lines".to_owned(),
+        ));
+    }
+    let mut currency: Option<Currency> = None;
+    let mut total_minor: i64 = 0;
+    let mut lines = Vec::with_capacity(reserved.len());
+    for line in reserved {
+        let order_currency = *currency.get_or_insert(line.unit_price.currency);
+        if line.unit_price.currency != order_currency {
+            return Err(DomainError::rejected(format!(
+                "product {} is priced in {} but the order's first line is in {}; an order has one currency",
+                line.product_id,
+                line.unit_price.currency,
+                currency_name(currency)
+            )));
+        }
+        total_minor = line
+            .quantity
+            .checked_mul(line.unit_price.amount_minor)
             .and_then(|line_total| total_minor.checked_add(line_total))
             .ok_or_else(|| {
                 DomainError::rejected(format!(
@@ -348,32 +420,25 @@ pub fn place_order<'a>(
                     i64::MAX
                 ))
             })?;
-        order_lines.push(OrderLine {
-            product_id,
-            sku: product.sku.clone(),
-            name: product.name.clone(),
-            quantity,
-            unit_price_minor: price.amount_minor,
+        lines.push(OrderLine {
+            product_id: line.product_id,
+            sku: line.sku.clone(),
+            name: line.name.clone(),
+            quantity: line.quantity,
+            unit_price_minor: line.unit_price.amount_minor,
         });
-        if !reserved.is_empty() {
-            product_events.push((product_id, reserved));
-        }
     }
     let Some(currency) = currency else {
         return Err(DomainError::invalid("lines", "an order needs at least one line"));
     };
-
-    Ok(OrderDecision {
-        order_events: vec![OrderEvent::Placed(OrderPlaced {
-            order_id,
-            customer_id,
-            customer: customer.snapshot(),
-            lines: order_lines,
-            currency,
-            total_minor,
-        })],
-        product_events,
-    })
+    Ok(vec![OrderEvent::Placed(OrderPlaced {
+        order_id: command.order_id,
+        customer_id: command.customer_id,
+        customer,
+        lines,
+        currency,
+        total_minor,
+    })])
 }
 
 /// Decides cancelling a placed or confirmed order: the `OrderCancelled` event and one
@@ -576,6 +641,65 @@ mod tests {
     }
 
     // --- the state machine, on the order's own stream ---
+
+    fn reserved_line(product: &Product, quantity: i64) -> ReservedLine {
+        ReservedLine {
+            product_id: product.id,
+            quantity,
+            sku: product.sku.clone(),
+            name: product.name.clone(),
+            unit_price: product.price.expect("a priced product"),
+        }
+    }
+
+    fn ada() -> CustomerSnapshot {
+        customer().snapshot()
+    }
+
+    #[test]
+    fn an_order_reserved_line_by_line_is_placed_with_the_reserved_prices() {
+        let command = place(vec![line(TEA, 3), line(CUP, 2)]);
+        let reserved = [reserved_line(&tea(10), 3), reserved_line(&cup(10), 2)];
+        let events = place_reserved_order(&Order::default(), &command, ada(), &reserved).expect("placed");
+        assert_eq!(events, vec![placed_event()]);
+    }
+
+    #[test]
+    fn a_reserved_order_is_refused_if_placed_already_mixed_in_currency_or_not_its_lines() {
+        let command = place(vec![line(TEA, 3), line(DOLLAR_MUG, 1)]);
+        let mixed = [reserved_line(&tea(10), 3), reserved_line(&dollar_mug(), 1)];
+        let e = place_reserved_order(&Order::default(), &command, ada(), &mixed).expect_err("one currency");
+        assert!(matches!(e, DomainError::Rejected { .. }), "{e:?}");
+
+        let command = place(vec![line(TEA, 3)]);
+        let placed = Order::fold(&[placed_event()]);
+        let e = place_reserved_order(&placed, &command, ada(), &[reserved_line(&tea(10), 3)]).expect_err("placed");
+        assert_eq!(
+            e,
+            DomainError::AlreadyExists {
+                what: "order",
+                id: ORDER
+            }
+        );
+        let other_quantity = [reserved_line(&tea(10), 2)];
+        let e = place_reserved_order(&Order::default(), &command, ada(), &other_quantity).expect_err("lines");
+        assert!(matches!(e, DomainError::Rejected { .. }), "{e:?}");
+        let e = place_reserved_order(&Order::default(), &place(vec![]), ada(), &[]).expect_err("no lines");
+        assert!(matches!(e, DomainError::Invalid { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn the_shape_of_an_order_is_checked_before_anything_is_reserved() {
+        assert!(place(vec![line(TEA, 1)]).validate().is_ok());
+        assert!(place(vec![]).validate().is_err());
+        assert!(place(vec![line(TEA, 0)]).validate().is_err());
+        assert!(place(vec![line(TEA, MAX_QUANTITY + 1)]).validate().is_err());
+        assert!(place(vec![line(TEA, 1), line(TEA, 2)]).validate().is_err());
+        let too_many = (0..=MAX_ORDER_LINES as u128)
+            .map(|n| line(Uuid::from_u128(n + 1), 1))
+            .collect();
+        assert!(place(too_many).validate().is_err());
+    }
 
     #[test]
     fn confirms_a_placed_order() {

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! (none) ──authorize──► authorized ──capture──► captured ──refund (all)──► refunded
-//!   │                      │                      └─refund (part)─► captured, partly refunded
-//!   └──────decline─────────┴──decline──► declined
+//!   │ │                    │ │                    └─refund (part)─► captured, partly refunded
+//!   │ │                    │ └──void──► voided  (the authorized amount released)
+//!   │ └─────decline────────┴──decline──► declined
+//!   │
+//!   └──void──► voided before authorization ──authorize──► authorized + voided, in one append
 //! ```
 //!
 //! A payment is authorized for an amount, captured once for at most that amount, and refunded
@@ -11,12 +14,20 @@
 //! provider may decline the payment before authorization (the stream then starts with the
 //! decline) or instead of capturing an authorization. A new attempt is a new payment id. All
 //! amounts are in the currency of the authorization.
+//!
+//! A void releases an authorization that will not be captured. Once captured, money goes back
+//! by refund, never by void. A void may also come *first*: the place-order saga voids with the
+//! authorize step's payment id when that step's deadline passes, and the provider's
+//! authorization may still arrive afterwards. The stream then starts with a `PaymentVoided`
+//! without an amount, and the late `Authorize` appends `PaymentAuthorized` and, in the same
+//! append, a `PaymentVoided` of that amount: the provider's hold is released at once and never
+//! stays. Voiding again, or voiding a declined payment (nothing to release), appends nothing.
 
 use std::fmt;
 
 use event_schemas::{
     Category, Currency, DomainEvent, Money, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent,
-    PaymentRefunded,
+    PaymentRefunded, PaymentVoided,
 };
 use uuid::Uuid;
 
@@ -34,6 +45,10 @@ pub enum PaymentStatus {
     /// Everything captured was refunded.
     Refunded,
     Declined,
+    /// The authorization was released, or, when
+    /// [`voided_before_authorization`](Payment::voided_before_authorization), the payment was
+    /// voided before any authorization arrived.
+    Voided,
 }
 
 impl PaymentStatus {
@@ -45,6 +60,7 @@ impl PaymentStatus {
             Self::Captured => "captured",
             Self::Refunded => "refunded",
             Self::Declined => "declined",
+            Self::Voided => "voided",
         }
     }
 }
@@ -58,7 +74,7 @@ impl fmt::Display for PaymentStatus {
 /// A payment as its stream tells it. The default is the state of an empty stream: no payment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Payment {
-    /// Nil until authorized or declined.
+    /// Nil until authorized, declined or voided.
     pub id: Uuid,
     pub order_id: Uuid,
     pub status: PaymentStatus,
@@ -70,12 +86,37 @@ pub struct Payment {
     pub refunded_minor: i64,
     /// Set when declined.
     pub decline_reason: Option<String>,
+    /// Set when voided.
+    #[serde(default)]
+    pub void_reason: Option<String>,
+    /// The stream starts with the void: it came before any authorization. Stays true once an
+    /// authorization arrives later (and is released at once).
+    #[serde(default)]
+    pub voided_before_authorization: bool,
 }
 
 impl Payment {
     /// What is captured and not refunded, in minor units.
     pub fn refundable_minor(&self) -> i64 {
         self.captured_minor.saturating_sub(self.refunded_minor).max(0)
+    }
+
+    /// Voided before any authorization, and no authorization has arrived since: the next
+    /// `Authorize` is released at once.
+    fn awaits_late_authorization(&self) -> bool {
+        self.status == PaymentStatus::Voided && self.voided_before_authorization && self.currency.is_none()
+    }
+
+    /// A rejection unless the payment is for `order_id`.
+    fn check_order(&self, order_id: Uuid) -> Result<(), DomainError> {
+        if self.order_id == order_id {
+            Ok(())
+        } else {
+            Err(DomainError::rejected(format!(
+                "payment is for order {}, not order {order_id}",
+                self.order_id
+            )))
+        }
     }
 
     fn money(&self, amount_minor: i64) -> Result<Money, DomainError> {
@@ -89,6 +130,11 @@ impl Payment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentCommand {
     /// The provider reserved `amount_minor` (> 0) for the order: starts the payment.
+    ///
+    /// On a payment voided before authorization (see [`Void`](Self::Void)) this is not an
+    /// error: the authorization is recorded and released at once, `PaymentAuthorized` followed
+    /// by `PaymentVoided` of the same amount (with the void's reason), so that the provider's
+    /// hold never stays. The order must be the void's.
     Authorize {
         payment_id: Uuid,
         order_id: Uuid,
@@ -108,6 +154,21 @@ pub enum PaymentCommand {
     Capture { payment_id: Uuid, amount_minor: i64 },
     /// Pays back `amount_minor` (> 0, at most what is captured and not yet refunded).
     Refund { payment_id: Uuid, amount_minor: i64 },
+    /// Releases an authorization that will not be captured: `PaymentVoided` with the authorized
+    /// amount. The reason is trimmed, non-empty, bounded.
+    ///
+    /// The place-order saga voids with the authorize step's payment id when that step's
+    /// deadline passes, and the provider's authorization may arrive later. So a void of a
+    /// payment that does not exist yet is accepted: the stream starts with a `PaymentVoided`
+    /// without an amount, and a later [`Authorize`](Self::Authorize) is released at once.
+    ///
+    /// Voiding a voided payment, or a declined one (nothing to release), appends nothing. A
+    /// captured or refunded payment cannot be voided: refund it instead.
+    Void {
+        payment_id: Uuid,
+        order_id: Uuid,
+        reason: String,
+    },
 }
 
 impl Aggregate for Payment {
@@ -126,17 +187,31 @@ impl Aggregate for Payment {
             } => {
                 let amount_minor = validate::amount("amount_minor", amount_minor)?;
                 let currency = validate::currency("currency", &currency)?;
+                let amount = Money::new(amount_minor, currency);
+                let authorized = PaymentEvent::Authorized(PaymentAuthorized {
+                    payment_id,
+                    order_id,
+                    amount,
+                });
+                if self.awaits_late_authorization() {
+                    self.check_order(order_id)?;
+                    return Ok(vec![
+                        authorized,
+                        PaymentEvent::Voided(PaymentVoided {
+                            payment_id,
+                            order_id,
+                            amount: Some(amount),
+                            reason: self.void_reason.clone().unwrap_or_default(),
+                        }),
+                    ]);
+                }
                 if self.status != PaymentStatus::NotStarted {
                     return Err(DomainError::AlreadyExists {
                         what: "payment",
                         id: payment_id,
                     });
                 }
-                Ok(vec![PaymentEvent::Authorized(PaymentAuthorized {
-                    payment_id,
-                    order_id,
-                    amount: Money::new(amount_minor, currency),
-                })])
+                Ok(vec![authorized])
             }
             PaymentCommand::Decline {
                 payment_id,
@@ -146,13 +221,7 @@ impl Aggregate for Payment {
                 let reason = validate::text("reason", &reason, MAX_REASON_CHARS)?;
                 match self.status {
                     PaymentStatus::NotStarted => {}
-                    PaymentStatus::Authorized if self.order_id == order_id => {}
-                    PaymentStatus::Authorized => {
-                        return Err(DomainError::rejected(format!(
-                            "payment is for order {}, not order {order_id}",
-                            self.order_id
-                        )));
-                    }
+                    PaymentStatus::Authorized => self.check_order(order_id)?,
                     status => {
                         return Err(DomainError::rejected(format!(
                             "payment is {status}; only a new or authorized payment can be declined"
@@ -212,6 +281,38 @@ impl Aggregate for Payment {
                     amount: self.money(amount_minor)?,
                 })])
             }
+            PaymentCommand::Void {
+                payment_id,
+                order_id,
+                reason,
+            } => {
+                let reason = validate::text("reason", &reason, MAX_REASON_CHARS)?;
+                let amount = match self.status {
+                    // The authorization may still arrive: `Authorize` will release it.
+                    PaymentStatus::NotStarted => None,
+                    PaymentStatus::Authorized => {
+                        self.check_order(order_id)?;
+                        Some(self.money(self.authorized_minor)?)
+                    }
+                    // Already released, or nothing to release.
+                    PaymentStatus::Voided | PaymentStatus::Declined => {
+                        self.check_order(order_id)?;
+                        return Ok(Vec::new());
+                    }
+                    status @ (PaymentStatus::Captured | PaymentStatus::Refunded) => {
+                        return Err(DomainError::rejected(format!(
+                            "payment is {status}; only an authorized payment can be voided: once captured, \
+                             refund it instead"
+                        )));
+                    }
+                };
+                Ok(vec![PaymentEvent::Voided(PaymentVoided {
+                    payment_id,
+                    order_id,
+                    amount,
+                    reason,
+                })])
+            }
         }
     }
 
@@ -239,6 +340,15 @@ impl Aggregate for Payment {
                 if self.refunded_minor >= self.captured_minor {
                     self.status = PaymentStatus::Refunded;
                 }
+            }
+            PaymentEvent::Voided(e) => {
+                if self.status == PaymentStatus::NotStarted {
+                    self.voided_before_authorization = true;
+                }
+                self.id = e.payment_id;
+                self.order_id = e.order_id;
+                self.status = PaymentStatus::Voided;
+                self.void_reason = Some(e.reason.clone());
             }
         }
         self
@@ -311,6 +421,18 @@ mod tests {
         })
     }
 
+    const VOID_REASON: &str = "order not confirmed in time";
+
+    /// Released `amount_minor` of the authorization, or voided before any (`None`).
+    fn voided(amount_minor: Option<i64>) -> PaymentEvent {
+        PaymentEvent::Voided(PaymentVoided {
+            payment_id: ID,
+            order_id: ORDER,
+            amount: amount_minor.map(eur),
+            reason: VOID_REASON.to_owned(),
+        })
+    }
+
     fn authorize(amount_minor: i64, currency: &str) -> PaymentCommand {
         PaymentCommand::Authorize {
             payment_id: ID,
@@ -339,6 +461,14 @@ mod tests {
         PaymentCommand::Refund {
             payment_id: ID,
             amount_minor,
+        }
+    }
+
+    fn void(order_id: Uuid, reason: &str) -> PaymentCommand {
+        PaymentCommand::Void {
+            payment_id: ID,
+            order_id,
+            reason: reason.to_owned(),
         }
     }
 
@@ -500,6 +630,183 @@ mod tests {
                 .when(refund(1))
                 .then_rejected(DomainError::rejected(format!(
                     "payment is {status}; only a captured payment can be refunded"
+                )));
+        }
+    }
+
+    #[test]
+    fn voids_an_authorized_payment_releasing_the_authorized_amount() {
+        let state = Payment::given([authorized(100)])
+            .when(void(ORDER, " order not confirmed in time "))
+            .then([voided(Some(100))]);
+        assert_eq!(state.status, PaymentStatus::Voided);
+        assert_eq!(state.void_reason.as_deref(), Some(VOID_REASON));
+        assert!(!state.voided_before_authorization);
+        assert_eq!((state.currency, state.authorized_minor), (Some(Currency::EUR), 100));
+    }
+
+    #[test]
+    fn a_voided_payment_cannot_be_captured_or_refunded() {
+        for history in [
+            vec![authorized(100), voided(Some(100))],
+            vec![voided(None)],
+            vec![voided(None), authorized(100), voided(Some(100))],
+        ] {
+            Payment::given(history.clone())
+                .when(capture(1))
+                .then_rejected(DomainError::rejected(
+                    "payment is voided; only an authorized payment can be captured",
+                ));
+            Payment::given(history)
+                .when(refund(1))
+                .then_rejected(DomainError::rejected(
+                    "payment is voided; only a captured payment can be refunded",
+                ));
+        }
+    }
+
+    #[test]
+    fn voiding_a_voided_payment_appends_nothing() {
+        for history in [
+            vec![authorized(100), voided(Some(100))],
+            vec![voided(None)],
+            vec![voided(None), authorized(100), voided(Some(100))],
+        ] {
+            let state = Payment::given(history)
+                .when(void(ORDER, "another reason"))
+                .then_nothing();
+            assert_eq!(state.status, PaymentStatus::Voided);
+            assert_eq!(state.void_reason.as_deref(), Some(VOID_REASON));
+        }
+    }
+
+    #[test]
+    fn voiding_a_captured_or_refunded_payment_is_rejected() {
+        for (history, status) in [
+            (vec![authorized(100), captured(100)], "captured"),
+            (vec![authorized(100), captured(100), refunded(30)], "captured"),
+            (vec![authorized(100), captured(100), refunded(100)], "refunded"),
+        ] {
+            Payment::given(history)
+                .when(void(ORDER, VOID_REASON))
+                .then_rejected(DomainError::rejected(format!(
+                    "payment is {status}; only an authorized payment can be voided: once captured, refund it \
+                     instead"
+                )));
+        }
+    }
+
+    #[test]
+    fn voids_before_authorization() {
+        let state = Payment::given([]).when(void(ORDER, VOID_REASON)).then([voided(None)]);
+        assert_eq!(state.status, PaymentStatus::Voided);
+        assert!(state.voided_before_authorization);
+        assert_eq!((state.id, state.order_id), (ID, ORDER));
+        assert_eq!((state.currency, state.authorized_minor), (None, 0));
+        assert_eq!(state.void_reason.as_deref(), Some(VOID_REASON));
+    }
+
+    #[test]
+    fn a_late_authorization_of_a_voided_payment_is_released_at_once() {
+        let state = Payment::given([voided(None)])
+            .when(authorize(3948, "EUR"))
+            .then([authorized(3948), voided(Some(3948))]);
+        assert_eq!(state.status, PaymentStatus::Voided);
+        assert!(state.voided_before_authorization);
+        assert_eq!((state.currency, state.authorized_minor), (Some(Currency::EUR), 3948));
+        assert_eq!(state.void_reason.as_deref(), Some(VOID_REASON));
+    }
+
+    #[test]
+    fn a_late_authorization_is_checked_like_any_other() {
+        Payment::given([voided(None)])
+            .when(authorize(0, "EUR"))
+            .then_rejected(DomainError::invalid("amount_minor", "must be greater than zero"));
+        Payment::given([voided(None)])
+            .when(PaymentCommand::Authorize {
+                payment_id: ID,
+                order_id: OTHER_ORDER,
+                amount_minor: 100,
+                currency: "EUR".to_owned(),
+            })
+            .then_rejected(DomainError::rejected(format!(
+                "payment is for order {ORDER}, not order {OTHER_ORDER}"
+            )));
+    }
+
+    #[test]
+    fn authorizing_a_voided_authorization_is_rejected() {
+        // Only the first authorization after an early void is released; later ones are repeats.
+        for history in [
+            vec![authorized(100), voided(Some(100))],
+            vec![voided(None), authorized(100), voided(Some(100))],
+        ] {
+            Payment::given(history)
+                .when(authorize(100, "EUR"))
+                .then_rejected(DomainError::AlreadyExists {
+                    what: "payment",
+                    id: ID,
+                });
+        }
+    }
+
+    #[test]
+    fn declining_a_voided_payment_is_rejected() {
+        for history in [
+            vec![authorized(100), voided(Some(100))],
+            vec![voided(None)],
+            vec![voided(None), authorized(100), voided(Some(100))],
+        ] {
+            Payment::given(history)
+                .when(decline(ORDER, "card expired"))
+                .then_rejected(DomainError::rejected(
+                    "payment is voided; only a new or authorized payment can be declined",
+                ));
+        }
+    }
+
+    #[test]
+    fn voiding_a_declined_payment_appends_nothing() {
+        for history in [vec![declined()], vec![authorized(100), declined()]] {
+            let state = Payment::given(history).when(void(ORDER, VOID_REASON)).then_nothing();
+            assert_eq!(state.status, PaymentStatus::Declined);
+        }
+    }
+
+    #[test]
+    fn voiding_needs_a_reason_and_the_right_order() {
+        for history in [vec![], vec![authorized(100)]] {
+            Payment::given(history.clone())
+                .when(void(ORDER, "  "))
+                .then_rejected(DomainError::invalid("reason", "must not be empty"));
+            Payment::given(history.clone())
+                .when(void(ORDER, &"x".repeat(MAX_REASON_CHARS + 1)))
+                .then_rejected(DomainError::invalid(
+                    "reason",
+                    format!("must be at most {MAX_REASON_CHARS} characters"),
+                ));
+            Payment::given(history)
+                .when(void(ORDER, "line\nbreak"))
+                .then_rejected(DomainError::invalid("reason", "must not contain control characters"));
+        }
+        Payment::given([authorized(100)])
+            .when(void(ORDER, &"é".repeat(MAX_REASON_CHARS)))
+            .then([PaymentEvent::Voided(PaymentVoided {
+                payment_id: ID,
+                order_id: ORDER,
+                amount: Some(eur(100)),
+                reason: "é".repeat(MAX_REASON_CHARS),
+            })]);
+        for history in [
+            vec![authorized(100)],
+            vec![authorized(100), voided(Some(100))],
+            vec![voided(None)],
+            vec![declined()],
+        ] {
+            Payment::given(history)
+                .when(void(OTHER_ORDER, VOID_REASON))
+                .then_rejected(DomainError::rejected(format!(
+                    "payment is for order {ORDER}, not order {OTHER_ORDER}"
                 )));
         }
     }

@@ -1,7 +1,6 @@
 //! Loading an aggregate: from the cache (trusted as it is, or caught up with the store), or from
 //! the store (its newest snapshot, then the events after it).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use event_store::{RecordedEvent, Snapshot, Until};
@@ -9,7 +8,7 @@ use uuid::Uuid;
 
 use super::{CommandError, CommandHandler, Loaded, Snapshottable};
 use crate::aggregate_cache::Entry;
-use crate::domain::{Aggregate, Product};
+use crate::domain::Aggregate;
 
 /// Events read per round trip while folding a stream.
 const READ_PAGE: usize = 1000;
@@ -54,22 +53,6 @@ impl CommandHandler {
             self.remember(&loaded);
         }
         Ok((loaded, false))
-    }
-
-    /// Loads products (as [`Self::load_now`], concurrently); the flag says whether any came
-    /// trusted from the cache.
-    pub(super) async fn load_products(
-        &self,
-        ids: impl Iterator<Item = Uuid>,
-        trust: bool,
-    ) -> Result<(BTreeMap<Uuid, Loaded<Product>>, bool), CommandError> {
-        let ids: BTreeSet<Uuid> = ids.collect();
-        let loaded = futures::future::try_join_all(ids.iter().map(|&id| self.load_now::<Product>(id, trust))).await?;
-        let trusted = loaded.iter().any(|(_, t)| *t);
-        Ok((
-            ids.into_iter().zip(loaded.into_iter().map(|(l, _)| l)).collect(),
-            trusted,
-        ))
     }
 
     pub(super) async fn load_from_store<A: Snapshottable>(

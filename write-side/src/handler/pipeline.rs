@@ -30,7 +30,6 @@ use uuid::Uuid;
 use super::{CommandAnswer, CommandContext, CommandError, CommandHandler, Loaded, Snapshottable};
 use crate::aggregate_cache::Entry;
 use crate::domain::DomainError;
-use crate::stream_locks::Held;
 
 /// What a command is, for [`CommandHandler::run`].
 pub(crate) trait Command: Send + Sync {
@@ -104,8 +103,6 @@ pub(crate) struct Writes {
     /// The stream the command answers for, and its version when the commit leaves it alone.
     answer_for: (String, u64),
     staged: Vec<Box<dyn Staged>>,
-    /// Locks taken while deciding, held until the commit is done.
-    _held: Option<Held>,
 }
 
 impl Writes {
@@ -114,7 +111,6 @@ impl Writes {
         Writes {
             answer_for: (target.stream_id.clone(), target.version),
             staged: Vec::new(),
-            _held: None,
         }
     }
 
@@ -133,21 +129,6 @@ impl Writes {
             }));
         }
         self
-    }
-
-    /// Keeps `held` until the commit is done.
-    pub(crate) fn holding(mut self, held: Held) -> Self {
-        self._held = Some(held);
-        self
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.staged.is_empty()
-    }
-
-    /// Whether the commit appends to `stream_id` (only those streams are checked by it).
-    pub(crate) fn appends_to(&self, stream_id: &str) -> bool {
-        self.staged.iter().any(|s| s.stream_id() == stream_id)
     }
 
     fn commit(&self, ctx: &CommandContext) -> Commit {
@@ -295,7 +276,11 @@ impl CommandHandler {
     }
 
     /// The first answer to this command's idempotency key, if the store has one.
-    async fn replay(&self, ctx: &CommandContext, stream_id: &str) -> Result<Option<CommandAnswer>, CommandError> {
+    pub(super) async fn replay(
+        &self,
+        ctx: &CommandContext,
+        stream_id: &str,
+    ) -> Result<Option<CommandAnswer>, CommandError> {
         let Some(key) = &ctx.idempotency else {
             return Ok(None);
         };

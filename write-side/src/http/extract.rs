@@ -13,6 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
+use event_schemas::Category;
 use event_store::{EventMetadata, IdempotencyKey};
 use serde::Serialize;
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
@@ -22,6 +23,7 @@ use uuid::Uuid;
 use super::HttpState;
 use super::auth::Principal;
 use crate::CommandContext;
+use service_kit::client::{CAUSATION_ID, CallContext};
 use service_kit::http::ApiError;
 use service_kit::http::{RequestContext, single_header, visible_ascii};
 
@@ -213,12 +215,18 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamIdPath {
     }
 }
 
+/// The namespace of the ids [`CommandMeta::new_id`] derives from idempotency keys. Never change
+/// it: a retried request would name another aggregate.
+const IDS_FROM_KEYS: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7769_6473_2d6b_6579);
+
 /// What a command request carries besides its body.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandMeta {
     method: Method,
     path: String,
     metadata: EventMetadata,
+    /// This request's own id (the cause of what it calls).
+    request_id: uuid::Uuid,
     idempotency_key: Option<String>,
     if_match: Option<u64>,
 }
@@ -248,6 +256,24 @@ impl CommandMeta {
             if_match: self.if_match,
         }
     }
+
+    /// The id of the aggregate a creating command makes when the body names none: a new one,
+    /// or for a request with an idempotency key one derived from the key (a name-based UUID),
+    /// so that copies of the request sent at once name the same aggregate (an order's copies
+    /// then reserve its stock once, under the same keys, instead of each for an order of its
+    /// own).
+    pub(crate) fn new_id(&self, category: Category) -> Uuid {
+        match &self.idempotency_key {
+            Some(key) => Uuid::new_v5(&IDS_FROM_KEYS, format!("{}:{key}", category.name()).as_bytes()),
+            None => Uuid::now_v7(),
+        }
+    }
+
+    /// What a call this command makes to another service carries: the same correlation id,
+    /// and this request as the cause.
+    pub(crate) fn call(&self) -> CallContext {
+        CallContext::new(self.metadata.correlation_id.clone(), self.request_id.to_string())
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CommandMeta {
@@ -269,14 +295,21 @@ impl<S: Send + Sync> FromRequestParts<S> for CommandMeta {
             .extensions
             .get::<Principal>()
             .map_or_else(|| Principal::ANONYMOUS.to_owned(), |p| p.name.clone());
+        // A call from another service names its cause (the request that made it); the events
+        // this request appends are caused by that, not by this hop.
+        let causation_id = single_header(&parts.headers, CAUSATION_ID.as_str())?
+            .map(|value| visible_ascii("X-Causation-Id", value))
+            .transpose()?
+            .unwrap_or_else(|| context.request_id.to_string());
         Ok(CommandMeta {
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
             metadata: EventMetadata {
                 correlation_id: context.correlation_id,
-                causation_id: context.request_id.to_string(),
+                causation_id,
                 actor,
             },
+            request_id: context.request_id,
             idempotency_key,
             if_match,
         })

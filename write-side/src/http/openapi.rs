@@ -10,47 +10,96 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{commands, ops, reads};
+use event_schemas::Service;
+
+use super::{customers, inventory, ops, orders, payments, reads};
 use service_kit::http::ErrorBody;
 
-/// The write side's HTTP API.
+/// What every write service's document has: the shared reads and the operations endpoints.
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "orderflow write-side",
-        description = "Commands of the order domain, the event store's streams and log, and orders folded as of a time or position. Errors are `{\"error\": {\"code\", \"message\", \"details\"}}`."
+        title = "orderflow write services",
+        description = "Commands of the order domain, each service's streams and log, and orders folded as of a time or a position of the orders log. Every command answers a consistency token (`orders:12`) that reads take as `min_position`. Errors are `{\"error\": {\"code\", \"message\", \"details\"}}`."
     ),
-    paths(
-        commands::register_customer,
-        commands::rename_customer,
-        commands::change_customer_email,
-        commands::add_product,
-        commands::restock_product,
-        commands::change_product_price,
-        commands::place_order,
-        commands::confirm_order,
-        commands::cancel_order,
-        commands::ship_order,
-        commands::deliver_order,
-        reads::stream_events,
-        reads::log,
-        reads::order_state,
-        ops::health,
-        ops::ready,
-        ops::metrics,
-        ops::openapi,
-    ),
+    paths(reads::stream_events, reads::log, ops::health, ops::ready, ops::metrics, ops::openapi),
     components(schemas(ErrorBody)),
-    modifiers(&CommonParts),
     tags(
-        (name = "customers", description = "customer commands"),
-        (name = "products", description = "product commands"),
-        (name = "orders", description = "order commands"),
-        (name = "reads", description = "streams, the global log (admin scope) and order state, from the event store"),
+        (name = "reads", description = "streams and a service's log (admin scope), from the owning service's event store"),
         (name = "operations", description = "health, readiness, metrics and this document; no token needed"),
     )
 )]
-pub struct ApiDoc;
+struct Common;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        customers::register_customer,
+        customers::customer,
+        customers::rename_customer,
+        customers::change_customer_email,
+    ),
+    tags((name = "customers", description = "the customers service"))
+)]
+struct Customers;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        inventory::add_product,
+        inventory::product,
+        inventory::restock_product,
+        inventory::change_product_price,
+        inventory::reserve_stock,
+        inventory::release_stock,
+    ),
+    tags((name = "products", description = "the inventory service: products, prices, stock and reservations"))
+)]
+struct Inventory;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        orders::place_order,
+        orders::confirm_order,
+        orders::cancel_order,
+        orders::ship_order,
+        orders::deliver_order,
+        reads::order_state,
+    ),
+    tags((name = "orders", description = "the orders service"))
+)]
+struct Orders;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        payments::authorize_payment,
+        payments::payment,
+        payments::capture_payment,
+        payments::void_payment,
+        payments::refund_payment,
+        payments::decline_payment,
+    ),
+    tags((name = "payments", description = "the payments service"))
+)]
+struct Payments;
+
+/// The OpenAPI document of a process hosting `services`: their routes only, with what every
+/// route shares (`CommonParts`).
+pub fn api_doc(services: impl IntoIterator<Item = Service>) -> utoipa::openapi::OpenApi {
+    let mut doc = Common::openapi();
+    for service in services {
+        doc.merge(match service {
+            Service::Customers => Customers::openapi(),
+            Service::Inventory => Inventory::openapi(),
+            Service::Orders => Orders::openapi(),
+            Service::Payments => Payments::openapi(),
+        });
+    }
+    CommonParts.modify(&mut doc);
+    doc
+}
 
 /// Adds the security scheme, the shared headers and the shared error answers.
 pub(crate) struct CommonParts;

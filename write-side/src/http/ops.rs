@@ -2,14 +2,12 @@
 //! (documented here for the OpenAPI document; the service kit answers the common ones). They
 //! need no token: they show no data.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use service_kit::http::{ApiError, Health, chain};
-use utoipa::OpenApi;
 
 use super::HttpState;
 
@@ -19,8 +17,8 @@ pub(crate) async fn health() -> Json<Health> {
     service_kit::http::health().await
 }
 
-/// Readiness: 200 when the event store answers within 2 s and the relay of this process (if it
-/// leads) has its batches acknowledged; 503 `unavailable` otherwise.
+/// Readiness: 200 when the event store of every hosted service answers within 2 s and the relay
+/// of this process (if it leads) has its batches acknowledged; 503 `unavailable` otherwise.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -35,7 +33,14 @@ pub(crate) async fn ready(State(state): State<HttpState>) -> Result<Json<Health>
         tracing::warn!(%trouble, "not ready: the relay is not publishing");
         return Err(ApiError::unavailable("the event store"));
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.handler.store().head_position()).await {
+    let heads = async {
+        let mut highest = 0;
+        for (_, handler) in state.services().iter() {
+            highest = highest.max(handler.store().head_position().await?);
+        }
+        Ok::<u64, event_store::StoreError>(highest)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), heads).await {
         Ok(Ok(head)) => Ok(Json(Health {
             status: "ready",
             head_position: Some(head),
@@ -69,7 +74,6 @@ pub(crate) async fn metrics(State(state): State<HttpState>) -> Response {
     tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", body = Object))
 )]
-pub(crate) async fn openapi() -> Response {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    service_kit::http::openapi_json(&DOCUMENT, super::openapi::ApiDoc::openapi)
+pub(crate) async fn openapi(State(state): State<HttpState>) -> Response {
+    state.openapi_json()
 }

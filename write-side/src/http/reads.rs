@@ -1,5 +1,6 @@
-//! The write side's own reads, straight from the event store: a stream's events, the global
-//! log (admin) and an order folded as it is now or as it was at a time or position.
+//! The write services' own reads, straight from their event stores: a stream's events (from the
+//! store of the service that owns its category), a service's log (admin) and an order folded as
+//! it is now or as it was at a time or a position of the orders log.
 //!
 //! Events are shown with their envelope fields and the decoded event as JSON (`data`), a view
 //! made here so that `event-schemas` stays free of JSON concerns. An event this build cannot
@@ -10,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use event_schemas::{CustomerEvent, DomainEvent, Money, OrderEvent, PaymentEvent, ProductEvent};
+use event_schemas::{CustomerEvent, DomainEvent, Money, OrderEvent, PaymentEvent, ProductEvent, Service};
 use event_store::{RecordedEvent, Until};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -148,6 +149,13 @@ pub fn event_data(event: &DomainEvent) -> Value {
             PaymentEvent::Refunded(e) => {
                 json!({ "payment_id": e.payment_id, "order_id": e.order_id, "amount": money(&e.amount) })
             }
+            PaymentEvent::Voided(e) => json!({
+                "payment_id": e.payment_id,
+                "order_id": e.order_id,
+                // `null` when the void came before any authorization.
+                "amount": e.amount.as_ref().map(money),
+                "reason": e.reason,
+            }),
         },
     }
 }
@@ -207,10 +215,12 @@ pub(crate) async fn stream_events(
         None => 1,
     };
     let limit = page_size(query.limit)?;
-    let events = state.handler.stream_events(&stream_id, from_version, limit).await?;
+    let (category, _) =
+        event_schemas::parse_stream_id(&stream_id).map_err(|_| ApiError::bad_field("stream_id", "not a stream id"))?;
+    let handler = state.handler(Service::owning(category))?;
+    let events = handler.stream_events(&stream_id, from_version, limit).await?;
     if events.is_empty() {
-        let version = state
-            .handler
+        let version = handler
             .store()
             .stream_version(&stream_id)
             .await
@@ -234,6 +244,9 @@ pub(crate) async fn stream_events(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// Whose log: `customers`, `inventory`, `orders` or `payments`. Optional when the process
+    /// hosts one service.
+    pub service: Option<String>,
     /// First global position to return (inclusive, default: the start of the log).
     pub from_position: Option<u64>,
     /// Most events to return: 1 to 1000, default 100.
@@ -241,21 +254,27 @@ pub struct LogQuery {
     pub limit: Option<u64>,
 }
 
-/// A page of the global log.
+/// A page of a service's log.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LogPage {
+    /// Whose log it is.
+    pub service: String,
     pub events: Vec<EventView>,
     /// `from_position` of the next page, when this page is full.
     pub next_from_position: Option<u64>,
 }
 
-/// The global log in position order (admin scope).
+/// A service's log in position order (admin scope).
 #[utoipa::path(
     get,
     path = "/v1/log",
     tag = "reads",
     params(LogQuery),
-    responses((status = 200, description = "a page of the global log", body = LogPage)),
+    responses(
+        (status = 200, description = "a page of the service's log", body = LogPage),
+        (status = 400, description = "no `service` when the process hosts several, or an unknown one", body = ErrorBody),
+        (status = 404, description = "a service this process does not host", body = ErrorBody),
+    ),
     security(("bearer" = ["admin"]))
 )]
 pub(crate) async fn log(
@@ -264,14 +283,34 @@ pub(crate) async fn log(
 ) -> Result<Json<LogPage>, ApiError> {
     let after = query.from_position.unwrap_or(0).saturating_sub(1);
     let limit = page_size(query.limit)?;
-    let events = state.handler.log(after, limit).await?;
+    let service = log_service(&state, query.service.as_deref())?;
+    let events = state.handler(service)?.log(after, limit).await?;
     let next_from_position = (events.len() == limit)
         .then(|| events.last().map(|e| e.position + 1))
         .flatten();
     Ok(Json(LogPage {
+        service: service.name().to_owned(),
         events: events.iter().map(EventView::from_recorded).collect(),
         next_from_position,
     }))
+}
+
+/// The service whose log `GET /v1/log` reads: `service`, or the one hosted when there is one.
+fn log_service(state: &HttpState, service: Option<&str>) -> Result<Service, ApiError> {
+    let hosted: Vec<&str> = state.services().hosted().map(Service::name).collect();
+    match service {
+        Some(name) => name
+            .parse::<Service>()
+            .map_err(|e| ApiError::bad_field("service", e.to_string()).with_detail("hosted", hosted)),
+        None => match state.services().hosted().collect::<Vec<_>>()[..] {
+            [one] => Ok(one),
+            _ => Err(ApiError::bad_field(
+                "service",
+                "this process hosts several services: give ?service= (customers, inventory, orders or payments)",
+            )
+            .with_detail("hosted", hosted)),
+        },
+    }
 }
 
 /// Query of `GET /v1/orders/{id}/state`: at most one of the two.
@@ -282,7 +321,7 @@ pub struct OrderStateQuery {
     /// RFC 3339 time, e.g. `2026-01-31T12:00:00Z` (encode a `+` offset as `%2B`): the state
     /// from the events recorded at or before it.
     pub as_of: Option<String>,
-    /// Global position: the state from the events at or below it.
+    /// A position of the orders log: the state from the events at or below it.
     pub at_position: Option<u64>,
 }
 
@@ -402,7 +441,7 @@ pub(crate) async fn order_state(
         (None, Some(position)) => Some(Until::Position(position)),
         (None, None) => None,
     };
-    let loaded = state.handler.load::<Order>(id, until).await?;
+    let loaded = state.handler(Service::Orders)?.load::<Order>(id, until).await?;
     if loaded.version == 0 {
         return Err(ApiError::not_found("order", id));
     }

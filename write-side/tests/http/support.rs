@@ -1,5 +1,7 @@
-//! Helpers of the HTTP tests: an [`App`] (the router over a real event store, a fresh
-//! PostgreSQL database per test or a fresh SQLite file), requests through `oneshot`, and a
+//! Helpers of the HTTP tests: an [`App`] (the four services' router over a real event store, a
+//! fresh PostgreSQL database per test or a fresh SQLite file, which every service's streams share
+//! so that a test sees all that was appended in one log; the orders service calls the inventory
+//! and customers services in-process as in `orderflow serve`), requests through `oneshot`, and a
 //! [`FaultyStore`] that makes the store slow, failing or corrupt.
 
 use std::sync::Arc;
@@ -10,16 +12,18 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use chrono::Utc;
+use event_schemas::Service;
 use event_store::{
     AppendError, Commit, Committed, EventMetadata, EventStore, IdempotentResult, PgEventStore, Position, RecordedEvent,
     Snapshot, SqliteEventStore, StoreError, StoreOptions, Until,
 };
+use projections::ReadDb;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 use uuid::Uuid;
-use write_side::http::{Auth, HttpConfig, HttpState, router};
-use write_side::{CommandHandler, HandlerOptions};
+use write_side::http::{Auth, HttpConfig, router};
+use write_side::{CommandHandler, HandlerOptions, Local};
 
 /// The API over a store, and the store to check what was appended.
 #[derive(Clone)]
@@ -56,15 +60,22 @@ pub(crate) async fn sqlite_store() -> (Arc<dyn EventStore>, sqlx::SqlitePool) {
 impl App {
     /// Auth off, default limits, PostgreSQL.
     pub(crate) async fn new() -> App {
-        App::with(pg_store().await, HttpConfig::new(Auth::Disabled))
+        App::with(pg_store().await, HttpConfig::new(Auth::Disabled)).await
     }
 
-    pub(crate) fn with(store: Arc<dyn EventStore>, config: HttpConfig) -> App {
-        let handler = CommandHandler::new(store.clone(), HandlerOptions::default());
+    /// The four services over `store`; the orders service's copy of customers and products in
+    /// a SQLite file of its own (so that a faulty `store` leaves it working).
+    pub(crate) async fn with(store: Arc<dyn EventStore>, config: HttpConfig) -> App {
+        let replica = std::env::temp_dir().join(format!("orderflow-http-replica-{}.db", Uuid::new_v4().simple()));
+        let replica = ReadDb::connect(&format!("sqlite://{}", replica.display()), 2)
+            .await
+            .unwrap();
+        let stores = Service::ALL.into_iter().map(|s| (s, store.clone())).collect();
+        let local = Local::new(stores, replica, HandlerOptions::default()).await.unwrap();
         App {
-            router: router(HttpState::new(handler.clone(), config)),
-            store,
-            handler,
+            router: router(local.http_state(config)),
+            store: store.clone(),
+            handler: CommandHandler::new(store, HandlerOptions::default()),
         }
     }
 

@@ -1,0 +1,212 @@
+//! The orders service's routes: place (reserving stock at the inventory service), confirm,
+//! cancel (releasing it), ship, deliver.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use event_schemas::{Category, Service};
+use serde::{Deserialize, Serialize};
+use service_kit::http::{ApiError, ErrorBody};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::HttpState;
+use super::answer::{Answered, CommandAnswerBody, answer};
+use super::extract::{ApiJson, CommandMeta, EmptyBody, IdPath, non_negative};
+use crate::domain::{CancelOrder, OrderCommand, PlaceOrder, PlaceOrderLine};
+
+/// One line of an order to place.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineInput {
+    pub product_id: Uuid,
+    /// At least 1.
+    #[serde(deserialize_with = "non_negative")]
+    #[schema(minimum = 1)]
+    pub quantity: i64,
+}
+
+/// Places an order, reserving the stock of every line at the inventory service first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderBody {
+    /// Made up (UUID v7) when absent.
+    #[serde(default)]
+    pub order_id: Option<Uuid>,
+    pub customer_id: Uuid,
+    /// 1 to 100 lines, each product at most once.
+    pub lines: Vec<OrderLineInput>,
+}
+
+/// Cancels an order and releases its stock.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrderBody {
+    pub reason: String,
+}
+
+/// Ships a confirmed order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipOrderBody {
+    pub carrier: String,
+    pub tracking: String,
+}
+
+/// Place an order: the stock of every line is reserved at the inventory service, then
+/// `OrderPlaced` is appended; a line that cannot be reserved refuses the order and releases
+/// the lines reserved before it.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    request_body = PlaceOrderBody,
+    responses(
+        (status = 201, description = "placed", body = CommandAnswerBody),
+        (status = 404, description = "unknown customer or product", body = ErrorBody),
+        (status = 409, description = "`insufficient_stock`, `already_exists`, `rejected` or `conflict`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the inventory or customers service does not answer; nothing is left reserved", body = ErrorBody),
+        (status = 422, description = "`invalid` lines", body = ErrorBody),
+    ),
+    security(("bearer" = ["commands"]))
+)]
+pub(crate) async fn place_order(
+    State(state): State<HttpState>,
+    meta: CommandMeta,
+    ApiJson(body): ApiJson<PlaceOrderBody>,
+) -> Result<Answered, ApiError> {
+    let ctx = meta.context(&body);
+    let order_id = body.order_id.unwrap_or_else(|| meta.new_id(Category::Order));
+    let command = PlaceOrder {
+        order_id,
+        customer_id: body.customer_id,
+        lines: body
+            .lines
+            .iter()
+            .map(|line| PlaceOrderLine {
+                product_id: line.product_id,
+                quantity: line.quantity,
+            })
+            .collect(),
+    };
+    let call = meta.call();
+    let answer = state.orders()?.place(&ctx, &call, command).await?;
+    Ok(Answered::new(StatusCode::CREATED, answer))
+}
+
+/// Confirm a placed order.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/confirm",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "the order's id")),
+    request_body(content = EmptyBody, description = "`{}` or no body"),
+    responses(
+        (status = 200, description = "confirmed", body = CommandAnswerBody),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "`rejected` (not placed) or `conflict`", body = ErrorBody),
+    ),
+    security(("bearer" = ["commands"]))
+)]
+pub(crate) async fn confirm_order(
+    State(state): State<HttpState>,
+    IdPath(id): IdPath,
+    meta: CommandMeta,
+    body: EmptyBody,
+) -> Result<Answered, ApiError> {
+    let ctx = meta.context(&body);
+    let result = state
+        .handler(Service::Orders)?
+        .order(&ctx, id, OrderCommand::Confirm { order_id: id })
+        .await;
+    answer(StatusCode::OK, result)
+}
+
+/// Cancel a placed or confirmed order and release its stock.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "the order's id")),
+    request_body = CancelOrderBody,
+    responses(
+        (status = 200, description = "cancelled", body = CommandAnswerBody),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "`rejected` (shipped, delivered or cancelled) or `conflict`", body = ErrorBody),
+        (status = 422, description = "`invalid` reason", body = ErrorBody),
+    ),
+    security(("bearer" = ["commands"]))
+)]
+pub(crate) async fn cancel_order(
+    State(state): State<HttpState>,
+    IdPath(id): IdPath,
+    meta: CommandMeta,
+    ApiJson(body): ApiJson<CancelOrderBody>,
+) -> Result<Answered, ApiError> {
+    let ctx = meta.context(&body);
+    let command = CancelOrder {
+        order_id: id,
+        reason: body.reason,
+    };
+    let call = meta.call();
+    let answer = state.orders()?.cancel(&ctx, &call, command).await?;
+    Ok(Answered::new(StatusCode::OK, answer))
+}
+
+/// Ship a confirmed order.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/ship",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "the order's id")),
+    request_body = ShipOrderBody,
+    responses(
+        (status = 200, description = "shipped", body = CommandAnswerBody),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "`rejected` (not confirmed) or `conflict`", body = ErrorBody),
+        (status = 422, description = "`invalid` carrier or tracking", body = ErrorBody),
+    ),
+    security(("bearer" = ["commands"]))
+)]
+pub(crate) async fn ship_order(
+    State(state): State<HttpState>,
+    IdPath(id): IdPath,
+    meta: CommandMeta,
+    ApiJson(body): ApiJson<ShipOrderBody>,
+) -> Result<Answered, ApiError> {
+    let ctx = meta.context(&body);
+    let command = OrderCommand::Ship {
+        order_id: id,
+        carrier: body.carrier,
+        tracking: body.tracking,
+    };
+    let result = state.handler(Service::Orders)?.order(&ctx, id, command).await;
+    answer(StatusCode::OK, result)
+}
+
+/// Mark a shipped order delivered.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/deliver",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "the order's id")),
+    request_body(content = EmptyBody, description = "`{}` or no body"),
+    responses(
+        (status = 200, description = "delivered", body = CommandAnswerBody),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "`rejected` (not shipped) or `conflict`", body = ErrorBody),
+    ),
+    security(("bearer" = ["commands"]))
+)]
+pub(crate) async fn deliver_order(
+    State(state): State<HttpState>,
+    IdPath(id): IdPath,
+    meta: CommandMeta,
+    body: EmptyBody,
+) -> Result<Answered, ApiError> {
+    let ctx = meta.context(&body);
+    let result = state
+        .handler(Service::Orders)?
+        .order(&ctx, id, OrderCommand::Deliver { order_id: id })
+        .await;
+    answer(StatusCode::OK, result)
+}
