@@ -26,7 +26,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let descriptors = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
     // The descriptors themselves too: the contract tests read every message's fields from them.
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("descriptors.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    std::fs::write(
+        out_dir.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     prost_build::Config::new().compile_fds(descriptors)?;
     Ok(())
 }

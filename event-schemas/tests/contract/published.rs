@@ -52,7 +52,12 @@ fn fields(set: &FileDescriptorSet, name: &str, seen: &mut BTreeSet<String>, line
     }
     let message = message(set, name);
     for field in &message.field {
-        lines.push(format!("  {name}.{} = {}: {}", field.name(), field.number(), field_type(field)));
+        lines.push(format!(
+            "  {name}.{} = {}: {}",
+            field.name(),
+            field.number(),
+            field_type(field)
+        ));
     }
     for field in &message.field {
         if field.r#type() == Type::Message {
@@ -72,7 +77,10 @@ fn contract(service: Service) -> Vec<String> {
         let oneof = message(&set, &envelope);
         lines.push(format!("topic {}: {envelope}", category.topic()));
         for schema in EVENT_SCHEMAS.iter().filter(|s| s.category == *category) {
-            let (_, case) = schema.event_type.split_once('.').expect("event types are category.name");
+            let (_, case) = schema
+                .event_type
+                .split_once('.')
+                .expect("event types are category.name");
             let field = oneof
                 .field
                 .iter()
@@ -140,7 +148,11 @@ fn every_service_publishes_what_its_contract_pins() {
             path.display(),
             added.iter().map(|l| format!("  + {l}")).collect::<Vec<_>>().join("\n")
         );
-        let mut text = if pinned_text.is_empty() { HEADER.to_owned() } else { pinned_text.clone() };
+        let mut text = if pinned_text.is_empty() {
+            HEADER.to_owned()
+        } else {
+            pinned_text.clone()
+        };
         for line in added {
             text.push_str(line);
             text.push('\n');
