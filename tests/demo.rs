@@ -38,57 +38,70 @@ async fn wait_for_the_shop(api: &Api) -> anyhow::Result<Value> {
     }
 }
 
-/// The funnel once the projections have applied every event up to `position` (a read waits
-/// a little for its `min_position`, then answers 503 `not_caught_up`: ask again).
-async fn funnel_at(api: &Api, position: u64) -> anyhow::Result<Value> {
+/// The funnel once the projections have applied every event up to `token` (a read waits a
+/// little for its `min_position`, then answers 503 `not_caught_up`: ask again).
+async fn funnel_at(api: &Api, token: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (status, funnel) = api
-            .get(&format!("/v1/analytics/order-funnel?min_position={position}"))
+            .get(&format!("/v1/analytics/order-funnel?min_position={token}"))
             .await?;
         if status == StatusCode::OK {
             return Ok(funnel);
         }
         ensure!(
             status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline,
-            "funnel at {position}: {status} {funnel}"
+            "funnel at {token}: {status} {funnel}"
         );
     }
 }
 
-/// Every event in the store, counted through `GET /v1/log` page by page.
-async fn events_in_the_store(api: &Api) -> anyhow::Result<u64> {
-    let (mut total, mut from) = (0, 1);
-    loop {
-        let (status, page) = api.get(&format!("/v1/log?from_position={from}&limit=1000")).await?;
-        ensure!(status == StatusCode::OK, "log: {status} {page}");
-        total += page["events"].as_array().map_or(0, Vec::len) as u64;
-        match page["next_from_position"].as_u64() {
-            Some(next) => from = next,
-            None => return Ok(total),
+/// The events of every service's store, counted through `GET /v1/log?service=` page by page,
+/// and the orders' last position.
+async fn events_in_the_stores(api: &Api) -> anyhow::Result<(u64, u64)> {
+    let (mut total, mut orders_head) = (0, 0);
+    for service in ["customers", "inventory", "orders", "payments"] {
+        let mut from = 1;
+        loop {
+            let (status, page) = api
+                .get(&format!("/v1/log?service={service}&from_position={from}&limit=1000"))
+                .await?;
+            ensure!(status == StatusCode::OK, "log of {service}: {status} {page}");
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            total += events.len() as u64;
+            if service == "orders"
+                && let Some(last) = events.last()
+            {
+                orders_head = last["position"].as_u64().unwrap_or(0);
+            }
+            match page["next_from_position"].as_u64() {
+                Some(next) => from = next,
+                None => break,
+            }
         }
     }
+    Ok((total, orders_head))
 }
 
 /// The first start: seeds, serves, and the read side shows orders through their whole life.
-async fn first_run(api: &Api, server: &mut Server) -> anyhow::Result<(Value, u64)> {
+async fn first_run(api: &Api, server: &mut Server) -> anyhow::Result<(Value, (u64, u64))> {
     api.wait_ready(server, Duration::from_secs(120)).await?;
     ensure!(server.log().contains("seeded the demo shop"), "no seeding logged");
     wait_for_the_shop(api).await?;
-    let events = events_in_the_store(api).await?;
+    let (events, orders_head) = events_in_the_stores(api).await?;
     ensure!(events >= 5000, "{events} events seeded, asked for about {DEMO_EVENTS}");
-    // Positions are 1..=events: the whole seeded history, projected.
-    let funnel = funnel_at(api, events).await?;
+    // The orders' whole seeded log, projected.
+    let funnel = funnel_at(api, &format!("orders:{orders_head}")).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !server.log().contains("caught up with the demo shop") {
         ensure!(Instant::now() < deadline, "no catch-up logged within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((funnel, events))
+    Ok((funnel, (events, orders_head)))
 }
 
 /// The restart: nothing seeded again, the shop is the same.
-async fn second_run(api: &Api, server: &mut Server, funnel: &Value, events: u64) -> anyhow::Result<()> {
+async fn second_run(api: &Api, server: &mut Server, funnel: &Value, seeded: (u64, u64)) -> anyhow::Result<()> {
     api.wait_ready(server, Duration::from_secs(120)).await?;
     let log = server.log();
     ensure!(
@@ -96,9 +109,12 @@ async fn second_run(api: &Api, server: &mut Server, funnel: &Value, events: u64)
         "the restart does not say it skipped seeding"
     );
     ensure!(!log.contains("seeded the demo shop"), "seeded again on restart");
-    let now = events_in_the_store(api).await?;
-    ensure!(now == events, "the store went from {events} to {now} events on restart");
-    let again = funnel_at(api, events).await?;
+    let now = events_in_the_stores(api).await?;
+    ensure!(
+        now == seeded,
+        "the stores went from {seeded:?} to {now:?} (events, orders' head) on restart"
+    );
+    let again = funnel_at(api, &format!("orders:{}", seeded.1)).await?;
     ensure!(again == *funnel, "the funnel changed: {funnel} then {again}");
     Ok(())
 }

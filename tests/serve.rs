@@ -20,33 +20,68 @@ struct Ids {
     order: Uuid,
 }
 
-async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<u64> {
+async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<String> {
     api.wait_ready(server, Duration::from_secs(30)).await?;
     let log = server.log();
     ensure!(log.contains(api.base()), "the banner names the URL: {log}");
     ensure!(log.contains("curl"), "the banner shows examples: {log}");
 
-    api.command(
-        "/v1/customers",
-        json!({"customer_id": ids.customer, "name": "Ada Lovelace", "email": "ada@example.com"}),
-        StatusCode::CREATED,
-    )
-    .await?;
-    api.command(
-        "/v1/products",
-        json!({"product_id": ids.product, "sku": "BOOK-1", "name": "Notes on the Engine",
-               "price_minor": 1250, "currency": "EUR", "stock": 10}),
-        StatusCode::CREATED,
-    )
-    .await?;
+    // A command on each service answers its token; a read waits for it.
+    let registered = api
+        .command_token(
+            "/v1/customers",
+            json!({"customer_id": ids.customer, "name": "Ada Lovelace", "email": "ada@example.com"}),
+            StatusCode::CREATED,
+        )
+        .await?;
+    ensure!(registered == "customers:1", "{registered}");
+    let added = api
+        .command_token(
+            "/v1/products",
+            json!({"product_id": ids.product, "sku": "BOOK-1", "name": "Notes on the Engine",
+                   "price_minor": 1250, "currency": "EUR", "stock": 10}),
+            StatusCode::CREATED,
+        )
+        .await?;
+    ensure!(added == "inventory:1", "{added}");
+    let (status, customer) = api
+        .get(&format!(
+            "/v1/dashboard/customers/{}?min_position={registered}",
+            ids.customer
+        ))
+        .await?;
+    ensure!(
+        status == StatusCode::OK && customer["name"] == "Ada Lovelace",
+        "{status} {customer}"
+    );
     let placed = api
-        .command(
+        .command_token(
             "/v1/orders",
             json!({"order_id": ids.order, "customer_id": ids.customer,
                    "lines": [{"product_id": ids.product, "quantity": 2}]}),
             StatusCode::CREATED,
         )
         .await?;
+
+    ensure!(placed == "orders:1", "{placed}");
+    let paid = api
+        .command_token(
+            "/v1/payments",
+            json!({"order_id": ids.order, "amount_minor": 2500, "currency": "EUR"}),
+            StatusCode::CREATED,
+        )
+        .await?;
+    ensure!(paid == "payments:1", "{paid}");
+    let (status, error) = api
+        .get(&format!("/v1/dashboard/orders/{}?min_position=1", ids.order))
+        .await?;
+    ensure!(
+        status == StatusCode::BAD_REQUEST
+            && error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("orders:12")),
+        "a bare number: {status} {error}"
+    );
 
     // Read-your-writes through the in-process projections, on the same port.
     let (status, row) = api
@@ -119,7 +154,7 @@ async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<
     Ok(placed)
 }
 
-async fn second_run(api: &Api, server: &mut Server, ids: &Ids, placed: u64) -> anyhow::Result<()> {
+async fn second_run(api: &Api, server: &mut Server, ids: &Ids, placed: &str) -> anyhow::Result<()> {
     api.wait_ready(server, Duration::from_secs(30)).await?;
     // Nothing lost.
     let (status, row) = api
@@ -130,9 +165,9 @@ async fn second_run(api: &Api, server: &mut Server, ids: &Ids, placed: u64) -> a
 
     // And it goes on: a new command is appended after the old ones and reaches both projections.
     let confirmed = api
-        .command(&format!("/v1/orders/{}/confirm", ids.order), json!({}), StatusCode::OK)
+        .command_token(&format!("/v1/orders/{}/confirm", ids.order), json!({}), StatusCode::OK)
         .await?;
-    ensure!(confirmed > placed, "position {confirmed} after {placed}");
+    ensure!(confirmed == "orders:2", "{confirmed} after {placed}");
     let (status, row) = api
         .get(&format!("/v1/dashboard/orders/{}?min_position={confirmed}", ids.order))
         .await?;
@@ -182,10 +217,20 @@ async fn serve_runs_the_platform_in_one_process_and_survives_a_restart() {
         "no clean stop logged:\n{}",
         first.log()
     );
-    assert!(data_dir.join("events.db").is_file() && data_dir.join("read.db").is_file());
+    for file in [
+        "customers.db",
+        "inventory.db",
+        "orders.db",
+        "payments.db",
+        "orders-replica.db",
+        "read.db",
+    ] {
+        assert!(data_dir.join(file).is_file(), "{file}: a database per service");
+    }
+    assert!(!data_dir.join("events.db").exists(), "no store shared by the services");
 
     let mut second = Server::start(&["serve"], &data_dir, port, root.join("second.log"));
-    if let Err(e) = second_run(&api, &mut second, &ids, placed).await {
+    if let Err(e) = second_run(&api, &mut second, &ids, &placed).await {
         panic!("second run: {e:#}\n--- orderflow serve's log ---\n{}", second.log());
     }
     match second.terminate(Duration::from_secs(15)) {

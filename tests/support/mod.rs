@@ -114,6 +114,23 @@ impl Api {
     }
 
     /// POST a command; its answer's `position` (the consistency token).
+    /// POSTs a command; answers its consistency token (`orders:12`), after checking that it is
+    /// the service's and the position's the answer names.
+    pub(crate) async fn command_token(&self, path: &str, body: Value, expected: StatusCode) -> anyhow::Result<String> {
+        let (status, answer) = self.call(Method::POST, path, Some(body)).await?;
+        ensure!(status == expected, "POST {path}: {status} {answer}");
+        let (service, position, token) = (
+            answer["service"].as_str(),
+            answer["position"].as_u64(),
+            answer["token"].as_str(),
+        );
+        let (Some(service), Some(position), Some(token)) = (service, position, token) else {
+            bail!("POST {path}: no service, position and token in {answer}");
+        };
+        ensure!(token == format!("{service}:{position}"), "POST {path}: {answer}");
+        Ok(token.to_owned())
+    }
+
     pub(crate) async fn command(&self, path: &str, body: Value, expected: StatusCode) -> anyhow::Result<u64> {
         let (status, answer) = self.call(Method::POST, path, Some(body)).await?;
         ensure!(status == expected, "POST {path}: {status} {answer}");
