@@ -12,6 +12,8 @@
 //!   COPY of the same rows.
 //! - `reads`: the read API over a seeded read model, then freshness through Kafka.
 //! - `freshness`: a running deployment's freshness over HTTP only.
+//! - `transfer`: a service's log exported from SQLite and imported into PostgreSQL, beside a
+//!   raw COPY of the same rows.
 //! - `scratch`: the databases a benchmark makes for itself and drops after; `load`: the HTTP
 //!   client, histograms and the freshness probe the HTTP benchmarks share.
 //!
@@ -25,6 +27,7 @@ mod rebuild;
 mod relay;
 mod scratch;
 mod store;
+mod transfer;
 
 use clap::Subcommand;
 
@@ -32,8 +35,8 @@ use clap::Subcommand;
 pub enum Bench {
     /// Append throughput and latency: N concurrent writers × events per append, per adapter.
     Store(store::StoreBench),
-    /// Command throughput over HTTP: C concurrent clients placing orders on the write side
-    /// (PostgreSQL store, in-process server on loopback, auth off).
+    /// Command throughput over HTTP: C concurrent clients sending one service's command to the
+    /// write services (a PostgreSQL store each, in-process servers on loopback, auth off).
     Commands(commands::CommandsBench),
     /// Relay throughput and latency: a backlog published from the PostgreSQL store to the broker,
     /// then a steady append rate with append→acknowledged latency.
@@ -48,6 +51,9 @@ pub enum Bench {
     /// Freshness of a running deployment (e.g. `scripts/dev-up`), over HTTP only: orders placed
     /// at a fixed rate, each timed from the command's answer until the dashboard list shows it.
     Freshness(freshness::FreshnessBench),
+    /// A service's log moved between stores: exported from SQLite, imported into PostgreSQL,
+    /// exported again, beside a raw COPY of the same rows between PostgreSQL databases.
+    Transfer(transfer::TransferBench),
 }
 
 /// Runs one benchmark; its JSON goes to stdout.
@@ -59,5 +65,6 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Rebuild(b) => rebuild::run(b).await,
         Bench::Reads(b) => reads::run(b).await,
         Bench::Freshness(b) => freshness::run(b).await,
+        Bench::Transfer(b) => transfer::run(b).await,
     }
 }

@@ -99,8 +99,13 @@ impl Drop for AbortOnDrop {
 /// A lost connection loses signals, never events: subscribers also poll.
 async fn listen(pool: PgPool, head: watch::Sender<Position>) {
     loop {
+        // Closed by its owner (the store is being shut down): nothing left to listen for.
+        if pool.is_closed() {
+            return;
+        }
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
+            Err(_) if pool.is_closed() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "event store LISTEN connection failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -125,6 +130,7 @@ async fn listen(pool: PgPool, head: watch::Sender<Position>) {
                         });
                     }
                 }
+                Err(_) if pool.is_closed() => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "event store LISTEN connection lost; reconnecting");
                     break;
