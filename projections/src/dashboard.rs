@@ -1,21 +1,21 @@
-//! The order dashboard: one row per order with its customer's current name and email, a local
-//! copy of every customer with its order count and lifetime value, and the history of both for
-//! "as of" reads. PostgreSQL in the distributed deployment, SQLite embedded: one code path
+//! The order dashboard: one row per order with its customer's current name and email and its
+//! payment, a local copy of every customer with its order count and lifetime value, every
+//! payment, and the history of all three for "as of" reads. PostgreSQL in the distributed deployment, SQLite embedded: one code path
 //! through [`ReadDb`]'s sqlx `Any` pool.
 //!
 //! # Tables
 //!
 //! Each version has its own tables, prefixed `order_dashboard_v{N}_` (`projections/sql/dashboard/`
-//! holds their DDL): `orders`, `customers`, `customer_totals`, `order_history`, `customer_history`
-//! and `writer` (a one-row write lock).
+//! holds their DDL): `orders`, `customers`, `customer_totals`, `order_history`, `customer_history`,
+//! `payments`, `payment_history` and `writer` (a one-row write lock).
 //!
 //! # Exactly-once effect
 //!
 //! Events arrive at least once (a worker killed after its commit but before it moved its Kafka
 //! offset reads them again). [`OrderDashboard::apply`] writes a batch's rows, its checkpoints
 //! ([`save_checkpoints`]) and its dead letters in **one transaction**, so the stored checkpoint
-//! never claims more or less than the rows hold. On top of that every order and customer row
-//! keeps the stream version of the last event applied to it, and an event applies only if its
+//! never claims more or less than the rows hold. On top of that every order, customer and
+//! payment row keeps the stream version of the last event applied to it, and an event applies only if its
 //! `stream_version` is greater: a replayed event (a whole batch again, or one overlapping an
 //! applied one) changes nothing, history included. The transaction starts by upserting the
 //! `writer` row, which serializes concurrent appliers of the same version, so that each batch
@@ -23,20 +23,24 @@
 //!
 //! # Convergence (invariant 6)
 //!
-//! Customer and order events come from different partitions in any interleaving. The result
-//! does not depend on it:
+//! Customer, order and payment events come from different services' logs (and partitions) in
+//! any interleaving. The result does not depend on it:
 //! - an order shows its customer's name and email from the local copy once the copy has a real
 //!   stream version (> 0), and the order's own placement snapshot until then;
 //! - a customer event updates the copy (version-guarded) and every order of that customer;
 //! - a customer only known from snapshots (version 0) holds the snapshot of its order placed
 //!   latest in the log (highest position), and its last order is the one placed latest;
-//! - order counts and lifetime values are sums, the same in any order.
+//! - order counts and lifetime values are sums, the same in any order;
+//! - payments are rows of their own, keyed by payment id whether or not their order is known
+//!   yet, and joined to their order only when read (`query`): a payment that arrives before its
+//!   order's placement shows on the order's row as soon as the order is there. Which of an
+//!   order's payments the row shows is a rule over the payments' rows alone ([`OrderRow`]).
 //!
 //! # Speed
 //!
-//! A batch is folded in memory: its orders and customers are loaded with one `SELECT ... IN`
-//! per table (chunked), the events applied in batch order, and the result written back with
-//! multi-row `INSERT ... ON CONFLICT DO UPDATE` statements and multi-row history inserts.
+//! A batch is folded in memory: its orders, customers and payments are loaded with one
+//! `SELECT ... IN` per table (chunked; none for payments when the batch has no payment event),
+//! the events applied in batch order, and the result written back with multi-row `INSERT ... ON CONFLICT DO UPDATE` statements and multi-row history inserts.
 //!
 //! A rebuild's build phase does not go batch by batch: [`OrderDashboard::bulk_load`] folds the
 //! whole log in memory, streams history versions out as soon as they are closed and writes the
@@ -47,7 +51,15 @@
 //!
 //! [`list_orders`], [`get_order`], [`customer_summary`], and "as of" a position or time
 //! ([`get_order_as_of`], [`list_orders_as_of`]) from the history tables: the order's version
-//! valid then, with the customer's name and email valid then (or the order's snapshot).
+//! valid then, with the customer's name and email valid then (or the order's snapshot) and the
+//! order's payments' versions valid then (a position is one of the orders log; the customers'
+//! and payments' logs are taken as of its commit time).
+//!
+//! # Upgrading
+//!
+//! The payment tables came later than the others: `prepare` adds them to a version made
+//! before (`CREATE TABLE IF NOT EXISTS`), but such a version skipped the payment events it
+//! applied before, so its rows show `none` for those payments until a rebuild.
 
 mod bulk;
 mod fold;
@@ -61,8 +73,8 @@ use sqlx::AssertSqlSafe;
 
 pub use query::{
     AsOf, CurrencyTotal, Cursor, CustomerSummary, Direction, LastOrder, MAX_PAGE_LIMIT, OrderFilter, OrderRow,
-    OrderStatus, Page, QueryError, Sort, SortKey, UnknownStatus, customer_summary, get_order, get_order_as_of,
-    list_orders, list_orders_as_of,
+    OrderStatus, Page, PaymentStatus, QueryError, Sort, SortKey, UnknownStatus, customer_summary, get_order,
+    get_order_as_of, list_orders, list_orders_as_of,
 };
 
 pub use bulk::DEFAULT_MEMORY_ROWS;
@@ -77,12 +89,14 @@ use crate::{
 pub const NAME: &str = "order_dashboard";
 
 /// The tables of one version (after the prefix), the `writer` lock aside.
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 7] = [
     "orders",
     "customers",
     "customer_totals",
     "order_history",
     "customer_history",
+    "payments",
+    "payment_history",
 ];
 
 const TABLES_SQL: &str = include_str!("../sql/dashboard/tables.sql");
@@ -101,7 +115,7 @@ pub struct OrderDashboard {
     db: ReadDb,
     version: u32,
     prefix: String,
-    /// The orders and customers a bulk load may hold in memory; 0: no bulk load.
+    /// The orders, customers and payments a bulk load may hold in memory; 0: no bulk load.
     bulk_memory_rows: usize,
 }
 
@@ -115,8 +129,8 @@ impl OrderDashboard {
         }
     }
 
-    /// Bounds what a bulk load holds in memory (orders and customers, [`DEFAULT_MEMORY_ROWS`]
-    /// by default): a rebuild reaching it finishes the bulk load there and applies the rest
+    /// Bounds what a bulk load holds in memory (orders, customers and payments,
+    /// [`DEFAULT_MEMORY_ROWS`] by default): a rebuild reaching it finishes the bulk load there and applies the rest
     /// batch by batch. 0 turns bulk loads off.
     pub fn with_bulk_memory_rows(mut self, rows: usize) -> Self {
         self.bulk_memory_rows = rows;
@@ -170,20 +184,29 @@ impl Projection for OrderDashboard {
 
     #[tracing::instrument(skip_all, fields(projection = NAME, version = self.version, events = batch.events.len()), err)]
     async fn apply(&self, batch: &Batch) -> Result<(), ProjectionError> {
-        let relevant = batch
-            .events
-            .iter()
-            .any(|event| matches!(event.event, DomainEvent::Order(_) | DomainEvent::Customer(_)));
+        let relevant = batch.events.iter().any(|event| {
+            matches!(
+                event.event,
+                DomainEvent::Order(_) | DomainEvent::Customer(_) | DomainEvent::Payment(_)
+            )
+        });
         let mut tx = if relevant {
             // Round trips inside the writer lock are what all workers together wait for: the
             // lock, the two loads, every write and the checkpoints in one (on PostgreSQL), one
             // per dead letter (rare), and COMMIT.
             let lock = write::lock_sql(self.db.kind() == DbKind::Postgres, &self.prefix);
             let mut tx = self.db.begin_write_with(&lock).await?;
-            let (order_ids, customer_ids) = fold::affected(&batch.events);
-            let orders = write::load_orders(&mut tx, &self.prefix, &order_ids).await?;
-            let customers = write::load_customers(&mut tx, &self.prefix, &customer_ids).await?;
-            let fold = fold::Fold::run(orders, customers, &batch.events)?;
+            let affected = fold::affected(&batch.events);
+            let orders = write::load_orders(&mut tx, &self.prefix, &affected.orders).await?;
+            let customers = write::load_customers(&mut tx, &self.prefix, &affected.customers).await?;
+            // Payments come in batches of their own more often than not (another service's
+            // log): no round trip for them in the others.
+            let payments = if affected.payments.is_empty() {
+                Vec::new()
+            } else {
+                write::load_payments(&mut tx, &self.prefix, &affected.payments).await?
+            };
+            let fold = fold::Fold::run(orders, customers, payments, &batch.events)?;
             let checkpoints = checkpoint_rows(NAME, self.version, &batch.checkpoints(), micros(Utc::now()));
             write::write(&mut tx, &self.prefix, &fold, checkpoints).await?;
             tx

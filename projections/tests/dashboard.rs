@@ -10,10 +10,11 @@ use event_schemas::Service;
 use event_schemas::{
     Category, Currency, CustomerEmailChanged, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot,
     DomainEvent, Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced,
-    OrderShipped, PaymentAuthorized, PaymentEvent,
+    OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentVoided,
 };
 use projections::dashboard::{
-    self, AsOf, Cursor, Direction, OrderDashboard, OrderFilter, OrderRow, OrderStatus, QueryError, Sort, SortKey,
+    self, AsOf, Cursor, Direction, OrderDashboard, OrderFilter, OrderRow, OrderStatus, PaymentStatus, QueryError, Sort,
+    SortKey,
 };
 use projections::{Batch, Origin, ProjectedEvent, Projection, ProjectionError, ReadDb, store_source};
 use sqlx::Row;
@@ -178,12 +179,92 @@ fn cancelled(order_id: Uuid, reason: &str) -> DomainEvent {
     }))
 }
 
-fn payment(order_id: Uuid) -> DomainEvent {
+fn authorized(payment_id: Uuid, order_id: Uuid, amount_minor: i64) -> DomainEvent {
     DomainEvent::Payment(PaymentEvent::Authorized(PaymentAuthorized {
-        payment_id: Uuid::new_v4(),
+        payment_id,
         order_id,
-        amount: Money::new(100, Currency::EUR),
+        amount: Money::new(amount_minor, Currency::EUR),
     }))
+}
+
+fn captured(payment_id: Uuid, order_id: Uuid, amount_minor: i64) -> DomainEvent {
+    DomainEvent::Payment(PaymentEvent::Captured(PaymentCaptured {
+        payment_id,
+        order_id,
+        amount: Money::new(amount_minor, Currency::EUR),
+    }))
+}
+
+fn refunded(payment_id: Uuid, order_id: Uuid, amount_minor: i64) -> DomainEvent {
+    DomainEvent::Payment(PaymentEvent::Refunded(PaymentRefunded {
+        payment_id,
+        order_id,
+        amount: Money::new(amount_minor, Currency::EUR),
+    }))
+}
+
+fn declined(payment_id: Uuid, order_id: Uuid, reason: &str) -> DomainEvent {
+    DomainEvent::Payment(PaymentEvent::Declined(PaymentDeclined {
+        payment_id,
+        order_id,
+        reason: reason.to_owned(),
+    }))
+}
+
+/// A void releasing `amount_minor` of an authorization, or (`None`) coming before any.
+fn voided(payment_id: Uuid, order_id: Uuid, amount_minor: Option<i64>, reason: &str) -> DomainEvent {
+    DomainEvent::Payment(PaymentEvent::Voided(PaymentVoided {
+        payment_id,
+        order_id,
+        amount: amount_minor.map(|amount| Money::new(amount, Currency::EUR)),
+        reason: reason.to_owned(),
+    }))
+}
+
+/// A payment for `order_id` of `total` with a random life, as the payments service would
+/// append it (one stream): every status, partial and full refunds, a void before its
+/// authorization, a decline of an authorization.
+fn random_payment(rng: &mut Rng, order_id: Uuid, total: i64) -> Vec<DomainEvent> {
+    let id = Uuid::new_v4();
+    let part = 1 + total / 3;
+    match rng.below(9) {
+        0 => vec![authorized(id, order_id, total)],
+        1 => vec![authorized(id, order_id, total), captured(id, order_id, total)],
+        2 => vec![
+            authorized(id, order_id, total),
+            captured(id, order_id, total),
+            refunded(id, order_id, part),
+        ],
+        3 => vec![
+            authorized(id, order_id, total),
+            captured(id, order_id, total - 1),
+            refunded(id, order_id, part),
+            refunded(id, order_id, total - 1 - part),
+        ],
+        4 => vec![
+            authorized(id, order_id, total),
+            voided(id, order_id, Some(total), "order cancelled"),
+        ],
+        5 => vec![declined(id, order_id, "card\texpired")],
+        6 => vec![
+            authorized(id, order_id, total),
+            declined(id, order_id, "fraud suspected"),
+        ],
+        7 => vec![voided(id, order_id, None, "too late")],
+        _ => vec![
+            voided(id, order_id, None, "too late"),
+            authorized(id, order_id, total),
+            voided(id, order_id, Some(total), "too late"),
+        ],
+    }
+}
+
+/// The total of an order placed by [`placed`].
+fn total_of(event: &DomainEvent) -> i64 {
+    match event {
+        DomainEvent::Order(OrderEvent::Placed(p)) => p.total_minor,
+        _ => 0,
+    }
 }
 
 fn batch(events: &[ProjectedEvent]) -> Batch {
@@ -196,12 +277,14 @@ fn batch(events: &[ProjectedEvent]) -> Batch {
 // ---------------------------------------------------------------------------------------------
 // Table dumps
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "orders",
     "customers",
     "customer_totals",
     "order_history",
     "customer_history",
+    "payments",
+    "payment_history",
 ];
 
 /// Every row of one of a version's tables, each cell as text, sorted.
@@ -245,7 +328,7 @@ async fn lifecycle(server: Server) {
     assert_eq!(dash.name(), dashboard::NAME);
     dash.prepare().await.expect("prepare is idempotent");
 
-    let (alice, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (alice, a, b, pay) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let mut log = Log::default();
     log.push(registered(alice, "Alice", "alice@example.com"));
     log.push(placed(
@@ -264,7 +347,7 @@ async fn lifecycle(server: Server) {
         Currency::EUR,
         50,
     ));
-    log.push(payment(a));
+    log.push(authorized(pay, a, 1250));
     log.push(confirmed(a));
     log.push(shipped(a, "DHL", "TRACK-1"));
     log.push(cancelled(b, "out of stock"));
@@ -281,6 +364,30 @@ async fn lifecycle(server: Server) {
     assert_eq!(row.placed_at, time_of(2));
     assert_eq!(row.confirmed_at, None);
     assert_eq!((row.stream_version, row.last_position), (1, 2));
+    assert_eq!(row.payment_status, PaymentStatus::Authorized);
+    assert_eq!(row.payment_id, Some(pay));
+    assert_eq!(row.payment_currency.as_deref(), Some("EUR"));
+    assert_eq!(
+        (row.authorized_minor, row.captured_minor, row.refunded_minor),
+        (1250, 0, 0)
+    );
+    assert_eq!((row.payment_updated_at, row.payment_count), (Some(time_of(4)), 1));
+    assert_eq!(row.payment_reason, None);
+    let row = dashboard::get_order(&db, 1, b).await.unwrap().expect("order b");
+    assert_eq!(row.payment_status, PaymentStatus::None, "no payment for b");
+    assert_eq!(
+        (row.payment_id, row.payment_currency.as_deref(), row.payment_updated_at),
+        (None, None, None)
+    );
+    assert_eq!(
+        (
+            row.authorized_minor,
+            row.captured_minor,
+            row.refunded_minor,
+            row.payment_count
+        ),
+        (0, 0, 0, 0)
+    );
     let mut checkpoints: Vec<(String, i64, u64)> = dash
         .checkpoints()
         .await
@@ -296,7 +403,7 @@ async fn lifecycle(server: Server) {
             (store_source(Service::Orders), 3, 3),
             (store_source(Service::Payments), 4, 4),
         ],
-        "one checkpoint per service's log; the payment event is not applied but counts toward its log's"
+        "one checkpoint per service's log"
     );
 
     dash.apply(&batch(second)).await.expect("second batch");
@@ -350,6 +457,13 @@ async fn lifecycle(server: Server) {
     assert_eq!(orders_offset().await, Some(8));
     dash.apply(&batch(&[placed_c])).await.expect("the order alone applies");
     assert_eq!(orders_offset().await, Some(9));
+    // So does a capture of a payment never authorized (a payment stream starts with an
+    // authorization, a decline or a void).
+    let before = dump(&db, 1).await;
+    let orphan = log.push(captured(Uuid::new_v4(), a, 5));
+    let error = dash.apply(&batch(&[orphan])).await.expect_err("inconsistent");
+    assert!(matches!(error, ProjectionError::Inconsistent(_)), "{error:?}");
+    assert_eq!(dump(&db, 1).await, before);
 
     // Versions are separate tables; dropping one leaves the other.
     let other = dashboard(&db, 2).await;
@@ -370,6 +484,330 @@ async fn lifecycle_postgres() {
 #[tokio::test]
 async fn lifecycle_sqlite() {
     lifecycle(Server::Sqlite).await;
+}
+
+/// The payment part of a row: status, payment id, currency, authorized / captured / refunded,
+/// reason, last payment event's time, payment count.
+type PaymentPart = (
+    PaymentStatus,
+    Option<Uuid>,
+    Option<String>,
+    (i64, i64, i64),
+    Option<String>,
+    Option<DateTime<Utc>>,
+    u64,
+);
+
+fn payment_part(row: &OrderRow) -> PaymentPart {
+    (
+        row.payment_status,
+        row.payment_id,
+        row.payment_currency.clone(),
+        (row.authorized_minor, row.captured_minor, row.refunded_minor),
+        row.payment_reason.clone(),
+        row.payment_updated_at,
+        row.payment_count,
+    )
+}
+
+/// What the payments service's fold says of one payment, from its events in `log` up to
+/// `position` (the dashboard's rule for which one an order shows is in [`expected_payment`]).
+#[derive(Debug, Clone)]
+struct PaymentModel {
+    payment_id: Uuid,
+    order_id: Uuid,
+    status: PaymentStatus,
+    currency: Option<String>,
+    amounts: (i64, i64, i64),
+    reason: Option<String>,
+    first_position: u64,
+    updated_at: DateTime<Utc>,
+}
+
+/// An order's payment part as of `position` (all of them with `u64::MAX`): of its payments,
+/// one that holds or held money (authorized, captured, refunded) before one that failed
+/// (declined, voided), then the one started latest in the log.
+fn expected_payment(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> PaymentPart {
+    let mut payments: BTreeMap<Uuid, PaymentModel> = BTreeMap::new();
+    for event in log.iter().filter(|e| e.position <= position) {
+        let DomainEvent::Payment(payment) = &event.event else {
+            continue;
+        };
+        let model = payments.entry(payment.payment_id()).or_insert_with(|| PaymentModel {
+            payment_id: payment.payment_id(),
+            order_id: payment.order_id(),
+            status: PaymentStatus::None,
+            currency: None,
+            amounts: (0, 0, 0),
+            reason: None,
+            first_position: event.position,
+            updated_at: event.recorded_at,
+        });
+        model.updated_at = event.recorded_at;
+        match payment {
+            PaymentEvent::Authorized(e) => {
+                (model.status, model.reason) = (PaymentStatus::Authorized, None);
+                model.currency = Some(e.amount.currency.to_string());
+                model.amounts.0 = e.amount.amount_minor;
+            }
+            PaymentEvent::Captured(e) => {
+                model.status = PaymentStatus::Captured;
+                model.amounts.1 += e.amount.amount_minor;
+            }
+            PaymentEvent::Refunded(e) => {
+                model.amounts.2 += e.amount.amount_minor;
+                if model.amounts.2 >= model.amounts.1 {
+                    model.status = PaymentStatus::Refunded;
+                }
+            }
+            PaymentEvent::Declined(e) => {
+                (model.status, model.reason) = (PaymentStatus::Declined, Some(e.reason.clone()))
+            }
+            PaymentEvent::Voided(e) => (model.status, model.reason) = (PaymentStatus::Voided, Some(e.reason.clone())),
+        }
+    }
+    let of_order: Vec<&PaymentModel> = payments.values().filter(|p| p.order_id == order_id).collect();
+    let shown = of_order.iter().min_by_key(|p| {
+        (
+            matches!(p.status, PaymentStatus::Declined | PaymentStatus::Voided),
+            std::cmp::Reverse(p.first_position),
+            std::cmp::Reverse(p.payment_id),
+        )
+    });
+    match shown {
+        None => (PaymentStatus::None, None, None, (0, 0, 0), None, None, 0),
+        Some(p) => (
+            p.status,
+            Some(p.payment_id),
+            p.currency.clone(),
+            p.amounts,
+            p.reason.clone(),
+            Some(p.updated_at),
+            of_order.len() as u64,
+        ),
+    }
+}
+
+/// An order's payments, from the payments' own log, whatever the order they arrive in relative
+/// to the order's events: before its placement, several attempts, partial and full refunds, a
+/// void before its authorization.
+async fn payments(server: Server) {
+    let db = read_db(server).await;
+    let dash = dashboard(&db, 1).await;
+    let (alice, a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let pays: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let mut log = Log::default();
+    let snapshot = ("Alice", "alice@example.com");
+    // The payments service saw a declined attempt before the orders service's placement
+    // reached the dashboard.
+    let early = log.push(declined(pays[0], a, "card expired"));
+    dash.apply(&batch(&[early])).await.unwrap();
+    assert_eq!(dashboard::get_order(&db, 1, a).await.unwrap(), None, "no order yet");
+    let placed_a = log.push(placed(a, alice, snapshot, &[5], Currency::EUR, 0)); // 1250
+    dash.apply(&batch(&[placed_a])).await.unwrap();
+    let row = dashboard::get_order(&db, 1, a).await.unwrap().unwrap();
+    assert_eq!(
+        payment_part(&row),
+        (
+            PaymentStatus::Declined,
+            Some(pays[0]),
+            None,
+            (0, 0, 0),
+            Some("card expired".to_owned()),
+            Some(time_of(1)),
+            1
+        )
+    );
+    assert_eq!(
+        (row.stream_version, row.last_position, row.updated_at),
+        (1, 2, time_of(2)),
+        "the order's own stream"
+    );
+
+    // A second attempt: authorized, captured, refunded in parts.
+    let steps: Vec<(DomainEvent, PaymentPart)> = vec![
+        (
+            authorized(pays[1], a, 1250),
+            (
+                PaymentStatus::Authorized,
+                Some(pays[1]),
+                Some("EUR".into()),
+                (1250, 0, 0),
+                None,
+                Some(time_of(3)),
+                2,
+            ),
+        ),
+        (
+            captured(pays[1], a, 1250),
+            (
+                PaymentStatus::Captured,
+                Some(pays[1]),
+                Some("EUR".into()),
+                (1250, 1250, 0),
+                None,
+                Some(time_of(4)),
+                2,
+            ),
+        ),
+        (
+            refunded(pays[1], a, 250),
+            (
+                PaymentStatus::Captured,
+                Some(pays[1]),
+                Some("EUR".into()),
+                (1250, 1250, 250),
+                None,
+                Some(time_of(5)),
+                2,
+            ),
+        ),
+        // A later attempt that failed does not hide the one that holds money.
+        (
+            declined(pays[2], a, "limit reached"),
+            (
+                PaymentStatus::Captured,
+                Some(pays[1]),
+                Some("EUR".into()),
+                (1250, 1250, 250),
+                None,
+                Some(time_of(5)),
+                3,
+            ),
+        ),
+        (
+            refunded(pays[1], a, 1000),
+            (
+                PaymentStatus::Refunded,
+                Some(pays[1]),
+                Some("EUR".into()),
+                (1250, 1250, 1250),
+                None,
+                Some(time_of(7)),
+                3,
+            ),
+        ),
+    ];
+    for (event, expected) in steps {
+        let event = log.push(event);
+        dash.apply(&batch(&[event])).await.unwrap();
+        let row = dashboard::get_order(&db, 1, a).await.unwrap().unwrap();
+        assert_eq!(payment_part(&row), expected);
+        assert_eq!(payment_part(&row), expected_payment(&log.events, a, u64::MAX));
+    }
+
+    // Voided before its authorization, which arrives later and is released at once (one
+    // append); and two live attempts, the later one shown.
+    let events = vec![
+        log.push(voided(pays[3], b, None, "too late")),
+        log.push(placed(b, alice, snapshot, &[1], Currency::EUR, 0)),
+        log.push(placed(c, alice, snapshot, &[2], Currency::EUR, 0)),
+        log.push(authorized(pays[4], c, 500)),
+        log.push(authorized(pays[5], c, 500)),
+    ];
+    dash.apply(&batch(&events)).await.unwrap();
+    let row = dashboard::get_order(&db, 1, b).await.unwrap().unwrap();
+    assert_eq!(
+        payment_part(&row),
+        (
+            PaymentStatus::Voided,
+            Some(pays[3]),
+            None,
+            (0, 0, 0),
+            Some("too late".to_owned()),
+            Some(time_of(8)),
+            1
+        )
+    );
+    let late = [
+        log.push(authorized(pays[3], b, 250)),
+        log.push(voided(pays[3], b, Some(250), "too late")),
+        log.push(captured(pays[4], c, 500)),
+    ];
+    dash.apply(&batch(&late)).await.unwrap();
+    let row = dashboard::get_order(&db, 1, b).await.unwrap().unwrap();
+    assert_eq!(
+        payment_part(&row),
+        (
+            PaymentStatus::Voided,
+            Some(pays[3]),
+            Some("EUR".into()),
+            (250, 0, 0),
+            Some("too late".to_owned()),
+            Some(time_of(14)),
+            1
+        )
+    );
+    let row = dashboard::get_order(&db, 1, c).await.unwrap().unwrap();
+    assert_eq!(
+        (row.payment_status, row.payment_id, row.payment_count),
+        (PaymentStatus::Authorized, Some(pays[5]), 2),
+        "the attempt started latest"
+    );
+    for order in [a, b, c] {
+        let row = dashboard::get_order(&db, 1, order).await.unwrap().unwrap();
+        assert_eq!(payment_part(&row), expected_payment(&log.events, order, u64::MAX));
+    }
+
+    // Lists show the same rows; a replay of the payments changes nothing.
+    let page = dashboard::list_orders(&db, 1, &OrderFilter::default(), Sort::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.rows.len(), 3);
+    for row in &page.rows {
+        assert_eq!(
+            Some(row),
+            dashboard::get_order(&db, 1, row.order_id).await.unwrap().as_ref()
+        );
+    }
+    let once = dump(&db, 1).await;
+    assert_eq!(once["payments"].len(), 6);
+    assert_eq!(once["payment_history"].len(), 12);
+    dash.apply(&batch(&log.events)).await.unwrap();
+    assert_eq!(dump(&db, 1).await, once, "a replay of everything");
+
+    // As of each position of the orders log: the payments as of its commit time.
+    for position in 0..=log.events.len() as u64 {
+        let orders_cut = log
+            .events
+            .iter()
+            .filter(|e| e.position <= position && matches!(e.event, DomainEvent::Order(_)))
+            .map(|e| e.position)
+            .max()
+            .unwrap_or(0);
+        for order in [a, b, c] {
+            let then = dashboard::get_order_as_of(&db, 1, order, AsOf::Position(position))
+                .await
+                .unwrap();
+            let by_time = dashboard::get_order_as_of(&db, 1, order, AsOf::Time(time_of(position)))
+                .await
+                .unwrap();
+            if let Some(row) = &then {
+                assert_eq!(
+                    payment_part(row),
+                    expected_payment(&log.events, order, orders_cut),
+                    "order {order} at orders position {position}"
+                );
+            }
+            if let Some(row) = &by_time {
+                assert_eq!(
+                    payment_part(row),
+                    expected_payment(&log.events, order, position),
+                    "order {order} at the time of position {position}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn payments_show_on_their_order_postgres() {
+    payments(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn payments_show_on_their_order_sqlite() {
+    payments(Server::Sqlite).await;
 }
 
 /// An apply that cannot take the writer lock fails, and leaves its connection fit for the next
@@ -448,6 +886,8 @@ async fn replay(server: Server) {
     log.push(registered(bob, "Robert", "bob@example.com"));
     log.push(shipped(orders[0], "UPS", "1Z"));
     log.push(email_changed(alice, "ab@example.com"));
+    let (declined_payment, payment) = (Uuid::new_v4(), Uuid::new_v4());
+    log.push(declined(declined_payment, orders[3], "insufficient funds"));
     log.push(placed(
         orders[3],
         bob,
@@ -457,6 +897,9 @@ async fn replay(server: Server) {
         0,
     ));
     log.push(cancelled(orders[2], "late"));
+    log.push(authorized(payment, orders[0], 250));
+    log.push(captured(payment, orders[0], 250));
+    log.push(refunded(payment, orders[0], 100));
     let events = log.events.clone();
     let (b1, b2) = events.split_at(6);
     dash.apply(&batch(b1)).await.unwrap();
@@ -465,6 +908,8 @@ async fn replay(server: Server) {
     assert_eq!(once["orders"].len(), 4);
     assert_eq!(once["order_history"].len(), 8);
     assert_eq!(once["customer_history"].len(), 4);
+    assert_eq!(once["payments"].len(), 2);
+    assert_eq!(once["payment_history"].len(), 4);
 
     // The same batches again, an overlapping one, and everything at once: nothing changes.
     dash.apply(&batch(b1)).await.unwrap();
@@ -482,7 +927,7 @@ async fn replay(server: Server) {
         .iter()
         .find(|c| c.source == store_source(Service::Orders))
         .unwrap();
-    assert_eq!(orders_log.offset, 12, "a replay never moves the checkpoint back");
+    assert_eq!(orders_log.offset, 13, "a replay never moves the checkpoint back");
 
     // The same log applied event by event gives the same tables.
     let single = dashboard(&db, 2).await;
@@ -498,6 +943,17 @@ async fn replay(server: Server) {
     );
     let row = dashboard::get_order(&db, 1, orders[1]).await.unwrap().unwrap();
     assert_eq!(row.customer_name, "Robert", "a registration after the order renames it");
+    let row = dashboard::get_order(&db, 1, orders[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (row.payment_status, row.captured_minor, row.refunded_minor),
+        (PaymentStatus::Captured, 250, 100),
+        "partly refunded"
+    );
+    let row = dashboard::get_order(&db, 1, orders[3]).await.unwrap().unwrap();
+    assert_eq!(
+        (row.payment_status, row.payment_reason.as_deref()),
+        (PaymentStatus::Declined, Some("insufficient funds"))
+    );
 }
 
 #[tokio::test]
@@ -656,8 +1112,9 @@ impl Rng {
     }
 }
 
-/// Random customers (some only known from snapshots) with renames and email changes, and orders
-/// for them with random lifecycles, interleaved into one log in position order.
+/// Random customers (some only known from snapshots) with renames and email changes, orders
+/// for them with random lifecycles and none, one or two payments each, interleaved into one log
+/// in position order.
 fn random_log(rng: &mut Rng) -> Vec<ProjectedEvent> {
     let customers: Vec<Uuid> = (0..1 + rng.below(4)).map(|_| Uuid::new_v4()).collect();
     let mut streams: Vec<Vec<DomainEvent>> = Vec::new();
@@ -698,6 +1155,11 @@ fn random_log(rng: &mut Rng) -> Vec<ProjectedEvent> {
             3 => stream.extend([confirmed(order), shipped(order, "DHL", "T"), delivered(order)]),
             4 => stream.push(cancelled(order, "no")),
             _ => stream.extend([confirmed(order), cancelled(order, "late")]),
+        }
+        // Its payments, each a stream of the payments' log: their events may come before the
+        // order's placement as well as after.
+        for _ in 0..rng.below(3) {
+            streams.push(random_payment(rng, order, total_of(&stream[0])));
         }
         streams.push(stream);
     }
@@ -779,7 +1241,17 @@ async fn converge(db: &ReadDb, seed: u64) {
                 .get(&p.customer_id)
                 .cloned()
                 .unwrap_or_else(|| (p.customer.name.clone(), p.customer.email.clone()));
-            assert_eq!((row.customer_name, row.customer_email), expected, "seed {seed}");
+            assert_eq!(
+                (&row.customer_name, &row.customer_email),
+                (&expected.0, &expected.1),
+                "seed {seed}"
+            );
+            assert_eq!(
+                payment_part(&row),
+                expected_payment(&log, p.order_id, u64::MAX),
+                "payment of order {}, seed {seed}",
+                p.order_id
+            );
         }
     }
 }
@@ -873,7 +1345,7 @@ proptest::proptest! {
 // As of (invariant 7)
 
 /// The order as a fold of the log up to `position` (the write side's view), with the customer's
-/// name and email as of then.
+/// name and email and its payment as of then.
 fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<OrderRow> {
     let mut row: Option<OrderRow> = None;
     let mut customers: HashMap<Uuid, (String, String)> = HashMap::new();
@@ -907,6 +1379,15 @@ fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<O
                         cancel_reason: None,
                         carrier: None,
                         tracking: None,
+                        payment_status: PaymentStatus::None,
+                        payment_id: None,
+                        payment_currency: None,
+                        authorized_minor: 0,
+                        captured_minor: 0,
+                        refunded_minor: 0,
+                        payment_reason: None,
+                        payment_updated_at: None,
+                        payment_count: 0,
                         stream_version: 0,
                         last_position: 0,
                         updated_at: at,
@@ -935,6 +1416,15 @@ fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<O
     if let Some((name, email)) = customers.get(&row.customer_id) {
         (row.customer_name, row.customer_email) = (name.clone(), email.clone());
     }
+    (
+        row.payment_status,
+        row.payment_id,
+        row.payment_currency,
+        (row.authorized_minor, row.captured_minor, row.refunded_minor),
+        row.payment_reason,
+        row.payment_updated_at,
+        row.payment_count,
+    ) = expected_payment(log, order_id, position);
     Some(row)
 }
 
@@ -943,9 +1433,12 @@ async fn as_of(server: Server) {
     let dash = dashboard(&db, 1).await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (p0, p1, p2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let mut log = Log::default();
+    log.push(declined(p0, b, "card expired"));
     log.push(placed(b, bob, ("Bob", "bob@example.com"), &[1], Currency::USD, 0));
     log.push(registered(alice, "Alice", "alice@example.com"));
+    log.push(authorized(p1, a, 770));
     log.push(placed(
         a,
         alice,
@@ -956,20 +1449,25 @@ async fn as_of(server: Server) {
     ));
     log.push(renamed(alice, "Alice B."));
     log.push(confirmed(a));
+    log.push(captured(p1, a, 770));
     log.push(registered(bob, "Robert", "robert@example.com"));
+    log.push(authorized(p2, b, 250));
     log.push(email_changed(alice, "ab@example.com"));
     log.push(shipped(a, "DHL", "T-9"));
+    log.push(voided(p2, b, Some(250), "fraud"));
     log.push(cancelled(b, "fraud"));
+    log.push(refunded(p1, a, 100));
     log.push(delivered(a));
-    // Delivered in another interleaving and in three batches, with a replay.
+    // Delivered in another interleaving (each stream in order) and in three batches, with a
+    // replay.
     let events = &log.events;
-    let delivery: Vec<ProjectedEvent> = [1, 2, 3, 4, 0, 5, 6, 8, 7, 9]
+    let delivery: Vec<ProjectedEvent> = [2, 3, 4, 5, 0, 1, 6, 7, 8, 10, 9, 11, 13, 12, 14, 15]
         .iter()
         .map(|i| events[*i].clone())
         .collect();
-    dash.apply(&batch(&delivery[..4])).await.unwrap();
-    dash.apply(&batch(&delivery[2..7])).await.unwrap();
-    dash.apply(&batch(&delivery[7..])).await.unwrap();
+    dash.apply(&batch(&delivery[..6])).await.unwrap();
+    dash.apply(&batch(&delivery[3..10])).await.unwrap();
+    dash.apply(&batch(&delivery[10..])).await.unwrap();
 
     let last = events.len() as u64;
     for position in 0..=last + 1 {
@@ -1020,6 +1518,29 @@ async fn as_of(server: Server) {
         assert_eq!(page.rows, expected, "list at orders position {position}");
         assert_eq!(page.next_cursor, None);
     }
+    // The payments as they were: not a vacuous comparison.
+    let then = |order, position| {
+        let db = db.clone();
+        async move {
+            let row = dashboard::get_order_as_of(&db, 1, order, AsOf::Position(position))
+                .await
+                .unwrap()
+                .unwrap();
+            (
+                row.payment_status,
+                row.payment_id,
+                row.captured_minor,
+                row.refunded_minor,
+                row.payment_count,
+            )
+        }
+    };
+    assert_eq!(then(b, 2).await, (PaymentStatus::Declined, Some(p0), 0, 0, 1));
+    assert_eq!(then(a, 7).await, (PaymentStatus::Authorized, Some(p1), 0, 0, 1));
+    assert_eq!(then(b, 12).await, (PaymentStatus::Authorized, Some(p2), 0, 0, 2));
+    assert_eq!(then(a, 12).await, (PaymentStatus::Captured, Some(p1), 770, 0, 1));
+    assert_eq!(then(b, 14).await, (PaymentStatus::Voided, Some(p2), 0, 0, 2));
+    assert_eq!(then(a, 16).await, (PaymentStatus::Captured, Some(p1), 770, 100, 1));
     // The latest version equals the current row.
     assert_eq!(
         dashboard::get_order_as_of(&db, 1, a, AsOf::Position(last))
@@ -1031,7 +1552,7 @@ async fn as_of(server: Server) {
     let shipped_then = dashboard::list_orders_as_of(
         &db,
         1,
-        AsOf::Position(8),
+        AsOf::Position(13),
         &OrderFilter {
             status: Some(OrderStatus::Shipped),
             ..OrderFilter::default()
@@ -1279,9 +1800,11 @@ const AWKWARD_NAMES: [&str; 5] = [
 ];
 
 /// A random shop: customers (some registered only after their first order, some never, some
-/// with awkward names), orders with random lifecycles in two currencies, payments the dashboard
-/// ignores, and events that cannot apply (an order event for an order never placed, a change
-/// of a customer never registered, an order placed twice): the dead letters of either path.
+/// with awkward names), orders with random lifecycles in two currencies, none, one or two
+/// payments per order (with random lives, before or after the order's events), and events that
+/// cannot apply (an order event for an order never placed, a change of a customer never
+/// registered, an order placed twice, a capture of a payment never authorized): the dead
+/// letters of either path.
 /// With `poison_last`, the log ends with one of those (the last checkpoint then has no time).
 fn random_workload(rng: &mut Rng, customers: usize, orders: usize, poison_last: bool) -> Vec<ProjectedEvent> {
     let ids: Vec<Uuid> = (0..customers).map(|_| Uuid::new_v4()).collect();
@@ -1331,7 +1854,10 @@ fn random_workload(rng: &mut Rng, customers: usize, orders: usize, poison_last: 
             3 => stream.extend([confirmed(order), shipped(order, "UPS\tGround", "1Z"), delivered(order)]),
             4 => stream.push(cancelled(order, "no\\longer wanted")),
             5 => stream.extend([confirmed(order), cancelled(order, "late"), cancelled(order, "again")]),
-            _ => stream.extend([payment(order), confirmed(order)]),
+            _ => stream.push(confirmed(order)),
+        }
+        for _ in 0..rng.below(3) {
+            streams.push(random_payment(rng, order, total_of(&stream[0])));
         }
         if n % 50 == 7 {
             // Placed a second time: refused, dead-lettered, the order stays as it was.
@@ -1350,6 +1876,9 @@ fn random_workload(rng: &mut Rng, customers: usize, orders: usize, poison_last: 
     for _ in 0..1 + orders / 40 {
         streams.push(vec![confirmed(Uuid::new_v4())]);
         streams.push(vec![renamed(Uuid::new_v4(), "nobody")]);
+        streams.push(vec![captured(Uuid::new_v4(), ids[0], 10)]);
+        // A payment of an order never placed: kept, shown by no row.
+        streams.push(random_payment(rng, Uuid::new_v4(), 100));
     }
     let mut log = Log::default();
     for event in interleave(rng, streams) {
@@ -1480,6 +2009,7 @@ async fn bulk_equals_incremental(server: Server, seed: u64) {
     apply_incrementally(&incremental, random_batches(&mut rng, &log, 40)).await;
     let reference = dump(&db, 1).await;
     assert!(reference["order_history"].len() > 800 && reference["customer_history"].len() > 40);
+    assert!(reference["payments"].len() > 200 && reference["payment_history"].len() > 400);
     assert!(
         !control_rows(&db, 1).await.1.is_empty(),
         "the workload has events that are dead-lettered"

@@ -1,5 +1,7 @@
 //! `/v1/dashboard/...`: the `order_dashboard` projection.
 
+mod schema;
+
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use projections::dashboard::{
@@ -7,6 +9,7 @@ use projections::dashboard::{
 };
 use uuid::Uuid;
 
+use self::schema::{DashboardOrder, DashboardOrderPage};
 use crate::consistency::read;
 use crate::params::Params;
 use crate::{ApiError, ReadState};
@@ -58,7 +61,9 @@ const STATUSES: &[(&str, OrderStatus)] = &[
 /// (exclusive); `sort` (`placed_at_desc` by default, `placed_at_asc`, `total_desc`,
 /// `total_asc`); keyset pagination with `cursor` (from the previous page's `next_cursor`) and
 /// `limit` (1..=500, 50); `as_of` (RFC 3339) or `at_position` for the dashboard as it stood
-/// then; `min_position` for read-your-writes.
+/// then; `min_position` for read-your-writes. Each row carries the order's payment
+/// (`payment_status`, the authorized, captured and refunded amounts, ...: see the
+/// `DashboardOrder` schema).
 #[utoipa::path(get, path = "/v1/dashboard/orders", tag = "dashboard",
     params(
         ("status" = Option<String>, Query, description = "placed | confirmed | shipped | delivered | cancelled"),
@@ -72,7 +77,7 @@ const STATUSES: &[(&str, OrderStatus)] = &[
         ("at_position" = Option<u64>, Query, description = "global position: the dashboard as it stood then"),
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied"),
     ),
-    responses((status = 200, description = "a page of orders", body = Object),
+    responses((status = 200, description = "a page of orders, each with its payment", body = DashboardOrderPage),
               (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody),
               (status = 503, description = "not caught up, or unavailable", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQuery) -> Result<Json<Page>, ApiError> {
@@ -125,13 +130,13 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
     Ok(Json(page))
 }
 
-/// One order, now or `as_of` / `at_position`.
+/// One order with its payment, now or `as_of` / `at_position` (the payment as it was then).
 #[utoipa::path(get, path = "/v1/dashboard/orders/{id}", tag = "dashboard",
     params(("id" = String, Path, description = "the order's UUID"),
         ("as_of" = Option<String>, Query, description = "RFC 3339"),
         ("at_position" = Option<u64>, Query, description = "global position"),
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
-    responses((status = 200, description = "the order's dashboard row", body = Object),
+    responses((status = 200, description = "the order's dashboard row, with its payment", body = DashboardOrder),
               (status = 404, description = "no such order (then)", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn one(
     State(state): State<ReadState>,

@@ -77,7 +77,7 @@ pub(crate) async fn metrics(State(state): State<ReadState>) -> Response {
     ),
     components(schemas(service_kit::http::ErrorBody, service_kit::http::ErrorObject))
 )]
-struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// This API's OpenAPI document, generated from the code.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI document", body = Object)))]

@@ -11,7 +11,8 @@ use axum::http::{Request, StatusCode};
 use chrono::{DateTime, TimeZone, Utc};
 use event_schemas::{
     ConsistencyToken, Currency, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent,
-    OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, Service,
+    Money, OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, PaymentAuthorized, PaymentCaptured,
+    PaymentDeclined, PaymentEvent, PaymentRefunded, Service,
 };
 use http_body_util::BodyExt;
 use projections::analytics::SalesAnalytics;
@@ -238,6 +239,15 @@ fn cancelled(order_id: Uuid, version: u64) -> (String, u64, DomainEvent) {
     )
 }
 
+/// A payment event of stream version `version`: what the payments service appends.
+fn payment(payment_id: Uuid, version: u64, event: PaymentEvent) -> (String, u64, DomainEvent) {
+    (format!("payment-{payment_id}"), version, DomainEvent::Payment(event))
+}
+
+fn eur(amount_minor: i64) -> Money {
+    Money::new(amount_minor, Currency::EUR)
+}
+
 fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
     assert_eq!(status, want, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -372,6 +382,192 @@ async fn dashboard_filters_pages_and_as_of() {
         value,
         800 * (5 + 8 + 11),
         "orders of 2, 5, 8, 11 cups; the first cancelled"
+    );
+}
+
+/// Every dashboard row carries its order's payment, from the payments service's log, whatever
+/// came first; "as of" shows the payment as it was then; a payment's token reads one's own
+/// write; the OpenAPI document describes the fields.
+#[tokio::test]
+async fn dashboard_rows_show_the_payment() {
+    let mut side = ReadSide::new(Duration::from_millis(200)).await;
+    let shop = Shop::new();
+    side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
+    let orders: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let pays: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    // The payment of order 2 reaches the dashboard before the order does.
+    side.apply(vec![payment(
+        pays[2],
+        1,
+        PaymentEvent::Authorized(PaymentAuthorized {
+            payment_id: pays[2],
+            order_id: orders[2],
+            amount: eur(450),
+        }),
+    )])
+    .await;
+    let (status, none) = side.get(&format!("/v1/dashboard/orders/{}", orders[2])).await;
+    assert_error(status, &none, StatusCode::NOT_FOUND, "not_found");
+    side.apply(vec![
+        shop.placed(orders[0], 0, 0, 1),
+        shop.placed(orders[1], 1, 1, 1),
+        shop.placed(orders[2], 2, 2, 1),
+        shop.placed(orders[3], 0, 1, 2),
+    ])
+    .await;
+    let placed = side.token(Service::Orders);
+    side.apply(vec![
+        payment(
+            pays[0],
+            1,
+            PaymentEvent::Authorized(PaymentAuthorized {
+                payment_id: pays[0],
+                order_id: orders[0],
+                amount: eur(2_500),
+            }),
+        ),
+        payment(
+            pays[0],
+            2,
+            PaymentEvent::Captured(PaymentCaptured {
+                payment_id: pays[0],
+                order_id: orders[0],
+                amount: eur(2_500),
+            }),
+        ),
+        confirmed(orders[0]),
+    ])
+    .await;
+    let captured = side.token(Service::Orders);
+    let refund = side
+        .apply(vec![
+            payment(
+                pays[0],
+                3,
+                PaymentEvent::Refunded(PaymentRefunded {
+                    payment_id: pays[0],
+                    order_id: orders[0],
+                    amount: eur(500),
+                }),
+            ),
+            payment(
+                pays[1],
+                1,
+                PaymentEvent::Declined(PaymentDeclined {
+                    payment_id: pays[1],
+                    order_id: orders[1],
+                    reason: "card expired".to_owned(),
+                }),
+            ),
+        ])
+        .await;
+    assert_eq!(refund.service, Service::Payments);
+
+    // Read your own payment write: the payments log's token.
+    let (status, row) = side
+        .get(&format!("/v1/dashboard/orders/{}?min_position={refund}", orders[0]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{row}");
+    assert_eq!(row["status"], "confirmed", "{row}");
+    assert_eq!(row["payment_status"], "captured", "partly refunded: {row}");
+    assert_eq!(row["payment_id"], pays[0].to_string());
+    assert_eq!(row["payment_currency"], "EUR");
+    assert_eq!(
+        (&row["authorized_minor"], &row["captured_minor"], &row["refunded_minor"]),
+        (&Value::from(2_500), &Value::from(2_500), &Value::from(500)),
+        "{row}"
+    );
+    assert!(row["payment_reason"].is_null(), "{row}");
+    assert!(row["payment_updated_at"].is_string(), "{row}");
+    assert_eq!(row["payment_count"], 1);
+
+    // The list: every row with its payment, `none` without one.
+    let (status, page) = side.get("/v1/dashboard/orders").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let rows: BTreeMap<String, Value> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["order_id"].as_str().unwrap().to_owned(), r.clone()))
+        .collect();
+    assert_eq!(rows[&orders[0].to_string()], row, "the list's row is the order's");
+    let declined = &rows[&orders[1].to_string()];
+    assert_eq!(declined["payment_status"], "declined", "{declined}");
+    assert_eq!(declined["payment_reason"], "card expired");
+    assert!(declined["payment_currency"].is_null(), "{declined}");
+    let early = &rows[&orders[2].to_string()];
+    assert_eq!(early["payment_status"], "authorized", "{early}");
+    assert_eq!(early["authorized_minor"], 450);
+    let unpaid = &rows[&orders[3].to_string()];
+    assert_eq!(unpaid["payment_status"], "none", "{unpaid}");
+    for field in ["payment_id", "payment_currency", "payment_reason", "payment_updated_at"] {
+        assert!(unpaid[field].is_null(), "{field}: {unpaid}");
+    }
+    for field in ["authorized_minor", "captured_minor", "refunded_minor", "payment_count"] {
+        assert_eq!(unpaid[field], 0, "{field}: {unpaid}");
+    }
+
+    // As of a position of the orders log: the payments as of its commit time.
+    let then = |at: ConsistencyToken, order: Uuid| {
+        let uri = format!("/v1/dashboard/orders/{order}?at_position={at}");
+        let router = side.router.clone();
+        async move {
+            let (status, row) = get(router, uri).await;
+            assert_eq!(status, StatusCode::OK, "{row}");
+            row
+        }
+    };
+    let row = then(placed, orders[0]).await;
+    assert_eq!(
+        (&row["status"], &row["payment_status"], &row["payment_count"]),
+        (&Value::from("placed"), &Value::from("none"), &Value::from(0)),
+        "{row}"
+    );
+    let row = then(placed, orders[2]).await;
+    assert_eq!(row["payment_status"], "authorized", "{row}");
+    let row = then(captured, orders[0]).await;
+    assert_eq!(
+        (&row["payment_status"], &row["captured_minor"], &row["refunded_minor"]),
+        (&Value::from("captured"), &Value::from(2_500), &Value::from(0)),
+        "{row}"
+    );
+    let (_, page) = side.get(&format!("/v1/dashboard/orders?at_position={captured}")).await;
+    let declined_then = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["order_id"] == orders[1].to_string())
+        .unwrap();
+    assert_eq!(
+        declined_then["payment_status"], "none",
+        "declined later: {declined_then}"
+    );
+
+    // The fields are documented.
+    let (_, doc) = side.get("/openapi.json").await;
+    let properties = &doc["components"]["schemas"]["DashboardOrder"]["properties"];
+    for field in [
+        "payment_id",
+        "payment_currency",
+        "authorized_minor",
+        "captured_minor",
+        "refunded_minor",
+        "payment_reason",
+        "payment_updated_at",
+        "payment_count",
+    ] {
+        assert!(
+            properties[field]["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{field}: {properties}"
+        );
+    }
+    let statuses = &doc["components"]["schemas"]["DashboardPaymentStatus"];
+    assert!(
+        statuses["description"]
+            .as_str()
+            .unwrap()
+            .contains("`refunded_minor` > 0"),
+        "{statuses}"
     );
 }
 

@@ -12,3 +12,7 @@ CREATE INDEX IF NOT EXISTS {prefix}order_history_by_placed ON {prefix}order_hist
 -- "As of a position" of the orders log: the commit time of the newest order version at or
 -- below it, which the customers' versions are taken at.
 CREATE INDEX IF NOT EXISTS {prefix}order_history_by_position ON {prefix}order_history (valid_from_position);
+
+-- An order's payments, joined to its row when read (now and "as of").
+CREATE INDEX IF NOT EXISTS {prefix}payments_by_order ON {prefix}payments (order_id);
+CREATE INDEX IF NOT EXISTS {prefix}payment_history_by_order ON {prefix}payment_history (order_id, valid_from_us);

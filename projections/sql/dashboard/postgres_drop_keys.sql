@@ -9,3 +9,5 @@ ALTER TABLE {prefix}customers DROP CONSTRAINT {prefix}customers_pkey;
 ALTER TABLE {prefix}customer_totals DROP CONSTRAINT {prefix}customer_totals_pkey;
 ALTER TABLE {prefix}order_history DROP CONSTRAINT {prefix}order_history_pkey;
 ALTER TABLE {prefix}customer_history DROP CONSTRAINT {prefix}customer_history_pkey;
+ALTER TABLE {prefix}payments DROP CONSTRAINT {prefix}payments_pkey;
+ALTER TABLE {prefix}payment_history DROP CONSTRAINT {prefix}payment_history_pkey;

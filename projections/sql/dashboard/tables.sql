@@ -106,3 +106,48 @@ CREATE TABLE IF NOT EXISTS {prefix}customer_history (
     email               TEXT   NOT NULL,
     PRIMARY KEY (customer_id, stream_version)
 );
+
+-- The current state of every payment (payments' own streams, one attempt to pay for one order
+-- each), keyed by payment id whether or not its order has been seen: an order's payment is
+-- joined to it when read (query.rs), so payment and order events converge in any interleaving.
+-- Amounts are integer minor units of `currency` (the authorization's; NULL until authorized).
+CREATE TABLE IF NOT EXISTS {prefix}payments (
+    payment_id       TEXT   PRIMARY KEY,
+    order_id         TEXT   NOT NULL,
+    -- authorized | captured (possibly partly refunded) | refunded (all of the capture) |
+    -- declined | voided
+    status           TEXT   NOT NULL,
+    currency         TEXT,
+    authorized_minor BIGINT NOT NULL,
+    captured_minor   BIGINT NOT NULL,
+    refunded_minor   BIGINT NOT NULL,
+    -- Why the payment was declined or voided (the latest of those events); NULL otherwise.
+    reason           TEXT,
+    -- The position of the payment's first event in the payments log: of an order's payments,
+    -- the one started latest is shown (see query.rs).
+    started_position BIGINT NOT NULL,
+    -- The last applied event of the payment's stream: the guard against applying one twice.
+    stream_version   BIGINT NOT NULL,
+    last_position    BIGINT NOT NULL,
+    updated_at_us    BIGINT NOT NULL
+);
+
+-- Every version of every payment, for "as of" reads (valid_from/valid_to as order_history,
+-- with positions and times of the payments log).
+CREATE TABLE IF NOT EXISTS {prefix}payment_history (
+    payment_id          TEXT   NOT NULL,
+    stream_version      BIGINT NOT NULL,
+    valid_from_position BIGINT NOT NULL,
+    valid_from_us       BIGINT NOT NULL,
+    valid_to_position   BIGINT,
+    valid_to_us         BIGINT,
+    order_id            TEXT   NOT NULL,
+    status              TEXT   NOT NULL,
+    currency            TEXT,
+    authorized_minor    BIGINT NOT NULL,
+    captured_minor      BIGINT NOT NULL,
+    refunded_minor      BIGINT NOT NULL,
+    reason              TEXT,
+    started_position    BIGINT NOT NULL,
+    PRIMARY KEY (payment_id, stream_version)
+);

@@ -4,11 +4,11 @@
 //!
 //! # What it does
 //!
-//! - **Folds the log in memory**: every order's and customer's current state and every
-//!   customer's totals, with the very functions the batch fold uses (`fold.rs`: placing an
-//!   order, applying an order or customer event, the replay guard), so that both make the same
-//!   rows by construction.
-//! - **Streams history out as soon as it is final**: an order's (or customer's) version gets its
+//! - **Folds the log in memory**: every order's, customer's and payment's current state and
+//!   every customer's totals, with the very functions the batch fold uses (`fold.rs`: placing an
+//!   order, applying an order, customer or payment event, the replay guards), so that both make
+//!   the same rows by construction.
+//! - **Streams history out as soon as it is final**: an order's (customer's, payment's) version gets its
 //!   `valid_to` from the next event of its stream, so when that event applies, the version it
 //!   supersedes is written out, closed, and never touched again. Open versions (`valid_to`
 //!   NULL) and the current tables are written at the end, from memory.
@@ -36,13 +36,15 @@
 //! - an order's version `k` is valid from its event's position and recorded time (its
 //!   `last_position`, `updated_at_us`) up to those of the order's next applied event; the
 //!   latest is open. Customers the same (for customers with events of their own; snapshots
-//!   make no customer versions), with `since_us` keeping the version's start time;
+//!   make no customer versions), with `since_us` keeping the version's start time; payments as
+//!   orders;
 //! - an order shows its customer's name and email once the customer's stream has been seen
 //!   (`stream_version > 0`), its own placement snapshot otherwise: this is what the batch
 //!   path's in-batch override and `propagate_customers` converge to;
 //! - totals are sums: a batch adds its deltas, the bulk load adds them all;
 //! - an event the batch path would dead-letter (it fails alone: an order never placed, a
-//!   customer never registered, a second placement) changes nothing and becomes a dead letter
+//!   customer never registered, a second placement, a capture or refund of a payment never
+//!   started) changes nothing and becomes a dead letter
 //!   with the same reason; undecodable events too;
 //! - the checkpoint is the last batch's, kept with `save_checkpoints`' rule (it only moves
 //!   forward).
@@ -52,9 +54,9 @@
 //!
 //! # Memory
 //!
-//! One [`OrderState`] per order and one [`CustomerState`] per customer (a few hundred bytes
-//! each), the totals, plus a few chunks in flight; never the history. When the orders and
-//! customers in memory reach the load's limit, [`BulkLoad::full`] says so and the rebuild
+//! One [`OrderState`] per order, one [`CustomerState`] per customer and one [`PaymentState`]
+//! per payment (a few hundred bytes each), the totals, plus a few chunks in flight; never the
+//! history. When the orders, customers and payments in memory reach the load's limit, [`BulkLoad::full`] says so and the rebuild
 //! finishes the load there and applies the rest of the log batch by batch, so memory stays
 //! bounded whatever the size of the log.
 
@@ -62,7 +64,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::Utc;
-use event_schemas::{CustomerEvent, DomainEvent, OrderEvent};
+use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, PaymentEvent};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -70,13 +72,14 @@ use tracing::{debug, error, info};
 use uuid::Uuid;
 
 use super::fold::{
-    CustomerState, CustomerVersion, OrderState, OrderVersion, TotalKey, Totals, apply_customer_event,
-    apply_order_event, at_of, blank_customer, customer_event_applies, never_placed, order_event_applies, place_order,
-    snapshot_customer,
+    CustomerState, CustomerVersion, OrderState, OrderVersion, PaymentState, PaymentVersion, TotalKey, Totals,
+    apply_customer_event, apply_order_event, apply_payment_event, at_of, blank_customer, blank_payment,
+    customer_event_applies, never_placed, order_event_applies, payment_event_applies, place_order, snapshot_customer,
 };
 use super::write::{
-    CUSTOMER_COLUMNS, CUSTOMER_HISTORY_COLUMNS, ORDER_COLUMNS, ORDER_HISTORY_COLUMNS, TOTALS_COLUMNS, add_totals,
-    insert_customer_versions, insert_order_versions, upsert_customers, upsert_orders,
+    CUSTOMER_COLUMNS, CUSTOMER_HISTORY_COLUMNS, ORDER_COLUMNS, ORDER_HISTORY_COLUMNS, PAYMENT_COLUMNS,
+    PAYMENT_HISTORY_COLUMNS, TOTALS_COLUMNS, add_totals, insert_customer_versions, insert_order_versions,
+    insert_payment_versions, upsert_customers, upsert_orders, upsert_payments,
 };
 use super::{INDEXES_SQL, NAME, TABLES};
 use crate::control::{SAVE_DEAD_LETTER_SQL, checkpoint_rows, save_checkpoints_sql};
@@ -90,7 +93,7 @@ use service_kit::error_chain;
 const DROP_KEYS_SQL: &str = include_str!("../../sql/dashboard/postgres_drop_keys.sql");
 const ADD_KEYS_SQL: &str = include_str!("../../sql/dashboard/postgres_add_keys.sql");
 
-/// The orders and customers a bulk load holds in memory at most. Measured (BENCHMARKS.md): about
+/// The orders, customers and payments a bulk load holds in memory at most. Measured (BENCHMARKS.md): about
 /// 800 bytes of resident memory each, plus ~40 MiB of chunks and pages in flight, so this bound
 /// is about 1.2 GiB (a log of ~8 million events of the benchmark's shop). Past it, the rebuild
 /// finishes the bulk load and goes on batch by batch.
@@ -243,16 +246,17 @@ impl BulkLoad for DashboardBulk {
     }
 
     fn full(&self) -> bool {
-        self.fold.orders.len() + self.fold.customers.len() >= self.memory_rows
+        self.fold.rows() >= self.memory_rows
     }
 
     async fn finish(mut self: Box<Self>) -> Result<BulkReport, ProjectionError> {
         let started = Instant::now();
         let fold = std::mem::take(&mut self.fold);
-        let rows_in_memory = (fold.orders.len() + fold.customers.len()) as u64;
+        let rows_in_memory = fold.rows() as u64;
         let BulkFold {
             orders,
             customers,
+            payments,
             totals,
             dead_letters,
             checkpoints,
@@ -276,6 +280,11 @@ impl BulkLoad for DashboardBulk {
             self.send(false).await?;
         }
         drop(customers);
+        for payment in payments.into_values() {
+            self.out.payment_version(&payment, None);
+            self.out.payment(&payment);
+            self.send(false).await?;
+        }
         for (key, value) in &totals {
             self.out.total(key, *value);
             self.send(false).await?;
@@ -330,6 +339,7 @@ struct BulkFold {
     /// Boxed: the map's buckets stay small, so growing it never holds two copies of the states.
     orders: HashMap<Uuid, Box<OrderState>>,
     customers: HashMap<Uuid, BulkCustomer>,
+    payments: HashMap<Uuid, Box<PaymentState>>,
     totals: Totals,
     dead_letters: Vec<DeadLetter>,
     /// As `save_checkpoints` would have left them after every batch so far.
@@ -337,13 +347,19 @@ struct BulkFold {
 }
 
 impl BulkFold {
+    /// The rows held in memory: what the load's bound counts.
+    fn rows(&self) -> usize {
+        self.orders.len() + self.customers.len() + self.payments.len()
+    }
+
     fn batch(&mut self, batch: &Batch, out: &mut Out) {
         let mut failed = Vec::new();
         for event in &batch.events {
             let applied = match &event.event {
                 DomainEvent::Order(order) => self.order_event(event, order, out),
                 DomainEvent::Customer(customer) => self.customer_event(event, customer, out),
-                DomainEvent::Product(_) | DomainEvent::Payment(_) => Ok(()),
+                DomainEvent::Payment(payment) => self.payment_event(event, payment, out),
+                DomainEvent::Product(_) => Ok(()),
             };
             failed.push(applied.is_err());
             if let Err(cause) = applied {
@@ -443,6 +459,32 @@ impl BulkFold {
         copy.since_us = at.1;
         Ok(())
     }
+
+    fn payment_event(
+        &mut self,
+        event: &ProjectedEvent,
+        payment: &PaymentEvent,
+        out: &mut Out,
+    ) -> Result<(), ProjectionError> {
+        let id = payment.payment_id();
+        let version = to_i64(event.stream_version);
+        let at = at_of(event);
+        let row = self.payments.get(&id).map(|row| &**row);
+        if !payment_event_applies(row, payment, version)? {
+            return Ok(());
+        }
+        let row = match self.payments.entry(id) {
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let row = entry.into_mut();
+                // The version this event supersedes is final now.
+                out.payment_version(row, Some(at));
+                row
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(Box::new(blank_payment(payment, at))),
+        };
+        apply_payment_event(row, payment, version, at);
+        Ok(())
+    }
 }
 
 /// The checkpoints batch-by-batch apply leaves after a batch with events that fail: the batch
@@ -493,19 +535,23 @@ enum Table {
     CustomerTotals,
     OrderHistory,
     CustomerHistory,
+    Payments,
+    PaymentHistory,
 }
 
 /// What each PostgreSQL writer loads (see [`DashboardBulk`]).
-const HISTORY_TABLES: [Table; 2] = [Table::OrderHistory, Table::CustomerHistory];
-const CURRENT_TABLES: [Table; 3] = [Table::Orders, Table::Customers, Table::CustomerTotals];
+const HISTORY_TABLES: [Table; 3] = [Table::OrderHistory, Table::CustomerHistory, Table::PaymentHistory];
+const CURRENT_TABLES: [Table; 4] = [Table::Orders, Table::Customers, Table::CustomerTotals, Table::Payments];
 
 impl Table {
-    const ALL: [Table; 5] = [
+    const ALL: [Table; 7] = [
         Table::Orders,
         Table::Customers,
         Table::CustomerTotals,
         Table::OrderHistory,
         Table::CustomerHistory,
+        Table::Payments,
+        Table::PaymentHistory,
     ];
 
     fn name(self) -> &'static str {
@@ -519,6 +565,8 @@ impl Table {
             Table::CustomerTotals => TOTALS_COLUMNS,
             Table::OrderHistory => ORDER_HISTORY_COLUMNS,
             Table::CustomerHistory => CUSTOMER_HISTORY_COLUMNS,
+            Table::Payments => PAYMENT_COLUMNS,
+            Table::PaymentHistory => PAYMENT_HISTORY_COLUMNS,
         }
     }
 }
@@ -591,6 +639,26 @@ impl Out {
         }
     }
 
+    /// A payment's version, valid from its last event (`last_position`, `updated_at_us`) to
+    /// `valid_to` (`None`: still valid).
+    fn payment_version(&mut self, payment: &PaymentState, valid_to: Option<(i64, i64)>) {
+        match self {
+            Out::Copy(copy) => copy.payment_version(payment, valid_to),
+            Out::Insert(insert) => insert.payment_versions.push(PaymentVersion {
+                payment: payment.clone(),
+                valid_from: (payment.last_position, payment.updated_at_us),
+                valid_to,
+            }),
+        }
+    }
+
+    fn payment(&mut self, payment: &PaymentState) {
+        match self {
+            Out::Copy(copy) => copy.payment(payment),
+            Out::Insert(insert) => insert.payments.push(payment.clone()),
+        }
+    }
+
     fn customer(&mut self, customer: &CustomerState) {
         match self {
             Out::Copy(copy) => copy.customer(customer),
@@ -623,7 +691,7 @@ impl Out {
 /// one buffer per table.
 #[derive(Default)]
 struct CopyOut {
-    buffers: [Vec<u8>; 5],
+    buffers: [Vec<u8>; Table::ALL.len()],
 }
 
 impl CopyOut {
@@ -713,6 +781,42 @@ impl CopyOut {
         }
         row.opt_int(c.last_order_at_us);
         row.opt_int(c.last_order_position);
+        row.end();
+    }
+
+    fn payment_version(&mut self, p: &PaymentState, valid_to: Option<(i64, i64)>) {
+        let mut row = self.buffer(Table::PaymentHistory);
+        row.uuid(&p.payment_id);
+        row.int(p.stream_version);
+        row.int(p.last_position);
+        row.int(p.updated_at_us);
+        row.opt_int(valid_to.map(|to| to.0));
+        row.opt_int(valid_to.map(|to| to.1));
+        row.uuid(&p.order_id);
+        row.text(p.status.as_str());
+        row.opt_text(p.currency.as_deref());
+        row.int(p.authorized_minor);
+        row.int(p.captured_minor);
+        row.int(p.refunded_minor);
+        row.opt_text(p.reason.as_deref());
+        row.int(p.started_position);
+        row.end();
+    }
+
+    fn payment(&mut self, p: &PaymentState) {
+        let mut row = self.buffer(Table::Payments);
+        row.uuid(&p.payment_id);
+        row.uuid(&p.order_id);
+        row.text(p.status.as_str());
+        row.opt_text(p.currency.as_deref());
+        row.int(p.authorized_minor);
+        row.int(p.captured_minor);
+        row.int(p.refunded_minor);
+        row.opt_text(p.reason.as_deref());
+        row.int(p.started_position);
+        row.int(p.stream_version);
+        row.int(p.last_position);
+        row.int(p.updated_at_us);
         row.end();
     }
 
@@ -828,8 +932,10 @@ impl Row<'_> {
 struct InsertOut {
     order_versions: Vec<OrderVersion>,
     customer_versions: Vec<CustomerVersion>,
+    payment_versions: Vec<PaymentVersion>,
     orders: Vec<OrderState>,
     customers: Vec<CustomerState>,
+    payments: Vec<PaymentState>,
     totals: Vec<(TotalKey, (i64, i64))>,
 }
 
@@ -837,8 +943,10 @@ impl InsertOut {
     fn rows(&self) -> usize {
         self.order_versions.len()
             + self.customer_versions.len()
+            + self.payment_versions.len()
             + self.orders.len()
             + self.customers.len()
+            + self.payments.len()
             + self.totals.len()
     }
 
@@ -846,10 +954,13 @@ impl InsertOut {
     async fn write(&self, conn: &mut sqlx::AnyConnection, prefix: &str) -> Result<u64, ProjectionError> {
         insert_order_versions(conn, prefix, &self.order_versions).await?;
         insert_customer_versions(conn, prefix, &self.customer_versions).await?;
+        insert_payment_versions(conn, prefix, &self.payment_versions).await?;
         let orders: Vec<&OrderState> = self.orders.iter().collect();
         upsert_orders(conn, prefix, &orders).await?;
         let customers: Vec<&CustomerState> = self.customers.iter().collect();
         upsert_customers(conn, prefix, &customers).await?;
+        let payments: Vec<&PaymentState> = self.payments.iter().collect();
+        upsert_payments(conn, prefix, &payments).await?;
         let totals: Vec<_> = self.totals.iter().map(|(key, value)| (key, value)).collect();
         add_totals(conn, prefix, &totals).await?;
         Ok(self.rows() as u64)

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, OrderPlaced};
+use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, OrderPlaced, PaymentEvent};
 use uuid::Uuid;
 
-use super::OrderStatus;
+use super::{OrderStatus, PaymentStatus};
 use crate::{ProjectedEvent, ProjectionError, micros, to_i64};
 
 /// An order row as stored in `orders` (and, with validity, in `order_history`).
@@ -47,6 +47,34 @@ pub(super) struct CustomerState {
     pub(super) last_order_id: Option<Uuid>,
     pub(super) last_order_at_us: Option<i64>,
     pub(super) last_order_position: Option<i64>,
+}
+
+/// A payment row as stored in `payments` (and, with validity, in `payment_history`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PaymentState {
+    pub(super) payment_id: Uuid,
+    pub(super) order_id: Uuid,
+    pub(super) status: PaymentStatus,
+    /// The authorization's currency; `None` before it.
+    pub(super) currency: Option<String>,
+    pub(super) authorized_minor: i64,
+    pub(super) captured_minor: i64,
+    pub(super) refunded_minor: i64,
+    /// Why it was declined or voided; `None` in the other statuses.
+    pub(super) reason: Option<String>,
+    /// The position of the stream's first event (in the payments log).
+    pub(super) started_position: i64,
+    pub(super) stream_version: i64,
+    pub(super) last_position: i64,
+    pub(super) updated_at_us: i64,
+}
+
+/// One version of a payment, valid from its event up to the next one's (`None`: still valid).
+#[derive(Debug, Clone)]
+pub(super) struct PaymentVersion {
+    pub(super) payment: PaymentState,
+    pub(super) valid_from: (i64, i64),
+    pub(super) valid_to: Option<(i64, i64)>,
 }
 
 /// One version of an order, valid from its event up to the next one's (`None`: still valid).
@@ -109,20 +137,33 @@ impl<T: Clone> Entry<T> {
 pub(super) struct Fold {
     pub(super) orders: HashMap<Uuid, Entry<OrderState>>,
     pub(super) customers: HashMap<Uuid, Entry<CustomerState>>,
+    pub(super) payments: HashMap<Uuid, Entry<PaymentState>>,
     /// New order versions, in batch order.
     pub(super) order_versions: Vec<OrderVersion>,
     pub(super) customer_versions: Vec<CustomerVersion>,
+    pub(super) payment_versions: Vec<PaymentVersion>,
     /// Stored versions to close (valid_to = the first applied event's position and time).
     pub(super) close_orders: Vec<(Uuid, (i64, i64))>,
     pub(super) close_customers: Vec<(Uuid, (i64, i64))>,
+    pub(super) close_payments: Vec<(Uuid, (i64, i64))>,
     /// Per (customer, currency): orders placed and lifetime value to add.
     pub(super) totals: Totals,
 }
 
-/// The ids of the orders and customers a batch touches: the rows to load before folding.
-pub(super) fn affected(events: &[ProjectedEvent]) -> (Vec<Uuid>, Vec<Uuid>) {
+/// The ids of the rows a batch touches, to load before folding.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Affected {
+    pub(super) orders: Vec<Uuid>,
+    pub(super) customers: Vec<Uuid>,
+    pub(super) payments: Vec<Uuid>,
+}
+
+/// The ids of the orders, customers and payments a batch touches: the rows to load before
+/// folding.
+pub(super) fn affected(events: &[ProjectedEvent]) -> Affected {
     let mut orders = Vec::new();
     let mut customers = Vec::new();
+    let mut payments = Vec::new();
     for event in events {
         match &event.event {
             DomainEvent::Order(order) => {
@@ -132,14 +173,19 @@ pub(super) fn affected(events: &[ProjectedEvent]) -> (Vec<Uuid>, Vec<Uuid>) {
                 }
             }
             DomainEvent::Customer(customer) => customers.push(customer.customer_id()),
-            DomainEvent::Product(_) | DomainEvent::Payment(_) => {}
+            DomainEvent::Payment(payment) => payments.push(payment.payment_id()),
+            DomainEvent::Product(_) => {}
         }
     }
-    orders.sort_unstable();
-    orders.dedup();
-    customers.sort_unstable();
-    customers.dedup();
-    (orders, customers)
+    for ids in [&mut orders, &mut customers, &mut payments] {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    Affected {
+        orders,
+        customers,
+        payments,
+    }
 }
 
 impl Fold {
@@ -147,6 +193,7 @@ impl Fold {
     pub(super) fn run(
         orders: Vec<OrderState>,
         customers: Vec<CustomerState>,
+        payments: Vec<PaymentState>,
         events: &[ProjectedEvent],
     ) -> Result<Self, ProjectionError> {
         let mut fold = Fold {
@@ -155,13 +202,15 @@ impl Fold {
                 .into_iter()
                 .map(|c| (c.customer_id, Entry::loaded(c)))
                 .collect(),
+            payments: payments.into_iter().map(|p| (p.payment_id, Entry::loaded(p))).collect(),
             ..Fold::default()
         };
         for event in events {
             match &event.event {
                 DomainEvent::Order(order) => fold.order_event(event, order)?,
                 DomainEvent::Customer(customer) => fold.customer_event(event, customer)?,
-                DomainEvent::Product(_) | DomainEvent::Payment(_) => {}
+                DomainEvent::Payment(payment) => fold.payment_event(event, payment)?,
+                DomainEvent::Product(_) => {}
             }
         }
         // Orders whose customer is known from its own stream show the customer's current name,
@@ -212,6 +261,43 @@ impl Fold {
             stream_version: version,
             name: state.name.clone(),
             email: state.email.clone(),
+            valid_from: at,
+            valid_to: None,
+        });
+        Ok(())
+    }
+
+    /// A payment's own stream: its row (version-guarded) and its history. Independent of the
+    /// order's rows (joined when read), so it applies whether or not the order is known.
+    fn payment_event(&mut self, event: &ProjectedEvent, payment: &PaymentEvent) -> Result<(), ProjectionError> {
+        let id = payment.payment_id();
+        let version = to_i64(event.stream_version);
+        let at = at_of(event);
+        if !payment_event_applies(self.payments.get(&id).map(|entry| &entry.state), payment, version)? {
+            return Ok(()); // applied before: a replay
+        }
+        let entry = self
+            .payments
+            .entry(id)
+            .or_insert_with(|| Entry::created(blank_payment(payment, at)));
+        apply_payment_event(&mut entry.state, payment, version, at);
+        entry.dirty = true;
+        entry.advanced = true;
+        match entry.latest_version {
+            Some(index) => {
+                if let Some(previous) = self.payment_versions.get_mut(index) {
+                    previous.valid_to = Some(at);
+                }
+            }
+            None => {
+                if entry.loaded.is_some() {
+                    self.close_payments.push((id, at));
+                }
+            }
+        }
+        entry.latest_version = Some(self.payment_versions.len());
+        self.payment_versions.push(PaymentVersion {
+            payment: entry.state.clone(),
             valid_from: at,
             valid_to: None,
         });
@@ -346,6 +432,83 @@ pub(super) fn apply_customer_event(copy: &mut CustomerState, customer: &Customer
     }
     copy.stream_version = version;
     copy.last_position = at.0;
+}
+
+/// A payment's row before its first event (at `at`) applies; [`apply_payment_event`] fills it.
+pub(super) fn blank_payment(payment: &PaymentEvent, at: (i64, i64)) -> PaymentState {
+    PaymentState {
+        payment_id: payment.payment_id(),
+        order_id: payment.order_id(),
+        status: PaymentStatus::Authorized,
+        currency: None,
+        authorized_minor: 0,
+        captured_minor: 0,
+        refunded_minor: 0,
+        reason: None,
+        started_position: at.0,
+        stream_version: 0,
+        last_position: 0,
+        updated_at_us: 0,
+    }
+}
+
+/// Whether a payment event at stream `version` applies to its row (`None`: no row yet):
+/// `Ok(false)` for a replay, an error for a capture or refund of a payment never started (a
+/// stream starts with an authorization, a decline or a void). Changes nothing.
+pub(super) fn payment_event_applies(
+    row: Option<&PaymentState>,
+    payment: &PaymentEvent,
+    version: i64,
+) -> Result<bool, ProjectionError> {
+    match (row, payment) {
+        (Some(row), _) => Ok(version > row.stream_version),
+        (None, PaymentEvent::Authorized(_) | PaymentEvent::Declined(_) | PaymentEvent::Voided(_)) => Ok(true),
+        (None, PaymentEvent::Captured(_) | PaymentEvent::Refunded(_)) => Err(ProjectionError::Inconsistent(format!(
+            "{} for payment {}, which was never authorized",
+            payment.event_type(),
+            payment.payment_id()
+        ))),
+    }
+}
+
+/// Applies a payment event that [`payment_event_applies`] to its row: what the payments
+/// service's own fold does (a refund of everything captured makes it `refunded`, a partial one
+/// leaves it `captured`).
+pub(super) fn apply_payment_event(row: &mut PaymentState, payment: &PaymentEvent, version: i64, at: (i64, i64)) {
+    match payment {
+        PaymentEvent::Authorized(e) => {
+            row.order_id = e.order_id;
+            row.status = PaymentStatus::Authorized;
+            row.currency = Some(e.amount.currency.as_str().to_owned());
+            row.authorized_minor = e.amount.amount_minor;
+            row.reason = None;
+        }
+        PaymentEvent::Captured(e) => {
+            row.status = PaymentStatus::Captured;
+            row.captured_minor = row.captured_minor.saturating_add(e.amount.amount_minor);
+            row.reason = None;
+        }
+        PaymentEvent::Declined(e) => {
+            row.order_id = e.order_id;
+            row.status = PaymentStatus::Declined;
+            row.reason = Some(e.reason.clone());
+        }
+        PaymentEvent::Refunded(e) => {
+            row.refunded_minor = row.refunded_minor.saturating_add(e.amount.amount_minor);
+            if row.refunded_minor >= row.captured_minor {
+                row.status = PaymentStatus::Refunded;
+            }
+            row.reason = None;
+        }
+        PaymentEvent::Voided(e) => {
+            row.order_id = e.order_id;
+            row.status = PaymentStatus::Voided;
+            row.reason = Some(e.reason.clone());
+        }
+    }
+    row.stream_version = version;
+    row.last_position = at.0;
+    row.updated_at_us = at.1;
 }
 
 /// The error of an order event for an order that is not there.

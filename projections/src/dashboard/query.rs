@@ -12,7 +12,7 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::table_prefix;
-use super::write::{parse_status, parse_uuid};
+use super::write::{parse_payment_status, parse_status, parse_uuid};
 use crate::{ProjectionError, ReadDb, from_i64, from_micros, micros, to_i64};
 
 /// The largest page [`list_orders`] answers.
@@ -96,7 +96,76 @@ impl FromStr for OrderStatus {
     }
 }
 
+/// Where an order's payment stands: the status of the payment the dashboard shows for it (see
+/// [`OrderRow::payment_status`]). Stored as its lower-case name (`none` is never stored: it is
+/// an order without any payment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentStatus {
+    /// No payment recorded for the order (yet).
+    None,
+    /// An amount is reserved, nothing collected yet.
+    Authorized,
+    /// Collected; possibly partly refunded (`refunded_minor` > 0 but less than
+    /// `captured_minor`).
+    Captured,
+    /// Everything captured was paid back.
+    Refunded,
+    /// The provider refused the payment.
+    Declined,
+    /// The authorization was released without collecting it (or the payment was voided before
+    /// any authorization).
+    Voided,
+}
+
+impl PaymentStatus {
+    pub const ALL: [Self; 6] = [
+        Self::None,
+        Self::Authorized,
+        Self::Captured,
+        Self::Refunded,
+        Self::Declined,
+        Self::Voided,
+    ];
+
+    /// The stored and serialized name: never rename.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Authorized => "authorized",
+            Self::Captured => "captured",
+            Self::Refunded => "refunded",
+            Self::Declined => "declined",
+            Self::Voided => "voided",
+        }
+    }
+}
+
+impl fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PaymentStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+            .ok_or_else(|| UnknownStatus(name.to_owned()))
+    }
+}
+
 /// One order as the dashboard shows it. Money is integer minor units of `currency`.
+///
+/// The `payment_*` fields and the amounts are those of the order's payment: of the payments
+/// recorded for the order (each a payment stream of the payments service), the one that holds
+/// or held money (authorized, captured or refunded) before one that failed (declined or
+/// voided), and among those the one started latest in the payments log. With no payment they
+/// are `none`, null and 0. They come from the payments' own streams: `stream_version`,
+/// `last_position` and `updated_at` stay the order's.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OrderRow {
     pub order_id: Uuid,
@@ -118,6 +187,25 @@ pub struct OrderRow {
     pub cancel_reason: Option<String>,
     pub carrier: Option<String>,
     pub tracking: Option<String>,
+    /// The status of the order's payment; `none` without any.
+    pub payment_status: PaymentStatus,
+    /// The payment shown (a payment stream's id); null without any.
+    pub payment_id: Option<Uuid>,
+    /// The currency of the payment's amounts (its authorization's); null without any payment or
+    /// before an authorization (declined, or voided before it).
+    pub payment_currency: Option<String>,
+    /// The amount the payment's authorization reserved (kept once captured or voided).
+    pub authorized_minor: i64,
+    /// The amount collected.
+    pub captured_minor: i64,
+    /// The amount paid back, in one or more refunds.
+    pub refunded_minor: i64,
+    /// Why the payment was declined or voided; null in the other statuses.
+    pub payment_reason: Option<String>,
+    /// When the store recorded the payment's last event; null without any payment.
+    pub payment_updated_at: Option<DateTime<Utc>>,
+    /// How many payments were recorded for the order (failed attempts included).
+    pub payment_count: u64,
     /// The order stream's version this row reflects.
     pub stream_version: u64,
     /// The global position of that version's event.
@@ -330,11 +418,18 @@ const CURRENT_SELECT: &str = "o.order_id, o.customer_id, o.customer_name, o.cust
      o.total_minor, o.currency, o.placed_at_us, o.confirmed_at_us, o.shipped_at_us, o.delivered_at_us, \
      o.cancelled_at_us, o.cancel_reason, o.carrier, o.tracking, o.stream_version, o.last_position, o.updated_at_us";
 
-/// The same from the history table `o` joined with the customer's version `c` at that point.
-const HISTORY_SELECT: &str = "o.order_id, o.customer_id, COALESCE(c.name, o.snapshot_name), \
-     COALESCE(c.email, o.snapshot_email), o.status, o.item_count, o.total_minor, o.currency, o.placed_at_us, \
-     o.confirmed_at_us, o.shipped_at_us, o.delivered_at_us, o.cancelled_at_us, o.cancel_reason, o.carrier, \
-     o.tracking, o.stream_version, o.valid_from_position, o.valid_from_us";
+/// The same from the history table `o` joined with the customer's version `c` at that point,
+/// named as [`CURRENT_SELECT`]'s columns.
+const HISTORY_SELECT: &str = "o.order_id, o.customer_id, COALESCE(c.name, o.snapshot_name) AS customer_name, \
+     COALESCE(c.email, o.snapshot_email) AS customer_email, o.status, o.item_count, o.total_minor, o.currency, \
+     o.placed_at_us, o.confirmed_at_us, o.shipped_at_us, o.delivered_at_us, o.cancelled_at_us, o.cancel_reason, \
+     o.carrier, o.tracking, o.stream_version, o.valid_from_position AS last_position, \
+     o.valid_from_us AS updated_at_us";
+
+/// The payment columns in the order [`order_from_row`] reads them (after the order's), from
+/// the chosen payment `p` (its current row, or its version then).
+const PAYMENT_SELECT: &str =
+    "p.payment_id, p.status, p.currency, p.authorized_minor, p.captured_minor, p.refunded_minor, p.reason";
 
 fn time(micros: i64) -> Result<DateTime<Utc>, QueryError> {
     from_micros(micros).ok_or_else(|| QueryError::Inconsistent(format!("stored time {micros} out of range")))
@@ -345,6 +440,15 @@ fn optional_time(micros: Option<i64>) -> Result<Option<DateTime<Utc>>, QueryErro
 }
 
 fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
+    let payment_id = row
+        .try_get::<Option<String>, _>(19)?
+        .map(|id| parse_uuid(&id))
+        .transpose()?;
+    let payment_status = match row.try_get::<Option<String>, _>(20)? {
+        _ if payment_id.is_none() => PaymentStatus::None,
+        Some(status) => parse_payment_status(&status)?,
+        None => return Err(QueryError::Inconsistent("stored payment without a status".to_owned())),
+    };
     Ok(OrderRow {
         order_id: parse_uuid(&row.try_get::<String, _>(0)?)?,
         customer_id: parse_uuid(&row.try_get::<String, _>(1)?)?,
@@ -365,13 +469,26 @@ fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
         stream_version: from_i64(row.try_get(16)?),
         last_position: from_i64(row.try_get(17)?),
         updated_at: time(row.try_get(18)?)?,
+        payment_status,
+        payment_id,
+        payment_currency: row.try_get(21)?,
+        authorized_minor: row.try_get::<Option<i64>, _>(22)?.unwrap_or(0),
+        captured_minor: row.try_get::<Option<i64>, _>(23)?.unwrap_or(0),
+        refunded_minor: row.try_get::<Option<i64>, _>(24)?.unwrap_or(0),
+        payment_reason: row.try_get(25)?,
+        payment_updated_at: optional_time(row.try_get(26)?)?,
+        payment_count: from_i64(row.try_get(27)?),
     })
 }
 
-/// `FROM ...` of the current orders, or of the order versions valid at `as_of` with the
-/// customer's version valid then. Positions are per service: `AsOf::Position` is one of the
-/// orders log, and the customers' log is taken as of that position's commit time (the start of
-/// the newest order version at or below it: the orders log's commit times never decrease).
+/// The rows of the orders (`SELECT ... FROM ... [WHERE ...]`, to which the caller adds its
+/// conditions, order and limit): the current orders, or the order versions valid at `as_of`
+/// with the customer's version valid then. Positions are per service: `AsOf::Position` is one
+/// of the orders log, and the customers' log is taken as of that position's commit time (the
+/// start of the newest order version at or below it: the orders log's commit times never
+/// decrease). Every row has [`CURRENT_SELECT`]'s columns, and "as of" also `as_of_us`, the
+/// time the other services' logs are taken at ([`with_payment`]). Ends with a `WHERE` clause
+/// when `as_of` is given.
 fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> String {
     let Some(as_of) = as_of else {
         return format!("SELECT {CURRENT_SELECT} FROM {prefix}orders o");
@@ -389,10 +506,45 @@ fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> 
         ),
     };
     format!(
-        "SELECT {HISTORY_SELECT} FROM {prefix}order_history o \
+        "SELECT {HISTORY_SELECT}, CAST({at} AS BIGINT) AS as_of_us FROM {prefix}order_history o \
            LEFT JOIN {prefix}customer_history c ON c.customer_id = o.customer_id \
                  AND c.valid_from_us <= {at} AND (c.valid_to_us IS NULL OR c.valid_to_us > {at}) \
           WHERE o.{from} <= {point} AND (o.{to} IS NULL OR o.{to} > {point})"
+    )
+}
+
+/// `orders` (a whole statement of [`from_clause`]'s rows, named `o` here) with each order's
+/// payment ([`OrderRow`] says which one) and payment count, ordered by `order_by` (orders'
+/// columns). The payments are joined after the orders' own conditions, order and limit made
+/// the page: a payment is looked up for the rows answered only. "As of", each payment's version
+/// valid at the row's `as_of_us`.
+fn with_payment(prefix: &str, orders: &str, as_of: bool, order_by: &str) -> String {
+    let (table, updated) = if as_of {
+        ("payment_history", "valid_from_us")
+    } else {
+        ("payments", "updated_at_us")
+    };
+    let valid = |alias: &str| {
+        if as_of {
+            format!(
+                " AND {alias}.valid_from_us <= o.as_of_us AND ({alias}.valid_to_us IS NULL OR {alias}.valid_to_us > o.as_of_us)"
+            )
+        } else {
+            String::new()
+        }
+    };
+    format!(
+        "SELECT {CURRENT_SELECT}, {PAYMENT_SELECT}, p.{updated}, \
+                (SELECT count(*) FROM {prefix}{table} n WHERE n.order_id = o.order_id{}) \
+           FROM ({orders}) o \
+           LEFT JOIN {prefix}{table} p ON p.payment_id = ( \
+                SELECT q.payment_id FROM {prefix}{table} q WHERE q.order_id = o.order_id{} \
+                 ORDER BY CASE WHEN q.status IN ('declined', 'voided') THEN 1 ELSE 0 END, \
+                          q.started_position DESC, q.payment_id DESC \
+                 LIMIT 1){}{order_by}",
+        valid("n"),
+        valid("q"),
+        valid("p"),
     )
 }
 
@@ -417,7 +569,8 @@ async fn get(db: &ReadDb, version: u32, order_id: Uuid, as_of: Option<AsOf>) -> 
     let select = from_clause(&mut statement, &prefix, as_of);
     let id = statement.param(Bind::Text(order_id.to_string()));
     let joiner = if as_of.is_some() { "AND" } else { "WHERE" };
-    statement.sql = format!("{select} {joiner} o.order_id = {id}");
+    let orders = format!("{select} {joiner} o.order_id = {id}");
+    statement.sql = with_payment(&prefix, &orders, as_of.is_some(), "");
     let rows = statement.fetch_all(db).await?;
     rows.first().map(order_from_row).transpose()
 }
@@ -513,10 +666,9 @@ async fn list(
         sql.push_str(&format!(" {joiner} {condition}"));
     }
     let fetch = statement.param(Bind::Int(i64::from(limit) + 1));
-    sql.push_str(&format!(
-        " ORDER BY o.{column} {order}, o.order_id {order} LIMIT {fetch}"
-    ));
-    statement.sql = sql;
+    let order_by = format!(" ORDER BY o.{column} {order}, o.order_id {order}");
+    sql.push_str(&format!("{order_by} LIMIT {fetch}"));
+    statement.sql = with_payment(&prefix, &sql, as_of.is_some(), &order_by);
     let mut rows = statement
         .fetch_all(db)
         .await?

@@ -9,8 +9,10 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
 use uuid::Uuid;
 
-use super::OrderStatus;
-use super::fold::{CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, TotalKey};
+use super::fold::{
+    CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, PaymentState, PaymentVersion, TotalKey,
+};
+use super::{OrderStatus, PaymentStatus};
 use crate::ProjectionError;
 use crate::json_rows::{Dialect, Json, and_id_in_rows, insert_rows, json_ids, json_rows, key_in, names, typed_rows};
 
@@ -33,6 +35,13 @@ pub(super) const CUSTOMER_COLUMNS: &str = "customer_id, name, email, stream_vers
 
 pub(super) const CUSTOMER_HISTORY_COLUMNS: &str =
     "customer_id, stream_version, valid_from_position, valid_from_us, valid_to_position, valid_to_us, name, email";
+
+pub(super) const PAYMENT_COLUMNS: &str = "payment_id, order_id, status, currency, authorized_minor, captured_minor, \
+     refunded_minor, reason, started_position, stream_version, last_position, updated_at_us";
+
+pub(super) const PAYMENT_HISTORY_COLUMNS: &str = "payment_id, stream_version, valid_from_position, valid_from_us, \
+     valid_to_position, valid_to_us, order_id, status, currency, authorized_minor, captured_minor, refunded_minor, reason, \
+     started_position";
 
 pub(super) const TOTALS_COLUMNS: &str = "customer_id, currency, order_count, lifetime_value_minor";
 
@@ -83,6 +92,27 @@ pub(super) async fn load_customers(
     .await
 }
 
+pub(super) async fn load_payments(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    ids: &[Uuid],
+) -> Result<Vec<PaymentState>, ProjectionError> {
+    load_by_ids(
+        conn,
+        &load_payments_sql(Dialect::of(conn), prefix),
+        ids,
+        payment_from_row,
+    )
+    .await
+}
+
+fn load_payments_sql(d: Dialect, prefix: &str) -> String {
+    format!(
+        "SELECT {PAYMENT_COLUMNS} FROM {prefix}payments WHERE {}",
+        key_in(d, "payment_id")
+    )
+}
+
 fn load_orders_sql(d: Dialect, prefix: &str) -> String {
     format!(
         "SELECT {ORDER_COLUMNS} FROM {prefix}orders WHERE {}",
@@ -124,6 +154,32 @@ pub(super) fn parse_uuid(text: &str) -> Result<Uuid, ProjectionError> {
 pub(super) fn parse_status(text: &str) -> Result<OrderStatus, ProjectionError> {
     text.parse()
         .map_err(|_| ProjectionError::Inconsistent(format!("stored order status {text:?} is unknown")))
+}
+
+pub(super) fn parse_payment_status(text: &str) -> Result<PaymentStatus, ProjectionError> {
+    match text.parse() {
+        Ok(PaymentStatus::None) | Err(_) => Err(ProjectionError::Inconsistent(format!(
+            "stored payment status {text:?} is unknown"
+        ))),
+        Ok(status) => Ok(status),
+    }
+}
+
+fn payment_from_row(row: &AnyRow) -> Result<PaymentState, ProjectionError> {
+    Ok(PaymentState {
+        payment_id: parse_uuid(&row.try_get::<String, _>(0)?)?,
+        order_id: parse_uuid(&row.try_get::<String, _>(1)?)?,
+        status: parse_payment_status(&row.try_get::<String, _>(2)?)?,
+        currency: row.try_get(3)?,
+        authorized_minor: row.try_get(4)?,
+        captured_minor: row.try_get(5)?,
+        refunded_minor: row.try_get(6)?,
+        reason: row.try_get(7)?,
+        started_position: row.try_get(8)?,
+        stream_version: row.try_get(9)?,
+        last_position: row.try_get(10)?,
+        updated_at_us: row.try_get(11)?,
+    })
 }
 
 fn order_from_row(row: &AnyRow) -> Result<OrderState, ProjectionError> {
@@ -173,10 +229,13 @@ fn customer_from_row(row: &AnyRow) -> Result<CustomerState, ProjectionError> {
 struct Writes<'f> {
     close_orders: &'f [(Uuid, (i64, i64))],
     close_customers: &'f [(Uuid, (i64, i64))],
+    close_payments: &'f [(Uuid, (i64, i64))],
     order_versions: &'f [OrderVersion],
     customer_versions: &'f [CustomerVersion],
+    payment_versions: &'f [PaymentVersion],
     orders: Vec<&'f OrderState>,
     customers: Vec<&'f CustomerState>,
+    payments: Vec<&'f PaymentState>,
     totals: Vec<(&'f TotalKey, &'f (i64, i64))>,
     /// Customers that were stored before this batch and whose events changed what their
     /// stored orders must show. (Orders the batch holds in memory were given them by the fold;
@@ -189,10 +248,13 @@ impl<'f> Writes<'f> {
         Writes {
             close_orders: &fold.close_orders,
             close_customers: &fold.close_customers,
+            close_payments: &fold.close_payments,
             order_versions: &fold.order_versions,
             customer_versions: &fold.customer_versions,
+            payment_versions: &fold.payment_versions,
             orders: fold.orders.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
             customers: fold.customers.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
+            payments: fold.payments.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
             totals: fold.totals.iter().filter(|(_, delta)| **delta != (0, 0)).collect(),
             renamed: fold
                 .customers
@@ -231,14 +293,17 @@ pub(super) async fn write(
             for (table, id_column, closes) in [
                 ("order_history", "order_id", writes.close_orders),
                 ("customer_history", "customer_id", writes.close_customers),
+                ("payment_history", "payment_id", writes.close_payments),
             ] {
                 let sql = close_sql(d, &format!("{prefix}{table}"), id_column, 1);
                 run_chunked(conn, &sql, closes, close_rows).await?;
             }
             insert_order_versions(conn, prefix, writes.order_versions).await?;
             insert_customer_versions(conn, prefix, writes.customer_versions).await?;
+            insert_payment_versions(conn, prefix, writes.payment_versions).await?;
             upsert_orders(conn, prefix, &writes.orders).await?;
             upsert_customers(conn, prefix, &writes.customers).await?;
+            upsert_payments(conn, prefix, &writes.payments).await?;
             add_totals(conn, prefix, &writes.totals).await?;
             run_chunked(conn, &renamed_sql(d, prefix, 1, None), &writes.renamed, renamed_rows).await?;
             query(crate::control::save_checkpoints_sql(d, 1))
@@ -274,12 +339,15 @@ async fn write_postgres(
         .bind(total_rows(&w.totals))
         .bind(renamed_rows(&w.renamed))
         .bind(checkpoints)
+        .bind(close_rows(w.close_payments))
+        .bind(payment_version_rows(w.payment_versions))
+        .bind(payment_rows(&w.payments))
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// The statement of [`write_postgres`]: nine parameters, in the order of its binds.
+/// The statement of [`write_postgres`]: twelve parameters, in the order of its binds.
 fn write_postgres_sql(prefix: &str) -> String {
     let d = Dialect::Postgres;
     let parts = [
@@ -292,6 +360,9 @@ fn write_postgres_sql(prefix: &str) -> String {
         totals_sql(d, prefix, 7),
         renamed_sql(d, prefix, 8, Some(5)),
         crate::control::save_checkpoints_sql(d, 9),
+        close_sql(d, &format!("{prefix}payment_history"), "payment_id", 10),
+        payment_versions_sql(d, prefix, 11),
+        payments_sql(d, prefix, 12),
     ];
     let with: Vec<String> = parts
         .iter()
@@ -427,6 +498,73 @@ pub(super) async fn insert_customer_versions(
 ) -> Result<(), ProjectionError> {
     let sql = customer_versions_sql(Dialect::of(conn), prefix, 1);
     run_chunked(conn, &sql, versions, customer_version_rows).await
+}
+
+fn payment_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    insert_rows(
+        d,
+        &format!("{prefix}payment_history"),
+        PAYMENT_HISTORY_COLUMNS,
+        param,
+        "",
+    )
+}
+
+/// A payment's row in `payments`, keyed by column (but its `stream_version`, `last_position`
+/// and `updated_at_us`, which a history row has as its validity); with its validity, a row of
+/// `payment_history`.
+fn payment_fields(p: &PaymentState) -> [(&'static str, Json); 10] {
+    [
+        ("payment_id", p.payment_id.to_string().into()),
+        ("order_id", p.order_id.to_string().into()),
+        ("status", p.status.as_str().into()),
+        ("currency", p.currency.as_deref().into()),
+        ("authorized_minor", p.authorized_minor.into()),
+        ("captured_minor", p.captured_minor.into()),
+        ("refunded_minor", p.refunded_minor.into()),
+        ("reason", p.reason.as_deref().into()),
+        ("started_position", p.started_position.into()),
+        ("stream_version", p.stream_version.into()),
+    ]
+}
+
+fn payment_version_rows(versions: &[PaymentVersion]) -> String {
+    json_rows(versions, |version| {
+        payment_fields(&version.payment)
+            .into_iter()
+            .chain(validity(version.valid_from, version.valid_to))
+    })
+}
+
+pub(super) async fn insert_payment_versions(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    versions: &[PaymentVersion],
+) -> Result<(), ProjectionError> {
+    let sql = payment_versions_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, versions, payment_version_rows).await
+}
+
+fn payments_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    upsert_sql(d, &format!("{prefix}payments"), PAYMENT_COLUMNS, param)
+}
+
+fn payment_rows(payments: &[&PaymentState]) -> String {
+    json_rows(payments, |p| {
+        payment_fields(p).into_iter().chain([
+            ("last_position", p.last_position.into()),
+            ("updated_at_us", p.updated_at_us.into()),
+        ])
+    })
+}
+
+pub(super) async fn upsert_payments(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    payments: &[&PaymentState],
+) -> Result<(), ProjectionError> {
+    let sql = payments_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, payments, payment_rows).await
 }
 
 /// An upsert of parameter `param`'s rows that sets every column but the key.
@@ -613,6 +751,23 @@ mod tests {
         }
     }
 
+    fn payment() -> PaymentState {
+        PaymentState {
+            payment_id: Uuid::from_u128(3),
+            order_id: Uuid::from_u128(1),
+            status: PaymentStatus::Captured,
+            currency: Some("EUR".into()),
+            authorized_minor: 100,
+            captured_minor: 100,
+            refunded_minor: 30,
+            reason: None,
+            started_position: 1,
+            stream_version: 2,
+            last_position: 2,
+            updated_at_us: 2,
+        }
+    }
+
     /// What in a plan (PostgreSQL's `EXPLAIN (FORMAT JSON)`) reads a table or index whole: a
     /// sequential scan, or an index scan without an index condition.
     fn whole_reads(plan: &serde_json::Value, found: &mut Vec<String>) {
@@ -672,10 +827,29 @@ mod tests {
                 valid_to: None,
             })
             .collect();
+        let payments: Vec<PaymentState> = orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| PaymentState {
+                payment_id: Uuid::from_u128(20_000 + i as u128),
+                order_id: o.order_id,
+                ..payment()
+            })
+            .collect();
+        let payment_versions: Vec<PaymentVersion> = payments
+            .iter()
+            .map(|p| PaymentVersion {
+                payment: p.clone(),
+                valid_from: (1, 1),
+                valid_to: None,
+            })
+            .collect();
         let mut tx = db.begin_write().await?;
         upsert_customers(&mut tx, &prefix, &customers.iter().collect::<Vec<_>>()).await?;
         upsert_orders(&mut tx, &prefix, &orders.iter().collect::<Vec<_>>()).await?;
         insert_order_versions(&mut tx, &prefix, &versions).await?;
+        upsert_payments(&mut tx, &prefix, &payments.iter().collect::<Vec<_>>()).await?;
+        insert_payment_versions(&mut tx, &prefix, &payment_versions).await?;
         tx.commit().await?;
         sqlx::raw_sql("ANALYZE").execute(db.pool()).await?;
 
@@ -683,7 +857,8 @@ mod tests {
         let statements = [
             ("load orders", load_orders_sql(d, &prefix), 1),
             ("load customers", load_customers_sql(d, &prefix), 1),
-            ("write", write_postgres_sql(&prefix), 9),
+            ("load payments", load_payments_sql(d, &prefix), 1),
+            ("write", write_postgres_sql(&prefix), 12),
         ];
         let pool = database.pool(1).await;
         let mut tx = pool.begin().await?;
@@ -752,6 +927,17 @@ mod tests {
         );
         assert_eq!(
             missing_columns(&renamed_rows(&[&c]), &field_names(RENAMED_FIELDS)),
+            none
+        );
+        let p = payment();
+        assert_eq!(missing_columns(&payment_rows(&[&p]), PAYMENT_COLUMNS), none);
+        let version = PaymentVersion {
+            payment: p,
+            valid_from: (1, 1),
+            valid_to: Some((2, 2)),
+        };
+        assert_eq!(
+            missing_columns(&payment_version_rows(&[version]), PAYMENT_HISTORY_COLUMNS),
             none
         );
     }
