@@ -37,7 +37,7 @@ pub use control::{
     from_i64, from_micros, lag_records, micros, save_checkpoints, save_dead_letters, to_i64,
 };
 pub use event::{Origin, ProjectedEvent, REBUILT_SOURCE, STORE_SOURCE, rebuilt_source, source_service, store_source};
-pub use projection::{Batch, BulkLoad, BulkReport, Checkpoint, DeadLetter, Projection, ProjectionError};
+pub use projection::{Batch, BulkLoad, BulkReport, Checkpoint, DeadLetter, Projection, ProjectionError, Unknown};
 pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport, UntilPoint, rebuild};
 pub use runtime::kafka::{KafkaOptions, run_from_kafka};
 pub use runtime::store::{ServiceLog, run_from_store, run_from_stores};

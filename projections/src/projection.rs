@@ -39,20 +39,34 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
-/// Events to apply and dead letters to record, in the order they were read.
+/// An event of a type this build does not know: a service added it before its consumers
+/// learned it. It is read and counts toward the checkpoint like any other, and applies as
+/// nothing: forward compatibility, not an error (a dead letter would raise an alarm for an
+/// event the read model has no use for, and a rebuild with a build that knows it applies it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unknown {
+    pub origin: Origin,
+    pub position: u64,
+    pub event_type: String,
+    pub recorded_at: Option<DateTime<Utc>>,
+}
+
+/// Events to apply, dead letters to record and events of unknown types to pass over, in the
+/// order they were read.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub events: Vec<ProjectedEvent>,
     pub dead_letters: Vec<DeadLetter>,
+    pub unknown: Vec<Unknown>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.dead_letters.is_empty()
+        self.events.is_empty() && self.dead_letters.is_empty() && self.unknown.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.events.len() + self.dead_letters.len()
+        self.events.len() + self.dead_letters.len() + self.unknown.len()
     }
 
     /// The checkpoint of every source partition the batch touches: its highest offset and
@@ -82,6 +96,9 @@ impl Batch {
         }
         for letter in &self.dead_letters {
             note(&letter.origin, letter.position, None);
+        }
+        for unknown in &self.unknown {
+            note(&unknown.origin, unknown.position, unknown.recorded_at);
         }
         by_partition.into_values().collect()
     }

@@ -13,7 +13,9 @@ use service_kit::error_chain;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::{Batch, DeadLetter, ProjectedEvent, Projection, ProjectionError, ReadDb};
+use chrono::{DateTime, Utc};
+
+use crate::{Batch, DeadLetter, Origin, ProjectedEvent, Projection, ProjectionError, ReadDb, Unknown};
 
 pub(crate) mod kafka;
 pub(crate) mod store;
@@ -81,6 +83,32 @@ pub enum RunError {
     Projection(#[from] ProjectionError),
 }
 
+/// An event of a type this build does not know, counted (`orderflow_projection_unknown_events_total`)
+/// and logged once per type and process: see [`crate::Unknown`].
+pub(crate) fn unknown(
+    origin: Origin,
+    position: u64,
+    event_type: String,
+    recorded_at: Option<DateTime<Utc>>,
+) -> Unknown {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+    metrics::counter!("orderflow_projection_unknown_events_total", "event_type" => event_type.clone()).increment(1);
+    let first = SEEN
+        .lock()
+        .map(|mut seen| seen.get_or_insert_with(Default::default).insert(event_type.clone()))
+        .unwrap_or(false);
+    if first {
+        warn!(%event_type, source = %origin.source,
+            "an event type this build does not know: passed over (a service published it before this consumer learned it)");
+    }
+    Unknown {
+        origin,
+        position,
+        event_type,
+        recorded_at,
+    }
+}
+
 /// Applies a batch, retrying with backoff. When it keeps failing while the sink is healthy, the
 /// events are applied one at a time and each one that still fails is recorded as a dead letter,
 /// so one poison event never blocks its partition. While the sink is down, it retries until
@@ -145,20 +173,29 @@ async fn isolate(
     // One at a time, in the order they were read from each partition: each apply also moves
     // its partition's checkpoint, so a dead letter recorded ahead of events read before it
     // would, after a crash, make the next reader start past those events.
-    let mut items: Vec<Result<ProjectedEvent, DeadLetter>> = batch
+    let mut items: Vec<Item> = batch
         .events
         .into_iter()
-        .map(Ok)
-        .chain(batch.dead_letters.into_iter().map(Err))
+        .map(Item::Event)
+        .chain(batch.dead_letters.into_iter().map(Item::DeadLetter))
+        .chain(batch.unknown.into_iter().map(Item::Unknown))
         .collect();
-    items.sort_by(|a, b| read_order(a).cmp(&read_order(b)));
+    items.sort_by(|a, b| a.read_order().cmp(&b.read_order()));
     for item in items {
         let letter = match item {
-            Err(letter) => letter,
-            Ok(event) => {
+            Item::DeadLetter(letter) => letter,
+            Item::Unknown(unknown) => {
+                let passed = Batch {
+                    unknown: vec![unknown],
+                    ..Batch::default()
+                };
+                must_apply(projection, &passed, options, cancel).await?;
+                continue;
+            }
+            Item::Event(event) => {
                 let single = Batch {
                     events: vec![event],
-                    dead_letters: Vec::new(),
+                    ..Batch::default()
                 };
                 let Err(cause) = retry(projection, &single, options, cancel).await? else {
                     continue;
@@ -176,21 +213,31 @@ async fn isolate(
             }
         };
         let letter = Batch {
-            events: Vec::new(),
             dead_letters: vec![letter],
+            ..Batch::default()
         };
         must_apply(projection, &letter, options, cancel).await?;
     }
     Ok(())
 }
 
-/// Where an item of a batch was read: partition by partition, in offset order.
-fn read_order(item: &Result<ProjectedEvent, DeadLetter>) -> (&str, i32, i64) {
-    let origin = match item {
-        Ok(event) => &event.origin,
-        Err(letter) => &letter.origin,
-    };
-    (origin.source.as_str(), origin.partition, origin.offset)
+/// One item of a batch being applied one at a time.
+enum Item {
+    Event(ProjectedEvent),
+    DeadLetter(DeadLetter),
+    Unknown(Unknown),
+}
+
+impl Item {
+    /// Where it was read: partition by partition, in offset order.
+    fn read_order(&self) -> (&str, i32, i64) {
+        let origin = match self {
+            Item::Event(event) => &event.origin,
+            Item::DeadLetter(letter) => &letter.origin,
+            Item::Unknown(unknown) => &unknown.origin,
+        };
+        (origin.source.as_str(), origin.partition, origin.offset)
+    }
 }
 
 /// Applies a batch of dead letters, retrying until cancelled: recording them is the way out.
@@ -309,6 +356,7 @@ mod tests {
                 reason: "not an orderflow envelope".into(),
                 payload: b"garbage".to_vec(),
             }],
+            ..Batch::default()
         };
         let options = RunOptions {
             retries: 1,

@@ -428,6 +428,7 @@ impl Harness {
             let batch = Batch {
                 events: chunk.to_vec(),
                 dead_letters: Vec::new(),
+                unknown: Vec::new(),
             };
             self.projection.apply(&batch).await.unwrap();
         }
@@ -626,6 +627,7 @@ async fn replays_never_double_count(sink: Sink) {
             reason: "undecodable".to_owned(),
             payload: vec![1, 2, 3],
         }],
+        unknown: Vec::new(),
     };
     match sink {
         Sink::ClickHouse => {
@@ -709,6 +711,7 @@ async fn replays_never_double_count(sink: Sink) {
         .apply(&Batch {
             events: h.events.clone(),
             dead_letters: batch.dead_letters.clone(),
+            unknown: Vec::new(),
         })
         .await
         .unwrap();

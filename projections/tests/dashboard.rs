@@ -271,6 +271,7 @@ fn batch(events: &[ProjectedEvent]) -> Batch {
     Batch {
         events: events.to_vec(),
         dead_letters: Vec::new(),
+        unknown: Vec::new(),
     }
 }
 

@@ -221,6 +221,7 @@ mod tests {
         let batch = Batch {
             events: vec![event(7, placed), event(9, confirmed.clone())],
             dead_letters: Vec::new(),
+            unknown: Vec::new(),
         };
         let facts = Facts::of(&batch);
         assert_eq!(facts.lines.len(), 2);
@@ -235,6 +236,7 @@ mod tests {
         let alone = Facts::of(&Batch {
             events: vec![event(9, confirmed)],
             dead_letters: Vec::new(),
+            unknown: Vec::new(),
         });
         assert_eq!(
             alone.orders_to_look_up().into_iter().collect::<Vec<_>>(),

@@ -485,6 +485,14 @@ impl Shared {
         match Envelope::decode(payload) {
             Ok(envelope) => match ProjectedEvent::from_envelope(&envelope, origin.clone()) {
                 Ok(event) => state.pending.events.push(event),
+                Err(event_schemas::DecodeError::UnknownEventType(event_type)) => {
+                    state.pending.unknown.push(super::unknown(
+                        origin,
+                        envelope.global_position,
+                        event_type,
+                        Some(envelope.recorded_at),
+                    ));
+                }
                 Err(cause) => state.pending.dead_letters.push(DeadLetter {
                     origin,
                     position: envelope.global_position,

@@ -158,6 +158,12 @@ pub(crate) fn batch_of(events: &[RecordedEvent], service: Service) -> Batch {
     for recorded in events.iter().filter(|e| belongs(e, service)) {
         match ProjectedEvent::from_recorded(recorded, service) {
             Ok(event) => batch.events.push(event),
+            Err(event_schemas::DecodeError::UnknownEventType(event_type)) => batch.unknown.push(super::unknown(
+                Origin::store(service, recorded.position),
+                recorded.position,
+                event_type,
+                Some(recorded.recorded_at),
+            )),
             Err(cause) => batch.dead_letters.push(DeadLetter {
                 origin: Origin::store(service, recorded.position),
                 position: recorded.position,
