@@ -1,7 +1,8 @@
 //! The demo shop of `serve --demo`: EMPTY event stores get a simulated history (customers,
-//! products, orders through their lifecycle over four weeks ending today, renames,
-//! cancellations), each service's events in its own store, with a progress bar on stderr. Stores
-//! that hold anything are left alone, so a restart never seeds twice.
+//! products, orders through their lifecycle over four weeks ending today and their payments
+//! authorized, captured, declined, voided or refunded, renames, cancellations), each service's
+//! events in its own store, with a progress bar on stderr. Stores that hold anything are left
+//! alone, so a restart never seeds twice.
 
 use chrono::{Days, Utc};
 use std::collections::BTreeMap;
@@ -74,6 +75,9 @@ pub async fn seed_if_empty(
         products = report.products,
         delivered = report.delivered,
         cancelled = report.cancelled,
+        payments = report.payments,
+        declined = report.declined,
+        refunded = report.refunded,
         seconds = format_args!("{:.1}", report.seconds),
         events_per_second = format_args!("{:.0}", report.events_per_second),
         "seeded the demo shop; the read models are catching up"

@@ -1,29 +1,50 @@
 //! A live shop (`serve --rate`): commands at a steady rate through the real services
 //! ([`Local`]: the command handlers, and the orders service's flows that reserve and release
-//! stock at the inventory service), so every business rule applies. New orders for existing customers and products, existing
-//! orders moved through confirm, ship and deliver, or cancelled, and a restock now and then. A
-//! rejection (out of stock, an order someone else moved) is part of the show: counted and logged
-//! at debug, never fatal.
+//! stock at the inventory service), so every business rule applies.
+//!
+//! Each tick takes one step of the shop, whose commands share one correlation id, as one flow's
+//! would: a restock (5%); a refund (1%, when an order the trickle delivered is left to refund:
+//! 60% in full, otherwise 10 to 50% of what is left); a new order for existing customers and
+//! products (35%, or always when no order is open), paid at once through the payments service,
+//! as in the seeded history ([`crate::seed`]): authorized for the order's total, or, for 3%,
+//! declined and the order cancelled with the reason `payment declined: …` (its stock released);
+//! otherwise the next step of an open order: its payment authorized if it has none yet,
+//! confirmed, shipped with its payment captured in full, delivered, or cancelled (10% of the
+//! steps of a placed order, 5% of a confirmed one) with its authorization voided.
+//!
+//! A rejection (out of stock, an order someone else moved) is part of the show: counted and
+//! logged at debug, never fatal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::Utc;
 use event_schemas::Service;
-use event_schemas::{Currency, CustomerEvent, DomainEvent, OrderEvent, ProductEvent};
+use event_schemas::{Currency, CustomerEvent, DomainEvent, OrderEvent, PaymentEvent, ProductEvent};
 use event_store::{EventMetadata, StoreError};
 use projections::ServiceLog;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use write_side::domain::{CancelOrder, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::domain::{
+    CancelOrder, Order, OrderCommand, Payment, PaymentCommand, PaymentStatus, PlaceOrder, PlaceOrderLine,
+    ProductCommand,
+};
 use write_side::orders::OrdersError;
 use write_side::{CommandContext, CommandError, Local};
 
 use crate::Rng;
-use crate::seed::{CANCEL_REASONS, shipping_label};
+use crate::seed::{CANCEL_REASONS, DECLINE_REASONS, shipping_label};
 
 /// Events per page when the trickle reads the log for the shop's ids.
 const LOG_PAGE: usize = 5_000;
+/// Share of steps that restock a product, and that refund a delivered order.
+const RESTOCK_STEP: f64 = 0.05;
+const REFUND_STEP: f64 = 0.01;
+/// Share of payments declined, and of refunds made in full.
+const DECLINE: f64 = 0.03;
+const REFUND_FULL: f64 = 0.6;
+/// Delivered orders kept as candidates for a refund (the most recent).
+const REFUNDABLE: usize = 1_000;
 
 /// Where an open order stands, as far as the trickle knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +52,22 @@ enum Stage {
     Placed,
     Confirmed,
     Shipped,
+}
+
+/// An order neither delivered nor cancelled, as far as the trickle knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Open {
+    order_id: Uuid,
+    stage: Stage,
+    /// Its payment, once authorized.
+    payment_id: Option<Uuid>,
+}
+
+/// A delivered order whose captured payment could be refunded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refundable {
+    order_id: Uuid,
+    payment_id: Uuid,
 }
 
 /// The ids the trickle works with, read from the global log.
@@ -42,26 +79,59 @@ struct ShopIds {
     /// Products by currency: an order's lines share one currency.
     by_currency: HashMap<Currency, Vec<Uuid>>,
     /// Orders neither delivered nor cancelled.
-    open: Vec<(Uuid, Stage)>,
+    open: Vec<Open>,
+    /// The most recently delivered orders with a captured payment not refunded in full.
+    refundable: VecDeque<Refundable>,
+}
+
+/// What the logs say of the orders and their payments, while reading them.
+#[derive(Debug, Default)]
+struct Reading {
+    /// Orders not delivered nor cancelled.
+    open: HashMap<Uuid, Stage>,
+    delivered: HashSet<Uuid>,
+    /// Each order's payment, once authorized.
+    authorized: HashMap<Uuid, Uuid>,
+    /// Payments captured and not refunded in full, by order, with what is left to refund.
+    captured: HashMap<Uuid, (Uuid, i64)>,
 }
 
 impl ShopIds {
-    /// Reads the customers', inventory's and orders' logs once: every customer and product, and
-    /// the orders still open.
+    /// Reads every service's log once: every customer and product, the orders still open (with
+    /// their payments), and the delivered orders that could be refunded.
     async fn read(logs: &[ServiceLog]) -> Result<ShopIds, StoreError> {
         let mut shop = ShopIds::default();
-        let mut orders: HashMap<Uuid, Stage> = HashMap::new();
-        for log in logs.iter().filter(|log| log.service != Service::Payments) {
-            shop.read_log(log, &mut orders).await?;
+        let mut reading = Reading::default();
+        for log in logs {
+            shop.read_log(log, &mut reading).await?;
         }
-        shop.open = orders.into_iter().collect();
+        shop.open = reading
+            .open
+            .iter()
+            .map(|(&order_id, &stage)| Open {
+                order_id,
+                stage,
+                payment_id: reading.authorized.get(&order_id).copied(),
+            })
+            .collect();
         // The map's order is random: sort so that a seed of the generator means one thing.
-        shop.open.sort_unstable_by_key(|(id, _)| *id);
+        shop.open.sort_unstable_by_key(|open| open.order_id);
+        let mut refundable: Vec<Refundable> = reading
+            .captured
+            .iter()
+            .filter(|(order_id, _)| reading.delivered.contains(order_id))
+            .map(|(&order_id, &(payment_id, _))| Refundable { order_id, payment_id })
+            .collect();
+        // Version 7 ids sort by time: keep the most recent.
+        refundable.sort_unstable_by_key(|r| r.order_id);
+        let skip = refundable.len().saturating_sub(REFUNDABLE);
+        shop.refundable = refundable.into_iter().skip(skip).collect();
         Ok(shop)
     }
 
-    async fn read_log(&mut self, log: &ServiceLog, orders: &mut HashMap<Uuid, Stage>) -> Result<(), StoreError> {
+    async fn read_log(&mut self, log: &ServiceLog, reading: &mut Reading) -> Result<(), StoreError> {
         let shop = self;
+        let orders = &mut reading.open;
         let mut after = 0;
         loop {
             let page = log.store.read_all(after, LOG_PAGE).await?;
@@ -97,9 +167,29 @@ impl ShopIds {
                     }
                     DomainEvent::Order(OrderEvent::Delivered(e)) => {
                         orders.remove(&e.order_id);
+                        reading.delivered.insert(e.order_id);
                     }
                     DomainEvent::Order(OrderEvent::Cancelled(e)) => {
                         orders.remove(&e.order_id);
+                    }
+                    DomainEvent::Payment(PaymentEvent::Authorized(e)) => {
+                        reading.authorized.insert(e.order_id, e.payment_id);
+                    }
+                    DomainEvent::Payment(PaymentEvent::Captured(e)) => {
+                        reading
+                            .captured
+                            .insert(e.order_id, (e.payment_id, e.amount.amount_minor));
+                    }
+                    DomainEvent::Payment(PaymentEvent::Voided(e)) => {
+                        reading.authorized.remove(&e.order_id);
+                    }
+                    DomainEvent::Payment(PaymentEvent::Refunded(e)) => {
+                        if let Some((_, left)) = reading.captured.get_mut(&e.order_id) {
+                            *left -= e.amount.amount_minor;
+                            if *left <= 0 {
+                                reading.captured.remove(&e.order_id);
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -222,12 +312,10 @@ pub async fn trickle(local: Local, rate: f64, cancel: CancellationToken) {
     );
 }
 
-/// One command: a restock (5%), a new order (35%, or always when no order is open), or the next
-/// step of an open order.
+/// One step of the shop (see the module doc); its commands share `context()`'s correlation.
 async fn step(local: &Local, shop: &mut ShopIds, rng: &mut Rng, counts: &mut Counts) {
     let ctx = context();
-    let orders = local.handler(Service::Orders);
-    if rng.chance(0.05) {
+    if rng.chance(RESTOCK_STEP) {
         let product_id = *rng.pick(&shop.products);
         let quantity = rng.range(20, 200);
         let restocked = local
@@ -237,24 +325,51 @@ async fn step(local: &Local, shop: &mut ShopIds, rng: &mut Rng, counts: &mut Cou
         counts.record("restock", restocked.map_err(OrdersError::from));
         return;
     }
+    if !shop.refundable.is_empty() && rng.chance(REFUND_STEP) {
+        let index = rng.below(shop.refundable.len());
+        if let Some(refundable) = shop.refundable.remove(index) {
+            refund(local, &ctx, refundable, rng, counts).await;
+        }
+        return;
+    }
     if shop.open.is_empty() || rng.chance(0.35) {
         let Some(order) = shop.new_order(rng) else {
             return;
         };
         let order_id = order.order_id;
         if counts.record("place", local.place_order(&ctx, order).await) {
-            shop.open.push((order_id, Stage::Placed));
+            let mut open = Open {
+                order_id,
+                stage: Stage::Placed,
+                payment_id: None,
+            };
+            // The payment, in the placement's flow: if it is declined the order is cancelled.
+            if pay(local, &ctx, &mut open, rng, counts).await {
+                shop.open.push(open);
+            }
         }
         return;
     }
     let index = rng.below(shop.open.len());
-    let Some(&(order_id, stage)) = shop.open.get(index) else {
+    let Some(&open) = shop.open.get(index) else {
         return;
     };
-    let (what, next, outcome) = match stage {
-        Stage::Placed | Stage::Confirmed if rng.chance(if stage == Stage::Placed { 0.10 } else { 0.05 }) => {
-            let reason = (*rng.pick(CANCEL_REASONS)).to_owned();
-            let cancelled = local.cancel_order(&ctx, CancelOrder { order_id, reason }).await;
+    let order_id = open.order_id;
+    let orders = local.handler(Service::Orders);
+    let (what, next, outcome) = match open.stage {
+        // Not paid yet (the provider's answer was lost, or it was placed while seeding ended).
+        Stage::Placed if open.payment_id.is_none() => {
+            let mut paid = open;
+            if !pay(local, &ctx, &mut paid, rng, counts).await {
+                shop.open.swap_remove(index);
+            } else if let Some(entry) = shop.open.get_mut(index) {
+                *entry = paid;
+            }
+            return;
+        }
+        Stage::Placed | Stage::Confirmed if rng.chance(if open.stage == Stage::Placed { 0.10 } else { 0.05 }) => {
+            let reason = *rng.pick(CANCEL_REASONS);
+            let cancelled = cancel(local, &ctx, open, reason, counts).await;
             ("cancel", None, cancelled)
         }
         Stage::Placed => {
@@ -274,21 +389,186 @@ async fn step(local: &Local, shop: &mut ShopIds, rng: &mut Rng, counts: &mut Cou
                     },
                 )
                 .await;
+            if shipped.is_ok()
+                && let Some(payment_id) = open.payment_id
+            {
+                capture(local, &ctx, payment_id, counts).await;
+            }
             ("ship", Some(Stage::Shipped), shipped.map_err(OrdersError::from))
         }
         Stage::Shipped => {
             let delivered = orders.order(&ctx, order_id, OrderCommand::Deliver { order_id }).await;
+            if delivered.is_ok()
+                && let Some(payment_id) = open.payment_id
+            {
+                if shop.refundable.len() >= REFUNDABLE {
+                    shop.refundable.pop_front();
+                }
+                shop.refundable.push_back(Refundable { order_id, payment_id });
+            }
             ("deliver", None, delivered.map_err(OrdersError::from))
         }
     };
     // A rejected step means the order is not where the trickle thought (someone moved it over
     // HTTP): forget it rather than retry it forever.
     match (counts.record(what, outcome), next) {
-        (true, Some(next)) => shop.open[index].1 = next,
+        (true, Some(next)) => shop.open[index].stage = next,
         _ => {
             shop.open.swap_remove(index);
         }
     }
+}
+
+/// The payment of order `open`, just placed: authorized for the order's total (its payment id
+/// kept in `open`), or declined and the order cancelled. `false` when the order is no longer
+/// open (declined and cancelled, or gone); `true` too when the payment could not be asked for
+/// (the order could not be read, the provider's answer was refused): the next step on it asks
+/// again.
+async fn pay(local: &Local, ctx: &CommandContext, open: &mut Open, rng: &mut Rng, counts: &mut Counts) -> bool {
+    let order_id = open.order_id;
+    let total = match local.handler(Service::Orders).load::<Order>(order_id, None).await {
+        Ok(loaded) => loaded.state.total(),
+        Err(e) => {
+            counts.record("read an order", Err(e.into()));
+            return true;
+        }
+    };
+    let Some(total) = total else {
+        return false; // not an order: forget it
+    };
+    let payment_id = Uuid::now_v7();
+    let payments = local.handler(Service::Payments);
+    if rng.chance(DECLINE) {
+        let reason = DECLINE_REASONS[rng.skewed(DECLINE_REASONS.len(), 1.8)];
+        let declined = payments
+            .payment(
+                ctx,
+                payment_id,
+                PaymentCommand::Decline {
+                    payment_id,
+                    order_id,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await;
+        if counts.record("decline", declined.map_err(OrdersError::from)) {
+            let cancelled = cancel(local, ctx, *open, &format!("payment declined: {reason}"), counts).await;
+            counts.record("cancel", cancelled);
+            return false;
+        }
+        return true;
+    }
+    let authorized = payments
+        .payment(
+            ctx,
+            payment_id,
+            PaymentCommand::Authorize {
+                payment_id,
+                order_id,
+                amount_minor: total.amount_minor,
+                currency: total.currency.as_str().to_owned(),
+            },
+        )
+        .await;
+    if counts.record("authorize", authorized.map_err(OrdersError::from)) {
+        open.payment_id = Some(payment_id);
+    }
+    true
+}
+
+/// Cancels order `open` for `reason` through the orders service's cancel path (its stock
+/// released) and, once cancelled, voids its payment's authorization: the cancel's outcome.
+async fn cancel(
+    local: &Local,
+    ctx: &CommandContext,
+    open: Open,
+    reason: &str,
+    counts: &mut Counts,
+) -> Result<write_side::CommandAnswer, OrdersError> {
+    let order_id = open.order_id;
+    let cancelled = local
+        .cancel_order(
+            ctx,
+            CancelOrder {
+                order_id,
+                reason: reason.to_owned(),
+            },
+        )
+        .await;
+    if cancelled.is_ok()
+        && let Some(payment_id) = open.payment_id
+    {
+        let voided = local
+            .handler(Service::Payments)
+            .payment(
+                ctx,
+                payment_id,
+                PaymentCommand::Void {
+                    payment_id,
+                    order_id,
+                    reason: format!("order cancelled: {reason}"),
+                },
+            )
+            .await;
+        counts.record("void", voided.map_err(OrdersError::from));
+    }
+    cancelled
+}
+
+/// Captures the whole authorization of a shipped order's payment.
+async fn capture(local: &Local, ctx: &CommandContext, payment_id: Uuid, counts: &mut Counts) {
+    let payments = local.handler(Service::Payments);
+    let authorized = match payments.load::<Payment>(payment_id, None).await {
+        Ok(loaded) if loaded.state.status == PaymentStatus::Authorized => loaded.state.authorized_minor,
+        Ok(_) => return, // captured, voided or declined by someone else: nothing to capture
+        Err(e) => {
+            counts.record("read a payment", Err(e.into()));
+            return;
+        }
+    };
+    let captured = payments
+        .payment(
+            ctx,
+            payment_id,
+            PaymentCommand::Capture {
+                payment_id,
+                amount_minor: authorized,
+            },
+        )
+        .await;
+    counts.record("capture", captured.map_err(OrdersError::from));
+}
+
+/// Refunds a delivered order's payment: in full, or 10 to 50% of what is left.
+async fn refund(local: &Local, ctx: &CommandContext, refundable: Refundable, rng: &mut Rng, counts: &mut Counts) {
+    let Refundable { payment_id, .. } = refundable;
+    let payments = local.handler(Service::Payments);
+    let left = match payments.load::<Payment>(payment_id, None).await {
+        Ok(loaded) => loaded.state.refundable_minor(),
+        Err(e) => {
+            counts.record("read a payment", Err(e.into()));
+            return;
+        }
+    };
+    if left <= 0 {
+        return; // refunded already
+    }
+    let amount_minor = if rng.chance(REFUND_FULL) {
+        left
+    } else {
+        (left * rng.range(10, 50) / 100).max(1)
+    };
+    let refunded = payments
+        .payment(
+            ctx,
+            payment_id,
+            PaymentCommand::Refund {
+                payment_id,
+                amount_minor,
+            },
+        )
+        .await;
+    counts.record("refund", refunded.map_err(OrdersError::from));
 }
 
 /// The metadata of one trickle command: its own correlation, the demo as its actor.
@@ -301,5 +581,142 @@ fn context() -> CommandContext {
             actor: "orderflow-demo".to_owned(),
         },
         ..CommandContext::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use event_schemas::Money;
+    use event_store::{EventStore, Position};
+    use projections::ReadDb;
+    use write_side::HandlerOptions;
+    use write_side::domain::Aggregate;
+
+    use super::*;
+    use crate::seed::tests::{TempStore, payment_command};
+    use crate::seed::{SeedOptions, seed};
+
+    /// A seeded shop, four stores, then the trickle's steps through [`Local`]: every payment
+    /// (the seeder's and the trickle's) is what the domain decides, in the orders' flows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_trickle_pays_for_its_orders() {
+        let temps = [
+            TempStore::new().await,
+            TempStore::new().await,
+            TempStore::new().await,
+            TempStore::new().await,
+        ];
+        let stores: Vec<(Service, Arc<dyn EventStore>)> = Service::ALL
+            .into_iter()
+            .zip(&temps)
+            .map(|(service, temp)| (service, Arc::new(temp.store.clone()) as Arc<dyn EventStore>))
+            .collect();
+        let logs: Vec<ServiceLog> = stores
+            .iter()
+            .map(|(s, store)| ServiceLog::new(*s, Arc::clone(store)))
+            .collect();
+        let options = SeedOptions {
+            events: 2_500,
+            days: 6,
+            customers: 80,
+            products: 25,
+            batch_events: 500,
+            ..SeedOptions::default()
+        };
+        seed(&logs, &options, |_| {}).await.expect("seed");
+        let replica_path = std::env::temp_dir().join(format!("orderflow-live-replica-{}.db", Uuid::new_v4().simple()));
+        let replica = ReadDb::connect(&format!("sqlite://{}", replica_path.display()), 2)
+            .await
+            .expect("replica");
+        let local = Local::new(stores, replica, HandlerOptions::default())
+            .await
+            .expect("local");
+        let payments_head: Position = temps[3].everything().await.last().map_or(0, |e| e.position);
+
+        let mut shop = ShopIds::read(&local.logs()).await.expect("read the shop");
+        assert!(!shop.open.is_empty() && !shop.refundable.is_empty());
+        let (mut rng, mut counts) = (Rng::new(3), Counts::default());
+        for _ in 0..1_000 {
+            step(&local, &mut shop, &mut rng, &mut counts).await;
+        }
+        assert_eq!(counts.failed, 0, "{counts:?}");
+        assert!(counts.accepted > 1_000, "{counts:?}");
+
+        // Every payment replays through the domain's decisions, and follows its order.
+        let mut placed: HashMap<Uuid, Money> = HashMap::new();
+        let (mut shipped, mut cancelled) = (Vec::new(), Vec::new());
+        for e in temps[2].everything().await {
+            match event_schemas::decode(&e.event_type, e.schema_version, &e.payload).expect("decodes") {
+                DomainEvent::Order(OrderEvent::Placed(p)) => {
+                    placed.insert(p.order_id, p.total());
+                }
+                DomainEvent::Order(OrderEvent::Shipped(s)) => shipped.push(s.order_id),
+                DomainEvent::Order(OrderEvent::Cancelled(c)) => cancelled.push(c.order_id),
+                _ => {}
+            }
+        }
+        let mut payments: HashMap<Uuid, Payment> = HashMap::new();
+        let mut payment_of: HashMap<Uuid, Uuid> = HashMap::new();
+        let mut live: HashMap<&'static str, usize> = HashMap::new();
+        for recorded in temps[3].everything().await {
+            let DomainEvent::Payment(e) =
+                event_schemas::decode(&recorded.event_type, recorded.schema_version, &recorded.payload)
+                    .expect("decodes")
+            else {
+                panic!("{} in the payments store", recorded.stream_id);
+            };
+            let state = payments.entry(e.payment_id()).or_default();
+            assert_eq!(state.decide(payment_command(&e)), Ok(vec![e.clone()]));
+            *state = std::mem::take(state).evolve(&e);
+            let old = payment_of.insert(e.order_id(), e.payment_id());
+            assert!(
+                old.is_none_or(|old| old == e.payment_id()),
+                "two payments for one order"
+            );
+            if let PaymentEvent::Authorized(a) = &e {
+                assert_eq!(Some(&a.amount), placed.get(&a.order_id), "authorized the order's total");
+            }
+            if recorded.position > payments_head {
+                *live.entry(e.event_type()).or_default() += 1;
+            }
+        }
+        for order_id in &cancelled {
+            let status = payment_of.get(order_id).map(|p| payments[p].status);
+            assert!(
+                matches!(status, Some(PaymentStatus::Voided | PaymentStatus::Declined)),
+                "cancelled order {order_id}: payment {status:?}"
+            );
+        }
+        for order_id in &shipped {
+            let payment = &payments[&payment_of[order_id]];
+            assert!(matches!(
+                payment.status,
+                PaymentStatus::Captured | PaymentStatus::Refunded
+            ));
+            assert_eq!(
+                Some(payment.captured_minor),
+                placed.get(order_id).map(|t| t.amount_minor)
+            );
+        }
+        eprintln!("{counts:?}; the trickle's payment events: {live:?}");
+        for kind in [
+            "payment.authorized",
+            "payment.declined",
+            "payment.captured",
+            "payment.voided",
+            "payment.refunded",
+        ] {
+            assert!(
+                live.get(kind).is_some_and(|n| *n > 0),
+                "no {kind} from the trickle: {live:?}"
+            );
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = replica_path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
     }
 }

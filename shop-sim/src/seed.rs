@@ -5,19 +5,49 @@
 //! The seeder simulates a shop over `days` of simulated time. Customers register (a few rename
 //! themselves or change their email later), products are added with a stock and a price in
 //! integer minor units (EUR mostly, some USD), restocked when they run low and repriced now and
-//! then. Orders of 1 to 4 lines are placed (more in the evening than at night), then confirmed,
-//! shipped and delivered over the following simulated days; about 8% are cancelled from placed or
-//! confirmed. Open orders at the end of the window stay open, as they would in a live shop.
+//! then. Orders of 1 to 4 lines are placed (more in the evening than at night), paid, then
+//! confirmed, shipped and delivered over the following simulated days; about 8% are cancelled
+//! from placed or confirmed by the customer or the shop, and 3% more because their payment is
+//! declined. Open orders at the end of the window stay open, as they would in a live shop.
+//!
+//! # Payments
+//!
+//! Every order is paid by card: one payment per order (`payment-{uuid}`, in the payments
+//! service's store), in the order's currency, moved as the place-order flow of the design
+//! moves it (reserve → authorize → confirm; shipping captures; cancelling voids).
+//!
+//! - **Authorized** a few seconds after placement (1.5 s plus an exponential wait of 12 s on
+//!   average: the provider's round trip, now and then a 3-D Secure challenge), for the order's
+//!   total, under the placement's correlation id: it is the same flow. Only then is the order
+//!   confirmed (about 2 hours later on average) or, for 4% of orders, cancelled while placed.
+//! - **Declined** instead for 3% of orders (insufficient funds most often, then an expired card,
+//!   "do not honor", ...): the payment stream starts with the decline, and the order is cancelled
+//!   in the same action and under the same correlation id, with the reason `payment declined:
+//!   <the provider's reason>`, through the order's cancel path (its stock released).
+//! - **Captured** in full when the order ships, in the same action as the shipment and under its
+//!   correlation id. Not at confirmation: card schemes expect a merchant to capture when the
+//!   goods are on their way, the design has shipping capture, and an order can only be cancelled
+//!   while placed or confirmed, so a cancellable order's money is always an authorization, which
+//!   a void releases; capturing at confirmation would turn the 4% cancelled after confirmation
+//!   into refunds of money the customer should never have been charged.
+//! - **Voided** when the order is cancelled (while placed or confirmed), in the same action and
+//!   under the cancellation's correlation id, with the reason `order cancelled: <its reason>`. A
+//!   declined payment has nothing to release: the domain appends no void for it.
+//! - **Refunded** for 5% of delivered orders (a return or a complaint), 2 days plus an
+//!   exponential wait of 5 days on average after delivery, by an operator (a correlation id of
+//!   its own): 60% in full, the rest in part (one line sent back when the order has several,
+//!   some units of its one line, or a 10 to 30% goodwill gesture on a single item).
 //!
 //! # Valid by construction
 //!
 //! Every event comes out of the write side's own decisions ([`write_side::domain`]): `decide` for
-//! customers, products and order transitions, [`place_order`] and [`cancel_order`] for the
-//! decisions that span an order and its products. So lines capture the product's current sku,
-//! name and price, an order records its customer's current name and email, totals are computed
-//! by the domain, stock is reserved in the same commit as the order (and released on cancel),
-//! and it never goes below zero: a line is only asked for when the stock covers it, and a
-//! refused decision is a bug of the seeder, reported as an error.
+//! customers, products, payments and order transitions, [`place_order`] and [`cancel_order`] for
+//! the decisions that span an order and its products. So lines capture the product's current
+//! sku, name and price, an order records its customer's current name and email, totals are
+//! computed by the domain, stock is reserved in the same commit as the order (and released on
+//! cancel), and it never goes below zero: a line is only asked for when the stock covers it;
+//! a payment is authorized for the order's total, captured only once authorized, refunded only
+//! what was captured. A refused decision is a bug of the seeder, reported as an error.
 //!
 //! # Fast
 //!
@@ -25,9 +55,10 @@
 //! seeder keeps every aggregate's state in memory instead and writes many commands' events in
 //! one [`Commit`] per service (`batch_events` events in all): each stream appears once per
 //! commit, with the version the seeder knows it is at, so the store still checks every expected
-//! version. The decisions that span an order and its products ([`place_order`],
-//! [`cancel_order`]) are taken together in memory, as the services' flows would take them, and
-//! their events go to the orders and the inventory stores.
+//! version. The decisions that span services (placing and cancelling an order, a decline and
+//! the cancellation it causes, a shipment and its capture) are taken together in memory, as the
+//! services' flows would take them, and their events go to each owning service's store. An
+//! order's state (and its payment's) is dropped once nothing more can happen to it.
 //!
 //! # Deterministic
 //!
@@ -41,13 +72,13 @@ use std::time::Instant;
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
 use event_schemas::Service;
-use event_schemas::{Currency, DomainEvent};
+use event_schemas::{Currency, DomainEvent, OrderLine};
 use event_store::{Commit, EventMetadata, ExpectedVersion, NewEvent, StreamAppend};
 use projections::ServiceLog;
 use uuid::Uuid;
 use write_side::domain::{
-    Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, PlaceOrder, PlaceOrderLine,
-    Product, ProductCommand, cancel_order, place_order,
+    Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, Payment, PaymentCommand,
+    PlaceOrder, PlaceOrderLine, Product, ProductCommand, cancel_order, place_order,
 };
 
 use crate::Rng;
@@ -130,6 +161,14 @@ pub struct SeedReport {
     /// Orders that reached each end of their life inside the window.
     pub delivered: u64,
     pub cancelled: u64,
+    /// Payments started (one per order whose provider answered inside the window), and what
+    /// became of them: declined at authorization, captured (at shipment), voided (the order
+    /// cancelled), refunded (in full or in part, after delivery).
+    pub payments: u64,
+    pub declined: u64,
+    pub captured: u64,
+    pub voided: u64,
+    pub refunded: u64,
     /// Simulated time the history covers, from the first to the last event.
     pub simulated_days: f64,
     pub seconds: f64,
@@ -187,6 +226,11 @@ pub async fn seed(
         products: shop.products.len() as u64,
         delivered: shop.stats.delivered,
         cancelled: shop.stats.cancelled,
+        payments: shop.stats.payments,
+        declined: shop.stats.declined,
+        captured: shop.stats.captured,
+        voided: shop.stats.voided,
+        refunded: shop.stats.refunded,
         simulated_days: (shop.now - options.start).num_milliseconds() as f64 / DAY_MS as f64,
         seconds,
         events_per_second: shop.out.total as f64 / seconds.max(1e-9),
@@ -215,6 +259,14 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 /// Share of orders cancelled while placed, and while confirmed (8% in all).
 const CANCEL_PLACED: f64 = 0.04;
 const CANCEL_CONFIRMED: f64 = 0.04;
+/// Share of orders whose payment the provider declines (the order is then cancelled).
+const DECLINE: f64 = 0.03;
+/// Ms from placement to the provider's answer: this, plus an exponential wait of `AUTH_MEAN_MS`.
+const AUTH_MIN_MS: i64 = 1_500;
+const AUTH_MEAN_MS: f64 = 12_000.0;
+/// Share of delivered orders refunded, and of those the share refunded in full.
+const REFUND: f64 = 0.05;
+const REFUND_FULL: f64 = 0.6;
 /// A product with fewer units available than this gets a restock scheduled.
 const LOW_STOCK: i64 = 15;
 /// Mean days from placement to the last lifecycle event of a delivered order.
@@ -247,6 +299,8 @@ impl<A: Default> Sim<A> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
     Delivered,
+    /// The provider declines the payment, and the order is cancelled.
+    Declined,
     CancelledPlaced,
     CancelledConfirmed,
 }
@@ -257,6 +311,10 @@ struct OrderSim {
     /// Index in `Shop::products` of each line's product.
     products: Vec<usize>,
     fate: Fate,
+    /// The placement's correlation id, which the payment's authorization (or decline) continues.
+    placed_by: Uuid,
+    /// The order's payment, once the provider has answered.
+    payment: Option<Sim<Payment>>,
 }
 
 /// Something due at a simulated time.
@@ -265,10 +323,14 @@ enum Action {
     /// The first morning's catalogue and customers.
     AddProduct,
     Register,
+    /// The provider's answer to the payment of an order just placed.
+    Authorize(usize),
     Confirm(usize),
     Ship(usize),
     Deliver(usize),
     Cancel(usize),
+    /// A delivered order's payment refunded (a return, a complaint).
+    Refund(usize),
     Restock(usize),
 }
 
@@ -385,12 +447,21 @@ impl Out {
         let appends = std::mem::take(&mut self.appends);
         self.streams.clear();
         self.in_commit = 0;
+        // Each append moved to its service's pile (no copy), in the order it was made.
+        let mut piles: [(Service, Vec<StreamAppend>); 4] = Service::ALL.map(|service| (service, Vec::new()));
+        for append in appends {
+            if let Some(pile) = owner(&append.stream_id).and_then(|s| piles.iter_mut().find(|(p, _)| *p == s)) {
+                pile.1.push(append);
+            }
+        }
         for log in logs {
-            let mine: Vec<StreamAppend> = appends
-                .iter()
-                .filter(|append| owner(&append.stream_id) == Some(log.service))
-                .cloned()
-                .collect();
+            let Some(mine) = piles
+                .iter_mut()
+                .find(|(service, _)| *service == log.service)
+                .map(|(_, pile)| std::mem::take(pile))
+            else {
+                continue;
+            };
             if mine.is_empty() {
                 continue;
             }
@@ -420,6 +491,11 @@ struct Stats {
     restocks: u64,
     delivered: u64,
     cancelled: u64,
+    payments: u64,
+    declined: u64,
+    captured: u64,
+    voided: u64,
+    refunded: u64,
 }
 
 /// The simulated shop.
@@ -441,7 +517,9 @@ struct Shop {
     usd: Vec<usize>,
     restock_due: Vec<bool>,
     sold_since_restock: Vec<i64>,
-    orders: Vec<Option<OrderSim>>,
+    /// Every order placed, by index; `None` once nothing more can happen to it (boxed, so that
+    /// a finished order costs a pointer).
+    orders: Vec<Option<Box<OrderSim>>>,
     heap: BinaryHeap<Scheduled>,
     seq: u64,
     /// When each arrival process fires next (ms), in `ARRIVALS` order.
@@ -565,8 +643,12 @@ impl Shop {
         } else {
             0.05
         };
-        let cancel = CANCEL_PLACED + CANCEL_CONFIRMED;
-        let lifecycle = (1.0 - cancel) * 3.0 + CANCEL_PLACED * (1.0 + lines) + CANCEL_CONFIRMED * (2.0 + lines);
+        let delivered = 1.0 - DECLINE - CANCEL_PLACED - CANCEL_CONFIRMED;
+        // The provider's answer, seconds after placement: an authorization, or a decline and the
+        // order's cancellation with its releases.
+        let payment = 1.0 + DECLINE * (1.0 + lines);
+        // Confirm, ship and capture, deliver, now and then a refund; or cancel, releases, void.
+        let lifecycle = delivered * (4.0 + REFUND) + CANCEL_PLACED * (2.0 + lines) + CANCEL_CONFIRMED * (3.0 + lines);
         // Share of the lifecycle that happens before the end, on average over the orders still
         // to place.
         let done = if left_days >= LIFECYCLE_DAYS {
@@ -574,7 +656,7 @@ impl Shop {
         } else {
             left_days / (2.0 * LIFECYCLE_DAYS)
         };
-        let per_order = 1.0 + lines + restocks + lifecycle * done;
+        let per_order = 1.0 + lines + restocks + payment + lifecycle * done;
         let orders_per_day = (budget / per_order / left_days).max(0.0);
         let mean_weight = HOURLY.iter().sum::<f64>() / HOURLY.len() as f64;
         // Candidates arrive at the peak rate; the hour of the day thins them.
@@ -632,10 +714,12 @@ impl Shop {
                     Action::AddProduct if self.products.len() < self.products_total => self.add_product()?,
                     Action::Register if self.customers.len() < self.customers_total => self.register()?,
                     Action::AddProduct | Action::Register => {}
+                    Action::Authorize(o) => self.authorize(o)?,
                     Action::Confirm(o) => self.confirm(o)?,
                     Action::Ship(o) => self.ship(o)?,
                     Action::Deliver(o) => self.deliver(o)?,
                     Action::Cancel(o) => self.cancel(o)?,
+                    Action::Refund(o) => self.refund(o)?,
                     Action::Restock(p) => self.restock(p)?,
                 }
             }
@@ -900,7 +984,8 @@ impl Shop {
         )
         .map_err(refused("placed an order"))?;
 
-        let correlation = self.correlation();
+        let placed_by = self.rng.uuid_at(self.now);
+        let correlation = placed_by.to_string();
         let mut order = Sim::new(order_id);
         self.out
             .append(&mut order, decision.order_events, self.now, &correlation);
@@ -920,16 +1005,68 @@ impl Shop {
         self.stats.lines += picked.len() as u64;
 
         let fate = match self.rng.unit() {
-            x if x < CANCEL_PLACED => Fate::CancelledPlaced,
-            x if x < CANCEL_PLACED + CANCEL_CONFIRMED => Fate::CancelledConfirmed,
+            x if x < DECLINE => Fate::Declined,
+            x if x < DECLINE + CANCEL_PLACED => Fate::CancelledPlaced,
+            x if x < DECLINE + CANCEL_PLACED + CANCEL_CONFIRMED => Fate::CancelledConfirmed,
             _ => Fate::Delivered,
         };
         let o = self.orders.len();
-        self.orders.push(Some(OrderSim {
+        self.orders.push(Some(Box::new(OrderSim {
             sim: order,
             products: picked.iter().map(|&(p, _)| p).collect(),
             fate,
-        }));
+            placed_by,
+            payment: None,
+        })));
+        let after = AUTH_MIN_MS + self.rng.exp(AUTH_MEAN_MS) as i64;
+        self.schedule(after, Action::Authorize(o));
+        Ok(())
+    }
+
+    /// The payment provider answers for order `o`, placed seconds ago, in the placement's flow
+    /// (its correlation id): it authorizes the order's total, and the order's life goes on; or
+    /// it declines, and the order is cancelled at once.
+    fn authorize(&mut self, o: usize) -> Result<(), SeedError> {
+        let Some(order) = self.orders.get_mut(o).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let order_id = order.sim.id;
+        let Some(total) = order.sim.state.total() else {
+            return Err(SeedError::Unexpected(format!(
+                "placed order {order_id} without a total"
+            )));
+        };
+        let correlation = order.placed_by.to_string();
+        let payment_id = self.rng.uuid_at(self.now);
+        let mut payment = Sim::<Payment>::new(payment_id);
+        self.stats.payments += 1;
+        let fate = order.fate;
+        if fate == Fate::Declined {
+            let reason = DECLINE_REASONS[self.rng.skewed(DECLINE_REASONS.len(), 1.8)];
+            let events = payment
+                .state
+                .decide(PaymentCommand::Decline {
+                    payment_id,
+                    order_id,
+                    reason: reason.to_owned(),
+                })
+                .map_err(refused("declined a payment"))?;
+            self.out.append(&mut payment, events, self.now, &correlation);
+            order.payment = Some(payment);
+            self.stats.declined += 1;
+            return self.cancel_as(o, &format!("payment declined: {reason}"), &correlation);
+        }
+        let events = payment
+            .state
+            .decide(PaymentCommand::Authorize {
+                payment_id,
+                order_id,
+                amount_minor: total.amount_minor,
+                currency: total.currency.as_str().to_owned(),
+            })
+            .map_err(refused("authorized a payment"))?;
+        self.out.append(&mut payment, events, self.now, &correlation);
+        order.payment = Some(payment);
         if fate == Fate::CancelledPlaced {
             let after = self.rng.range(10 * 60_000, 2 * DAY_MS);
             self.schedule(after, Action::Cancel(o));
@@ -940,8 +1077,13 @@ impl Shop {
         Ok(())
     }
 
-    /// Decides `command` on order `o` and appends the result.
-    fn transition(&mut self, o: usize, command: impl FnOnce(Uuid) -> OrderCommand) -> Result<Option<Fate>, SeedError> {
+    /// Decides `command` on order `o` and appends the result under `correlation`.
+    fn transition(
+        &mut self,
+        o: usize,
+        correlation: &str,
+        command: impl FnOnce(Uuid) -> OrderCommand,
+    ) -> Result<Option<Fate>, SeedError> {
         let Some(order) = self.orders.get_mut(o).and_then(Option::as_mut) else {
             return Ok(None);
         };
@@ -950,13 +1092,13 @@ impl Shop {
             .state
             .decide(command(order.sim.id))
             .map_err(refused("moved an order"))?;
-        let correlation = self.rng.uuid_at(self.now).to_string();
-        self.out.append(&mut order.sim, events, self.now, &correlation);
+        self.out.append(&mut order.sim, events, self.now, correlation);
         Ok(Some(order.fate))
     }
 
     fn confirm(&mut self, o: usize) -> Result<(), SeedError> {
-        match self.transition(o, |order_id| OrderCommand::Confirm { order_id })? {
+        let correlation = self.correlation();
+        match self.transition(o, &correlation, |order_id| OrderCommand::Confirm { order_id })? {
             Some(Fate::CancelledConfirmed) => {
                 let after = self.rng.range(30 * 60_000, DAY_MS);
                 self.schedule(after, Action::Cancel(o));
@@ -970,26 +1112,58 @@ impl Shop {
         Ok(())
     }
 
+    /// Ships order `o` and, in the same action, captures its payment in full.
     fn ship(&mut self, o: usize) -> Result<(), SeedError> {
         let (carrier, tracking) = shipping_label(&mut self.rng);
-        let shipped = self.transition(o, |order_id| OrderCommand::Ship {
+        let correlation = self.correlation();
+        let shipped = self.transition(o, &correlation, |order_id| OrderCommand::Ship {
             order_id,
             carrier,
             tracking,
         })?;
         if shipped.is_some() {
+            self.capture(o, &correlation)?;
             let after = DAY_MS + self.rng.exp(1.5 * DAY_MS as f64) as i64;
             self.schedule(after, Action::Deliver(o));
         }
         Ok(())
     }
 
+    /// Captures the whole authorization of order `o`'s payment, under `correlation`.
+    fn capture(&mut self, o: usize, correlation: &str) -> Result<(), SeedError> {
+        let Some(order) = self.orders.get_mut(o).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let Some(payment) = order.payment.as_mut() else {
+            return Err(SeedError::Unexpected(format!(
+                "let order {} ship without a payment",
+                order.sim.id
+            )));
+        };
+        let events = payment
+            .state
+            .decide(PaymentCommand::Capture {
+                payment_id: payment.id,
+                amount_minor: order.sim.state.total_minor,
+            })
+            .map_err(refused("captured a payment"))?;
+        self.out.append(payment, events, self.now, correlation);
+        self.stats.captured += 1;
+        Ok(())
+    }
+
     fn deliver(&mut self, o: usize) -> Result<(), SeedError> {
-        if self
-            .transition(o, |order_id| OrderCommand::Deliver { order_id })?
-            .is_some()
-        {
+        let correlation = self.correlation();
+        let delivered = self
+            .transition(o, &correlation, |order_id| OrderCommand::Deliver { order_id })?
+            .is_some();
+        if delivered {
             self.stats.delivered += 1;
+            if self.rng.chance(REFUND) {
+                let after = 2 * DAY_MS + self.rng.exp(5.0 * DAY_MS as f64) as i64;
+                self.schedule(after, Action::Refund(o));
+                return Ok(());
+            }
         }
         // Nothing happens to a delivered order any more: free its state.
         if let Some(slot) = self.orders.get_mut(o) {
@@ -998,38 +1172,110 @@ impl Shop {
         Ok(())
     }
 
+    /// Refunds delivered order `o`'s payment, in full or in part (see the module doc), and
+    /// frees the order's state.
+    fn refund(&mut self, o: usize) -> Result<(), SeedError> {
+        let Some(order) = self.orders.get_mut(o).and_then(Option::take) else {
+            return Ok(());
+        };
+        let OrderSim { sim, payment, .. } = *order;
+        let Some(mut payment) = payment else {
+            return Err(SeedError::Unexpected(format!(
+                "let order {} be delivered without a payment",
+                sim.id
+            )));
+        };
+        let amount_minor = if self.rng.chance(REFUND_FULL) {
+            payment.state.refundable_minor()
+        } else {
+            partial_refund(&mut self.rng, &sim.state.lines, sim.state.total_minor)
+        };
+        let events = payment
+            .state
+            .decide(PaymentCommand::Refund {
+                payment_id: payment.id,
+                amount_minor,
+            })
+            .map_err(refused("refunded a payment"))?;
+        let correlation = self.correlation();
+        self.out.append(&mut payment, events, self.now, &correlation);
+        self.stats.refunded += 1;
+        Ok(())
+    }
+
+    /// The customer or the shop cancels order `o` (while placed or confirmed).
     fn cancel(&mut self, o: usize) -> Result<(), SeedError> {
+        let reason = *self.rng.pick(CANCEL_REASONS);
+        let correlation = self.correlation();
+        self.cancel_as(o, reason, &correlation)
+    }
+
+    /// Cancels order `o` for `reason` under `correlation`: the order's cancel path (its stock
+    /// released), and its payment's authorization voided in the same action (a declined
+    /// payment has nothing to release: the domain decides no void). Frees the order's state.
+    fn cancel_as(&mut self, o: usize, reason: &str, correlation: &str) -> Result<(), SeedError> {
         let Some(order) = self.orders.get_mut(o).and_then(Option::take) else {
             return Ok(());
         };
         let OrderSim {
             sim: mut order_sim,
             products: lines,
+            payment,
             ..
-        } = order;
-        let reason = (*self.rng.pick(CANCEL_REASONS)).to_owned();
+        } = *order;
+        let order_id = order_sim.id;
         let decision = cancel_order(
             &order_sim.state,
             lines.iter().map(|&p| &self.products[p].state),
             CancelOrder {
-                order_id: order_sim.id,
-                reason,
+                order_id,
+                reason: reason.to_owned(),
             },
         )
         .map_err(refused("cancelled an order"))?;
-        let correlation = self.correlation();
         self.out
-            .append(&mut order_sim, decision.order_events, self.now, &correlation);
+            .append(&mut order_sim, decision.order_events, self.now, correlation);
         for (product_id, events) in decision.product_events {
             let Some(&p) = lines.iter().find(|&&p| self.products[p].id == product_id) else {
                 return Err(SeedError::Unexpected(format!(
                     "released stock of product {product_id}, which is not on the order"
                 )));
             };
-            self.out.append(&mut self.products[p], events, self.now, &correlation);
+            self.out.append(&mut self.products[p], events, self.now, correlation);
         }
         self.stats.cancelled += 1;
+        let Some(mut payment) = payment else {
+            return Err(SeedError::Unexpected(format!(
+                "let order {order_id} be cancelled before its payment"
+            )));
+        };
+        let events = payment
+            .state
+            .decide(PaymentCommand::Void {
+                payment_id: payment.id,
+                order_id,
+                reason: format!("order cancelled: {reason}"),
+            })
+            .map_err(refused("voided a payment"))?;
+        if !events.is_empty() {
+            self.stats.voided += 1;
+        }
+        self.out.append(&mut payment, events, self.now, correlation);
         Ok(())
+    }
+}
+
+/// A partial refund of an order of `total_minor`: one line sent back when it has several, some
+/// units of its one line, or a goodwill gesture of 10 to 30% on a single item. Always less than
+/// the total, and more than zero.
+fn partial_refund(rng: &mut Rng, lines: &[OrderLine], total_minor: i64) -> i64 {
+    match lines {
+        [line] if line.quantity > 1 => rng.range(1, line.quantity - 1) * line.unit_price_minor,
+        [_] | [] => (total_minor * rng.range(10, 30) / 100).max(1),
+        lines => {
+            let line = rng.pick(lines);
+            line.quantity * line.unit_price_minor
+        }
     }
 }
 
@@ -1213,9 +1459,9 @@ const CARRIERS: &[(&str, &str, usize)] = &[
     ("La Poste", "6A", 11),
 ];
 
+/// Why the customer or the shop cancels an order (a declined payment has its own reason).
 pub const CANCEL_REASONS: &[&str] = &[
     "customer changed their mind",
-    "payment failed",
     "duplicate order",
     "delivery date too late",
     "address could not be verified",
@@ -1223,25 +1469,36 @@ pub const CANCEL_REASONS: &[&str] = &[
     "found a better price elsewhere",
 ];
 
+/// Why a provider declines a payment, the most frequent first.
+pub const DECLINE_REASONS: &[&str] = &[
+    "insufficient funds",
+    "card expired",
+    "do not honor",
+    "3-D Secure authentication failed",
+    "incorrect card number",
+    "suspected fraud",
+    "card reported lost or stolen",
+];
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::path::PathBuf;
 
-    use event_schemas::{CustomerEvent, OrderEvent, ProductEvent, parse_stream_id};
+    use event_schemas::{CustomerEvent, Money, OrderEvent, PaymentEvent, ProductEvent, parse_stream_id};
     use event_store::{EventStore, RecordedEvent, SqliteEventStore, StoreOptions};
-    use write_side::domain::DomainError;
+    use write_side::domain::{DomainError, PaymentStatus};
 
     use super::*;
 
     /// A SQLite store in a temporary file, deleted when dropped.
-    struct TempStore {
-        store: SqliteEventStore,
+    pub(crate) struct TempStore {
+        pub(crate) store: SqliteEventStore,
         path: PathBuf,
     }
 
     impl TempStore {
-        async fn new() -> Self {
+        pub(crate) async fn new() -> Self {
             let path = std::env::temp_dir().join(format!("orderflow-seed-{}.db", Uuid::new_v4().simple()));
             let pool = sqlx::SqlitePool::connect_with(SqliteEventStore::connect_options(&path))
                 .await
@@ -1253,7 +1510,7 @@ mod tests {
             TempStore { store, path }
         }
 
-        async fn everything(&self) -> Vec<RecordedEvent> {
+        pub(crate) async fn everything(&self) -> Vec<RecordedEvent> {
             let mut all = Vec::new();
             loop {
                 let after = all.last().map_or(0, |e: &RecordedEvent| e.position);
@@ -1269,7 +1526,7 @@ mod tests {
     impl TempStore {
         /// The one store as every service's: the seeder's events all land in it, in commit
         /// order, as one log to check.
-        fn logs(&self) -> Vec<ServiceLog> {
+        pub(crate) fn logs(&self) -> Vec<ServiceLog> {
             let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(self.store.clone());
             ServiceLog::shared(&store)
         }
@@ -1282,6 +1539,37 @@ mod tests {
                 p.push(suffix);
                 let _ = std::fs::remove_file(p);
             }
+        }
+    }
+
+    /// The command that decides payment event `e` (the domain must decide exactly `e` from the
+    /// state before it).
+    pub(crate) fn payment_command(e: &PaymentEvent) -> PaymentCommand {
+        match e {
+            PaymentEvent::Authorized(a) => PaymentCommand::Authorize {
+                payment_id: a.payment_id,
+                order_id: a.order_id,
+                amount_minor: a.amount.amount_minor,
+                currency: a.amount.currency.to_string(),
+            },
+            PaymentEvent::Declined(d) => PaymentCommand::Decline {
+                payment_id: d.payment_id,
+                order_id: d.order_id,
+                reason: d.reason.clone(),
+            },
+            PaymentEvent::Captured(c) => PaymentCommand::Capture {
+                payment_id: c.payment_id,
+                amount_minor: c.amount.amount_minor,
+            },
+            PaymentEvent::Refunded(r) => PaymentCommand::Refund {
+                payment_id: r.payment_id,
+                amount_minor: r.amount.amount_minor,
+            },
+            PaymentEvent::Voided(v) => PaymentCommand::Void {
+                payment_id: v.payment_id,
+                order_id: v.order_id,
+                reason: v.reason.clone(),
+            },
         }
     }
 
@@ -1301,6 +1589,21 @@ mod tests {
     /// time). The order's events and its products' go to two services' stores, so they share
     /// the simulated action, not a commit.
     type Moves = HashMap<(Uuid, Uuid), (i64, DateTime<Utc>)>;
+
+    /// A moment of an order's life as the log tells it: simulated time and correlation id.
+    type Moment = (DateTime<Utc>, String);
+
+    /// What the log says happened to one order, to check its payment against.
+    #[derive(Debug, Default)]
+    struct OrderFacts {
+        placed: Option<Moment>,
+        total: Option<Money>,
+        confirmed: Option<Moment>,
+        shipped: Option<Moment>,
+        delivered: Option<Moment>,
+        /// With the reason.
+        cancelled: Option<(Moment, String)>,
+    }
 
     #[tokio::test]
     async fn twenty_thousand_events_are_a_valid_shop_history() {
@@ -1375,8 +1678,27 @@ mod tests {
         let mut stocked: HashMap<Uuid, i64> = HashMap::new();
         let (mut renames, mut email_changes, mut price_changes, mut restocks, mut usd) = (0, 0, 0, 0, 0_usize);
         let (mut placed, mut cancelled, mut delivered) = (0_u64, 0_u64, 0_u64);
+        let mut payments: HashMap<Uuid, Payment> = HashMap::new();
+        let mut facts: HashMap<Uuid, OrderFacts> = HashMap::new();
+        // Each payment's events in simulated order, with when and under which correlation.
+        let mut payment_events: HashMap<Uuid, Vec<(PaymentEvent, Moment)>> = HashMap::new();
         for i in order {
             let (recorded, event) = (&events[i], &decoded[i]);
+            let moment = (recorded.occurred_at, recorded.metadata.correlation_id.clone());
+            if let DomainEvent::Order(e) = event {
+                let moment = moment.clone();
+                let f = facts.entry(e.order_id()).or_default();
+                match e {
+                    OrderEvent::Placed(p) => {
+                        f.placed = Some(moment);
+                        f.total = Some(p.total());
+                    }
+                    OrderEvent::Confirmed(_) => f.confirmed = Some(moment),
+                    OrderEvent::Shipped(_) => f.shipped = Some(moment),
+                    OrderEvent::Delivered(_) => f.delivered = Some(moment),
+                    OrderEvent::Cancelled(c) => f.cancelled = Some((moment, c.reason.clone())),
+                }
+            }
             let same_action = |moves: &Moves, product_id: Uuid, order_id: Uuid, quantity: i64| {
                 let found = moves.get(&(product_id, order_id));
                 assert_eq!(
@@ -1531,9 +1853,121 @@ mod tests {
                     assert_eq!(decided, Ok(vec![e.clone()]), "illegal transition of {order_id}");
                     *state = std::mem::take(state).evolve(e);
                 }
-                DomainEvent::Payment(_) => panic!("the seeder writes no payments"),
+                DomainEvent::Payment(e) => {
+                    let state = payments.entry(e.payment_id()).or_default();
+                    let command = payment_command(e);
+                    // A capture without an authorization, a refund of more than was captured,
+                    // a void of a captured payment... would be refused here.
+                    assert_eq!(state.decide(command), Ok(vec![e.clone()]), "payment {}", e.payment_id());
+                    *state = std::mem::take(state).evolve(e);
+                    payment_events
+                        .entry(e.payment_id())
+                        .or_default()
+                        .push((e.clone(), moment));
+                }
             }
         }
+
+        // Payments: one per order, in the order's flow (see the module doc).
+        let mut payment_of: HashMap<Uuid, Uuid> = HashMap::new();
+        let (mut full_refunds, mut partial_refunds) = (0_usize, 0_usize);
+        for (payment_id, history) in &payment_events {
+            let order_id = history[0].0.order_id();
+            assert!(
+                payment_of.insert(order_id, *payment_id).is_none(),
+                "order {order_id} has two payments"
+            );
+            let f = facts.get(&order_id).expect("a payment for an order placed");
+            let (placed_at, placed_by) = f.placed.as_ref().expect("placed");
+            let total = f.total.expect("placed");
+            for (event, (at, correlation)) in history {
+                assert_eq!(event.order_id(), order_id);
+                match event {
+                    // The provider answers seconds after placement, in the placement's flow.
+                    PaymentEvent::Authorized(a) => {
+                        assert_eq!(a.amount, total, "authorized the order's total");
+                        assert_eq!(correlation, placed_by);
+                        assert!(*at > *placed_at && *at - *placed_at < chrono::Duration::minutes(10));
+                    }
+                    PaymentEvent::Declined(d) => {
+                        assert_eq!(correlation, placed_by);
+                        let ((cancelled_at, cancelled_by), reason) = f.cancelled.as_ref().expect("declined: cancelled");
+                        assert_eq!(
+                            (cancelled_at, cancelled_by),
+                            (at, correlation),
+                            "cancelled in the same action"
+                        );
+                        assert_eq!(*reason, format!("payment declined: {}", d.reason));
+                    }
+                    PaymentEvent::Captured(c) => {
+                        assert_eq!(c.amount, total, "captured the order's total");
+                        assert_eq!(
+                            f.shipped.as_ref(),
+                            Some(&(*at, correlation.clone())),
+                            "captured on shipment"
+                        );
+                    }
+                    PaymentEvent::Voided(v) => {
+                        assert_eq!(v.amount, Some(total), "voided the authorization");
+                        let (moment, reason) = f.cancelled.as_ref().expect("voided: cancelled");
+                        assert_eq!(moment, &(*at, correlation.clone()), "voided on cancellation");
+                        assert_eq!(v.reason, format!("order cancelled: {reason}"));
+                    }
+                    PaymentEvent::Refunded(r) => {
+                        let (delivered_at, _) = f.delivered.as_ref().expect("refunded: delivered");
+                        assert!(at > delivered_at);
+                        assert!(r.amount.amount_minor > 0 && r.amount.currency == total.currency);
+                        if r.amount == total {
+                            full_refunds += 1;
+                        } else {
+                            partial_refunds += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for (order_id, f) in &facts {
+            let payment = payment_of.get(order_id).map(|id| &payments[id]);
+            if let Some((confirmed_at, _)) = &f.confirmed {
+                let first = &payment_events[&payment_of[order_id]][0];
+                assert!(
+                    matches!(first.0, PaymentEvent::Authorized(_)) && first.1.0 < *confirmed_at,
+                    "order {order_id} confirmed before its payment was authorized"
+                );
+            }
+            if f.cancelled.is_some() {
+                let status = payment.map(|p| p.status);
+                assert!(
+                    matches!(status, Some(PaymentStatus::Voided | PaymentStatus::Declined)),
+                    "cancelled order {order_id} has its payment {status:?}"
+                );
+            }
+            if f.shipped.is_some() {
+                let payment = payment.expect("a shipped order is paid");
+                assert!(matches!(
+                    payment.status,
+                    PaymentStatus::Captured | PaymentStatus::Refunded
+                ));
+                assert_eq!(payment.captured_minor, f.total.expect("placed").amount_minor);
+            }
+        }
+        let count = |status: PaymentStatus| payments.values().filter(|p| p.status == status).count() as u64;
+        let (declined, voided) = (count(PaymentStatus::Declined), count(PaymentStatus::Voided));
+        let captured = payment_events
+            .values()
+            .filter(|h| h.iter().any(|(e, _)| matches!(e, PaymentEvent::Captured(_))))
+            .count() as u64;
+        let refunded = payments.values().filter(|p| p.refunded_minor > 0).count() as u64;
+        assert_eq!(payments.len() as u64, report.payments);
+        assert_eq!(
+            (declined, captured, voided, refunded),
+            (report.declined, report.captured, report.voided, report.refunded),
+        );
+        eprintln!(
+            "payments: {} for {placed} orders; {declined} declined, {captured} captured, {voided} voided, \
+             {refunded} refunded ({full_refunds} in full, {partial_refunds} in part)",
+            payments.len()
+        );
 
         // Stock is conserved: what came in is available or held by an order.
         for (id, product) in &products {
@@ -1547,8 +1981,45 @@ mod tests {
         assert_eq!(products.len() as u64, report.products);
         let cancelled_share = cancelled as f64 / placed as f64;
         assert!(
-            (0.04..0.13).contains(&cancelled_share),
+            (0.07..0.15).contains(&cancelled_share),
             "{cancelled} of {placed} cancelled"
+        );
+        // Payments: every order but the last seconds' has one, a realistic mix.
+        let paid_share = payments.len() as f64 / placed as f64;
+        assert!(
+            paid_share > 0.99 && paid_share <= 1.0,
+            "{} payments for {placed} orders",
+            payments.len()
+        );
+        let declined_share = declined as f64 / payments.len() as f64;
+        assert!(
+            (0.015..0.05).contains(&declined_share),
+            "{declined} of {} declined",
+            payments.len()
+        );
+        let declines_cancelled = facts
+            .values()
+            .filter(|f| {
+                f.cancelled
+                    .as_ref()
+                    .is_some_and(|(_, r)| r.starts_with("payment declined: "))
+            })
+            .count() as u64;
+        assert_eq!(declines_cancelled, declined);
+        assert_eq!(
+            voided + declined,
+            cancelled,
+            "every cancelled order's payment is voided or declined"
+        );
+        assert!(captured as f64 > 0.7 * placed as f64, "{captured} of {placed} captured");
+        let refund_share = refunded as f64 / delivered as f64;
+        assert!(
+            (0.01..0.08).contains(&refund_share),
+            "{refunded} of {delivered} delivered refunded"
+        );
+        assert!(
+            full_refunds > 5 && partial_refunds > 5,
+            "{full_refunds} full, {partial_refunds} partial"
         );
         assert!(
             delivered as f64 > 0.6 * placed as f64,
@@ -1557,6 +2028,33 @@ mod tests {
         assert!(renames > 10 && email_changes > 10 && price_changes > 10 && restocks > 10);
         assert!(usd > 0 && usd < products.len() / 2);
         assert!(released.len() < reserved.len());
+    }
+
+    #[tokio::test]
+    async fn each_service_gets_its_own_events_in_its_own_store() {
+        let stores = [
+            TempStore::new().await,
+            TempStore::new().await,
+            TempStore::new().await,
+            TempStore::new().await,
+        ];
+        let logs: Vec<ServiceLog> = Service::ALL
+            .into_iter()
+            .zip(&stores)
+            .map(|(service, temp)| ServiceLog::new(service, std::sync::Arc::new(temp.store.clone())))
+            .collect();
+        let report = seed(&logs, &options(4_000, 5), |_| {}).await.expect("seed");
+        let mut total = 0;
+        for (service, temp) in Service::ALL.into_iter().zip(&stores) {
+            let events = temp.everything().await;
+            assert!(!events.is_empty(), "the {service} store is empty");
+            for e in &events {
+                assert_eq!(Service::of_stream(&e.stream_id).expect("stream id"), service);
+            }
+            total += events.len() as u64;
+        }
+        assert_eq!(total, report.events);
+        assert!(report.payments > 0 && report.captured > 0, "{report:?}");
     }
 
     #[tokio::test]
