@@ -3,7 +3,7 @@
 //!
 //! 1. Creates its own PostgreSQL databases (an event store per service, a read database) and
 //!    ClickHouse database, and drops them at the end, whatever happened ([`Scratch`]).
-//! 2. Seeds the stores with a simulated shop ([`shop_sim::seed`], about 6 events per order) and
+//! 2. Seeds the stores with a simulated shop ([`shop_sim::seed`], about 8 events per order) and
 //!    rebuilds the dashboard (PostgreSQL) and the analytics (ClickHouse) from them.
 //! 3. Serves the read API in-process on loopback and, per endpoint (a filtered page of the
 //!    dashboard list, one order by id, revenue by day over the seeded range), runs C concurrent
@@ -53,7 +53,7 @@ use crate::scratch::{self, Scratch, ScratchServers, add_products};
 
 #[derive(Debug, Args)]
 pub struct ReadsBench {
-    /// Orders the read model should hold (the store is seeded with about 6 events per order).
+    /// Orders the read model should hold (the store is seeded with about 8 events per order).
     #[arg(long, default_value_t = 200_000, env = "ORDERFLOW_BENCH_ORDERS")]
     orders: u64,
     /// Simulated days the seeded history spans.
