@@ -1,9 +1,10 @@
 //! `orderflow bench freshness`: read-your-writes latency of a running deployment.
 //!
 //! `bench reads` measures freshness with every component in its own process's tasks; this one
-//! only talks HTTP to a deployment that is already running (`scripts/dev-up`: write-side with
-//! its relay, projection workers and read-api as separate processes, Kafka between them). It
-//! places orders at a fixed rate through `POST /v1/orders` and watches the dashboard list
+//! only talks HTTP to a deployment that is already running (`scripts/dev-up`: the four write
+//! services with their relays, projection workers and read-api as separate processes, Kafka
+//! between them). It registers its customers and products at their services, places orders at
+//! a fixed rate through the orders service's `POST /v1/orders` and watches the dashboard list
 //! (`GET /v1/dashboard/orders`, newest first) until each one is in it: the time from the
 //! command's answer to that moment is the figure BENCHMARKS.md sets a target for.
 
@@ -31,9 +32,15 @@ use crate::load::{
 
 #[derive(Debug, Args)]
 pub struct FreshnessBench {
-    /// The write side's base URL.
+    /// The orders service's base URL (orders are placed there).
     #[arg(long, env = "ORDERFLOW_BENCH_WRITE_URL", default_value = "http://127.0.0.1:8081")]
     write_url: String,
+    /// The customers service's base URL (the run's customers are registered there).
+    #[arg(long, env = "ORDERFLOW_BENCH_CUSTOMERS_URL", default_value = "http://127.0.0.1:8083")]
+    customers_url: String,
+    /// The inventory service's base URL (the run's products are added there).
+    #[arg(long, env = "ORDERFLOW_BENCH_INVENTORY_URL", default_value = "http://127.0.0.1:8084")]
+    inventory_url: String,
     /// The read API's base URL.
     #[arg(long, env = "ORDERFLOW_BENCH_READ_URL", default_value = "http://127.0.0.1:8082")]
     read_url: String,
@@ -102,24 +109,32 @@ struct Report {
 #[derive(Clone)]
 struct Api {
     client: HttpClient,
+    /// The orders service.
     write: String,
+    customers: String,
+    inventory: String,
     read: String,
     token: Option<Arc<str>>,
 }
 
 impl Api {
     /// POSTs a command; answers its status.
+    /// POSTs to the orders service.
     async fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<hyper::StatusCode> {
+        self.post_to(&self.write, path, body).await
+    }
+
+    async fn post_to(&self, base: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<hyper::StatusCode> {
         let mut request =
-            hyper::Request::post(format!("{}{path}", self.write)).header("content-type", "application/json");
+            hyper::Request::post(format!("{base}{path}")).header("content-type", "application/json");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
-            .with_context(|| format!("POST {}{path}: no answer within {REQUEST_TIMEOUT:?}", self.write))?
-            .with_context(|| format!("POST {}{path}", self.write))?;
+            .with_context(|| format!("POST {base}{path}: no answer within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("POST {base}{path}"))?;
         let status = response.status();
         response.into_body().collect().await?;
         Ok(status)
@@ -176,7 +191,7 @@ impl Catalogue {
             let body = serde_json::json!({
                 "customer_id": id, "name": format!("Fresh {i}"), "email": format!("fresh{i}.{run}@example.com"),
             });
-            let status = api.post("/v1/customers", &body).await?;
+            let status = api.post_to(&api.customers, "/v1/customers", &body).await?;
             anyhow::ensure!(
                 status == hyper::StatusCode::CREATED,
                 "creating a customer answered {status}"
@@ -189,7 +204,7 @@ impl Catalogue {
                 "product_id": id, "sku": format!("FRESH-{run}-{i:04}"), "name": format!("Fresh product {i}"),
                 "price_minor": 100 + (i as i64 * 37) % 10_000, "currency": "EUR", "stock": 1_000_000_000,
             });
-            let status = api.post("/v1/products", &body).await?;
+            let status = api.post_to(&api.inventory, "/v1/products", &body).await?;
             anyhow::ensure!(
                 status == hyper::StatusCode::CREATED,
                 "creating a product answered {status}"
@@ -226,6 +241,8 @@ pub(crate) async fn run(b: FreshnessBench) -> anyhow::Result<()> {
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .build_http(),
         write: b.write_url.trim_end_matches('/').to_owned(),
+        customers: b.customers_url.trim_end_matches('/').to_owned(),
+        inventory: b.inventory_url.trim_end_matches('/').to_owned(),
         read: b.read_url.trim_end_matches('/').to_owned(),
         token,
     };

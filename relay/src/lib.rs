@@ -137,13 +137,21 @@ pub async fn run(
     let producer = producer(&config)?;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
+        // Taking the lease needs the database: while it refuses connections, that fails like a
+        // publish does, and is retried the same way (the relay must outlive an outage).
         let lease = tokio::select! {
             () = shutdown.cancelled() => break,
-            lease = store.lease(RELAY_NAME, config.lease_retry) => lease?,
+            lease = store.lease(RELAY_NAME, config.lease_retry) => lease.map_err(RelayError::from),
         };
-        tracing::info!("relay holds the lease; publishing");
-        status.send_modify(|s| s.leader = true);
-        match publish(&store, &producer, lease, &config, &status, &shutdown).await {
+        let published = match lease {
+            Ok(lease) => {
+                tracing::info!("relay holds the lease; publishing");
+                status.send_modify(|s| s.leader = true);
+                publish(&store, &producer, lease, &config, &status, &shutdown).await
+            }
+            Err(e) => Err(e),
+        };
+        match published {
             Ok(()) => break,
             Err(e @ RelayError::UnknownCategory { .. }) => return Err(e),
             Err(e) => {

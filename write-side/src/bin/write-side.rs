@@ -221,14 +221,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let served = write_side::http::serve(config, shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
-    if let Some((relay, _)) = relay {
-        stop_relay(relay).await;
-    }
+    let relay_stopped_cleanly = match relay {
+        Some((relay, _)) => stop_relay(relay).await,
+        None => true,
+    };
     if let Some(replica) = replica {
         stop_task("the copy of customers and products", replica).await;
     }
     served.with_context(|| format!("cannot serve on {}", args.listen))?;
     opened.close().await;
+    anyhow::ensure!(relay_stopped_cleanly, "the relay failed; see the log above");
     tracing::info!("stopped");
     Ok(())
 }
@@ -313,22 +315,47 @@ fn start_relay(
     };
     tracing::info!(brokers = %config.brokers, "starting the relay");
     let (status, watch) = watch::channel(RelayStatus::default());
-    let task = tokio::spawn(relay::run(store, config, status, shutdown.clone()));
+    // The relay retries what an outage causes; if it still stops with an error, the service
+    // stops too (and exits with an error), so that its supervisor starts it again: a service
+    // that takes commands no relay publishes would starve every reader without saying so.
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let result = relay::run(store, config, status, shutdown.clone()).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %service_kit::error_chain(e), "the relay stopped; stopping the service");
+                shutdown.cancel();
+            }
+            result
+        }
+    });
     (task, watch)
 }
 
-/// Waits for the relay to finish its batch, at most 15 s.
-async fn stop_relay(relay: RelayTask) {
-    stop_task("the relay", relay).await;
+/// Waits for the relay to finish its batch, at most 15 s; answers whether it stopped cleanly.
+async fn stop_relay(relay: RelayTask) -> bool {
+    stop_task("the relay", relay).await
 }
 
-/// Waits for a background task to end, at most 15 s.
-async fn stop_task<E: std::fmt::Display>(what: &str, task: JoinHandle<Result<(), E>>) {
+/// Waits for a background task to end, at most 15 s; answers whether it stopped cleanly.
+async fn stop_task<E: std::fmt::Display>(what: &str, task: JoinHandle<Result<(), E>>) -> bool {
     match tokio::time::timeout(Duration::from_secs(15), task).await {
-        Ok(Ok(Ok(()))) => tracing::info!("{what} stopped"),
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "{what} failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "{what}: the task failed"),
-        Err(_) => tracing::warn!("{what} did not stop within 15 s"),
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("{what} stopped");
+            true
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "{what} failed");
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "{what}: the task failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("{what} did not stop within 15 s");
+            true
+        }
     }
 }
 
