@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# orderflow's services in one image: `write-side`, `relay`, `projections` (the workers),
-# `read-api` and `orderflow` (the CLI: serve, migrate, bench, ...), each in /usr/local/bin.
+# orderflow's services in one image: `write-side` (any of the four write services, picked by
+# ORDERFLOW_SERVICE), `relay`, `projections` (the workers), `read-api` and `orderflow` (the CLI:
+# serve, migrate, bench, ...), each in /usr/local/bin.
 # compose.yaml picks one with `command:`.
 #
 #   docker build -t orderflow:local .
@@ -50,6 +51,7 @@ COPY --from=builder /out/orderflow /out/write-side /out/relay /out/projections /
 USER orderflow:orderflow
 WORKDIR /var/lib/orderflow
 
-# write-side listens on 8081, read-api on 8082 (set ORDERFLOW_*_LISTEN to 0.0.0.0:<port>).
-EXPOSE 8081 8082
+# The ports of compose.yaml: write-side as orders 8081, customers 8083, inventory 8084, payments
+# 8085; read-api 8082 (set ORDERFLOW_WRITE_LISTEN / ORDERFLOW_READ_LISTEN to 0.0.0.0:<port>).
+EXPOSE 8081 8082 8083 8084 8085
 CMD ["orderflow", "--help"]

@@ -1,5 +1,6 @@
 //! `scripts/clean-test-databases`, which `scripts/test` runs before the suite: it drops the test
-//! databases of earlier runs on PostgreSQL and ClickHouse, and keeps those of a run in progress.
+//! databases of earlier runs on PostgreSQL and ClickHouse (testkit's, and those of the dev-up
+//! test's deployment, with its roles), and keeps those of a run in progress.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,6 +20,28 @@ async fn on_postgres(names: &[&str]) -> Vec<String> {
         .unwrap();
     admin.close().await.unwrap();
     found
+}
+
+/// Roles on PostgreSQL among `names`.
+async fn roles(names: &[&str]) -> Vec<String> {
+    let mut admin = PgConnection::connect(&testkit::postgres::admin_url()).await.unwrap();
+    let found: Vec<String> =
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1")
+            .bind(names)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    admin.close().await.unwrap();
+    found
+}
+
+async fn execute(sql: String) {
+    let mut admin = PgConnection::connect(&testkit::postgres::admin_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
 }
 
 /// Databases on ClickHouse among `names`.
@@ -47,14 +70,45 @@ async fn drops_the_databases_of_old_runs_and_keeps_those_of_a_run_in_progress() 
     admin.close().await.unwrap();
     let current = testkit::postgres::fresh_database().await.name;
     let current_clickhouse = testkit::clickhouse::fresh_database().await;
+    // A dev-up test's deployment of 2001 (databases owned by its roles, as scripts/dev-up makes
+    // them) and one of a run going on now: its role stays.
+    let dev = &suffix[..8];
+    let old_dev = format!("orderflow_test_1000000000_dev_{dev}_");
+    let old_dev_databases = [
+        format!("{old_dev}orderflow_payments"),
+        format!("{old_dev}orderflow_orders_replica"),
+    ];
+    let old_dev_roles = [format!("{old_dev}orders"), format!("{old_dev}payments")];
+    let current_dev_role = format!("{}_dev_{dev}_orders", testkit::database_prefix());
+    for role in old_dev_roles.iter().chain([&current_dev_role]) {
+        execute(format!("CREATE ROLE {role} LOGIN")).await;
+    }
+    execute(format!(
+        "CREATE DATABASE {} OWNER {}",
+        old_dev_databases[0], old_dev_roles[1]
+    ))
+    .await;
+    execute(format!(
+        "CREATE DATABASE {} OWNER {}",
+        old_dev_databases[1], old_dev_roles[0]
+    ))
+    .await;
     let names = [
         old.as_str(),
         untimed.as_str(),
         current.as_str(),
         current_clickhouse.as_str(),
+        old_dev_databases[0].as_str(),
+        old_dev_databases[1].as_str(),
     ];
-    assert_eq!(on_postgres(&names).await.len(), 3);
+    assert_eq!(on_postgres(&names).await.len(), 5);
     assert_eq!(on_clickhouse(&names).await.len(), 3);
+    let role_names = [
+        old_dev_roles[0].as_str(),
+        old_dev_roles[1].as_str(),
+        current_dev_role.as_str(),
+    ];
+    assert_eq!(roles(&role_names).await.len(), 3);
 
     // 100,000 minutes (69 days): nothing a run of today made is touched, whatever runs beside us.
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/clean-test-databases");
@@ -73,11 +127,24 @@ async fn drops_the_databases_of_old_runs_and_keeps_those_of_a_run_in_progress() 
             .unwrap_or_else(|| panic!("{stdout}"));
         words[at - 1].parse().unwrap_or_else(|_| panic!("{stdout}"))
     };
-    assert!(dropped("PostgreSQL") >= 2, "{stdout}");
+    assert!(dropped("PostgreSQL") >= 4, "{stdout}");
     assert!(dropped("ClickHouse") >= 2, "{stdout}");
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    let roles_dropped = words
+        .iter()
+        .position(|w| *w == "roles")
+        .and_then(|at| words[at - 3].parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no count of roles: {stdout}"));
+    assert!(roles_dropped >= 2, "{stdout}");
 
     assert_eq!(on_postgres(&names).await, vec![current.clone()]);
     assert_eq!(on_clickhouse(&names).await, vec![current_clickhouse.clone()]);
+    assert_eq!(
+        roles(&role_names).await,
+        vec![current_dev_role.clone()],
+        "the roles of the old deployment are dropped, not those of a run going on"
+    );
+    execute(format!("DROP ROLE {current_dev_role}")).await;
 
     // Bad input: a clear error, and nothing dropped.
     let output = Command::new(&script).arg("soon").output().unwrap();

@@ -1,7 +1,9 @@
 //! `compose.yaml` is checked here and nowhere else: no Docker engine runs where the tests run, so
 //! nothing ever starts it. What can be checked without one is checked: the services and their
 //! ports, that every `ORDERFLOW_*` variable a service sets is one its binary reads, health
-//! checks, start-up order, secrets taken from the environment, and `.env.example`.
+//! checks, start-up order, the write services' own databases and roles (against
+//! `deploy/postgres/init.sql`) and how the orders service reaches the others, secrets taken from
+//! the environment, and `.env.example`.
 //!
 //! Which variables a binary reads:
 //! - `orderflow` (this package): its `--help`, run from `CARGO_BIN_EXE_orderflow` with the
@@ -20,12 +22,28 @@ use serde_norway::Value;
 /// The third-party servers: their own images and health checks, nothing of ours to check.
 const SERVERS: &[&str] = &["postgres", "kafka", "clickhouse", "kurrentdb"];
 
-/// orderflow's services and the container port each must publish.
+/// orderflow's services and the container port each must publish (the port map of the README:
+/// orders 8081, read-api 8082, customers 8083, inventory 8084, payments 8085).
 const SERVICES: &[(&str, Option<u16>)] = &[
-    ("write-side", Some(8081)),
+    ("customers", Some(8083)),
+    ("inventory", Some(8084)),
+    ("orders", Some(8081)),
+    ("payments", Some(8085)),
     ("projections", None),
     ("read-api", Some(8082)),
 ];
+
+/// The write services: each is `write-side` with `ORDERFLOW_SERVICE` set to its name.
+const WRITE_SERVICES: &[&str] = &["customers", "inventory", "orders", "payments"];
+
+/// The container port of `name` in [`SERVICES`].
+fn port_of(name: &str) -> u16 {
+    SERVICES
+        .iter()
+        .find(|(service, _)| *service == name)
+        .and_then(|(_, port)| *port)
+        .unwrap_or_else(|| panic!("{name} has no port"))
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -311,7 +329,8 @@ fn secrets_come_from_the_environment() {
     for (name, service) in services(&compose) {
         let name = scalar(name);
         for (key, value) in environment(service) {
-            if key.contains("PASSWORD") || key == "ORDERFLOW_TOKENS" {
+            // Passwords, the bearer-token hashes and the orders service's bearer secret.
+            if key.contains("PASSWORD") || key.contains("TOKEN") {
                 assert!(
                     value.starts_with("${") && value.ends_with('}') && value.contains(":?"),
                     "{name}: {key} must be `${{VAR:?...}}`, found `{value}`"
@@ -391,10 +410,281 @@ fn mounted_files_exist() {
     assert_eq!(mounted, 2, "PostgreSQL's init.sql and ClickHouse's reader.xml");
     let init = read(&root().join("deploy/postgres/init.sql"));
     for needle in [
-        "CREATE DATABASE orderflow OWNER write_side",
+        "CREATE DATABASE orderflow_customers OWNER customers",
+        "CREATE DATABASE orderflow_inventory OWNER inventory",
+        "CREATE DATABASE orderflow_orders OWNER orders",
+        "CREATE DATABASE orderflow_orders_replica OWNER orders",
+        "CREATE DATABASE orderflow_payments OWNER payments",
         "CREATE DATABASE orderflow_read OWNER projections",
         "GRANT SELECT ON TABLES TO reader",
     ] {
         assert!(init.contains(needle), "init.sql: {needle}");
+    }
+}
+
+/// init.sql's statements, one per entry, without comments and psql's meta-commands.
+fn init_statements() -> Vec<String> {
+    let init = read(&root().join("deploy/postgres/init.sql"));
+    let text: String = init
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--") && !line.trim_start().starts_with('\\'))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    text.split(';')
+        .map(|statement| statement.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|statement| !statement.is_empty())
+        .collect()
+}
+
+/// Who may connect to each database of init.sql: its owner and the roles granted CONNECT. Fails
+/// on a database that PUBLIC may still connect to.
+fn database_access() -> BTreeMap<String, BTreeSet<String>> {
+    let statements = init_statements();
+    let mut access: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for statement in &statements {
+        let words: Vec<&str> = statement.split(' ').collect();
+        match words.as_slice() {
+            ["CREATE", "DATABASE", database, "OWNER", owner] => {
+                access
+                    .entry((*database).to_owned())
+                    .or_default()
+                    .insert((*owner).to_owned());
+                assert!(
+                    statements.contains(&format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC")),
+                    "init.sql: PUBLIC may connect to {database}"
+                );
+            }
+            ["GRANT", privileges @ .., "ON", "DATABASE", database, "TO", role]
+                if privileges.join(" ").contains("CONNECT") =>
+            {
+                access
+                    .entry((*database).to_owned())
+                    .or_default()
+                    .insert((*role).to_owned());
+            }
+            _ => {}
+        }
+    }
+    access
+}
+
+/// `(role, database)` of a `postgres://role:password@host:port/database` URL.
+fn role_and_database(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("postgres://")?;
+    let (userinfo, location) = rest.split_once('@')?;
+    let role = userinfo.split_once(':').map_or(userinfo, |(role, _)| role);
+    let (host, database) = location.split_once('/')?;
+    assert_eq!(host, "postgres:5432", "{url}: the compose PostgreSQL");
+    Some((
+        role.to_owned(),
+        database.split('?').next().unwrap_or_default().to_owned(),
+    ))
+}
+
+#[test]
+fn each_write_service_is_write_side_on_its_own_port_and_its_own_database() {
+    let compose = compose();
+    let mut stores = BTreeSet::new();
+    for name in WRITE_SERVICES {
+        let service = service(&compose, name);
+        assert_eq!(
+            strings(&service["command"]),
+            ["write-side"],
+            "{name}: one image, one binary"
+        );
+        let env = environment(service);
+        assert_eq!(env["ORDERFLOW_SERVICE"], *name, "{name} runs the {name} service");
+        let port = port_of(name);
+        assert_eq!(
+            env["ORDERFLOW_WRITE_LISTEN"],
+            format!("0.0.0.0:{port}"),
+            "{name} listens on the port it publishes"
+        );
+        let (role, database) = role_and_database(&env["ORDERFLOW_EVENT_STORE_URL"])
+            .unwrap_or_else(|| panic!("{name}: its event store is a postgres:// URL with a role"));
+        assert_eq!(
+            (role.as_str(), database.as_str()),
+            (*name, format!("orderflow_{name}").as_str()),
+            "{name}: its own event store, as its own role"
+        );
+        assert!(stores.insert(database), "{name} shares an event store");
+        // The relay of each store runs in the service's process: nothing else publishes it.
+        assert_eq!(env["ORDERFLOW_KAFKA_BROKERS"], "kafka:19092", "{name}");
+        assert!(
+            !env.contains_key("ORDERFLOW_NO_RELAY"),
+            "{name}: its relay runs in its process"
+        );
+        assert!(
+            !env.contains_key("ORDERFLOW_NO_AUTH"),
+            "{name}: authentication stays on"
+        );
+        let depends_on = service["depends_on"].as_mapping().expect("dependencies");
+        for server in ["postgres", "kafka"] {
+            assert!(depends_on.contains_key(server), "{name} waits for {server}");
+        }
+    }
+    // Only the orders service calls others, and only it has a copy of their data.
+    for name in ["customers", "inventory", "payments"] {
+        let env = environment(service(&compose, name));
+        for key in [
+            "ORDERFLOW_INVENTORY_URL",
+            "ORDERFLOW_CUSTOMERS_URL",
+            "ORDERFLOW_SERVICE_TOKEN",
+            "ORDERFLOW_REPLICA_DB_URL",
+        ] {
+            assert!(!env.contains_key(key), "{name} sets {key}, which only orders needs");
+        }
+    }
+}
+
+#[test]
+fn every_database_url_is_one_its_role_may_connect_to_and_no_other_role_may() {
+    let access = database_access();
+    for (database, owner) in [
+        ("orderflow_customers", "customers"),
+        ("orderflow_inventory", "inventory"),
+        ("orderflow_orders", "orders"),
+        ("orderflow_orders_replica", "orders"),
+        ("orderflow_payments", "payments"),
+    ] {
+        assert_eq!(
+            access
+                .get(database)
+                .map(|roles| roles.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec![owner]),
+            "init.sql: only {owner} may connect to {database}"
+        );
+    }
+    assert_eq!(
+        access["orderflow_read"],
+        BTreeSet::from(["projections".to_owned(), "reader".to_owned()]),
+        "init.sql: the projections and read-api's reader only"
+    );
+    let compose = compose();
+    let mut urls = 0;
+    for (name, service) in services(&compose) {
+        let name = scalar(name);
+        for (key, value) in environment(service) {
+            let Some((role, database)) = role_and_database(&value) else {
+                continue;
+            };
+            urls += 1;
+            let allowed = access
+                .get(&database)
+                .unwrap_or_else(|| panic!("{name}: {key} names {database}, which init.sql does not create"));
+            assert!(
+                allowed.contains(&role),
+                "{name}: {key}: {role} may not connect to {database}"
+            );
+        }
+    }
+    assert_eq!(
+        urls, 7,
+        "four event stores, the orders' copy, the projections', read-api's"
+    );
+    // Every password init.sql reads is one the postgres service is given.
+    let postgres = environment(service(&compose, "postgres"));
+    let init = read(&root().join("deploy/postgres/init.sql"));
+    let read_by_init: Vec<&str> = init
+        .lines()
+        .filter_map(|line| line.strip_prefix("\\getenv "))
+        .filter_map(|rest| rest.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(read_by_init.len(), 6, "a password for each role of init.sql");
+    for variable in read_by_init {
+        assert!(postgres.contains_key(variable), "postgres is not given {variable}");
+    }
+}
+
+#[test]
+fn orders_reaches_inventory_and_customers_with_a_token_they_grant() {
+    let compose = compose();
+    let orders = service(&compose, "orders");
+    let env = environment(orders);
+    for (key, peer) in [
+        ("ORDERFLOW_INVENTORY_URL", "inventory"),
+        ("ORDERFLOW_CUSTOMERS_URL", "customers"),
+    ] {
+        assert_eq!(env[key], format!("http://{peer}:{}", port_of(peer)), "orders: {key}");
+        let depends_on = &orders["depends_on"];
+        assert_eq!(
+            depends_on[peer]["condition"].as_str(),
+            Some("service_healthy"),
+            "orders starts once {peer} is healthy"
+        );
+        // The service token's hash is one of the peer's tokens, with scope `commands` (and no
+        // more: it is not an operator's token).
+        let tokens = &environment(service(&compose, peer))["ORDERFLOW_TOKENS"];
+        let granted: Vec<&str> = tokens.split(',').collect();
+        assert!(
+            granted.contains(
+                &"orders:commands:${ORDERFLOW_SERVICE_TOKEN_SHA256:?set ORDERFLOW_SERVICE_TOKEN_SHA256 in .env}"
+            ),
+            "{peer} grants the orders service's token scope `commands`: {tokens}"
+        );
+    }
+    assert!(
+        env["ORDERFLOW_SERVICE_TOKEN"].starts_with("${ORDERFLOW_SERVICE_TOKEN:?"),
+        "orders sends the secret whose hash the others grant"
+    );
+    assert!(
+        env.contains_key("ORDERFLOW_SERVICE_TIMEOUT_MS"),
+        "a call to another service is bounded"
+    );
+    let (role, database) = role_and_database(&env["ORDERFLOW_REPLICA_DB_URL"]).expect("a postgres:// URL");
+    assert_eq!(
+        (role.as_str(), database.as_str()),
+        ("orders", "orderflow_orders_replica"),
+        "orders keeps its copy in a database of its own, apart from its event store"
+    );
+    assert!(
+        !env["ORDERFLOW_REPLICA_GROUP"].is_empty()
+            && env["ORDERFLOW_REPLICA_GROUP"]
+                != environment(service(&compose, "projections"))["ORDERFLOW_GROUP_PREFIX"],
+        "the copy has a consumer group of its own"
+    );
+}
+
+#[test]
+fn the_read_side_starts_after_every_write_service() {
+    let compose = compose();
+    // The relays create the topics, and a read may wait for any service's token.
+    let projections = &service(&compose, "projections")["depends_on"];
+    for name in WRITE_SERVICES {
+        assert_eq!(
+            projections[*name]["condition"].as_str(),
+            Some("service_healthy"),
+            "projections wait for {name}"
+        );
+    }
+    let read_api = &service(&compose, "read-api")["depends_on"];
+    assert_eq!(read_api["projections"]["condition"].as_str(), Some("service_healthy"));
+}
+
+#[test]
+fn the_header_comment_maps_every_service_and_port() {
+    let text = compose_text();
+    let header: Vec<&str> = text.lines().take_while(|line| line.starts_with('#')).collect();
+    for (name, port) in SERVICES {
+        let line = header
+            .iter()
+            .find(|line| {
+                line.trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(&format!("{name} "))
+            })
+            .unwrap_or_else(|| panic!("the header comment has no line for {name}"));
+        if let Some(port) = port {
+            assert!(line.contains(&format!("(:{port})")), "{line}: port {port}");
+        }
+    }
+    for server in SERVERS {
+        assert!(
+            header.iter().any(|line| line
+                .trim_start_matches('#')
+                .trim_start()
+                .starts_with(&format!("{server} "))),
+            "the header comment has no line for {server}"
+        );
     }
 }

@@ -1,14 +1,25 @@
 //! End to end through `scripts/dev-up`, the distributed deployment as local processes: an
 //! instance of its own (databases, roles, topics, consumer groups, ClickHouse database and user,
-//! ports, state folder) beside the rest of the suite, driven over HTTP only. Commands go to
-//! write-side with the instance's bearer token; the dashboard and the analytics are read back
-//! from read-api (PostgreSQL and ClickHouse, through read-only credentials); an as-of read is
-//! compared with write-side's fold; a rebuild changes no answer; a projection worker killed with
-//! SIGKILL and restarted by `scripts/dev-up restart` lets new orders through; `down` stops
-//! every process (a guard runs it when the test fails).
+//! ports, state folder) beside the rest of the suite, driven over HTTP only. It starts a whole
+//! deployment (four write services, two projection workers, read-api), once, and checks on it:
+//!
+//! - commands go to the service that owns them (customers, inventory, orders, payments) with the
+//!   instance's bearer token; every answer names its service and its consistency token, and
+//!   read-api answers a read that waits for any service's token (read-your-writes);
+//! - the dashboard and the analytics are read back from read-api (PostgreSQL and ClickHouse,
+//!   through read-only credentials); an as-of read is compared with the orders service's fold;
+//!   a rebuild (`scripts/dev-up orderflow`, every service's store through one `{service}`
+//!   template) changes no answer; a projection worker killed with SIGKILL and restarted by
+//!   `scripts/dev-up restart` lets new orders through;
+//! - database per service: no service's role can connect to another's database;
+//! - isolation: with the payments service stopped, and then with its database refusing
+//!   connections, the other services take orders end to end and the dashboard answers; once
+//!   payments is back, a payment goes through and nothing was lost;
+//! - `down` stops every process (a guard runs it when the test fails) and `down --purge` drops
+//!   the instance.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,6 +38,9 @@ mod support;
 
 use support::free_port;
 
+/// The write services, each a `write-side --service <name>` process of the instance.
+const WRITE_SERVICES: [&str; 4] = ["customers", "inventory", "orders", "payments"];
+
 /// The repository: `scripts/dev-up` lives there.
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,18 +48,18 @@ fn repo() -> PathBuf {
 
 /// The folder of the `orderflow` binary under test, with `write-side` and `read-api` beside it.
 ///
-/// `write-side`, `relay`, `projections` and `read-api` are binaries of other workspace packages, so a test of this
-/// package cannot name them with `CARGO_BIN_EXE_*`. `cargo nextest run --workspace` (what
-/// `scripts/test` runs) builds every package's binaries into this same folder; a run of this
-/// package alone (`-p orderflow`) does not, so they are built here when missing, with the
-/// profile of the folder.
+/// `write-side`, `projections` and `read-api` are binaries of other workspace packages, so a
+/// test of this package cannot name them with `CARGO_BIN_EXE_*`. `cargo nextest run --workspace`
+/// (what `scripts/test` runs) builds every package's binaries into this same folder; a run of
+/// this package alone (`-p orderflow`) does not, and may find them there but older than the
+/// code, so cargo is asked for them here every time, with the profile of the folder (nothing
+/// to do when they are current).
 fn binaries() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_orderflow"))
         .parent()
         .expect("the binary's folder")
         .to_path_buf();
-    let others = ["write-side", "relay", "projections", "read-api"];
-    if !others.iter().all(|binary| dir.join(binary).is_file()) {
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
         build
@@ -53,8 +67,6 @@ fn binaries() -> PathBuf {
                 "build",
                 "-p",
                 "write-side",
-                "-p",
-                "relay",
                 "-p",
                 "projections",
                 "-p",
@@ -68,7 +80,7 @@ fn binaries() -> PathBuf {
         let status = build.status().expect("run cargo build");
         assert!(
             status.success(),
-            "cargo build -p write-side -p relay -p projections -p read-api --bins: {status}"
+            "cargo build -p write-side -p projections -p read-api --bins: {status}"
         );
     }
     dir
@@ -121,15 +133,29 @@ fn running(pid: u32) -> bool {
     }
 }
 
+/// `count` free ports, all different.
+fn free_ports(count: usize) -> Vec<u16> {
+    let mut ports = BTreeSet::new();
+    while ports.len() < count {
+        ports.insert(free_port());
+    }
+    ports.into_iter().collect()
+}
+
 /// One isolated `scripts/dev-up` instance. Dropping it runs `scripts/dev-up down`, so a failed
 /// test leaves no process behind (its databases and logs stay, to be read).
 struct DevUp {
     dir: PathBuf,
+    /// ORDERFLOW_DEV_PREFIX: before every database, role, topic and group name.
+    prefix: String,
     env: Vec<(String, String)>,
-    write: Http,
+    customers: Http,
+    inventory: Http,
+    orders: Http,
+    payments: Http,
     read: Http,
-    read_port: u16,
-    write_port: u16,
+    /// Each service's port: the four write services and read-api.
+    ports: BTreeMap<&'static str, u16>,
     stopped: bool,
 }
 
@@ -137,18 +163,25 @@ impl DevUp {
     fn new(bin_dir: &Path) -> DevUp {
         let id = Uuid::new_v4().simple().to_string();
         // Named as testkit names test databases (`orderflow_test_<unix seconds>_...`), so that
-        // `scripts/clean-test-databases` drops the databases a failed run leaves once they are
-        // old (its roles and ClickHouse user stay). Short enough for PostgreSQL's 63-character
-        // names.
+        // `scripts/clean-test-databases` drops the databases and roles a failed run leaves once
+        // they are old (its ClickHouse user stays). Short enough for PostgreSQL's 63-character
+        // names: the longest, `<prefix>orderflow_orders_replica`, is 63.
         let prefix = format!("{}_dev_{}_", testkit::database_prefix(), &id[..8]);
         let dir = std::env::temp_dir().join(format!("orderflow-dev-up-test-{id}"));
-        let (write_port, read_port) = (free_port(), free_port());
+        let free = free_ports(5);
+        let ports: BTreeMap<&'static str, u16> = ["orders", "read-api", "customers", "inventory", "payments"]
+            .into_iter()
+            .zip(free)
+            .collect();
         let (pg, clickhouse, kafka) = server_ports();
         let env = [
             ("ORDERFLOW_DEV_DIR", dir.display().to_string()),
-            ("ORDERFLOW_DEV_PREFIX", prefix),
-            ("ORDERFLOW_WRITE_PORT", write_port.to_string()),
-            ("ORDERFLOW_READ_PORT", read_port.to_string()),
+            ("ORDERFLOW_DEV_PREFIX", prefix.clone()),
+            ("ORDERFLOW_ORDERS_PORT", ports["orders"].to_string()),
+            ("ORDERFLOW_READ_PORT", ports["read-api"].to_string()),
+            ("ORDERFLOW_CUSTOMERS_PORT", ports["customers"].to_string()),
+            ("ORDERFLOW_INVENTORY_PORT", ports["inventory"].to_string()),
+            ("ORDERFLOW_PAYMENTS_PORT", ports["payments"].to_string()),
             // scripts/test brought the servers up; a missing one fails dev-up, naming the script.
             ("ORDERFLOW_DEV_SKIP_SERVICES", "1".into()),
             ("ORDERFLOW_BIN_DIR", bin_dir.display().to_string()),
@@ -165,12 +198,26 @@ impl DevUp {
         .collect();
         DevUp {
             dir,
+            prefix,
             env,
-            write: Http::new(write_port),
-            read: Http::new(read_port),
-            read_port,
-            write_port,
+            customers: Http::new(ports["customers"]),
+            inventory: Http::new(ports["inventory"]),
+            orders: Http::new(ports["orders"]),
+            payments: Http::new(ports["payments"]),
+            read: Http::new(ports["read-api"]),
+            ports,
             stopped: false,
+        }
+    }
+
+    /// The client of a write service.
+    fn service(&self, name: &str) -> &Http {
+        match name {
+            "customers" => &self.customers,
+            "inventory" => &self.inventory,
+            "orders" => &self.orders,
+            "payments" => &self.payments,
+            other => panic!("no write service {other}"),
         }
     }
 
@@ -208,6 +255,17 @@ impl DevUp {
         Ok(stdout)
     }
 
+    /// `scripts/dev-up status`, which must fail (a service is down): what it printed.
+    async fn status_fails(&self) -> anyhow::Result<String> {
+        let status = self.command(&["status"]).output().await?;
+        let said = String::from_utf8_lossy(&status.stdout).into_owned();
+        ensure!(
+            !status.status.success(),
+            "status says all is well with a service down:\n{said}"
+        );
+        Ok(said)
+    }
+
     /// The pid `scripts/dev-up` recorded for `service`.
     fn pid(&self, service: &str) -> anyhow::Result<u32> {
         let file = self.dir.join("pids").join(format!("{service}.pid"));
@@ -219,15 +277,34 @@ impl DevUp {
 
     fn pids(&self) -> anyhow::Result<BTreeMap<String, u32>> {
         let mut pids = BTreeMap::new();
-        for service in ["write-side", "relay", "projections-1", "projections-2", "read-api"] {
+        for service in WRITE_SERVICES
+            .into_iter()
+            .chain(["projections-1", "projections-2", "read-api"])
+        {
             pids.insert(service.to_owned(), self.pid(service)?);
         }
         Ok(pids)
     }
 
-    fn token(&self) -> anyhow::Result<String> {
-        let token = std::fs::read_to_string(self.dir.join("token")).context("read the token file")?;
-        Ok(token.trim().to_owned())
+    /// A secret file of the state folder, trimmed.
+    fn secret(&self, file: &str) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.dir.join(file)).with_context(|| format!("read the {file} file"))?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// Every secret of the instance: the two bearer tokens and each password.
+    fn secrets(&self) -> anyhow::Result<Vec<String>> {
+        let mut secrets = vec![self.secret("token")?, self.secret("service-token")?];
+        for line in self.secret("secrets.env")?.lines() {
+            if let Some((_, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+                secrets.push(value.to_owned());
+            }
+        }
+        ensure!(
+            secrets.len() >= 9 && secrets.iter().all(|s| s.len() >= 32),
+            "fewer or shorter secrets than expected"
+        );
+        Ok(secrets)
     }
 
     /// The end of every service's log, for a failure message.
@@ -245,6 +322,21 @@ impl DevUp {
             out.push_str(&format!("--- {} ---\n{tail}\n", path.display()));
         }
         out
+    }
+
+    /// No log of the instance shows a secret.
+    fn logs_keep_secrets(&self) -> anyhow::Result<()> {
+        let secrets = self.secrets()?;
+        for log in std::fs::read_dir(self.dir.join("logs"))? {
+            let path = log?.path();
+            let text = std::fs::read_to_string(&path)?;
+            ensure!(
+                !secrets.iter().any(|secret| text.contains(secret.as_str())),
+                "{} shows a secret",
+                path.display()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -274,13 +366,22 @@ impl Http {
         }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
         let response = tokio::time::timeout(
@@ -294,6 +395,10 @@ impl Http {
         let value =
             serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok((status, value))
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+        self.send(method, path, body, &[]).await
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
@@ -316,13 +421,30 @@ impl Http {
         .await
     }
 
-    /// POST a command; its answer's `position` (the consistency token).
-    async fn command(&self, path: &str, body: Value, expected: StatusCode) -> anyhow::Result<u64> {
-        let (status, answer) = self.call(Method::POST, path, Some(body)).await?;
+    /// POSTs a command to the `service` that owns it; its answer's consistency token
+    /// (`orders:12`), once the answer names that service and that token.
+    async fn command(&self, service: &str, path: &str, body: Value, expected: StatusCode) -> anyhow::Result<String> {
+        self.command_with(service, path, body, expected, &[]).await
+    }
+
+    async fn command_with(
+        &self,
+        service: &str,
+        path: &str,
+        body: Value,
+        expected: StatusCode,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let (status, answer) = self.send(Method::POST, path, Some(body), headers).await?;
         ensure!(status == expected, "POST {path}: {status} {answer}");
-        answer["position"]
+        let position = answer["position"]
             .as_u64()
-            .with_context(|| format!("POST {path}: no position in {answer}"))
+            .with_context(|| format!("POST {path}: no position in {answer}"))?;
+        ensure!(
+            answer["service"] == service && answer["token"] == format!("{service}:{position}"),
+            "POST {path}: the answer does not name {service} and its token: {answer}"
+        );
+        Ok(format!("{service}:{position}"))
     }
 }
 
@@ -336,6 +458,14 @@ async fn eventually<T>(what: &str, within: Duration, check: impl AsyncFn() -> an
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// The position of a consistency token (`orders:12` → 12).
+fn position_of(token: &str) -> u64 {
+    token
+        .rsplit_once(':')
+        .and_then(|(_, position)| position.parse().ok())
+        .unwrap_or_else(|| panic!("not a token: {token}"))
 }
 
 /// An order the test placed, and what the read side must say about it.
@@ -352,25 +482,91 @@ struct Shop {
     customers: BTreeMap<&'static str, Uuid>,
     products: Vec<(Uuid, i64)>,
     orders: Vec<Placed>,
-    /// The highest position a command answered.
-    last: u64,
+    /// The latest token each service answered.
+    tokens: BTreeMap<String, String>,
 }
 
 impl Shop {
-    async fn place(&mut self, api: &Http, customer: &'static str, lines: &[(usize, i64)]) -> anyhow::Result<Placed> {
+    fn new() -> Shop {
+        Shop {
+            customers: BTreeMap::new(),
+            products: Vec::new(),
+            orders: Vec::new(),
+            tokens: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps `token` if it is its service's latest.
+    fn note(&mut self, token: &str) -> String {
+        let (service, _) = token.split_once(':').expect("a token");
+        let latest = self
+            .tokens
+            .entry(service.to_owned())
+            .or_insert_with(|| token.to_owned());
+        if position_of(token) > position_of(latest) {
+            *latest = token.to_owned();
+        }
+        token.to_owned()
+    }
+
+    /// The latest token of `service`'s log.
+    fn token(&self, service: &str) -> String {
+        self.tokens
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| panic!("no command went to {service}"))
+    }
+
+    async fn register(&mut self, dev: &DevUp, name: &'static str) -> anyhow::Result<String> {
+        let id = Uuid::now_v7();
+        let email = format!("{}@example.com", name.to_lowercase());
+        let token = dev
+            .customers
+            .command(
+                "customers",
+                "/v1/customers",
+                json!({"customer_id": id, "name": name, "email": email}),
+                StatusCode::CREATED,
+            )
+            .await?;
+        self.customers.insert(name, id);
+        Ok(self.note(&token))
+    }
+
+    async fn add_product(&mut self, dev: &DevUp, price: i64) -> anyhow::Result<String> {
+        let id = Uuid::now_v7();
+        let n = self.products.len();
+        let token = dev
+            .inventory
+            .command(
+                "inventory",
+                "/v1/products",
+                json!({"product_id": id, "sku": format!("SKU-{n}"), "name": format!("Product {n}"),
+                       "price_minor": price, "currency": "EUR", "stock": 100}),
+                StatusCode::CREATED,
+            )
+            .await?;
+        self.products.push((id, price));
+        Ok(self.note(&token))
+    }
+
+    /// Places an order at the orders service (which reserves its stock at inventory).
+    async fn place(&mut self, dev: &DevUp, customer: &'static str, lines: &[(usize, i64)]) -> anyhow::Result<Placed> {
         let id = Uuid::now_v7();
         let body_lines: Vec<Value> = lines
             .iter()
             .map(|&(product, quantity)| json!({"product_id": self.products[product].0, "quantity": quantity}))
             .collect();
-        let position = api
+        let token = dev
+            .orders
             .command(
+                "orders",
                 "/v1/orders",
                 json!({"order_id": id, "customer_id": self.customers[customer], "lines": body_lines}),
                 StatusCode::CREATED,
             )
             .await?;
-        self.last = self.last.max(position);
+        self.note(&token);
         let placed = Placed {
             id,
             customer,
@@ -382,8 +578,8 @@ impl Shop {
         Ok(placed)
     }
 
-    /// `step` is confirm, ship, deliver or cancel.
-    async fn step(&mut self, api: &Http, order: Uuid, step: &str) -> anyhow::Result<u64> {
+    /// `step` is confirm, ship, deliver or cancel; the orders service's token.
+    async fn step(&mut self, dev: &DevUp, order: Uuid, step: &str) -> anyhow::Result<String> {
         let (body, status) = match step {
             "confirm" => (json!({}), "confirmed"),
             "ship" => (json!({"carrier": "DHL", "tracking": format!("T-{order}")}), "shipped"),
@@ -391,15 +587,35 @@ impl Shop {
             "cancel" => (json!({"reason": "changed mind"}), "cancelled"),
             other => bail!("no step {other}"),
         };
-        let position = api
-            .command(&format!("/v1/orders/{order}/{step}"), body, StatusCode::OK)
+        let token = dev
+            .orders
+            .command("orders", &format!("/v1/orders/{order}/{step}"), body, StatusCode::OK)
             .await?;
-        self.last = self.last.max(position);
         if let Some(placed) = self.orders.iter_mut().find(|o| o.id == order) {
             placed.status = status;
         }
-        Ok(position)
+        Ok(self.note(&token))
     }
+
+    /// Authorizes a payment for `order` at the payments service: its id and token.
+    async fn pay(&mut self, dev: &DevUp, order: &Placed) -> anyhow::Result<(Uuid, String)> {
+        let id = Uuid::now_v7();
+        let token = authorize(dev, id, order, &[]).await?;
+        Ok((id, self.note(&token)))
+    }
+}
+
+/// Authorizes payment `id` of `order`'s total at the payments service: its token.
+async fn authorize(dev: &DevUp, id: Uuid, order: &Placed, headers: &[(&str, &str)]) -> anyhow::Result<String> {
+    dev.payments
+        .command_with(
+            "payments",
+            "/v1/payments",
+            json!({"payment_id": id, "order_id": order.id, "amount_minor": order.total, "currency": "EUR"}),
+            StatusCode::CREATED,
+            headers,
+        )
+        .await
 }
 
 /// The dashboard's rows by order id, once read-api (after `min_position`, if given) shows every
@@ -407,9 +623,9 @@ impl Shop {
 async fn dashboard_matches(
     read: &Http,
     shop: &Shop,
-    min_position: Option<u64>,
+    min_position: Option<&str>,
 ) -> anyhow::Result<BTreeMap<String, Value>> {
-    let wait = min_position.map_or_else(String::new, |p| format!("&min_position={p}"));
+    let wait = min_position.map_or_else(String::new, |token| format!("&min_position={token}"));
     eventually("the dashboard shows every order", Duration::from_secs(60), async || {
         let page = read.ok(&format!("/v1/dashboard/orders?limit=500{wait}")).await?;
         let rows: BTreeMap<String, Value> = page["rows"]
@@ -448,23 +664,23 @@ async fn analytics_match(read: &Http, shop: &Shop) -> anyhow::Result<(Value, Val
     let revenue: i64 = kept.iter().map(|o| o.total).sum();
     let from = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
     let to = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
+    let orders = shop.token("orders");
     eventually("the analytics equal the orders", Duration::from_secs(60), async || {
         let answer = read
             .ok(&format!(
-                "/v1/analytics/revenue?from={from}&to={to}&bucket=hour&min_position={}",
-                shop.last
+                "/v1/analytics/revenue?from={from}&to={to}&bucket=hour&min_position={orders}"
             ))
             .await?;
         let buckets = answer["buckets"].as_array().context("no buckets")?;
         let seen: i64 = buckets.iter().filter_map(|b| b["revenue_minor"].as_i64()).sum();
-        let orders: u64 = buckets.iter().filter_map(|b| b["orders"].as_u64()).sum();
+        let counted: u64 = buckets.iter().filter_map(|b| b["orders"].as_u64()).sum();
         ensure!(
-            seen == revenue && orders == kept.len() as u64,
-            "revenue {seen} over {orders} orders, the orders say {revenue} over {}: {answer}",
+            seen == revenue && counted == kept.len() as u64,
+            "revenue {seen} over {counted} orders, the orders say {revenue} over {}: {answer}",
             kept.len()
         );
         let funnel = read
-            .ok(&format!("/v1/analytics/order-funnel?min_position={}", shop.last))
+            .ok(&format!("/v1/analytics/order-funnel?min_position={orders}"))
             .await?;
         // Each order counts under every status it reached.
         let expected = json!({
@@ -482,7 +698,7 @@ async fn analytics_match(read: &Http, shop: &Shop) -> anyhow::Result<(Value, Val
     .await
 }
 
-/// What read-api runs with: the variables of its process.
+/// What a service runs with: the variables of its process.
 fn environment_of(pid: u32) -> anyhow::Result<BTreeMap<String, String>> {
     let raw =
         std::fs::read(format!("/proc/{pid}/environ")).with_context(|| format!("read the environment of {pid}"))?;
@@ -493,6 +709,13 @@ fn environment_of(pid: u32) -> anyhow::Result<BTreeMap<String, String>> {
             entry.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect())
+}
+
+/// The value of `variable` in the environment of `service`'s process.
+fn variable_of(dev: &DevUp, service: &str, variable: &str) -> anyhow::Result<String> {
+    environment_of(dev.pid(service)?)?
+        .remove(variable)
+        .with_context(|| format!("{service} runs without {variable}"))
 }
 
 /// read-api's credentials can read and cannot write, in PostgreSQL and in ClickHouse.
@@ -555,28 +778,409 @@ async fn read_api_is_read_only(dev: &DevUp) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Database per service: each role of the instance, with the credentials its process runs with,
+/// connects to its own databases and is refused by every other (`permission denied for
+/// database`): the four services' event stores, the orders service's copy, the read database.
+async fn roles_reach_their_own_databases_only(dev: &DevUp) -> anyhow::Result<()> {
+    // (who, the URL its process has, the databases it may connect to)
+    let mut roles: Vec<(String, String)> = Vec::new();
+    for service in WRITE_SERVICES {
+        roles.push((
+            service.to_owned(),
+            variable_of(dev, service, "ORDERFLOW_EVENT_STORE_URL")?,
+        ));
+    }
+    let replica = variable_of(dev, "orders", "ORDERFLOW_REPLICA_DB_URL")?;
+    roles.push((
+        "projections".into(),
+        variable_of(dev, "projections-1", "ORDERFLOW_READ_DB_URL")?,
+    ));
+    roles.push((
+        "read-api".into(),
+        variable_of(dev, "read-api", "ORDERFLOW_READ_API_DB_URL")?,
+    ));
+    let options =
+        |url: &str| -> anyhow::Result<sqlx::postgres::PgConnectOptions> { url.parse().context("a PostgreSQL URL") };
+    let database_of = |url: &str| -> anyhow::Result<String> {
+        options(url)?
+            .get_database()
+            .map(str::to_owned)
+            .context("a URL with a database")
+    };
+    let mut allowed: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut databases = BTreeSet::new();
+    for (who, url) in &roles {
+        let database = database_of(url)?;
+        allowed.insert((who.clone(), database.clone()));
+        databases.insert(database);
+    }
+    let replica_db = database_of(&replica)?;
+    ensure!(
+        options(&replica)?.get_username() == options(&roles[2].1)?.get_username(),
+        "the orders service's copy is not its own role's"
+    );
+    allowed.insert(("orders".into(), replica_db.clone()));
+    databases.insert(replica_db);
+    for service in WRITE_SERVICES {
+        ensure!(
+            databases.contains(&format!("{}orderflow_{service}", dev.prefix)),
+            "no event store named for {service} in {databases:?}"
+        );
+    }
+    ensure!(databases.len() == 6, "six databases: {databases:?}");
+
+    for (who, url) in &roles {
+        for database in &databases {
+            let connected = sqlx::PgConnection::connect_with(&options(url)?.database(database)).await;
+            let may = allowed.contains(&(who.clone(), database.clone()));
+            match connected {
+                Ok(mut conn) => {
+                    ensure!(may, "{who}'s role connected to {database}, not its own");
+                    let on: String = sqlx::query_scalar("SELECT current_database()::text")
+                        .fetch_one(&mut conn)
+                        .await?;
+                    ensure!(on == *database, "{who}: on {on}, not {database}");
+                    conn.close().await.ok();
+                }
+                Err(e) => {
+                    ensure!(!may, "{who}'s role cannot connect to its own {database}: {e}");
+                    ensure!(
+                        e.to_string().contains("permission denied for database"),
+                        "{who} on {database}: refused for another reason: {e}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A database made to refuse connections (as an outage), its sessions ended; reopened by
+/// [`ClosedDatabase::reopen`], or when dropped (a failed test leaves it usable).
+struct ClosedDatabase {
+    name: String,
+    open: bool,
+}
+
+impl ClosedDatabase {
+    async fn close(name: &str) -> anyhow::Result<ClosedDatabase> {
+        let mut admin = sqlx::PgConnection::connect(&testkit::postgres::admin_url())
+            .await
+            .with_context(|| {
+                format!(
+                    "connect as the superuser; start PostgreSQL with `{}`",
+                    testkit::START_SERVICES
+                )
+            })?;
+        let closed = ClosedDatabase {
+            name: name.to_owned(),
+            open: false,
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+        )))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(name)
+            .execute(&mut admin)
+            .await?;
+        admin.close().await.ok();
+        Ok(closed)
+    }
+
+    fn reopen_statement(&self) -> String {
+        format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", self.name)
+    }
+
+    async fn reopen(mut self) -> anyhow::Result<()> {
+        let mut admin = sqlx::PgConnection::connect(&testkit::postgres::admin_url()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(self.reopen_statement()))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await.ok();
+        self.open = true;
+        Ok(())
+    }
+}
+
+impl Drop for ClosedDatabase {
+    fn drop(&mut self) {
+        if !self.open {
+            let _ = std::process::Command::new("psql")
+                .arg(testkit::postgres::admin_url())
+                .args(["-XAtqc", &self.reopen_statement()])
+                .status();
+        }
+    }
+}
+
+/// With payments out of the way (its process stopped, or its database refusing connections),
+/// the other services still take an order end to end: a new customer, a new product, the order
+/// placed (stock reserved at inventory) and confirmed; the dashboard shows it.
+async fn orders_go_through_without_payments(dev: &DevUp, shop: &mut Shop, name: &'static str) -> anyhow::Result<()> {
+    shop.register(dev, name).await?;
+    shop.add_product(dev, 700).await?;
+    let product = shop.products.len() - 1;
+    let order = shop.place(dev, name, &[(product, 2)]).await?;
+    let confirmed = shop.step(dev, order.id, "confirm").await?;
+    let row = dev
+        .read
+        .caught_up(&format!("/v1/dashboard/orders/{}?min_position={confirmed}", order.id))
+        .await?;
+    ensure!(
+        row["status"] == "confirmed" && row["customer_name"] == name && row["total_minor"] == 1400,
+        "{row}"
+    );
+    dashboard_matches(&dev.read, shop, Some(&confirmed)).await?;
+    Ok(())
+}
+
+/// A payment's events, as the payments service tells them: their types.
+async fn payment_events(dev: &DevUp, payment: Uuid) -> anyhow::Result<Vec<String>> {
+    let page = dev
+        .payments
+        .ok(&format!("/v1/streams/payment-{payment}/events"))
+        .await?;
+    Ok(page["events"]
+        .as_array()
+        .context("no events")?
+        .iter()
+        .map(|event| event["event_type"].as_str().unwrap_or_default().to_owned())
+        .collect())
+}
+
+/// `orderflow_relay_errors_total` of a service's `/metrics`: how often its relay failed (0
+/// before the first failure, when the counter is not there yet).
+async fn relay_errors(api: &Http) -> anyhow::Result<f64> {
+    let (status, body) = api.get("/metrics").await?;
+    ensure!(status == StatusCode::OK, "/metrics: {status}");
+    let text = body.as_str().context("/metrics is text")?;
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix("orderflow_relay_errors_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// The dashboard has applied `token` (of any service's log): a read that waits for it answers.
+async fn read_waits_for(dev: &DevUp, token: &str) -> anyhow::Result<()> {
+    let page = dev
+        .read
+        .caught_up(&format!("/v1/dashboard/orders?limit=1&min_position={token}"))
+        .await?;
+    ensure!(page["rows"].is_array(), "{page}");
+    Ok(())
+}
+
+/// Authentication is on at every write service, and the orders service's own token is granted
+/// at inventory and customers (scope `commands`), nowhere else.
+async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
+    for (service, path) in [
+        ("customers", "/v1/customers"),
+        ("inventory", "/v1/products"),
+        ("orders", "/v1/orders"),
+        ("payments", "/v1/payments"),
+    ] {
+        let (status, body) = dev.service(service).call(Method::POST, path, Some(json!({}))).await?;
+        ensure!(
+            status == StatusCode::UNAUTHORIZED,
+            "{service}: a command without a token: {status} {body}"
+        );
+    }
+    let service_token = dev.secret("service-token")?;
+    for (service, path, expected) in [
+        (
+            "customers",
+            format!("/v1/customers/{}", Uuid::now_v7()),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "inventory",
+            format!("/v1/products/{}", Uuid::now_v7()),
+            StatusCode::NOT_FOUND,
+        ),
+        ("customers", "/v1/log".to_owned(), StatusCode::FORBIDDEN),
+        (
+            "payments",
+            format!("/v1/payments/{}", Uuid::now_v7()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "orders",
+            format!("/v1/orders/{}/state", Uuid::now_v7()),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let mut client = Http::new(dev.ports[service]);
+        client.token = Some(service_token.clone());
+        let (status, body) = client.get(&path).await?;
+        ensure!(
+            status == expected,
+            "{service} {path} with the orders service's token: {status} {body}, expected {expected}"
+        );
+    }
+    for service in WRITE_SERVICES {
+        let (status, body) = dev.service(service).get("/v1/log").await?;
+        ensure!(
+            status == StatusCode::UNAUTHORIZED,
+            "{service}: the log without a token: {status} {body}"
+        );
+    }
+    Ok(())
+}
+
+/// Isolation, 1: the payments service stopped. The others take an order end to end and the
+/// dashboard answers; `up` starts payments again (and nothing else), and `payment` (of `o1`)
+/// and its events are all there.
+async fn payments_stopped(dev: &DevUp, shop: &mut Shop, payment: Uuid, o1: &Placed) -> anyhow::Result<()> {
+    let before = dev.pids()?;
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &before["payments"].to_string()])
+        .status()?;
+    ensure!(stopped.success(), "kill -TERM payments");
+    eventually("payments is stopped", Duration::from_secs(30), async || {
+        ensure!(!running(before["payments"]), "payments still runs");
+        Ok(())
+    })
+    .await?;
+    let said = dev.status_fails().await?;
+    ensure!(
+        said.lines()
+            .any(|line| line.starts_with("[dev-up] payments ") && line.contains("DOWN")),
+        "{said}"
+    );
+    orders_go_through_without_payments(dev, shop, "Lin").await?;
+    ensure!(
+        dev.payments.get(&format!("/v1/payments/{payment}")).await.is_err(),
+        "payments answers while stopped"
+    );
+    let again = dev.run(&["up"]).await?;
+    let after_up = dev.pids()?;
+    for (service, pid) in &before {
+        ensure!(
+            (service == "payments") != (after_up[service] == *pid),
+            "`up` with payments stopped: {service} went from pid {pid} to {}:\n{again}",
+            after_up[service]
+        );
+    }
+    let captured = dev
+        .payments
+        .command(
+            "payments",
+            &format!("/v1/payments/{payment}/capture"),
+            json!({"amount_minor": o1.total}),
+            StatusCode::OK,
+        )
+        .await?;
+    shop.note(&captured);
+    ensure!(
+        payment_events(dev, payment).await? == ["payment.authorized", "payment.captured"],
+        "the payment's events after the restart"
+    );
+    read_waits_for(dev, &captured).await?;
+    Ok(())
+}
+
+/// Isolation, 2: the payments database refuses connections (its sessions ended). Payments is
+/// unready and refuses commands; the others take an order end to end and the dashboard
+/// answers. Once the database is back, a payment goes through (the one refused, retried with
+/// its idempotency key), the earlier `payment`'s events are all there, and the dashboard
+/// applies the new payment's token (the relay of payments publishes again).
+async fn payments_database_closed(dev: &DevUp, shop: &mut Shop, payment: Uuid) -> anyhow::Result<()> {
+    let payments_db = format!("{}orderflow_payments", dev.prefix);
+    let relay_failed = relay_errors(&dev.payments).await?;
+    let closed = ClosedDatabase::close(&payments_db).await?;
+    eventually("payments is unready", Duration::from_secs(30), async || {
+        let (status, body) = dev.payments.get("/ready").await?;
+        ensure!(status == StatusCode::SERVICE_UNAVAILABLE, "/ready: {status} {body}");
+        Ok(())
+    })
+    .await?;
+    // The outage lasts until the relay of payments has met it (it reads the store's log at
+    // least every 500 ms), so that what follows shows how the relay comes back from it.
+    eventually(
+        "the relay of payments meets the outage",
+        Duration::from_secs(30),
+        async || {
+            let errors = relay_errors(&dev.payments).await?;
+            ensure!(errors > relay_failed, "orderflow_relay_errors_total {errors}");
+            Ok(())
+        },
+    )
+    .await?;
+    let o8 = shop
+        .orders
+        .iter()
+        .find(|o| o.customer == "Lin")
+        .cloned()
+        .context("Lin's order")?;
+    // The same payment and key each time: a retry of a command that did go through would be
+    // answered as the first time, never appended twice.
+    let (second, key) = (Uuid::now_v7(), format!("dev-up-test-{}", o8.id));
+    let refused = authorize(dev, second, &o8, &[("idempotency-key", &key)]).await;
+    ensure!(
+        refused.is_err(),
+        "a payment went through with its database closed: {refused:?}"
+    );
+    orders_go_through_without_payments(dev, shop, "Noor").await?;
+    for service in ["customers", "inventory", "orders"] {
+        let (status, body) = dev.service(service).get("/ready").await?;
+        ensure!(
+            status == StatusCode::OK,
+            "{service} is unready while payments' database is closed: {body}"
+        );
+    }
+    closed.reopen().await?;
+    let authorized = eventually(
+        "a payment once the database is back",
+        Duration::from_secs(30),
+        async || authorize(dev, second, &o8, &[("idempotency-key", &key)]).await,
+    )
+    .await?;
+    shop.note(&authorized);
+    ensure!(
+        payment_events(dev, payment).await? == ["payment.authorized", "payment.captured"],
+        "the earlier payment's events after the outage"
+    );
+    ensure!(
+        payment_events(dev, second).await? == ["payment.authorized"],
+        "the new payment's events"
+    );
+    read_waits_for(dev, &authorized)
+        .await
+        .context("the relay of payments does not publish after its database came back")?;
+    eventually("payments is ready", Duration::from_secs(30), async || {
+        dev.payments.ok("/ready").await
+    })
+    .await?;
+    dev.logs_keep_secrets()?;
+    Ok(())
+}
+
 async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     let started = Instant::now();
     // Up, as a newcomer would run it.
     let banner = dev.run(&["up"]).await?;
-    let token = dev.token()?;
+    let token = dev.secret("token")?;
     ensure!(token.len() >= 32, "a short token");
-    for expected in [
-        format!("http://127.0.0.1:{}", dev.write_port),
-        format!("http://127.0.0.1:{}", dev.read_port),
-        dev.dir.join("token").display().to_string(),
-        "down".to_owned(),
-    ] {
+    for expected in dev
+        .ports
+        .values()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .chain([dev.dir.join("token").display().to_string(), "down".to_owned()])
+    {
         ensure!(banner.contains(&expected), "the banner lacks {expected}:\n{banner}");
     }
-    ensure!(!banner.contains(&token), "the banner shows the token");
-    for log in std::fs::read_dir(dev.dir.join("logs"))? {
-        let text = std::fs::read_to_string(log?.path())?;
-        ensure!(!text.contains(&token), "a log shows the token");
+    for secret in dev.secrets()? {
+        ensure!(!banner.contains(&secret), "the banner shows a secret");
     }
+    dev.logs_keep_secrets()?;
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(dev.dir.join("token"))?.permissions().mode();
-    ensure!(mode & 0o077 == 0, "the token file is readable by others: {mode:o}");
+    for file in ["token", "service-token", "secrets.env", "pgpass"] {
+        let mode = std::fs::metadata(dev.dir.join(file))?.permissions().mode();
+        ensure!(mode & 0o077 == 0, "{file} is readable by others: {mode:o}");
+    }
     let pids = dev.pids()?;
     ensure!(
         pids.values().all(|&pid| running(pid)),
@@ -590,75 +1194,84 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     dev.run(&["status"]).await?;
     let up_at = started.elapsed();
 
-    // Authentication is on.
-    let (status, body) = dev
-        .write
-        .call(
-            Method::POST,
-            "/v1/customers",
-            Some(json!({"name": "Eve", "email": "eve@example.com"})),
-        )
-        .await?;
-    ensure!(
-        status == StatusCode::UNAUTHORIZED,
-        "a command without a token: {status} {body}"
-    );
-    dev.write.token = Some(token);
+    authentication_is_on(dev).await?;
+    dev.customers.token = Some(token.clone());
+    dev.inventory.token = Some(token.clone());
+    dev.orders.token = Some(token.clone());
+    dev.payments.token = Some(token);
     let before_everything = chrono::Utc::now();
 
-    // The shop.
-    let mut shop = Shop {
-        customers: BTreeMap::new(),
-        products: Vec::new(),
-        orders: Vec::new(),
-        last: 0,
-    };
-    for name in ["Ada", "Grace"] {
-        let id = Uuid::now_v7();
-        let email = format!("{}@example.com", name.to_lowercase());
-        let position = dev
-            .write
-            .command(
-                "/v1/customers",
-                json!({"customer_id": id, "name": name, "email": email}),
-                StatusCode::CREATED,
-            )
-            .await?;
-        shop.last = shop.last.max(position);
-        shop.customers.insert(name, id);
+    // The shop, each command at the service that owns it; read-your-writes on each service's
+    // token.
+    let mut shop = Shop::new();
+    let ada_registered = shop.register(dev, "Ada").await?;
+    shop.register(dev, "Grace").await?;
+    let ada = dev
+        .read
+        .caught_up(&format!(
+            "/v1/dashboard/customers/{}?min_position={ada_registered}",
+            shop.customers["Ada"]
+        ))
+        .await?;
+    ensure!(
+        ada["name"] == "Ada" && ada["email"] == "ada@example.com" && ada["order_count"] == 0,
+        "the customer summary after the customers service's token: {ada}"
+    );
+    let mut product_added = String::new();
+    for price in [1250, 800, 4999] {
+        product_added = shop.add_product(dev, price).await?;
     }
-    for (n, price) in [1250, 800, 4999].into_iter().enumerate() {
-        let id = Uuid::now_v7();
-        let position = dev
-            .write
-            .command(
-                "/v1/products",
-                json!({"product_id": id, "sku": format!("SKU-{n}"), "name": format!("Product {n}"),
-                       "price_minor": price, "currency": "EUR", "stock": 100}),
-                StatusCode::CREATED,
-            )
-            .await?;
-        shop.last = shop.last.max(position);
-        shop.products.push((id, price));
-    }
-    let o1 = shop.place(&dev.write, "Ada", &[(0, 2)]).await?;
-    shop.step(&dev.write, o1.id, "confirm").await?;
-    let o2 = shop.place(&dev.write, "Ada", &[(1, 1), (2, 1)]).await?;
+    // The dashboard keeps nothing of products, but it follows the inventory's log too: a read
+    // waiting for an inventory token is answered.
+    read_waits_for(dev, &product_added).await?;
+    let (status, body) = dev.read.get("/v1/dashboard/orders?min_position=1").await?;
+    ensure!(
+        status == StatusCode::BAD_REQUEST && body.to_string().contains("orders:12"),
+        "a bare position: {status} {body}"
+    );
+    let o1 = shop.place(dev, "Ada", &[(0, 2)]).await?;
+    shop.step(dev, o1.id, "confirm").await?;
+    let o2 = shop.place(dev, "Ada", &[(1, 1), (2, 1)]).await?;
     for step in ["confirm", "ship", "deliver"] {
-        shop.step(&dev.write, o2.id, step).await?;
+        shop.step(dev, o2.id, step).await?;
     }
-    let o2_delivered = shop.last;
-    let o3 = shop.place(&dev.write, "Grace", &[(0, 1)]).await?;
-    shop.step(&dev.write, o3.id, "cancel").await?;
-    let o4 = shop.place(&dev.write, "Grace", &[(2, 2)]).await?;
-    shop.step(&dev.write, o4.id, "confirm").await?;
+    let o2_delivered = shop.token("orders");
+    let o3 = shop.place(dev, "Grace", &[(0, 1)]).await?;
+    shop.step(dev, o3.id, "cancel").await?;
+    let o4 = shop.place(dev, "Grace", &[(2, 2)]).await?;
+    shop.step(dev, o4.id, "confirm").await?;
     // A point between o4's confirmation and its shipping, for the as-of reads.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let between = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    shop.step(&dev.write, o4.id, "ship").await?;
+    shop.step(dev, o4.id, "ship").await?;
+    // A payment for o1: the payments service's token; the dashboard follows its log too.
+    let (payment, authorized) = shop.pay(dev, &o1).await?;
+    read_waits_for(dev, &authorized).await?;
+    // Once a read has waited for each service's latest token, the projections' status shows
+    // each service's log applied that far.
+    for service in WRITE_SERVICES {
+        read_waits_for(dev, &shop.token(service)).await?;
+    }
+    let status = dev.read.ok("/v1/projections").await?;
+    let dashboard_status = status["projections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "order_dashboard"))
+        .with_context(|| format!("no order_dashboard in {status}"))?;
+    for service in WRITE_SERVICES {
+        let source = dashboard_status["services"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["service"] == service))
+            .with_context(|| format!("no {service} in {dashboard_status}"))?;
+        let token = shop.token(service);
+        ensure!(
+            source["position"].as_u64() >= Some(position_of(&token))
+                && source["token"] == format!("{service}:{}", source["position"]),
+            "{service} at {token}: {source}"
+        );
+    }
 
-    // Read-your-writes: one order, with the position its last command answered.
+    // Read-your-writes: one order, with the token its last command answered.
     let row = dev
         .read
         .caught_up(&format!("/v1/dashboard/orders/{}?min_position={o2_delivered}", o2.id))
@@ -668,12 +1281,13 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         "{row}"
     );
     ensure!(row["carrier"] == "DHL" && row["item_count"] == 2, "{row}");
-    dashboard_matches(&dev.read, &shop, Some(shop.last)).await?;
+    let orders_token = shop.token("orders");
+    dashboard_matches(&dev.read, &shop, Some(&orders_token)).await?;
     let ada = dev
         .read
         .caught_up(&format!(
-            "/v1/dashboard/customers/{}?min_position={}",
-            shop.customers["Ada"], shop.last
+            "/v1/dashboard/customers/{}?min_position={orders_token}",
+            shop.customers["Ada"]
         ))
         .await?;
     ensure!(ada["name"] == "Ada" && ada["email"] == "ada@example.com", "{ada}");
@@ -685,8 +1299,8 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     let grace = dev
         .read
         .caught_up(&format!(
-            "/v1/dashboard/customers/{}?min_position={}",
-            shop.customers["Grace"], shop.last
+            "/v1/dashboard/customers/{}?min_position={orders_token}",
+            shop.customers["Grace"]
         ))
         .await?;
     ensure!(grace["order_count"] == 2, "{grace}");
@@ -697,16 +1311,16 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     let (_, funnel) = analytics_match(&dev.read, &shop).await?;
     ensure!(funnel["placed_to_delivered_conversion"] == 0.25, "{funnel}");
 
-    // As of a past time: read-api's dashboard history equals write-side's fold of the stream.
+    // As of a past time: read-api's dashboard history equals the orders service's fold.
     let at = between.format("%Y-%m-%dT%H:%M:%S%.6fZ");
     let past = dev
         .read
         .caught_up(&format!(
-            "/v1/dashboard/orders/{}?as_of={at}&min_position={}",
-            o4.id, shop.last
+            "/v1/dashboard/orders/{}?as_of={at}&min_position={orders_token}",
+            o4.id
         ))
         .await?;
-    let folded = dev.write.ok(&format!("/v1/orders/{}/state?as_of={at}", o4.id)).await?;
+    let folded = dev.orders.ok(&format!("/v1/orders/{}/state?as_of={at}", o4.id)).await?;
     ensure!(
         folded["status"] == "confirmed" && past["status"] == "confirmed",
         "read {past}\nwrite {folded}"
@@ -719,7 +1333,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     ] {
         ensure!(
             past[read_field] == folded[write_field],
-            "as of {at}: read-api {read_field} {} ≠ write-side {write_field} {}",
+            "as of {at}: read-api {read_field} {} ≠ the orders service's {write_field} {}",
             past[read_field],
             folded[write_field]
         );
@@ -728,7 +1342,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         past["customer_name"] == folded["customer"]["name"],
         "read {past}\nwrite {folded}"
     );
-    let now = dev.write.ok(&format!("/v1/orders/{}/state", o4.id)).await?;
+    let now = dev.orders.ok(&format!("/v1/orders/{}/state", o4.id)).await?;
     ensure!(now["status"] == "shipped", "{now}");
     let early = before_everything.format("%Y-%m-%dT%H:%M:%S%.6fZ");
     let (status, body) = dev
@@ -740,15 +1354,16 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         "read-api as of before the order: {status} {body}"
     );
     let (status, body) = dev
-        .write
+        .orders
         .get(&format!("/v1/orders/{}/state?as_of={early}", o4.id))
         .await?;
     ensure!(
         status == StatusCode::NOT_FOUND,
-        "write-side as of before the order: {status} {body}"
+        "the orders service as of before the order: {status} {body}"
     );
 
     read_api_is_read_only(dev).await?;
+    roles_reach_their_own_databases_only(dev).await?;
 
     // A worker killed with SIGKILL; orders placed while it is dead and after its restart appear.
     let victim = dev.pid("projections-1")?;
@@ -761,14 +1376,9 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    let status = dev.command(&["status"]).output().await?;
-    let said = String::from_utf8_lossy(&status.stdout);
-    ensure!(
-        !status.status.success(),
-        "status says all is well with a dead worker:\n{said}"
-    );
+    let said = dev.status_fails().await?;
     ensure!(said.contains("projections-1  DOWN"), "{said}");
-    let o5 = shop.place(&dev.write, "Ada", &[(1, 3)]).await?;
+    let o5 = shop.place(dev, "Ada", &[(1, 3)]).await?;
     // The dead member's session (6 s here) must have expired when its successor joins: tansu
     // hands a dead member's partitions over only then (ADR 0004).
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -779,19 +1389,21 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         successor != victim && running(successor),
         "projections-1 is not running again"
     );
-    let o6 = shop.place(&dev.write, "Grace", &[(0, 1), (1, 1)]).await?;
-    shop.step(&dev.write, o6.id, "confirm").await?;
-    let dashboard = dashboard_matches(&dev.read, &shop, Some(shop.last)).await?;
+    let o6 = shop.place(dev, "Grace", &[(0, 1), (1, 1)]).await?;
+    shop.step(dev, o6.id, "confirm").await?;
+    let dashboard = dashboard_matches(&dev.read, &shop, Some(&shop.token("orders"))).await?;
     ensure!(dashboard.contains_key(&o5.id.to_string()) && dashboard.contains_key(&o6.id.to_string()));
     let (revenue, _) = analytics_match(&dev.read, &shop).await?;
     dev.run(&["status"]).await?;
 
-    // A rebuild: version 2 of the dashboard, from the event store, and the same answers.
+    // A rebuild: version 2 of the dashboard, from every service's event store (one `{service}`
+    // template, the passwords in the instance's pgpass), and the same answers.
+    let orders_token = shop.token("orders");
     let ada = dev
         .read
         .caught_up(&format!(
-            "/v1/dashboard/customers/{}?min_position={}",
-            shop.customers["Ada"], shop.last
+            "/v1/dashboard/customers/{}?min_position={orders_token}",
+            shop.customers["Ada"]
         ))
         .await?;
     let rebuilt = dev
@@ -799,12 +1411,15 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         .await?;
     let report: Value = serde_json::from_str(rebuilt.trim()).with_context(|| format!("rebuild's report: {rebuilt}"))?;
     ensure!(
-        report["projection"] == "order_dashboard"
-            && report["version"] == 2
-            && report["replaced"] == 1
-            && report["position"].as_u64() >= Some(shop.last),
+        report["projection"] == "order_dashboard" && report["version"] == 2 && report["replaced"] == 1,
         "{report}"
     );
+    for service in WRITE_SERVICES {
+        ensure!(
+            report["positions"][service].as_u64() >= Some(position_of(&shop.token(service))),
+            "the rebuild did not read all of {service}'s log: {report}"
+        );
+    }
     let live = dev.read.ok("/v1/projections").await?;
     let dashboard_status = live["projections"]
         .as_array()
@@ -812,14 +1427,14 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         .with_context(|| format!("no order_dashboard in {live}"))?;
     ensure!(dashboard_status["live_version"] == 2, "{live}");
     ensure!(
-        dashboard_matches(&dev.read, &shop, Some(shop.last)).await? == dashboard,
+        dashboard_matches(&dev.read, &shop, Some(&orders_token)).await? == dashboard,
         "the rebuild changed the dashboard"
     );
     let ada_after = dev
         .read
         .caught_up(&format!(
-            "/v1/dashboard/customers/{}?min_position={}",
-            shop.customers["Ada"], shop.last
+            "/v1/dashboard/customers/{}?min_position={orders_token}",
+            shop.customers["Ada"]
         ))
         .await?;
     ensure!(ada_after == ada, "the rebuild changed a customer:\n{ada}\n{ada_after}");
@@ -835,58 +1450,19 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     // The workers follow the new version: an order placed after the rebuild reaches it, and
     // read-your-writes works on it. (It did not: the new version's applied position stayed at
     // the rebuild's store checkpoint, so a min_position past the rebuild waited in vain.)
-    let o7 = shop.place(&dev.write, "Ada", &[(0, 1)]).await?;
-    dashboard_matches(&dev.read, &shop, Some(shop.last)).await?;
+    let o7 = shop.place(dev, "Ada", &[(0, 1)]).await?;
+    dashboard_matches(&dev.read, &shop, Some(&shop.token("orders"))).await?;
     let after = analytics_match(&dev.read, &shop).await?.0;
     ensure!(
         after["buckets"] != revenue["buckets"],
         "o7 {o7:?} is not in the revenue: {after}"
     );
-
-    // `bench freshness` measures this deployment over HTTP: every order it places is answered
-    // and found, mostly in the dashboard list from its `placed_from`. (Its lookup of single
-    // orders also counts one that appeared between a probe's list and its lookup, so on a slow
-    // run a few may be looked up; a wrong `placed_from` sends all of them there.) The figures
-    // themselves are BENCHMARKS.md's business.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args([
-            "bench",
-            "freshness",
-            "--rate",
-            "40",
-            "--seconds",
-            "1",
-            "--products",
-            "4",
-            "--customers",
-            "2",
-        ])
-        .arg("--write-url")
-        .arg(format!("http://127.0.0.1:{}", dev.write_port))
-        .arg("--read-url")
-        .arg(format!("http://127.0.0.1:{}", dev.read_port))
-        .arg("--token-file")
-        .arg(dev.dir.join("token"))
-        .env_remove("ORDERFLOW_CONFIG")
-        .output()
-        .await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(output.status.success(), "bench freshness failed: {stderr}");
-    ensure!(!stderr.contains(&dev.token()?), "bench freshness printed the token");
-    let report: Value = serde_json::from_slice(&output.stdout).context("bench freshness prints JSON")?;
-    ensure!(
-        report["placed"] == 40
-            && report["failed"] == 0
-            && report["never_seen"] == 0
-            && report["looked_up"].as_u64().is_some_and(|n| n <= 20),
-        "bench freshness: {report}"
-    );
-    let (p50, p99) = (report["p50_ms"].as_f64(), report["p99_ms"].as_f64());
-    ensure!(
-        p50.zip(p99).is_some_and(|(p50, p99)| 0.0 < p50 && p50 <= p99),
-        "bench freshness: {report}"
-    );
     let scenario_at = started.elapsed();
+
+    // Isolation: the other services do without payments, stopped or without its database.
+    payments_stopped(dev, &mut shop, payment, &o1).await?;
+    payments_database_closed(dev, &mut shop, payment).await?;
+    let isolation_at = started.elapsed();
 
     // Down: every process stops, the ports close.
     let pids = dev.pids()?;
@@ -895,9 +1471,9 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     for (service, pid) in &pids {
         ensure!(!running(*pid), "{service} (pid {pid}) still runs after down");
     }
-    for port in [dev.write_port, dev.read_port] {
+    for port in dev.ports.values() {
         ensure!(
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            std::net::TcpStream::connect(("127.0.0.1", *port)).is_err(),
             "port {port} still answers after down"
         );
     }
@@ -905,15 +1481,27 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     ensure!(!status.status.success(), "status after down exits 0");
     dev.run(&["down", "--purge"]).await?;
     ensure!(!dev.dir.exists(), "down --purge left {}", dev.dir.display());
+    let mut admin = sqlx::PgConnection::connect(&testkit::postgres::admin_url()).await?;
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)
+         UNION ALL SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)",
+    )
+    .bind(&dev.prefix)
+    .fetch_all(&mut admin)
+    .await?;
+    admin.close().await.ok();
+    ensure!(left.is_empty(), "down --purge left {left:?}");
     eprintln!(
-        "dev-up: up twice in {:.1}s, scenario done at {:.1}s, down at {:.1}s",
+        "dev-up: up twice in {:.1}s, scenario done at {:.1}s, isolation at {:.1}s, down at {:.1}s",
         up_at.as_secs_f64(),
         scenario_at.as_secs_f64(),
+        isolation_at.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
+/// Starts a whole deployment (`scripts/dev-up up`): not to run beside another test that does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_up_runs_the_distributed_deployment_as_local_processes() {
     let ports = server_ports();

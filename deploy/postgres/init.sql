@@ -5,20 +5,32 @@
 -- Passwords come from the container's environment (psql's \getenv, PostgreSQL 15 or later), so
 -- no secret is written in this file.
 --
--- Database per service, enforced by roles (docs/design.md, "Ownership"):
---   write_side   owns `orderflow`, the event store; nobody else can connect to it
+-- Database per service, enforced by roles (docs/design.md, "Ownership"): each role owns one
+-- database (two for orders) and can connect to no other.
+--   customers    owns `orderflow_customers`, the customers service's event store
+--   inventory    owns `orderflow_inventory`, the inventory service's event store (products, stock)
+--   orders       owns `orderflow_orders`, the orders service's event store, and
+--                `orderflow_orders_replica`, its copy of customers and products (from their events)
+--   payments     owns `orderflow_payments`, the payments service's event store
 --   projections  owns `orderflow_read`, the order dashboard and the projections' control tables
 --   reader       read-api: may connect to `orderflow_read` and SELECT, nothing else
--- A rebuild (`orderflow projections rebuild`) reads the event store through the event-store API
--- with the event store's URL: an operator's action, not a standing grant.
+-- A rebuild (`orderflow projections rebuild`) reads the event stores through the event-store API
+-- with each service's URL (`--event-store-url` with `{service}`): an operator's action, not a
+-- standing grant.
 
 \set ON_ERROR_STOP on
 
-\getenv write_side_password ORDERFLOW_WRITE_DB_PASSWORD
+\getenv customers_password ORDERFLOW_CUSTOMERS_DB_PASSWORD
+\getenv inventory_password ORDERFLOW_INVENTORY_DB_PASSWORD
+\getenv orders_password ORDERFLOW_ORDERS_DB_PASSWORD
+\getenv payments_password ORDERFLOW_PAYMENTS_DB_PASSWORD
 \getenv projections_password ORDERFLOW_PROJECTIONS_DB_PASSWORD
 \getenv reader_password ORDERFLOW_READER_DB_PASSWORD
 
-CREATE ROLE write_side LOGIN PASSWORD :'write_side_password';
+CREATE ROLE customers LOGIN PASSWORD :'customers_password';
+CREATE ROLE inventory LOGIN PASSWORD :'inventory_password';
+CREATE ROLE orders LOGIN PASSWORD :'orders_password';
+CREATE ROLE payments LOGIN PASSWORD :'payments_password';
 CREATE ROLE projections LOGIN PASSWORD :'projections_password';
 CREATE ROLE reader LOGIN PASSWORD :'reader_password';
 
@@ -27,11 +39,28 @@ ALTER ROLE reader SET default_transaction_read_only = on;
 
 -- The owner of a database owns its `public` schema too (PostgreSQL 15 or later), so each
 -- service can create and migrate its own tables and no other role can create any there.
-CREATE DATABASE orderflow OWNER write_side;
+CREATE DATABASE orderflow_customers OWNER customers;
+CREATE DATABASE orderflow_inventory OWNER inventory;
+CREATE DATABASE orderflow_orders OWNER orders;
+CREATE DATABASE orderflow_orders_replica OWNER orders;
+CREATE DATABASE orderflow_payments OWNER payments;
 CREATE DATABASE orderflow_read OWNER projections;
 
-REVOKE ALL ON DATABASE orderflow FROM PUBLIC;
-GRANT CONNECT, TEMPORARY ON DATABASE orderflow TO write_side;
+-- PUBLIC may connect to a new database: taken away, so that only its owner can.
+REVOKE ALL ON DATABASE orderflow_customers FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE orderflow_customers TO customers;
+
+REVOKE ALL ON DATABASE orderflow_inventory FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE orderflow_inventory TO inventory;
+
+REVOKE ALL ON DATABASE orderflow_orders FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE orderflow_orders TO orders;
+
+REVOKE ALL ON DATABASE orderflow_orders_replica FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE orderflow_orders_replica TO orders;
+
+REVOKE ALL ON DATABASE orderflow_payments FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE orderflow_payments TO payments;
 
 REVOKE ALL ON DATABASE orderflow_read FROM PUBLIC;
 GRANT CONNECT, TEMPORARY ON DATABASE orderflow_read TO projections;
