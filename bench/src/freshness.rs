@@ -125,8 +125,7 @@ impl Api {
     }
 
     async fn post_to(&self, base: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<hyper::StatusCode> {
-        let mut request =
-            hyper::Request::post(format!("{base}{path}")).header("content-type", "application/json");
+        let mut request = hyper::Request::post(format!("{base}{path}")).header("content-type", "application/json");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }

@@ -36,7 +36,10 @@ mod tests {
     #[test]
     fn the_example_configuration_documents_every_flag_and_configures_the_relay() {
         let args: Args = service_kit::parse_documented_example(EXAMPLE, "relay", &[]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(args.relay.database_url, "postgres://orders@postgres:5432/orderflow_orders");
+        assert_eq!(
+            args.relay.database_url,
+            "postgres://orders@postgres:5432/orderflow_orders"
+        );
         assert_eq!(args.relay.kafka_brokers, "kafka:19092");
     }
 }
