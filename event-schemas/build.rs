@@ -13,6 +13,7 @@ const PROTO_FILES: &[&str] = &[
     "orderflow/v1/product.proto",
     "orderflow/v1/order.proto",
     "orderflow/v1/payment.proto",
+    "orderflow/v1/saga.proto",
     "orderflow/v1/envelope.proto",
 ];
 

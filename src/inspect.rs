@@ -22,6 +22,7 @@ use event_store::{EventStore, Until};
 use serde_json::{Value, json};
 use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls};
 use uuid::Uuid;
+use write_side::domain::saga::Saga;
 use write_side::domain::{Customer, Order, Payment, Product};
 use write_side::http::{EventView, OrderStateView, StreamEventsPage};
 use write_side::{CommandHandler, HandlerOptions, Loaded, Snapshottable};
@@ -137,6 +138,7 @@ pub(crate) async fn state(args: StateArgs) -> anyhow::Result<()> {
         Category::Customer => folded::<Customer>(&handler, *id, until).await?,
         Category::Product => folded::<Product>(&handler, *id, until).await?,
         Category::Payment => folded::<Payment>(&handler, *id, until).await?,
+        Category::Saga => folded::<Saga>(&handler, *id, until).await?,
     };
     if version == 0 {
         let exists = store.stream_version(stream_id).await? > 0;

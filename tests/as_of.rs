@@ -105,6 +105,7 @@ async fn world() -> World {
                 (1, 0) => Some(Err(CancelOrder {
                     order_id,
                     reason: "changed mind".into(),
+                    reason_code: None,
                 })),
                 (1, _) => None,
                 (_, 0) => Some(Ok(OrderCommand::Confirm { order_id })),

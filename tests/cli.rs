@@ -169,7 +169,7 @@ async fn state_prints_the_write_sides_fold_now_and_as_of_a_point() {
         shop.get(&format!("/v1/orders/{}/state?at_position={placed}", shop.order))
             .await
     );
-    assert_eq!(at["status"], "placed");
+    assert_eq!(at["status"], "pending");
     assert_eq!(at["version"], 1);
 
     // As of the placement's commit time, through an explicit store URL.

@@ -572,7 +572,7 @@ impl Shop {
             customer,
             total: lines.iter().map(|&(p, q)| self.products[p].1 * q).sum(),
             items: lines.iter().map(|&(_, q)| q).sum(),
-            status: "placed",
+            status: "pending",
         };
         self.orders.push(placed.clone());
         Ok(placed)

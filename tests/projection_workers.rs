@@ -116,6 +116,7 @@ async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid
                     write_side::domain::CancelOrder {
                         order_id,
                         reason: "changed mind".into(),
+                        reason_code: None,
                     },
                 )
                 .await

@@ -89,7 +89,7 @@ async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<
         .await?;
     ensure!(status == StatusCode::OK, "dashboard: {status} {row}");
     ensure!(row["order_id"] == json!(ids.order), "{row}");
-    ensure!(row["status"] == "placed", "{row}");
+    ensure!(row["status"] == "pending", "{row}");
     ensure!(row["customer_name"] == "Ada Lovelace", "{row}");
     ensure!(row["total_minor"] == 2500 && row["currency"] == "EUR", "{row}");
     ensure!(row["item_count"] == 2, "{row}");
@@ -148,7 +148,7 @@ async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<
         .get(&format!("/v1/dashboard/orders/{}?min_position={placed}", ids.order))
         .await?;
     ensure!(
-        status == StatusCode::OK && row["status"] == "placed",
+        status == StatusCode::OK && row["status"] == "pending",
         "after the rebuild: {status} {row}"
     );
     Ok(placed)
@@ -161,7 +161,7 @@ async fn second_run(api: &Api, server: &mut Server, ids: &Ids, placed: &str) -> 
         .get(&format!("/v1/dashboard/orders/{}?min_position={placed}", ids.order))
         .await?;
     ensure!(status == StatusCode::OK, "after the restart: {status} {row}");
-    ensure!(row["status"] == "placed" && row["total_minor"] == 2500, "{row}");
+    ensure!(row["status"] == "pending" && row["total_minor"] == 2500, "{row}");
 
     // And it goes on: a new command is appended after the old ones and reaches both projections.
     let confirmed = api

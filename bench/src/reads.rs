@@ -401,7 +401,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 /// status up to a random point of the seeded range, one customer's orders, or one customer's
 /// orders of one status.
 fn list_path(customers: Arc<Vec<String>>, start: DateTime<Utc>, end: DateTime<Utc>) -> PathFn {
-    const STATUSES: [&str; 5] = ["placed", "confirmed", "shipped", "delivered", "cancelled"];
+    const STATUSES: [&str; 5] = ["pending", "confirmed", "shipped", "delivered", "cancelled"];
     let span = (end - start).num_seconds().max(1) as usize;
     Arc::new(move |rng: &mut Rng| {
         let status = rng.pick(&STATUSES);

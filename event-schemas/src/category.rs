@@ -1,4 +1,4 @@
-//! [`Category`]: the four aggregate kinds, their stream ids and their Kafka topics.
+//! [`Category`]: the aggregate kinds, their stream ids and their Kafka topics.
 
 use std::fmt;
 
@@ -14,11 +14,14 @@ pub enum Category {
     Product,
     Order,
     Payment,
+    /// The place-order saga of an order (ADR 0010): `saga-{order id}`, owned by the orders
+    /// service.
+    Saga,
 }
 
 impl Category {
     /// Every category, in a fixed order.
-    pub const ALL: [Self; 4] = [Self::Customer, Self::Product, Self::Order, Self::Payment];
+    pub const ALL: [Self; 5] = [Self::Customer, Self::Product, Self::Order, Self::Payment, Self::Saga];
 
     /// Stable name: the prefix of the category's stream ids and of its event type names.
     /// Stored in every stream id: never rename.
@@ -28,6 +31,7 @@ impl Category {
             Self::Product => "product",
             Self::Order => "order",
             Self::Payment => "payment",
+            Self::Saga => "saga",
         }
     }
 
@@ -39,6 +43,7 @@ impl Category {
             Self::Product => "orderflow.products.v1",
             Self::Order => "orderflow.orders.v1",
             Self::Payment => "orderflow.payments.v1",
+            Self::Saga => "orderflow.sagas.v1",
         }
     }
 
@@ -93,7 +98,7 @@ mod tests {
     #[test]
     fn names_and_topics_are_stable() {
         let names = Category::ALL.map(Category::name);
-        assert_eq!(names, ["customer", "product", "order", "payment"]);
+        assert_eq!(names, ["customer", "product", "order", "payment", "saga"]);
         let topics = Category::ALL.map(Category::topic);
         assert_eq!(
             topics,
@@ -101,7 +106,8 @@ mod tests {
                 "orderflow.customers.v1",
                 "orderflow.products.v1",
                 "orderflow.orders.v1",
-                "orderflow.payments.v1"
+                "orderflow.payments.v1",
+                "orderflow.sagas.v1"
             ]
         );
     }

@@ -1,4 +1,4 @@
-//! [`DomainEvent`] and its four categories, the table of known event types, and encoding and
+//! [`DomainEvent`] and its categories, the table of known event types, and encoding and
 //! decoding of event payloads.
 
 use prost::Message;
@@ -26,6 +26,7 @@ mod customer;
 mod order;
 mod payment;
 mod product;
+mod saga;
 
 pub use customer::{CustomerEmailChanged, CustomerEvent, CustomerRegistered, CustomerRenamed};
 pub use order::{
@@ -35,6 +36,11 @@ pub use payment::{PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEv
 pub use product::{
     ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased, ProductStockReserved,
 };
+pub use saga::{
+    SagaCompleted, SagaConfirmed, SagaEvent, SagaFailed, SagaLine, SagaOrderCancelled, SagaParked,
+    SagaPaymentAuthorized, SagaPaymentCaptured, SagaPaymentRefunded, SagaPaymentVoided, SagaResumed, SagaStarted,
+    SagaStockReleased, SagaStockReserved,
+};
 
 /// Any orderflow event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +49,7 @@ pub enum DomainEvent {
     Product(ProductEvent),
     Order(OrderEvent),
     Payment(PaymentEvent),
+    Saga(SagaEvent),
 }
 
 impl DomainEvent {
@@ -53,6 +60,7 @@ impl DomainEvent {
             Self::Product(_) => Category::Product,
             Self::Order(_) => Category::Order,
             Self::Payment(_) => Category::Payment,
+            Self::Saga(_) => Category::Saga,
         }
     }
 
@@ -63,6 +71,7 @@ impl DomainEvent {
             Self::Product(e) => e.event_type(),
             Self::Order(e) => e.event_type(),
             Self::Payment(e) => e.event_type(),
+            Self::Saga(e) => e.event_type(),
         }
     }
 
@@ -73,17 +82,20 @@ impl DomainEvent {
             Self::Product(e) => e.schema_version(),
             Self::Order(e) => e.schema_version(),
             Self::Payment(e) => e.schema_version(),
+            Self::Saga(e) => e.schema_version(),
         }
     }
 
     /// The id of the aggregate the event belongs to: the customer of a customer event, the
-    /// product of a product event (also for stock reserved for an order), and so on.
+    /// product of a product event (also for stock reserved for an order), and so on; the order of
+    /// a saga event (a saga's stream is `saga-{order id}`).
     pub const fn aggregate_id(&self) -> Uuid {
         match self {
             Self::Customer(e) => e.customer_id(),
             Self::Product(e) => e.product_id(),
             Self::Order(e) => e.order_id(),
             Self::Payment(e) => e.payment_id(),
+            Self::Saga(e) => e.order_id(),
         }
     }
 
@@ -100,6 +112,7 @@ impl DomainEvent {
             Self::Product(e) => proto::ProductEvent::from(e).encode_to_vec(),
             Self::Order(e) => proto::OrderEvent::from(e).encode_to_vec(),
             Self::Payment(e) => proto::PaymentEvent::from(e).encode_to_vec(),
+            Self::Saga(e) => proto::SagaEvent::from(e).encode_to_vec(),
         };
         EncodedEvent {
             event_type: self.event_type(),
@@ -145,6 +158,7 @@ pub(crate) fn decode_current(category: Category, payload: &[u8]) -> Result<Domai
         Category::Product => DomainEvent::Product(decode_as::<proto::ProductEvent, _>("ProductEvent", payload)?),
         Category::Order => DomainEvent::Order(decode_as::<proto::OrderEvent, _>("OrderEvent", payload)?),
         Category::Payment => DomainEvent::Payment(decode_as::<proto::PaymentEvent, _>("PaymentEvent", payload)?),
+        Category::Saga => DomainEvent::Saga(decode_as::<proto::SagaEvent, _>("SagaEvent", payload)?),
     })
 }
 
@@ -231,6 +245,21 @@ schemas! {
         Refunded(PaymentRefunded),
         Voided(PaymentVoided),
     }
+    Saga(SagaEvent) {
+        Started(SagaStarted),
+        StockReserved(SagaStockReserved),
+        PaymentAuthorized(SagaPaymentAuthorized),
+        Confirmed(SagaConfirmed),
+        Failed(SagaFailed),
+        StockReleased(SagaStockReleased),
+        PaymentVoided(SagaPaymentVoided),
+        PaymentCaptured(SagaPaymentCaptured),
+        PaymentRefunded(SagaPaymentRefunded),
+        OrderCancelled(SagaOrderCancelled),
+        Completed(SagaCompleted),
+        Parked(SagaParked),
+        Resumed(SagaResumed),
+    }
 }
 
 #[cfg(test)]
@@ -248,6 +277,6 @@ mod tests {
             assert!(schema.event_type.starts_with(&prefix), "{}", schema.event_type);
             assert!(schema.schema_version >= 1);
         }
-        assert_eq!(seen.len(), 18);
+        assert_eq!(seen.len(), 31);
     }
 }

@@ -7,7 +7,7 @@
 //!   compiles them with prost and protox (no system `protoc`). The generated messages are in
 //!   [`proto`] and stay at the edge.
 //! - The domain types, re-exported here: [`DomainEvent`] with one enum per [`Category`]
-//!   ([`CustomerEvent`], [`ProductEvent`], [`OrderEvent`], [`PaymentEvent`]) of one struct per
+//!   ([`CustomerEvent`], [`ProductEvent`], [`OrderEvent`], [`PaymentEvent`], [`SagaEvent`]) of one struct per
 //!   event ([`OrderPlaced`], ...); ids are [`uuid::Uuid`]s and amounts are [`Money`] in integer
 //!   minor units with a validated [`Currency`]. Encoding is `From` (infallible), decoding is
 //!   `TryFrom` (fallible, never a panic on input).
@@ -37,8 +37,8 @@
 //!   event type at every version, committed once and never regenerated; the tests decode them
 //!   all. A change that breaks one breaks stored events.
 //! - Each category's `oneof` uses its own range of field numbers (customer 100-199, product
-//!   200-299, order 300-399, payment 400-499), so a payload read as the wrong category is an
-//!   empty `oneof` ([`DecodeError::EmptyOneof`]), never a plausible wrong event.
+//!   200-299, order 300-399, payment 400-499, saga 500-599), so a payload read as the wrong
+//!   category is an empty `oneof` ([`DecodeError::EmptyOneof`]), never a plausible wrong event.
 
 mod category;
 mod convert;
@@ -58,7 +58,9 @@ pub use event::{
     EVENT_SCHEMAS, EncodedEvent, EventSchema, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine,
     OrderPlaced, OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded,
     PaymentVoided, ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased,
-    ProductStockReserved, decode,
+    ProductStockReserved, SagaCompleted, SagaConfirmed, SagaEvent, SagaFailed, SagaLine, SagaOrderCancelled,
+    SagaParked, SagaPaymentAuthorized, SagaPaymentCaptured, SagaPaymentRefunded, SagaPaymentVoided, SagaResumed,
+    SagaStarted, SagaStockReleased, SagaStockReserved, decode,
 };
 pub use money::{Currency, InvalidCurrency, Money};
 pub use service::{ConsistencyToken, InvalidToken, Service, UnknownService};

@@ -15,7 +15,7 @@ pub enum Service {
     Customers,
     /// Products, prices and stock, with reservations for orders.
     Inventory,
-    /// The order lifecycle (and, with the saga, the process that spans the services).
+    /// The order lifecycle and the place-order saga, the process that spans the services.
     Orders,
     /// Payments: authorize, capture, void, refund, decline.
     Payments,
@@ -41,7 +41,7 @@ impl Service {
         match self {
             Self::Customers => &[Category::Customer],
             Self::Inventory => &[Category::Product],
-            Self::Orders => &[Category::Order],
+            Self::Orders => &[Category::Order, Category::Saga],
             Self::Payments => &[Category::Payment],
         }
     }
@@ -51,7 +51,7 @@ impl Service {
         match category {
             Category::Customer => Self::Customers,
             Category::Product => Self::Inventory,
-            Category::Order => Self::Orders,
+            Category::Order | Category::Saga => Self::Orders,
             Category::Payment => Self::Payments,
         }
     }

@@ -130,6 +130,7 @@ fn history() -> History {
                 OrderEvent::Cancelled(OrderCancelled {
                     order_id: id,
                     reason: "changed mind".to_owned(),
+                    reason_code: "requested".to_owned(),
                 }),
                 step(&mut t, &mut rng),
             ));
@@ -143,6 +144,7 @@ fn history() -> History {
                     OrderEvent::Cancelled(OrderCancelled {
                         order_id: id,
                         reason: "out of stock".to_owned(),
+                        reason_code: "out_of_stock".to_owned(),
                     }),
                     step(&mut t, &mut rng),
                 ));

@@ -97,6 +97,7 @@ fn stream_of(event: &DomainEvent) -> String {
         DomainEvent::Order(e) => Category::Order.stream_id(e.order_id()),
         DomainEvent::Payment(e) => Category::Payment.stream_id(e.payment_id()),
         DomainEvent::Product(e) => Category::Product.stream_id(e.product_id()),
+        DomainEvent::Saga(e) => Category::Saga.stream_id(e.order_id()),
     }
 }
 
@@ -176,6 +177,7 @@ fn cancelled(order_id: Uuid, reason: &str) -> DomainEvent {
     DomainEvent::Order(OrderEvent::Cancelled(OrderCancelled {
         order_id,
         reason: reason.to_owned(),
+        reason_code: String::new(),
     }))
 }
 
@@ -357,7 +359,7 @@ async fn lifecycle(server: Server) {
     dash.apply(&batch(first)).await.expect("first batch");
 
     let row = dashboard::get_order(&db, 1, a).await.unwrap().expect("order a");
-    assert_eq!(row.status, OrderStatus::Placed);
+    assert_eq!(row.status, OrderStatus::Pending);
     assert_eq!(row.item_count, 5);
     assert_eq!(row.total_minor, 1250);
     assert_eq!(row.currency, "EUR");
@@ -1368,7 +1370,7 @@ fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<O
                         customer_id: p.customer_id,
                         customer_name: p.customer.name.clone(),
                         customer_email: p.customer.email.clone(),
-                        status: OrderStatus::Placed,
+                        status: OrderStatus::Pending,
                         item_count: p.lines.iter().map(|l| l.quantity).sum(),
                         total_minor: p.total_minor,
                         currency: p.currency.to_string(),
@@ -1664,7 +1666,7 @@ async fn pagination(server: Server) {
             customer_id: Some(customers[0]),
             placed_from: Some(time_of(5)),
             placed_to: Some(time_of(30)),
-            status: Some(OrderStatus::Placed),
+            status: Some(OrderStatus::Pending),
         },
         Sort::default(),
         None,

@@ -50,7 +50,7 @@ const SORTS: &[(&str, Sort)] = &[
 ];
 
 const STATUSES: &[(&str, OrderStatus)] = &[
-    ("placed", OrderStatus::Placed),
+    ("pending", OrderStatus::Pending),
     ("confirmed", OrderStatus::Confirmed),
     ("shipped", OrderStatus::Shipped),
     ("delivered", OrderStatus::Delivered),
@@ -66,7 +66,7 @@ const STATUSES: &[(&str, OrderStatus)] = &[
 /// `DashboardOrder` schema).
 #[utoipa::path(get, path = "/v1/dashboard/orders", tag = "dashboard",
     params(
-        ("status" = Option<String>, Query, description = "placed | confirmed | shipped | delivered | cancelled"),
+        ("status" = Option<String>, Query, description = "pending | confirmed | shipped | delivered | cancelled"),
         ("customer_id" = Option<String>, Query, description = "a customer's UUID"),
         ("placed_from" = Option<String>, Query, description = "RFC 3339, inclusive"),
         ("placed_to" = Option<String>, Query, description = "RFC 3339, exclusive"),

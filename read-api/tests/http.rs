@@ -235,6 +235,7 @@ fn cancelled(order_id: Uuid, version: u64) -> (String, u64, DomainEvent) {
         DomainEvent::Order(OrderEvent::Cancelled(OrderCancelled {
             order_id,
             reason: "changed mind".to_owned(),
+            reason_code: "requested".to_owned(),
         })),
     )
 }
@@ -350,7 +351,7 @@ async fn dashboard_filters_pages_and_as_of() {
         ))
         .await;
     assert_eq!(status, StatusCode::OK, "{then}");
-    assert_eq!(then["status"], "placed");
+    assert_eq!(then["status"], "pending");
     let (_, listed_then) = side
         .get(&format!(
             "/v1/dashboard/orders?status=cancelled&at_position={before_cancel}"
@@ -520,7 +521,7 @@ async fn dashboard_rows_show_the_payment() {
     let row = then(placed, orders[0]).await;
     assert_eq!(
         (&row["status"], &row["payment_status"], &row["payment_count"]),
-        (&Value::from("placed"), &Value::from("none"), &Value::from(0)),
+        (&Value::from("pending"), &Value::from("none"), &Value::from(0)),
         "{row}"
     );
     let row = then(placed, orders[2]).await;

@@ -25,6 +25,7 @@ use event_store::{EventMetadata, StoreError};
 use projections::ServiceLog;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use write_side::domain::saga::ReasonCode;
 use write_side::domain::{
     CancelOrder, Order, OrderCommand, Payment, PaymentCommand, PaymentStatus, PlaceOrder, PlaceOrderLine,
     ProductCommand,
@@ -369,7 +370,7 @@ async fn step(local: &Local, shop: &mut ShopIds, rng: &mut Rng, counts: &mut Cou
         }
         Stage::Placed | Stage::Confirmed if rng.chance(if open.stage == Stage::Placed { 0.10 } else { 0.05 }) => {
             let reason = *rng.pick(CANCEL_REASONS);
-            let cancelled = cancel(local, &ctx, open, reason, counts).await;
+            let cancelled = cancel(local, &ctx, open, reason, ReasonCode::Requested, counts).await;
             ("cancel", None, cancelled)
         }
         Stage::Placed => {
@@ -452,7 +453,8 @@ async fn pay(local: &Local, ctx: &CommandContext, open: &mut Open, rng: &mut Rng
             )
             .await;
         if counts.record("decline", declined.map_err(OrdersError::from)) {
-            let cancelled = cancel(local, ctx, *open, &format!("payment declined: {reason}"), counts).await;
+            let reason = format!("payment declined: {reason}");
+            let cancelled = cancel(local, ctx, *open, &reason, ReasonCode::PaymentDeclined, counts).await;
             counts.record("cancel", cancelled);
             return false;
         }
@@ -476,13 +478,15 @@ async fn pay(local: &Local, ctx: &CommandContext, open: &mut Open, rng: &mut Rng
     true
 }
 
-/// Cancels order `open` for `reason` through the orders service's cancel path (its stock
-/// released) and, once cancelled, voids its payment's authorization: the cancel's outcome.
+/// Cancels order `open` for `reason` (and `reason_code`) through the orders service's cancel
+/// path (its stock released) and, once cancelled, voids its payment's authorization: the
+/// cancel's outcome.
 async fn cancel(
     local: &Local,
     ctx: &CommandContext,
     open: Open,
     reason: &str,
+    reason_code: ReasonCode,
     counts: &mut Counts,
 ) -> Result<write_side::CommandAnswer, OrdersError> {
     let order_id = open.order_id;
@@ -492,6 +496,7 @@ async fn cancel(
             CancelOrder {
                 order_id,
                 reason: reason.to_owned(),
+                reason_code: Some(reason_code.as_str().to_owned()),
             },
         )
         .await;

@@ -1,4 +1,4 @@
-//! The order domain: four aggregates as pure, synchronous `decide` / `evolve` functions over the
+//! The order domain: the aggregates as pure, synchronous `decide` / `evolve` functions over the
 //! shared event types of [`event_schemas`]. No IO, no clock, no randomness: the command handler
 //! loads the state, calls the domain, and appends what it decided.
 //!
@@ -12,6 +12,9 @@
 //!   reserved; [`place_order`] and [`cancel_order`], the order's and its products' decisions
 //!   taken at once ([`OrderDecision`], for the shop simulator).
 //! - `payment`: [`Payment`] and [`PaymentCommand`] (authorize, decline, capture, void, refund).
+//! - [`saga`] (public: `domain::saga::...`): the place-order saga's state machine (ADR 0010),
+//!   [`saga::Saga`] and [`saga::SagaCommand`] (record what a step did), and [`saga::Saga::next`],
+//!   what to do next.
 //! - This module: the [`Aggregate`] trait they implement, [`DomainError`], the input limits
 //!   (`MAX_*`) and the validation helpers every aggregate shares.
 //!
@@ -44,6 +47,7 @@ mod customer;
 mod order;
 mod payment;
 mod product;
+pub mod saga;
 #[cfg(test)]
 mod testing;
 
@@ -205,6 +209,8 @@ pub const MAX_SKU_CHARS: usize = 64;
 pub const MAX_SHIPPING_CHARS: usize = 100;
 /// Longest cancellation or decline reason, in characters, after trimming.
 pub const MAX_REASON_CHARS: usize = 500;
+/// Longest cancellation reason code (`requested`, `out_of_stock`, ...), in characters.
+pub const MAX_REASON_CODE_CHARS: usize = 64;
 
 /// Validation shared by the aggregates. Each helper returns the value to store (trimmed where
 /// that is the rule) or [`DomainError::Invalid`] naming `field`.
@@ -212,7 +218,8 @@ pub(crate) mod validate {
     use event_schemas::Currency;
 
     use super::{
-        DomainError, MAX_EMAIL_BYTES, MAX_NAME_CHARS, MAX_PRICE_MINOR, MAX_QUANTITY, MAX_SKU_CHARS, MAX_STOCK,
+        DomainError, MAX_EMAIL_BYTES, MAX_NAME_CHARS, MAX_PRICE_MINOR, MAX_QUANTITY, MAX_REASON_CODE_CHARS,
+        MAX_SKU_CHARS, MAX_STOCK,
     };
 
     /// Free text: trimmed, non-empty, at most `max_chars` characters, no control characters
@@ -292,6 +299,30 @@ pub(crate) mod validate {
             return Err(DomainError::invalid(
                 field,
                 "may only contain ASCII letters, digits, '-', '_' and '.'",
+            ));
+        }
+        Ok(value.to_owned())
+    }
+
+    /// A stable reason code (`requested`, `out_of_stock`, ...): 1 to [`MAX_REASON_CODE_CHARS`]
+    /// lower-case ASCII letters, digits and `_`.
+    pub(crate) fn reason_code(field: &str, value: &str) -> Result<String, DomainError> {
+        if value.is_empty() {
+            return Err(DomainError::invalid(field, "must not be empty"));
+        }
+        if value.len() > MAX_REASON_CODE_CHARS {
+            return Err(DomainError::invalid(
+                field,
+                format!("must be at most {MAX_REASON_CODE_CHARS} characters"),
+            ));
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(DomainError::invalid(
+                field,
+                "may only contain lower-case ASCII letters, digits and '_'",
             ));
         }
         Ok(value.to_owned())

@@ -29,6 +29,7 @@ pub use error::CommandError;
 pub use pipeline::new_events;
 
 use crate::aggregate_cache::AggregateCache;
+use crate::domain::saga::Saga;
 use crate::domain::{
     Aggregate, Customer, CustomerCommand, Order, OrderCommand, Payment, PaymentCommand, Product, ProductCommand,
 };
@@ -47,11 +48,15 @@ impl Snapshottable for Product {
     const STATE_VERSION: u32 = 1;
 }
 impl Snapshottable for Order {
-    const STATE_VERSION: u32 = 1;
+    /// 2: `Pending` (was `Placed`), `cancellation_reason_code`.
+    const STATE_VERSION: u32 = 2;
 }
 impl Snapshottable for Payment {
     /// 2: voids (`void_reason`, `voided_before_authorization`).
     const STATE_VERSION: u32 = 2;
+}
+impl Snapshottable for Saga {
+    const STATE_VERSION: u32 = 1;
 }
 
 /// Tuning for the handler.

@@ -263,6 +263,7 @@ impl Orders {
         let cancel = OrderCommand::Cancel {
             order_id,
             reason: command.reason,
+            reason_code: command.reason_code,
         };
         let answer = match self.handler.order(ctx, order_id, cancel).await {
             Ok(answer) => answer,

@@ -572,6 +572,7 @@ async fn another_process_appending_never_leaves_a_cached_aggregate_deciding_alon
     let cancel = CancelOrder {
         order_id: elsewhere.order_id,
         reason: "changed my mind".into(),
+        reason_code: None,
     };
     here.cancel_order(&ctx(), cancel).await.unwrap();
     let g = stock_there.load::<Product>(gadget, None).await.unwrap().state;
@@ -649,6 +650,7 @@ async fn workload(shop: &Local) -> Shop {
             let cancel = CancelOrder {
                 order_id: orders[i],
                 reason: "changed mind".into(),
+                reason_code: None,
             };
             shop.cancel_order(&ctx(), cancel).await.unwrap();
             cancelled.insert(orders[i]);
@@ -821,5 +823,5 @@ async fn state_as_of_equals_the_fold_of_the_events_up_to_it(store: Arc<dyn Event
         .await
         .unwrap();
     assert_eq!(shipped.state.status, OrderStatus::Shipped);
-    assert_eq!(<Order as Snapshottable>::STATE_VERSION, 1);
+    assert_eq!(<Order as Snapshottable>::STATE_VERSION, 2);
 }

@@ -329,7 +329,7 @@ async fn order_state_as_of_a_position_or_a_time() {
     let at = at.expect(StatusCode::OK);
     assert_eq!(
         (at["status"].as_str(), at["version"].as_u64()),
-        (Some("placed"), Some(1))
+        (Some("pending"), Some(1))
     );
     // The order's own last event; the answer's position also covers the reservation.
     let order_events = app.get(&format!("/v1/streams/order-{order}/events")).await;
@@ -347,7 +347,7 @@ async fn order_state_as_of_a_position_or_a_time() {
     let confirmed_time = events[1]["recorded_at"].as_str().unwrap().to_owned();
     assert!(placed_time < confirmed_time, "{placed_time} {confirmed_time}");
     let as_of = state(format!("?as_of={placed_time}")).await;
-    assert_eq!(as_of.expect(StatusCode::OK)["status"], "placed");
+    assert_eq!(as_of.expect(StatusCode::OK)["status"], "pending");
     let as_of = state(format!("?as_of={confirmed_time}")).await;
     assert_eq!(as_of.expect(StatusCode::OK)["status"], "confirmed");
     // An explicit offset, `+` encoded.
@@ -798,7 +798,7 @@ async fn bad_input_gets_a_4xx_and_appends_nothing() {
             None,
         ),
         bad(
-            "ship a placed order",
+            "ship a pending order",
             json_post(
                 &format!("/v1/orders/{order}/ship"),
                 r#"{"carrier":"DHL","tracking":"1"}"#,
@@ -1380,7 +1380,7 @@ async fn health_and_readiness() {
     let product = app.product(2).await;
     let (order, _) = app.order(customer, product, 2).await;
     let state = app.get(&format!("/v1/orders/{order}/state")).await;
-    assert_eq!(state.expect(StatusCode::OK)["status"], "placed");
+    assert_eq!(state.expect(StatusCode::OK)["status"], "pending");
 
     pool.close().await;
     let ready = app.get("/ready").await;

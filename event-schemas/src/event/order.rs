@@ -73,6 +73,9 @@ event_type!(OrderDelivered, "order.delivered", version 1);
 pub struct OrderCancelled {
     pub order_id: Uuid,
     pub reason: String,
+    /// Stable: why (`requested`, `out_of_stock`, `payment_declined`, `payment_unavailable`,
+    /// `timed_out`, `abandoned`). Empty in a cancellation recorded before it existed.
+    pub reason_code: String,
 }
 event_type!(OrderCancelled, "order.cancelled", version 1);
 
@@ -160,6 +163,7 @@ impl From<OrderEvent> for proto::OrderEvent {
             OrderEvent::Cancelled(e) => Event::Cancelled(proto::OrderCancelled {
                 order_id: id(e.order_id),
                 reason: e.reason,
+                reason_code: e.reason_code,
             }),
         };
         Self { event: Some(event) }
@@ -220,6 +224,7 @@ impl TryFrom<proto::OrderEvent> for OrderEvent {
             Event::Cancelled(e) => Self::Cancelled(OrderCancelled {
                 order_id: uuid("OrderCancelled.order_id", &e.order_id)?,
                 reason: e.reason,
+                reason_code: e.reason_code,
             }),
         })
     }

@@ -6,7 +6,9 @@ use event_schemas::{
     EVENT_SCHEMAS, Envelope, Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced,
     OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentVoided,
     ProductAdded, ProductEvent, ProductPriceChanged, ProductRestocked, ProductStockReleased, ProductStockReserved,
-    decode,
+    SagaCompleted, SagaConfirmed, SagaEvent, SagaFailed, SagaLine, SagaOrderCancelled, SagaParked,
+    SagaPaymentAuthorized, SagaPaymentCaptured, SagaPaymentRefunded, SagaPaymentVoided, SagaResumed, SagaStarted,
+    SagaStockReleased, SagaStockReserved, decode,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -120,7 +122,14 @@ fn order_event() -> impl Strategy<Value = OrderEvent> {
             .into()
         }),
         id().prop_map(|order_id| OrderDelivered { order_id }.into()),
-        (id(), text()).prop_map(|(order_id, reason)| OrderCancelled { order_id, reason }.into()),
+        (id(), text(), text()).prop_map(|(order_id, reason, reason_code)| {
+            OrderCancelled {
+                order_id,
+                reason,
+                reason_code,
+            }
+            .into()
+        }),
     ]
 }
 
@@ -171,12 +180,91 @@ fn payment_event() -> impl Strategy<Value = PaymentEvent> {
     ]
 }
 
+fn saga_line() -> impl Strategy<Value = SagaLine> {
+    (id(), any::<i64>()).prop_map(|(product_id, quantity)| SagaLine { product_id, quantity })
+}
+
+fn saga_event() -> impl Strategy<Value = SagaEvent> {
+    prop_oneof![
+        (id(), id(), vec(saga_line(), 0..5), money(), time(), text()).prop_map(
+            |(order_id, payment_id, lines, amount, deadline, correlation_id)| {
+                SagaStarted {
+                    order_id,
+                    payment_id,
+                    lines,
+                    amount,
+                    deadline,
+                    correlation_id,
+                }
+                .into()
+            }
+        ),
+        (id(), any::<u32>(), id(), any::<i64>()).prop_map(|(order_id, line, product_id, quantity)| {
+            SagaStockReserved {
+                order_id,
+                line,
+                product_id,
+                quantity,
+            }
+            .into()
+        }),
+        (id(), id(), money()).prop_map(|(order_id, payment_id, amount)| {
+            SagaPaymentAuthorized {
+                order_id,
+                payment_id,
+                amount,
+            }
+            .into()
+        }),
+        id().prop_map(|order_id| SagaConfirmed { order_id }.into()),
+        (id(), text(), text(), text()).prop_map(|(order_id, reason_code, reason, step)| {
+            SagaFailed {
+                order_id,
+                reason_code,
+                reason,
+                step,
+            }
+            .into()
+        }),
+        (id(), any::<u32>(), id()).prop_map(|(order_id, line, product_id)| {
+            SagaStockReleased {
+                order_id,
+                line,
+                product_id,
+            }
+            .into()
+        }),
+        (id(), id()).prop_map(|(order_id, payment_id)| SagaPaymentVoided { order_id, payment_id }.into()),
+        (id(), id(), money()).prop_map(|(order_id, payment_id, amount)| {
+            SagaPaymentCaptured {
+                order_id,
+                payment_id,
+                amount,
+            }
+            .into()
+        }),
+        (id(), id(), money()).prop_map(|(order_id, payment_id, amount)| {
+            SagaPaymentRefunded {
+                order_id,
+                payment_id,
+                amount,
+            }
+            .into()
+        }),
+        (id(), text()).prop_map(|(order_id, reason_code)| SagaOrderCancelled { order_id, reason_code }.into()),
+        (id(), text()).prop_map(|(order_id, outcome)| SagaCompleted { order_id, outcome }.into()),
+        (id(), text(), text()).prop_map(|(order_id, step, error)| SagaParked { order_id, step, error }.into()),
+        (id(), text()).prop_map(|(order_id, actor)| SagaResumed { order_id, actor }.into()),
+    ]
+}
+
 fn domain_event() -> impl Strategy<Value = DomainEvent> {
     prop_oneof![
         customer_event().prop_map(DomainEvent::from),
         product_event().prop_map(DomainEvent::from),
         order_event().prop_map(DomainEvent::from),
         payment_event().prop_map(DomainEvent::from),
+        saga_event().prop_map(DomainEvent::from),
     ]
 }
 

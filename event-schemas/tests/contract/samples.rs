@@ -6,7 +6,9 @@ use event_schemas::{
     Currency, CustomerEmailChanged, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent, Envelope,
     Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderLine, OrderPlaced, OrderShipped, PaymentAuthorized,
     PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentVoided, ProductAdded, ProductPriceChanged,
-    ProductRestocked, ProductStockReleased, ProductStockReserved,
+    ProductRestocked, ProductStockReleased, ProductStockReserved, SagaCompleted, SagaConfirmed, SagaFailed, SagaLine,
+    SagaOrderCancelled, SagaParked, SagaPaymentAuthorized, SagaPaymentCaptured, SagaPaymentRefunded, SagaPaymentVoided,
+    SagaResumed, SagaStarted, SagaStockReleased, SagaStockReserved,
 };
 use uuid::Uuid;
 
@@ -111,6 +113,8 @@ pub(crate) fn events() -> Vec<DomainEvent> {
         OrderCancelled {
             order_id: ORDER,
             reason: "customer changed their mind".into(),
+            // The v1 fixture predates `reason_code`: it must still decode, with the default.
+            reason_code: String::new(),
         }
         .into(),
         PaymentAuthorized {
@@ -142,6 +146,89 @@ pub(crate) fn events() -> Vec<DomainEvent> {
             order_id: ORDER,
             amount: Some(eur(3_490)),
             reason: "order not confirmed in time".into(),
+        }
+        .into(),
+        SagaStarted {
+            order_id: ORDER,
+            payment_id: PAYMENT,
+            lines: vec![
+                SagaLine {
+                    product_id: PRODUCT_A,
+                    quantity: 2,
+                },
+                SagaLine {
+                    product_id: PRODUCT_B,
+                    quantity: 1,
+                },
+            ],
+            amount: eur(3_490),
+            deadline: at(1_767_226_500, 123_456),
+            correlation_id: "req-7f3a".into(),
+        }
+        .into(),
+        SagaStockReserved {
+            order_id: ORDER,
+            line: 1,
+            product_id: PRODUCT_B,
+            quantity: 1,
+        }
+        .into(),
+        SagaPaymentAuthorized {
+            order_id: ORDER,
+            payment_id: PAYMENT,
+            amount: eur(3_490),
+        }
+        .into(),
+        SagaConfirmed { order_id: ORDER }.into(),
+        SagaFailed {
+            order_id: ORDER,
+            reason_code: "out_of_stock".into(),
+            reason: "insufficient stock for product MUG-002: 1 requested, 0 available".into(),
+            step: "reserve 1".into(),
+        }
+        .into(),
+        SagaStockReleased {
+            order_id: ORDER,
+            line: 0,
+            product_id: PRODUCT_A,
+        }
+        .into(),
+        SagaPaymentVoided {
+            order_id: ORDER,
+            payment_id: PAYMENT,
+        }
+        .into(),
+        SagaPaymentCaptured {
+            order_id: ORDER,
+            payment_id: PAYMENT,
+            amount: eur(3_490),
+        }
+        .into(),
+        SagaPaymentRefunded {
+            order_id: ORDER,
+            payment_id: PAYMENT,
+            amount: eur(3_490),
+        }
+        .into(),
+        SagaOrderCancelled {
+            order_id: ORDER,
+            reason_code: "payment_declined".into(),
+        }
+        .into(),
+        SagaCompleted {
+            order_id: ORDER,
+            outcome: "cancelled".into(),
+        }
+        .into(),
+        SagaParked {
+            order_id: ORDER,
+            step: "authorize".into(),
+            error: "payments answered 418 «I'm a teapot»".into(),
+        }
+        .into(),
+        SagaResumed {
+            order_id: ORDER,
+            actor: "ops@example.com".into(),
         }
         .into(),
     ]

@@ -359,7 +359,7 @@ impl BulkFold {
                 DomainEvent::Order(order) => self.order_event(event, order, out),
                 DomainEvent::Customer(customer) => self.customer_event(event, customer, out),
                 DomainEvent::Payment(payment) => self.payment_event(event, payment, out),
-                DomainEvent::Product(_) => Ok(()),
+                DomainEvent::Product(_) | DomainEvent::Saga(_) => Ok(()),
             };
             failed.push(applied.is_err());
             if let Err(cause) = applied {

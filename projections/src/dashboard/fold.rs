@@ -174,7 +174,8 @@ pub(super) fn affected(events: &[ProjectedEvent]) -> Affected {
             }
             DomainEvent::Customer(customer) => customers.push(customer.customer_id()),
             DomainEvent::Payment(payment) => payments.push(payment.payment_id()),
-            DomainEvent::Product(_) => {}
+            // Nothing of the dashboard comes from them (yet).
+            DomainEvent::Product(_) | DomainEvent::Saga(_) => {}
         }
     }
     for ids in [&mut orders, &mut customers, &mut payments] {
@@ -210,7 +211,7 @@ impl Fold {
                 DomainEvent::Order(order) => fold.order_event(event, order)?,
                 DomainEvent::Customer(customer) => fold.customer_event(event, customer)?,
                 DomainEvent::Payment(payment) => fold.payment_event(event, payment)?,
-                DomainEvent::Product(_) => {}
+                DomainEvent::Product(_) | DomainEvent::Saga(_) => {}
             }
         }
         // Orders whose customer is known from its own stream show the customer's current name,
@@ -622,7 +623,7 @@ pub(super) fn place_order(
         customer_email: email,
         snapshot_name: snapshot.name.clone(),
         snapshot_email: snapshot.email.clone(),
-        status: OrderStatus::Placed,
+        status: OrderStatus::Pending,
         item_count: placed.lines.iter().map(|line| line.quantity).sum(),
         total_minor: placed.total_minor,
         currency,

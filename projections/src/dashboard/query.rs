@@ -46,7 +46,10 @@ impl From<ProjectionError> for QueryError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
-    Placed,
+    /// Placed, not confirmed yet (the place-order saga confirms it, ADR 0010). Stored as
+    /// `placed` by builds before the saga: such rows read as pending (see
+    /// [`stored_names`](Self::stored_names)).
+    Pending,
     Confirmed,
     Shipped,
     Delivered,
@@ -55,7 +58,7 @@ pub enum OrderStatus {
 
 impl OrderStatus {
     pub const ALL: [Self; 5] = [
-        Self::Placed,
+        Self::Pending,
         Self::Confirmed,
         Self::Shipped,
         Self::Delivered,
@@ -65,11 +68,29 @@ impl OrderStatus {
     /// The stored and serialized name: never rename.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Placed => "placed",
+            Self::Pending => "pending",
             Self::Confirmed => "confirmed",
             Self::Shipped => "shipped",
             Self::Delivered => "delivered",
             Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What builds before the place-order saga stored for [`OrderStatus::Pending`]: rows they wrote
+/// may still hold it, until the order's next event or a rebuild.
+pub(crate) const LEGACY_PENDING: &str = "placed";
+
+impl OrderStatus {
+    /// Every name a stored row of this status may hold: [`as_str`](Self::as_str), and for
+    /// `Pending` also [`LEGACY_PENDING`]. A filter matches all of them.
+    pub(crate) const fn stored_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Pending => &["pending", LEGACY_PENDING],
+            Self::Confirmed => &["confirmed"],
+            Self::Shipped => &["shipped"],
+            Self::Delivered => &["delivered"],
+            Self::Cancelled => &["cancelled"],
         }
     }
 }
@@ -82,7 +103,7 @@ impl fmt::Display for OrderStatus {
 
 /// A string that names no [`OrderStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an order status (placed, confirmed, shipped, delivered, cancelled)")]
+#[error("{0:?} is not an order status (pending, confirmed, shipped, delivered, cancelled)")]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for OrderStatus {
@@ -630,10 +651,12 @@ async fn list(
     let select = from_clause(&mut statement, &prefix, as_of);
     let mut conditions = Vec::new();
     if let Some(status) = filter.status {
-        conditions.push(format!(
-            "o.status = {}",
-            statement.param(Bind::Text(status.as_str().to_owned()))
-        ));
+        let names: Vec<String> = status
+            .stored_names()
+            .iter()
+            .map(|name| statement.param(Bind::Text((*name).to_owned())))
+            .collect();
+        conditions.push(format!("o.status IN ({})", names.join(", ")));
     }
     if let Some(customer_id) = filter.customer_id {
         conditions.push(format!(

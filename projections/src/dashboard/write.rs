@@ -152,6 +152,9 @@ pub(super) fn parse_uuid(text: &str) -> Result<Uuid, ProjectionError> {
 }
 
 pub(super) fn parse_status(text: &str) -> Result<OrderStatus, ProjectionError> {
+    if text == super::query::LEGACY_PENDING {
+        return Ok(OrderStatus::Pending);
+    }
     text.parse()
         .map_err(|_| ProjectionError::Inconsistent(format!("stored order status {text:?} is unknown")))
 }
@@ -719,7 +722,7 @@ mod tests {
             customer_email: "ann@example.com".into(),
             snapshot_name: "Ann".into(),
             snapshot_email: "ann@example.com".into(),
-            status: OrderStatus::Placed,
+            status: OrderStatus::Pending,
             item_count: 1,
             total_minor: 100,
             currency: "EUR".into(),

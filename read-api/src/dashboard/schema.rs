@@ -10,11 +10,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// An order's lifecycle state.
+/// An order's lifecycle state: `pending` (placed, not confirmed yet), `confirmed`, `shipped`,
+/// `delivered`, `cancelled`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum DashboardOrderStatus {
-    Placed,
+    Pending,
     Confirmed,
     Shipped,
     Delivered,
@@ -122,7 +123,7 @@ mod tests {
             customer_id: Uuid::nil(),
             customer_name: String::new(),
             customer_email: String::new(),
-            status: OrderStatus::Placed,
+            status: OrderStatus::Pending,
             item_count: 1,
             total_minor: 1,
             currency: "EUR".into(),

@@ -4,13 +4,14 @@
 //! An order is a state machine:
 //!
 //! ```text
-//! (not placed) ──place──► placed ──confirm──► confirmed ──ship──► shipped ──deliver──► delivered
-//!                           │                    │
-//!                           └──────cancel────────┴──► cancelled
+//! (not placed) ──place──► pending ──confirm──► confirmed ──ship──► shipped ──deliver──► delivered
+//!                           │                     │
+//!                           └──────cancel─────────┴──► cancelled
 //! ```
 //!
-//! Every other transition is a [`DomainError::Rejected`] naming the current status (an order
-//! that was never placed is [`DomainError::NotFound`]); nothing is appended.
+//! A placed order is `pending` until the place-order saga confirms it (ADR 0010). Every other
+//! transition is a [`DomainError::Rejected`] naming the current status (an order that was never
+//! placed is [`DomainError::NotFound`]); nothing is appended.
 //!
 //! Placing and cancelling also change stock, which the inventory service owns, so they are not
 //! [`Aggregate::decide`] alone. The running services take them one store at a time: inventory
@@ -45,7 +46,8 @@ pub enum OrderStatus {
     /// The stream is empty: there is no such order.
     #[default]
     NotPlaced,
-    Placed,
+    /// Placed, not confirmed yet: the saga reserves its stock and authorizes its payment.
+    Pending,
     Confirmed,
     Shipped,
     Delivered,
@@ -53,11 +55,11 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    /// Stable lower-case name, as read models and the HTTP API show it: `"placed"`, ...
+    /// Stable lower-case name, as read models and the HTTP API show it: `"pending"`, ...
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NotPlaced => "not_placed",
-            Self::Placed => "placed",
+            Self::Pending => "pending",
             Self::Confirmed => "confirmed",
             Self::Shipped => "shipped",
             Self::Delivered => "delivered",
@@ -98,6 +100,9 @@ pub struct Order {
     pub shipment: Option<Shipment>,
     /// Set when cancelled.
     pub cancellation_reason: Option<String>,
+    /// Set when cancelled with a reason code (`requested`, `out_of_stock`, ...); `None` for a
+    /// cancellation recorded before codes existed.
+    pub cancellation_reason_code: Option<String>,
 }
 
 impl Order {
@@ -124,7 +129,7 @@ impl Order {
 /// the stock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderCommand {
-    /// placed → confirmed.
+    /// pending → confirmed.
     Confirm { order_id: Uuid },
     /// confirmed → shipped. Carrier and tracking are trimmed, non-empty, at most
     /// [`MAX_SHIPPING_CHARS`].
@@ -135,9 +140,16 @@ pub enum OrderCommand {
     },
     /// shipped → delivered.
     Deliver { order_id: Uuid },
-    /// placed or confirmed → cancelled. The reason is trimmed, non-empty, at most
-    /// [`MAX_REASON_CHARS`]. Decides the order's event only: see [`cancel_order`].
-    Cancel { order_id: Uuid, reason: String },
+    /// pending or confirmed → cancelled. The reason is trimmed, non-empty, at most
+    /// [`MAX_REASON_CHARS`]; the reason code, when given, is a stable name of at most
+    /// [`MAX_REASON_CODE_CHARS`](super::MAX_REASON_CODE_CHARS) lower-case ASCII letters, digits and `_` (`requested`,
+    /// `out_of_stock`, ...; the event's `reason_code` is empty without one). Decides the order's
+    /// event only: see [`cancel_order`].
+    Cancel {
+        order_id: Uuid,
+        reason: String,
+        reason_code: Option<String>,
+    },
 }
 
 impl Aggregate for Order {
@@ -147,10 +159,10 @@ impl Aggregate for Order {
     const CATEGORY: Category = Category::Order;
 
     fn decide(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
-        use OrderStatus::{Confirmed, Placed, Shipped};
+        use OrderStatus::{Confirmed, Pending, Shipped};
         match command {
             OrderCommand::Confirm { order_id } => {
-                self.require(order_id, &[Placed], "only a placed order can be confirmed")?;
+                self.require(order_id, &[Pending], "only a pending order can be confirmed")?;
                 Ok(vec![OrderEvent::Confirmed(OrderConfirmed { order_id })])
             }
             OrderCommand::Ship {
@@ -171,14 +183,26 @@ impl Aggregate for Order {
                 self.require(order_id, &[Shipped], "only a shipped order can be delivered")?;
                 Ok(vec![OrderEvent::Delivered(OrderDelivered { order_id })])
             }
-            OrderCommand::Cancel { order_id, reason } => {
+            OrderCommand::Cancel {
+                order_id,
+                reason,
+                reason_code,
+            } => {
                 let reason = validate::text("reason", &reason, MAX_REASON_CHARS)?;
+                let reason_code = reason_code
+                    .map(|code| validate::reason_code("reason_code", &code))
+                    .transpose()?
+                    .unwrap_or_default();
                 self.require(
                     order_id,
-                    &[Placed, Confirmed],
-                    "only a placed or confirmed order can be cancelled",
+                    &[Pending, Confirmed],
+                    "only a pending or confirmed order can be cancelled",
                 )?;
-                Ok(vec![OrderEvent::Cancelled(OrderCancelled { order_id, reason })])
+                Ok(vec![OrderEvent::Cancelled(OrderCancelled {
+                    order_id,
+                    reason,
+                    reason_code,
+                })])
             }
         }
     }
@@ -187,7 +211,7 @@ impl Aggregate for Order {
         match event {
             OrderEvent::Placed(e) => {
                 self.id = e.order_id;
-                self.status = OrderStatus::Placed;
+                self.status = OrderStatus::Pending;
                 self.customer_id = e.customer_id;
                 self.customer = Some(e.customer.clone());
                 self.lines.clone_from(&e.lines);
@@ -206,6 +230,7 @@ impl Aggregate for Order {
             OrderEvent::Cancelled(e) => {
                 self.status = OrderStatus::Cancelled;
                 self.cancellation_reason = Some(e.reason.clone());
+                self.cancellation_reason_code = (!e.reason_code.is_empty()).then(|| e.reason_code.clone());
             }
         }
         self
@@ -242,6 +267,9 @@ pub struct CancelOrder {
     pub order_id: Uuid,
     /// Trimmed, non-empty, at most [`MAX_REASON_CHARS`] characters.
     pub reason: String,
+    /// Why, as a stable name (`requested`, `payment_declined`, ...): see
+    /// [`OrderCommand::Cancel`].
+    pub reason_code: Option<String>,
 }
 
 /// The events of one decision over an order and its products, to append in one atomic commit:
@@ -441,7 +469,7 @@ pub fn place_reserved_order(
     })])
 }
 
-/// Decides cancelling a placed or confirmed order: the `OrderCancelled` event and one
+/// Decides cancelling a pending or confirmed order: the `OrderCancelled` event and one
 /// `StockReleased` per line whose product still holds a reservation for the order.
 ///
 /// `products` must hold the state of every product on the order's lines (others are ignored):
@@ -453,8 +481,16 @@ pub fn cancel_order<'a>(
     products: impl IntoIterator<Item = &'a Product>,
     command: CancelOrder,
 ) -> Result<OrderDecision, DomainError> {
-    let CancelOrder { order_id, reason } = command;
-    let order_events = order.decide(OrderCommand::Cancel { order_id, reason })?;
+    let CancelOrder {
+        order_id,
+        reason,
+        reason_code,
+    } = command;
+    let order_events = order.decide(OrderCommand::Cancel {
+        order_id,
+        reason,
+        reason_code,
+    })?;
     let products = by_id(products);
     let mut product_events = Vec::with_capacity(order.lines.len());
     for line in &order.lines {
@@ -591,6 +627,7 @@ mod tests {
         OrderEvent::Cancelled(OrderCancelled {
             order_id: ORDER,
             reason: "changed my mind".to_owned(),
+            reason_code: String::new(),
         })
     }
 
@@ -630,6 +667,7 @@ mod tests {
         OrderCommand::Cancel {
             order_id: ORDER,
             reason: reason.to_owned(),
+            reason_code: None,
         }
     }
 
@@ -702,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn confirms_a_placed_order() {
+    fn confirms_a_pending_order() {
         let state = Order::given([placed_event()]).when(confirm()).then([confirmed()]);
         assert_eq!(state.status, OrderStatus::Confirmed);
     }
@@ -731,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn cancels_a_placed_or_confirmed_order() {
+    fn cancels_a_pending_or_confirmed_order() {
         let state = Order::given([placed_event()])
             .when(cancel(" changed my mind "))
             .then([cancelled()]);
@@ -760,6 +798,45 @@ mod tests {
     }
 
     #[test]
+    fn a_cancellation_carries_its_reason_code() {
+        let state = Order::given([placed_event(), confirmed()])
+            .when(OrderCommand::Cancel {
+                order_id: ORDER,
+                reason: "changed my mind".to_owned(),
+                reason_code: Some("requested".to_owned()),
+            })
+            .then([OrderEvent::Cancelled(OrderCancelled {
+                order_id: ORDER,
+                reason: "changed my mind".to_owned(),
+                reason_code: "requested".to_owned(),
+            })]);
+        assert_eq!(state.cancellation_reason_code.as_deref(), Some("requested"));
+
+        // Without one (and in a cancellation recorded before codes existed): none.
+        let state = Order::given([placed_event()])
+            .when(cancel("changed my mind"))
+            .then([cancelled()]);
+        assert_eq!(state.cancellation_reason_code, None);
+
+        for (bad, reason) in [
+            ("", "must not be empty"),
+            (
+                "Out of stock",
+                "may only contain lower-case ASCII letters, digits and '_'",
+            ),
+            (&"x".repeat(65), "must be at most 64 characters"),
+        ] {
+            Order::given([placed_event()])
+                .when(OrderCommand::Cancel {
+                    order_id: ORDER,
+                    reason: "changed my mind".to_owned(),
+                    reason_code: Some(bad.to_owned()),
+                })
+                .then_rejected(DomainError::invalid("reason_code", reason));
+        }
+    }
+
+    #[test]
     fn cancelling_needs_a_reason() {
         Order::given([placed_event()])
             .when(cancel(" "))
@@ -775,7 +852,7 @@ mod tests {
     fn every_illegal_transition_is_rejected() {
         let histories: [(OrderStatus, Vec<OrderEvent>); 6] = [
             (OrderStatus::NotPlaced, vec![]),
-            (OrderStatus::Placed, vec![placed_event()]),
+            (OrderStatus::Pending, vec![placed_event()]),
             (OrderStatus::Confirmed, vec![placed_event(), confirmed()]),
             (OrderStatus::Shipped, vec![placed_event(), confirmed(), shipped()]),
             (
@@ -788,8 +865,8 @@ mod tests {
             (
                 confirm(),
                 confirmed(),
-                &[OrderStatus::Placed],
-                "only a placed order can be confirmed",
+                &[OrderStatus::Pending],
+                "only a pending order can be confirmed",
             ),
             (
                 ship("DHL", "JD0123"),
@@ -806,8 +883,8 @@ mod tests {
             (
                 cancel("changed my mind"),
                 cancelled(),
-                &[OrderStatus::Placed, OrderStatus::Confirmed],
-                "only a placed or confirmed order can be cancelled",
+                &[OrderStatus::Pending, OrderStatus::Confirmed],
+                "only a pending or confirmed order can be cancelled",
             ),
         ];
         let (mut accepted, mut rejected) = (0, 0);
@@ -828,7 +905,7 @@ mod tests {
             }
         }
         assert_eq!(accepted, 5, "five legal moves");
-        assert_eq!(rejected, 5 * 4 - 5, "every other move from a placed order is rejected");
+        assert_eq!(rejected, 5 * 4 - 5, "every other move is rejected");
     }
 
     #[test]
@@ -836,12 +913,12 @@ mod tests {
         Order::given([placed_event(), confirmed(), shipped()])
             .when(cancel("too late"))
             .then_rejected(DomainError::rejected(
-                "order is shipped; only a placed or confirmed order can be cancelled",
+                "order is shipped; only a pending or confirmed order can be cancelled",
             ));
         Order::given([placed_event()])
             .when(ship("DHL", "JD0123"))
             .then_rejected(DomainError::rejected(
-                "order is placed; only a confirmed order can be shipped",
+                "order is pending; only a confirmed order can be shipped",
             ));
     }
 
@@ -849,7 +926,7 @@ mod tests {
     fn evolve_keeps_everything_the_order_placed_event_captured() {
         let state = Order::fold(&[placed_event()]);
         assert_eq!(state.id, ORDER);
-        assert_eq!(state.status, OrderStatus::Placed);
+        assert_eq!(state.status, OrderStatus::Pending);
         assert_eq!(state.customer_id, CUSTOMER);
         assert_eq!(
             state.customer,
@@ -1076,6 +1153,7 @@ mod tests {
                     CancelOrder {
                         order_id: ORDER,
                         reason: "changed my mind".to_owned(),
+                        reason_code: None,
                     }
                 ),
                 Ok(OrderDecision {
@@ -1095,6 +1173,7 @@ mod tests {
             CancelOrder {
                 order_id: ORDER,
                 reason: "changed my mind".to_owned(),
+                reason_code: None,
             },
         );
         assert_eq!(
@@ -1112,6 +1191,7 @@ mod tests {
             CancelOrder {
                 order_id: ORDER,
                 reason: "changed my mind".to_owned(),
+                reason_code: None,
             },
         );
         assert_eq!(
@@ -1128,6 +1208,7 @@ mod tests {
         let command = |reason: &str| CancelOrder {
             order_id: ORDER,
             reason: reason.to_owned(),
+            reason_code: None,
         };
         let products = [tea(10), cup(5)];
         assert_eq!(
@@ -1141,13 +1222,13 @@ mod tests {
                 command("x")
             ),
             Err(DomainError::rejected(
-                "order is shipped; only a placed or confirmed order can be cancelled"
+                "order is shipped; only a pending or confirmed order can be cancelled"
             ))
         );
         assert_eq!(
             cancel_order(&Order::fold(&[placed_event(), cancelled()]), &products, command("x")),
             Err(DomainError::rejected(
-                "order is cancelled; only a placed or confirmed order can be cancelled"
+                "order is cancelled; only a pending or confirmed order can be cancelled"
             ))
         );
         assert_eq!(
@@ -1288,6 +1369,7 @@ mod tests {
                     let command = CancelOrder {
                         order_id: order_id(order),
                         reason: "test".to_owned(),
+                        reason_code: None,
                     };
                     if let Ok(decision) = cancel_order(&orders[order], &products, command) {
                         apply(&mut orders, &mut products, order, decision);
@@ -1320,7 +1402,7 @@ mod tests {
                     .filter(|o| {
                         matches!(
                             o.status,
-                            OrderStatus::Placed
+                            OrderStatus::Pending
                                 | OrderStatus::Confirmed
                                 | OrderStatus::Shipped
                                 | OrderStatus::Delivered

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::HttpState;
 use super::answer::{Answered, CommandAnswerBody, answer};
 use super::extract::{ApiJson, CommandMeta, EmptyBody, IdPath, non_negative};
+use crate::domain::saga::ReasonCode;
 use crate::domain::{CancelOrder, OrderCommand, PlaceOrder, PlaceOrderLine};
 
 /// One line of an order to place.
@@ -93,7 +94,7 @@ pub(crate) async fn place_order(
     Ok(Answered::new(StatusCode::CREATED, answer))
 }
 
-/// Confirm a placed order.
+/// Confirm a pending order.
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/confirm",
@@ -103,7 +104,7 @@ pub(crate) async fn place_order(
     responses(
         (status = 200, description = "confirmed", body = CommandAnswerBody),
         (status = 404, description = "no such order", body = ErrorBody),
-        (status = 409, description = "`rejected` (not placed) or `conflict`", body = ErrorBody),
+        (status = 409, description = "`rejected` (not pending) or `conflict`", body = ErrorBody),
     ),
     security(("bearer" = ["commands"]))
 )]
@@ -121,7 +122,7 @@ pub(crate) async fn confirm_order(
     answer(StatusCode::OK, result)
 }
 
-/// Cancel a placed or confirmed order and release its stock.
+/// Cancel a pending or confirmed order and release its stock.
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/cancel",
@@ -146,6 +147,8 @@ pub(crate) async fn cancel_order(
     let command = CancelOrder {
         order_id: id,
         reason: body.reason,
+        // A client's cancellation (ADR 0010's reason codes).
+        reason_code: Some(ReasonCode::Requested.as_str().to_owned()),
     };
     let call = meta.call();
     let answer = state.orders()?.cancel(&ctx, &call, command).await?;

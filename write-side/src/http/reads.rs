@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use event_schemas::{CustomerEvent, DomainEvent, Money, OrderEvent, PaymentEvent, ProductEvent, Service};
+use event_schemas::{CustomerEvent, DomainEvent, Money, OrderEvent, PaymentEvent, ProductEvent, SagaEvent, Service};
 use event_store::{RecordedEvent, Until};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -134,7 +134,9 @@ pub fn event_data(event: &DomainEvent) -> Value {
                 json!({ "order_id": e.order_id, "carrier": e.carrier, "tracking": e.tracking })
             }
             OrderEvent::Delivered(e) => json!({ "order_id": e.order_id }),
-            OrderEvent::Cancelled(e) => json!({ "order_id": e.order_id, "reason": e.reason }),
+            OrderEvent::Cancelled(e) => {
+                json!({ "order_id": e.order_id, "reason": e.reason, "reason_code": e.reason_code })
+            }
         },
         DomainEvent::Payment(e) => match e {
             PaymentEvent::Authorized(e) => {
@@ -156,6 +158,46 @@ pub fn event_data(event: &DomainEvent) -> Value {
                 "amount": e.amount.as_ref().map(money),
                 "reason": e.reason,
             }),
+        },
+        DomainEvent::Saga(e) => match e {
+            SagaEvent::Started(e) => json!({
+                "order_id": e.order_id,
+                "payment_id": e.payment_id,
+                "lines": e.lines.iter().map(|l| json!({ "product_id": l.product_id, "quantity": l.quantity })).collect::<Vec<_>>(),
+                "amount": money(&e.amount),
+                "deadline": e.deadline,
+                "correlation_id": e.correlation_id,
+            }),
+            SagaEvent::StockReserved(e) => json!({
+                "order_id": e.order_id,
+                "line": e.line,
+                "product_id": e.product_id,
+                "quantity": e.quantity,
+            }),
+            SagaEvent::PaymentAuthorized(e) => {
+                json!({ "order_id": e.order_id, "payment_id": e.payment_id, "amount": money(&e.amount) })
+            }
+            SagaEvent::Confirmed(e) => json!({ "order_id": e.order_id }),
+            SagaEvent::Failed(e) => json!({
+                "order_id": e.order_id,
+                "reason_code": e.reason_code,
+                "reason": e.reason,
+                "step": e.step,
+            }),
+            SagaEvent::StockReleased(e) => {
+                json!({ "order_id": e.order_id, "line": e.line, "product_id": e.product_id })
+            }
+            SagaEvent::PaymentVoided(e) => json!({ "order_id": e.order_id, "payment_id": e.payment_id }),
+            SagaEvent::PaymentCaptured(e) => {
+                json!({ "order_id": e.order_id, "payment_id": e.payment_id, "amount": money(&e.amount) })
+            }
+            SagaEvent::PaymentRefunded(e) => {
+                json!({ "order_id": e.order_id, "payment_id": e.payment_id, "amount": money(&e.amount) })
+            }
+            SagaEvent::OrderCancelled(e) => json!({ "order_id": e.order_id, "reason_code": e.reason_code }),
+            SagaEvent::Completed(e) => json!({ "order_id": e.order_id, "outcome": e.outcome }),
+            SagaEvent::Parked(e) => json!({ "order_id": e.order_id, "step": e.step, "error": e.error }),
+            SagaEvent::Resumed(e) => json!({ "order_id": e.order_id, "actor": e.actor }),
         },
     }
 }
@@ -353,7 +395,7 @@ pub struct ShipmentView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OrderStateView {
     pub order_id: Uuid,
-    /// `placed`, `confirmed`, `shipped`, `delivered` or `cancelled`.
+    /// `pending`, `confirmed`, `shipped`, `delivered` or `cancelled`.
     pub status: String,
     pub customer_id: Uuid,
     pub customer: Option<CustomerView>,
@@ -362,6 +404,9 @@ pub struct OrderStateView {
     pub total_minor: i64,
     pub shipment: Option<ShipmentView>,
     pub cancellation_reason: Option<String>,
+    /// Why it was cancelled, as a stable name (`requested`, `out_of_stock`, ...); `null` when
+    /// not cancelled, or cancelled before reason codes existed.
+    pub cancellation_reason_code: Option<String>,
     /// Number of the order's events folded in.
     pub version: u64,
     /// Global position of the last event folded in.
@@ -399,6 +444,7 @@ impl OrderStateView {
                 tracking: s.tracking.clone(),
             }),
             cancellation_reason: order.cancellation_reason.clone(),
+            cancellation_reason_code: order.cancellation_reason_code.clone(),
             version,
             position,
             recorded_at,
