@@ -199,6 +199,33 @@ impl CommandHandler {
         self.run(ctx, &commands::Create::<A> { id, events }).await
     }
 
+    /// Appends a new order's first events (decided elsewhere: its lines priced from the
+    /// catalogue) and starts its saga, in one commit (ADR 0010). An order that exists already
+    /// is refused (`AlreadyExists`).
+    pub async fn place_with_saga(
+        &self,
+        ctx: &CommandContext,
+        order_id: Uuid,
+        order: Vec<event_schemas::OrderEvent>,
+        start: crate::domain::saga::SagaCommand,
+    ) -> Result<CommandAnswer, CommandError> {
+        self.run(ctx, &commands::PlaceWithSaga { order_id, order, start })
+            .await
+    }
+
+    /// A saga step that changes its order too: `order` and `record` in one commit, each
+    /// stream at the version it was loaded at; answers for the saga's stream.
+    pub async fn order_and_saga(
+        &self,
+        ctx: &CommandContext,
+        order_id: Uuid,
+        order: OrderCommand,
+        record: crate::domain::saga::SagaCommand,
+    ) -> Result<CommandAnswer, CommandError> {
+        self.run(ctx, &commands::OrderAndSaga { order_id, order, record })
+            .await
+    }
+
     /// The first answer to `ctx`'s idempotency key if the store has one (the key reused with
     /// another request is an error), answering for `stream_id`: what a flow that calls other
     /// services checks before calling them.

@@ -63,6 +63,7 @@ mod ops;
 mod orders;
 mod payments;
 mod reads;
+mod sagas;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,7 +86,10 @@ pub use inventory::{
     AddProduct, ChangeProductPrice, ProductStateView, ReservationView, ReserveStockBody, RestockProduct,
 };
 pub use openapi::api_doc;
+pub use inventory::HeldView;
 pub use orders::{CancelOrderBody, OrderLineInput, PlaceOrderBody, ShipOrderBody};
+pub use payments::AuthorizationAnswerBody;
+pub use sagas::{AbandonSagaBody, ParkedSagas, ServicesView};
 pub use payments::{AuthorizePaymentBody, PaymentAmountBody, PaymentReasonBody, PaymentStateView};
 pub use reads::{
     CustomerView, DEFAULT_PAGE, EventView, LogPage, LogQuery, MAX_PAGE, OrderLineView, OrderStateQuery, OrderStateView,
@@ -94,6 +98,7 @@ pub use reads::{
 pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
 pub use service_kit::metrics::prometheus_handle;
 
+use crate::gateway::{PaymentGateway, SimulatedGateway};
 use crate::orders::Orders;
 use crate::{CommandHandler, Services};
 
@@ -146,6 +151,10 @@ pub struct HttpState {
     relay: Option<tokio::sync::watch::Receiver<relay::RelayStatus>>,
     /// The hosted services' OpenAPI document, rendered on first use.
     openapi: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// The payments service's provider.
+    gateway: std::sync::Arc<dyn PaymentGateway>,
+    /// The same provider when it is the simulated one (`/v1/gateway` changes it).
+    simulated: Option<SimulatedGateway>,
 }
 
 impl HttpState {
@@ -160,7 +169,35 @@ impl HttpState {
             metrics: config.metrics.unwrap_or_else(prometheus_handle),
             relay: config.relay,
             openapi: std::sync::Arc::default(),
+            gateway: std::sync::Arc::new(SimulatedGateway::default()),
+            simulated: None,
         }
+        .with_simulated_gateway(SimulatedGateway::default())
+    }
+
+    /// With the simulated payment provider `gateway` (the default: one that authorizes every
+    /// payment at once), whose settings `/v1/gateway` reads and changes.
+    #[must_use]
+    pub fn with_simulated_gateway(mut self, gateway: SimulatedGateway) -> Self {
+        self.gateway = std::sync::Arc::new(gateway.clone());
+        self.simulated = Some(gateway);
+        self
+    }
+
+    /// With a payment provider of another kind (a real one).
+    #[must_use]
+    pub fn with_payment_gateway(mut self, gateway: std::sync::Arc<dyn PaymentGateway>) -> Self {
+        self.gateway = gateway;
+        self.simulated = None;
+        self
+    }
+
+    pub(crate) fn gateway(&self) -> &dyn PaymentGateway {
+        self.gateway.as_ref()
+    }
+
+    pub(crate) fn simulated_gateway(&self) -> Option<&SimulatedGateway> {
+        self.simulated.as_ref()
     }
 
     /// With the orders service's cross-service commands (placing, cancelling).
@@ -224,22 +261,26 @@ pub fn router(state: HttpState) -> Router {
         auth: state.auth.clone(),
         scope,
     };
-    let mut commands = Router::new().route("/v1/streams/{stream_id}/events", get(reads::stream_events));
+    let mut guarded = Router::new()
+        .route("/v1/streams/{stream_id}/events", get(reads::stream_events))
+        .route_layer(from_fn_with_state(guard(Scope::Commands), auth::require))
+        .merge(
+            Router::new()
+                .route("/v1/log", get(reads::log))
+                .route_layer(from_fn_with_state(guard(Scope::Admin), auth::require)),
+        );
     for service in state.services.hosted() {
-        commands = commands.merge(service_routes(service));
+        for (scope, routes) in service_routes(service) {
+            guarded = guarded.merge(routes.route_layer(from_fn_with_state(guard(scope), auth::require)));
+        }
     }
-    let commands = commands.route_layer(from_fn_with_state(guard(Scope::Commands), auth::require));
-    let admin = Router::new()
-        .route("/v1/log", get(reads::log))
-        .route_layer(from_fn_with_state(guard(Scope::Admin), auth::require));
     let operations = Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi));
     Router::new()
-        .merge(commands)
-        .merge(admin)
+        .merge(guarded)
         .merge(operations)
         .fallback(service_kit::http::no_route)
         .method_not_allowed_fallback(service_kit::http::method_not_allowed)
@@ -253,41 +294,87 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// The routes of one service's commands and reads.
-fn service_routes(service: Service) -> Router<HttpState> {
+/// The routes of one service, by the scope each needs (none of the routers is empty).
+fn service_routes(service: Service) -> Vec<(Scope, Router<HttpState>)> {
     match service {
-        Service::Customers => Router::new()
-            .route("/v1/customers", post(customers::register_customer))
-            .route("/v1/customers/{id}", get(customers::customer))
-            .route("/v1/customers/{id}/rename", post(customers::rename_customer))
-            .route(
-                "/v1/customers/{id}/change-email",
-                post(customers::change_customer_email),
+        Service::Customers => vec![(
+            Scope::Commands,
+            Router::new()
+                .route("/v1/customers", post(customers::register_customer))
+                .route("/v1/customers/{id}", get(customers::customer))
+                .route("/v1/customers/{id}/rename", post(customers::rename_customer))
+                .route(
+                    "/v1/customers/{id}/change-email",
+                    post(customers::change_customer_email),
+                ),
+        )],
+        Service::Inventory => vec![
+            (
+                Scope::Commands,
+                Router::new()
+                    .route("/v1/products", post(inventory::add_product))
+                    .route("/v1/products/{id}", get(inventory::product))
+                    .route("/v1/products/{id}/restock", post(inventory::restock_product))
+                    .route("/v1/products/{id}/change-price", post(inventory::change_product_price)),
             ),
-        Service::Inventory => Router::new()
-            .route("/v1/products", post(inventory::add_product))
-            .route("/v1/products/{id}", get(inventory::product))
-            .route("/v1/products/{id}/restock", post(inventory::restock_product))
-            .route("/v1/products/{id}/change-price", post(inventory::change_product_price))
-            .route("/v1/products/{id}/reservations", post(inventory::reserve_stock))
-            .route(
-                "/v1/products/{id}/reservations/{order_id}/release",
-                post(inventory::release_stock),
+            (
+                Scope::Service,
+                Router::new()
+                    .route("/v1/products/{id}/reservations", post(inventory::reserve_stock))
+                    .route(
+                        "/v1/products/{id}/reservations/{order_id}",
+                        get(inventory::reservation),
+                    )
+                    .route(
+                        "/v1/products/{id}/reservations/{order_id}/release",
+                        post(inventory::release_stock),
+                    ),
             ),
-        Service::Orders => Router::new()
-            .route("/v1/orders", post(orders::place_order))
-            .route("/v1/orders/{id}/confirm", post(orders::confirm_order))
-            .route("/v1/orders/{id}/cancel", post(orders::cancel_order))
-            .route("/v1/orders/{id}/ship", post(orders::ship_order))
-            .route("/v1/orders/{id}/deliver", post(orders::deliver_order))
-            .route("/v1/orders/{id}/state", get(reads::order_state)),
-        Service::Payments => Router::new()
-            .route("/v1/payments", post(payments::authorize_payment))
-            .route("/v1/payments/{id}", get(payments::payment))
-            .route("/v1/payments/{id}/capture", post(payments::capture_payment))
-            .route("/v1/payments/{id}/void", post(payments::void_payment))
-            .route("/v1/payments/{id}/refund", post(payments::refund_payment))
-            .route("/v1/payments/{id}/decline", post(payments::decline_payment)),
+        ],
+        Service::Orders => vec![
+            (
+                Scope::Commands,
+                Router::new()
+                    .route("/v1/orders", post(orders::place_order))
+                    .route("/v1/orders/{id}/confirm", post(orders::confirm_order))
+                    .route("/v1/orders/{id}/cancel", post(orders::cancel_order))
+                    .route("/v1/orders/{id}/ship", post(orders::ship_order))
+                    .route("/v1/orders/{id}/deliver", post(orders::deliver_order))
+                    .route("/v1/orders/{id}/state", get(reads::order_state))
+                    .route("/v1/orders/{id}/overview", get(sagas::overview)),
+            ),
+            (
+                Scope::Admin,
+                Router::new()
+                    .route("/v1/sagas/parked", get(sagas::parked))
+                    .route("/v1/sagas/{id}", get(sagas::saga))
+                    .route("/v1/sagas/{id}/retry", post(sagas::retry))
+                    .route("/v1/sagas/{id}/abandon", post(sagas::abandon))
+                    .route("/v1/services", get(sagas::services)),
+            ),
+        ],
+        Service::Payments => vec![
+            (
+                Scope::Commands,
+                Router::new().route("/v1/payments/{id}", get(payments::payment)),
+            ),
+            (
+                Scope::Service,
+                Router::new()
+                    .route("/v1/payments", post(payments::authorize_payment))
+                    .route("/v1/payments/{id}/capture", post(payments::capture_payment))
+                    .route("/v1/payments/{id}/void", post(payments::void_payment))
+                    .route("/v1/payments/{id}/refund", post(payments::refund_payment))
+                    .route("/v1/payments/{id}/decline", post(payments::decline_payment)),
+            ),
+            (
+                Scope::Admin,
+                Router::new().route(
+                    "/v1/gateway",
+                    get(payments::gateway_settings).put(payments::set_gateway_settings),
+                ),
+            ),
+        ],
     }
 }
 

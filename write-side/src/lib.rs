@@ -18,6 +18,7 @@
 
 mod aggregate_cache;
 pub mod domain;
+pub mod gateway;
 mod handler;
 pub mod http;
 mod local;
@@ -28,5 +29,5 @@ mod stream_locks;
 pub use handler::{
     CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Loaded, Snapshottable, new_events,
 };
-pub use local::Local;
+pub use local::{Local, LocalOptions};
 pub use services::Services;

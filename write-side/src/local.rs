@@ -1,7 +1,8 @@
 //! All four services in one process, each over its own store, the orders service calling the
-//! inventory and customers services through their own routers in-process (the service kit
-//! client's `InProcess` target): the same handlers and HTTP code paths as the distributed
-//! deployment, without sockets. What `orderflow serve`, the simulated shop and the tests run.
+//! customers, inventory and payments services through their own routers in-process (the
+//! service kit client's `InProcess` target): the same handlers and HTTP code paths as the
+//! distributed deployment, without sockets, and the place-order saga driven in the process
+//! ([`Local::run_sagas`]). What `orderflow serve`, the simulated shop and the tests run.
 
 use std::sync::Arc;
 
@@ -12,9 +13,10 @@ use service_kit::client::{ClientSettings, ServiceClient, Target};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{CancelOrder, PlaceOrder};
+use crate::gateway::{GatewaySettings, SimulatedGateway};
 use crate::http::{Auth, HttpConfig, HttpState};
 use crate::orders::replica::{self, LiveReplica};
-use crate::orders::{CustomerDirectory, Orders, OrdersError};
+use crate::orders::{Directory, Orders, OrdersError, Peers, SagaOptions, saga};
 use crate::{CommandAnswer, CommandContext, CommandHandler, HandlerOptions, Services};
 
 /// The four services of one process.
@@ -24,16 +26,48 @@ pub struct Local {
     orders: Orders,
     stores: Vec<(Service, Arc<dyn EventStore>)>,
     replica_db: ReadDb,
+    gateway: SimulatedGateway,
+    /// The saga driver, until [`Local::run_sagas`] takes it.
+    driver: Arc<std::sync::Mutex<Option<saga::Driver>>>,
+}
+
+/// How the services of one process run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalOptions {
+    pub handler: HandlerOptions,
+    pub saga: SagaOptions,
+    /// The simulated payment provider's settings at start.
+    pub gateway: GatewaySettings,
 }
 
 impl Local {
     /// Every service over its store of `stores` (one per service), the orders service's copy of
-    /// customers and products in `replica_db` (its tables and control tables are created).
+    /// customers and products in `replica_db` (its tables and control tables are created); the
+    /// saga and the simulated payment provider with their defaults.
     pub async fn new(
         stores: Vec<(Service, Arc<dyn EventStore>)>,
         replica_db: ReadDb,
         options: HandlerOptions,
     ) -> Result<Self, ProjectionError> {
+        Self::with_options(
+            stores,
+            replica_db,
+            LocalOptions {
+                handler: options,
+                ..LocalOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// As [`Local::new`], with every option.
+    pub async fn with_options(
+        stores: Vec<(Service, Arc<dyn EventStore>)>,
+        replica_db: ReadDb,
+        local: LocalOptions,
+    ) -> Result<Self, ProjectionError> {
+        let options = local.handler;
+        let gateway = SimulatedGateway::new(local.gateway);
         if let Some(missing) = Service::ALL
             .into_iter()
             .find(|service| !stores.iter().any(|(s, _)| s == service))
@@ -51,24 +85,58 @@ impl Local {
             let state = HttpState::new(
                 Services::single(service, handler(&services, service).clone()),
                 HttpConfig::new(Auth::Disabled),
-            );
+            )
+            .with_simulated_gateway(gateway.clone());
             ServiceClient::new(ClientSettings::new(
                 service.name(),
                 Target::InProcess(crate::http::router(state)),
             ))
             .map_err(|e| ProjectionError::Invalid(e.to_string()))
         };
-        let orders = Orders::new(
+        let peers = Peers {
+            customers: client(Service::Customers)?,
+            inventory: client(Service::Inventory)?,
+            payments: client(Service::Payments)?,
+        };
+        let directory = Directory::new(
+            LiveReplica::new(replica_db.clone()),
+            peers.customers.clone(),
+            peers.inventory.clone(),
+        );
+        let (orders, driver) = Orders::new(
             handler(&services, Service::Orders).clone(),
-            client(Service::Inventory)?,
-            CustomerDirectory::new(LiveReplica::new(replica_db.clone()), client(Service::Customers)?),
+            directory,
+            peers,
+            local.saga,
         );
         Ok(Local {
             services,
             orders,
             stores,
             replica_db,
+            gateway,
+            driver: Arc::new(std::sync::Mutex::new(Some(driver))),
         })
+    }
+
+    /// Drives the place-order sagas of this process until `cancel` (see
+    /// [`saga::Driver`]). Runs once: a second call returns at once, logging why.
+    pub async fn run_sagas(&self, cancel: CancellationToken) {
+        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match driver {
+            Some(driver) => driver.run(cancel).await,
+            None => tracing::error!("the saga driver of this process runs already"),
+        }
+    }
+
+    /// The simulated payment provider the payments service asks.
+    pub fn gateway(&self) -> &SimulatedGateway {
+        &self.gateway
+    }
+
+    /// The orders service's commands that involve other services, and its sagas.
+    pub fn orders(&self) -> &Orders {
+        &self.orders
     }
 
     pub fn services(&self) -> &Services {
@@ -90,7 +158,9 @@ impl Local {
 
     /// The HTTP state of all four services (the orders service's flows included).
     pub fn http_state(&self, config: HttpConfig) -> HttpState {
-        HttpState::new(self.services.clone(), config).with_orders(self.orders.clone())
+        HttpState::new(self.services.clone(), config)
+            .with_orders(self.orders.clone())
+            .with_simulated_gateway(self.gateway.clone())
     }
 
     /// Keeps the orders service's copy of customers and products up with the customers' and

@@ -1,42 +1,38 @@
-//! The orders service's commands that need other services: placing an order (the stock of every
-//! line is reserved at the inventory service first) and cancelling one (its stock is released
-//! there after). The other order commands touch the order's stream only and go straight through
-//! the command handler.
+//! The orders service's commands that involve other services, and the place-order saga that
+//! runs them (ADR 0010).
 //!
-//! Every service owns its store, so an order and its stock cannot be one commit any more (ADR
-//! 0003 describes the one-store design this replaces). Until the place-order saga exists,
-//! placing runs synchronously inside the request:
-//!
-//! 1. the command's shape is checked, and an order that exists already is refused, before
-//!    anything is reserved;
-//! 2. the customer's name and email come from the orders service's copy, or from the customers
-//!    service ([`CustomerDirectory`]);
-//! 3. each line is reserved at the inventory service, `POST /v1/products/{id}/reservations`, with
-//!    an idempotency key of its own (`order-<order id>-line-<n>`), so a repeated attempt reserves
-//!    once; its answer carries the product's sku, name and price as the reservation took them:
-//!    the authority for the price (the copy's may be stale);
-//! 4. `OrderPlaced` is appended with those lines.
-//!
-//! If a line cannot be reserved (out of stock, unknown product, inventory down), the lines
-//! reserved before it are released (`.../reservations/<order id>/release`, keys
-//! `order-<order id>-release-<n>`) and the order is refused with the inventory's reason: stock
-//! never goes below zero, and an order beyond the stock is a 409 with nothing left reserved. The
-//! same happens if the order's own decision refuses it after the reservations (one currency per
-//! order). What this synchronous flow cannot do, the saga will: a crash between the
-//! reservations and the append leaves the reservations held for an order that was never placed
-//! (nothing durable remembers to release them).
+//! - **Placing** an order prices its lines from the orders service's copy of the catalogue and
+//!   takes the customer's name and email from its copy of customers ([`Directory`]: asking the
+//!   owning service for what the copy has not seen yet), then appends `OrderPlaced` (status
+//!   `pending`) and `SagaStarted` in one commit of the orders store, and answers at once. The
+//!   saga ([`saga`]) reserves the stock, authorizes the payment and confirms the order, or
+//!   compensates and cancels it with a reason code.
+//! - **Cancelling** appends `OrderCancelled` (`reason_code` `requested`); the saga sees it and
+//!   compensates (void or refund, release). An order placed before sagas existed has none: its
+//!   stock is released here, as it was then.
+//! - **Confirming** is the saga's alone: a client's `confirm` is refused (`confirmed_by_saga`).
+//! - **Operations**: a saga's state, the parked ones, retrying and abandoning one; the health
+//!   and circuit breakers of the services it calls; an order's overview composed live from
+//!   the three services.
 
 mod directory;
 pub mod replica;
+pub mod saga;
 
-use event_schemas::{Category, Currency, Money};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use event_schemas::Category;
 use serde::{Deserialize, Serialize};
-use service_kit::client::{CallContext, ClientError, ServiceClient};
+use service_kit::client::{BreakerState, CallContext, ClientError, ServiceClient};
 use service_kit::http::{ApiError, HttpError};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use directory::CustomerDirectory;
+pub use directory::Directory;
 
+use crate::domain::saga::{ReasonCode, Saga, SagaCommand};
 use crate::domain::{self, CancelOrder, DomainError, Order, OrderCommand, PlaceOrder, ReservedLine};
 use crate::{CommandAnswer, CommandContext, CommandError, CommandHandler};
 
@@ -49,8 +45,8 @@ pub enum OrdersError {
     /// The order's own command failed (a conflict, the store).
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// Another service refused the request (out of stock: 409 `insufficient_stock`, passed on
-    /// with `details.service`), was unavailable (503 naming it) or answered what it should not.
+    /// Another service refused the request (passed on with `details.service`), was unavailable
+    /// (503 naming it) or answered what it should not.
     #[error(transparent)]
     Dependency(#[from] ClientError),
 }
@@ -65,41 +61,140 @@ impl HttpError for OrdersError {
     }
 }
 
-/// The orders service's commands that call other services.
+/// How the saga runs.
+#[derive(Debug, Clone, Copy)]
+pub struct SagaOptions {
+    /// How long an order may stay pending: an order not confirmed by then is cancelled
+    /// (`timed_out`, or `payment_unavailable` while waiting for payments). Recorded in each
+    /// saga when it starts, so a restart keeps it.
+    pub deadline: Duration,
+    pub driver: saga::DriverOptions,
+}
+
+/// The saga's default deadline: 15 minutes.
+pub const DEFAULT_SAGA_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+impl Default for SagaOptions {
+    fn default() -> Self {
+        SagaOptions {
+            deadline: DEFAULT_SAGA_DEADLINE,
+            driver: saga::DriverOptions::default(),
+        }
+    }
+}
+
+/// The services the orders service calls.
+#[derive(Clone)]
+pub struct Peers {
+    pub customers: ServiceClient,
+    pub inventory: ServiceClient,
+    pub payments: ServiceClient,
+}
+
+/// The orders service's commands that involve other services, and its sagas.
 #[derive(Clone)]
 pub struct Orders {
     handler: CommandHandler,
-    inventory: ServiceClient,
-    customers: CustomerDirectory,
+    directory: Directory,
+    peers: Peers,
+    sagas: saga::SagaHandle,
+    deadline: Duration,
 }
 
-/// What `POST /v1/products/{id}/reservations` takes.
-#[derive(Debug, Serialize)]
-struct Reserve {
-    order_id: Uuid,
-    quantity: i64,
+/// A saga as operators see it (`GET /v1/sagas/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SagaView {
+    pub order_id: Uuid,
+    pub payment_id: Uuid,
+    /// `reserving`, `authorizing`, `confirming`, `awaiting_shipment`, `compensating`,
+    /// `parked` or `completed`.
+    pub phase: String,
+    /// When the order is cancelled if not confirmed by then (RFC 3339).
+    pub deadline: Option<String>,
+    pub correlation_id: String,
+    /// Each line and whether its stock is reserved, and released.
+    pub lines: Vec<SagaLineView>,
+    pub authorized: bool,
+    pub confirmed: bool,
+    pub captured_minor: i64,
+    pub refunded: bool,
+    pub voided: bool,
+    /// Why it compensates: `out_of_stock`, `payment_declined`, `payment_unavailable`,
+    /// `timed_out`, `abandoned` or `requested`.
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    /// While parked: the step it stopped at and the answer it could not act on.
+    pub parked_at: Option<String>,
+    pub parked_error: Option<String>,
+    /// How it ended: `captured` or `cancelled`.
+    pub outcome: Option<String>,
+    /// The saga stream's version.
+    pub version: u64,
 }
 
-/// What it answers, as far as an order needs it.
-#[derive(Debug, Deserialize)]
-struct Reservation {
-    product_id: Uuid,
-    quantity: i64,
-    sku: String,
-    name: String,
-    unit_price_minor: i64,
-    currency: String,
+/// One line of a saga.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SagaLineView {
+    pub product_id: Uuid,
+    pub quantity: i64,
+    pub reserved: bool,
+    pub released: bool,
+}
+
+/// A service the orders service calls, as it sees it now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceHealth {
+    /// `customers`, `inventory` or `payments`.
+    pub service: String,
+    /// Whether its `/health` answered now (through the circuit breaker: `false` while open).
+    pub healthy: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: BreakerState,
+}
+
+/// An order composed live from the three services that hold a part of it
+/// (`GET /v1/orders/{id}/overview`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Overview {
+    /// The order (`GET /v1/orders/{id}/state`).
+    #[schema(value_type = Object)]
+    pub order: serde_json::Value,
+    /// Its saga, when it has one.
+    pub saga: Option<SagaView>,
+    /// Each line's reservation at inventory (`GET /v1/products/{id}/reservations/{order id}`),
+    /// in line order; `null` when inventory did not answer.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub reservations: Option<Vec<serde_json::Value>>,
+    /// The payment at payments (`GET /v1/payments/{id}`); `null` when payments did not answer or
+    /// has no payment for the order yet.
+    #[schema(value_type = Option<Object>)]
+    pub payment: Option<serde_json::Value>,
+    /// The services that did not answer, whose parts are `null`.
+    pub missing: Vec<String>,
 }
 
 impl Orders {
-    /// Over the orders service's `handler`, calling the inventory service through `inventory`,
-    /// and finding customers through `customers`.
-    pub fn new(handler: CommandHandler, inventory: ServiceClient, customers: CustomerDirectory) -> Self {
-        Orders {
+    /// Over the orders service's `handler`, finding customers and products through
+    /// `directory`, calling `peers`. Returns the driver of its sagas too: run it
+    /// ([`saga::Driver::run`]) for as long as the service runs.
+    pub fn new(
+        handler: CommandHandler,
+        directory: Directory,
+        peers: Peers,
+        options: SagaOptions,
+    ) -> (Self, saga::Driver) {
+        let runner = saga::Runner::new(handler.clone(), peers.inventory.clone(), peers.payments.clone());
+        let (driver, sagas) = saga::driver(runner, Arc::clone(handler.store()), options.driver);
+        let orders = Orders {
             handler,
-            inventory,
-            customers,
-        }
+            directory,
+            peers,
+            sagas,
+            deadline: options.deadline,
+        };
+        (orders, driver)
     }
 
     /// The orders service's handler.
@@ -127,40 +222,48 @@ impl Orders {
         if existing.version > 0 {
             return self.placed_already(ctx, command.order_id).await;
         }
-        let customer = self.customers.snapshot(command.customer_id, call).await?;
-        let reserved = self.reserve_lines(&command, call).await?;
-        let decided = match domain::place_reserved_order(&existing.state, &command, customer, &reserved) {
-            Ok(events) => events,
-            Err(refused) => {
-                self.release_lines(command.order_id, reserved.len(), &command, call)
-                    .await;
-                return Err(refused.into());
-            }
+        let customer = self.directory.customer(command.customer_id, call).await?;
+        let mut priced = Vec::with_capacity(command.lines.len());
+        for line in &command.lines {
+            let product = self.directory.product(line.product_id, call).await?;
+            priced.push(ReservedLine {
+                product_id: line.product_id,
+                quantity: line.quantity,
+                sku: product.sku,
+                name: product.name,
+                unit_price: product.price,
+            });
+        }
+        let placed = domain::place_reserved_order(&existing.state, &command, customer, &priced)?;
+        let amount = match placed.first() {
+            Some(event_schemas::OrderEvent::Placed(e)) => e.total(),
+            _ => return Err(DomainError::rejected("placing an order decided no OrderPlaced".to_owned()).into()),
         };
-        match self.handler.create::<Order>(ctx, command.order_id, decided).await {
-            // The request's key was committed meanwhile by a copy of it that made up another
-            // order id: that order is the request's, and this copy's reservations hold stock
-            // for an order that will never exist.
-            Ok(answer) if answer.replayed && answer.stream_id != Category::Order.stream_id(command.order_id) => {
-                self.release_lines(command.order_id, reserved.len(), &command, call)
-                    .await;
+        let deadline = Utc::now()
+            + chrono::Duration::from_std(self.deadline).unwrap_or_else(|_| chrono::Duration::minutes(15));
+        let start = SagaCommand::Start {
+            order_id: command.order_id,
+            payment_id: saga::payment_id(command.order_id),
+            lines: command.lines.iter().map(|l| (l.product_id, l.quantity)).collect(),
+            amount,
+            deadline,
+            correlation_id: ctx.metadata.correlation_id.clone(),
+        };
+        match self
+            .handler
+            .place_with_saga(ctx, command.order_id, placed, start)
+            .await
+        {
+            Ok(answer) => {
+                metrics::counter!("orderflow_sagas_started_total").increment(1);
+                self.sagas.started(command.order_id);
                 Ok(answer)
             }
-            Ok(answer) => Ok(answer),
-            // Someone placed this order id meanwhile (the same request, sent twice at once):
-            // its reservations are the ones just made (same keys), so they stay with it.
+            // Someone placed this order id meanwhile (the same request sent twice at once).
             Err(CommandError::Rejected(DomainError::AlreadyExists { .. })) => {
                 self.placed_already(ctx, command.order_id).await
             }
-            // The commit's outcome is unknown (the store failed mid-way): releasing could take
-            // the stock from an order that was placed after all, so it is kept.
-            Err(e @ CommandError::Store(_)) => Err(e.into()),
-            // Refused before committing: nothing holds the stock.
-            Err(e) => {
-                self.release_lines(command.order_id, reserved.len(), &command, call)
-                    .await;
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -178,81 +281,10 @@ impl Orders {
         }
     }
 
-    /// Reserves every line in order; on the first refusal releases those reserved before it.
-    async fn reserve_lines(&self, command: &PlaceOrder, call: &CallContext) -> Result<Vec<ReservedLine>, OrdersError> {
-        let mut reserved = Vec::with_capacity(command.lines.len());
-        for (n, line) in command.lines.iter().enumerate() {
-            let key = format!("order-{}-line-{n}", command.order_id);
-            let answer = self
-                .inventory
-                .post_json::<_, Reservation>(
-                    &format!("/v1/products/{}/reservations", line.product_id),
-                    &Reserve {
-                        order_id: command.order_id,
-                        quantity: line.quantity,
-                    },
-                    &call.clone().with_idempotency_key(key),
-                )
-                .await;
-            // A refused or failed reservation holds nothing; one that answered what an order
-            // cannot use does, and is released with the others.
-            let (held, line) = match answer {
-                Ok(answer) => (n + 1, reserved_line(answer, line.product_id)),
-                Err(e) => (n, Err(e)),
-            };
-            match line {
-                Ok(line) => reserved.push(line),
-                Err(e) => {
-                    self.release_lines(command.order_id, held, command, call).await;
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(reserved)
-    }
-
-    /// Releases the first `count` lines' reservations of the order (best effort: a release that
-    /// fails is logged; it is idempotent, so an operator can repeat it).
-    async fn release_lines(&self, order_id: Uuid, count: usize, command: &PlaceOrder, call: &CallContext) {
-        for (n, line) in command.lines.iter().take(count).enumerate() {
-            if let Err(e) = self
-                .release(
-                    order_id,
-                    line.product_id,
-                    &format!("order-{order_id}-release-{n}"),
-                    call,
-                )
-                .await
-            {
-                metrics::counter!("orderflow_orders_unreleased_reservations_total").increment(1);
-                tracing::error!(%order_id, product_id = %line.product_id, error = %e,
-                    "could not release a reservation; it stays held until released by hand");
-            }
-        }
-    }
-
-    async fn release(
-        &self,
-        order_id: Uuid,
-        product_id: Uuid,
-        key: &str,
-        call: &CallContext,
-    ) -> Result<(), ClientError> {
-        self.inventory
-            .post_json::<_, serde_json::Value>(
-                &format!("/v1/products/{product_id}/reservations/{order_id}/release"),
-                &serde_json::json!({}),
-                &call.clone().with_idempotency_key(key),
-            )
-            .await
-            .map(drop)
-    }
-
-    /// Cancels an order, then releases the stock of its lines at the inventory service (keys
-    /// `order-<order id>-cancel-release-<n>`). The cancellation stands if a release fails (the
-    /// inventory service is down): it is logged and counted, and repeating the cancel (with its
-    /// idempotency key, or without: the order is cancelled, so nothing is appended) releases
-    /// again.
+    /// Cancels a pending or confirmed order: its saga compensates (void or refund, release the
+    /// stock). An order without a saga (placed before sagas existed) has its stock released
+    /// here (keys `order-<order id>-cancel-release-<n>`): a release that fails is logged and
+    /// counted, and cancelling again releases again.
     pub async fn cancel(
         &self,
         ctx: &CommandContext,
@@ -265,58 +297,239 @@ impl Orders {
             reason: command.reason,
             reason_code: command.reason_code,
         };
-        let answer = match self.handler.order(ctx, order_id, cancel).await {
-            Ok(answer) => answer,
+        let result = self.handler.order(ctx, order_id, cancel).await;
+        let has_saga = self.handler.load::<Saga>(order_id, None).await?.version > 0;
+        if has_saga {
+            self.sagas.started(order_id);
+            return Ok(result?);
+        }
+        match result {
+            Ok(answer) => {
+                let order = self.handler.load::<Order>(order_id, None).await?;
+                self.release_order(order_id, &order.state, call).await;
+                Ok(answer)
+            }
             // Already cancelled (a repeat): release again what may still be held.
             Err(CommandError::Rejected(e)) => {
                 let order = self.handler.load::<Order>(order_id, None).await?;
-                if order.state.status != domain::OrderStatus::Cancelled {
-                    return Err(e.into());
+                if order.state.status == domain::OrderStatus::Cancelled {
+                    self.release_order(order_id, &order.state, call).await;
                 }
-                self.release_order(order_id, &order.state, call).await;
-                return Err(e.into());
+                Err(e.into())
             }
-            Err(e) => return Err(e.into()),
-        };
-        let order = self.handler.load::<Order>(order_id, None).await?;
-        self.release_order(order_id, &order.state, call).await;
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An order command that changes only the order (ship, deliver): its saga is looked at
+    /// right away (shipping captures the payment).
+    pub async fn change(
+        &self,
+        ctx: &CommandContext,
+        order_id: Uuid,
+        command: OrderCommand,
+    ) -> Result<CommandAnswer, OrdersError> {
+        let answer = self.handler.order(ctx, order_id, command).await?;
+        self.sagas.started(order_id);
         Ok(answer)
     }
 
     async fn release_order(&self, order_id: Uuid, order: &Order, call: &CallContext) {
         for (n, line) in order.lines.iter().enumerate() {
             let key = format!("order-{order_id}-cancel-release-{n}");
-            if let Err(e) = self.release(order_id, line.product_id, &key, call).await {
+            let released = self
+                .peers
+                .inventory
+                .post_json::<_, serde_json::Value>(
+                    &format!("/v1/products/{}/reservations/{order_id}/release", line.product_id),
+                    &serde_json::json!({}),
+                    &call.clone().with_idempotency_key(key),
+                )
+                .await;
+            if let Err(e) = released {
                 metrics::counter!("orderflow_orders_unreleased_reservations_total").increment(1);
                 tracing::error!(%order_id, product_id = %line.product_id, error = %e,
                     "could not release a cancelled order's stock; cancel again to retry");
             }
         }
     }
+
+    /// The saga of order `order_id`.
+    pub async fn saga(&self, order_id: Uuid) -> Result<SagaView, OrdersError> {
+        let loaded = self.handler.load::<Saga>(order_id, None).await?;
+        if loaded.version == 0 {
+            return Err(DomainError::NotFound { what: "saga", id: order_id }.into());
+        }
+        Ok(saga_view(&loaded.state, loaded.version))
+    }
+
+    /// The parked sagas this process's driver knows of.
+    pub fn parked(&self) -> Vec<Uuid> {
+        self.sagas.parked()
+    }
+
+    /// Retries a parked saga: the step it stopped at is tried again.
+    pub async fn retry_saga(&self, ctx: &CommandContext, order_id: Uuid) -> Result<CommandAnswer, OrdersError> {
+        self.require_parked(order_id).await?;
+        let resume = SagaCommand::Resume {
+            actor: ctx.metadata.actor.clone(),
+        };
+        let answer = self.handler.execute::<Saga>(ctx, order_id, resume).await?;
+        self.sagas.started(order_id);
+        Ok(answer)
+    }
+
+    /// Abandons a parked saga: it compensates and cancels the order (`abandoned`). A saga
+    /// parked while compensating already is resumed: a compensation never gives up.
+    pub async fn abandon_saga(
+        &self,
+        ctx: &CommandContext,
+        order_id: Uuid,
+        reason: String,
+    ) -> Result<CommandAnswer, OrdersError> {
+        let saga = self.require_parked(order_id).await?;
+        let command = if saga.failure.is_some() {
+            SagaCommand::Resume {
+                actor: ctx.metadata.actor.clone(),
+            }
+        } else {
+            let reason = domain::validate::text("reason", &reason, domain::MAX_REASON_CHARS)?;
+            SagaCommand::Fail {
+                reason_code: ReasonCode::Abandoned,
+                reason,
+                step: "operator".to_owned(),
+            }
+        };
+        let answer = self.handler.execute::<Saga>(ctx, order_id, command).await?;
+        self.sagas.started(order_id);
+        Ok(answer)
+    }
+
+    async fn require_parked(&self, order_id: Uuid) -> Result<Saga, OrdersError> {
+        let loaded = self.handler.load::<Saga>(order_id, None).await?;
+        if loaded.version == 0 {
+            return Err(DomainError::NotFound { what: "saga", id: order_id }.into());
+        }
+        if loaded.state.parked.is_none() {
+            return Err(DomainError::rejected(format!(
+                "the saga of order {order_id} is {}, not parked",
+                loaded.state.phase().as_str()
+            ))
+            .into());
+        }
+        Ok(loaded.state)
+    }
+
+    /// Each service the orders service calls: its health asked now, and its breaker.
+    pub async fn services(&self, call: &CallContext) -> Vec<ServiceHealth> {
+        let peers = [&self.peers.customers, &self.peers.inventory, &self.peers.payments];
+        let asked = peers.map(|client| async move {
+            let answer = client.get_json::<serde_json::Value>("/health", call).await;
+            ServiceHealth {
+                service: client.name().to_owned(),
+                healthy: answer.is_ok(),
+                error: answer.err().map(|e| e.to_string()),
+                breaker: client.breaker_state(),
+            }
+        });
+        futures::future::join_all(asked).await
+    }
+
+    /// The order, its reservations and its payment, each asked of its owner now; see
+    /// [`Overview`].
+    pub async fn overview(&self, order_id: Uuid, call: &CallContext) -> Result<Overview, OrdersError> {
+        let order = self.handler.load::<Order>(order_id, None).await?;
+        if order.version == 0 {
+            return Err(DomainError::NotFound {
+                what: Category::Order.name(),
+                id: order_id,
+            }
+            .into());
+        }
+        let saga = self.handler.load::<Saga>(order_id, None).await?;
+        let saga = (saga.version > 0).then(|| saga_view(&saga.state, saga.version));
+        let payment_id = saga.as_ref().map_or_else(|| saga::payment_id(order_id), |s| s.payment_id);
+        let inventory = &self.peers.inventory;
+        let reservations = futures::future::join_all(order.state.lines.iter().map(|line| async move {
+            let path = format!("/v1/products/{}/reservations/{order_id}", line.product_id);
+            inventory.get_json::<serde_json::Value>(&path, call).await
+        }));
+        let payment_path = format!("/v1/payments/{payment_id}");
+        let payment = self.peers.payments.get_json::<serde_json::Value>(&payment_path, call);
+        let (reservations, payment) = futures::join!(reservations, payment);
+        let mut missing = Vec::new();
+        let reservations = reservations
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(found) => Ok(found),
+                // No reservation for this order: inventory answered, there is none.
+                Err(ClientError::Rejected { status, .. }) if status == service_kit::http::StatusCode::NOT_FOUND => {
+                    Ok(serde_json::Value::Null)
+                }
+                Err(e) => Err(e),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                tracing::warn!(%order_id, error = %e, "overview: inventory did not answer");
+                missing.push("inventory".to_owned());
+            })
+            .ok();
+        let payment = match payment {
+            Ok(found) => Some(found),
+            Err(ClientError::Rejected { status, .. }) if status == service_kit::http::StatusCode::NOT_FOUND => None,
+            Err(e) => {
+                tracing::warn!(%order_id, error = %e, "overview: payments did not answer");
+                missing.push("payments".to_owned());
+                None
+            }
+        };
+        let order = serde_json::to_value(crate::http::OrderStateView::new(
+            &order.state,
+            order.version,
+            order.position,
+            order.recorded_at,
+        ))
+            .map_err(|e| CommandError::Corrupt {
+                stream_id: Category::Order.stream_id(order_id),
+                reason: e.to_string(),
+            })?;
+        Ok(Overview {
+            order,
+            saga,
+            reservations,
+            payment,
+            missing,
+        })
+    }
 }
 
-/// A reservation's answer as the order line it becomes.
-fn reserved_line(answer: Reservation, asked: Uuid) -> Result<ReservedLine, ClientError> {
-    let bad = |reason: String| ClientError::Failed {
-        service: "inventory".to_owned(),
-        status: None,
-        reason,
-    };
-    if answer.product_id != asked {
-        return Err(bad(format!(
-            "reserved product {} when {asked} was asked",
-            answer.product_id
-        )));
+fn saga_view(saga: &Saga, version: u64) -> SagaView {
+    SagaView {
+        order_id: saga.order_id,
+        payment_id: saga.payment_id,
+        phase: saga.phase().as_str().to_owned(),
+        deadline: saga.deadline.map(|d| d.to_rfc3339()),
+        correlation_id: saga.correlation_id.clone(),
+        lines: saga
+            .lines
+            .iter()
+            .map(|l| SagaLineView {
+                product_id: l.product_id,
+                quantity: l.quantity,
+                reserved: l.reserved,
+                released: l.released,
+            })
+            .collect(),
+        authorized: saga.authorized,
+        confirmed: saga.confirmed,
+        captured_minor: saga.captured_minor,
+        refunded: saga.refunded,
+        voided: saga.voided,
+        reason_code: saga.failure.as_ref().map(|f| f.reason_code.as_str().to_owned()),
+        reason: saga.failure.as_ref().map(|f| f.reason.clone()),
+        parked_at: saga.parked.as_ref().map(|p| p.step.clone()),
+        parked_error: saga.parked.as_ref().map(|p| p.error.clone()),
+        outcome: saga.outcome.clone(),
+        version,
     }
-    let currency: Currency = answer
-        .currency
-        .parse()
-        .map_err(|_| bad(format!("currency {:?} of product {asked}", answer.currency)))?;
-    Ok(ReservedLine {
-        product_id: answer.product_id,
-        quantity: answer.quantity,
-        sku: answer.sku,
-        name: answer.name,
-        unit_price: Money::new(answer.unit_price_minor, currency),
-    })
 }

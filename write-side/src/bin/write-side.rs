@@ -2,9 +2,11 @@
 //! inventory, orders or payments), its HTTP API over its own PostgreSQL event store, with the
 //! relay that publishes that store's log to Kafka running beside it (only one relay publishes at
 //! a time across every process of the service; `--no-relay` leaves it to another). The orders
-//! service also calls the inventory and customers services (`--inventory-url`,
-//! `--customers-url`, with `--service-token`), and keeps its copy of customers and products from
-//! their Kafka topics in its own database. Every flag
+//! service also calls the customers, inventory and payments services (`--customers-url`,
+//! `--inventory-url`, `--payments-url`, with `--service-token`), drives the place-order sagas
+//! from its own store's log (`--saga-deadline`), and keeps its copy of customers and products
+//! from their Kafka topics in its own database. The payments service asks the simulated payment
+//! provider (`--gateway-*`). Every flag
 //! is also an environment variable, so the same binary runs from a shell and from
 //! `compose.yaml`, and a key of the `[write-side]` section of the configuration file of
 //! `--config` (see `service-kit`; command line > variable > file > default). Authentication
@@ -29,7 +31,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, HttpState, ServeConfig, TokenSpec};
 use write_side::orders::replica::{self, LiveReplica};
-use write_side::orders::{CustomerDirectory, Orders};
+use write_side::gateway::{GatewaySettings, SimulatedGateway};
+use write_side::orders::{Directory, Orders, SagaOptions};
 use write_side::{CommandHandler, HandlerOptions, Services};
 
 /// orderflow's write services: one service's commands over HTTP, appended to its own
@@ -55,7 +58,7 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_MAX_CONNECTIONS", default_value_t = 16)]
     database_max_connections: u32,
 
-    /// A bearer token, as name:scope+scope:sha256hex (scopes: commands, admin; the hex SHA-256
+    /// A bearer token, as name:scope+scope:sha256hex (scopes: commands, admin, service; the hex SHA-256
     /// of the secret, e.g. `printf %s "$SECRET" | sha256sum`). Repeat the flag, or list them
     /// comma-separated in the variable.
     #[arg(
@@ -119,6 +122,9 @@ struct Args {
 
     #[command(flatten)]
     peers: Peers,
+
+    #[command(flatten)]
+    gateway: Gateway,
 }
 
 /// What the orders service needs of the other services.
@@ -132,7 +138,18 @@ struct Peers {
     #[arg(long, env = "ORDERFLOW_CUSTOMERS_URL", value_name = "URL")]
     customers_url: Option<String>,
 
-    /// The bearer token the orders service sends to the other services (scope `commands`).
+    /// The payments service's base URL (orders: the saga authorizes, captures, voids and
+    /// refunds there).
+    #[arg(long, env = "ORDERFLOW_PAYMENTS_URL", value_name = "URL")]
+    payments_url: Option<String>,
+
+    /// How long an order may stay pending before its saga cancels it (`timed_out`, or
+    /// `payment_unavailable`): e.g. 15m, 30s. Recorded in each saga when it starts.
+    #[arg(long, env = "ORDERFLOW_SAGA_DEADLINE", default_value = "15m", value_parser = service_kit::cli::parse_duration)]
+    saga_deadline: Duration,
+
+    /// The bearer token the orders service sends to the other services (scopes `commands` and
+    /// `service`).
     #[arg(long, env = "ORDERFLOW_SERVICE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     service_token: Option<String>,
 
@@ -148,6 +165,23 @@ struct Peers {
     /// The orders service's consumer group for its copy of customers and products.
     #[arg(long, env = "ORDERFLOW_REPLICA_GROUP", default_value = "orderflow.orders.replica")]
     replica_group: String,
+}
+
+/// The payments service's simulated payment provider (changed at run time by `PUT /v1/gateway`).
+#[derive(clap::Args)]
+struct Gateway {
+    /// The share of authorizations the simulated provider declines, from 0 to 1 (which ones
+    /// is a function of the payment id).
+    #[arg(long, env = "ORDERFLOW_GATEWAY_DECLINE_RATE", default_value_t = 0.0)]
+    gateway_decline_rate: f64,
+
+    /// How long each call to the simulated provider takes, in milliseconds.
+    #[arg(long, env = "ORDERFLOW_GATEWAY_LATENCY_MS", default_value_t = 0)]
+    gateway_latency_ms: u64,
+
+    /// Start with the simulated provider down (every call fails until changed).
+    #[arg(long, env = "ORDERFLOW_GATEWAY_UNAVAILABLE")]
+    gateway_unavailable: bool,
 }
 
 /// glibc's allocator took a fifth of this process's CPU under load (BENCHMARKS.md).
@@ -208,12 +242,21 @@ async fn main() -> anyhow::Result<()> {
     http.body_limit_bytes = args.body_limit_bytes;
     http.request_timeout = Duration::from_secs(args.request_timeout_secs);
     http.relay = relay.as_ref().map(|(_, watch)| watch.clone());
-    let mut state = HttpState::new(Services::single(args.service, handler.clone()), http);
+    let gateway = GatewaySettings {
+        decline_rate: args.gateway.gateway_decline_rate,
+        latency_ms: args.gateway.gateway_latency_ms,
+        unavailable: args.gateway.gateway_unavailable,
+    };
+    gateway.validate().map_err(|e| anyhow::anyhow!("--gateway-*: {e}"))?;
+    let mut state = HttpState::new(Services::single(args.service, handler.clone()), http)
+        .with_simulated_gateway(SimulatedGateway::new(gateway));
     let mut replica = None;
+    let mut sagas = None;
     if args.service == Service::Orders {
-        let (orders, runner) = orders(&args, handler, &shutdown).await?;
+        let (orders, driver, runner) = orders(&args, handler, &shutdown).await?;
         state = state.with_orders(orders);
         replica = Some(runner);
+        sagas = Some(tokio::spawn(driver.run(shutdown.clone())));
     }
     let config = ServeConfig {
         listen: args.listen,
@@ -228,6 +271,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(replica) = replica {
         stop_task("the copy of customers and products", replica).await;
     }
+    if let Some(sagas) = sagas
+        && let Err(e) = sagas.await
+    {
+        tracing::error!(error = %e, "the saga driver panicked");
+    }
     served.with_context(|| format!("cannot serve on {}", args.listen))?;
     opened.close().await;
     anyhow::ensure!(relay_stopped_cleanly, "the relay failed; see the log above");
@@ -235,13 +283,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The orders service's flows (clients of inventory and customers, its copy of customers and
-/// products) and the task that keeps the copy up from Kafka.
+/// The orders service's flows (clients of customers, inventory and payments, its copy of
+/// customers and products), its saga driver, and the task that keeps the copy up from Kafka.
 async fn orders(
     args: &Args,
     handler: CommandHandler,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Orders, JoinHandle<Result<(), ProjectionError>>)> {
+) -> anyhow::Result<(Orders, write_side::orders::saga::Driver, JoinHandle<Result<(), ProjectionError>>)> {
     let peer = |name: &str, flag: &str, base: &Option<String>| -> anyhow::Result<ServiceClient> {
         let base = base
             .as_deref()
@@ -253,6 +301,7 @@ async fn orders(
     };
     let inventory = peer("inventory", "--inventory-url", &args.peers.inventory_url)?;
     let customers = peer("customers", "--customers-url", &args.peers.customers_url)?;
+    let payments = peer("payments", "--payments-url", &args.peers.payments_url)?;
     let replica_url = args
         .peers
         .replica_db_url
@@ -280,8 +329,19 @@ async fn orders(
         options,
         shutdown.clone(),
     ));
-    let directory = CustomerDirectory::new(LiveReplica::new(replica_db), customers);
-    Ok((Orders::new(handler, inventory, directory), runner))
+    let directory = Directory::new(LiveReplica::new(replica_db), customers.clone(), inventory.clone());
+    let peers = write_side::orders::Peers {
+        customers,
+        inventory,
+        payments,
+    };
+    let saga = SagaOptions {
+        deadline: args.peers.saga_deadline,
+        ..SagaOptions::default()
+    };
+    tracing::info!(deadline_secs = saga.deadline.as_secs(), "the place-order saga");
+    let (orders, driver) = Orders::new(handler, directory, peers, saga);
+    Ok((orders, driver, runner))
 }
 
 /// The bearer tokens, or no authentication with `--no-auth`.

@@ -1013,6 +1013,13 @@ mod tests {
             }
         );
         let saga = record(&mut history, SagaCommand::Released { line: 1 }, released(1));
+        assert_eq!(
+            saga.next(&pending(), late()),
+            Next::Release {
+                line: 0,
+                frontier: false
+            }
+        );
         let saga = record(&mut history, SagaCommand::Released { line: 0 }, released(0));
         assert_eq!(saga.next(&pending(), late()), Next::CancelOrder);
         let saga = record(

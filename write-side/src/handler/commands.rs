@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::pipeline::{Command, Step, Writes, expectation};
 use super::{CommandContext, CommandError, CommandHandler, Snapshottable};
-use crate::domain;
+use crate::domain::{self, Aggregate as _};
 
 /// A command on one aggregate: `A::decide` on its state, appended to its stream.
 pub(crate) struct OnAggregate<A: Snapshottable> {
@@ -80,5 +80,101 @@ where
             expected,
             self.events.clone(),
         )))
+    }
+}
+
+/// An order placed with its saga (ADR 0010): the order's first events, decided elsewhere, and
+/// the saga's start, both new streams, appended in one commit of the orders store, so that an
+/// order never exists without its saga. An order that exists already is refused
+/// `AlreadyExists`.
+pub(crate) struct PlaceWithSaga {
+    pub(crate) order_id: Uuid,
+    pub(crate) order: Vec<event_schemas::OrderEvent>,
+    pub(crate) start: domain::saga::SagaCommand,
+}
+
+impl Command for PlaceWithSaga {
+    fn stream_id(&self) -> String {
+        event_schemas::Category::Order.stream_id(self.order_id)
+    }
+
+    fn locks(&self) -> Vec<String> {
+        vec![
+            self.stream_id(),
+            event_schemas::Category::Saga.stream_id(self.order_id),
+        ]
+    }
+
+    async fn decide(&self, handler: &CommandHandler, ctx: &CommandContext, trust: bool) -> Result<Step, CommandError> {
+        let (order, order_trusted) = handler.load_now::<domain::Order>(self.order_id, trust).await?;
+        let (saga, saga_trusted) = handler.load_now::<domain::saga::Saga>(self.order_id, trust).await?;
+        let trusted = order_trusted || saga_trusted;
+        if order.version > 0 || saga.version > 0 {
+            let exists = domain::DomainError::AlreadyExists {
+                what: event_schemas::Category::Order.name(),
+                id: self.order_id,
+            };
+            return Ok(Step::refused(trusted, exists));
+        }
+        let expected = match expectation(ctx, &order, trusted) {
+            Ok(expected) => expected,
+            Err(step) => return Ok(step),
+        };
+        let started = match saga.state.decide(self.start.clone()) {
+            Ok(events) => events,
+            Err(e) => return Ok(Step::refused(trusted, e)),
+        };
+        Ok(Step::Write(
+            Writes::answering(&order)
+                .append(order, expected, self.order.clone())
+                .append(saga, event_store::ExpectedVersion::NoStream, started),
+        ))
+    }
+}
+
+/// A saga step that changes its order too (confirm, cancel): the order's command and the saga's
+/// record decided together and appended in one commit, each stream at the version it was
+/// loaded at. A stale saga (another driver recorded meanwhile) is a conflict: both are decided
+/// again on what the store holds.
+pub(crate) struct OrderAndSaga {
+    pub(crate) order_id: Uuid,
+    pub(crate) order: domain::OrderCommand,
+    pub(crate) record: domain::saga::SagaCommand,
+}
+
+impl Command for OrderAndSaga {
+    fn stream_id(&self) -> String {
+        event_schemas::Category::Saga.stream_id(self.order_id)
+    }
+
+    fn locks(&self) -> Vec<String> {
+        vec![
+            event_schemas::Category::Order.stream_id(self.order_id),
+            self.stream_id(),
+        ]
+    }
+
+    async fn decide(&self, handler: &CommandHandler, _ctx: &CommandContext, trust: bool) -> Result<Step, CommandError> {
+        let (order, order_trusted) = handler.load_now::<domain::Order>(self.order_id, trust).await?;
+        let (saga, saga_trusted) = handler.load_now::<domain::saga::Saga>(self.order_id, trust).await?;
+        let trusted = order_trusted || saga_trusted;
+        let order_events = match order.state.decide(self.order.clone()) {
+            Ok(events) => events,
+            Err(e) => return Ok(Step::refused(trusted, e)),
+        };
+        let saga_events = match saga.state.decide(self.record.clone()) {
+            Ok(events) => events,
+            Err(e) => return Ok(Step::refused(trusted, e)),
+        };
+        if order_events.is_empty() && saga_events.is_empty() {
+            return Ok(Step::unchanged(trusted, &saga));
+        }
+        let order_expected = event_store::ExpectedVersion::Exact(order.version);
+        let saga_expected = event_store::ExpectedVersion::Exact(saga.version);
+        Ok(Step::Write(
+            Writes::answering(&saga)
+                .append(saga, saga_expected, saga_events)
+                .append(order, order_expected, order_events),
+        ))
     }
 }

@@ -1,4 +1,4 @@
-//! Bearer-token authentication with two scopes.
+//! Bearer-token authentication with three scopes.
 //!
 //! Tokens come from configuration as `name:scope+scope:sha256hex` ([`TokenSpec`]): the service
 //! never holds a token itself, only the SHA-256 of it, so a leaked configuration does not leak
@@ -8,9 +8,12 @@
 //! of them. Tokens are never logged; the token's *name* becomes the request's principal (the
 //! `actor` of every event the request appends).
 //!
-//! Scopes ([`Scope`]) are independent: `commands` for the command routes and the stream and
-//! order-state reads, `admin` for the global log (`/v1/log`). A token that should do both lists
-//! both (`ops:commands+admin:...`). Missing or unknown token: 401 with
+//! Scopes ([`Scope`]) are independent: `commands` for the clients' command routes and the
+//! stream and order-state reads; `admin` for the global log (`/v1/log`), the sagas' operations
+//! and the simulated payment provider's settings; `service` for what one service asks of
+//! another (reserving and releasing stock, authorizing, capturing, voiding and refunding
+//! payments: the place-order saga's steps), so that a client's token cannot reserve stock or
+//! move money by itself. A token that should do several lists them (`ops:commands+admin:...`). Missing or unknown token: 401 with
 //! `WWW-Authenticate: Bearer`; a known token without the route's scope: 403.
 //!
 //! [`Auth::Disabled`] turns all of this off (the embedded demo); every request is then the
@@ -33,8 +36,11 @@ use service_kit::http::ApiError;
 pub enum Scope {
     /// Send commands, read streams and order state.
     Commands,
-    /// Read the global log.
+    /// Read the global log; operate sagas and the simulated payment provider.
     Admin,
+    /// What one service asks of another: reserve and release stock, authorize, capture, void
+    /// and refund payments. The orders service's own token has it; a client's does not.
+    Service,
 }
 
 impl Scope {
@@ -43,6 +49,7 @@ impl Scope {
         match self {
             Scope::Commands => "commands",
             Scope::Admin => "admin",
+            Scope::Service => "service",
         }
     }
 
@@ -50,6 +57,7 @@ impl Scope {
         match name {
             "commands" => Some(Scope::Commands),
             "admin" => Some(Scope::Admin),
+            "service" => Some(Scope::Service),
             _ => None,
         }
     }
@@ -123,7 +131,7 @@ impl FromStr for TokenSpec {
     type Err = InvalidTokenSpec;
 
     /// `name:scope+scope:sha256hex`: a name of ASCII letters, digits, `-`, `_` or `.`; one or
-    /// more of `commands` and `admin` joined with `+`; the hex SHA-256 of the secret (64 digits,
+    /// more of `commands`, `admin` and `service` joined with `+`; the hex SHA-256 of the secret (64 digits,
     /// any case). Surrounding whitespace is ignored.
     fn from_str(line: &str) -> Result<Self, Self::Err> {
         let mut parts = line.trim().split(':');

@@ -204,7 +204,7 @@ pub struct ProductStateView {
         (status = 409, description = "`insufficient_stock`, `rejected` (another quantity already reserved for the order) or `conflict`", body = ErrorBody),
         (status = 422, description = "`invalid` quantity", body = ErrorBody),
     ),
-    security(("bearer" = ["commands"]))
+    security(("bearer" = ["service"]))
 )]
 pub(crate) async fn reserve_stock(
     State(state): State<HttpState>,
@@ -262,7 +262,7 @@ async fn as_reserved(handler: &CommandHandler, id: Uuid, answer: &CommandAnswer)
         (status = 200, description = "released (or nothing was reserved)", body = CommandAnswerBody),
         (status = 404, description = "no such product", body = ErrorBody),
     ),
-    security(("bearer" = ["commands"]))
+    security(("bearer" = ["service"]))
 )]
 pub(crate) async fn release_stock(
     State(state): State<HttpState>,
@@ -277,6 +277,48 @@ pub(crate) async fn release_stock(
     };
     let result = state.handler(Service::Inventory)?.product(&ctx, id, command).await;
     answer(StatusCode::OK, result)
+}
+
+/// What a product holds for one order now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HeldView {
+    pub product_id: Uuid,
+    pub order_id: Uuid,
+    /// Units reserved for the order now (0: none, or released).
+    pub quantity: i64,
+    /// The product stream's version.
+    pub version: u64,
+}
+
+/// What a product holds for an order now (the orders service's overview asks it).
+#[utoipa::path(
+    get,
+    path = "/v1/products/{id}/reservations/{order_id}",
+    tag = "products",
+    params(
+        ("id" = Uuid, Path, description = "the product's id"),
+        ("order_id" = Uuid, Path, description = "the order"),
+    ),
+    responses(
+        (status = 200, description = "the units held for the order (0 when none)", body = HeldView),
+        (status = 404, description = "no such product", body = ErrorBody),
+    ),
+    security(("bearer" = ["service"]))
+)]
+pub(crate) async fn reservation(
+    State(state): State<HttpState>,
+    Path((id, order_id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<HeldView>, ApiError> {
+    let loaded = state.handler(Service::Inventory)?.load::<Product>(id, None).await?;
+    if !loaded.state.exists {
+        return Err(ApiError::not_found(Category::Product.name(), id));
+    }
+    Ok(Json(HeldView {
+        product_id: id,
+        order_id,
+        quantity: loaded.state.reserved_for(order_id),
+        version: loaded.version,
+    }))
 }
 
 /// One product, folded from its stream.

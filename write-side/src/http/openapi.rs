@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 
 use event_schemas::Service;
 
-use super::{customers, inventory, ops, orders, payments, reads};
+use super::{customers, inventory, ops, orders, payments, reads, sagas};
 use service_kit::http::ErrorBody;
 
 /// What every write service's document has: the shared reads and the operations endpoints.
@@ -51,6 +51,7 @@ struct Customers;
         inventory::restock_product,
         inventory::change_product_price,
         inventory::reserve_stock,
+        inventory::reservation,
         inventory::release_stock,
     ),
     tags((name = "products", description = "the inventory service: products, prices, stock and reservations"))
@@ -66,8 +67,17 @@ struct Inventory;
         orders::ship_order,
         orders::deliver_order,
         reads::order_state,
+        sagas::overview,
+        sagas::saga,
+        sagas::parked,
+        sagas::retry,
+        sagas::abandon,
+        sagas::services,
     ),
-    tags((name = "orders", description = "the orders service"))
+    tags(
+        (name = "orders", description = "the orders service"),
+        (name = "sagas", description = "the orders service's place-order sagas (admin scope): their state, the parked ones, retrying and abandoning one, and the services they call"),
+    )
 )]
 struct Orders;
 
@@ -80,6 +90,8 @@ struct Orders;
         payments::void_payment,
         payments::refund_payment,
         payments::decline_payment,
+        payments::gateway_settings,
+        payments::set_gateway_settings,
     ),
     tags((name = "payments", description = "the payments service"))
 )]
@@ -112,6 +124,14 @@ impl Modify for CommonParts {
             if !path.starts_with("/v1/") {
                 continue;
             }
+            if let Some(op) = item.put.as_mut() {
+                error(op, "413", "`payload_too_large`: the body exceeds the limit");
+                error(
+                    op,
+                    "415",
+                    "`unsupported_media_type`: the body is not `application/json`",
+                );
+            }
             if let Some(op) = item.post.as_mut() {
                 command_headers(op);
                 error(op, "413", "`payload_too_large`: the body exceeds the limit");
@@ -122,7 +142,7 @@ impl Modify for CommonParts {
                 );
                 error(op, "422", "`invalid` field value, or `idempotency_key_reused`");
             }
-            for op in [item.get.as_mut(), item.post.as_mut()].into_iter().flatten() {
+            for op in [item.get.as_mut(), item.post.as_mut(), item.put.as_mut()].into_iter().flatten() {
                 header(
                     op,
                     "X-Correlation-Id",

@@ -1,5 +1,6 @@
-//! The orders service's routes: place (reserving stock at the inventory service), confirm,
-//! cancel (releasing it), ship, deliver.
+//! The orders service's routes: place (the saga reserves the stock, authorizes the payment and
+//! confirms the order, ADR 0010), cancel (the saga compensates), ship (the saga captures),
+//! deliver; `confirm` is the saga's alone and refused.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,7 +27,7 @@ pub struct OrderLineInput {
     pub quantity: i64,
 }
 
-/// Places an order, reserving the stock of every line at the inventory service first.
+/// Places an order: it is `pending` until its saga confirms it (or cancels it).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
@@ -53,19 +54,21 @@ pub struct ShipOrderBody {
     pub tracking: String,
 }
 
-/// Place an order: the stock of every line is reserved at the inventory service, then
-/// `OrderPlaced` is appended; a line that cannot be reserved refuses the order and releases
-/// the lines reserved before it.
+/// Place an order: its lines are priced from the catalogue, `OrderPlaced` (status `pending`)
+/// and the start of its saga are appended in one commit, and the answer comes at once. The saga
+/// then reserves the stock, authorizes the payment and confirms the order, or cancels it with a
+/// `reason_code` (`out_of_stock`, `payment_declined`, `payment_unavailable`, `timed_out`):
+/// follow it on the order's state or the dashboard.
 #[utoipa::path(
     post,
     path = "/v1/orders",
     tag = "orders",
     request_body = PlaceOrderBody,
     responses(
-        (status = 201, description = "placed", body = CommandAnswerBody),
+        (status = 201, description = "placed, pending", body = CommandAnswerBody),
         (status = 404, description = "unknown customer or product", body = ErrorBody),
-        (status = 409, description = "`insufficient_stock`, `already_exists`, `rejected` or `conflict`", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the inventory or customers service does not answer; nothing is left reserved", body = ErrorBody),
+        (status = 409, description = "`already_exists`, `rejected` (lines in two currencies) or `conflict`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: a customer or product not in the orders service's copy yet, and its owner does not answer; nothing appended", body = ErrorBody),
         (status = 422, description = "`invalid` lines", body = ErrorBody),
     ),
     security(("bearer" = ["commands"]))
@@ -94,7 +97,8 @@ pub(crate) async fn place_order(
     Ok(Answered::new(StatusCode::CREATED, answer))
 }
 
-/// Confirm a pending order.
+/// Not a client command: an order is confirmed by its saga once its stock is reserved and its
+/// payment authorized (ADR 0010). Always refused, changing nothing.
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/confirm",
@@ -102,27 +106,22 @@ pub(crate) async fn place_order(
     params(("id" = Uuid, Path, description = "the order's id")),
     request_body(content = EmptyBody, description = "`{}` or no body"),
     responses(
-        (status = 200, description = "confirmed", body = CommandAnswerBody),
-        (status = 404, description = "no such order", body = ErrorBody),
-        (status = 409, description = "`rejected` (not pending) or `conflict`", body = ErrorBody),
+        (status = 409, description = "`confirmed_by_saga`: always; the place-order saga confirms orders", body = ErrorBody),
     ),
     security(("bearer" = ["commands"]))
 )]
-pub(crate) async fn confirm_order(
-    State(state): State<HttpState>,
-    IdPath(id): IdPath,
-    meta: CommandMeta,
-    body: EmptyBody,
-) -> Result<Answered, ApiError> {
-    let ctx = meta.context(&body);
-    let result = state
-        .handler(Service::Orders)?
-        .order(&ctx, id, OrderCommand::Confirm { order_id: id })
-        .await;
-    answer(StatusCode::OK, result)
+pub(crate) async fn confirm_order(IdPath(id): IdPath, _body: EmptyBody) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "confirmed_by_saga",
+        "orders are confirmed by the place-order saga once their stock is reserved and their payment \
+         authorized; confirm is not a client command",
+    )
+    .with_detail("order_id", id.to_string())
 }
 
-/// Cancel a pending or confirmed order and release its stock.
+/// Cancel a pending or confirmed order (`reason_code` `requested`): its saga releases the
+/// stock and voids or refunds the payment.
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/cancel",
@@ -155,7 +154,7 @@ pub(crate) async fn cancel_order(
     Ok(Answered::new(StatusCode::OK, answer))
 }
 
-/// Ship a confirmed order.
+/// Ship a confirmed order: its saga captures the payment.
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/ship",
@@ -182,8 +181,8 @@ pub(crate) async fn ship_order(
         carrier: body.carrier,
         tracking: body.tracking,
     };
-    let result = state.handler(Service::Orders)?.order(&ctx, id, command).await;
-    answer(StatusCode::OK, result)
+    let answer = state.orders()?.change(&ctx, id, command).await?;
+    Ok(Answered::new(StatusCode::OK, answer))
 }
 
 /// Mark a shipped order delivered.

@@ -1,0 +1,413 @@
+//! Advancing one saga: load it and its order, ask [`Saga::next`], make the call, record its
+//! outcome; again, until there is nothing to do now (ADR 0010).
+//!
+//! Every call carries the step's idempotency key ([`Saga::key`]) and the order's correlation
+//! id; every record is appended with the saga stream's expected version through the command
+//! pipeline (a conflict decides again on what the store holds). How an answer is read:
+//!
+//! | answer | for a forward step | for a compensation |
+//! |---|---|---|
+//! | success | recorded, next step | recorded, next step |
+//! | out of stock (inventory 409 `insufficient_stock`) | the saga fails, `out_of_stock` | – |
+//! | declined (payments' answer says so) | the saga fails, `payment_declined` | – |
+//! | the target down, a timeout, its breaker open, a 5xx, our own store failing | try again later (until the deadline) | try again later (always) |
+//! | anything else (an unexpected refusal or answer) | parked | parked |
+
+use chrono::{DateTime, Utc};
+use event_schemas::Category;
+use event_store::EventMetadata;
+use serde::{Deserialize, Serialize};
+use service_kit::client::{CallContext, ClientError, ServiceClient};
+use service_kit::http::StatusCode;
+use uuid::Uuid;
+
+use crate::domain::saga::{Next, OrderView, Phase, ReasonCode, Saga, SagaCommand};
+use crate::domain::{Order, OrderCommand};
+use crate::{CommandContext, CommandError, CommandHandler};
+
+/// What one turn of [`Runner::advance`] ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advanced {
+    /// Nothing to do now: it waits for its order to ship or be cancelled, or for an operator;
+    /// or it is completed.
+    Idle(Phase),
+    /// A call failed for a reason that may pass: try again (the driver's backoff), no later
+    /// than `deadline` when there is one.
+    Retry { phase: Phase, deadline: Option<DateTime<Utc>>, error: String },
+}
+
+/// Why a turn stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// The services a saga calls, and its own service's handler.
+#[derive(Clone)]
+pub struct Runner {
+    handler: CommandHandler,
+    inventory: ServiceClient,
+    payments: ServiceClient,
+}
+
+/// `POST /v1/products/{id}/reservations`.
+#[derive(Serialize)]
+struct Reserve {
+    order_id: Uuid,
+    quantity: i64,
+}
+
+/// `POST /v1/payments`.
+#[derive(Serialize)]
+struct Authorize {
+    payment_id: Uuid,
+    order_id: Uuid,
+    amount_minor: i64,
+    currency: String,
+}
+
+/// What payments answers to an authorization, as far as the saga needs it.
+#[derive(Deserialize)]
+struct Authorization {
+    payment_status: String,
+    #[serde(default)]
+    decline_reason: Option<String>,
+}
+
+/// The outcome of a call, as the saga reads it.
+enum Outcome {
+    Done,
+    Refused { reason_code: ReasonCode, reason: String },
+    Retry(String),
+    Park(String),
+}
+
+impl Runner {
+    pub fn new(handler: CommandHandler, inventory: ServiceClient, payments: ServiceClient) -> Self {
+        Runner {
+            handler,
+            inventory,
+            payments,
+        }
+    }
+
+    pub fn handler(&self) -> &CommandHandler {
+        &self.handler
+    }
+
+    /// The clients of the services it calls (for `GET /v1/services`).
+    pub fn clients(&self) -> [&ServiceClient; 2] {
+        [&self.inventory, &self.payments]
+    }
+
+    /// Advances the saga of `order_id` as far as it can go now.
+    pub async fn advance(&self, order_id: Uuid, now: impl Fn() -> DateTime<Utc>) -> Result<Advanced, RunError> {
+        // A saga takes a handful of steps; the bound only stops a bug from looping for ever.
+        for _ in 0..64 {
+            let saga = self.handler.load::<Saga>(order_id, None).await?.state;
+            let order = self.handler.load::<Order>(order_id, None).await?.state;
+            let view = OrderView {
+                status: order.status,
+                cancellation_reason: order.cancellation_reason.clone(),
+            };
+            let next = saga.next(&view, now());
+            let phase = saga.phase();
+            let ctx = context(&saga, &next);
+            let outcome = match &next {
+                Next::Wait => return Ok(Advanced::Idle(phase)),
+                Next::Complete { outcome } => {
+                    self.record(&ctx, &saga, SagaCommand::Complete {
+                        outcome: (*outcome).to_owned(),
+                    })
+                    .await?;
+                    metrics::counter!("orderflow_sagas_completed_total", "outcome" => *outcome).increment(1);
+                    continue;
+                }
+                Next::Fail {
+                    reason_code,
+                    reason,
+                    step,
+                } => {
+                    self.fail(&ctx, &saga, *reason_code, reason.clone(), step.clone()).await?;
+                    continue;
+                }
+                Next::Reserve { line } => self.reserve(&saga, *line).await,
+                Next::Authorize => self.authorize(&saga).await,
+                Next::Confirm => self.transition(&ctx, &saga, OrderCommand::Confirm { order_id }, SagaCommand::Confirmed).await?,
+                Next::Capture => self.capture(&saga).await,
+                Next::Refund => self.refund(&saga).await,
+                Next::Void => self.void(&saga).await,
+                Next::Release { line, frontier } => self.release(&saga, *line, *frontier).await,
+                Next::CancelOrder => {
+                    let failure = saga.failure.clone();
+                    let (reason, reason_code) = failure.map_or_else(
+                        || ("cancelled".to_owned(), ReasonCode::Requested),
+                        |f| (f.reason, f.reason_code),
+                    );
+                    let cancel = OrderCommand::Cancel {
+                        order_id,
+                        reason: trimmed_reason(&reason),
+                        reason_code: Some(reason_code.as_str().to_owned()),
+                    };
+                    self.transition(&ctx, &saga, cancel, SagaCommand::OrderCancelled).await?
+                }
+            };
+            match outcome {
+                Outcome::Done => {
+                    let record = match next {
+                        Next::Reserve { line } => Some(SagaCommand::Reserved { line }),
+                        Next::Authorize => Some(SagaCommand::Authorized),
+                        Next::Capture => Some(SagaCommand::Captured {
+                            amount_minor: saga.amount.map_or(0, |a| a.amount_minor),
+                        }),
+                        Next::Refund => Some(SagaCommand::Refunded {
+                            amount_minor: saga.captured_minor,
+                        }),
+                        Next::Void => Some(SagaCommand::Voided),
+                        Next::Release { line, .. } => Some(SagaCommand::Released { line }),
+                        // Recorded in the transition's own commit.
+                        _ => None,
+                    };
+                    if let Some(record) = record {
+                        self.record(&ctx, &saga, record).await?;
+                    }
+                }
+                Outcome::Refused { reason_code, reason } => {
+                    self.fail(&ctx, &saga, reason_code, reason, step_name(&next)).await?;
+                }
+                Outcome::Retry(error) => {
+                    metrics::counter!("orderflow_saga_step_retries_total", "step" => step_label(&next)).increment(1);
+                    let deadline = (saga.failure.is_none() && !saga.confirmed).then_some(saga.deadline).flatten();
+                    return Ok(Advanced::Retry { phase, deadline, error });
+                }
+                Outcome::Park(error) => {
+                    tracing::error!(%order_id, step = %step_name(&next), %error, "parking a saga: an answer it cannot act on");
+                    metrics::counter!("orderflow_sagas_parked_total").increment(1);
+                    self.record(&ctx, &saga, SagaCommand::Park {
+                        step: step_name(&next),
+                        error,
+                    })
+                    .await?;
+                    return Ok(Advanced::Idle(Phase::Parked));
+                }
+            }
+        }
+        Err(RunError::Command(CommandError::Corrupt {
+            stream_id: Category::Saga.stream_id(order_id),
+            reason: "the saga took 64 steps in one turn; something decides the same step for ever".to_owned(),
+        }))
+    }
+
+    async fn fail(
+        &self,
+        ctx: &CommandContext,
+        saga: &Saga,
+        reason_code: ReasonCode,
+        reason: String,
+        step: String,
+    ) -> Result<(), RunError> {
+        tracing::info!(order_id = %saga.order_id, %reason_code, %reason, %step, "the saga compensates");
+        metrics::counter!("orderflow_saga_compensations_total", "reason_code" => reason_code.as_str()).increment(1);
+        if matches!(reason_code, ReasonCode::TimedOut | ReasonCode::PaymentUnavailable) {
+            metrics::counter!("orderflow_saga_deadlines_expired_total", "reason_code" => reason_code.as_str()).increment(1);
+        }
+        self.record(ctx, saga, SagaCommand::Fail {
+            reason_code,
+            reason: trimmed_reason(&reason),
+            step,
+        })
+        .await
+    }
+
+    async fn record(&self, ctx: &CommandContext, saga: &Saga, command: SagaCommand) -> Result<(), RunError> {
+        match self.handler.execute::<Saga>(ctx, saga.order_id, command).await {
+            Ok(_) => Ok(()),
+            // Refused on what the store holds now: the next turn decides on it.
+            Err(CommandError::Rejected(e)) => {
+                tracing::debug!(order_id = %saga.order_id, error = %e, "a saga record was refused; deciding again");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A step that changes the order too: both appended in one commit of the orders store.
+    async fn transition(
+        &self,
+        ctx: &CommandContext,
+        saga: &Saga,
+        order: OrderCommand,
+        record: SagaCommand,
+    ) -> Result<Outcome, RunError> {
+        match self.handler.order_and_saga(ctx, saga.order_id, order, record).await {
+            Ok(_) => Ok(Outcome::Done),
+            // The order moved meanwhile (a client cancelled it): the next turn sees it.
+            Err(CommandError::Rejected(_)) => Ok(Outcome::Done),
+            Err(CommandError::Conflict { .. } | CommandError::Store(_)) => {
+                Ok(Outcome::Retry("the orders store".to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn reserve(&self, saga: &Saga, line: usize) -> Outcome {
+        let Some(held) = saga.lines.get(line) else {
+            return Outcome::Park(format!("no line {line}"));
+        };
+        let body = Reserve {
+            order_id: saga.order_id,
+            quantity: held.quantity,
+        };
+        let path = format!("/v1/products/{}/reservations", held.product_id);
+        let call = call(saga, &format!("reserve-{line}"));
+        match self.inventory.post_json::<_, serde_json::Value>(&path, &body, &call).await {
+            Ok(_) => Outcome::Done,
+            Err(ClientError::Rejected { status, body, .. })
+                if status == StatusCode::CONFLICT && body.error.code == "insufficient_stock" =>
+            {
+                Outcome::Refused {
+                    reason_code: ReasonCode::OutOfStock,
+                    reason: body.error.message,
+                }
+            }
+            Err(e) => read_error(e),
+        }
+    }
+
+    async fn authorize(&self, saga: &Saga) -> Outcome {
+        let Some(amount) = saga.amount else {
+            return Outcome::Park("the saga has no amount".to_owned());
+        };
+        let body = Authorize {
+            payment_id: saga.payment_id,
+            order_id: saga.order_id,
+            amount_minor: amount.amount_minor,
+            currency: amount.currency.to_string(),
+        };
+        let call = call(saga, "authorize");
+        match self.payments.post_json::<_, Authorization>("/v1/payments", &body, &call).await {
+            Ok(answer) => match answer.payment_status.as_str() {
+                "authorized" => Outcome::Done,
+                "declined" => Outcome::Refused {
+                    reason_code: ReasonCode::PaymentDeclined,
+                    reason: answer.decline_reason.unwrap_or_else(|| "declined".to_owned()),
+                },
+                // Voided before it was authorized: another driver compensates it.
+                "voided" => Outcome::Done,
+                other => Outcome::Park(format!("payments answered an authorization {other}")),
+            },
+            Err(e) => read_error(e),
+        }
+    }
+
+    async fn capture(&self, saga: &Saga) -> Outcome {
+        let amount_minor = saga.amount.map_or(0, |a| a.amount_minor);
+        let path = format!("/v1/payments/{}/capture", saga.payment_id);
+        let body = serde_json::json!({ "amount_minor": amount_minor });
+        self.payments_call(&path, &body, &call(saga, "capture")).await
+    }
+
+    async fn refund(&self, saga: &Saga) -> Outcome {
+        let path = format!("/v1/payments/{}/refund", saga.payment_id);
+        let body = serde_json::json!({ "amount_minor": saga.captured_minor });
+        self.payments_call(&path, &body, &call(saga, "refund")).await
+    }
+
+    async fn void(&self, saga: &Saga) -> Outcome {
+        let path = format!("/v1/payments/{}/void", saga.payment_id);
+        let reason = saga.failure.as_ref().map_or("cancelled", |f| f.reason_code.as_str());
+        let body = serde_json::json!({ "order_id": saga.order_id, "reason": format!("order cancelled: {reason}") });
+        self.payments_call(&path, &body, &call(saga, "void")).await
+    }
+
+    async fn payments_call(&self, path: &str, body: &serde_json::Value, call: &CallContext) -> Outcome {
+        match self.payments.post_json::<_, serde_json::Value>(path, body, call).await {
+            Ok(_) => Outcome::Done,
+            Err(e) => read_error(e),
+        }
+    }
+
+    async fn release(&self, saga: &Saga, line: usize, frontier: bool) -> Outcome {
+        let Some(held) = saga.lines.get(line) else {
+            return Outcome::Park(format!("no line {line}"));
+        };
+        let path = format!(
+            "/v1/products/{}/reservations/{}/release",
+            held.product_id, saga.order_id
+        );
+        let step = if frontier {
+            format!("release-{line}-frontier")
+        } else {
+            format!("release-{line}")
+        };
+        match self
+            .inventory
+            .post_json::<_, serde_json::Value>(&path, &serde_json::json!({}), &call(saga, &step))
+            .await
+        {
+            Ok(_) => Outcome::Done,
+            Err(e) => read_error(e),
+        }
+    }
+}
+
+/// A failed call: what may pass is retried, anything else parks the saga.
+fn read_error(error: ClientError) -> Outcome {
+    match error {
+        ClientError::Unavailable { .. } | ClientError::CircuitOpen { .. } => Outcome::Retry(error.to_string()),
+        ClientError::Failed { status, .. } if status.is_some_and(|s| s.is_server_error()) => {
+            Outcome::Retry(error.to_string())
+        }
+        other => Outcome::Park(other.to_string()),
+    }
+}
+
+/// What every call of a saga's step carries: the order's correlation id, the saga's step as the
+/// cause, and the step's idempotency key.
+fn call(saga: &Saga, step: &str) -> CallContext {
+    CallContext::new(saga.correlation_id.clone(), saga.key(step)).with_idempotency_key(saga.key(step))
+}
+
+/// What the saga's records carry.
+fn context(saga: &Saga, next: &Next) -> CommandContext {
+    CommandContext {
+        metadata: EventMetadata {
+            correlation_id: saga.correlation_id.clone(),
+            causation_id: saga.key(&step_name(next)),
+            actor: "saga".to_owned(),
+        },
+        idempotency: None,
+        if_match: None,
+    }
+}
+
+fn step_name(next: &Next) -> String {
+    match next {
+        Next::Reserve { line } => format!("reserve {line}"),
+        Next::Release { line, .. } => format!("release {line}"),
+        other => step_label(other).to_owned(),
+    }
+}
+
+fn step_label(next: &Next) -> &'static str {
+    match next {
+        Next::Reserve { .. } => "reserve",
+        Next::Authorize => "authorize",
+        Next::Confirm => "confirm",
+        Next::Capture => "capture",
+        Next::Refund => "refund",
+        Next::Void => "void",
+        Next::Release { .. } => "release",
+        Next::CancelOrder => "cancel",
+        Next::Fail { .. } => "fail",
+        Next::Complete { .. } => "complete",
+        Next::Wait => "wait",
+    }
+}
+
+/// A reason the domain accepts: trimmed, non-empty, not too long.
+fn trimmed_reason(reason: &str) -> String {
+    let trimmed: String = reason.trim().chars().take(crate::domain::MAX_REASON_CHARS).collect();
+    if trimmed.is_empty() { "cancelled".to_owned() } else { trimmed }
+}
