@@ -3,15 +3,31 @@
 //!
 //! # Facts
 //!
-//! Two fact tables per version, named `sales_analytics_v{N}_*` (DDL in
+//! Four fact tables per version, named `sales_analytics_v{N}_*` (DDL in
 //! `projections/sql/analytics/`):
 //! - `order_lines`: one row per line of a placed order, keyed by `(order_id, line_no)`;
 //! - `order_status`: one row per order per status it reached (placed, confirmed, shipped,
-//!   delivered, cancelled), keyed by `(order_id, status)`, with the order's total and currency.
+//!   delivered, cancelled), keyed by `(order_id, status)`, with the order's total and currency;
+//! - `cancellations`: one row per cancellation, with its reason code, keyed by
+//!   `(order_id, position)`;
+//! - `payments`: one row per event of a payment's stream (the payments service's `payment-{id}`,
+//!   which names its order), keyed by `(payment_id, seq)` (the event's stream version), with
+//!   its kind (authorized, captured, refunded, declined, voided) and amount.
+//!
+//! The place-order saga's own events (`saga-{order id}`) produce no facts: what the analytics
+//! count of it is in the order and payment events it causes.
 //!
 //! Rows are a pure function of the event (see `facts`), so writing an event again writes the
 //! same rows with the same keys. Times are the events' `occurred_at`, in microseconds since the
 //! epoch (UTC), on both sinks.
+//!
+//! # Upgrading
+//!
+//! `prepare` creates the tables a version made before lacks (`cancellations`, `payments`:
+//! `CREATE TABLE IF NOT EXISTS`), so the queries work on it at once; but it skipped the payment
+//! events it applied before, so its revenue leaves out the orders paid before the upgrade, and
+//! its cancellations before then are `unspecified`, until a rebuild (`projections rebuild
+//! sales_analytics`) builds the next version from the logs.
 //!
 //! # Exactly-once effect
 //!
@@ -30,10 +46,25 @@
 //!
 //! - Ranges are half-open, `[from, to)`, on the placement time, except
 //!   [`SalesAnalytics::delivery_durations`], whose range is on the delivery time.
-//! - **Revenue** of a set of orders: the sum of their placed totals (`total_minor`, which the
-//!   write side computes as Σ quantity × unit price over the lines), per currency, never mixed.
-//!   An order that is cancelled (at any time, as far as the projection has read) leaves revenue,
-//!   its bucket and the top products. Buckets are UTC hours or days of the placement time.
+//! - **A payment's status** is that of its last event (by stream version): `authorized`,
+//!   `captured`, `declined`, `voided`; after a refund, `refunded` once the refunds reach what was
+//!   captured, `captured` while they are less (the payments service's own fold, and the
+//!   dashboard's).
+//! - **Revenue** of a set of orders: per currency (the order's, never mixed), the orders that
+//!   were **confirmed**, are **not cancelled**, and have a payment whose status is
+//!   **authorized or captured** (a partly refunded capture is captured); each counts its placed
+//!   total (`total_minor`, which the write side computes as Σ quantity × unit price over the
+//!   lines) **net of refunds**: minus the refunded amounts of those payments. A confirmed order
+//!   without such a payment (none yet, declined, voided, refunded in full) is not revenue; an
+//!   order that is cancelled (at any time, as far as the projection has read) leaves revenue at
+//!   once, before its payment is voided or refunded. Buckets are UTC hours or days of the
+//!   placement time, and `orders` counts the orders that made the bucket's revenue.
+//! - **Top products**: the lines of the orders placed in the range that are not cancelled.
+//! - **The funnel** of a placement cohort: how many of its orders reached each status, how many
+//!   are still `pending` (neither confirmed nor cancelled), and the cancelled ones per reason
+//!   code (an order's first cancellation's; a cancellation without a code, recorded before codes
+//!   existed or before this version had the `cancellations` table, counts as `unspecified`, so
+//!   the reasons always add up to `cancelled`).
 //! - **Percentiles** (delivery durations): of the n durations sorted ascending, the p-quantile is
 //!   the one at 0-based index ⌊p·n⌋ (p50: ⌊n/2⌋, the upper median; p90: ⌊9n/10⌋). This is exactly
 //!   ClickHouse's `quantileExact`, and the SQL sink computes the same index.
@@ -41,6 +72,8 @@
 mod clickhouse_sink;
 mod facts;
 mod sql_sink;
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -83,6 +116,8 @@ struct Tables {
     prefix: String,
     lines: String,
     status: String,
+    cancellations: String,
+    payments: String,
 }
 
 impl Tables {
@@ -91,6 +126,8 @@ impl Tables {
         Tables {
             lines: format!("{prefix}order_lines"),
             status: format!("{prefix}order_status"),
+            cancellations: format!("{prefix}cancellations"),
+            payments: format!("{prefix}payments"),
             prefix,
         }
     }
@@ -136,8 +173,9 @@ impl SalesAnalytics {
     }
 
     /// Revenue and order count per UTC hour or day of placement, per currency, for orders placed
-    /// in `[from, to)` and not cancelled; ordered by bucket, then currency. Empty buckets are
-    /// left out.
+    /// in `[from, to)`: those confirmed, not cancelled, with an authorized or captured payment,
+    /// each its total net of that payment's refunds (see the module doc); ordered by bucket,
+    /// then currency. Empty buckets are left out.
     #[instrument(skip_all, fields(projection = NAME, version = self.version), err)]
     pub async fn revenue(
         &self,
@@ -170,7 +208,7 @@ impl SalesAnalytics {
     }
 
     /// Of the orders placed in `[from, to)` (unbounded on a side that is `None`), how many
-    /// reached each status.
+    /// reached each status, how many are still pending, and the cancelled ones per reason code.
     #[instrument(skip_all, fields(projection = NAME, version = self.version), err)]
     pub async fn order_funnel(
         &self,
@@ -179,8 +217,8 @@ impl SalesAnalytics {
     ) -> Result<Funnel, ProjectionError> {
         let range = Range::new(from, to);
         let counts = match &self.sink {
-            Sink::ClickHouse(sink) => sink.status_counts(&self.tables, range).await?,
-            Sink::Sql(sink) => sink.status_counts(&self.tables, range).await?,
+            Sink::ClickHouse(sink) => sink.funnel_counts(&self.tables, range).await?,
+            Sink::Sql(sink) => sink.funnel_counts(&self.tables, range).await?,
         };
         Ok(Funnel::from_counts(&counts))
     }
@@ -277,9 +315,11 @@ impl Bucket {
 pub struct RevenueBucket {
     pub bucket_start: DateTime<Utc>,
     pub currency: String,
-    /// Σ of the orders' totals, in minor units of `currency`.
+    /// Σ of the revenue orders' totals net of their payments' refunds, in minor units of
+    /// `currency`.
     pub revenue_minor: i64,
-    /// How many orders were placed in the bucket (and not cancelled).
+    /// How many orders placed in the bucket are revenue (confirmed, not cancelled, with an
+    /// authorized or captured payment).
     pub orders: u64,
 }
 
@@ -296,22 +336,44 @@ pub struct TopProduct {
     pub currency: String,
 }
 
+/// The key of [`Funnel::cancellation_reasons`] for cancellations without a reason code.
+pub const UNSPECIFIED_REASON: &str = "unspecified";
+
 /// How many orders of a placement cohort reached each status.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Funnel {
+    /// Every order of the cohort.
     pub placed: u64,
+    /// Still pending: neither confirmed nor cancelled (yet).
+    pub pending: u64,
     pub confirmed: u64,
     pub shipped: u64,
     pub delivered: u64,
     pub cancelled: u64,
+    /// The cancelled orders per reason code: every code of [`crate::REASON_CODES`] (0 when
+    /// none), any other code met, and [`UNSPECIFIED_REASON`] for those without one. They add up
+    /// to `cancelled`.
+    pub cancellation_reasons: BTreeMap<String, u64>,
     /// `delivered / placed`, 0 when nothing was placed.
     pub placed_to_delivered_conversion: f64,
 }
 
+/// What a sink counts for a [`Funnel`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FunnelCounts {
+    /// Orders of the cohort per status reached.
+    statuses: Vec<(String, u64)>,
+    /// Orders of the cohort neither confirmed nor cancelled.
+    pending: u64,
+    /// Cancelled orders of the cohort per reason code of their first cancellation (empty: none).
+    reasons: Vec<(String, u64)>,
+}
+
 impl Funnel {
-    fn from_counts(counts: &[(String, u64)]) -> Self {
+    fn from_counts(counts: &FunnelCounts) -> Self {
         let count = |status: facts::Status| {
             counts
+                .statuses
                 .iter()
                 .filter(|(name, _)| name == status.as_str())
                 .map(|(_, n)| *n)
@@ -319,12 +381,27 @@ impl Funnel {
         };
         let placed = count(facts::Status::Placed);
         let delivered = count(facts::Status::Delivered);
+        let cancelled = count(facts::Status::Cancelled);
+        let mut reasons: BTreeMap<String, u64> = crate::REASON_CODES
+            .iter()
+            .chain([&UNSPECIFIED_REASON])
+            .map(|code| ((*code).to_owned(), 0))
+            .collect();
+        let mut coded = 0;
+        for (code, n) in counts.reasons.iter().filter(|(code, _)| !code.is_empty()) {
+            *reasons.entry(code.clone()).or_default() += n;
+            coded += n;
+        }
+        // Without a code, or without a cancellation row (a version upgraded in place).
+        reasons.insert(UNSPECIFIED_REASON.to_owned(), cancelled.saturating_sub(coded));
         Funnel {
             placed,
+            pending: counts.pending,
             confirmed: count(facts::Status::Confirmed),
             shipped: count(facts::Status::Shipped),
             delivered,
-            cancelled: count(facts::Status::Cancelled),
+            cancelled,
+            cancellation_reasons: reasons,
             // Counts are far below 2^53: the conversion to f64 is exact.
             placed_to_delivered_conversion: if placed == 0 {
                 0.0
@@ -401,15 +478,17 @@ mod tests {
     fn ddl_files_split_into_prefixed_statements() {
         let tables = Tables::new(3);
         let statements = tables.statements(CLICKHOUSE_DDL);
-        assert_eq!(statements.len(), 2);
+        assert_eq!(statements.len(), 4);
         assert!(statements[0].starts_with("CREATE TABLE IF NOT EXISTS sales_analytics_v3_order_lines ("));
         assert!(statements.iter().all(|s| !s.contains("{prefix}") && !s.contains("--")));
-        assert_eq!(tables.statements(SQLITE_DDL).len(), 4);
+        assert_eq!(tables.statements(SQLITE_DDL).len(), 7);
         assert_eq!(
             tables.statements(DROP_DDL),
             vec![
                 "DROP TABLE IF EXISTS sales_analytics_v3_order_lines",
-                "DROP TABLE IF EXISTS sales_analytics_v3_order_status"
+                "DROP TABLE IF EXISTS sales_analytics_v3_order_status",
+                "DROP TABLE IF EXISTS sales_analytics_v3_cancellations",
+                "DROP TABLE IF EXISTS sales_analytics_v3_payments",
             ]
         );
     }
@@ -424,8 +503,48 @@ mod tests {
 
     #[test]
     fn funnel_conversion() {
-        let funnel = Funnel::from_counts(&[("placed".to_owned(), 4), ("delivered".to_owned(), 1)]);
+        let funnel = Funnel::from_counts(&FunnelCounts {
+            statuses: vec![("placed".to_owned(), 4), ("delivered".to_owned(), 1)],
+            ..FunnelCounts::default()
+        });
         assert_eq!(funnel.placed_to_delivered_conversion, 0.25);
-        assert_eq!(Funnel::from_counts(&[]).placed_to_delivered_conversion, 0.0);
+        assert_eq!(
+            Funnel::from_counts(&FunnelCounts::default()).placed_to_delivered_conversion,
+            0.0
+        );
+    }
+
+    #[test]
+    fn funnel_reasons_list_every_code_and_add_up_to_the_cancellations() {
+        let funnel = Funnel::from_counts(&FunnelCounts {
+            statuses: vec![("placed".to_owned(), 9), ("cancelled".to_owned(), 6)],
+            pending: 2,
+            reasons: vec![
+                ("out_of_stock".to_owned(), 2),
+                ("".to_owned(), 1),
+                ("lost_in_space".to_owned(), 1),
+            ],
+        });
+        assert_eq!((funnel.placed, funnel.pending, funnel.cancelled), (9, 2, 6));
+        let reasons: Vec<(&str, u64)> = funnel
+            .cancellation_reasons
+            .iter()
+            .map(|(code, n)| (code.as_str(), *n))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("abandoned", 0),
+                ("lost_in_space", 1),
+                ("out_of_stock", 2),
+                ("payment_declined", 0),
+                ("payment_unavailable", 0),
+                ("requested", 0),
+                ("timed_out", 0),
+                // The one without a code, and the two without a cancellation row.
+                ("unspecified", 3),
+            ]
+        );
+        assert_eq!(funnel.cancellation_reasons.values().sum::<u64>(), funnel.cancelled);
     }
 }

@@ -55,8 +55,8 @@ pub fn factory(name: &str, sinks: &Sinks) -> Result<ProjectionFactory, Projectio
 
 /// The categories whose topics a projection's workers read: all of them, for every projection.
 ///
-/// A projection ignores the events it has no use for (the dashboard has none for products, and
-/// neither projection for the place-order saga's yet), but it still reads them: "applied
+/// A projection ignores the events it has no use for (the dashboard has none for products, the
+/// analytics none for products or the place-order saga's), but it still reads them: "applied
 /// position N" (see [`crate::applied_position`]) must be provable for every position the store
 /// hands out, and a command's answer may carry the position of a product or saga event (the
 /// orders log holds both orders and sagas). A projection that skipped a topic could never show

@@ -1,13 +1,14 @@
-//! The order dashboard: one row per order with its customer's current name and email and its
-//! payment, a local copy of every customer with its order count and lifetime value, every
-//! payment, and the history of all three for "as of" reads. PostgreSQL in the distributed deployment, SQLite embedded: one code path
-//! through [`ReadDb`]'s sqlx `Any` pool.
+//! The order dashboard: one row per order with its customer's current name and email, its
+//! cancellation's reason code, its payment and its place-order saga's state, a local copy of
+//! every customer with its order count and lifetime value, every payment, every saga, and the
+//! history of all four for "as of" reads. PostgreSQL in the distributed deployment, SQLite
+//! embedded: one code path through [`ReadDb`]'s sqlx `Any` pool.
 //!
 //! # Tables
 //!
 //! Each version has its own tables, prefixed `order_dashboard_v{N}_` (`projections/sql/dashboard/`
 //! holds their DDL): `orders`, `customers`, `customer_totals`, `order_history`, `customer_history`,
-//! `payments`, `payment_history` and `writer` (a one-row write lock).
+//! `payments`, `payment_history`, `sagas`, `saga_history` and `writer` (a one-row write lock).
 //!
 //! # Exactly-once effect
 //!
@@ -34,12 +35,16 @@
 //! - payments are rows of their own, keyed by payment id whether or not their order is known
 //!   yet, and joined to their order only when read (`query`): a payment that arrives before its
 //!   order's placement shows on the order's row as soon as the order is there. Which of an
-//!   order's payments the row shows is a rule over the payments' rows alone ([`OrderRow`]).
+//!   order's payments the row shows is a rule over the payments' rows alone ([`OrderRow`]);
+//! - sagas likewise: rows of their own keyed by the order's id (the `saga-{order id}` streams
+//!   come through a topic of their own, before or after the order's events), joined when read;
+//!   an order's `saga_state` is a function of its saga's events alone ([`SagaState`]).
 //!
 //! # Speed
 //!
-//! A batch is folded in memory: its orders, customers and payments are loaded with one
-//! `SELECT ... IN` per table (chunked; none for payments when the batch has no payment event),
+//! A batch is folded in memory: its orders, customers, payments and sagas are loaded with one
+//! `SELECT ... IN` per table (chunked; none for payments or sagas when the batch has no event
+//! of theirs),
 //! the events applied in batch order, and the result written back with multi-row `INSERT ... ON CONFLICT DO UPDATE` statements and multi-row history inserts.
 //!
 //! A rebuild's build phase does not go batch by batch: [`OrderDashboard::bulk_load`] folds the
@@ -51,15 +56,22 @@
 //!
 //! [`list_orders`], [`get_order`], [`customer_summary`], and "as of" a position or time
 //! ([`get_order_as_of`], [`list_orders_as_of`]) from the history tables: the order's version
-//! valid then, with the customer's name and email valid then (or the order's snapshot) and the
-//! order's payments' versions valid then (a position is one of the orders log; the customers'
-//! and payments' logs are taken as of its commit time).
+//! valid then, with the customer's name and email valid then (or the order's snapshot), the
+//! order's payments' versions valid then and its saga's version valid then (a position is one
+//! of the orders log, which also holds the sagas; the customers' and payments' logs are taken
+//! as of its commit time). Lists filter by status, customer, placement time and cancellation
+//! reason code ([`OrderFilter`]).
 //!
 //! # Upgrading
 //!
-//! The payment tables came later than the others: `prepare` adds them to a version made
-//! before (`CREATE TABLE IF NOT EXISTS`), but such a version skipped the payment events it
-//! applied before, so its rows show `none` for those payments until a rebuild.
+//! Tables and columns came after the first tables; `prepare` adds what a version made before
+//! lacks, in place: the payment tables and the saga tables (`CREATE TABLE IF NOT EXISTS`), the
+//! `cancel_reason_code` column of `orders` and `order_history` ([`UPGRADE_COLUMNS`], `ALTER
+//! TABLE ... ADD COLUMN`), and the indexes. Reads and writes work on such a version at once,
+//! but it skipped the events it applied before: their payments show `none`, their sagas no
+//! state, their cancellations no reason code, until a rebuild (`projections rebuild
+//! order_dashboard`), which builds the next version with all of it from the logs. (A saga whose
+//! start such a version skipped still gets a row from its next events; it is never an error.)
 
 mod bulk;
 mod fold;
@@ -73,7 +85,7 @@ use sqlx::AssertSqlSafe;
 
 pub use query::{
     AsOf, CurrencyTotal, Cursor, CustomerSummary, Direction, LastOrder, MAX_PAGE_LIMIT, OrderFilter, OrderRow,
-    OrderStatus, Page, PaymentStatus, QueryError, Sort, SortKey, UnknownStatus, customer_summary, get_order,
+    OrderStatus, Page, PaymentStatus, QueryError, SagaState, Sort, SortKey, UnknownStatus, customer_summary, get_order,
     get_order_as_of, list_orders, list_orders_as_of,
 };
 
@@ -89,7 +101,7 @@ use crate::{
 pub const NAME: &str = "order_dashboard";
 
 /// The tables of one version (after the prefix), the `writer` lock aside.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 9] = [
     "orders",
     "customers",
     "customer_totals",
@@ -97,6 +109,16 @@ pub const TABLES: [&str; 7] = [
     "customer_history",
     "payments",
     "payment_history",
+    "sagas",
+    "saga_history",
+];
+
+/// The columns added to tables of versions made before them: (table, column, type). New
+/// versions get them from `tables.sql` (where they come last, so that an upgraded table and a
+/// new one have the same columns in the same order); `prepare` adds them to an older version.
+pub const UPGRADE_COLUMNS: [(&str, &str, &str); 2] = [
+    ("orders", "cancel_reason_code", "TEXT"),
+    ("order_history", "cancel_reason_code", "TEXT"),
 ];
 
 const TABLES_SQL: &str = include_str!("../sql/dashboard/tables.sql");
@@ -143,6 +165,41 @@ impl OrderDashboard {
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(self.db.pool()).await?;
         Ok(())
     }
+
+    /// Creates the tables that are missing and adds the [`UPGRADE_COLUMNS`] a version made
+    /// before them lacks (see "Upgrading" in the module doc). A column is looked for first, so
+    /// that starting a worker on an upgraded version takes no lock on its tables (PostgreSQL's
+    /// `ALTER TABLE` would wait for the reads in flight, and every read after it for it).
+    async fn create_tables(&self) -> Result<(), ProjectionError> {
+        self.run_script(TABLES_SQL).await?;
+        let exists_sql = match self.db.kind() {
+            DbKind::Postgres => {
+                "SELECT 1 FROM information_schema.columns
+                  WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+            }
+            DbKind::Sqlite => "SELECT 1 FROM pragma_table_info($1) WHERE name = $2",
+        };
+        for (table, column, kind) in UPGRADE_COLUMNS {
+            let table = format!("{}{table}", self.prefix);
+            let exists = sqlx::query(exists_sql)
+                .bind(table.as_str())
+                .bind(column)
+                .fetch_optional(self.db.pool())
+                .await?
+                .is_some();
+            if exists {
+                continue;
+            }
+            let sql = match self.db.kind() {
+                // Workers starting together may both get here: `IF NOT EXISTS` lets both pass.
+                DbKind::Postgres => format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}"),
+                // One process writes it (embedded); SQLite has no `IF NOT EXISTS` here.
+                DbKind::Sqlite => format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"),
+            };
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(self.db.pool()).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -155,8 +212,10 @@ impl Projection for OrderDashboard {
         self.version
     }
 
+    /// Creates this version's tables, or upgrades those of a version made before (see
+    /// "Upgrading" in the module doc), and their indexes.
     async fn prepare(&self) -> Result<(), ProjectionError> {
-        self.run_script(TABLES_SQL).await?;
+        self.create_tables().await?;
         self.run_script(INDEXES_SQL).await
     }
 
@@ -166,7 +225,7 @@ impl Projection for OrderDashboard {
         if self.bulk_memory_rows == 0 {
             return Ok(None);
         }
-        self.run_script(TABLES_SQL).await?;
+        self.create_tables().await?;
         if !bulk::tables_empty(&self.db, &self.prefix).await? {
             return Ok(None);
         }
@@ -187,7 +246,7 @@ impl Projection for OrderDashboard {
         let relevant = batch.events.iter().any(|event| {
             matches!(
                 event.event,
-                DomainEvent::Order(_) | DomainEvent::Customer(_) | DomainEvent::Payment(_)
+                DomainEvent::Order(_) | DomainEvent::Customer(_) | DomainEvent::Payment(_) | DomainEvent::Saga(_)
             )
         });
         let mut tx = if relevant {
@@ -200,13 +259,18 @@ impl Projection for OrderDashboard {
             let orders = write::load_orders(&mut tx, &self.prefix, &affected.orders).await?;
             let customers = write::load_customers(&mut tx, &self.prefix, &affected.customers).await?;
             // Payments come in batches of their own more often than not (another service's
-            // log): no round trip for them in the others.
+            // log), sagas from a topic of their own: no round trip for them in the others.
             let payments = if affected.payments.is_empty() {
                 Vec::new()
             } else {
                 write::load_payments(&mut tx, &self.prefix, &affected.payments).await?
             };
-            let fold = fold::Fold::run(orders, customers, payments, &batch.events)?;
+            let sagas = if affected.sagas.is_empty() {
+                Vec::new()
+            } else {
+                write::load_sagas(&mut tx, &self.prefix, &affected.sagas).await?
+            };
+            let fold = fold::Fold::run(orders, customers, payments, sagas, &batch.events)?;
             let checkpoints = checkpoint_rows(NAME, self.version, &batch.checkpoints(), micros(Utc::now()));
             write::write(&mut tx, &self.prefix, &fold, checkpoints).await?;
             tx

@@ -42,3 +42,16 @@ pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport, UntilPoint, re
 pub use runtime::kafka::{KafkaOptions, run_from_kafka};
 pub use runtime::store::{ServiceLog, run_from_store, run_from_stores};
 pub use runtime::{ProjectionFactory, RunError, RunOptions, apply_reliably};
+
+/// The cancellation reason codes the write side records (`OrderCancelled.reason_code`, the
+/// place-order saga's `SagaFailed.reason_code`, ADR 0010), in the order the read side lists them.
+/// Stable names; a cancellation recorded before they existed has an empty code, which the read
+/// models show as none (the dashboard) or `unspecified` (the funnel).
+pub const REASON_CODES: [&str; 6] = [
+    "requested",
+    "out_of_stock",
+    "payment_declined",
+    "payment_unavailable",
+    "timed_out",
+    "abandoned",
+];

@@ -11,10 +11,13 @@ use event_schemas::{
     Category, Currency, CustomerEmailChanged, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot,
     DomainEvent, Money, OrderCancelled, OrderConfirmed, OrderDelivered, OrderEvent, OrderLine, OrderPlaced,
     OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentVoided,
+    SagaCompleted, SagaConfirmed, SagaEvent, SagaFailed, SagaLine, SagaOrderCancelled, SagaParked,
+    SagaPaymentAuthorized, SagaPaymentCaptured, SagaPaymentRefunded, SagaPaymentVoided, SagaResumed, SagaStarted,
+    SagaStockReleased, SagaStockReserved,
 };
 use projections::dashboard::{
-    self, AsOf, Cursor, Direction, OrderDashboard, OrderFilter, OrderRow, OrderStatus, PaymentStatus, QueryError, Sort,
-    SortKey,
+    self, AsOf, Cursor, Direction, OrderDashboard, OrderFilter, OrderRow, OrderStatus, PaymentStatus, QueryError,
+    SagaState, Sort, SortKey,
 };
 use projections::{Batch, Origin, ProjectedEvent, Projection, ProjectionError, ReadDb, store_source};
 use sqlx::Row;
@@ -173,12 +176,268 @@ fn delivered(order_id: Uuid) -> DomainEvent {
     DomainEvent::Order(OrderEvent::Delivered(OrderDelivered { order_id }))
 }
 
+/// A cancellation recorded without a reason code (before the saga).
 fn cancelled(order_id: Uuid, reason: &str) -> DomainEvent {
+    cancelled_for(order_id, reason, "")
+}
+
+/// A cancellation with its reason code.
+fn cancelled_for(order_id: Uuid, reason: &str, reason_code: &str) -> DomainEvent {
     DomainEvent::Order(OrderEvent::Cancelled(OrderCancelled {
         order_id,
         reason: reason.to_owned(),
-        reason_code: String::new(),
+        reason_code: reason_code.to_owned(),
     }))
+}
+
+// The place-order saga's events (`saga-{order id}`).
+
+fn saga(event: SagaEvent) -> DomainEvent {
+    DomainEvent::Saga(event)
+}
+
+fn saga_started(order_id: Uuid, lines: usize) -> DomainEvent {
+    saga(SagaEvent::Started(SagaStarted {
+        order_id,
+        payment_id: Uuid::from_u128(order_id.as_u128() ^ 1),
+        lines: (0..lines)
+            .map(|_| SagaLine {
+                product_id: Uuid::new_v4(),
+                quantity: 1,
+            })
+            .collect(),
+        amount: Money::new(250, Currency::EUR),
+        deadline: base_time() + Duration::days(1),
+        correlation_id: "test".to_owned(),
+    }))
+}
+
+fn saga_reserved(order_id: Uuid, line: u32) -> DomainEvent {
+    saga(SagaEvent::StockReserved(SagaStockReserved {
+        order_id,
+        line,
+        product_id: Uuid::new_v4(),
+        quantity: 1,
+    }))
+}
+
+fn saga_released(order_id: Uuid, line: u32) -> DomainEvent {
+    saga(SagaEvent::StockReleased(SagaStockReleased {
+        order_id,
+        line,
+        product_id: Uuid::new_v4(),
+    }))
+}
+
+fn saga_authorized(order_id: Uuid) -> DomainEvent {
+    saga(SagaEvent::PaymentAuthorized(SagaPaymentAuthorized {
+        order_id,
+        payment_id: Uuid::new_v4(),
+        amount: Money::new(250, Currency::EUR),
+    }))
+}
+
+fn saga_voided(order_id: Uuid) -> DomainEvent {
+    saga(SagaEvent::PaymentVoided(SagaPaymentVoided {
+        order_id,
+        payment_id: Uuid::new_v4(),
+    }))
+}
+
+fn saga_captured(order_id: Uuid) -> DomainEvent {
+    saga(SagaEvent::PaymentCaptured(SagaPaymentCaptured {
+        order_id,
+        payment_id: Uuid::new_v4(),
+        amount: Money::new(250, Currency::EUR),
+    }))
+}
+
+fn saga_refunded(order_id: Uuid) -> DomainEvent {
+    saga(SagaEvent::PaymentRefunded(SagaPaymentRefunded {
+        order_id,
+        payment_id: Uuid::new_v4(),
+        amount: Money::new(250, Currency::EUR),
+    }))
+}
+
+fn saga_confirmed(order_id: Uuid) -> DomainEvent {
+    saga(SagaEvent::Confirmed(SagaConfirmed { order_id }))
+}
+
+fn saga_failed(order_id: Uuid, reason_code: &str) -> DomainEvent {
+    saga(SagaEvent::Failed(SagaFailed {
+        order_id,
+        reason_code: reason_code.to_owned(),
+        reason: format!("because {reason_code}"),
+        step: "authorize".to_owned(),
+    }))
+}
+
+fn saga_order_cancelled(order_id: Uuid, reason_code: &str) -> DomainEvent {
+    saga(SagaEvent::OrderCancelled(SagaOrderCancelled {
+        order_id,
+        reason_code: reason_code.to_owned(),
+    }))
+}
+
+fn saga_parked(order_id: Uuid) -> DomainEvent {
+    saga(SagaEvent::Parked(SagaParked {
+        order_id,
+        step: "authorize".to_owned(),
+        error: "422 from payments".to_owned(),
+    }))
+}
+
+fn saga_resumed(order_id: Uuid) -> DomainEvent {
+    saga(SagaEvent::Resumed(SagaResumed {
+        order_id,
+        actor: "ops".to_owned(),
+    }))
+}
+
+fn saga_completed(order_id: Uuid, outcome: &str) -> DomainEvent {
+    saga(SagaEvent::Completed(SagaCompleted {
+        order_id,
+        outcome: outcome.to_owned(),
+    }))
+}
+
+/// A saga for `order_id` of `lines` lines with a random life, as the orders service appends it
+/// (one stream): stopped while reserving, authorizing or confirming, awaiting shipment,
+/// completed after the capture, parked (and resumed or abandoned), failed and compensating or
+/// compensated, and a compensated one that learns of a reservation late.
+fn random_saga(rng: &mut Rng, order_id: Uuid, lines: usize) -> Vec<DomainEvent> {
+    let codes = projections::REASON_CODES;
+    let mut stream = vec![saga_started(order_id, lines)];
+    let reserved = if rng.chance(70) { lines } else { rng.below(lines + 1) };
+    for line in 0..reserved {
+        stream.push(saga_reserved(order_id, line as u32));
+    }
+    let mut authorized = false;
+    if reserved == lines && rng.chance(75) {
+        stream.push(saga_authorized(order_id));
+        authorized = true;
+        if rng.chance(70) {
+            stream.push(saga_confirmed(order_id));
+            if rng.chance(50) {
+                stream.push(saga_captured(order_id));
+                stream.push(saga_completed(order_id, "captured"));
+                return stream;
+            }
+        }
+    }
+    if rng.chance(20) {
+        stream.push(saga_parked(order_id));
+        if rng.chance(50) {
+            stream.push(saga_resumed(order_id));
+        } else if rng.chance(50) {
+            return stream;
+        }
+    }
+    if rng.chance(50) {
+        let code = codes[rng.below(codes.len())];
+        stream.push(saga_failed(order_id, code));
+        if rng.chance(70) {
+            if authorized {
+                stream.push(if rng.chance(50) {
+                    saga_voided(order_id)
+                } else {
+                    saga_refunded(order_id)
+                });
+            }
+            for line in 0..reserved {
+                stream.push(saga_released(order_id, line as u32));
+            }
+            stream.push(saga_order_cancelled(order_id, code));
+            stream.push(saga_completed(order_id, "cancelled"));
+            if reserved < lines && rng.chance(30) {
+                // A reservation made by a process that crashed before recording it, recorded
+                // late: the compensation has work again.
+                stream.push(saga_reserved(order_id, reserved as u32));
+                if rng.chance(50) {
+                    stream.push(saga_released(order_id, reserved as u32));
+                    stream.push(saga_completed(order_id, "cancelled"));
+                }
+            }
+        }
+    }
+    stream
+}
+
+/// The state of an order's saga as its events in `log` up to `position` tell it (the write
+/// side's `Saga::phase`, folded here on its own), and when its last event was recorded.
+fn expected_saga(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> (Option<SagaState>, Option<DateTime<Utc>>) {
+    #[derive(Default)]
+    struct Model {
+        lines: usize,
+        reserved: HashSet<u32>,
+        authorized: bool,
+        confirmed: bool,
+        failed: bool,
+        parked: bool,
+        outcome: Option<String>,
+    }
+    let mut model: Option<Model> = None;
+    let mut at = None;
+    for event in log.iter().filter(|e| e.position <= position) {
+        let DomainEvent::Saga(e) = &event.event else {
+            continue;
+        };
+        if e.order_id() != order_id {
+            continue;
+        }
+        at = Some(event.recorded_at);
+        let m = model.get_or_insert_with(Model::default);
+        match e {
+            SagaEvent::Started(e) => m.lines = e.lines.len(),
+            SagaEvent::StockReserved(e) => {
+                m.reserved.insert(e.line);
+                if m.failed {
+                    m.outcome = None;
+                }
+            }
+            SagaEvent::PaymentAuthorized(_) => {
+                m.authorized = true;
+                if m.failed {
+                    m.outcome = None;
+                }
+            }
+            SagaEvent::Confirmed(_) => m.confirmed = true,
+            SagaEvent::Failed(_) => (m.failed, m.parked) = (true, false),
+            SagaEvent::Parked(_) => m.parked = true,
+            SagaEvent::Resumed(_) => m.parked = false,
+            SagaEvent::Completed(e) => m.outcome = Some(e.outcome.clone()),
+            _ => {}
+        }
+    }
+    let state = model.map(|m| {
+        if m.outcome.is_some() {
+            SagaState::Completed
+        } else if m.parked {
+            SagaState::Parked
+        } else if m.failed {
+            SagaState::Compensating
+        } else if m.reserved.len() < m.lines {
+            SagaState::Reserving
+        } else if !m.authorized {
+            SagaState::Authorizing
+        } else if !m.confirmed {
+            SagaState::Confirming
+        } else {
+            SagaState::AwaitingShipment
+        }
+    });
+    (state, at)
+}
+
+/// A random reason code of a cancellation: one of the write side's, or none (before the saga).
+fn random_code(rng: &mut Rng) -> &'static str {
+    let codes = projections::REASON_CODES;
+    if rng.chance(20) {
+        ""
+    } else {
+        codes[rng.below(codes.len())]
+    }
 }
 
 fn authorized(payment_id: Uuid, order_id: Uuid, amount_minor: i64) -> DomainEvent {
@@ -280,7 +539,7 @@ fn batch(events: &[ProjectedEvent]) -> Batch {
 // ---------------------------------------------------------------------------------------------
 // Table dumps
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 9] = [
     "orders",
     "customers",
     "customer_totals",
@@ -288,6 +547,8 @@ const TABLES: [&str; 7] = [
     "customer_history",
     "payments",
     "payment_history",
+    "sagas",
+    "saga_history",
 ];
 
 /// Every row of one of a version's tables, each cell as text, sorted.
@@ -813,6 +1074,411 @@ async fn payments_show_on_their_order_sqlite() {
     payments(Server::Sqlite).await;
 }
 
+/// An order's place-order saga, from its own stream (a topic of its own: before or after the
+/// order's events), drives the row's `saga_state` through every phase; the cancellation's
+/// reason code shows beside the free text and filters lists; "as of" shows both as they were.
+async fn sagas(server: Server) {
+    let db = read_db(server).await;
+    let dash = dashboard(&db, 1).await;
+    let alice = Uuid::new_v4();
+    let snapshot = ("Alice", "alice@example.com");
+    let (a, b, c, d, e) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let mut log = Log::default();
+    let state_of = |order: Uuid| {
+        let db = db.clone();
+        async move {
+            let row = dashboard::get_order(&db, 1, order).await.unwrap().unwrap();
+            (row.saga_state, row.reason_code)
+        }
+    };
+
+    // a: the saga's start reaches the dashboard before the order's placement.
+    let early = log.push(saga_started(a, 2));
+    dash.apply(&batch(&[early])).await.unwrap();
+    assert_eq!(dashboard::get_order(&db, 1, a).await.unwrap(), None, "no order yet");
+    let placed_a = log.push(placed(a, alice, snapshot, &[1, 2], Currency::EUR, 0));
+    dash.apply(&batch(&[placed_a])).await.unwrap();
+    let row = dashboard::get_order(&db, 1, a).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.saga_state, row.saga_updated_at),
+        (OrderStatus::Pending, Some(SagaState::Reserving), Some(time_of(1)))
+    );
+    assert_eq!(
+        (row.stream_version, row.last_position),
+        (1, 2),
+        "the order's own stream"
+    );
+    let steps = [
+        (vec![saga_reserved(a, 0)], SagaState::Reserving),
+        (vec![saga_reserved(a, 1)], SagaState::Authorizing),
+        (vec![saga_authorized(a)], SagaState::Confirming),
+        (vec![saga_confirmed(a), confirmed(a)], SagaState::AwaitingShipment),
+        (
+            vec![shipped(a, "DHL", "T-1"), saga_captured(a)],
+            SagaState::AwaitingShipment,
+        ),
+        (vec![saga_completed(a, "captured")], SagaState::Completed),
+    ];
+    for (events, expected) in steps {
+        let events: Vec<ProjectedEvent> = events.into_iter().map(|e| log.push(e)).collect();
+        dash.apply(&batch(&events)).await.unwrap();
+        let row = dashboard::get_order(&db, 1, a).await.unwrap().unwrap();
+        assert_eq!(
+            row.saga_state,
+            Some(expected),
+            "after {:?}",
+            events.last().map(|e| e.event.event_type())
+        );
+        assert_eq!(row.saga_updated_at, expected_saga(&log.events, a, u64::MAX).1);
+        assert_eq!(row.reason_code, None);
+    }
+
+    // b: parked at the authorization, resumed, declined: it compensates and cancels the order
+    // with its reason code.
+    let steps = [
+        (
+            vec![
+                placed(b, alice, snapshot, &[1], Currency::EUR, 0),
+                saga_started(b, 1),
+                saga_reserved(b, 0),
+            ],
+            (Some(SagaState::Authorizing), None),
+        ),
+        (vec![saga_parked(b)], (Some(SagaState::Parked), None)),
+        (vec![saga_resumed(b)], (Some(SagaState::Authorizing), None)),
+        (
+            vec![saga_failed(b, "payment_declined")],
+            (Some(SagaState::Compensating), None),
+        ),
+        (vec![saga_released(b, 0)], (Some(SagaState::Compensating), None)),
+        (
+            vec![
+                cancelled_for(b, "the card was declined", "payment_declined"),
+                saga_order_cancelled(b, "payment_declined"),
+            ],
+            (Some(SagaState::Compensating), Some("payment_declined".to_owned())),
+        ),
+        (
+            vec![saga_completed(b, "cancelled")],
+            (Some(SagaState::Completed), Some("payment_declined".to_owned())),
+        ),
+    ];
+    for (events, expected) in steps {
+        let events: Vec<ProjectedEvent> = events.into_iter().map(|e| log.push(e)).collect();
+        dash.apply(&batch(&events)).await.unwrap();
+        assert_eq!(state_of(b).await, expected);
+    }
+    let row = dashboard::get_order(&db, 1, b).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.cancel_reason.as_deref()),
+        (OrderStatus::Cancelled, Some("the card was declined")),
+        "the free text beside the code"
+    );
+
+    // c: timed out while reserving, compensated, then a reservation recorded late gives the
+    // compensation work again, until it completes once more. Parked, then abandoned: failed.
+    let steps = [
+        (
+            vec![
+                placed(c, alice, snapshot, &[1, 1], Currency::EUR, 0),
+                saga_started(c, 2),
+                saga_reserved(c, 0),
+                saga_parked(c),
+            ],
+            (Some(SagaState::Parked), None),
+        ),
+        (vec![saga_failed(c, "abandoned")], (Some(SagaState::Compensating), None)),
+        (
+            vec![
+                saga_released(c, 0),
+                saga_order_cancelled(c, "abandoned"),
+                cancelled_for(c, "abandoned by ops", "abandoned"),
+                saga_completed(c, "cancelled"),
+            ],
+            (Some(SagaState::Completed), Some("abandoned".to_owned())),
+        ),
+        (
+            vec![saga_reserved(c, 1)],
+            (Some(SagaState::Compensating), Some("abandoned".to_owned())),
+        ),
+        (
+            vec![saga_released(c, 1), saga_completed(c, "cancelled")],
+            (Some(SagaState::Completed), Some("abandoned".to_owned())),
+        ),
+    ];
+    for (events, expected) in steps {
+        let events: Vec<ProjectedEvent> = events.into_iter().map(|e| log.push(e)).collect();
+        dash.apply(&batch(&events)).await.unwrap();
+        assert_eq!(state_of(c).await, expected);
+    }
+
+    // d: placed before the saga existed, and cancelled without a code: neither shows.
+    let old = [
+        log.push(placed(d, alice, snapshot, &[3], Currency::EUR, 0)),
+        log.push(cancelled(d, "changed mind")),
+        // e: a saga of an order this dashboard never sees: kept, shown by no row.
+        log.push(saga_started(e, 1)),
+        log.push(saga_failed(e, "timed_out")),
+    ];
+    dash.apply(&batch(&old)).await.unwrap();
+    let row = dashboard::get_order(&db, 1, d).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.status,
+            row.cancel_reason.as_deref(),
+            row.reason_code,
+            row.saga_state,
+            row.saga_updated_at
+        ),
+        (OrderStatus::Cancelled, Some("changed mind"), None, None, None)
+    );
+    assert_eq!(dashboard::get_order(&db, 1, e).await.unwrap(), None);
+
+    // Every order equals the fold of the log; lists show the same rows.
+    for order in [a, b, c, d] {
+        assert_eq!(
+            dashboard::get_order(&db, 1, order).await.unwrap(),
+            fold_up_to(&log.events, order, u64::MAX),
+            "order {order}"
+        );
+    }
+    let page = dashboard::list_orders(&db, 1, &OrderFilter::default(), Sort::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.rows.len(), 4);
+    for row in &page.rows {
+        assert_eq!(
+            Some(row),
+            dashboard::get_order(&db, 1, row.order_id).await.unwrap().as_ref()
+        );
+    }
+
+    // The reason code filters lists, alone or with the other filters, now and "as of".
+    let listed = |reason_code: Option<&str>, status: Option<OrderStatus>, as_of: Option<AsOf>| {
+        let db = db.clone();
+        let filter = OrderFilter {
+            reason_code: reason_code.map(str::to_owned),
+            status,
+            ..OrderFilter::default()
+        };
+        async move {
+            let page = match as_of {
+                Some(as_of) => dashboard::list_orders_as_of(&db, 1, as_of, &filter, Sort::default(), None, 10).await,
+                None => dashboard::list_orders(&db, 1, &filter, Sort::default(), None, 10).await,
+            };
+            page.unwrap().rows.iter().map(|r| r.order_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(Some("payment_declined"), None, None).await, vec![b]);
+    assert_eq!(
+        listed(Some("abandoned"), Some(OrderStatus::Cancelled), None).await,
+        vec![c]
+    );
+    assert_eq!(
+        listed(Some("abandoned"), Some(OrderStatus::Pending), None).await,
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(listed(Some("requested"), None, None).await, Vec::<Uuid>::new());
+    assert_eq!(listed(None, Some(OrderStatus::Cancelled), None).await, vec![d, c, b]);
+    let b_cancelled = log
+        .events
+        .iter()
+        .find(|e| matches!(&e.event, DomainEvent::Order(OrderEvent::Cancelled(x)) if x.order_id == b))
+        .unwrap()
+        .position;
+    assert_eq!(
+        listed(Some("payment_declined"), None, Some(AsOf::Position(b_cancelled - 1))).await,
+        Vec::<Uuid>::new(),
+        "not cancelled yet then"
+    );
+    assert_eq!(
+        listed(Some("payment_declined"), None, Some(AsOf::Position(b_cancelled))).await,
+        vec![b]
+    );
+    assert_eq!(
+        listed(Some("payment_declined"), None, Some(AsOf::Time(time_of(b_cancelled)))).await,
+        vec![b]
+    );
+
+    // As of every position: the saga's version valid at that position of the orders log
+    // (sagas are in it), and at the time of each position.
+    for position in 0..=log.events.len() as u64 + 1 {
+        for order in [a, b, c, d] {
+            let then = dashboard::get_order_as_of(&db, 1, order, AsOf::Position(position))
+                .await
+                .unwrap();
+            let expected = fold_up_to(&log.events, order, position);
+            // Every event of this log is the orders service's: one log, one position axis.
+            assert_eq!(then, expected, "order {order} at orders position {position}");
+            let by_time = dashboard::get_order_as_of(&db, 1, order, AsOf::Time(time_of(position)))
+                .await
+                .unwrap();
+            assert_eq!(by_time, expected, "order {order} at the time of position {position}");
+        }
+    }
+    let then = dashboard::get_order_as_of(&db, 1, b, AsOf::Position(b_cancelled - 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (then.saga_state, then.reason_code),
+        (Some(SagaState::Compensating), None),
+        "not a vacuous comparison"
+    );
+
+    // A replay of everything changes nothing.
+    let once = dump(&db, 1).await;
+    assert_eq!(once["sagas"].len(), 4);
+    let saga_events = log
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, DomainEvent::Saga(_)))
+        .count();
+    assert_eq!(once["saga_history"].len(), saga_events, "a version per saga event");
+    dash.apply(&batch(&log.events)).await.unwrap();
+    assert_eq!(dump(&db, 1).await, once, "a replay of everything");
+    // And the same log event by event, in another interleaving of the streams, gives the same
+    // tables.
+    let single = dashboard(&db, 2).await;
+    let mut by_stream: BTreeMap<String, Vec<ProjectedEvent>> = BTreeMap::new();
+    for event in &log.events {
+        by_stream
+            .entry(event.stream_id.clone())
+            .or_default()
+            .push(event.clone());
+    }
+    for event in interleave(&mut Rng(0x5a6a), by_stream.into_values().collect()) {
+        single.apply(&batch(std::slice::from_ref(&event))).await.unwrap();
+    }
+    assert_eq!(dump(&db, 2).await, once, "one event per batch, streams interleaved");
+}
+
+#[tokio::test]
+async fn sagas_drive_the_saga_state_postgres() {
+    sagas(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn sagas_drive_the_saga_state_sqlite() {
+    sagas(Server::Sqlite).await;
+}
+
+/// A version made before the saga (its tables as that build made them: no saga tables, no
+/// reason code column, no index on it, its pending orders stored as `placed`) is upgraded in
+/// place by `prepare`: what it held stays, and from then on it shows saga states (also of a saga
+/// whose start it never saw) and reason codes, and filters by them.
+async fn upgrade(server: Server) {
+    const BEFORE_SAGA: &str = include_str!("fixtures/dashboard_before_saga.sql");
+    let db = read_db(server).await;
+    let prefix = dashboard::table_prefix(1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(BEFORE_SAGA.replace("{prefix}", &prefix)))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    // An order that build applied: placed (stored as `placed` then), at position 1.
+    let (alice, a) = (Uuid::new_v4(), Uuid::new_v4());
+    let at = time_of(1).timestamp_micros();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {prefix}orders (order_id, customer_id, customer_name, customer_email, snapshot_name,
+                snapshot_email, status, item_count, total_minor, currency, placed_at_us, stream_version,
+                last_position, updated_at_us)
+         VALUES ($1, $2, 'Alice', 'alice@example.com', 'Alice', 'alice@example.com', 'placed', 1, 250, 'EUR',
+                 $3, 1, 1, $3)"
+    )))
+    .bind(a.to_string())
+    .bind(alice.to_string())
+    .bind(at)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {prefix}order_history (order_id, stream_version, valid_from_position, valid_from_us,
+                customer_id, snapshot_name, snapshot_email, status, item_count, total_minor, currency, placed_at_us)
+         VALUES ($1, 1, 1, $3, $2, 'Alice', 'alice@example.com', 'placed', 1, 250, 'EUR', $3)"
+    )))
+    .bind(a.to_string())
+    .bind(alice.to_string())
+    .bind(at)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    assert!(
+        dashboard::get_order(&db, 1, a).await.is_err(),
+        "this build cannot read the old tables as they are"
+    );
+
+    let dash = dashboard(&db, 1).await;
+    dash.prepare().await.expect("an upgrade is idempotent");
+    assert!(
+        schema(&db, 1)
+            .await
+            .iter()
+            .any(|row| row.contains("orders_by_reason_code")),
+        "the reason code's index is built"
+    );
+    let row = dashboard::get_order(&db, 1, a).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.reason_code, row.saga_state, row.total_minor),
+        (OrderStatus::Pending, None, None, 250),
+        "what it held stays"
+    );
+    // The order's saga started before the upgrade: its next events make its row; its
+    // cancellation carries its code.
+    let mut log = Log::default();
+    log.push(placed(a, alice, ("Alice", "alice@example.com"), &[1], Currency::EUR, 0));
+    let after = [
+        log.push(saga_reserved(a, 0)),
+        log.push(saga_authorized(a)),
+        log.push(saga_failed(a, "timed_out")),
+        log.push(cancelled_for(a, "deadline passed", "timed_out")),
+    ];
+    dash.apply(&batch(&after)).await.unwrap();
+    let row = dashboard::get_order(&db, 1, a).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.reason_code.as_deref(), row.saga_state),
+        (OrderStatus::Cancelled, Some("timed_out"), Some(SagaState::Compensating))
+    );
+    let then = dashboard::get_order_as_of(&db, 1, a, AsOf::Position(after[1].position))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (then.status, then.saga_state, then.reason_code),
+        (OrderStatus::Pending, Some(SagaState::Confirming), None)
+    );
+    let page = dashboard::list_orders(
+        &db,
+        1,
+        &OrderFilter {
+            reason_code: Some("timed_out".to_owned()),
+            ..OrderFilter::default()
+        },
+        Sort::default(),
+        None,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.rows.iter().map(|r| r.order_id).collect::<Vec<_>>(), vec![a]);
+    assert!(db.dead_letters(dashboard::NAME, 1).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_version_made_before_the_saga_is_upgraded_in_place_postgres() {
+    upgrade(Server::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_version_made_before_the_saga_is_upgraded_in_place_sqlite() {
+    upgrade(Server::Sqlite).await;
+}
+
 /// An apply that cannot take the writer lock fails, and leaves its connection fit for the next
 /// apply (not inside an aborted transaction that the pool hands out again).
 #[tokio::test]
@@ -1156,13 +1822,18 @@ fn random_log(rng: &mut Rng) -> Vec<ProjectedEvent> {
             1 => stream.push(confirmed(order)),
             2 => stream.extend([confirmed(order), shipped(order, "DHL", "T")]),
             3 => stream.extend([confirmed(order), shipped(order, "DHL", "T"), delivered(order)]),
-            4 => stream.push(cancelled(order, "no")),
-            _ => stream.extend([confirmed(order), cancelled(order, "late")]),
+            4 => stream.push(cancelled_for(order, "no", random_code(rng))),
+            _ => stream.extend([confirmed(order), cancelled_for(order, "late", random_code(rng))]),
         }
         // Its payments, each a stream of the payments' log: their events may come before the
         // order's placement as well as after.
         for _ in 0..rng.below(3) {
             streams.push(random_payment(rng, order, total_of(&stream[0])));
+        }
+        // Its saga (most orders; older ones have none), a stream of its own, delivered through
+        // a topic of its own: before the placement as well as after.
+        if rng.chance(75) {
+            streams.push(random_saga(rng, order, quantities.len()));
         }
         streams.push(stream);
     }
@@ -1253,6 +1924,12 @@ async fn converge(db: &ReadDb, seed: u64) {
                 payment_part(&row),
                 expected_payment(&log, p.order_id, u64::MAX),
                 "payment of order {}, seed {seed}",
+                p.order_id
+            );
+            assert_eq!(
+                (row.saga_state, row.saga_updated_at),
+                expected_saga(&log, p.order_id, u64::MAX),
+                "saga of order {}, seed {seed}",
                 p.order_id
             );
         }
@@ -1380,8 +2057,11 @@ fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<O
                         delivered_at: None,
                         cancelled_at: None,
                         cancel_reason: None,
+                        reason_code: None,
                         carrier: None,
                         tracking: None,
+                        saga_state: None,
+                        saga_updated_at: None,
                         payment_status: PaymentStatus::None,
                         payment_id: None,
                         payment_currency: None,
@@ -1408,6 +2088,7 @@ fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<O
                     OrderEvent::Cancelled(e) => {
                         (r.status, r.cancelled_at) = (OrderStatus::Cancelled, Some(at));
                         r.cancel_reason = Some(e.reason.clone());
+                        r.reason_code = (!e.reason_code.is_empty()).then(|| e.reason_code.clone());
                     }
                 }
                 (r.stream_version, r.last_position, r.updated_at) = (event.stream_version, event.position, at);
@@ -1428,6 +2109,7 @@ fn fold_up_to(log: &[ProjectedEvent], order_id: Uuid, position: u64) -> Option<O
         row.payment_updated_at,
         row.payment_count,
     ) = expected_payment(log, order_id, position);
+    (row.saga_state, row.saga_updated_at) = expected_saga(log, order_id, position);
     Some(row)
 }
 
@@ -1667,6 +2349,7 @@ async fn pagination(server: Server) {
             placed_from: Some(time_of(5)),
             placed_to: Some(time_of(30)),
             status: Some(OrderStatus::Pending),
+            reason_code: None,
         },
         Sort::default(),
         None,
@@ -1855,12 +2538,19 @@ fn random_workload(rng: &mut Rng, customers: usize, orders: usize, poison_last: 
             1 => stream.push(confirmed(order)),
             2 => stream.extend([confirmed(order), shipped(order, "DHL", &format!("T{n}"))]),
             3 => stream.extend([confirmed(order), shipped(order, "UPS\tGround", "1Z"), delivered(order)]),
-            4 => stream.push(cancelled(order, "no\\longer wanted")),
-            5 => stream.extend([confirmed(order), cancelled(order, "late"), cancelled(order, "again")]),
+            4 => stream.push(cancelled_for(order, "no\\longer wanted", random_code(rng))),
+            5 => stream.extend([
+                confirmed(order),
+                cancelled_for(order, "late", random_code(rng)),
+                cancelled_for(order, "again", random_code(rng)),
+            ]),
             _ => stream.push(confirmed(order)),
         }
         for _ in 0..rng.below(3) {
             streams.push(random_payment(rng, order, total_of(&stream[0])));
+        }
+        if rng.chance(80) {
+            streams.push(random_saga(rng, order, quantities.len()));
         }
         if n % 50 == 7 {
             // Placed a second time: refused, dead-lettered, the order stays as it was.
@@ -1882,6 +2572,11 @@ fn random_workload(rng: &mut Rng, customers: usize, orders: usize, poison_last: 
         streams.push(vec![captured(Uuid::new_v4(), ids[0], 10)]);
         // A payment of an order never placed: kept, shown by no row.
         streams.push(random_payment(rng, Uuid::new_v4(), 100));
+        // A saga whose start was not seen, and one of an order never placed: kept, never an
+        // error.
+        let orphan = Uuid::new_v4();
+        streams.push(vec![saga_reserved(orphan, 0), saga_authorized(orphan)]);
+        streams.push(random_saga(rng, Uuid::new_v4(), 2));
     }
     let mut log = Log::default();
     for event in interleave(rng, streams) {
@@ -2013,6 +2708,7 @@ async fn bulk_equals_incremental(server: Server, seed: u64) {
     let reference = dump(&db, 1).await;
     assert!(reference["order_history"].len() > 800 && reference["customer_history"].len() > 40);
     assert!(reference["payments"].len() > 200 && reference["payment_history"].len() > 400);
+    assert!(reference["sagas"].len() > 300 && reference["saga_history"].len() > 1000);
     assert!(
         !control_rows(&db, 1).await.1.is_empty(),
         "the workload has events that are dead-lettered"

@@ -1,6 +1,9 @@
 //! `/v1/analytics/...`: the `sales_analytics` projection (ClickHouse, or SQLite embedded).
 //! Ranges are half-open `[from, to)` on the placement time (delivery time for durations);
-//! without them, the last 30 days.
+//! without them, the last 30 days. What revenue and the funnel count is in
+//! [`projections::analytics`]'s module doc, and in the OpenAPI schemas (`schema`).
+
+mod schema;
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -37,13 +40,15 @@ fn range(params: &Params) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
     Ok((from, to))
 }
 
-/// Revenue per hour or day of placement, per currency; cancelled orders leave it.
+/// Revenue per hour or day of placement, per currency: the orders confirmed, not cancelled,
+/// with an authorized or captured payment, each its total net of refunds (see the
+/// `AnalyticsRevenue` schema).
 #[utoipa::path(get, path = "/v1/analytics/revenue", tag = "analytics",
     params(("from" = Option<String>, Query, description = "RFC 3339, inclusive (default: to - 30 days)"),
         ("to" = Option<String>, Query, description = "RFC 3339, exclusive (default: now)"),
         ("bucket" = Option<String>, Query, description = "hour | day (default)"),
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
-    responses((status = 200, description = "revenue buckets", body = Object),
+    responses((status = 200, description = "revenue buckets", body = schema::AnalyticsRevenue),
               (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn revenue(
     State(state): State<ReadState>,
@@ -92,13 +97,15 @@ pub(crate) async fn top_products(
     Ok(Json(TopProducts { from, to, products }))
 }
 
-/// How many of the orders placed in the range (all time without one) reached each status, and
-/// the share delivered.
+/// How many of the orders placed in the range (all time without one) reached each status, how
+/// many are still pending, the cancelled ones per reason code, and the share delivered (see
+/// the `AnalyticsFunnel` schema).
 #[utoipa::path(get, path = "/v1/analytics/order-funnel", tag = "analytics",
     params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
         ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
         ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
-    responses((status = 200, description = "the funnel", body = Object)))]
+    responses((status = 200, description = "the funnel", body = schema::AnalyticsFunnel),
+              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody)))]
 pub(crate) async fn order_funnel(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,
@@ -136,4 +143,77 @@ pub(crate) async fn delivery_durations(
     })
     .await?;
     Ok(Json(durations))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use utoipa::OpenApi as _;
+
+    use super::*;
+
+    fn keys(value: &serde_json::Value) -> BTreeSet<String> {
+        value.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// The documented schemas name exactly what the handlers serialize, and the endpoints
+    /// answer with them.
+    #[test]
+    fn the_schemas_document_the_answers_exactly() {
+        let document = serde_json::to_value(crate::ops::ApiDoc::openapi()).unwrap();
+        let schemas = &document["components"]["schemas"];
+        let bucket = RevenueBucket {
+            bucket_start: DateTime::UNIX_EPOCH,
+            currency: "EUR".to_owned(),
+            revenue_minor: 1,
+            orders: 1,
+        };
+        let revenue = serde_json::to_value(Revenue {
+            from: DateTime::UNIX_EPOCH,
+            to: DateTime::UNIX_EPOCH,
+            bucket: "day",
+            buckets: vec![bucket.clone()],
+        })
+        .unwrap();
+        assert_eq!(keys(&schemas["AnalyticsRevenue"]["properties"]), keys(&revenue));
+        assert_eq!(
+            keys(&schemas["AnalyticsRevenueBucket"]["properties"]),
+            keys(&serde_json::to_value(bucket).unwrap())
+        );
+        let funnel = serde_json::to_value(Funnel {
+            placed: 0,
+            pending: 0,
+            confirmed: 0,
+            shipped: 0,
+            delivered: 0,
+            cancelled: 0,
+            cancellation_reasons: std::collections::BTreeMap::new(),
+            placed_to_delivered_conversion: 0.0,
+        })
+        .unwrap();
+        assert_eq!(keys(&schemas["AnalyticsFunnel"]["properties"]), keys(&funnel));
+        for (path, schema) in [
+            ("/v1/analytics/revenue", "AnalyticsRevenue"),
+            ("/v1/analytics/order-funnel", "AnalyticsFunnel"),
+        ] {
+            let reference =
+                &document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(reference, &format!("#/components/schemas/{schema}"), "{path}");
+        }
+        for (schema, field) in [
+            ("AnalyticsFunnel", "pending"),
+            ("AnalyticsFunnel", "cancellation_reasons"),
+            ("AnalyticsRevenueBucket", "revenue_minor"),
+        ] {
+            assert!(
+                schemas[schema]["properties"][field]["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{schema}.{field}"
+            );
+        }
+    }
 }

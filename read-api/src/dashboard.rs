@@ -57,16 +57,18 @@ const STATUSES: &[(&str, OrderStatus)] = &[
     ("cancelled", OrderStatus::Cancelled),
 ];
 
-/// A page of orders: filters `status`, `customer_id`, `placed_from` (inclusive), `placed_to`
-/// (exclusive); `sort` (`placed_at_desc` by default, `placed_at_asc`, `total_desc`,
-/// `total_asc`); keyset pagination with `cursor` (from the previous page's `next_cursor`) and
-/// `limit` (1..=500, 50); `as_of` (RFC 3339) or `at_position` for the dashboard as it stood
-/// then; `min_position` for read-your-writes. Each row carries the order's payment
-/// (`payment_status`, the authorized, captured and refunded amounts, ...: see the
+/// A page of orders: filters `status`, `reason_code` (the cancellation's), `customer_id`,
+/// `placed_from` (inclusive), `placed_to` (exclusive); `sort` (`placed_at_desc` by default,
+/// `placed_at_asc`, `total_desc`, `total_asc`); keyset pagination with `cursor` (from the
+/// previous page's `next_cursor`) and `limit` (1..=500, 50); `as_of` (RFC 3339) or
+/// `at_position` for the dashboard as it stood then; `min_position` for read-your-writes. Each
+/// row carries the order's cancellation `reason_code`, its place-order saga's `saga_state` and
+/// its payment (`payment_status`, the authorized, captured and refunded amounts, ...: see the
 /// `DashboardOrder` schema).
 #[utoipa::path(get, path = "/v1/dashboard/orders", tag = "dashboard",
     params(
         ("status" = Option<String>, Query, description = "pending | confirmed | shipped | delivered | cancelled"),
+        ("reason_code" = Option<String>, Query, description = "orders cancelled for this reason: requested | out_of_stock | payment_declined | payment_unavailable | timed_out | abandoned"),
         ("customer_id" = Option<String>, Query, description = "a customer's UUID"),
         ("placed_from" = Option<String>, Query, description = "RFC 3339, inclusive"),
         ("placed_to" = Option<String>, Query, description = "RFC 3339, exclusive"),
@@ -85,6 +87,7 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
         query.as_deref(),
         &[
             "status",
+            "reason_code",
             "customer_id",
             "placed_from",
             "placed_to",
@@ -98,6 +101,9 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
     )?;
     let filter = OrderFilter {
         status: params.choice("status", STATUSES)?,
+        reason_code: params
+            .choice("reason_code", &projections::REASON_CODES.map(|code| (code, code)))?
+            .map(str::to_owned),
         customer_id: params.uuid("customer_id")?,
         placed_from: params.time("placed_from")?,
         placed_to: params.time("placed_to")?,
@@ -130,7 +136,8 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
     Ok(Json(page))
 }
 
-/// One order with its payment, now or `as_of` / `at_position` (the payment as it was then).
+/// One order with its cancellation's reason code, its saga's state and its payment, now or
+/// `as_of` / `at_position` (all as they were then).
 #[utoipa::path(get, path = "/v1/dashboard/orders/{id}", tag = "dashboard",
     params(("id" = String, Path, description = "the order's UUID"),
         ("as_of" = Option<String>, Query, description = "RFC 3339"),

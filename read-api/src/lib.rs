@@ -7,9 +7,11 @@
 //! # Map
 //! - [`router`] builds the axum `Router` over a [`ReadState`]; [`serve`] runs it until shutdown.
 //!   [`query_routes`] is the `/v1/...` part alone, to merge into another service's router.
-//! - `dashboard`: `/v1/dashboard/orders` (filters, sort, keyset pagination, `as_of`), one order,
-//!   one customer's summary, from the `order_dashboard` projection.
-//! - `analytics`: revenue, top products, the order funnel, delivery durations, from
+//! - `dashboard`: `/v1/dashboard/orders` (filters, among them the cancellation's `reason_code`,
+//!   sort, keyset pagination, `as_of`), one order (with its payment, its saga's state and its
+//!   cancellation's reason code), one customer's summary, from the `order_dashboard` projection.
+//! - `analytics`: revenue (confirmed, paid orders net of refunds), top products, the order
+//!   funnel (with pending orders and cancellations per reason code), delivery durations, from
 //!   `sales_analytics`.
 //! - `status`: `/v1/projections`: versions, rebuild progress, applied position, lag, dead letters.
 //! - `consistency`: read-your-writes. Every endpoint takes `min_position` (the `position` a

@@ -12,7 +12,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use event_schemas::{
     ConsistencyToken, Currency, CustomerEvent, CustomerRegistered, CustomerRenamed, CustomerSnapshot, DomainEvent,
     Money, OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, PaymentAuthorized, PaymentCaptured,
-    PaymentDeclined, PaymentEvent, PaymentRefunded, Service,
+    PaymentDeclined, PaymentEvent, PaymentRefunded, PaymentVoided, SagaConfirmed, SagaEvent, SagaFailed, SagaLine,
+    SagaParked, SagaPaymentAuthorized, SagaStarted, SagaStockReserved, Service,
 };
 use http_body_util::BodyExt;
 use projections::analytics::SalesAnalytics;
@@ -238,6 +239,74 @@ fn cancelled(order_id: Uuid, version: u64) -> (String, u64, DomainEvent) {
             reason_code: "requested".to_owned(),
         })),
     )
+}
+
+/// A cancellation with a reason code (the saga's, or a client's `requested`).
+fn cancelled_for(order_id: Uuid, version: u64, reason_code: &str) -> (String, u64, DomainEvent) {
+    (
+        format!("order-{order_id}"),
+        version,
+        DomainEvent::Order(OrderEvent::Cancelled(OrderCancelled {
+            order_id,
+            reason: reason_code.replace('_', " "),
+            reason_code: reason_code.to_owned(),
+        })),
+    )
+}
+
+/// A cancellation recorded before reason codes existed.
+fn cancelled_without_code(order_id: Uuid, version: u64) -> (String, u64, DomainEvent) {
+    cancelled_for(order_id, version, "")
+}
+
+/// The events of an order's saga stream (`saga-{order id}`, in the orders service's log), from
+/// stream version `from`.
+fn saga(order_id: Uuid, from: u64, events: Vec<SagaEvent>) -> Vec<(String, u64, DomainEvent)> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| (format!("saga-{order_id}"), from + i as u64, DomainEvent::Saga(event)))
+        .collect()
+}
+
+fn saga_started(order_id: Uuid) -> SagaEvent {
+    SagaEvent::Started(SagaStarted {
+        order_id,
+        payment_id: Uuid::new_v4(),
+        lines: vec![SagaLine {
+            product_id: Uuid::new_v4(),
+            quantity: 1,
+        }],
+        amount: eur(100),
+        deadline: base_time() + chrono::Duration::hours(1),
+        correlation_id: "test".to_owned(),
+    })
+}
+
+fn saga_reserved(order_id: Uuid) -> SagaEvent {
+    SagaEvent::StockReserved(SagaStockReserved {
+        order_id,
+        line: 0,
+        product_id: Uuid::new_v4(),
+        quantity: 1,
+    })
+}
+
+fn saga_authorized(order_id: Uuid) -> SagaEvent {
+    SagaEvent::PaymentAuthorized(SagaPaymentAuthorized {
+        order_id,
+        payment_id: Uuid::new_v4(),
+        amount: eur(100),
+    })
+}
+
+fn saga_failed(order_id: Uuid, reason_code: &str) -> SagaEvent {
+    SagaEvent::Failed(SagaFailed {
+        order_id,
+        reason_code: reason_code.to_owned(),
+        reason: reason_code.replace('_', " "),
+        step: "reserve 0".to_owned(),
+    })
 }
 
 /// A payment event of stream version `version`: what the payments service appends.
@@ -572,6 +641,313 @@ async fn dashboard_rows_show_the_payment() {
     );
 }
 
+/// Every dashboard row shows its place-order saga's state (from the saga's own stream, whatever
+/// came first), its cancellation's reason code beside the free text (filterable), and its
+/// payment in each of the five statuses; "as of" shows them as they were; the funnel counts
+/// pending orders and the cancellations per reason; the OpenAPI document describes it all.
+#[tokio::test]
+async fn dashboard_rows_show_the_saga_and_the_reason_code() {
+    let mut side = ReadSide::new(Duration::from_millis(200)).await;
+    let shop = Shop::new();
+    side.apply((0..3).map(|n| shop.registered(n)).collect()).await;
+    let orders: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let pays: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    // Order 0's saga reaches the read side before the order does.
+    side.apply(saga(orders[0], 1, vec![saga_started(orders[0])])).await;
+    let (status, none) = side.get(&format!("/v1/dashboard/orders/{}", orders[0])).await;
+    assert_error(status, &none, StatusCode::NOT_FOUND, "not_found");
+    side.apply((0..5).map(|i| shop.placed(orders[i], i % 3, i % 3, 1)).collect())
+        .await;
+    let placed = side.token(Service::Orders);
+    let mut events = Vec::new();
+    // 0: reserved, authorized, confirmed: awaiting its shipment; captured, then refunded whole.
+    events.extend(saga(
+        orders[0],
+        2,
+        vec![
+            saga_reserved(orders[0]),
+            saga_authorized(orders[0]),
+            SagaEvent::Confirmed(SagaConfirmed { order_id: orders[0] }),
+        ],
+    ));
+    events.push(confirmed(orders[0]));
+    events.push(payment(
+        pays[0],
+        1,
+        PaymentEvent::Authorized(PaymentAuthorized {
+            payment_id: pays[0],
+            order_id: orders[0],
+            amount: eur(2_500),
+        }),
+    ));
+    events.push(payment(
+        pays[0],
+        2,
+        PaymentEvent::Captured(PaymentCaptured {
+            payment_id: pays[0],
+            order_id: orders[0],
+            amount: eur(2_500),
+        }),
+    ));
+    events.push(payment(
+        pays[0],
+        3,
+        PaymentEvent::Refunded(PaymentRefunded {
+            payment_id: pays[0],
+            order_id: orders[0],
+            amount: eur(2_500),
+        }),
+    ));
+    // 1: out of stock: the saga compensates and cancels the order with the code; its payment
+    // was declined.
+    events.extend(saga(
+        orders[1],
+        1,
+        vec![saga_started(orders[1]), saga_failed(orders[1], "out_of_stock")],
+    ));
+    events.push(payment(
+        pays[1],
+        1,
+        PaymentEvent::Declined(PaymentDeclined {
+            payment_id: pays[1],
+            order_id: orders[1],
+            reason: "card expired".to_owned(),
+        }),
+    ));
+    side.apply(events).await;
+    let before_cancel = side.token(Service::Orders);
+    side.apply(vec![
+        cancelled_for(orders[1], 2, "out_of_stock"),
+        // 2: placed before the saga, cancelled without a code; its payment authorized.
+        cancelled_without_code(orders[2], 2),
+        payment(
+            pays[2],
+            1,
+            PaymentEvent::Authorized(PaymentAuthorized {
+                payment_id: pays[2],
+                order_id: orders[2],
+                amount: eur(450),
+            }),
+        ),
+        // 3: parked at its reservation; its payment voided.
+        payment(
+            pays[3],
+            1,
+            PaymentEvent::Voided(PaymentVoided {
+                payment_id: pays[3],
+                order_id: orders[3],
+                amount: None,
+                reason: "too late".to_owned(),
+            }),
+        ),
+        // 4: captured.
+        payment(
+            pays[4],
+            1,
+            PaymentEvent::Authorized(PaymentAuthorized {
+                payment_id: pays[4],
+                order_id: orders[4],
+                amount: eur(2_500),
+            }),
+        ),
+        payment(
+            pays[4],
+            2,
+            PaymentEvent::Captured(PaymentCaptured {
+                payment_id: pays[4],
+                order_id: orders[4],
+                amount: eur(2_500),
+            }),
+        ),
+    ])
+    .await;
+    side.apply(saga(
+        orders[3],
+        1,
+        vec![
+            saga_started(orders[3]),
+            SagaEvent::Parked(SagaParked {
+                order_id: orders[3],
+                step: "reserve 0".to_owned(),
+                error: "409 from inventory".to_owned(),
+            }),
+        ],
+    ))
+    .await;
+
+    let (status, page) = side.get("/v1/dashboard/orders").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let rows: BTreeMap<String, Value> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["order_id"].as_str().unwrap().to_owned(), r.clone()))
+        .collect();
+    let row = |i: usize| &rows[&orders[i].to_string()];
+    let shown = |i: usize| {
+        (
+            row(i)["status"].clone(),
+            row(i)["saga_state"].clone(),
+            row(i)["reason_code"].clone(),
+            row(i)["payment_status"].clone(),
+        )
+    };
+    assert_eq!(
+        shown(0),
+        (
+            "confirmed".into(),
+            "awaiting_shipment".into(),
+            Value::Null,
+            "refunded".into()
+        ),
+        "{}",
+        row(0)
+    );
+    assert_eq!(
+        shown(1),
+        (
+            "cancelled".into(),
+            "compensating".into(),
+            "out_of_stock".into(),
+            "declined".into()
+        ),
+        "{}",
+        row(1)
+    );
+    assert_eq!(row(1)["cancel_reason"], "out of stock", "the free text beside the code");
+    assert_eq!(
+        shown(2),
+        ("cancelled".into(), Value::Null, Value::Null, "authorized".into()),
+        "{}",
+        row(2)
+    );
+    assert!(row(2)["saga_updated_at"].is_null(), "{}", row(2));
+    assert_eq!(
+        shown(3),
+        ("pending".into(), "parked".into(), Value::Null, "voided".into()),
+        "{}",
+        row(3)
+    );
+    assert_eq!(
+        shown(4),
+        ("pending".into(), Value::Null, Value::Null, "captured".into()),
+        "{}",
+        row(4)
+    );
+    assert!(row(0)["saga_updated_at"].is_string(), "{}", row(0));
+    let (status, one) = side.get(&format!("/v1/dashboard/orders/{}", orders[1])).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(&one, row(1), "the order's row is the list's");
+
+    // Filters by reason code, alone and with the status.
+    let listed = |query: &str| {
+        let uri = format!("/v1/dashboard/orders?{query}");
+        let router = side.router.clone();
+        async move {
+            let (status, page) = get(router, uri).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            page["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["order_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("reason_code=out_of_stock").await, vec![orders[1].to_string()]);
+    assert_eq!(
+        listed("reason_code=out_of_stock&status=cancelled").await,
+        vec![orders[1].to_string()]
+    );
+    assert!(listed("reason_code=out_of_stock&status=pending").await.is_empty());
+    assert!(listed("reason_code=requested").await.is_empty());
+    assert!(
+        listed(&format!("reason_code=out_of_stock&at_position={before_cancel}"))
+            .await
+            .is_empty(),
+        "not cancelled yet then"
+    );
+
+    // As of a position of the orders log (which holds the sagas): the saga as it was then.
+    let then = |at: ConsistencyToken, order: Uuid| {
+        let uri = format!("/v1/dashboard/orders/{order}?at_position={at}");
+        let router = side.router.clone();
+        async move {
+            let (status, row) = get(router, uri).await;
+            assert_eq!(status, StatusCode::OK, "{row}");
+            row
+        }
+    };
+    let row0 = then(placed, orders[0]).await;
+    assert_eq!(
+        (&row0["saga_state"], &row0["payment_status"]),
+        (&Value::from("reserving"), &Value::from("none")),
+        "{row0}"
+    );
+    let row1 = then(before_cancel, orders[1]).await;
+    assert_eq!(
+        (&row1["status"], &row1["saga_state"], &row1["reason_code"]),
+        (&Value::from("pending"), &Value::from("compensating"), &Value::Null),
+        "{row1}"
+    );
+
+    // The funnel: pending orders, and the cancellations per reason code.
+    let (status, funnel) = side.get("/v1/analytics/order-funnel").await;
+    assert_eq!(status, StatusCode::OK, "{funnel}");
+    assert_eq!(
+        (
+            &funnel["placed"],
+            &funnel["pending"],
+            &funnel["confirmed"],
+            &funnel["cancelled"]
+        ),
+        (&Value::from(5), &Value::from(2), &Value::from(1), &Value::from(2)),
+        "{funnel}"
+    );
+    assert_eq!(funnel["cancellation_reasons"]["out_of_stock"], 1, "{funnel}");
+    assert_eq!(funnel["cancellation_reasons"]["unspecified"], 1, "{funnel}");
+    assert_eq!(funnel["cancellation_reasons"]["requested"], 0, "{funnel}");
+    // Order 0 is confirmed, but its payment was refunded whole: no revenue.
+    let (_, revenue) = side
+        .get("/v1/analytics/revenue?from=2026-11-01T00:00:00Z&to=2026-11-03T00:00:00Z")
+        .await;
+    assert_eq!(revenue["buckets"], serde_json::json!([]), "{revenue}");
+
+    // The fields and the filter are documented.
+    let (_, doc) = side.get("/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    for field in ["saga_state", "saga_updated_at", "reason_code", "cancel_reason"] {
+        // A nullable reference carries its description in its `oneOf`'s reference.
+        let property = &schemas["DashboardOrder"]["properties"][field];
+        let description = property["description"]
+            .as_str()
+            .or(property["oneOf"][0]["description"].as_str());
+        assert!(description.is_some_and(|d| !d.is_empty()), "{field}: {property}");
+    }
+    assert!(
+        schemas["DashboardSagaState"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("awaiting_shipment"),
+        "{}",
+        schemas["DashboardSagaState"]
+    );
+    let params = doc["paths"]["/v1/dashboard/orders"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(params.iter().any(|p| p["name"] == "reason_code"), "{params:?}");
+    for (path, schema) in [
+        ("/v1/analytics/revenue", "AnalyticsRevenue"),
+        ("/v1/analytics/order-funnel", "AnalyticsFunnel"),
+    ] {
+        assert_eq!(
+            doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{path}"
+        );
+    }
+}
+
 /// The read API's edge is the service kit's: every answer, an error included, carries the
 /// correlation id it was given (or one it made up) and its own request id.
 #[tokio::test]
@@ -635,6 +1011,8 @@ async fn bad_parameters_are_400_in_the_error_format() {
         "/v1/dashboard/orders?limit=ten".to_owned(),
         "/v1/dashboard/orders?limit=5&limit=6".to_owned(),
         "/v1/dashboard/orders?status=lost".to_owned(),
+        "/v1/dashboard/orders?reason_code=lost".to_owned(),
+        "/v1/dashboard/orders?reason_code=".to_owned(),
         "/v1/dashboard/orders?customer_id=42".to_owned(),
         "/v1/dashboard/orders?placed_from=yesterday".to_owned(),
         "/v1/dashboard/orders?placed_from=2026-11-02T00:00:00Z&placed_to=2026-11-01T00:00:00Z".to_owned(),
@@ -801,7 +1179,63 @@ async fn analytics_and_projection_status() {
             .collect(),
     )
     .await;
-    side.apply(vec![cancelled(orders[0], 2), confirmed(orders[1])]).await;
+    let total = |i: usize| shop.products[i % 3].2 * (1 + i as i64);
+    let pays: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let authorized = |i: usize| {
+        payment(
+            pays[i],
+            1,
+            PaymentEvent::Authorized(PaymentAuthorized {
+                payment_id: pays[i],
+                order_id: orders[i],
+                amount: eur(total(i)),
+            }),
+        )
+    };
+    side.apply(vec![
+        // 0: cancelled by its client.
+        cancelled(orders[0], 2),
+        // 1: confirmed, authorized: revenue.
+        authorized(1),
+        confirmed(orders[1]),
+        // 2: confirmed, captured, 100 refunded: revenue, net of the refund.
+        authorized(2),
+        payment(
+            pays[2],
+            2,
+            PaymentEvent::Captured(PaymentCaptured {
+                payment_id: pays[2],
+                order_id: orders[2],
+                amount: eur(total(2)),
+            }),
+        ),
+        payment(
+            pays[2],
+            3,
+            PaymentEvent::Refunded(PaymentRefunded {
+                payment_id: pays[2],
+                order_id: orders[2],
+                amount: eur(100),
+            }),
+        ),
+        confirmed(orders[2]),
+        // 3: confirmed without a payment: not revenue.
+        confirmed(orders[3]),
+        // 4: confirmed, its payment declined: not revenue.
+        payment(
+            pays[4],
+            1,
+            PaymentEvent::Declined(PaymentDeclined {
+                payment_id: pays[4],
+                order_id: orders[4],
+                reason: "card expired".to_owned(),
+            }),
+        ),
+        confirmed(orders[4]),
+        // 5: authorized but still pending: not revenue.
+        authorized(5),
+    ])
+    .await;
     side.apply(vec![(
         format!("customer-{}", shop.customers[1]),
         2,
@@ -815,15 +1249,14 @@ async fn analytics_and_projection_status() {
     let range = "from=2026-11-01T00:00:00Z&to=2026-11-03T00:00:00Z";
     let (status, revenue) = side.get(&format!("/v1/analytics/revenue?{range}&bucket=day")).await;
     assert_eq!(status, StatusCode::OK, "{revenue}");
-    let expected: i64 = (1..6).map(|i| shop.products[i % 3].2 * (1 + i as i64)).sum();
-    let total: i64 = revenue["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["revenue_minor"].as_i64().unwrap())
-        .sum();
-    assert_eq!(total, expected, "order 0 is cancelled: {revenue}");
-
+    let buckets = revenue["buckets"].as_array().unwrap();
+    let sum = |field: &str| buckets.iter().map(|b| b[field].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(
+        (sum("revenue_minor"), sum("orders")),
+        (total(1) + total(2) - 100, 2),
+        "orders 1 and 2 (net of its refund); 0 cancelled, 3 and 4 unpaid, 5 pending: {revenue}"
+    );
+    assert_eq!(revenue["bucket"], "day");
     let (_, top) = side.get(&format!("/v1/analytics/top-products?{range}&limit=2")).await;
     let names: Vec<&str> = top["products"]
         .as_array()
@@ -836,8 +1269,17 @@ async fn analytics_and_projection_status() {
 
     let (_, funnel) = side.get("/v1/analytics/order-funnel").await;
     assert_eq!(funnel["placed"], 6, "{funnel}");
-    assert_eq!(funnel["confirmed"], 1);
+    assert_eq!(funnel["pending"], 1, "{funnel}");
+    assert_eq!(funnel["confirmed"], 4);
     assert_eq!(funnel["cancelled"], 1);
+    assert_eq!(
+        funnel["cancellation_reasons"],
+        serde_json::json!({
+            "requested": 1, "out_of_stock": 0, "payment_declined": 0, "payment_unavailable": 0,
+            "timed_out": 0, "abandoned": 0, "unspecified": 0,
+        }),
+        "{funnel}"
+    );
 
     let (_, durations) = side.get(&format!("/v1/analytics/delivery-durations?{range}")).await;
     assert_eq!(durations["count"], 0);

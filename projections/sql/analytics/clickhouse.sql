@@ -47,3 +47,38 @@ CREATE TABLE IF NOT EXISTS {prefix}order_status (
 ) ENGINE = ReplacingMergeTree(position)
 PARTITION BY toYYYYMM(at)
 ORDER BY (order_id, status);
+
+-- One row per cancellation of an order, with its reason code (requested, out_of_stock,
+-- payment_declined, payment_unavailable, timed_out, abandoned; empty when recorded before codes
+-- existed). Key: (order_id, position): a replay writes the same row again; an order's first
+-- cancellation (lowest position) is the one counted.
+CREATE TABLE IF NOT EXISTS {prefix}cancellations (
+    order_id    String,
+    reason_code String,
+    at          DateTime,
+    at_us       Int64,
+    position    UInt64,
+    event_id    String
+) ENGINE = ReplacingMergeTree(position)
+PARTITION BY toYYYYMM(at)
+ORDER BY (order_id, position);
+
+-- One row per event of a payment's stream (the payments service's): kind is authorized,
+-- captured, refunded, declined or voided; amount_minor the amount it names (0 for a decline or
+-- a void before any authorization). Key: (payment_id, seq), seq the event's stream version. A
+-- payment's status is its last event's kind, a refund leaving it captured while less than the
+-- captures was refunded (what the payments service's fold says).
+CREATE TABLE IF NOT EXISTS {prefix}payments (
+    payment_id   String,
+    seq          UInt64,
+    order_id     String,
+    kind         String,
+    amount_minor Int64,
+    currency     String,
+    at           DateTime,
+    at_us        Int64,
+    position     UInt64,
+    event_id     String
+) ENGINE = ReplacingMergeTree(position)
+PARTITION BY toYYYYMM(at)
+ORDER BY (payment_id, seq);

@@ -38,3 +38,31 @@ CREATE TABLE IF NOT EXISTS {prefix}order_status (
 );
 
 CREATE INDEX IF NOT EXISTS {prefix}order_status_by_time ON {prefix}order_status (status, at_us);
+
+-- One row per cancellation of an order, with its reason code (empty when recorded before codes
+-- existed); an order's first cancellation (lowest position) is the one counted.
+CREATE TABLE IF NOT EXISTS {prefix}cancellations (
+    order_id    TEXT   NOT NULL,
+    reason_code TEXT   NOT NULL,
+    at_us       BIGINT NOT NULL,
+    position    BIGINT NOT NULL,
+    event_id    TEXT   NOT NULL,
+    PRIMARY KEY (order_id, position)
+);
+
+-- One row per event of a payment's stream: kind is authorized, captured, refunded, declined or
+-- voided; seq the event's stream version.
+CREATE TABLE IF NOT EXISTS {prefix}payments (
+    payment_id   TEXT   NOT NULL,
+    seq          BIGINT NOT NULL,
+    order_id     TEXT   NOT NULL,
+    kind         TEXT   NOT NULL,
+    amount_minor BIGINT NOT NULL,
+    currency     TEXT   NOT NULL,
+    at_us        BIGINT NOT NULL,
+    position     BIGINT NOT NULL,
+    event_id     TEXT   NOT NULL,
+    PRIMARY KEY (payment_id, seq)
+);
+
+CREATE INDEX IF NOT EXISTS {prefix}payments_by_order ON {prefix}payments (order_id);

@@ -1,5 +1,7 @@
 -- Drops one version of the order dashboard (a rebuilt version replaced it). Indexes go with
 -- their tables.
+DROP TABLE IF EXISTS {prefix}saga_history;
+DROP TABLE IF EXISTS {prefix}sagas;
 DROP TABLE IF EXISTS {prefix}payment_history;
 DROP TABLE IF EXISTS {prefix}payments;
 DROP TABLE IF EXISTS {prefix}customer_history;

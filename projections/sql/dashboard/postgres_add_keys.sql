@@ -7,3 +7,5 @@ ALTER TABLE {prefix}order_history ADD CONSTRAINT {prefix}order_history_pkey PRIM
 ALTER TABLE {prefix}customer_history ADD CONSTRAINT {prefix}customer_history_pkey PRIMARY KEY (customer_id, stream_version);
 ALTER TABLE {prefix}payments ADD CONSTRAINT {prefix}payments_pkey PRIMARY KEY (payment_id);
 ALTER TABLE {prefix}payment_history ADD CONSTRAINT {prefix}payment_history_pkey PRIMARY KEY (payment_id, stream_version);
+ALTER TABLE {prefix}sagas ADD CONSTRAINT {prefix}sagas_pkey PRIMARY KEY (order_id);
+ALTER TABLE {prefix}saga_history ADD CONSTRAINT {prefix}saga_history_pkey PRIMARY KEY (order_id, stream_version);

@@ -11,3 +11,5 @@ ALTER TABLE {prefix}order_history DROP CONSTRAINT {prefix}order_history_pkey;
 ALTER TABLE {prefix}customer_history DROP CONSTRAINT {prefix}customer_history_pkey;
 ALTER TABLE {prefix}payments DROP CONSTRAINT {prefix}payments_pkey;
 ALTER TABLE {prefix}payment_history DROP CONSTRAINT {prefix}payment_history_pkey;
+ALTER TABLE {prefix}sagas DROP CONSTRAINT {prefix}sagas_pkey;
+ALTER TABLE {prefix}saga_history DROP CONSTRAINT {prefix}saga_history_pkey;

@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS {prefix}orders (
     -- The last applied event of the order's stream: the guard against applying one twice.
     stream_version  BIGINT NOT NULL,
     last_position   BIGINT NOT NULL,
-    updated_at_us   BIGINT NOT NULL
+    updated_at_us   BIGINT NOT NULL,
+    -- The cancellation's stable reason code (requested, out_of_stock, payment_declined,
+    -- payment_unavailable, timed_out, abandoned); NULL when not cancelled or recorded without
+    -- one. Last: a version made before it got it by `ALTER TABLE ... ADD COLUMN` (dashboard.rs).
+    cancel_reason_code TEXT
 );
 
 -- The projection's own copy of every customer it has seen (event-driven data sync).
@@ -91,6 +95,7 @@ CREATE TABLE IF NOT EXISTS {prefix}order_history (
     cancel_reason       TEXT,
     carrier             TEXT,
     tracking            TEXT,
+    cancel_reason_code  TEXT,
     PRIMARY KEY (order_id, stream_version)
 );
 
@@ -150,4 +155,41 @@ CREATE TABLE IF NOT EXISTS {prefix}payment_history (
     reason              TEXT,
     started_position    BIGINT NOT NULL,
     PRIMARY KEY (payment_id, stream_version)
+);
+
+-- The current state of every order's place-order saga (the orders service's `saga-{order id}`
+-- streams, ADR 0010), keyed by the order's id whether or not the order has been seen: it is
+-- joined to the order when read (query.rs), so saga and order events (two topics) converge in
+-- any interleaving. `state` is derived from the other columns after every event (see
+-- `SagaState` for the mapping); flags are 0 or 1.
+CREATE TABLE IF NOT EXISTS {prefix}sagas (
+    order_id        TEXT   PRIMARY KEY,
+    -- reserving | authorizing | confirming | awaiting_shipment | compensating | parked | completed
+    state           TEXT   NOT NULL,
+    -- The lines saga.started listed (0 when its start was not applied to this version), and the
+    -- saga.stock_reserved events applied.
+    line_count      BIGINT NOT NULL,
+    lines_reserved  BIGINT NOT NULL,
+    authorized      BIGINT NOT NULL,
+    confirmed       BIGINT NOT NULL,
+    failed          BIGINT NOT NULL,
+    parked          BIGINT NOT NULL,
+    completed       BIGINT NOT NULL,
+    -- The last applied event of the saga's stream: the guard against applying one twice.
+    stream_version  BIGINT NOT NULL,
+    last_position   BIGINT NOT NULL,
+    updated_at_us   BIGINT NOT NULL
+);
+
+-- Every version of every saga's state, for "as of" reads (valid_from/valid_to as order_history;
+-- the saga is in the orders log, so its positions are the orders log's).
+CREATE TABLE IF NOT EXISTS {prefix}saga_history (
+    order_id            TEXT   NOT NULL,
+    stream_version      BIGINT NOT NULL,
+    valid_from_position BIGINT NOT NULL,
+    valid_from_us       BIGINT NOT NULL,
+    valid_to_position   BIGINT,
+    valid_to_us         BIGINT,
+    state               TEXT   NOT NULL,
+    PRIMARY KEY (order_id, stream_version)
 );

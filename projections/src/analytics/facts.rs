@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use event_schemas::{DomainEvent, OrderEvent};
+use event_schemas::{DomainEvent, OrderEvent, PaymentEvent};
 
 use crate::{Batch, ProjectedEvent, micros};
 
@@ -63,11 +63,66 @@ pub(crate) struct StatusFact {
     pub(crate) event_id: String,
 }
 
-/// The rows of one batch. Events other than order events produce nothing.
+/// An order's cancellation, with its reason code (empty in one recorded before codes existed).
+/// Key: (order_id, position); an order's first cancellation (lowest position) is the one the
+/// queries count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CancellationFact {
+    pub(crate) order_id: String,
+    pub(crate) reason_code: String,
+    /// The event's `occurred_at`, microseconds since the epoch.
+    pub(crate) at_us: i64,
+    pub(crate) position: u64,
+    pub(crate) event_id: String,
+}
+
+/// What a payment event is, as a fact. The strings are stored: never rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PaymentKind {
+    Authorized,
+    Captured,
+    Refunded,
+    Declined,
+    Voided,
+}
+
+impl PaymentKind {
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            PaymentKind::Authorized => "authorized",
+            PaymentKind::Captured => "captured",
+            PaymentKind::Refunded => "refunded",
+            PaymentKind::Declined => "declined",
+            PaymentKind::Voided => "voided",
+        }
+    }
+}
+
+/// One event of a payment's stream (the payments service's). Key: (payment_id, seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PaymentFact {
+    pub(crate) payment_id: String,
+    /// The event's version in the payment's stream, from 1: the order of the payment's events.
+    pub(crate) seq: u64,
+    pub(crate) order_id: String,
+    pub(crate) kind: PaymentKind,
+    /// The amount authorized, captured, refunded or voided (0 for a decline, or a void before
+    /// any authorization), in minor units of `currency` (empty without an amount).
+    pub(crate) amount_minor: i64,
+    pub(crate) currency: String,
+    /// The event's `occurred_at`, microseconds since the epoch.
+    pub(crate) at_us: i64,
+    pub(crate) position: u64,
+    pub(crate) event_id: String,
+}
+
+/// The rows of one batch. Events other than order and payment events produce nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Facts {
     pub(crate) lines: Vec<LineFact>,
     pub(crate) statuses: Vec<StatusFact>,
+    pub(crate) cancellations: Vec<CancellationFact>,
+    pub(crate) payments: Vec<PaymentFact>,
 }
 
 impl Facts {
@@ -90,8 +145,10 @@ impl Facts {
     }
 
     fn add(&mut self, event: &ProjectedEvent) {
-        let DomainEvent::Order(order_event) = &event.event else {
-            return;
+        let order_event = match &event.event {
+            DomainEvent::Order(order_event) => order_event,
+            DomainEvent::Payment(payment) => return self.add_payment(event, payment),
+            _ => return,
         };
         let order_id = order_event.order_id().to_string();
         let at_us = micros(event.occurred_at);
@@ -129,7 +186,16 @@ impl Facts {
             OrderEvent::Confirmed(_) => Status::Confirmed,
             OrderEvent::Shipped(_) => Status::Shipped,
             OrderEvent::Delivered(_) => Status::Delivered,
-            OrderEvent::Cancelled(_) => Status::Cancelled,
+            OrderEvent::Cancelled(cancelled) => {
+                self.cancellations.push(CancellationFact {
+                    order_id: order_id.clone(),
+                    reason_code: cancelled.reason_code.clone(),
+                    at_us,
+                    position: event.position,
+                    event_id: event_id.clone(),
+                });
+                Status::Cancelled
+            }
         };
         self.statuses.push(StatusFact {
             order_id,
@@ -139,6 +205,27 @@ impl Facts {
             total_minor: 0,
             currency: String::new(),
             event_id,
+        });
+    }
+
+    fn add_payment(&mut self, event: &ProjectedEvent, payment: &PaymentEvent) {
+        let (kind, amount) = match payment {
+            PaymentEvent::Authorized(e) => (PaymentKind::Authorized, Some(e.amount)),
+            PaymentEvent::Captured(e) => (PaymentKind::Captured, Some(e.amount)),
+            PaymentEvent::Refunded(e) => (PaymentKind::Refunded, Some(e.amount)),
+            PaymentEvent::Declined(_) => (PaymentKind::Declined, None),
+            PaymentEvent::Voided(e) => (PaymentKind::Voided, e.amount),
+        };
+        self.payments.push(PaymentFact {
+            payment_id: payment.payment_id().to_string(),
+            seq: event.stream_version,
+            order_id: payment.order_id().to_string(),
+            kind,
+            amount_minor: amount.map_or(0, |a| a.amount_minor),
+            currency: amount.map_or_else(String::new, |a| a.currency.as_str().to_owned()),
+            at_us: micros(event.occurred_at),
+            position: event.position,
+            event_id: event.event_id.to_string(),
         });
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::facts::Facts;
-use super::{Bucket, Durations, NAME, Range, RevenueBucket, Tables, TopProduct};
+use super::{Bucket, Durations, FunnelCounts, NAME, Range, RevenueBucket, Tables, TopProduct};
 use crate::{Batch, ProjectionError, ReadDb, from_i64, from_micros, save_checkpoints, save_dead_letters, to_i64};
 
 #[derive(Debug, Clone)]
@@ -113,12 +113,53 @@ impl SqlSink {
                 .await?;
         }
 
+        let insert_cancellation: Arc<str> = format!(
+            "INSERT INTO {cancellations} (order_id, reason_code, at_us, position, event_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (order_id, position) DO NOTHING",
+            cancellations = tables.cancellations
+        )
+        .into();
+        for cancellation in &facts.cancellations {
+            sqlx::query(AssertSqlSafe(Arc::clone(&insert_cancellation)))
+                .bind(cancellation.order_id.as_str())
+                .bind(cancellation.reason_code.as_str())
+                .bind(cancellation.at_us)
+                .bind(to_i64(cancellation.position))
+                .bind(cancellation.event_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let insert_payment: Arc<str> = format!(
+            "INSERT INTO {payments} (payment_id, seq, order_id, kind, amount_minor, currency, at_us, position, event_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (payment_id, seq) DO NOTHING",
+            payments = tables.payments
+        )
+        .into();
+        for payment in &facts.payments {
+            sqlx::query(AssertSqlSafe(Arc::clone(&insert_payment)))
+                .bind(payment.payment_id.as_str())
+                .bind(to_i64(payment.seq))
+                .bind(payment.order_id.as_str())
+                .bind(payment.kind.as_str())
+                .bind(payment.amount_minor)
+                .bind(payment.currency.as_str())
+                .bind(payment.at_us)
+                .bind(to_i64(payment.position))
+                .bind(payment.event_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+
         save_checkpoints(&mut tx, NAME, version, &batch.checkpoints()).await?;
         save_dead_letters(&mut tx, NAME, version, &batch.dead_letters).await?;
         tx.commit().await?;
         Ok(())
     }
 
+    /// Revenue per bucket: see the module doc of `analytics` for the definition, and the
+    /// ClickHouse sink's for the same query there.
     pub(super) async fn revenue(
         &self,
         tables: &Tables,
@@ -126,15 +167,42 @@ impl SqlSink {
         bucket: Bucket,
     ) -> Result<Vec<RevenueBucket>, ProjectionError> {
         let (from_us, to_us) = range.bounds();
-        // Integer division truncates towards zero like ClickHouse's intDiv (times are after 1970).
+        // `cohort`: the orders placed in the range, whose payments are looked at. `last`: each
+        // payment's last event; `amounts`: what it captured and refunded; `paid`: per order, the
+        // refunds of its payments that are authorized or captured. Integer division truncates
+        // towards zero like ClickHouse's intDiv (times are after 1970).
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT (s.at_us / $3) * $3 AS bucket_us, s.currency, CAST(SUM(s.total_minor) AS BIGINT), COUNT(*)
+            "WITH cohort AS (
+                SELECT order_id FROM {status} WHERE status = 'placed' AND at_us >= $1 AND at_us < $2
+             ), last AS (
+                SELECT f.payment_id, f.order_id, f.kind
+                  FROM {payments} f
+                 WHERE f.order_id IN (SELECT order_id FROM cohort)
+                   AND f.seq = (SELECT MAX(g.seq) FROM {payments} g WHERE g.payment_id = f.payment_id)
+             ), amounts AS (
+                SELECT a.payment_id,
+                       CAST(SUM(CASE WHEN a.kind = 'captured' THEN a.amount_minor ELSE 0 END) AS BIGINT) AS captured,
+                       CAST(SUM(CASE WHEN a.kind = 'refunded' THEN a.amount_minor ELSE 0 END) AS BIGINT) AS refunded
+                  FROM {payments} a
+                 WHERE a.order_id IN (SELECT order_id FROM cohort)
+                 GROUP BY a.payment_id
+             ), paid AS (
+                SELECT l.order_id, CAST(SUM(m.refunded) AS BIGINT) AS refunded
+                  FROM last l JOIN amounts m ON m.payment_id = l.payment_id
+                 WHERE l.kind IN ('authorized', 'captured') OR (l.kind = 'refunded' AND m.refunded < m.captured)
+                 GROUP BY l.order_id
+             )
+             SELECT (s.at_us / $3) * $3 AS bucket_us, s.currency, CAST(SUM(s.total_minor - p.refunded) AS BIGINT),
+                    COUNT(*)
                FROM {status} s
+               JOIN paid p ON p.order_id = s.order_id
               WHERE s.status = 'placed' AND s.at_us >= $1 AND s.at_us < $2
+                AND EXISTS (SELECT 1 FROM {status} c WHERE c.order_id = s.order_id AND c.status = 'confirmed')
                 AND NOT EXISTS (SELECT 1 FROM {status} c WHERE c.order_id = s.order_id AND c.status = 'cancelled')
               GROUP BY (s.at_us / $3) * $3, s.currency
               ORDER BY bucket_us, s.currency",
-            status = tables.status
+            status = tables.status,
+            payments = tables.payments,
         )))
         .bind(from_us)
         .bind(to_us)
@@ -206,12 +274,10 @@ impl SqlSink {
             .collect()
     }
 
-    /// Per status, how many orders placed in the range reached it.
-    pub(super) async fn status_counts(
-        &self,
-        tables: &Tables,
-        range: Range,
-    ) -> Result<Vec<(String, u64)>, ProjectionError> {
+    /// Of the orders placed in the range: per status, how many reached it; how many are
+    /// pending; per reason code of their first cancellation, how many were cancelled. One
+    /// statement, so one snapshot: rows `(kind, key, count)`.
+    pub(super) async fn funnel_counts(&self, tables: &Tables, range: Range) -> Result<FunnelCounts, ProjectionError> {
         let mut cohort = String::new();
         let mut n = 0;
         for (bound, op) in [(range.from_us, ">="), (range.to_us, "<")] {
@@ -221,20 +287,40 @@ impl SqlSink {
             }
         }
         let sql = format!(
-            "SELECT s.status, COUNT(*)
+            "SELECT 'status', s.status, COUNT(*)
                FROM {status} s
                JOIN {status} p ON p.order_id = s.order_id AND p.status = 'placed'{cohort}
-              GROUP BY s.status",
-            status = tables.status
+              GROUP BY s.status
+             UNION ALL
+             SELECT 'pending', '', COUNT(*)
+               FROM {status} p
+              WHERE p.status = 'placed'{cohort}
+                AND NOT EXISTS (SELECT 1 FROM {status} c
+                                 WHERE c.order_id = p.order_id AND c.status IN ('confirmed', 'cancelled'))
+             UNION ALL
+             SELECT 'reason', c.reason_code, COUNT(*)
+               FROM {cancellations} c
+               JOIN {status} p ON p.order_id = c.order_id AND p.status = 'placed'{cohort}
+              WHERE c.position = (SELECT MIN(f.position) FROM {cancellations} f WHERE f.order_id = c.order_id)
+              GROUP BY c.reason_code",
+            status = tables.status,
+            cancellations = tables.cancellations,
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for bound in [range.from_us, range.to_us].into_iter().flatten() {
             query = query.bind(bound);
         }
-        let rows = query.fetch_all(self.db.pool()).await?;
-        rows.into_iter()
-            .map(|row| Ok((row.try_get(0)?, from_i64(row.try_get(1)?))))
-            .collect()
+        let mut counts = FunnelCounts::default();
+        for row in query.fetch_all(self.db.pool()).await? {
+            let (kind, key, count): (String, String, u64) =
+                (row.try_get(0)?, row.try_get(1)?, from_i64(row.try_get(2)?));
+            match kind.as_str() {
+                "status" => counts.statuses.push((key, count)),
+                "pending" => counts.pending = count,
+                _ => counts.reasons.push((key, count)),
+            }
+        }
+        Ok(counts)
     }
 
     pub(super) async fn delivery_durations(&self, tables: &Tables, range: Range) -> Result<Durations, ProjectionError> {

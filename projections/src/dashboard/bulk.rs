@@ -4,11 +4,11 @@
 //!
 //! # What it does
 //!
-//! - **Folds the log in memory**: every order's, customer's and payment's current state and
-//!   every customer's totals, with the very functions the batch fold uses (`fold.rs`: placing an
-//!   order, applying an order, customer or payment event, the replay guards), so that both make
-//!   the same rows by construction.
-//! - **Streams history out as soon as it is final**: an order's (customer's, payment's) version gets its
+//! - **Folds the log in memory**: every order's, customer's, payment's and saga's current state
+//!   and every customer's totals, with the very functions the batch fold uses (`fold.rs`:
+//!   placing an order, applying an order, customer, payment or saga event, the replay guards),
+//!   so that both make the same rows by construction.
+//! - **Streams history out as soon as it is final**: an order's (customer's, payment's, saga's) version gets its
 //!   `valid_to` from the next event of its stream, so when that event applies, the version it
 //!   supersedes is written out, closed, and never touched again. Open versions (`valid_to`
 //!   NULL) and the current tables are written at the end, from memory.
@@ -36,8 +36,8 @@
 //! - an order's version `k` is valid from its event's position and recorded time (its
 //!   `last_position`, `updated_at_us`) up to those of the order's next applied event; the
 //!   latest is open. Customers the same (for customers with events of their own; snapshots
-//!   make no customer versions), with `since_us` keeping the version's start time; payments as
-//!   orders;
+//!   make no customer versions), with `since_us` keeping the version's start time; payments and
+//!   sagas as orders;
 //! - an order shows its customer's name and email once the customer's stream has been seen
 //!   (`stream_version > 0`), its own placement snapshot otherwise: this is what the batch
 //!   path's in-batch override and `propagate_customers` converge to;
@@ -54,9 +54,10 @@
 //!
 //! # Memory
 //!
-//! One [`OrderState`] per order, one [`CustomerState`] per customer and one [`PaymentState`]
-//! per payment (a few hundred bytes each), the totals, plus a few chunks in flight; never the
-//! history. When the orders, customers and payments in memory reach the load's limit, [`BulkLoad::full`] says so and the rebuild
+//! One [`OrderState`] per order, one [`CustomerState`] per customer, one [`PaymentState`]
+//! per payment and one [`SagaProgress`] per saga (a few hundred bytes each), the totals, plus a
+//! few chunks in flight; never the history. When the orders, customers, payments and sagas in
+//! memory reach the load's limit, [`BulkLoad::full`] says so and the rebuild
 //! finishes the load there and applies the rest of the log batch by batch, so memory stays
 //! bounded whatever the size of the log.
 
@@ -64,7 +65,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::Utc;
-use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, PaymentEvent};
+use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, PaymentEvent, SagaEvent};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -72,14 +73,16 @@ use tracing::{debug, error, info};
 use uuid::Uuid;
 
 use super::fold::{
-    CustomerState, CustomerVersion, OrderState, OrderVersion, PaymentState, PaymentVersion, TotalKey, Totals,
-    apply_customer_event, apply_order_event, apply_payment_event, at_of, blank_customer, blank_payment,
-    customer_event_applies, never_placed, order_event_applies, payment_event_applies, place_order, snapshot_customer,
+    CustomerState, CustomerVersion, OrderState, OrderVersion, PaymentState, PaymentVersion, SagaProgress, SagaVersion,
+    TotalKey, Totals, apply_customer_event, apply_order_event, apply_payment_event, apply_saga_event, at_of,
+    blank_customer, blank_payment, blank_saga, customer_event_applies, never_placed, order_event_applies,
+    payment_event_applies, place_order, saga_event_applies, snapshot_customer,
 };
 use super::write::{
     CUSTOMER_COLUMNS, CUSTOMER_HISTORY_COLUMNS, ORDER_COLUMNS, ORDER_HISTORY_COLUMNS, PAYMENT_COLUMNS,
-    PAYMENT_HISTORY_COLUMNS, TOTALS_COLUMNS, add_totals, insert_customer_versions, insert_order_versions,
-    insert_payment_versions, upsert_customers, upsert_orders, upsert_payments,
+    PAYMENT_HISTORY_COLUMNS, SAGA_COLUMNS, SAGA_HISTORY_COLUMNS, TOTALS_COLUMNS, add_totals, insert_customer_versions,
+    insert_order_versions, insert_payment_versions, insert_saga_versions, upsert_customers, upsert_orders,
+    upsert_payments, upsert_sagas,
 };
 use super::{INDEXES_SQL, NAME, TABLES};
 use crate::control::{SAVE_DEAD_LETTER_SQL, checkpoint_rows, save_checkpoints_sql};
@@ -93,7 +96,7 @@ use service_kit::error_chain;
 const DROP_KEYS_SQL: &str = include_str!("../../sql/dashboard/postgres_drop_keys.sql");
 const ADD_KEYS_SQL: &str = include_str!("../../sql/dashboard/postgres_add_keys.sql");
 
-/// The orders, customers and payments a bulk load holds in memory at most. Measured (BENCHMARKS.md): about
+/// The orders, customers, payments and sagas a bulk load holds in memory at most. Measured (BENCHMARKS.md): about
 /// 800 bytes of resident memory each, plus ~40 MiB of chunks and pages in flight, so this bound
 /// is about 1.2 GiB (a log of ~8 million events of the benchmark's shop). Past it, the rebuild
 /// finishes the bulk load and goes on batch by batch.
@@ -257,6 +260,7 @@ impl BulkLoad for DashboardBulk {
             orders,
             customers,
             payments,
+            sagas,
             totals,
             dead_letters,
             checkpoints,
@@ -283,6 +287,11 @@ impl BulkLoad for DashboardBulk {
         for payment in payments.into_values() {
             self.out.payment_version(&payment, None);
             self.out.payment(&payment);
+            self.send(false).await?;
+        }
+        for saga in sagas.into_values() {
+            self.out.saga_version(&saga, None);
+            self.out.saga(&saga);
             self.send(false).await?;
         }
         for (key, value) in &totals {
@@ -340,6 +349,8 @@ struct BulkFold {
     orders: HashMap<Uuid, Box<OrderState>>,
     customers: HashMap<Uuid, BulkCustomer>,
     payments: HashMap<Uuid, Box<PaymentState>>,
+    /// By their order's id.
+    sagas: HashMap<Uuid, Box<SagaProgress>>,
     totals: Totals,
     dead_letters: Vec<DeadLetter>,
     /// As `save_checkpoints` would have left them after every batch so far.
@@ -349,7 +360,7 @@ struct BulkFold {
 impl BulkFold {
     /// The rows held in memory: what the load's bound counts.
     fn rows(&self) -> usize {
-        self.orders.len() + self.customers.len() + self.payments.len()
+        self.orders.len() + self.customers.len() + self.payments.len() + self.sagas.len()
     }
 
     fn batch(&mut self, batch: &Batch, out: &mut Out) {
@@ -359,7 +370,11 @@ impl BulkFold {
                 DomainEvent::Order(order) => self.order_event(event, order, out),
                 DomainEvent::Customer(customer) => self.customer_event(event, customer, out),
                 DomainEvent::Payment(payment) => self.payment_event(event, payment, out),
-                DomainEvent::Product(_) | DomainEvent::Saga(_) => Ok(()),
+                DomainEvent::Saga(saga) => {
+                    self.saga_event(event, saga, out);
+                    Ok(())
+                }
+                DomainEvent::Product(_) => Ok(()),
             };
             failed.push(applied.is_err());
             if let Err(cause) = applied {
@@ -487,6 +502,27 @@ impl BulkFold {
     }
 }
 
+impl BulkFold {
+    fn saga_event(&mut self, event: &ProjectedEvent, saga: &SagaEvent, out: &mut Out) {
+        let id = saga.order_id();
+        let version = to_i64(event.stream_version);
+        let at = at_of(event);
+        if !saga_event_applies(self.sagas.get(&id).map(|row| &**row), version) {
+            return;
+        }
+        let row = match self.sagas.entry(id) {
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let row = entry.into_mut();
+                // The version this event supersedes is final now.
+                out.saga_version(row, Some(at));
+                row
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(Box::new(blank_saga(id))),
+        };
+        apply_saga_event(row, saga, version, at);
+    }
+}
+
 /// The checkpoints batch-by-batch apply leaves after a batch with events that fail: the batch
 /// fails, `apply_reliably` applies its dead letters, then each event alone (recording those
 /// that fail as dead letters), and the stored checkpoint of each partition ends up as the one
@@ -537,14 +573,27 @@ enum Table {
     CustomerHistory,
     Payments,
     PaymentHistory,
+    Sagas,
+    SagaHistory,
 }
 
 /// What each PostgreSQL writer loads (see [`DashboardBulk`]).
-const HISTORY_TABLES: [Table; 3] = [Table::OrderHistory, Table::CustomerHistory, Table::PaymentHistory];
-const CURRENT_TABLES: [Table; 4] = [Table::Orders, Table::Customers, Table::CustomerTotals, Table::Payments];
+const HISTORY_TABLES: [Table; 4] = [
+    Table::OrderHistory,
+    Table::CustomerHistory,
+    Table::PaymentHistory,
+    Table::SagaHistory,
+];
+const CURRENT_TABLES: [Table; 5] = [
+    Table::Orders,
+    Table::Customers,
+    Table::CustomerTotals,
+    Table::Payments,
+    Table::Sagas,
+];
 
 impl Table {
-    const ALL: [Table; 7] = [
+    const ALL: [Table; 9] = [
         Table::Orders,
         Table::Customers,
         Table::CustomerTotals,
@@ -552,6 +601,8 @@ impl Table {
         Table::CustomerHistory,
         Table::Payments,
         Table::PaymentHistory,
+        Table::Sagas,
+        Table::SagaHistory,
     ];
 
     fn name(self) -> &'static str {
@@ -567,6 +618,8 @@ impl Table {
             Table::CustomerHistory => CUSTOMER_HISTORY_COLUMNS,
             Table::Payments => PAYMENT_COLUMNS,
             Table::PaymentHistory => PAYMENT_HISTORY_COLUMNS,
+            Table::Sagas => SAGA_COLUMNS,
+            Table::SagaHistory => SAGA_HISTORY_COLUMNS,
         }
     }
 }
@@ -659,6 +712,22 @@ impl Out {
         }
     }
 
+    /// A saga's version, valid from its last event (`last_position`, `updated_at_us`) to
+    /// `valid_to` (`None`: still valid).
+    fn saga_version(&mut self, saga: &SagaProgress, valid_to: Option<(i64, i64)>) {
+        match self {
+            Out::Copy(copy) => copy.saga_version(saga, valid_to),
+            Out::Insert(insert) => insert.saga_versions.push(SagaVersion::of(saga, valid_to)),
+        }
+    }
+
+    fn saga(&mut self, saga: &SagaProgress) {
+        match self {
+            Out::Copy(copy) => copy.saga(saga),
+            Out::Insert(insert) => insert.sagas.push(saga.clone()),
+        }
+    }
+
     fn customer(&mut self, customer: &CustomerState) {
         match self {
             Out::Copy(copy) => copy.customer(customer),
@@ -725,6 +794,7 @@ impl CopyOut {
         row.opt_text(o.cancel_reason.as_deref());
         row.opt_text(o.carrier.as_deref());
         row.opt_text(o.tracking.as_deref());
+        row.opt_text(o.cancel_reason_code.as_deref());
         row.end();
     }
 
@@ -764,6 +834,7 @@ impl CopyOut {
         row.int(o.stream_version);
         row.int(o.last_position);
         row.int(o.updated_at_us);
+        row.opt_text(o.cancel_reason_code.as_deref());
         row.end();
     }
 
@@ -817,6 +888,33 @@ impl CopyOut {
         row.int(p.stream_version);
         row.int(p.last_position);
         row.int(p.updated_at_us);
+        row.end();
+    }
+
+    fn saga_version(&mut self, g: &SagaProgress, valid_to: Option<(i64, i64)>) {
+        let mut row = self.buffer(Table::SagaHistory);
+        row.uuid(&g.order_id);
+        row.int(g.stream_version);
+        row.int(g.last_position);
+        row.int(g.updated_at_us);
+        row.opt_int(valid_to.map(|to| to.0));
+        row.opt_int(valid_to.map(|to| to.1));
+        row.text(g.state.as_str());
+        row.end();
+    }
+
+    fn saga(&mut self, g: &SagaProgress) {
+        let mut row = self.buffer(Table::Sagas);
+        row.uuid(&g.order_id);
+        row.text(g.state.as_str());
+        row.int(g.line_count);
+        row.int(g.lines_reserved);
+        for flag in [g.authorized, g.confirmed, g.failed, g.parked, g.completed] {
+            row.int(i64::from(flag));
+        }
+        row.int(g.stream_version);
+        row.int(g.last_position);
+        row.int(g.updated_at_us);
         row.end();
     }
 
@@ -933,9 +1031,11 @@ struct InsertOut {
     order_versions: Vec<OrderVersion>,
     customer_versions: Vec<CustomerVersion>,
     payment_versions: Vec<PaymentVersion>,
+    saga_versions: Vec<SagaVersion>,
     orders: Vec<OrderState>,
     customers: Vec<CustomerState>,
     payments: Vec<PaymentState>,
+    sagas: Vec<SagaProgress>,
     totals: Vec<(TotalKey, (i64, i64))>,
 }
 
@@ -944,9 +1044,11 @@ impl InsertOut {
         self.order_versions.len()
             + self.customer_versions.len()
             + self.payment_versions.len()
+            + self.saga_versions.len()
             + self.orders.len()
             + self.customers.len()
             + self.payments.len()
+            + self.sagas.len()
             + self.totals.len()
     }
 
@@ -955,12 +1057,15 @@ impl InsertOut {
         insert_order_versions(conn, prefix, &self.order_versions).await?;
         insert_customer_versions(conn, prefix, &self.customer_versions).await?;
         insert_payment_versions(conn, prefix, &self.payment_versions).await?;
+        insert_saga_versions(conn, prefix, &self.saga_versions).await?;
         let orders: Vec<&OrderState> = self.orders.iter().collect();
         upsert_orders(conn, prefix, &orders).await?;
         let customers: Vec<&CustomerState> = self.customers.iter().collect();
         upsert_customers(conn, prefix, &customers).await?;
         let payments: Vec<&PaymentState> = self.payments.iter().collect();
         upsert_payments(conn, prefix, &payments).await?;
+        let sagas: Vec<&SagaProgress> = self.sagas.iter().collect();
+        upsert_sagas(conn, prefix, &sagas).await?;
         let totals: Vec<_> = self.totals.iter().map(|(key, value)| (key, value)).collect();
         add_totals(conn, prefix, &totals).await?;
         Ok(self.rows() as u64)

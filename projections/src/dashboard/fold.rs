@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, OrderPlaced, PaymentEvent};
+use event_schemas::{CustomerEvent, DomainEvent, OrderEvent, OrderPlaced, PaymentEvent, SagaEvent};
 use uuid::Uuid;
 
-use super::{OrderStatus, PaymentStatus};
+use super::{OrderStatus, PaymentStatus, SagaState};
 use crate::{ProjectedEvent, ProjectionError, micros, to_i64};
 
 /// An order row as stored in `orders` (and, with validity, in `order_history`).
@@ -33,6 +33,8 @@ pub(super) struct OrderState {
     pub(super) stream_version: i64,
     pub(super) last_position: i64,
     pub(super) updated_at_us: i64,
+    /// The last cancellation's reason code; `None` when not cancelled or recorded without one.
+    pub(super) cancel_reason_code: Option<String>,
 }
 
 /// A customer row as stored in `customers`.
@@ -67,6 +69,72 @@ pub(super) struct PaymentState {
     pub(super) stream_version: i64,
     pub(super) last_position: i64,
     pub(super) updated_at_us: i64,
+}
+
+/// A saga row as stored in `sagas` (keyed by its order's id, the id in `saga-{order id}`): what
+/// [`SagaState`] is derived from (see its doc for the mapping), kept as its events applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SagaProgress {
+    pub(super) order_id: Uuid,
+    /// Derived from the fields below by [`SagaProgress::derive`] after every event.
+    pub(super) state: SagaState,
+    /// The lines `saga.started` listed (0 when its start was not seen: an upgraded version).
+    pub(super) line_count: i64,
+    /// The `saga.stock_reserved` events applied (one per line: the saga reserves each once).
+    pub(super) lines_reserved: i64,
+    pub(super) authorized: bool,
+    pub(super) confirmed: bool,
+    pub(super) failed: bool,
+    pub(super) parked: bool,
+    pub(super) completed: bool,
+    pub(super) stream_version: i64,
+    pub(super) last_position: i64,
+    pub(super) updated_at_us: i64,
+}
+
+impl SagaProgress {
+    /// The saga's state, from what its events recorded (the write side's `Saga::phase`).
+    pub(super) fn derive(&self) -> SagaState {
+        if self.completed {
+            SagaState::Completed
+        } else if self.parked {
+            SagaState::Parked
+        } else if self.failed {
+            SagaState::Compensating
+        } else if self.lines_reserved < self.line_count {
+            SagaState::Reserving
+        } else if !self.authorized {
+            SagaState::Authorizing
+        } else if !self.confirmed {
+            SagaState::Confirming
+        } else {
+            SagaState::AwaitingShipment
+        }
+    }
+}
+
+/// One version of a saga's state, valid from its event up to the next one's (`None`: still
+/// valid).
+#[derive(Debug, Clone)]
+pub(super) struct SagaVersion {
+    pub(super) order_id: Uuid,
+    pub(super) stream_version: i64,
+    pub(super) state: SagaState,
+    pub(super) valid_from: (i64, i64),
+    pub(super) valid_to: Option<(i64, i64)>,
+}
+
+impl SagaVersion {
+    /// The version `saga` starts, valid from its last event.
+    pub(super) fn of(saga: &SagaProgress, valid_to: Option<(i64, i64)>) -> Self {
+        SagaVersion {
+            order_id: saga.order_id,
+            stream_version: saga.stream_version,
+            state: saga.state,
+            valid_from: (saga.last_position, saga.updated_at_us),
+            valid_to,
+        }
+    }
 }
 
 /// One version of a payment, valid from its event up to the next one's (`None`: still valid).
@@ -138,14 +206,17 @@ pub(super) struct Fold {
     pub(super) orders: HashMap<Uuid, Entry<OrderState>>,
     pub(super) customers: HashMap<Uuid, Entry<CustomerState>>,
     pub(super) payments: HashMap<Uuid, Entry<PaymentState>>,
+    pub(super) sagas: HashMap<Uuid, Entry<SagaProgress>>,
     /// New order versions, in batch order.
     pub(super) order_versions: Vec<OrderVersion>,
     pub(super) customer_versions: Vec<CustomerVersion>,
     pub(super) payment_versions: Vec<PaymentVersion>,
+    pub(super) saga_versions: Vec<SagaVersion>,
     /// Stored versions to close (valid_to = the first applied event's position and time).
     pub(super) close_orders: Vec<(Uuid, (i64, i64))>,
     pub(super) close_customers: Vec<(Uuid, (i64, i64))>,
     pub(super) close_payments: Vec<(Uuid, (i64, i64))>,
+    pub(super) close_sagas: Vec<(Uuid, (i64, i64))>,
     /// Per (customer, currency): orders placed and lifetime value to add.
     pub(super) totals: Totals,
 }
@@ -156,14 +227,17 @@ pub(super) struct Affected {
     pub(super) orders: Vec<Uuid>,
     pub(super) customers: Vec<Uuid>,
     pub(super) payments: Vec<Uuid>,
+    /// Sagas, by their order's id.
+    pub(super) sagas: Vec<Uuid>,
 }
 
-/// The ids of the orders, customers and payments a batch touches: the rows to load before
-/// folding.
+/// The ids of the orders, customers, payments and sagas a batch touches: the rows to load
+/// before folding.
 pub(super) fn affected(events: &[ProjectedEvent]) -> Affected {
     let mut orders = Vec::new();
     let mut customers = Vec::new();
     let mut payments = Vec::new();
+    let mut sagas = Vec::new();
     for event in events {
         match &event.event {
             DomainEvent::Order(order) => {
@@ -174,11 +248,12 @@ pub(super) fn affected(events: &[ProjectedEvent]) -> Affected {
             }
             DomainEvent::Customer(customer) => customers.push(customer.customer_id()),
             DomainEvent::Payment(payment) => payments.push(payment.payment_id()),
-            // Nothing of the dashboard comes from them (yet).
-            DomainEvent::Product(_) | DomainEvent::Saga(_) => {}
+            DomainEvent::Saga(saga) => sagas.push(saga.order_id()),
+            // Nothing of the dashboard comes from them.
+            DomainEvent::Product(_) => {}
         }
     }
-    for ids in [&mut orders, &mut customers, &mut payments] {
+    for ids in [&mut orders, &mut customers, &mut payments, &mut sagas] {
         ids.sort_unstable();
         ids.dedup();
     }
@@ -186,6 +261,7 @@ pub(super) fn affected(events: &[ProjectedEvent]) -> Affected {
         orders,
         customers,
         payments,
+        sagas,
     }
 }
 
@@ -195,6 +271,7 @@ impl Fold {
         orders: Vec<OrderState>,
         customers: Vec<CustomerState>,
         payments: Vec<PaymentState>,
+        sagas: Vec<SagaProgress>,
         events: &[ProjectedEvent],
     ) -> Result<Self, ProjectionError> {
         let mut fold = Fold {
@@ -204,6 +281,7 @@ impl Fold {
                 .map(|c| (c.customer_id, Entry::loaded(c)))
                 .collect(),
             payments: payments.into_iter().map(|p| (p.payment_id, Entry::loaded(p))).collect(),
+            sagas: sagas.into_iter().map(|g| (g.order_id, Entry::loaded(g))).collect(),
             ..Fold::default()
         };
         for event in events {
@@ -211,7 +289,8 @@ impl Fold {
                 DomainEvent::Order(order) => fold.order_event(event, order)?,
                 DomainEvent::Customer(customer) => fold.customer_event(event, customer)?,
                 DomainEvent::Payment(payment) => fold.payment_event(event, payment)?,
-                DomainEvent::Product(_) | DomainEvent::Saga(_) => {}
+                DomainEvent::Saga(saga) => fold.saga_event(event, saga),
+                DomainEvent::Product(_) => {}
             }
         }
         // Orders whose customer is known from its own stream show the customer's current name,
@@ -303,6 +382,36 @@ impl Fold {
             valid_to: None,
         });
         Ok(())
+    }
+
+    /// A saga's own stream: its row (version-guarded) and its history. Independent of the
+    /// order's rows (joined when read; the saga's topic is not the orders'), so it applies
+    /// whether or not the order is known. Never fails (see [`saga_event_applies`]).
+    fn saga_event(&mut self, event: &ProjectedEvent, saga: &SagaEvent) {
+        let id = saga.order_id();
+        let version = to_i64(event.stream_version);
+        let at = at_of(event);
+        if !saga_event_applies(self.sagas.get(&id).map(|entry| &entry.state), version) {
+            return; // applied before: a replay
+        }
+        let entry = self.sagas.entry(id).or_insert_with(|| Entry::created(blank_saga(id)));
+        apply_saga_event(&mut entry.state, saga, version, at);
+        entry.dirty = true;
+        entry.advanced = true;
+        match entry.latest_version {
+            Some(index) => {
+                if let Some(previous) = self.saga_versions.get_mut(index) {
+                    previous.valid_to = Some(at);
+                }
+            }
+            None => {
+                if entry.loaded.is_some() {
+                    self.close_sagas.push((id, at));
+                }
+            }
+        }
+        entry.latest_version = Some(self.saga_versions.len());
+        self.saga_versions.push(SagaVersion::of(&entry.state, None));
     }
 
     fn order_event(&mut self, event: &ProjectedEvent, order: &OrderEvent) -> Result<(), ProjectionError> {
@@ -512,6 +621,71 @@ pub(super) fn apply_payment_event(row: &mut PaymentState, payment: &PaymentEvent
     row.updated_at_us = at.1;
 }
 
+/// A saga's row before its first event applies; [`apply_saga_event`] fills it.
+pub(super) fn blank_saga(order_id: Uuid) -> SagaProgress {
+    SagaProgress {
+        order_id,
+        state: SagaState::Reserving,
+        line_count: 0,
+        lines_reserved: 0,
+        authorized: false,
+        confirmed: false,
+        failed: false,
+        parked: false,
+        completed: false,
+        stream_version: 0,
+        last_position: 0,
+        updated_at_us: 0,
+    }
+}
+
+/// Whether a saga event at stream `version` applies to its row (`None`: no row yet): `false`
+/// for a replay. Unlike the other streams', a saga's events never fail: a stream whose start
+/// this version did not see (events applied before the upgrade that added sagas) starts a row
+/// from what follows, with no lines to reserve.
+pub(super) fn saga_event_applies(row: Option<&SagaProgress>, version: i64) -> bool {
+    row.is_none_or(|row| version > row.stream_version)
+}
+
+/// Applies a saga event that [`saga_event_applies`] to its row, as the write side's saga folds
+/// it, and derives the state.
+pub(super) fn apply_saga_event(row: &mut SagaProgress, saga: &SagaEvent, version: i64, at: (i64, i64)) {
+    match saga {
+        SagaEvent::Started(e) => row.line_count = i64::try_from(e.lines.len()).unwrap_or(i64::MAX),
+        SagaEvent::StockReserved(_) => {
+            row.lines_reserved = row.lines_reserved.saturating_add(1);
+            // A compensated saga that learns of an effect it had not recorded has work again.
+            if row.failed {
+                row.completed = false;
+            }
+        }
+        SagaEvent::PaymentAuthorized(_) => {
+            row.authorized = true;
+            if row.failed {
+                row.completed = false;
+            }
+        }
+        SagaEvent::Confirmed(_) => row.confirmed = true,
+        SagaEvent::Failed(_) => {
+            // Abandoning a parked saga fails it: it compensates from then on.
+            row.parked = false;
+            row.failed = true;
+        }
+        SagaEvent::Parked(_) => row.parked = true,
+        SagaEvent::Resumed(_) => row.parked = false,
+        SagaEvent::Completed(_) => row.completed = true,
+        SagaEvent::StockReleased(_)
+        | SagaEvent::PaymentVoided(_)
+        | SagaEvent::PaymentCaptured(_)
+        | SagaEvent::PaymentRefunded(_)
+        | SagaEvent::OrderCancelled(_) => {}
+    }
+    row.state = row.derive();
+    row.stream_version = version;
+    row.last_position = at.0;
+    row.updated_at_us = at.1;
+}
+
 /// The error of an order event for an order that is not there.
 pub(super) fn never_placed(order_id: Uuid, order: &OrderEvent) -> ProjectionError {
     ProjectionError::Inconsistent(format!(
@@ -576,6 +750,7 @@ pub(super) fn apply_order_event(
             state.status = OrderStatus::Cancelled;
             state.cancelled_at_us = Some(occurred_us);
             state.cancel_reason = Some(e.reason.clone());
+            state.cancel_reason_code = (!e.reason_code.is_empty()).then(|| e.reason_code.clone());
         }
     }
     state.stream_version = version;
@@ -638,5 +813,6 @@ pub(super) fn place_order(
         stream_version: version,
         last_position: at.0,
         updated_at_us: at.1,
+        cancel_reason_code: None,
     }
 }

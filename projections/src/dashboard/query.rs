@@ -12,7 +12,7 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::table_prefix;
-use super::write::{parse_payment_status, parse_status, parse_uuid};
+use super::write::{parse_payment_status, parse_saga_state, parse_status, parse_uuid};
 use crate::{ProjectionError, ReadDb, from_i64, from_micros, micros, to_i64};
 
 /// The largest page [`list_orders`] answers.
@@ -179,6 +179,75 @@ impl FromStr for PaymentStatus {
     }
 }
 
+/// Where an order's place-order saga stands (ADR 0010), as the saga's own events
+/// (`saga-{order id}`) tell it; [`OrderRow::saga_state`] is `None` for an order without a saga
+/// (placed before the saga existed, or whose saga's events the version has not seen).
+/// Stored and serialized as its snake_case name.
+///
+/// The mapping from the events (the write side's `Saga::phase`), first match wins:
+/// - `completed`: `saga.completed` recorded (nothing left to do), and no stock reservation or
+///   payment authorization recorded after a failure since (that gives the compensation work
+///   again);
+/// - `parked`: `saga.parked` recorded, and neither `saga.resumed` nor `saga.failed` since (an
+///   operator's abandon fails it);
+/// - `compensating`: `saga.failed` recorded (a refusal, a deadline, a client's cancellation, an
+///   operator's abandon): it voids or refunds, releases the stock, cancels the order;
+/// - `reserving`: fewer `saga.stock_reserved` than the lines of `saga.started`;
+/// - `authorizing`: every line reserved, no `saga.payment_authorized` yet;
+/// - `confirming`: authorized, no `saga.confirmed` yet;
+/// - `awaiting_shipment`: confirmed; it captures the payment once the order ships, then
+///   completes.
+///
+/// The other events (`saga.stock_released`, `saga.payment_voided`, `saga.payment_captured`,
+/// `saga.payment_refunded`, `saga.order_cancelled`) are steps within a phase and change none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaState {
+    Reserving,
+    Authorizing,
+    Confirming,
+    AwaitingShipment,
+    Compensating,
+    Parked,
+    Completed,
+}
+
+impl SagaState {
+    pub const ALL: [Self; 7] = [
+        Self::Reserving,
+        Self::Authorizing,
+        Self::Confirming,
+        Self::AwaitingShipment,
+        Self::Compensating,
+        Self::Parked,
+        Self::Completed,
+    ];
+
+    /// The stored and serialized name: never rename.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserving => "reserving",
+            Self::Authorizing => "authorizing",
+            Self::Confirming => "confirming",
+            Self::AwaitingShipment => "awaiting_shipment",
+            Self::Compensating => "compensating",
+            Self::Parked => "parked",
+            Self::Completed => "completed",
+        }
+    }
+
+    /// The state stored as `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+}
+
+impl fmt::Display for SagaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One order as the dashboard shows it. Money is integer minor units of `currency`.
 ///
 /// The `payment_*` fields and the amounts are those of the order's payment: of the payments
@@ -206,8 +275,17 @@ pub struct OrderRow {
     pub delivered_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// Why the order was cancelled, stable (one of [`crate::REASON_CODES`]: `requested`,
+    /// `out_of_stock`, `payment_declined`, `payment_unavailable`, `timed_out`, `abandoned`);
+    /// `None` when it is not cancelled, or its cancellation was recorded without a code (before
+    /// the saga). Beside `cancel_reason`, the free text for people.
+    pub reason_code: Option<String>,
     pub carrier: Option<String>,
     pub tracking: Option<String>,
+    /// Where the order's place-order saga stands ([`SagaState`]); `None` without a saga.
+    pub saga_state: Option<SagaState>,
+    /// When the store recorded the saga's last event; `None` without a saga.
+    pub saga_updated_at: Option<DateTime<Utc>>,
     /// The status of the order's payment; `none` without any.
     pub payment_status: PaymentStatus,
     /// The payment shown (a payment stream's id); null without any.
@@ -272,6 +350,8 @@ pub struct CustomerSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderFilter {
     pub status: Option<OrderStatus>,
+    /// Orders cancelled with this reason code ([`OrderRow::reason_code`]).
+    pub reason_code: Option<String>,
     pub customer_id: Option<Uuid>,
     pub placed_from: Option<DateTime<Utc>>,
     pub placed_to: Option<DateTime<Utc>>,
@@ -437,7 +517,8 @@ impl Statement {
 /// The order columns in the order [`order_from_row`] reads them, from the current table `o`.
 const CURRENT_SELECT: &str = "o.order_id, o.customer_id, o.customer_name, o.customer_email, o.status, o.item_count, \
      o.total_minor, o.currency, o.placed_at_us, o.confirmed_at_us, o.shipped_at_us, o.delivered_at_us, \
-     o.cancelled_at_us, o.cancel_reason, o.carrier, o.tracking, o.stream_version, o.last_position, o.updated_at_us";
+     o.cancelled_at_us, o.cancel_reason, o.carrier, o.tracking, o.stream_version, o.last_position, o.updated_at_us, \
+     o.cancel_reason_code";
 
 /// The same from the history table `o` joined with the customer's version `c` at that point,
 /// named as [`CURRENT_SELECT`]'s columns.
@@ -445,7 +526,7 @@ const HISTORY_SELECT: &str = "o.order_id, o.customer_id, COALESCE(c.name, o.snap
      COALESCE(c.email, o.snapshot_email) AS customer_email, o.status, o.item_count, o.total_minor, o.currency, \
      o.placed_at_us, o.confirmed_at_us, o.shipped_at_us, o.delivered_at_us, o.cancelled_at_us, o.cancel_reason, \
      o.carrier, o.tracking, o.stream_version, o.valid_from_position AS last_position, \
-     o.valid_from_us AS updated_at_us";
+     o.valid_from_us AS updated_at_us, o.cancel_reason_code";
 
 /// The payment columns in the order [`order_from_row`] reads them (after the order's), from
 /// the chosen payment `p` (its current row, or its version then).
@@ -461,15 +542,23 @@ fn optional_time(micros: Option<i64>) -> Result<Option<DateTime<Utc>>, QueryErro
 }
 
 fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
+    // After the order's columns (CURRENT_SELECT): the payment's (PAYMENT_SELECT, its time and
+    // the count), then the saga's state and time (`with_joins`).
+    const PAYMENT: usize = 20;
+    const SAGA: usize = PAYMENT + 9;
     let payment_id = row
-        .try_get::<Option<String>, _>(19)?
+        .try_get::<Option<String>, _>(PAYMENT)?
         .map(|id| parse_uuid(&id))
         .transpose()?;
-    let payment_status = match row.try_get::<Option<String>, _>(20)? {
+    let payment_status = match row.try_get::<Option<String>, _>(PAYMENT + 1)? {
         _ if payment_id.is_none() => PaymentStatus::None,
         Some(status) => parse_payment_status(&status)?,
         None => return Err(QueryError::Inconsistent("stored payment without a status".to_owned())),
     };
+    let saga_state = row
+        .try_get::<Option<String>, _>(SAGA)?
+        .map(|state| parse_saga_state(&state))
+        .transpose()?;
     Ok(OrderRow {
         order_id: parse_uuid(&row.try_get::<String, _>(0)?)?,
         customer_id: parse_uuid(&row.try_get::<String, _>(1)?)?,
@@ -490,15 +579,18 @@ fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
         stream_version: from_i64(row.try_get(16)?),
         last_position: from_i64(row.try_get(17)?),
         updated_at: time(row.try_get(18)?)?,
+        reason_code: row.try_get(19)?,
+        saga_state,
+        saga_updated_at: optional_time(row.try_get(SAGA + 1)?)?,
         payment_status,
         payment_id,
-        payment_currency: row.try_get(21)?,
-        authorized_minor: row.try_get::<Option<i64>, _>(22)?.unwrap_or(0),
-        captured_minor: row.try_get::<Option<i64>, _>(23)?.unwrap_or(0),
-        refunded_minor: row.try_get::<Option<i64>, _>(24)?.unwrap_or(0),
-        payment_reason: row.try_get(25)?,
-        payment_updated_at: optional_time(row.try_get(26)?)?,
-        payment_count: from_i64(row.try_get(27)?),
+        payment_currency: row.try_get(PAYMENT + 2)?,
+        authorized_minor: row.try_get::<Option<i64>, _>(PAYMENT + 3)?.unwrap_or(0),
+        captured_minor: row.try_get::<Option<i64>, _>(PAYMENT + 4)?.unwrap_or(0),
+        refunded_minor: row.try_get::<Option<i64>, _>(PAYMENT + 5)?.unwrap_or(0),
+        payment_reason: row.try_get(PAYMENT + 6)?,
+        payment_updated_at: optional_time(row.try_get(PAYMENT + 7)?)?,
+        payment_count: from_i64(row.try_get(PAYMENT + 8)?),
     })
 }
 
@@ -508,8 +600,9 @@ fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
 /// of the orders log, and the customers' log is taken as of that position's commit time (the
 /// start of the newest order version at or below it: the orders log's commit times never
 /// decrease). Every row has [`CURRENT_SELECT`]'s columns, and "as of" also `as_of_us`, the
-/// time the other services' logs are taken at ([`with_payment`]). Ends with a `WHERE` clause
-/// when `as_of` is given.
+/// time the other services' logs are taken at ([`with_joins`]), and as of a position
+/// `as_of_position`, the position itself (the place-order saga is in the orders log: its
+/// versions are taken at the position). Ends with a `WHERE` clause when `as_of` is given.
 fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> String {
     let Some(as_of) = as_of else {
         return format!("SELECT {CURRENT_SELECT} FROM {prefix}orders o");
@@ -526,8 +619,12 @@ fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> 
               ORDER BY h.valid_from_position DESC LIMIT 1)"
         ),
     };
+    let position = match as_of {
+        AsOf::Position(_) => format!(", CAST({point} AS BIGINT) AS as_of_position"),
+        AsOf::Time(_) => String::new(),
+    };
     format!(
-        "SELECT {HISTORY_SELECT}, CAST({at} AS BIGINT) AS as_of_us FROM {prefix}order_history o \
+        "SELECT {HISTORY_SELECT}, CAST({at} AS BIGINT) AS as_of_us{position} FROM {prefix}order_history o \
            LEFT JOIN {prefix}customer_history c ON c.customer_id = o.customer_id \
                  AND c.valid_from_us <= {at} AND (c.valid_to_us IS NULL OR c.valid_to_us > {at}) \
           WHERE o.{from} <= {point} AND (o.{to} IS NULL OR o.{to} > {point})"
@@ -535,18 +632,19 @@ fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> 
 }
 
 /// `orders` (a whole statement of [`from_clause`]'s rows, named `o` here) with each order's
-/// payment ([`OrderRow`] says which one) and payment count, ordered by `order_by` (orders'
-/// columns). The payments are joined after the orders' own conditions, order and limit made
-/// the page: a payment is looked up for the rows answered only. "As of", each payment's version
-/// valid at the row's `as_of_us`.
-fn with_payment(prefix: &str, orders: &str, as_of: bool, order_by: &str) -> String {
-    let (table, updated) = if as_of {
+/// payment ([`OrderRow`] says which one) and payment count, and its saga's state, ordered by
+/// `order_by` (orders' columns). The payments and sagas are joined after the orders' own
+/// conditions, order and limit made the page: they are looked up for the rows answered only.
+/// "As of", each payment's version valid at the row's `as_of_us`, and the saga's version valid
+/// at the position (`as_of_position`) or time asked for.
+fn with_joins(prefix: &str, orders: &str, as_of: Option<AsOf>, order_by: &str) -> String {
+    let (table, updated) = if as_of.is_some() {
         ("payment_history", "valid_from_us")
     } else {
         ("payments", "updated_at_us")
     };
     let valid = |alias: &str| {
-        if as_of {
+        if as_of.is_some() {
             format!(
                 " AND {alias}.valid_from_us <= o.as_of_us AND ({alias}.valid_to_us IS NULL OR {alias}.valid_to_us > o.as_of_us)"
             )
@@ -554,15 +652,28 @@ fn with_payment(prefix: &str, orders: &str, as_of: bool, order_by: &str) -> Stri
             String::new()
         }
     };
+    let (sagas, saga_updated, saga_valid) = match as_of {
+        None => ("sagas", "updated_at_us", String::new()),
+        Some(AsOf::Position(_)) => (
+            "saga_history",
+            "valid_from_us",
+            " AND s.valid_from_position <= o.as_of_position \
+              AND (s.valid_to_position IS NULL OR s.valid_to_position > o.as_of_position)"
+                .to_owned(),
+        ),
+        Some(AsOf::Time(_)) => ("saga_history", "valid_from_us", valid("s")),
+    };
     format!(
         "SELECT {CURRENT_SELECT}, {PAYMENT_SELECT}, p.{updated}, \
-                (SELECT count(*) FROM {prefix}{table} n WHERE n.order_id = o.order_id{}) \
+                (SELECT count(*) FROM {prefix}{table} n WHERE n.order_id = o.order_id{}), \
+                s.state, s.{saga_updated} \
            FROM ({orders}) o \
            LEFT JOIN {prefix}{table} p ON p.payment_id = ( \
                 SELECT q.payment_id FROM {prefix}{table} q WHERE q.order_id = o.order_id{} \
                  ORDER BY CASE WHEN q.status IN ('declined', 'voided') THEN 1 ELSE 0 END, \
                           q.started_position DESC, q.payment_id DESC \
-                 LIMIT 1){}{order_by}",
+                 LIMIT 1){} \
+           LEFT JOIN {prefix}{sagas} s ON s.order_id = o.order_id{saga_valid}{order_by}",
         valid("n"),
         valid("q"),
         valid("p"),
@@ -591,7 +702,7 @@ async fn get(db: &ReadDb, version: u32, order_id: Uuid, as_of: Option<AsOf>) -> 
     let id = statement.param(Bind::Text(order_id.to_string()));
     let joiner = if as_of.is_some() { "AND" } else { "WHERE" };
     let orders = format!("{select} {joiner} o.order_id = {id}");
-    statement.sql = with_payment(&prefix, &orders, as_of.is_some(), "");
+    statement.sql = with_joins(&prefix, &orders, as_of, "");
     let rows = statement.fetch_all(db).await?;
     rows.first().map(order_from_row).transpose()
 }
@@ -658,6 +769,12 @@ async fn list(
             .collect();
         conditions.push(format!("o.status IN ({})", names.join(", ")));
     }
+    if let Some(code) = &filter.reason_code {
+        conditions.push(format!(
+            "o.cancel_reason_code = {}",
+            statement.param(Bind::Text(code.clone()))
+        ));
+    }
     if let Some(customer_id) = filter.customer_id {
         conditions.push(format!(
             "o.customer_id = {}",
@@ -691,7 +808,7 @@ async fn list(
     let fetch = statement.param(Bind::Int(i64::from(limit) + 1));
     let order_by = format!(" ORDER BY o.{column} {order}, o.order_id {order}");
     sql.push_str(&format!("{order_by} LIMIT {fetch}"));
-    statement.sql = with_payment(&prefix, &sql, as_of.is_some(), &order_by);
+    statement.sql = with_joins(&prefix, &sql, as_of, &order_by);
     let mut rows = statement
         .fetch_all(db)
         .await?

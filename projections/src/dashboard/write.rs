@@ -10,9 +10,10 @@ use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::fold::{
-    CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, PaymentState, PaymentVersion, TotalKey,
+    CustomerState, CustomerVersion, Fold, OrderState, OrderVersion, PaymentState, PaymentVersion, SagaProgress,
+    SagaVersion, TotalKey,
 };
-use super::{OrderStatus, PaymentStatus};
+use super::{OrderStatus, PaymentStatus, SagaState};
 use crate::ProjectionError;
 use crate::json_rows::{Dialect, Json, and_id_in_rows, insert_rows, json_ids, json_rows, key_in, names, typed_rows};
 
@@ -24,11 +25,11 @@ const MAX_ROWS: usize = 1_000;
 
 pub(super) const ORDER_COLUMNS: &str = "order_id, customer_id, customer_name, customer_email, snapshot_name, snapshot_email, \
      status, item_count, total_minor, currency, placed_at_us, confirmed_at_us, shipped_at_us, delivered_at_us, \
-     cancelled_at_us, cancel_reason, carrier, tracking, stream_version, last_position, updated_at_us";
+     cancelled_at_us, cancel_reason, carrier, tracking, stream_version, last_position, updated_at_us, cancel_reason_code";
 
 pub(super) const ORDER_HISTORY_COLUMNS: &str = "order_id, stream_version, valid_from_position, valid_from_us, valid_to_position, \
      valid_to_us, customer_id, snapshot_name, snapshot_email, status, item_count, total_minor, currency, placed_at_us, \
-     confirmed_at_us, shipped_at_us, delivered_at_us, cancelled_at_us, cancel_reason, carrier, tracking";
+     confirmed_at_us, shipped_at_us, delivered_at_us, cancelled_at_us, cancel_reason, carrier, tracking, cancel_reason_code";
 
 pub(super) const CUSTOMER_COLUMNS: &str = "customer_id, name, email, stream_version, last_position, order_count, last_order_id, \
      last_order_at_us, last_order_position";
@@ -44,6 +45,12 @@ pub(super) const PAYMENT_HISTORY_COLUMNS: &str = "payment_id, stream_version, va
      started_position";
 
 pub(super) const TOTALS_COLUMNS: &str = "customer_id, currency, order_count, lifetime_value_minor";
+
+pub(super) const SAGA_COLUMNS: &str = "order_id, state, line_count, lines_reserved, authorized, confirmed, failed, \
+     parked, completed, stream_version, last_position, updated_at_us";
+
+pub(super) const SAGA_HISTORY_COLUMNS: &str =
+    "order_id, stream_version, valid_from_position, valid_from_us, valid_to_position, valid_to_us, state";
 
 fn query(sql: String) -> Query {
     sqlx::query(AssertSqlSafe(sql))
@@ -104,6 +111,22 @@ pub(super) async fn load_payments(
         payment_from_row,
     )
     .await
+}
+
+/// Sagas by their order's id.
+pub(super) async fn load_sagas(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    ids: &[Uuid],
+) -> Result<Vec<SagaProgress>, ProjectionError> {
+    load_by_ids(conn, &load_sagas_sql(Dialect::of(conn), prefix), ids, saga_from_row).await
+}
+
+fn load_sagas_sql(d: Dialect, prefix: &str) -> String {
+    format!(
+        "SELECT {SAGA_COLUMNS} FROM {prefix}sagas WHERE {}",
+        key_in(d, "order_id")
+    )
 }
 
 fn load_payments_sql(d: Dialect, prefix: &str) -> String {
@@ -168,6 +191,32 @@ pub(super) fn parse_payment_status(text: &str) -> Result<PaymentStatus, Projecti
     }
 }
 
+pub(super) fn parse_saga_state(text: &str) -> Result<SagaState, ProjectionError> {
+    SagaState::from_name(text)
+        .ok_or_else(|| ProjectionError::Inconsistent(format!("stored saga state {text:?} is unknown")))
+}
+
+fn flag(row: &AnyRow, index: usize) -> Result<bool, ProjectionError> {
+    Ok(row.try_get::<i64, _>(index)? != 0)
+}
+
+fn saga_from_row(row: &AnyRow) -> Result<SagaProgress, ProjectionError> {
+    Ok(SagaProgress {
+        order_id: parse_uuid(&row.try_get::<String, _>(0)?)?,
+        state: parse_saga_state(&row.try_get::<String, _>(1)?)?,
+        line_count: row.try_get(2)?,
+        lines_reserved: row.try_get(3)?,
+        authorized: flag(row, 4)?,
+        confirmed: flag(row, 5)?,
+        failed: flag(row, 6)?,
+        parked: flag(row, 7)?,
+        completed: flag(row, 8)?,
+        stream_version: row.try_get(9)?,
+        last_position: row.try_get(10)?,
+        updated_at_us: row.try_get(11)?,
+    })
+}
+
 fn payment_from_row(row: &AnyRow) -> Result<PaymentState, ProjectionError> {
     Ok(PaymentState {
         payment_id: parse_uuid(&row.try_get::<String, _>(0)?)?,
@@ -208,6 +257,7 @@ fn order_from_row(row: &AnyRow) -> Result<OrderState, ProjectionError> {
         stream_version: row.try_get(18)?,
         last_position: row.try_get(19)?,
         updated_at_us: row.try_get(20)?,
+        cancel_reason_code: row.try_get(21)?,
     })
 }
 
@@ -233,12 +283,15 @@ struct Writes<'f> {
     close_orders: &'f [(Uuid, (i64, i64))],
     close_customers: &'f [(Uuid, (i64, i64))],
     close_payments: &'f [(Uuid, (i64, i64))],
+    close_sagas: &'f [(Uuid, (i64, i64))],
     order_versions: &'f [OrderVersion],
     customer_versions: &'f [CustomerVersion],
     payment_versions: &'f [PaymentVersion],
+    saga_versions: &'f [SagaVersion],
     orders: Vec<&'f OrderState>,
     customers: Vec<&'f CustomerState>,
     payments: Vec<&'f PaymentState>,
+    sagas: Vec<&'f SagaProgress>,
     totals: Vec<(&'f TotalKey, &'f (i64, i64))>,
     /// Customers that were stored before this batch and whose events changed what their
     /// stored orders must show. (Orders the batch holds in memory were given them by the fold;
@@ -252,12 +305,15 @@ impl<'f> Writes<'f> {
             close_orders: &fold.close_orders,
             close_customers: &fold.close_customers,
             close_payments: &fold.close_payments,
+            close_sagas: &fold.close_sagas,
             order_versions: &fold.order_versions,
             customer_versions: &fold.customer_versions,
             payment_versions: &fold.payment_versions,
+            saga_versions: &fold.saga_versions,
             orders: fold.orders.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
             customers: fold.customers.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
             payments: fold.payments.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
+            sagas: fold.sagas.values().filter(|e| e.dirty).map(|e| &e.state).collect(),
             totals: fold.totals.iter().filter(|(_, delta)| **delta != (0, 0)).collect(),
             renamed: fold
                 .customers
@@ -297,6 +353,7 @@ pub(super) async fn write(
                 ("order_history", "order_id", writes.close_orders),
                 ("customer_history", "customer_id", writes.close_customers),
                 ("payment_history", "payment_id", writes.close_payments),
+                ("saga_history", "order_id", writes.close_sagas),
             ] {
                 let sql = close_sql(d, &format!("{prefix}{table}"), id_column, 1);
                 run_chunked(conn, &sql, closes, close_rows).await?;
@@ -304,9 +361,11 @@ pub(super) async fn write(
             insert_order_versions(conn, prefix, writes.order_versions).await?;
             insert_customer_versions(conn, prefix, writes.customer_versions).await?;
             insert_payment_versions(conn, prefix, writes.payment_versions).await?;
+            insert_saga_versions(conn, prefix, writes.saga_versions).await?;
             upsert_orders(conn, prefix, &writes.orders).await?;
             upsert_customers(conn, prefix, &writes.customers).await?;
             upsert_payments(conn, prefix, &writes.payments).await?;
+            upsert_sagas(conn, prefix, &writes.sagas).await?;
             add_totals(conn, prefix, &writes.totals).await?;
             run_chunked(conn, &renamed_sql(d, prefix, 1, None), &writes.renamed, renamed_rows).await?;
             query(crate::control::save_checkpoints_sql(d, 1))
@@ -345,12 +404,19 @@ async fn write_postgres(
         .bind(close_rows(w.close_payments))
         .bind(payment_version_rows(w.payment_versions))
         .bind(payment_rows(&w.payments))
+        .bind(close_rows(w.close_sagas))
+        .bind(saga_version_rows(w.saga_versions))
+        .bind(saga_rows(&w.sagas))
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// The statement of [`write_postgres`]: twelve parameters, in the order of its binds.
+/// The parameters of [`write_postgres_sql`].
+const WRITE_POSTGRES_PARAMS: usize = 15;
+
+/// The statement of [`write_postgres`]: [`WRITE_POSTGRES_PARAMS`] parameters, in the order of
+/// its binds.
 fn write_postgres_sql(prefix: &str) -> String {
     let d = Dialect::Postgres;
     let parts = [
@@ -366,6 +432,9 @@ fn write_postgres_sql(prefix: &str) -> String {
         close_sql(d, &format!("{prefix}payment_history"), "payment_id", 10),
         payment_versions_sql(d, prefix, 11),
         payments_sql(d, prefix, 12),
+        close_sql(d, &format!("{prefix}saga_history"), "order_id", 13),
+        saga_versions_sql(d, prefix, 14),
+        sagas_sql(d, prefix, WRITE_POSTGRES_PARAMS),
     ];
     let with: Vec<String> = parts
         .iter()
@@ -419,7 +488,7 @@ fn order_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
 }
 
 /// An order's row in `orders`, keyed by column; with its validity, a row of `order_history`.
-fn order_fields(o: &OrderState) -> [(&'static str, Json); 21] {
+fn order_fields(o: &OrderState) -> [(&'static str, Json); 22] {
     [
         ("order_id", o.order_id.to_string().into()),
         ("customer_id", o.customer_id.to_string().into()),
@@ -442,6 +511,7 @@ fn order_fields(o: &OrderState) -> [(&'static str, Json); 21] {
         ("stream_version", o.stream_version.into()),
         ("last_position", o.last_position.into()),
         ("updated_at_us", o.updated_at_us.into()),
+        ("cancel_reason_code", o.cancel_reason_code.as_deref().into()),
     ]
 }
 
@@ -546,6 +616,62 @@ pub(super) async fn insert_payment_versions(
 ) -> Result<(), ProjectionError> {
     let sql = payment_versions_sql(Dialect::of(conn), prefix, 1);
     run_chunked(conn, &sql, versions, payment_version_rows).await
+}
+
+fn saga_versions_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    insert_rows(d, &format!("{prefix}saga_history"), SAGA_HISTORY_COLUMNS, param, "")
+}
+
+fn saga_version_rows(versions: &[SagaVersion]) -> String {
+    json_rows(versions, |version| {
+        let fields = [
+            ("order_id", version.order_id.to_string().into()),
+            ("stream_version", version.stream_version.into()),
+            ("state", version.state.as_str().into()),
+        ];
+        fields.into_iter().chain(validity(version.valid_from, version.valid_to))
+    })
+}
+
+pub(super) async fn insert_saga_versions(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    versions: &[SagaVersion],
+) -> Result<(), ProjectionError> {
+    let sql = saga_versions_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, versions, saga_version_rows).await
+}
+
+fn sagas_sql(d: Dialect, prefix: &str, param: usize) -> String {
+    upsert_sql(d, &format!("{prefix}sagas"), SAGA_COLUMNS, param)
+}
+
+fn saga_rows(sagas: &[&SagaProgress]) -> String {
+    json_rows(sagas, |g| {
+        [
+            ("order_id", g.order_id.to_string().into()),
+            ("state", g.state.as_str().into()),
+            ("line_count", g.line_count.into()),
+            ("lines_reserved", g.lines_reserved.into()),
+            ("authorized", i64::from(g.authorized).into()),
+            ("confirmed", i64::from(g.confirmed).into()),
+            ("failed", i64::from(g.failed).into()),
+            ("parked", i64::from(g.parked).into()),
+            ("completed", i64::from(g.completed).into()),
+            ("stream_version", g.stream_version.into()),
+            ("last_position", g.last_position.into()),
+            ("updated_at_us", g.updated_at_us.into()),
+        ]
+    })
+}
+
+pub(super) async fn upsert_sagas(
+    conn: &mut AnyConnection,
+    prefix: &str,
+    sagas: &[&SagaProgress],
+) -> Result<(), ProjectionError> {
+    let sql = sagas_sql(Dialect::of(conn), prefix, 1);
+    run_chunked(conn, &sql, sagas, saga_rows).await
 }
 
 fn payments_sql(d: Dialect, prefix: &str, param: usize) -> String {
@@ -737,6 +863,24 @@ mod tests {
             stream_version: 1,
             last_position: 1,
             updated_at_us: 1,
+            cancel_reason_code: Some("requested".into()),
+        }
+    }
+
+    fn saga() -> SagaProgress {
+        SagaProgress {
+            order_id: Uuid::from_u128(1),
+            state: SagaState::Authorizing,
+            line_count: 1,
+            lines_reserved: 1,
+            authorized: false,
+            confirmed: false,
+            failed: false,
+            parked: false,
+            completed: false,
+            stream_version: 2,
+            last_position: 2,
+            updated_at_us: 2,
         }
     }
 
@@ -847,12 +991,22 @@ mod tests {
                 valid_to: None,
             })
             .collect();
+        let sagas: Vec<SagaProgress> = orders
+            .iter()
+            .map(|o| SagaProgress {
+                order_id: o.order_id,
+                ..saga()
+            })
+            .collect();
+        let saga_versions: Vec<SagaVersion> = sagas.iter().map(|g| SagaVersion::of(g, None)).collect();
         let mut tx = db.begin_write().await?;
         upsert_customers(&mut tx, &prefix, &customers.iter().collect::<Vec<_>>()).await?;
         upsert_orders(&mut tx, &prefix, &orders.iter().collect::<Vec<_>>()).await?;
         insert_order_versions(&mut tx, &prefix, &versions).await?;
         upsert_payments(&mut tx, &prefix, &payments.iter().collect::<Vec<_>>()).await?;
         insert_payment_versions(&mut tx, &prefix, &payment_versions).await?;
+        upsert_sagas(&mut tx, &prefix, &sagas.iter().collect::<Vec<_>>()).await?;
+        insert_saga_versions(&mut tx, &prefix, &saga_versions).await?;
         tx.commit().await?;
         sqlx::raw_sql("ANALYZE").execute(db.pool()).await?;
 
@@ -861,7 +1015,8 @@ mod tests {
             ("load orders", load_orders_sql(d, &prefix), 1),
             ("load customers", load_customers_sql(d, &prefix), 1),
             ("load payments", load_payments_sql(d, &prefix), 1),
-            ("write", write_postgres_sql(&prefix), 12),
+            ("load sagas", load_sagas_sql(d, &prefix), 1),
+            ("write", write_postgres_sql(&prefix), WRITE_POSTGRES_PARAMS),
         ];
         let pool = database.pool(1).await;
         let mut tx = pool.begin().await?;
@@ -941,6 +1096,13 @@ mod tests {
         };
         assert_eq!(
             missing_columns(&payment_version_rows(&[version]), PAYMENT_HISTORY_COLUMNS),
+            none
+        );
+        let g = saga();
+        assert_eq!(missing_columns(&saga_rows(&[&g]), SAGA_COLUMNS), none);
+        let version = SagaVersion::of(&g, Some((3, 3)));
+        assert_eq!(
+            missing_columns(&saga_version_rows(&[version]), SAGA_HISTORY_COLUMNS),
             none
         );
     }

@@ -22,6 +22,43 @@ pub(crate) enum DashboardOrderStatus {
     Cancelled,
 }
 
+/// Where the order's place-order saga stands (the orders service's process manager, which
+/// reserves the stock, authorizes the payment and confirms the order, or compensates), as the
+/// saga's own events tell it, first match wins: `completed` (nothing left to do), `parked`
+/// (stopped on an answer it cannot act on, until an operator retries or abandons it),
+/// `compensating` (it failed: voiding or refunding the payment, releasing the stock,
+/// cancelling the order), `reserving` (reserving the lines' stock), `authorizing` (every line
+/// reserved, authorizing the payment), `confirming` (authorized, confirming the order),
+/// `awaiting_shipment` (confirmed; it captures the payment when the order ships, then
+/// completes).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DashboardSagaState {
+    Reserving,
+    Authorizing,
+    Confirming,
+    AwaitingShipment,
+    Compensating,
+    Parked,
+    Completed,
+}
+
+/// Why an order was cancelled, stable: `requested` (a client cancelled it), `out_of_stock` (a
+/// line's stock could not be reserved), `payment_declined` (the payment provider refused it),
+/// `payment_unavailable` (payments did not answer before the deadline), `timed_out` (the
+/// deadline passed before the order was confirmed), `abandoned` (an operator abandoned its
+/// parked saga).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DashboardReasonCode {
+    Requested,
+    OutOfStock,
+    PaymentDeclined,
+    PaymentUnavailable,
+    TimedOut,
+    Abandoned,
+}
+
 /// Where the order's payment stands: `none` (no payment recorded for the order yet),
 /// `authorized` (an amount reserved, nothing collected), `captured` (collected; a partial
 /// refund leaves it `captured`, with `refunded_minor` > 0), `refunded` (everything captured was
@@ -67,9 +104,19 @@ pub(crate) struct DashboardOrder {
     pub(crate) shipped_at: Option<DateTime<Utc>>,
     pub(crate) delivered_at: Option<DateTime<Utc>>,
     pub(crate) cancelled_at: Option<DateTime<Utc>>,
+    /// Why the order was cancelled, for people (free text).
     pub(crate) cancel_reason: Option<String>,
+    /// Why the order was cancelled, stable (filter lists with `reason_code`); null when it is
+    /// not cancelled, or its cancellation was recorded without a code (before the saga).
+    pub(crate) reason_code: Option<DashboardReasonCode>,
     pub(crate) carrier: Option<String>,
     pub(crate) tracking: Option<String>,
+    /// Where the order's place-order saga stands; null for an order without a saga (placed
+    /// before the saga existed, or whose saga's events this version of the dashboard has not
+    /// seen). "As of" a time or position, the saga's state then.
+    pub(crate) saga_state: Option<DashboardSagaState>,
+    /// When the orders service recorded the saga's last event; null without a saga.
+    pub(crate) saga_updated_at: Option<DateTime<Utc>>,
     pub(crate) payment_status: DashboardPaymentStatus,
     /// The id of the payment shown; null without any payment.
     pub(crate) payment_id: Option<Uuid>,
@@ -112,7 +159,7 @@ mod tests {
 
     use std::collections::BTreeSet;
 
-    use projections::dashboard::{OrderRow, OrderStatus, Page, PaymentStatus};
+    use projections::dashboard::{OrderRow, OrderStatus, Page, PaymentStatus, SagaState};
     use utoipa::OpenApi as _;
 
     use super::*;
@@ -133,8 +180,11 @@ mod tests {
             delivered_at: None,
             cancelled_at: None,
             cancel_reason: None,
+            reason_code: None,
             carrier: None,
             tracking: None,
+            saga_state: None,
+            saga_updated_at: None,
             payment_status: PaymentStatus::None,
             payment_id: None,
             payment_currency: None,
@@ -178,6 +228,8 @@ mod tests {
         for (schema, answered) in [
             ("DashboardOrderStatus", names(OrderStatus::ALL)),
             ("DashboardPaymentStatus", names(PaymentStatus::ALL)),
+            ("DashboardSagaState", names(SagaState::ALL)),
+            ("DashboardReasonCode", names(projections::REASON_CODES)),
         ] {
             let documented: BTreeSet<String> = schemas[schema]["enum"]
                 .as_array()
