@@ -33,8 +33,10 @@ pub struct CommandsBench {
     #[arg(long, default_value_t = 10, env = "ORDERFLOW_BENCH_SECONDS")]
     seconds: u64,
     /// The service whose command the clients send: customers (register a customer), inventory
-    /// (reserve stock for an order), orders (place an order of 1 to 3 lines: a reservation per
-    /// line at the inventory service, then the order) or payments (authorize a payment).
+    /// (reserve stock for an order), orders (place an order of 1 to 3 lines: priced from the
+    /// orders service's copy, appended pending with its saga's start; no saga driver runs, so
+    /// this is the placement alone: `bench saga` measures the whole saga) or payments
+    /// (authorize a payment at the simulated provider).
     #[arg(long, default_value = "orders", env = "ORDERFLOW_BENCH_SERVICE")]
     service: Service,
     /// Products in the catalogue the orders draw from (fewer means more contention on stock).
@@ -58,17 +60,17 @@ pub struct CommandsBench {
     floor: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct CommandsRun {
-    clients: usize,
-    seconds: f64,
-    commands: u64,
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CommandsRun {
+    pub(crate) clients: usize,
+    pub(crate) seconds: f64,
+    pub(crate) commands: u64,
     /// Answers other than 201 (e.g. 409 after the handler's conflict retries ran out).
-    rejected: u64,
-    commands_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
+    pub(crate) rejected: u64,
+    pub(crate) commands_per_sec: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 /// The command each service is measured with, as the report names it.
@@ -76,7 +78,7 @@ fn command_name(service: Service) -> &'static str {
     match service {
         Service::Customers => "POST /v1/customers",
         Service::Inventory => "POST /v1/products/{id}/reservations",
-        Service::Orders => "POST /v1/orders (1-3 lines, a reservation per line)",
+        Service::Orders => "POST /v1/orders (1-3 lines, placement alone: no saga driver)",
         Service::Payments => "POST /v1/payments (authorize)",
     }
 }
@@ -239,13 +241,22 @@ async fn commands_floor(b: CommandsBench) -> anyhow::Result<()> {
 
 /// What the clients send: commands of `service`, on these customers and products.
 #[derive(Clone)]
-struct Load {
+pub(crate) struct Load {
     service: Service,
     customers: Vec<Uuid>,
     products: Vec<Uuid>,
 }
 
 impl Load {
+    /// Orders of 1 to 3 lines by these customers on these products.
+    pub(crate) fn orders(customers: Vec<Uuid>, products: Vec<Uuid>) -> Self {
+        Load {
+            service: Service::Orders,
+            customers,
+            products,
+        }
+    }
+
     /// The next request's path and body. Every command creates something new (a customer, a
     /// reservation for a new order, an order, a payment), so none is a replay.
     fn request(&self, next: &mut impl FnMut(usize) -> usize) -> (String, serde_json::Value) {
@@ -273,7 +284,7 @@ impl Load {
 }
 
 /// Serves `app` on a loopback port for one run of [`drive`], then stops it.
-async fn serve_and_drive(app: axum::Router, clients: usize, load: &Load, seconds: u64) -> anyhow::Result<CommandsRun> {
+pub(crate) async fn serve_and_drive(app: axum::Router, clients: usize, load: &Load, seconds: u64) -> anyhow::Result<CommandsRun> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

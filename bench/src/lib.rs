@@ -12,6 +12,8 @@
 //!   COPY of the same rows.
 //! - `reads`: the read API over a seeded read model, then freshness through Kafka.
 //! - `freshness`: a running deployment's freshness over HTTP only.
+//! - `saga`: orders through the whole place-order saga, embedded and distributed, beside the
+//!   placement alone.
 //! - `transfer`: a service's log exported from SQLite and imported into PostgreSQL, beside a
 //!   raw COPY of the same rows.
 //! - `scratch`: the databases a benchmark makes for itself and drops after; `load`: the HTTP
@@ -25,6 +27,7 @@ mod load;
 mod reads;
 mod rebuild;
 mod relay;
+mod saga;
 mod scratch;
 mod store;
 mod transfer;
@@ -51,6 +54,9 @@ pub enum Bench {
     /// Freshness of a running deployment (e.g. `scripts/dev-up`), over HTTP only: orders placed
     /// at a fixed rate, each timed from the command's answer until the dashboard list shows it.
     Freshness(freshness::FreshnessBench),
+    /// Orders through the whole place-order saga (placed → reserved → authorized → confirmed),
+    /// embedded and distributed, beside the placement alone in the same run.
+    Saga(saga::SagaBench),
     /// A service's log moved between stores: exported from SQLite, imported into PostgreSQL,
     /// exported again, beside a raw COPY of the same rows between PostgreSQL databases.
     Transfer(transfer::TransferBench),
@@ -66,5 +72,6 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Reads(b) => reads::run(b).await,
         Bench::Freshness(b) => freshness::run(b).await,
         Bench::Transfer(b) => transfer::run(b).await,
+        Bench::Saga(b) => saga::run(b).await,
     }
 }

@@ -213,16 +213,17 @@ impl CommandHandler {
             .await
     }
 
-    /// A saga step that changes its order too: `order` and `record` in one commit, each
-    /// stream at the version it was loaded at; answers for the saga's stream.
-    pub async fn order_and_saga(
+    /// Records of a saga, decided in turn, and when `order` is set a command on its order, in
+    /// one commit; records the saga refuses on what the store holds are left out (see
+    /// `SagaRecords`). Answers for the saga's stream.
+    pub async fn saga_records(
         &self,
         ctx: &CommandContext,
         order_id: Uuid,
-        order: OrderCommand,
-        record: crate::domain::saga::SagaCommand,
+        order: Option<OrderCommand>,
+        records: Vec<crate::domain::saga::SagaCommand>,
     ) -> Result<CommandAnswer, CommandError> {
-        self.run(ctx, &commands::OrderAndSaga { order_id, order, record })
+        self.run(ctx, &commands::SagaRecords { order_id, order, records })
             .await
     }
 

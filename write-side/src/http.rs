@@ -15,15 +15,21 @@
 //! | `GET /v1/customers/{id}` | customers | `commands` | the customer |
 //! | `POST /v1/products` `{product_id?, sku, name, price_minor, currency, stock}` | inventory | `commands` | 201 |
 //! | `POST /v1/products/{id}/restock` `{quantity}` · `/change-price` `{price_minor}` | inventory | `commands` | 200 |
-//! | `POST /v1/products/{id}/reservations` `{order_id, quantity}` | inventory | `commands` | 201, with the reserved price |
-//! | `POST /v1/products/{id}/reservations/{order_id}/release` | inventory | `commands` | 200 |
 //! | `GET /v1/products/{id}` | inventory | `commands` | the product |
-//! | `POST /v1/orders` `{order_id?, customer_id, lines}` | orders | `commands` | 201 (reserves at inventory first) |
-//! | `POST /v1/orders/{id}/confirm` · `/cancel` `{reason}` · `/ship` `{carrier, tracking}` · `/deliver` | orders | `commands` | 200 |
+//! | `POST /v1/products/{id}/reservations` `{order_id, quantity}` | inventory | `service` | 201, with the reserved price |
+//! | `GET /v1/products/{id}/reservations/{order_id}` | inventory | `service` | the units held for the order |
+//! | `POST /v1/products/{id}/reservations/{order_id}/release` | inventory | `service` | 200 |
+//! | `POST /v1/orders` `{order_id?, customer_id, lines}` | orders | `commands` | 201, `pending`: the saga takes it from there |
+//! | `POST /v1/orders/{id}/cancel` `{reason}` · `/ship` `{carrier, tracking}` · `/deliver` | orders | `commands` | 200 |
+//! | `POST /v1/orders/{id}/confirm` | orders | `commands` | always 409 `confirmed_by_saga` |
 //! | `GET /v1/orders/{id}/state?as_of=` or `?at_position=` | orders | `commands` | the order folded up to that point |
-//! | `POST /v1/payments` `{payment_id?, order_id, amount_minor, currency}` | payments | `commands` | 201 |
-//! | `POST /v1/payments/{id}/capture` · `/refund` `{amount_minor}` · `/void` · `/decline` `{order_id, reason}` | payments | `commands` | 200 |
+//! | `GET /v1/orders/{id}/overview` | orders | `commands` | the order, its reservations and payment, asked live |
+//! | `GET /v1/sagas/{id}` · `/v1/sagas/parked` · `POST /v1/sagas/{id}/retry` · `/abandon` `{reason}` | orders | `admin` | a saga; the parked ones; operator actions |
+//! | `GET /v1/services` | orders | `admin` | the services it calls: health and circuit breaker |
+//! | `POST /v1/payments` `{payment_id?, order_id, amount_minor, currency}` | payments | `service` | 201, with `payment_status` (the provider's answer) |
+//! | `POST /v1/payments/{id}/capture` · `/refund` `{amount_minor}` · `/void` · `/decline` `{order_id, reason}` | payments | `service` | 200 |
 //! | `GET /v1/payments/{id}` | payments | `commands` | the payment |
+//! | `GET /v1/gateway` · `PUT /v1/gateway` `{decline_rate, latency_ms, unavailable}` | payments | `admin` | the simulated provider's settings |
 //! | `GET /v1/streams/{stream_id}/events?from_version=&limit=` | by category | `commands` | the stream's events |
 //! | `GET /v1/log?service=&from_position=&limit=` | by `service` | `admin` | a service's log |
 //! | `GET /health`, `/ready`, `/metrics`, `/openapi.json` | all | none | operations |
@@ -38,13 +44,14 @@
 //! # Modules
 //!
 //! - `answer`: every command's answer, with its consistency token.
-//! - `customers`, `inventory`, `orders`, `payments`: each service's routes; `reads`: the
+//! - `customers`, `inventory`, `orders`, `payments`: each service's routes; `sagas`: the
+//!   orders service's saga operations, its peers' health and an order's overview; `reads`: the
 //!   stream and log reads every service has, and an order's state.
 //! - `error`: how [`DomainError`](crate::domain::DomainError) and [`CommandError`](crate::CommandError)
 //!   answer as the service kit's [`ApiError`] (whose doc has the table of codes).
 //! - `extract`: extractors for JSON bodies, queries, path ids and command headers that answer
 //!   [`ApiError`] (bad input is 4xx and never reaches the store).
-//! - `auth`: bearer tokens stored as SHA-256 hashes, scopes `commands` and `admin`.
+//! - `auth`: bearer tokens stored as SHA-256 hashes, scopes `commands`, `admin` and `service`.
 //! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`. The edge middleware (correlation
 //!   and request ids, span, timeout, metrics) is the service kit's.
 //! - `openapi`: the OpenAPI document of the hosted services.

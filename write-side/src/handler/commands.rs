@@ -132,49 +132,66 @@ impl Command for PlaceWithSaga {
     }
 }
 
-/// A saga step that changes its order too (confirm, cancel): the order's command and the saga's
-/// record decided together and appended in one commit, each stream at the version it was
-/// loaded at. A stale saga (another driver recorded meanwhile) is a conflict: both are decided
-/// again on what the store holds.
-pub(crate) struct OrderAndSaga {
+/// Records of a saga decided in turn on its state as each leaves it, and, when `order` is
+/// set, a command on its order (confirm, cancel): appended in one commit of the orders store,
+/// each stream at the version it was loaded at. A record the saga refuses on what the store
+/// holds (another driver got there first) is left out; a refused order command refuses the
+/// whole. A stale saga (another driver recorded meanwhile) is a conflict: decided again on
+/// what the store holds.
+pub(crate) struct SagaRecords {
     pub(crate) order_id: Uuid,
-    pub(crate) order: domain::OrderCommand,
-    pub(crate) record: domain::saga::SagaCommand,
+    pub(crate) order: Option<domain::OrderCommand>,
+    pub(crate) records: Vec<domain::saga::SagaCommand>,
 }
 
-impl Command for OrderAndSaga {
+impl Command for SagaRecords {
     fn stream_id(&self) -> String {
         event_schemas::Category::Saga.stream_id(self.order_id)
     }
 
     fn locks(&self) -> Vec<String> {
-        vec![
-            event_schemas::Category::Order.stream_id(self.order_id),
-            self.stream_id(),
-        ]
+        let saga = self.stream_id();
+        match self.order {
+            Some(_) => vec![event_schemas::Category::Order.stream_id(self.order_id), saga],
+            None => vec![saga],
+        }
     }
 
     async fn decide(&self, handler: &CommandHandler, _ctx: &CommandContext, trust: bool) -> Result<Step, CommandError> {
-        let (order, order_trusted) = handler.load_now::<domain::Order>(self.order_id, trust).await?;
         let (saga, saga_trusted) = handler.load_now::<domain::saga::Saga>(self.order_id, trust).await?;
-        let trusted = order_trusted || saga_trusted;
-        let order_events = match order.state.decide(self.order.clone()) {
-            Ok(events) => events,
-            Err(e) => return Ok(Step::refused(trusted, e)),
-        };
-        let saga_events = match saga.state.decide(self.record.clone()) {
-            Ok(events) => events,
-            Err(e) => return Ok(Step::refused(trusted, e)),
-        };
-        if order_events.is_empty() && saga_events.is_empty() {
+        let mut trusted = saga_trusted;
+        let mut state = saga.state.clone();
+        let mut saga_events = Vec::new();
+        for record in &self.records {
+            match state.decide(record.clone()) {
+                Ok(events) => {
+                    state = events.iter().fold(state, |s, e| s.evolve(e));
+                    saga_events.extend(events);
+                }
+                // Decided on trusted state: check it against the store before leaving it out.
+                Err(_) if trusted => return Ok(Step::Verify),
+                Err(e) => tracing::debug!(order_id = %self.order_id, error = %e, "a saga record is refused; left out"),
+            }
+        }
+        let saga_expected = event_store::ExpectedVersion::Exact(saga.version);
+        let mut writes = Writes::answering(&saga);
+        let unchanged = saga_events.is_empty();
+        writes = writes.append(saga.clone(), saga_expected, saga_events);
+        if let Some(command) = &self.order {
+            let (order, order_trusted) = handler.load_now::<domain::Order>(self.order_id, trust).await?;
+            trusted |= order_trusted;
+            let order_events = match order.state.decide(command.clone()) {
+                Ok(events) => events,
+                Err(e) => return Ok(Step::refused(trusted, e)),
+            };
+            if unchanged && order_events.is_empty() {
+                return Ok(Step::unchanged(trusted, &saga));
+            }
+            let order_expected = event_store::ExpectedVersion::Exact(order.version);
+            writes = writes.append(order, order_expected, order_events);
+        } else if unchanged {
             return Ok(Step::unchanged(trusted, &saga));
         }
-        let order_expected = event_store::ExpectedVersion::Exact(order.version);
-        let saga_expected = event_store::ExpectedVersion::Exact(saga.version);
-        Ok(Step::Write(
-            Writes::answering(&saga)
-                .append(saga, saga_expected, saga_events)
-                .append(order, order_expected, order_events),
-        ))
+        Ok(Step::Write(writes))
     }
 }

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::runner::{Advanced, Runner};
+use super::runner::{self, Advanced, Runner};
 use crate::domain::saga::Phase;
 
 /// The store checkpoint of the drivers.
@@ -264,6 +264,12 @@ impl Driver {
             (Category::Saga, "saga.completed") => {
                 state.open.remove(&order_id);
                 self.set_phase(order_id, None);
+                return;
+            }
+            // A saga's own records: the turn that wrote them went on as far as it could (a
+            // driver's turn ends only where nothing is left to do now, or with a timer), so
+            // they give no work. Records an operator wrote (resume, abandon) do.
+            (Category::Saga, _) if event.metadata.actor == runner::ACTOR && event.event_type != "saga.started" => {
                 return;
             }
             (Category::Saga, _) | (Category::Order, "order.shipped" | "order.cancelled") => {

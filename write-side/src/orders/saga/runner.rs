@@ -22,8 +22,11 @@ use service_kit::http::StatusCode;
 use uuid::Uuid;
 
 use crate::domain::saga::{Next, OrderView, Phase, ReasonCode, Saga, SagaCommand};
-use crate::domain::{Order, OrderCommand};
+use crate::domain::{Aggregate as _, Order, OrderCommand};
 use crate::{CommandContext, CommandError, CommandHandler};
+
+/// The actor of every event a saga records.
+pub const ACTOR: &str = "saga";
 
 /// What one turn of [`Runner::advance`] ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +80,8 @@ struct Authorization {
 
 /// The outcome of a call, as the saga reads it.
 enum Outcome {
+    /// Nothing called: record this.
+    Recorded(SagaCommand),
     Done,
     Refused { reason_code: ReasonCode, reason: String },
     Retry(String),
@@ -102,10 +107,18 @@ impl Runner {
     }
 
     /// Advances the saga of `order_id` as far as it can go now.
+    ///
+    /// What the calls did is recorded in as few commits as it can: the outcomes of the calls
+    /// of one turn are kept in order and appended together when the turn confirms or cancels
+    /// the order (in that commit), waits, or must try again later. A crash before they are
+    /// appended loses nothing: the next turn repeats the calls with the same keys and gets
+    /// the same answers.
     pub async fn advance(&self, order_id: Uuid, now: impl Fn() -> DateTime<Utc>) -> Result<Advanced, RunError> {
+        let loaded = self.handler.load::<Saga>(order_id, None).await?;
+        let mut saga = loaded.state;
+        let mut unrecorded: Vec<SagaCommand> = Vec::new();
         // A saga takes a handful of steps; the bound only stops a bug from looping for ever.
         for _ in 0..64 {
-            let saga = self.handler.load::<Saga>(order_id, None).await?.state;
             let order = self.handler.load::<Order>(order_id, None).await?.state;
             let view = OrderView {
                 status: order.status,
@@ -115,33 +128,36 @@ impl Runner {
             let phase = saga.phase();
             let ctx = context(&saga, &next);
             let outcome = match &next {
-                Next::Wait => return Ok(Advanced::Idle(phase)),
+                Next::Wait => {
+                    self.flush(&ctx, order_id, None, &mut unrecorded).await?;
+                    return Ok(Advanced::Idle(phase));
+                }
                 Next::Complete { outcome } => {
-                    self.record(&ctx, &saga, SagaCommand::Complete {
+                    metrics::counter!("orderflow_sagas_completed_total", "outcome" => *outcome).increment(1);
+                    Outcome::Recorded(SagaCommand::Complete {
                         outcome: (*outcome).to_owned(),
                     })
-                    .await?;
-                    metrics::counter!("orderflow_sagas_completed_total", "outcome" => *outcome).increment(1);
-                    continue;
                 }
                 Next::Fail {
                     reason_code,
                     reason,
                     step,
-                } => {
-                    self.fail(&ctx, &saga, *reason_code, reason.clone(), step.clone()).await?;
-                    continue;
-                }
+                } => Outcome::Recorded(fail(&saga, *reason_code, reason, step.clone())),
                 Next::Reserve { line } => self.reserve(&saga, *line).await,
                 Next::Authorize => self.authorize(&saga).await,
-                Next::Confirm => self.transition(&ctx, &saga, OrderCommand::Confirm { order_id }, SagaCommand::Confirmed).await?,
                 Next::Capture => self.capture(&saga).await,
                 Next::Refund => self.refund(&saga).await,
                 Next::Void => self.void(&saga).await,
                 Next::Release { line, frontier } => self.release(&saga, *line, *frontier).await,
+                Next::Confirm => {
+                    unrecorded.push(SagaCommand::Confirmed);
+                    let confirm = OrderCommand::Confirm { order_id };
+                    self.flush(&ctx, order_id, Some(confirm), &mut unrecorded).await?;
+                    saga = self.reload(order_id).await?;
+                    continue;
+                }
                 Next::CancelOrder => {
-                    let failure = saga.failure.clone();
-                    let (reason, reason_code) = failure.map_or_else(
+                    let (reason, reason_code) = saga.failure.clone().map_or_else(
                         || ("cancelled".to_owned(), ReasonCode::Requested),
                         |f| (f.reason, f.reason_code),
                     );
@@ -150,33 +166,21 @@ impl Runner {
                         reason: trimmed_reason(&reason),
                         reason_code: Some(reason_code.as_str().to_owned()),
                     };
-                    self.transition(&ctx, &saga, cancel, SagaCommand::OrderCancelled).await?
+                    unrecorded.push(SagaCommand::OrderCancelled);
+                    self.flush(&ctx, order_id, Some(cancel), &mut unrecorded).await?;
+                    saga = self.reload(order_id).await?;
+                    continue;
                 }
             };
-            match outcome {
-                Outcome::Done => {
-                    let record = match next {
-                        Next::Reserve { line } => Some(SagaCommand::Reserved { line }),
-                        Next::Authorize => Some(SagaCommand::Authorized),
-                        Next::Capture => Some(SagaCommand::Captured {
-                            amount_minor: saga.amount.map_or(0, |a| a.amount_minor),
-                        }),
-                        Next::Refund => Some(SagaCommand::Refunded {
-                            amount_minor: saga.captured_minor,
-                        }),
-                        Next::Void => Some(SagaCommand::Voided),
-                        Next::Release { line, .. } => Some(SagaCommand::Released { line }),
-                        // Recorded in the transition's own commit.
-                        _ => None,
-                    };
-                    if let Some(record) = record {
-                        self.record(&ctx, &saga, record).await?;
-                    }
-                }
-                Outcome::Refused { reason_code, reason } => {
-                    self.fail(&ctx, &saga, reason_code, reason, step_name(&next)).await?;
-                }
+            let record = match outcome {
+                Outcome::Recorded(record) => record,
+                Outcome::Done => match done_record(&next, &saga) {
+                    Some(record) => record,
+                    None => continue,
+                },
+                Outcome::Refused { reason_code, reason } => fail(&saga, reason_code, &reason, step_name(&next)),
                 Outcome::Retry(error) => {
+                    self.flush(&ctx, order_id, None, &mut unrecorded).await?;
                     metrics::counter!("orderflow_saga_step_retries_total", "step" => step_label(&next)).increment(1);
                     let deadline = (saga.failure.is_none() && !saga.confirmed).then_some(saga.deadline).flatten();
                     return Ok(Advanced::Retry { phase, deadline, error });
@@ -184,12 +188,24 @@ impl Runner {
                 Outcome::Park(error) => {
                     tracing::error!(%order_id, step = %step_name(&next), %error, "parking a saga: an answer it cannot act on");
                     metrics::counter!("orderflow_sagas_parked_total").increment(1);
-                    self.record(&ctx, &saga, SagaCommand::Park {
+                    unrecorded.push(SagaCommand::Park {
                         step: step_name(&next),
                         error,
-                    })
-                    .await?;
+                    });
+                    self.flush(&ctx, order_id, None, &mut unrecorded).await?;
                     return Ok(Advanced::Idle(Phase::Parked));
+                }
+            };
+            // Decided on the saga as this turn knows it; the commit decides again on the store.
+            match saga.decide(record.clone()) {
+                Ok(events) => {
+                    saga = events.iter().fold(saga, |s, e| s.evolve(e));
+                    unrecorded.push(record);
+                }
+                Err(e) => {
+                    tracing::debug!(%order_id, error = %e, "a saga record is refused; deciding again on the store");
+                    self.flush(&ctx, order_id, None, &mut unrecorded).await?;
+                    saga = self.reload(order_id).await?;
                 }
             }
         }
@@ -199,53 +215,28 @@ impl Runner {
         }))
     }
 
-    async fn fail(
+    async fn reload(&self, order_id: Uuid) -> Result<Saga, RunError> {
+        Ok(self.handler.load::<Saga>(order_id, None).await?.state)
+    }
+
+    /// Appends what the turn has not recorded yet, with `order`'s command in the same commit.
+    async fn flush(
         &self,
         ctx: &CommandContext,
-        saga: &Saga,
-        reason_code: ReasonCode,
-        reason: String,
-        step: String,
+        order_id: Uuid,
+        order: Option<OrderCommand>,
+        unrecorded: &mut Vec<SagaCommand>,
     ) -> Result<(), RunError> {
-        tracing::info!(order_id = %saga.order_id, %reason_code, %reason, %step, "the saga compensates");
-        metrics::counter!("orderflow_saga_compensations_total", "reason_code" => reason_code.as_str()).increment(1);
-        if matches!(reason_code, ReasonCode::TimedOut | ReasonCode::PaymentUnavailable) {
-            metrics::counter!("orderflow_saga_deadlines_expired_total", "reason_code" => reason_code.as_str()).increment(1);
+        if unrecorded.is_empty() && order.is_none() {
+            return Ok(());
         }
-        self.record(ctx, saga, SagaCommand::Fail {
-            reason_code,
-            reason: trimmed_reason(&reason),
-            step,
-        })
-        .await
-    }
-
-    async fn record(&self, ctx: &CommandContext, saga: &Saga, command: SagaCommand) -> Result<(), RunError> {
-        match self.handler.execute::<Saga>(ctx, saga.order_id, command).await {
+        let records = std::mem::take(unrecorded);
+        match self.handler.saga_records(ctx, order_id, order, records).await {
             Ok(_) => Ok(()),
-            // Refused on what the store holds now: the next turn decides on it.
+            // The order moved meanwhile (a client cancelled it): the next decision sees it.
             Err(CommandError::Rejected(e)) => {
-                tracing::debug!(order_id = %saga.order_id, error = %e, "a saga record was refused; deciding again");
+                tracing::debug!(%order_id, error = %e, "a saga commit was refused; deciding again");
                 Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// A step that changes the order too: both appended in one commit of the orders store.
-    async fn transition(
-        &self,
-        ctx: &CommandContext,
-        saga: &Saga,
-        order: OrderCommand,
-        record: SagaCommand,
-    ) -> Result<Outcome, RunError> {
-        match self.handler.order_and_saga(ctx, saga.order_id, order, record).await {
-            Ok(_) => Ok(Outcome::Done),
-            // The order moved meanwhile (a client cancelled it): the next turn sees it.
-            Err(CommandError::Rejected(_)) => Ok(Outcome::Done),
-            Err(CommandError::Conflict { .. } | CommandError::Store(_)) => {
-                Ok(Outcome::Retry("the orders store".to_owned()))
             }
             Err(e) => Err(e.into()),
         }
@@ -352,6 +343,37 @@ impl Runner {
     }
 }
 
+/// What a step that succeeded records.
+fn done_record(next: &Next, saga: &Saga) -> Option<SagaCommand> {
+    match *next {
+        Next::Reserve { line } => Some(SagaCommand::Reserved { line }),
+        Next::Authorize => Some(SagaCommand::Authorized),
+        Next::Capture => Some(SagaCommand::Captured {
+            amount_minor: saga.amount.map_or(0, |a| a.amount_minor),
+        }),
+        Next::Refund => Some(SagaCommand::Refunded {
+            amount_minor: saga.captured_minor,
+        }),
+        Next::Void => Some(SagaCommand::Voided),
+        Next::Release { line, .. } => Some(SagaCommand::Released { line }),
+        _ => None,
+    }
+}
+
+/// The saga compensates from now on.
+fn fail(saga: &Saga, reason_code: ReasonCode, reason: &str, step: String) -> SagaCommand {
+    tracing::info!(order_id = %saga.order_id, %reason_code, %reason, %step, "the saga compensates");
+    metrics::counter!("orderflow_saga_compensations_total", "reason_code" => reason_code.as_str()).increment(1);
+    if matches!(reason_code, ReasonCode::TimedOut | ReasonCode::PaymentUnavailable) {
+        metrics::counter!("orderflow_saga_deadlines_expired_total", "reason_code" => reason_code.as_str()).increment(1);
+    }
+    SagaCommand::Fail {
+        reason_code,
+        reason: trimmed_reason(reason),
+        step,
+    }
+}
+
 /// A failed call: what may pass is retried, anything else parks the saga.
 fn read_error(error: ClientError) -> Outcome {
     match error {
@@ -375,7 +397,7 @@ fn context(saga: &Saga, next: &Next) -> CommandContext {
         metadata: EventMetadata {
             correlation_id: saga.correlation_id.clone(),
             causation_id: saga.key(&step_name(next)),
-            actor: "saga".to_owned(),
+            actor: ACTOR.to_owned(),
         },
         idempotency: None,
         if_match: None,
