@@ -200,8 +200,9 @@ async fn measure(b: &ReadsBench, scratch: &Scratch) -> anyhow::Result<serde_json
 
 /// Seeds the store with a simulated shop of about `--orders` orders, showing a progress bar.
 async fn seed(b: &ReadsBench, logs: &[ServiceLog]) -> anyhow::Result<SeedReport> {
-    // ~8.0 events per order in the simulation (payments included): aim a little above, to reach --orders.
-    let events = b.orders * 81 / 10;
+    // ~15.4 events per order in the simulation (payments and the saga's records included): aim
+    // a little above, to reach --orders.
+    let events = b.orders * 155 / 10;
     eprintln!(
         "setting up: seeding ~{events} events, then rebuilding the dashboard and the analytics \
          (a few minutes at 200,000 orders) …"

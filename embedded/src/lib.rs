@@ -21,6 +21,10 @@
 //!   endpoints are the services', `/ready` therefore checks the event stores.
 //! - A data directory from before every service had its own store (one `events.db`) is not
 //!   served: `serve` refuses to start and names the command that splits it.
+//! - The place-order saga (ADR 0010) is driven in the process ([`Local::run_sagas`], beside the
+//!   runners): placing an order answers at once with a pending order, and the driver reserves
+//!   its stock, authorizes its payment at the simulated payment provider (`--gateway-*`) and
+//!   confirms it, or cancels it (at the latest at `--saga-deadline`).
 //! - Authentication is off: the embedded mode is a demo and a development tool on loopback.
 //! - One Prometheus recorder for the process (the service kit's), rendered by both routers.
 //! - Shutdown is one [`CancellationToken`]: the HTTP server stops accepting and drains the
@@ -50,9 +54,10 @@ use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use write_side::gateway::GatewaySettings;
 use write_side::http::{Auth, HttpConfig};
-use write_side::orders::replica;
-use write_side::{HandlerOptions, Local};
+use write_side::orders::{SagaOptions, replica};
+use write_side::{HandlerOptions, Local, LocalOptions};
 
 /// How long the projection runners and rebuilds get to stop once the HTTP server has drained.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -76,17 +81,58 @@ pub struct ServeArgs {
     #[arg(long, env = "ORDERFLOW_DEMO_EVENTS", default_value_t = 50_000)]
     demo_events: u64,
     /// Keep a live shop going at this many commands per second (0: off): new orders for the
-    /// store's customers and products, orders confirmed, shipped, delivered or cancelled, all
-    /// through the command handler. Rejections (out of stock) are logged at debug.
+    /// store's customers and products (their saga confirms or cancels them), orders shipped,
+    /// delivered or cancelled, all through the services. Rejections are logged at debug.
     #[arg(long, env = "ORDERFLOW_DEMO_RATE", default_value_t = 0.0)]
     rate: f64,
+    /// How long an order may stay pending before its saga cancels it (`timed_out`, or
+    /// `payment_unavailable`): e.g. 15m, 30s. Recorded in each saga when it starts.
+    #[arg(long, env = "ORDERFLOW_SAGA_DEADLINE", default_value = "15m", value_parser = service_kit::cli::parse_duration)]
+    saga_deadline: Duration,
+    /// The share of authorizations the simulated payment provider declines, from 0 to 1 (which
+    /// ones is a function of the payment id). Default: 0.05 while the demo shop runs (--demo
+    /// or --rate), 0 otherwise.
+    #[arg(long, env = "ORDERFLOW_GATEWAY_DECLINE_RATE")]
+    gateway_decline_rate: Option<f64>,
+    /// How long each call to the simulated payment provider takes, in milliseconds.
+    #[arg(long, env = "ORDERFLOW_GATEWAY_LATENCY_MS", default_value_t = 0)]
+    gateway_latency_ms: u64,
+    /// Start with the simulated payment provider down (every call fails until changed with
+    /// `PUT /v1/gateway`): orders stay pending, then their saga cancels them at the deadline.
+    #[arg(long, env = "ORDERFLOW_GATEWAY_UNAVAILABLE")]
+    gateway_unavailable: bool,
 }
+
+/// The simulated payment provider's decline rate while the demo shop runs, unless
+/// `--gateway-decline-rate` says otherwise.
+pub const DEMO_DECLINE_RATE: f64 = 0.05;
 
 impl ServeArgs {
     /// The same arguments with `--demo` on (`orderflow demo`).
     pub fn with_demo(mut self) -> Self {
         self.demo = true;
         self
+    }
+
+    /// How the services run: the saga's deadline, the simulated payment provider's settings.
+    fn local_options(&self) -> anyhow::Result<LocalOptions> {
+        let demo_shop = self.demo || self.rate > 0.0;
+        let gateway = GatewaySettings {
+            decline_rate: self
+                .gateway_decline_rate
+                .unwrap_or(if demo_shop { DEMO_DECLINE_RATE } else { 0.0 }),
+            latency_ms: self.gateway_latency_ms,
+            unavailable: self.gateway_unavailable,
+        };
+        gateway.validate().map_err(|e| anyhow::anyhow!("--gateway-*: {e}"))?;
+        Ok(LocalOptions {
+            handler: HandlerOptions::default(),
+            saga: SagaOptions {
+                deadline: self.saga_deadline,
+                ..SagaOptions::default()
+            },
+            gateway,
+        })
     }
 }
 
@@ -97,13 +143,21 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         "--rate must be a number of commands per second, 0 or more"
     );
     anyhow::ensure!(!args.demo || args.demo_events > 0, "--demo-events must be at least 1");
+    let options = args.local_options()?;
+    tracing::info!(
+        saga_deadline_secs = options.saga.deadline.as_secs(),
+        gateway_decline_rate = options.gateway.decline_rate,
+        gateway_latency_ms = options.gateway.latency_ms,
+        gateway_unavailable = options.gateway.unavailable,
+        "the place-order saga and the simulated payment provider"
+    );
     let data_dir = data_dir(&args.data_dir)?;
     let Opened {
         stores: opened,
         logs,
         local,
         replica_db,
-    } = open(&data_dir).await?;
+    } = open_with(&data_dir, options).await?;
     let seeded = if args.demo {
         shop_sim::demo::seed_if_empty(&logs, args.demo_events, &shutdown).await?
     } else {
@@ -141,7 +195,8 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         served = &mut server => served,
         Some(stopped) = runners.join_next() => {
             // A runner only returns once cancelled: before that, it panicked. Reads would go
-            // stale without saying so; stop the whole process instead.
+            // stale (or orders stay pending, for the saga driver) without saying so; stop the
+            // whole process instead.
             runner_stopped(stopped);
             runner_failed = true;
             shutdown.cancel();
@@ -155,7 +210,10 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     read_db.pool().close().await;
     replica_db.pool().close().await;
     served.with_context(|| format!("cannot serve on {address}"))?;
-    anyhow::ensure!(!runner_failed, "a projection runner failed; see the log above");
+    anyhow::ensure!(
+        !runner_failed,
+        "a projection runner or the saga driver failed; see the log above"
+    );
     tracing::info!("stopped");
     Ok(())
 }
@@ -174,8 +232,15 @@ pub struct Opened {
 
 /// Opens the services of `data_dir` (an existing directory) as `serve` runs them: each
 /// service's store created or migrated, the orders service's copy of customers and products
-/// prepared. A data directory from before every service had its own store is refused.
+/// prepared. A data directory from before every service had its own store is refused. The
+/// services run with their default options; the saga driver is not started
+/// ([`Local::run_sagas`]).
 pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
+    open_with(data_dir, LocalOptions::default()).await
+}
+
+/// As [`open`], the services running with `options`.
+pub async fn open_with(data_dir: &Path, options: LocalOptions) -> anyhow::Result<Opened> {
     refuse_a_single_store(data_dir)?;
     let urls = ServiceStoreUrls::embedded(data_dir);
     let stores = db::open_service_stores(&urls, PoolSettings::READ_DB, Migrate::Yes)
@@ -186,10 +251,10 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
         .map(|(service, store)| ServiceLog::new(*service, store.shared()))
         .collect();
     let replica_db = open_read_db(&DatabaseUrl::Sqlite(data_dir.join(REPLICA_FILE))).await?;
-    let local = Local::new(
+    let local = Local::with_options(
         logs.iter().map(|log| (log.service, log.store.clone())).collect(),
         replica_db.clone(),
-        HandlerOptions::default(),
+        options,
     )
     .await
     .context("cannot prepare the orders service's copy of customers and products")?;
@@ -245,8 +310,13 @@ async fn close_stores(opened: &[(Service, db::OpenStore)]) {
 
 type Runners = JoinSet<(&'static str, Result<(), projections::ProjectionError>)>;
 
-/// Per projection, the runners that follow every service's log in-process, and the runner of
-/// the orders service's copy of customers and products.
+/// The name the saga driver goes by among the runners.
+const SAGA_DRIVER: &str = "saga driver";
+
+/// Per projection, the runners that follow every service's log in-process, the runner of the
+/// orders service's copy of customers and products, and the place-order saga's driver (which
+/// tails the orders store from its checkpoint). Like the runners, the driver only returns once
+/// cancelled.
 fn start_runners(local: &Local, sinks: &Sinks, stop: &CancellationToken) -> anyhow::Result<Runners> {
     let mut runners = JoinSet::new();
     for name in catalog::NAMES {
@@ -259,8 +329,13 @@ fn start_runners(local: &Local, sinks: &Sinks, stop: &CancellationToken) -> anyh
             )
         });
     }
-    let (local, cancel) = (local.clone(), stop.clone());
-    runners.spawn(async move { (replica::NAME, local.run_replica(cancel).await) });
+    let (replica_local, cancel) = (local.clone(), stop.clone());
+    runners.spawn(async move { (replica::NAME, replica_local.run_replica(cancel).await) });
+    let (saga_local, cancel) = (local.clone(), stop.clone());
+    runners.spawn(async move {
+        saga_local.run_sagas(cancel).await;
+        (SAGA_DRIVER, Ok(()))
+    });
     Ok(runners)
 }
 
@@ -306,7 +381,7 @@ async fn stop(mut runners: Runners, mut demo_tasks: JoinSet<()>, admin: &admin::
     };
     if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {
         tracing::warn!(
-            "projection runners (or the demo) did not stop within {} s",
+            "the runners (projections, the saga driver) or the demo did not stop within {} s",
             STOP_GRACE.as_secs()
         );
     }
@@ -324,7 +399,7 @@ fn runner_stopped(stopped: Result<(&'static str, Result<(), projections::Project
     match stopped {
         Ok((name, Ok(()))) => tracing::debug!(projection = name, "runner stopped"),
         Ok((name, Err(e))) => tracing::error!(projection = name, error = %e, "projection runner failed"),
-        Err(e) => tracing::error!(error = %e, "a projection runner panicked"),
+        Err(e) => tracing::error!(error = %e, "a projection runner or the saga driver panicked"),
     }
 }
 
@@ -343,4 +418,72 @@ fn banner(address: SocketAddr, data_dir: &Path) {
          \n  the API:              curl -s {url}/openapi.json",
         dir = data_dir.display(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|cli| cli.serve)
+    }
+
+    fn options(args: &[&str]) -> anyhow::Result<LocalOptions> {
+        parse(args)?.local_options()
+    }
+
+    #[test]
+    fn the_saga_and_the_simulated_provider_take_their_flags() {
+        let plain = options(&[]).expect("valid flags");
+        assert_eq!(plain.saga.deadline, Duration::from_secs(15 * 60));
+        assert_eq!(plain.gateway, GatewaySettings::default());
+        // The demo shop declines its share unless told otherwise.
+        assert_eq!(
+            options(&["--demo"]).expect("valid flags").gateway.decline_rate,
+            DEMO_DECLINE_RATE
+        );
+        assert_eq!(
+            options(&["--rate", "2"]).expect("valid flags").gateway.decline_rate,
+            DEMO_DECLINE_RATE
+        );
+        let demo = parse(&[])
+            .expect("no flags")
+            .with_demo()
+            .local_options()
+            .expect("valid flags");
+        assert_eq!(demo.gateway.decline_rate, DEMO_DECLINE_RATE);
+        let none = options(&["--demo", "--gateway-decline-rate", "0"]).expect("valid flags");
+        assert_eq!(none.gateway.decline_rate, 0.0);
+        let custom = options(&[
+            "--saga-deadline",
+            "30s",
+            "--gateway-decline-rate",
+            "0.25",
+            "--gateway-latency-ms",
+            "250",
+            "--gateway-unavailable",
+        ])
+        .expect("valid flags");
+        assert_eq!(custom.saga.deadline, Duration::from_secs(30));
+        assert_eq!(
+            custom.gateway,
+            GatewaySettings {
+                decline_rate: 0.25,
+                latency_ms: 250,
+                unavailable: true,
+            }
+        );
+        assert!(options(&["--gateway-decline-rate", "1.5"]).is_err());
+        assert!(options(&["--gateway-latency-ms", "60001"]).is_err());
+        assert!(parse(&["--saga-deadline", "0s"]).is_err());
+        assert!(parse(&["--saga-deadline", "soon"]).is_err());
+    }
 }

@@ -1,8 +1,9 @@
 //! The demo shop of `serve --demo`: EMPTY event stores get a simulated history (customers,
-//! products, orders through their lifecycle over four weeks ending today and their payments
-//! authorized, captured, declined, voided or refunded, renames, cancellations), each service's
-//! events in its own store, with a progress bar on stderr. Stores that hold anything are left
-//! alone, so a restart never seeds twice.
+//! products, orders through the place-order saga and their lifecycle over four weeks ending
+//! today, their payments authorized, captured, declined, voided or refunded, renames,
+//! cancellations), each service's events in its own store, with a progress bar on stderr. No
+//! seeded saga is left with work to do, and the saga driver's checkpoint is left at the orders
+//! store's head. Stores that hold anything are left alone, so a restart never seeds twice.
 
 use chrono::{Days, Utc};
 use std::collections::BTreeMap;
