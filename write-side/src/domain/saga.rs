@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use event_schemas::{
     Category, DomainEvent, Money, SagaCompleted, SagaConfirmed, SagaEvent, SagaFailed, SagaLine, SagaOrderCancelled,
     SagaParked, SagaPaymentAuthorized, SagaPaymentCaptured, SagaPaymentRefunded, SagaPaymentVoided, SagaResumed,
@@ -414,7 +414,8 @@ impl Aggregate for Saga {
                     .map(|(product_id, quantity)| SagaLine { product_id, quantity })
                     .collect(),
                 amount,
-                deadline,
+                // Stored with microseconds: kept so, the state folded from the store is this one.
+                deadline: deadline.trunc_subsecs(6),
                 correlation_id,
             })]);
         }

@@ -193,6 +193,25 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
+/// A product's id and an order's id in the path (`/v1/products/{id}/reservations/{order_id}`):
+/// 400 naming the one that is not a UUID.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProductOrderPath(pub(crate) Uuid, pub(crate) Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProductOrderPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((id, order_id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_field("id", e.body_text()))?;
+        let parse = |field: &str, raw: &str| {
+            Uuid::try_parse(raw).map_err(|_| ApiError::bad_field(field, format!("{raw:?} is not a UUID")))
+        };
+        Ok(ProductOrderPath(parse("id", &id)?, parse("order_id", &order_id)?))
+    }
+}
+
 /// A stream id path parameter in its canonical spelling (`order-{uuid}`, see
 /// [`event_schemas::parse_stream_id`]).
 #[derive(Debug, Clone)]

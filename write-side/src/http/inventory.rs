@@ -3,7 +3,7 @@
 //! its own, so that a repeated call reserves once).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use event_schemas::{Category, Service};
 use event_store::Until;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::HttpState;
 use super::answer::{Answered, CommandAnswerBody, answer};
-use super::extract::{ApiJson, CommandMeta, EmptyBody, IdPath, non_negative};
+use super::extract::{ApiJson, CommandMeta, EmptyBody, IdPath, ProductOrderPath, non_negative};
 use crate::domain::{Product, ProductCommand};
 use crate::{CommandAnswer, CommandHandler, Loaded};
 
@@ -266,7 +266,7 @@ async fn as_reserved(handler: &CommandHandler, id: Uuid, answer: &CommandAnswer)
 )]
 pub(crate) async fn release_stock(
     State(state): State<HttpState>,
-    Path((id, order_id)): Path<(Uuid, Uuid)>,
+    ProductOrderPath(id, order_id): ProductOrderPath,
     meta: CommandMeta,
     body: EmptyBody,
 ) -> Result<Answered, ApiError> {
@@ -307,7 +307,7 @@ pub struct HeldView {
 )]
 pub(crate) async fn reservation(
     State(state): State<HttpState>,
-    Path((id, order_id)): Path<(Uuid, Uuid)>,
+    ProductOrderPath(id, order_id): ProductOrderPath,
 ) -> Result<Json<HeldView>, ApiError> {
     let loaded = state.handler(Service::Inventory)?.load::<Product>(id, None).await?;
     if !loaded.state.exists {

@@ -3,7 +3,7 @@
 //! breakers; an order's overview composed live from the three services.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use service_kit::http::{ApiError, ErrorBody};
@@ -106,7 +106,7 @@ pub(crate) async fn retry(
 )]
 pub(crate) async fn abandon(
     State(state): State<HttpState>,
-    Path(id): Path<Uuid>,
+    IdPath(id): IdPath,
     meta: CommandMeta,
     super::extract::ApiJson(body): super::extract::ApiJson<AbandonSagaBody>,
 ) -> Result<Answered, ApiError> {

@@ -207,6 +207,10 @@ impl Driver {
             while turns.len() < self.options.concurrency && caught_up {
                 let Some(id) = state.queue.pop_front() else { break };
                 state.queued.remove(&id);
+                // Completed since it was queued (read further on in the log): nothing to do.
+                if !state.open.contains_key(&id) {
+                    continue;
+                }
                 state.running.insert(id);
                 let runner = Arc::clone(&self.runner);
                 turns.spawn(async move { (id, runner.advance(id, Utc::now).await) });
@@ -299,7 +303,8 @@ impl Driver {
                         if let Some(open) = state.open.get_mut(&id) {
                             open.failures = 0;
                         }
-                        if phase != Phase::Parked {
+                        // Something happened while it ran: it stays open for another look.
+                        if phase != Phase::Parked && !again {
                             state.open.remove(&id);
                         }
                     }
