@@ -1,36 +1,42 @@
 //! The write services' invariants against real stores (PostgreSQL from `scripts/services up`,
 //! SQLite files), each asserted on one service's commands through its command handler, and end
 //! to end through [`Local`] (the four services in one process, here all over one shared store;
-//! placing an order reserves each line at the inventory service, then appends the order):
+//! placing an order appends it `pending` with its saga, and the saga driver, run by the tests
+//! that need orders to progress, reserves each line at the inventory service, authorizes the
+//! payment and confirms the order, or cancels it `out_of_stock`; ADR 0010):
 //!
 //! - stock never goes below zero under concurrent reservations at the inventory service, nor
-//!   under concurrent orders (an order beyond the stock is refused with nothing left reserved);
+//!   under concurrent orders (every order is accepted; exactly the stock's worth is confirmed,
+//!   the others are cancelled `out_of_stock` holding nothing);
 //! - concurrent repeats of an idempotent command append once and all get the same answer; the
 //!   key reused with another request is refused and appends nothing;
 //! - a stale `If-Match` is a conflict and appends nothing;
 //! - snapshots never change an answer, and "state as of" equals the fold of the stream's events
-//!   up to that point;
+//!   up to that point (orders, their sagas and payments included);
 //! - another process appending to the same store never leaves an aggregate this process cached
 //!   deciding alone.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Debug;
+use std::fmt::{Debug, Display};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_schemas::{Category, Service};
 use event_store::{
     EventMetadata, EventStore, IdempotencyKey, PgEventStore, Position, RecordedEvent, StoreOptions, Until,
 };
 use projections::ReadDb;
-use service_kit::client::ClientError;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use write_side::domain::saga::Saga;
 use write_side::domain::{
-    Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, OrderStatus, PlaceOrder,
-    PlaceOrderLine, Product, ProductCommand,
+    Aggregate, CancelOrder, Customer, CustomerCommand, DomainError, Order, OrderCommand, OrderStatus, Payment,
+    PaymentStatus, PlaceOrder, PlaceOrderLine, Product, ProductCommand,
 };
 use write_side::orders::OrdersError;
+use write_side::orders::saga::payment_id;
 use write_side::{CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Local, Snapshottable};
 
 async fn postgres() -> Arc<dyn EventStore> {
@@ -78,6 +84,97 @@ async fn local(store: &Arc<dyn EventStore>, options: HandlerOptions) -> Local {
         .unwrap();
     let stores = Service::ALL.into_iter().map(|s| (s, Arc::clone(store))).collect();
     Local::new(stores, replica, options).await.unwrap()
+}
+
+/// How long a test waits for sagas to get somewhere before it fails.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The saga driver of a [`Local`], running until stopped.
+struct Driver {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Driver {
+    /// Runs `shop`'s saga driver (once per `Local`).
+    fn start(shop: &Local) -> Driver {
+        let stop = CancellationToken::new();
+        let (shop, until) = (shop.clone(), stop.clone());
+        let task = tokio::spawn(async move { shop.run_sagas(until).await });
+        Driver { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Polls `probe` every 20 ms until it answers, failing the test after [`SETTLE`].
+async fn eventually<T, F, Fut>(what: impl Display, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The saga of order `order_id` as the store holds it.
+async fn saga_of(shop: &Local, order_id: Uuid) -> Saga {
+    shop.handler(Service::Orders)
+        .load::<Saga>(order_id, None)
+        .await
+        .unwrap()
+        .state
+}
+
+async fn order_of(shop: &Local, order_id: Uuid) -> Order {
+    shop.handler(Service::Orders)
+        .load::<Order>(order_id, None)
+        .await
+        .unwrap()
+        .state
+}
+
+/// The payment of order `order_id` (its id derived from the order's).
+async fn payment_of(shop: &Local, order_id: Uuid) -> Payment {
+    shop.handler(Service::Payments)
+        .load::<Payment>(payment_id(order_id), None)
+        .await
+        .unwrap()
+        .state
+}
+
+/// Waits until the saga of `order_id` has settled: confirmed its order (and waits for the
+/// shipment), or completed. A parked saga fails the test.
+async fn settled(shop: &Local, order_id: Uuid) -> Saga {
+    eventually(format!("the saga of {order_id} settles"), || async move {
+        let saga = saga_of(shop, order_id).await;
+        assert!(saga.parked.is_none(), "parked: {saga:?}");
+        (saga.outcome.is_some() || (saga.confirmed && saga.failure.is_none())).then_some(saga)
+    })
+    .await
+}
+
+/// Waits until the saga of `order_id` has completed with `outcome` (`captured`, `cancelled`).
+async fn completed(shop: &Local, order_id: Uuid, outcome: &str) -> Saga {
+    eventually(format!("the saga of {order_id} ends {outcome}"), || async move {
+        let saga = saga_of(shop, order_id).await;
+        assert!(saga.parked.is_none(), "parked: {saga:?}");
+        if let Some(ended) = &saga.outcome {
+            assert_eq!(ended, outcome, "{saga:?}");
+            return Some(saga);
+        }
+        None
+    })
+    .await
 }
 
 fn ctx() -> CommandContext {
@@ -261,9 +358,11 @@ async fn stock_never_goes_negative_under_concurrent_reservations(store: Arc<dyn 
 }
 
 /// The same end to end: 32 concurrent orders of one unit against 20 units, placed through the
-/// orders service (each line reserved at the inventory service first). Exactly 20 are placed;
-/// the others are refused with inventory's 409 `insufficient_stock`, hold no stock and have no
-/// stream.
+/// orders service while its saga driver runs. Every order is accepted (`pending`, with its
+/// saga); the sagas reserve at the inventory service concurrently: exactly 20 orders are
+/// confirmed, holding the stock and an authorized payment, and the other 12 are cancelled
+/// `out_of_stock`, holding no stock and never asking payments. Each step is recorded once, and
+/// the product never holds less than nothing at any point of its stream.
 async fn stock_never_goes_negative_under_concurrent_orders(store: Arc<dyn EventStore>) {
     let shop = local(
         &store,
@@ -276,6 +375,7 @@ async fn stock_never_goes_negative_under_concurrent_orders(store: Arc<dyn EventS
     let buyer = customer(shop.handler(Service::Customers)).await;
     let widget = product(shop.handler(Service::Inventory), 20).await;
     let head = store.head_position().await.unwrap();
+    let driver = Driver::start(&shop);
     let mut clients = Vec::new();
     for _ in 0..32 {
         let (shop, order) = (shop.clone(), place(buyer, &[(widget, 1)]));
@@ -283,21 +383,45 @@ async fn stock_never_goes_negative_under_concurrent_orders(store: Arc<dyn EventS
             (order.order_id, shop.place_order(&ctx(), order).await)
         }));
     }
-    let (mut placed, mut refused) = (BTreeSet::new(), BTreeSet::new());
+    let mut orders = BTreeSet::new();
     for c in clients {
-        match c.await.unwrap() {
-            (order_id, Ok(_)) => {
-                placed.insert(order_id);
-            }
-            (order_id, Err(OrdersError::Dependency(ClientError::Rejected { status, body, .. })))
-                if status.as_u16() == 409 && body.error.code == "insufficient_stock" =>
-            {
-                refused.insert(order_id);
-            }
-            (_, Err(e)) => panic!("unexpected: {e:?}"),
+        let (order_id, placed) = c.await.unwrap();
+        let answer = placed.unwrap_or_else(|e| panic!("placing {order_id} was refused: {e:?}"));
+        assert_eq!(
+            (answer.stream_id.as_str(), answer.version),
+            (Category::Order.stream_id(order_id).as_str(), 1)
+        );
+        orders.insert(order_id);
+    }
+    assert_eq!(orders.len(), 32);
+
+    let (mut confirmed, mut cancelled) = (BTreeSet::new(), BTreeSet::new());
+    for &order_id in &orders {
+        let saga = settled(&shop, order_id).await;
+        let order = order_of(&shop, order_id).await;
+        if saga.confirmed {
+            assert_eq!(order.status, OrderStatus::Confirmed, "{order:?}");
+            let payment = payment_of(&shop, order_id).await;
+            assert_eq!(
+                (payment.status, payment.authorized_minor),
+                (PaymentStatus::Authorized, 1250),
+                "{payment:?}"
+            );
+            confirmed.insert(order_id);
+        } else {
+            assert_eq!(saga.outcome.as_deref(), Some("cancelled"), "{saga:?}");
+            assert_eq!(order.status, OrderStatus::Cancelled, "{order:?}");
+            assert_eq!(order.cancellation_reason_code.as_deref(), Some("out_of_stock"));
+            assert_eq!(payment_of(&shop, order_id).await.status, PaymentStatus::NotStarted);
+            cancelled.insert(order_id);
         }
     }
-    assert_eq!((placed.len(), refused.len()), (20, 12), "exactly the stock was sold");
+    driver.stop().await;
+    assert_eq!(
+        (confirmed.len(), cancelled.len()),
+        (20, 12),
+        "exactly the stock was sold"
+    );
 
     let p = shop
         .handler(Service::Inventory)
@@ -308,18 +432,43 @@ async fn stock_never_goes_negative_under_concurrent_orders(store: Arc<dyn EventS
     assert_eq!((p.available, p.reserved()), (0, 20), "{p:?}");
     assert_eq!(
         p.reservations.keys().copied().collect::<BTreeSet<_>>(),
-        placed,
-        "the placed orders hold the stock, the refused ones nothing"
+        confirmed,
+        "the confirmed orders hold the stock, the cancelled ones nothing"
     );
-    for (orders, version) in [(&placed, 1), (&refused, 0)] {
-        for &id in orders {
-            let stream_id = Category::Order.stream_id(id);
-            assert_eq!(store.stream_version(&stream_id).await.unwrap(), version, "{stream_id}");
-        }
+    // Folded event by event (a fresh handler: snapshots, then events), never below zero.
+    let other = CommandHandler::new(store.clone(), HandlerOptions::default());
+    let (events, _) = stream_of::<Product>(&store, widget).await;
+    assert_eq!(events.len(), 21, "the product added, then 20 reservations");
+    for e in &events {
+        let then = other
+            .load::<Product>(widget, Some(Until::Position(e.position)))
+            .await
+            .unwrap()
+            .state;
+        assert!(
+            then.available >= 0,
+            "negative at version {}: {then:?}",
+            e.stream_version
+        );
+        assert_eq!(then.available + then.reserved(), 20, "at version {}", e.stream_version);
     }
+    // Each step of each saga recorded once.
     assert_eq!(
         appended_since(&store, head).await,
-        counts(&[("order.placed", 20), ("product.stock_reserved", 20)])
+        counts(&[
+            ("order.placed", 32),
+            ("saga.started", 32),
+            ("product.stock_reserved", 20),
+            ("saga.stock_reserved", 20),
+            ("payment.authorized", 20),
+            ("saga.payment_authorized", 20),
+            ("order.confirmed", 20),
+            ("saga.confirmed", 20),
+            ("saga.failed", 12),
+            ("order.cancelled", 12),
+            ("saga.order_cancelled", 12),
+            ("saga.completed", 12),
+        ])
     );
 }
 
@@ -427,9 +576,9 @@ async fn concurrent_repeats_of_an_idempotent_command_append_once(store: Arc<dyn 
         );
     }
 
-    // An order placed across the services, sent ten times at once with its key: one placed
-    // and reserved once, every copy answered as it was; the key with another request is
-    // refused before anything is reserved.
+    // An order placed across the services, sent ten times at once with its key: placed once
+    // (the order and its saga), every copy answered as it was; the key with another request is
+    // refused and appends nothing. Then its saga runs: the stock is reserved once.
     let shop = local(&store, HandlerOptions::default()).await;
     let order = place(id, &[(widget, 2)]);
     let head = store.head_position().await.unwrap();
@@ -450,7 +599,12 @@ async fn concurrent_repeats_of_an_idempotent_command_append_once(store: Arc<dyn 
             .all(|a| (&a.stream_id, a.version, a.position) == (&first.stream_id, first.version, first.position)),
         "{answers:?}"
     );
-    let once = counts(&[("order.placed", 1), ("product.stock_reserved", 1)]);
+    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1, "{answers:?}");
+    assert_eq!(
+        (first.stream_id.as_str(), first.version),
+        (Category::Order.stream_id(order.order_id).as_str(), 1)
+    );
+    let once = counts(&[("order.placed", 1), ("saga.started", 1)]);
     assert_eq!(appended_since(&store, head).await, once);
     let err = shop
         .place_order(&keyed("order-once", b"another body"), place(id, &[(widget, 1)]))
@@ -461,6 +615,22 @@ async fn concurrent_repeats_of_an_idempotent_command_append_once(store: Arc<dyn 
         "{err:?}"
     );
     assert_eq!(appended_since(&store, head).await, once);
+    let driver = Driver::start(&shop);
+    assert!(settled(&shop, order.order_id).await.confirmed);
+    driver.stop().await;
+    assert_eq!(
+        appended_since(&store, head).await,
+        counts(&[
+            ("order.placed", 1),
+            ("saga.started", 1),
+            ("product.stock_reserved", 1),
+            ("saga.stock_reserved", 1),
+            ("payment.authorized", 1),
+            ("saga.payment_authorized", 1),
+            ("order.confirmed", 1),
+            ("saga.confirmed", 1),
+        ])
+    );
     let p = processes[0].load::<Product>(widget, None).await.unwrap().state;
     assert_eq!((p.available, p.reserved_for(order.order_id)), (96, 2));
 }
@@ -545,6 +715,8 @@ async fn another_process_appending_never_leaves_a_cached_aggregate_deciding_alon
     assert_eq!((g.available, g.reserved()), (10, 0), "{g:?}");
 
     // The customer is only read by an order: renamed elsewhere, the next order has the new name.
+    // `there`'s saga driver runs the sagas for now: it finds the ones `here` starts in the log.
+    let there_driver = Driver::start(&there);
     let buyer = customer(here.handler(Service::Customers)).await;
     there
         .handler(Service::Customers)
@@ -553,38 +725,41 @@ async fn another_process_appending_never_leaves_a_cached_aggregate_deciding_alon
         .unwrap();
     let order = place(buyer, &[(gadget, 1)]);
     here.place_order(&ctx(), order.clone()).await.unwrap();
-    let placed = here
-        .handler(Service::Orders)
-        .load::<Order>(order.order_id, None)
-        .await
-        .unwrap()
-        .state;
+    let placed = order_of(&here, order.order_id).await;
     assert_eq!(placed.customer.map(|c| c.name).as_deref(), Some("Ada Lovelace"));
+    assert!(settled(&there, order.order_id).await.confirmed);
 
-    // Placed by the other process and cancelled here, where the gadget is cached from before
-    // that order reserved it: the order's stock is released all the same.
+    // Placed by the other process, its stock reserved and the order confirmed there; then
+    // cancelled here, and compensated by this process's driver, where the gadget and the order
+    // are cached from before all that: the order's stock is released all the same.
+    let g = stock_here.load::<Product>(gadget, None).await.unwrap().state;
+    assert_eq!((g.available, g.reserved()), (9, 1), "{g:?}");
     let elsewhere = place(buyer, &[(gadget, 4)]);
     there.place_order(&ctx(), elsewhere.clone()).await.unwrap();
-    here.handler(Service::Orders)
-        .load::<Order>(elsewhere.order_id, None)
-        .await
-        .unwrap();
+    order_of(&here, elsewhere.order_id).await;
+    assert!(settled(&there, elsewhere.order_id).await.confirmed);
+    there_driver.stop().await;
+    let g = stock_there.load::<Product>(gadget, None).await.unwrap().state;
+    assert_eq!((g.available, g.reserved()), (5, 5), "{g:?}");
+    let here_driver = Driver::start(&here);
     let cancel = CancelOrder {
         order_id: elsewhere.order_id,
         reason: "changed my mind".into(),
         reason_code: None,
     };
     here.cancel_order(&ctx(), cancel).await.unwrap();
+    let saga = completed(&here, elsewhere.order_id, "cancelled").await;
+    assert!(saga.lines.iter().all(|l| l.released), "{saga:?}");
+    here_driver.stop().await;
     let g = stock_there.load::<Product>(gadget, None).await.unwrap().state;
     assert_eq!((g.available, g.reserved()), (9, 1), "{g:?}");
     assert_eq!(g.reservations, BTreeMap::from([(order.order_id, 1)]));
-    let cancelled = there
-        .handler(Service::Orders)
-        .load::<Order>(elsewhere.order_id, None)
-        .await
-        .unwrap()
-        .state;
+    let cancelled = order_of(&there, elsewhere.order_id).await;
     assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    assert_eq!(
+        payment_of(&there, elsewhere.order_id).await.status,
+        PaymentStatus::Voided
+    );
 
     // Registered by another process, unknown to this one's cache: refused as existing, not
     // answered as a conflict after retries on "new stream".
@@ -622,16 +797,18 @@ struct Shop {
     customers: Vec<Uuid>,
     products: Vec<Uuid>,
     orders: Vec<Uuid>,
+    /// The orders whose sagas and payments are checked too, one of each kind: shipped and
+    /// captured, cancelled while its saga ran, confirmed, cancelled once confirmed.
+    followed: Vec<Uuid>,
 }
 
-/// A little shop's history, through the services: orders placed (two lines each), confirmed,
-/// shipped, cancelled; restocks, a price change, renames.
+/// A little shop's history, through the services with the saga driver running: orders placed
+/// (two lines each) and confirmed by their sagas, one shipped (its payment captured), some
+/// cancelled (their stock released, their payment voided); restocks, a price change, renames.
+/// Returns once every saga has settled and the driver has stopped: nothing moves afterwards.
 async fn workload(shop: &Local) -> Shop {
-    let (customers_h, inventory, orders_h) = (
-        shop.handler(Service::Customers),
-        shop.handler(Service::Inventory),
-        shop.handler(Service::Orders),
-    );
+    let (customers_h, inventory) = (shop.handler(Service::Customers), shop.handler(Service::Inventory));
+    let driver = Driver::start(shop);
     let customers = vec![customer(customers_h).await, customer(customers_h).await];
     let products = vec![product(inventory, 50).await, product(inventory, 50).await];
     let mut orders = Vec::new();
@@ -641,11 +818,9 @@ async fn workload(shop: &Local) -> Shop {
         orders.push(cmd.order_id);
         shop.place_order(&ctx(), cmd).await.unwrap();
         if i % 3 == 0 {
-            orders_h
-                .order(&ctx(), orders[i], OrderCommand::Confirm { order_id: orders[i] })
-                .await
-                .unwrap();
+            assert!(settled(shop, orders[i]).await.confirmed, "order {i}");
         }
+        // Cancelled while its saga runs (1, 5), or once confirmed (9).
         if i % 4 == 1 {
             let cancel = CancelOrder {
                 order_id: orders[i],
@@ -673,29 +848,52 @@ async fn workload(shop: &Local) -> Shop {
             inventory.product(&ctx(), products[0], c).await.unwrap();
         }
     }
+    for &order_id in &orders {
+        if cancelled.contains(&order_id) {
+            completed(shop, order_id, "cancelled").await;
+        } else {
+            assert!(settled(shop, order_id).await.confirmed, "{order_id}");
+        }
+    }
     let ship = OrderCommand::Ship {
         order_id: orders[0],
         carrier: "DHL".into(),
         tracking: "JD014600".into(),
     };
-    orders_h.order(&ctx(), orders[0], ship).await.unwrap();
-    // The stock of the orders still standing is reserved, the cancelled ones' released.
+    shop.orders().change(&ctx(), orders[0], ship).await.unwrap();
+    completed(shop, orders[0], "captured").await;
+    driver.stop().await;
+
+    // The stock of the orders still standing is reserved, the cancelled ones' released; their
+    // payments authorized (the shipped one captured), the cancelled ones' never left authorized.
     let standing: BTreeSet<Uuid> = orders.iter().copied().filter(|o| !cancelled.contains(o)).collect();
     for &p in &products {
         let p = inventory.load::<Product>(p, None).await.unwrap().state;
         assert_eq!(p.reservations.keys().copied().collect::<BTreeSet<_>>(), standing);
     }
+    for &order_id in &orders {
+        let payment = payment_of(shop, order_id).await;
+        let expected: &[PaymentStatus] = if order_id == orders[0] {
+            &[PaymentStatus::Captured]
+        } else if cancelled.contains(&order_id) {
+            &[PaymentStatus::Voided, PaymentStatus::NotStarted]
+        } else {
+            &[PaymentStatus::Authorized]
+        };
+        assert!(expected.contains(&payment.status), "{order_id}: {payment:?}");
+    }
     Shop {
         customers,
         products,
+        followed: vec![orders[0], orders[1], orders[3], orders[9]],
         orders,
     }
 }
 
 /// Every aggregate of `shop` loaded now and at every position of the log, through the handlers
-/// of the customers, inventory and orders services.
-async fn all_states(services: [&CommandHandler; 3], shop: &Shop, head: u64) -> Vec<String> {
-    let [customers, inventory, orders] = services;
+/// of the customers, inventory, orders (orders and their sagas) and payments services.
+async fn all_states(services: [&CommandHandler; 4], shop: &Shop, head: u64) -> Vec<String> {
+    let [customers, inventory, orders, payments] = services;
     let mut out = Vec::new();
     for until in std::iter::once(None).chain((1..=head).map(|p| Some(Until::Position(p)))) {
         for &id in &shop.customers {
@@ -709,6 +907,12 @@ async fn all_states(services: [&CommandHandler; 3], shop: &Shop, head: u64) -> V
         for &id in &shop.orders {
             let o = orders.load::<Order>(id, until).await.unwrap();
             out.push(format!("{:?} v{} p{}", o.state, o.version, o.position));
+        }
+        for &id in &shop.followed {
+            let s = orders.load::<Saga>(id, until).await.unwrap();
+            out.push(format!("{:?} v{} p{}", s.state, s.version, s.position));
+            let p = payments.load::<Payment>(payment_id(id), until).await.unwrap();
+            out.push(format!("{:?} v{} p{}", p.state, p.version, p.position));
         }
     }
     out
@@ -728,6 +932,8 @@ async fn snapshots_never_change_an_answer(store: Arc<dyn EventStore>) {
         Category::Customer.stream_id(ids.customers[0]),
         Category::Product.stream_id(ids.products[0]),
         Category::Order.stream_id(ids.orders[0]),
+        Category::Saga.stream_id(ids.orders[0]),
+        Category::Payment.stream_id(payment_id(ids.orders[0])),
     ] {
         assert!(
             store.load_snapshot(&stream_id, None).await.unwrap().is_some(),
@@ -739,6 +945,7 @@ async fn snapshots_never_change_an_answer(store: Arc<dyn EventStore>) {
         shop.handler(Service::Customers),
         shop.handler(Service::Inventory),
         shop.handler(Service::Orders),
+        shop.handler(Service::Payments),
     ];
     // Another process with nothing cached loads "now" from the snapshots too.
     let uncached = CommandHandler::new(
@@ -749,11 +956,23 @@ async fn snapshots_never_change_an_answer(store: Arc<dyn EventStore>) {
         },
     );
     let with = all_states(services, &ids, head).await;
-    assert_eq!(all_states([&uncached; 3], &ids, head).await, with);
+    let uncached_with = all_states([&uncached; 4], &ids, head).await;
+    assert_same_states(&uncached_with, &with, "uncached, with snapshots");
     let deleted = store.delete_snapshots(None).await.unwrap();
     assert!(deleted > 10, "{deleted} snapshots");
-    assert_eq!(all_states(services, &ids, head).await, with);
-    assert_eq!(all_states([&uncached; 3], &ids, head).await, with);
+    let cached_without = all_states(services, &ids, head).await;
+    assert_same_states(&cached_without, &with, "cached, without snapshots");
+    let uncached_without = all_states([&uncached; 4], &ids, head).await;
+    assert_same_states(&uncached_without, &with, "uncached, without snapshots");
+}
+
+/// `actual` equals `expected`, else fails naming the first state that differs.
+#[track_caller]
+fn assert_same_states(actual: &[String], expected: &[String], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}");
+    if let Some((i, (a, e))) = actual.iter().zip(expected).enumerate().find(|(_, (a, e))| a != e) {
+        panic!("{what}: state {i} differs\n  got:      {a}\n  expected: {e}");
+    }
 }
 
 /// Asserts that `h`'s "as of" every position up to `head` (a snapshot, then the events) equals
@@ -792,7 +1011,8 @@ where
 }
 
 /// Invariant 7 (write side): each service's "as of" (snapshot + events) equals folding the
-/// stream's raw events up to that point, for every aggregate of the workload.
+/// stream's raw events up to that point, for every customer, product and order of the
+/// workload, and the sagas and payments of the orders it follows.
 async fn state_as_of_equals_the_fold_of_the_events_up_to_it(store: Arc<dyn EventStore>) {
     let shop = local(
         &store,
@@ -814,9 +1034,18 @@ async fn state_as_of_equals_the_fold_of_the_events_up_to_it(store: Arc<dyn Event
     for &id in &ids.orders {
         assert_as_of_is_the_fold::<Order>(shop.handler(Service::Orders), &store, id, head).await;
     }
+    for &id in &ids.followed {
+        assert_as_of_is_the_fold::<Saga>(shop.handler(Service::Orders), &store, id, head).await;
+        assert_as_of_is_the_fold::<Payment>(shop.handler(Service::Payments), &store, payment_id(id), head).await;
+    }
     let order_id = ids.orders[0];
     let (events, _) = stream_of::<Order>(&store, order_id).await;
-    assert!(events.len() >= 3);
+    assert_eq!(
+        events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
+        ["order.placed", "order.confirmed", "order.shipped"]
+    );
+    let (events, _) = stream_of::<Saga>(&store, order_id).await;
+    assert!(events.len() >= 6, "{events:?}");
     let shipped = shop
         .handler(Service::Orders)
         .load::<Order>(order_id, None)

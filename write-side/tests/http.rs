@@ -3,22 +3,31 @@
 //!
 //! Every bad request must get the right 4xx in the error format *and* append nothing: the
 //! tests compare the store's head position before and after.
+//!
+//! Placing an order answers at once with the order `pending`; the place-order saga (ADR 0010),
+//! whose driver a test starts when it needs orders to progress ([`App::run_sagas`]), reserves
+//! the stock, authorizes the payment and confirms the order, or cancels it `out_of_stock`. A
+//! client never confirms (409 `confirmed_by_saga`). What one service asks of another
+//! (reservations, payment mutations) needs the `service` scope; the sagas' operations and the
+//! simulated payment provider's settings need `admin`.
 #![allow(clippy::unwrap_used)]
 
 #[path = "http/support.rs"]
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
-use support::{App, Fault, FaultyStore, Reply, pg_store, post, sqlite_store};
+use support::{App, Fault, FaultyStore, Reply, eventually, pg_store, post, sqlite_store};
 use uuid::Uuid;
 use write_side::domain::Product;
+use write_side::gateway::GatewaySettings;
 use write_side::http::{Auth, HttpConfig, Scope, TokenSpec};
+use write_side::orders::saga::payment_id;
 
 /// A command's answer: its stream, version and position, after checking that it names the
 /// service that owns the stream and the consistency token of that position in its log.
@@ -114,21 +123,117 @@ async fn product_commands() {
     assert_eq!(events[1]["data"]["quantity"], 7);
 }
 
+/// The order's state (`GET /v1/orders/{id}/state`), which must answer 200.
+async fn state_of(app: &App, order: Uuid) -> Value {
+    app.get(&format!("/v1/orders/{order}/state"))
+        .await
+        .expect(StatusCode::OK)
+        .clone()
+}
+
+/// Waits until the order's state shows `status`, answering the state.
+async fn status_becomes(app: &App, order: Uuid, status: &str) -> Value {
+    eventually(format!("order {order} becomes {status}"), || async move {
+        let state = state_of(app, order).await;
+        (state["status"] == status).then_some(state)
+    })
+    .await
+}
+
+/// The events of `stream_id`, each as `(event_type, position)`.
+async fn events_of(app: &App, stream_id: &str) -> Vec<(String, u64)> {
+    app.get(&format!("/v1/streams/{stream_id}/events?limit=1000"))
+        .await
+        .expect(StatusCode::OK)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_owned(),
+                e["position"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The payment of `order` (`GET /v1/payments/{id}`, its id derived from the order's).
+async fn payment_of(app: &App, order: Uuid) -> Reply {
+    app.get(&format!("/v1/payments/{}", payment_id(order))).await
+}
+
 #[tokio::test]
 async fn order_lifecycle() {
     let app = App::new().await;
     let customer = app.customer().await;
     let product = app.product(10).await;
 
+    // Placed and answered at once: the order `pending` and its saga started, in one commit.
+    // (No saga driver runs yet: nothing else moves.)
+    let before = app.head().await;
     let (order, reply) = app.order(customer, product, 3).await;
     let (stream_id, version, position) = answer_of(&reply);
     assert_eq!((stream_id.as_str(), version), (format!("order-{order}").as_str(), 1));
-    assert_eq!(position, app.head().await, "the reservation is in the same commit");
+    assert_eq!(position, app.head().await);
+    let log = app
+        .get(&format!("/v1/log?service=orders&from_position={}", before + 1))
+        .await;
+    let appended: Vec<(String, String, u64)> = log.expect(StatusCode::OK)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_owned(),
+                e["stream_id"].as_str().unwrap().to_owned(),
+                e["position"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        appended,
+        [
+            ("order.placed".to_owned(), format!("order-{order}"), position - 1),
+            ("saga.started".to_owned(), format!("saga-{order}"), position),
+        ],
+        "the order and its saga in one commit, answered at the saga's position"
+    );
+    let state = state_of(&app, order).await;
+    assert_eq!(
+        (state["status"].as_str(), state["version"].as_u64()),
+        (Some("pending"), Some(1))
+    );
+    let loaded = app.handler.load::<Product>(product, None).await.unwrap();
+    assert_eq!(loaded.state.available, 10, "nothing reserved before the saga runs");
 
-    // `{}` or no body at all.
-    let reply = app.post(&format!("/v1/orders/{order}/confirm"), json!({})).await;
-    reply.expect(StatusCode::OK);
-    assert_eq!(answer_of(&reply).1, 2);
+    // The saga reserves the stock, authorizes the payment and confirms the order.
+    app.run_sagas();
+    let state = status_becomes(&app, order, "confirmed").await;
+    assert_eq!(state["version"], 2);
+    let loaded = app.handler.load::<Product>(product, None).await.unwrap();
+    assert_eq!((loaded.state.available, loaded.state.reserved_for(order)), (7, 3));
+    let payment = payment_of(&app, order).await;
+    let payment = payment.expect(StatusCode::OK);
+    assert_eq!(
+        (payment["status"].as_str(), payment["authorized_minor"].as_i64()),
+        (Some("authorized"), Some(3 * 1250))
+    );
+    assert!(app.settled(order).await.confirmed);
+
+    // A client cannot confirm (`{}` or no body): 409, nothing appended.
+    let head = app.head().await;
+    for request in [
+        json_post(&format!("/v1/orders/{order}/confirm"), "{}"),
+        Request::post(format!("/v1/orders/{order}/confirm"))
+            .body(Body::empty())
+            .unwrap(),
+    ] {
+        let reply = app.send(request).await;
+        let details = reply.expect_error(StatusCode::CONFLICT, "confirmed_by_saga");
+        assert_eq!(details["order_id"], order.to_string());
+    }
+    assert_eq!(app.head().await, head, "a refused confirm appended something");
+
     let reply = app
         .post(
             &format!("/v1/orders/{order}/ship"),
@@ -136,6 +241,7 @@ async fn order_lifecycle() {
         )
         .await;
     reply.expect(StatusCode::OK);
+    assert_eq!(answer_of(&reply).1, 3);
     let reply = app
         .send(
             Request::post(format!("/v1/orders/{order}/deliver"))
@@ -144,31 +250,33 @@ async fn order_lifecycle() {
         )
         .await;
     reply.expect(StatusCode::OK);
-    assert_eq!(answer_of(&reply).1, 4);
+    let (_, version, delivered_at) = answer_of(&reply);
+    assert_eq!(version, 4);
 
-    let state = app.get(&format!("/v1/orders/{order}/state")).await;
-    let state = state.expect(StatusCode::OK);
+    let state = state_of(&app, order).await;
     assert_eq!(state["status"], "delivered");
     assert_eq!(state["version"], 4);
-    assert_eq!(state["position"], app.head().await);
+    assert_eq!(state["position"], delivered_at);
     assert_eq!(state["total_minor"], 3 * 1250);
     assert_eq!(state["currency"], "EUR");
     assert_eq!(state["customer"]["name"], "Ada Lovelace");
     assert_eq!(state["lines"][0]["quantity"], 3);
     assert_eq!(state["lines"][0]["unit_price_minor"], 1250);
     assert_eq!(state["shipment"], json!({"carrier": "DHL", "tracking": "JD0001"}));
-
-    // Cancelling another order releases its stock.
-    let (second, _) = app.order(customer, product, 4).await;
+    // Shipping made the saga capture the payment.
+    app.completed(order, "captured").await;
+    let payment = payment_of(&app, order).await;
+    let payment = payment.expect(StatusCode::OK);
     assert_eq!(
-        app.handler
-            .load::<Product>(product, None)
-            .await
-            .unwrap()
-            .state
-            .available,
-        3
+        (payment["status"].as_str(), payment["captured_minor"].as_i64()),
+        (Some("captured"), Some(3 * 1250))
     );
+
+    // Cancelling another (confirmed) order: its saga releases the stock and voids the payment.
+    let (second, _) = app.order(customer, product, 4).await;
+    status_becomes(&app, second, "confirmed").await;
+    let loaded = app.handler.load::<Product>(product, None).await.unwrap();
+    assert_eq!(loaded.state.available, 3);
     let reply = app
         .post(
             &format!("/v1/orders/{second}/cancel"),
@@ -176,12 +284,19 @@ async fn order_lifecycle() {
         )
         .await;
     reply.expect(StatusCode::OK);
+    let state = state_of(&app, second).await;
+    assert_eq!(state["status"], "cancelled");
+    assert_eq!(state["cancellation_reason"], "changed my mind");
+    assert_eq!(state["cancellation_reason_code"], "requested");
+    let saga = app.completed(second, "cancelled").await;
+    assert!(saga.voided && saga.lines.iter().all(|l| l.released), "{saga:?}");
     let loaded = app.handler.load::<Product>(product, None).await.unwrap();
     assert_eq!(loaded.state.available, 7);
     assert_eq!(loaded.state.reserved_for(second), 0);
-    let state = app.get(&format!("/v1/orders/{second}/state")).await;
-    assert_eq!(state.expect(StatusCode::OK)["status"], "cancelled");
-    assert_eq!(state.json["cancellation_reason"], "changed my mind");
+    assert_eq!(
+        payment_of(&app, second).await.expect(StatusCode::OK)["status"],
+        "voided"
+    );
 }
 
 #[tokio::test]
@@ -311,11 +426,24 @@ async fn order_state_as_of_a_position_or_a_time() {
     let before = app.head().await;
     let (order, placed) = app.order(customer, product, 1).await;
     let placed_at = answer_of(&placed).2;
-    // Let the clock move so that "as of" a time separates the two events.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let confirmed = app.post(&format!("/v1/orders/{order}/confirm"), json!({})).await;
-    confirmed.expect(StatusCode::OK);
-    let confirmed_at = answer_of(&confirmed).2;
+    // Let the clock move past the placement before the saga confirms the order, so that "as
+    // of" a time separates the two events.
+    let events = app.get(&format!("/v1/streams/order-{order}/events")).await;
+    let placed_time: chrono::DateTime<chrono::Utc> = events.expect(StatusCode::OK)["events"][0]["recorded_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eventually("the clock moves past the placement", || async {
+        (chrono::Utc::now() > placed_time + chrono::Duration::milliseconds(2)).then_some(())
+    })
+    .await;
+    app.run_sagas();
+    status_becomes(&app, order, "confirmed").await;
+    app.settled(order).await;
+    let order_events = events_of(&app, &format!("order-{order}")).await;
+    assert_eq!(order_events[1].0, "order.confirmed");
+    let confirmed_at = order_events[1].1;
 
     let state = |query: String| {
         let app = app.clone();
@@ -331,7 +459,7 @@ async fn order_state_as_of_a_position_or_a_time() {
         (at["status"].as_str(), at["version"].as_u64()),
         (Some("pending"), Some(1))
     );
-    // The order's own last event; the answer's position also covers the reservation.
+    // The order's own last event; the answer's position is its saga's start, just after.
     let order_events = app.get(&format!("/v1/streams/order-{order}/events")).await;
     assert_eq!(at["position"], order_events.json["events"][0]["position"]);
     assert!(at["position"].as_u64().unwrap() <= placed_at);
@@ -345,7 +473,11 @@ async fn order_state_as_of_a_position_or_a_time() {
     let events = events.expect(StatusCode::OK)["events"].as_array().unwrap().clone();
     let placed_time = events[0]["recorded_at"].as_str().unwrap().to_owned();
     let confirmed_time = events[1]["recorded_at"].as_str().unwrap().to_owned();
-    assert!(placed_time < confirmed_time, "{placed_time} {confirmed_time}");
+    let parse = |t: &str| t.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    assert!(
+        parse(&placed_time) < parse(&confirmed_time),
+        "{placed_time} {confirmed_time}"
+    );
     let as_of = state(format!("?as_of={placed_time}")).await;
     assert_eq!(as_of.expect(StatusCode::OK)["status"], "pending");
     let as_of = state(format!("?as_of={confirmed_time}")).await;
@@ -425,6 +557,7 @@ async fn bad_input_gets_a_4xx_and_appends_nothing() {
     };
     let rename = format!("/v1/customers/{customer}/rename");
     let restock = format!("/v1/products/{product}/restock");
+    let reserve = format!("/v1/products/{product}/reservations");
     let cases = vec![
         bad(
             "malformed JSON",
@@ -790,11 +923,19 @@ async fn bad_input_gets_a_4xx_and_appends_nothing() {
             "not_found",
             None,
         ),
+        // Confirming is the saga's alone, whatever the order.
+        bad(
+            "confirm a pending order",
+            json_post(&format!("/v1/orders/{order}/confirm"), "{}"),
+            S::CONFLICT,
+            "confirmed_by_saga",
+            None,
+        ),
         bad(
             "confirm an unknown order",
             json_post(&format!("/v1/orders/{unknown}/confirm"), "{}"),
-            S::NOT_FOUND,
-            "not_found",
+            S::CONFLICT,
+            "confirmed_by_saga",
             None,
         ),
         bad(
@@ -829,12 +970,85 @@ async fn bad_input_gets_a_4xx_and_appends_nothing() {
             "already_exists",
             None,
         ),
+        // What the saga asks of inventory and payments.
         bad(
             "insufficient stock",
-            json_post("/v1/orders", &line("5")),
+            json_post(&reserve, &format!(r#"{{"order_id":"{unknown}","quantity":6}}"#)),
             S::CONFLICT,
             "insufficient_stock",
             None,
+        ),
+        bad(
+            "reserve nothing",
+            json_post(&reserve, &format!(r#"{{"order_id":"{unknown}","quantity":0}}"#)),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("quantity"),
+        ),
+        bad(
+            "reserve without an order",
+            json_post(&reserve, r#"{"quantity":1}"#),
+            S::BAD_REQUEST,
+            "bad_request",
+            Some("order_id"),
+        ),
+        bad(
+            "reserve an unknown product",
+            json_post(
+                &format!("/v1/products/{unknown}/reservations"),
+                &format!(r#"{{"order_id":"{order}","quantity":1}}"#),
+            ),
+            S::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        bad(
+            "release with a bad order id",
+            json_post(&format!("/v1/products/{product}/reservations/nope/release"), "{}"),
+            S::BAD_REQUEST,
+            "bad_request",
+            None,
+        ),
+        bad(
+            "abandon a saga with a bad id",
+            json_post("/v1/sagas/nope/abandon", r#"{"reason":"stuck"}"#),
+            S::BAD_REQUEST,
+            "bad_request",
+            None,
+        ),
+        bad(
+            "authorize nothing",
+            json_post(
+                "/v1/payments",
+                &format!(r#"{{"order_id":"{order}","amount_minor":0,"currency":"EUR"}}"#),
+            ),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("amount_minor"),
+        ),
+        bad(
+            "authorize in a lower-case currency",
+            json_post(
+                "/v1/payments",
+                &format!(r#"{{"order_id":"{order}","amount_minor":100,"currency":"eur"}}"#),
+            ),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid",
+            Some("currency"),
+        ),
+        bad(
+            "capture an unknown payment",
+            json_post(&format!("/v1/payments/{unknown}/capture"), r#"{"amount_minor":100}"#),
+            S::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        bad(
+            "void without an order",
+            json_post(&format!("/v1/payments/{unknown}/void"), r#"{"reason":"no"}"#),
+            S::BAD_REQUEST,
+            "bad_request",
+            Some("order_id"),
         ),
         // Reads and routes.
         bad(
@@ -920,13 +1134,21 @@ async fn bad_input_gets_a_4xx_and_appends_nothing() {
     }
 
     // The details of the domain's refusals say what the client needs.
-    let reply = app.send(json_post("/v1/orders", &line("5"))).await;
+    let reply = app
+        .send(json_post(
+            &reserve,
+            &format!(r#"{{"order_id":"{unknown}","quantity":6}}"#),
+        ))
+        .await;
     let details = reply.expect_error(StatusCode::CONFLICT, "insufficient_stock");
     assert_eq!(details["product_id"], product.to_string());
     assert_eq!(
         (details["requested"].as_i64(), details["available"].as_i64()),
-        (Some(5), Some(4))
+        (Some(6), Some(5))
     );
+    let reply = app.send(json_post(&format!("/v1/orders/{order}/confirm"), "{}")).await;
+    let details = reply.expect_error(StatusCode::CONFLICT, "confirmed_by_saga");
+    assert_eq!(details["order_id"], order.to_string());
     let reply = app
         .send(json_post(&format!("/v1/customers/{unknown}/rename"), r#"{"name":"A"}"#))
         .await;
@@ -1057,6 +1279,420 @@ async fn bearer_tokens_and_scopes() {
     }
 }
 
+const SERVICE: &str = "service-secret-0123456789";
+
+/// A request with `token`, `body` as JSON (none for a GET).
+fn authorized(method: &str, path: &str, token: &str, body: Option<Value>) -> Request<Body> {
+    let request = with_token(Request::builder().method(method).uri(path), token);
+    match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+        None => request.body(Body::empty()).unwrap(),
+    }
+}
+
+/// What one service asks of another (reservations, payment mutations) needs `service`; the
+/// sagas' operations and the payment provider's settings need `admin`. A client's token
+/// (`commands`) gets 403 on both and changes nothing; the scopes are independent.
+#[tokio::test]
+async fn the_service_and_admin_scopes() {
+    let tokens = [
+        TokenSpec::from_secret("writer", [Scope::Commands], WRITER),
+        TokenSpec::from_secret("auditor", [Scope::Admin], AUDITOR),
+        TokenSpec::from_secret("orders-service", [Scope::Service], SERVICE),
+    ];
+    let app = App::with(pg_store().await, HttpConfig::new(Auth::tokens(tokens))).await;
+    let send = |method: &'static str, path: String, token: &'static str, body: Option<Value>| {
+        let app = app.clone();
+        async move { app.send(authorized(method, &path, token, body)).await }
+    };
+    let product = Uuid::now_v7();
+    let reply = send(
+        "POST",
+        "/v1/products".to_owned(),
+        WRITER,
+        Some(json!({
+            "product_id": product, "sku": "AE-1", "name": "Analytical Engine",
+            "price_minor": 1250, "currency": "EUR", "stock": 10,
+        })),
+    )
+    .await;
+    reply.expect(StatusCode::CREATED);
+    let (order, payment) = (Uuid::now_v7(), Uuid::now_v7());
+    let reserve = format!("/v1/products/{product}/reservations");
+    let held = format!("/v1/products/{product}/reservations/{order}");
+    let release = format!("/v1/products/{product}/reservations/{order}/release");
+    let service_routes: Vec<(&str, String, Option<Value>)> = vec![
+        ("POST", reserve.clone(), Some(json!({"order_id": order, "quantity": 2}))),
+        ("GET", held.clone(), None),
+        ("POST", release.clone(), Some(json!({}))),
+        (
+            "POST",
+            "/v1/payments".to_owned(),
+            Some(json!({"payment_id": payment, "order_id": order, "amount_minor": 2500, "currency": "EUR"})),
+        ),
+        (
+            "POST",
+            format!("/v1/payments/{payment}/capture"),
+            Some(json!({"amount_minor": 2500})),
+        ),
+        (
+            "POST",
+            format!("/v1/payments/{payment}/refund"),
+            Some(json!({"amount_minor": 2500})),
+        ),
+        (
+            "POST",
+            format!("/v1/payments/{payment}/void"),
+            Some(json!({"order_id": order, "reason": "cancelled"})),
+        ),
+        (
+            "POST",
+            format!("/v1/payments/{payment}/decline"),
+            Some(json!({"order_id": order, "reason": "insufficient funds"})),
+        ),
+    ];
+    let admin_routes: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", format!("/v1/sagas/{order}"), None),
+        ("GET", "/v1/sagas/parked".to_owned(), None),
+        ("POST", format!("/v1/sagas/{order}/retry"), Some(json!({}))),
+        (
+            "POST",
+            format!("/v1/sagas/{order}/abandon"),
+            Some(json!({"reason": "stuck"})),
+        ),
+        ("GET", "/v1/services".to_owned(), None),
+        ("GET", "/v1/gateway".to_owned(), None),
+        (
+            "PUT",
+            "/v1/gateway".to_owned(),
+            Some(json!({"decline_rate": 1.0, "latency_ms": 0, "unavailable": true})),
+        ),
+    ];
+
+    // Known tokens without the route's scope: 403 naming it, nothing appended or changed.
+    let head = app.head().await;
+    for (routes, needed, wrong) in [
+        (&service_routes, "service", [WRITER, AUDITOR]),
+        (&admin_routes, "admin", [WRITER, SERVICE]),
+    ] {
+        for (method, path, body) in routes {
+            for token in wrong {
+                let reply = send(method, path.clone(), token, body.clone()).await;
+                let details = reply.expect_error(StatusCode::FORBIDDEN, "forbidden");
+                assert_eq!(details["required_scope"], needed, "{method} {path}");
+            }
+        }
+    }
+    // A service's token is no client's: it cannot send the clients' commands.
+    let reply = send(
+        "POST",
+        "/v1/customers".to_owned(),
+        SERVICE,
+        Some(json!({"name": "Ada", "email": "ada@example.com"})),
+    )
+    .await;
+    assert_eq!(
+        reply.expect_error(StatusCode::FORBIDDEN, "forbidden")["required_scope"],
+        "commands"
+    );
+    assert_eq!(app.head().await, head, "a refused request appended something");
+    assert_eq!(app.local.gateway().settings(), GatewaySettings::default());
+
+    // The service's token passes: reserve, read, release; authorize, capture, refund; another
+    // payment voided, another declined. Its events name it as their actor.
+    let reply = send(
+        "POST",
+        reserve.clone(),
+        SERVICE,
+        Some(json!({"order_id": order, "quantity": 2})),
+    )
+    .await;
+    let reserved = reply.expect(StatusCode::CREATED);
+    assert_eq!(
+        (
+            reserved["quantity"].as_i64(),
+            reserved["unit_price_minor"].as_i64(),
+            reserved["currency"].as_str()
+        ),
+        (Some(2), Some(1250), Some("EUR"))
+    );
+    let reply = send("GET", held.clone(), SERVICE, None).await;
+    assert_eq!(reply.expect(StatusCode::OK)["quantity"], 2);
+    send("POST", release.clone(), SERVICE, Some(json!({})))
+        .await
+        .expect(StatusCode::OK);
+    let reply = send("GET", held.clone(), SERVICE, None).await;
+    assert_eq!(reply.expect(StatusCode::OK)["quantity"], 0);
+    let reply = send(
+        "POST",
+        "/v1/payments".to_owned(),
+        SERVICE,
+        Some(json!({"payment_id": payment, "order_id": order, "amount_minor": 2500, "currency": "EUR"})),
+    )
+    .await;
+    let authorized_body = reply.expect(StatusCode::CREATED);
+    assert_eq!(authorized_body["payment_status"], "authorized");
+    assert_eq!(authorized_body["decline_reason"], Value::Null);
+    assert_eq!(authorized_body["stream_id"], format!("payment-{payment}"));
+    for (step, body) in [
+        ("capture", json!({"amount_minor": 2500})),
+        ("refund", json!({"amount_minor": 2500})),
+    ] {
+        send("POST", format!("/v1/payments/{payment}/{step}"), SERVICE, Some(body))
+            .await
+            .expect(StatusCode::OK);
+    }
+    let reply = send("GET", format!("/v1/payments/{payment}"), WRITER, None).await;
+    let state = reply.expect(StatusCode::OK);
+    assert_eq!(
+        (state["status"].as_str(), state["refunded_minor"].as_i64()),
+        (Some("refunded"), Some(2500))
+    );
+    for (step, body) in [
+        ("void", json!({"order_id": order, "reason": "cancelled"})),
+        ("decline", json!({"order_id": order, "reason": "insufficient funds"})),
+    ] {
+        let other = Uuid::now_v7();
+        send("POST", format!("/v1/payments/{other}/{step}"), SERVICE, Some(body))
+            .await
+            .expect(StatusCode::OK);
+    }
+    let reply = send("GET", format!("/v1/streams/product-{product}/events"), WRITER, None).await;
+    let events = reply.expect(StatusCode::OK)["events"].as_array().unwrap().clone();
+    assert_eq!(events[1]["event_type"], "product.stock_reserved");
+    assert_eq!(events[1]["actor"], "orders-service");
+
+    // The admin's token passes the operators' routes.
+    let reply = send("GET", "/v1/sagas/parked".to_owned(), AUDITOR, None).await;
+    assert_eq!(reply.expect(StatusCode::OK)["order_ids"], json!([]));
+    let reply = send("GET", format!("/v1/sagas/{order}"), AUDITOR, None).await;
+    reply.expect_error(StatusCode::NOT_FOUND, "not_found");
+    let reply = send("GET", "/v1/services".to_owned(), AUDITOR, None).await;
+    assert_eq!(
+        reply.expect(StatusCode::OK)["services"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let reply = send("GET", "/v1/gateway".to_owned(), AUDITOR, None).await;
+    assert_eq!(
+        reply.expect(StatusCode::OK),
+        &json!({"decline_rate": 0.0, "latency_ms": 0, "unavailable": false})
+    );
+}
+
+/// `GET /v1/gateway` shows the simulated payment provider's settings and `PUT` changes them at
+/// run time; bad settings are refused and change nothing. An unavailable provider makes an
+/// authorization 503 `gateway_unavailable` recording nothing; a declining one records the
+/// decline.
+#[tokio::test]
+async fn the_simulated_payment_provider_is_set_at_run_time() {
+    let app = App::new().await;
+    let put = |body: &str| {
+        let app = app.clone();
+        let request = Request::put("/v1/gateway")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        async move { app.send(request).await }
+    };
+    let defaults = json!({"decline_rate": 0.0, "latency_ms": 0, "unavailable": false});
+    assert_eq!(app.get("/v1/gateway").await.expect(StatusCode::OK), &defaults);
+
+    for (what, body, status, code, field) in [
+        (
+            "a rate above 1",
+            r#"{"decline_rate":1.5,"latency_ms":0,"unavailable":false}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            None,
+        ),
+        (
+            "a negative rate",
+            r#"{"decline_rate":-0.1,"latency_ms":0,"unavailable":false}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            None,
+        ),
+        (
+            "a latency above a minute",
+            r#"{"decline_rate":0,"latency_ms":60001,"unavailable":false}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            None,
+        ),
+        (
+            "a negative latency",
+            r#"{"decline_rate":0,"latency_ms":-1,"unavailable":false}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("latency_ms"),
+        ),
+        (
+            "a missing field",
+            r#"{"decline_rate":0,"latency_ms":0}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("unavailable"),
+        ),
+        ("not JSON", "unavailable", StatusCode::BAD_REQUEST, "invalid_json", None),
+    ] {
+        let reply = put(body).await;
+        let details = reply.expect_error(status, code);
+        if let Some(field) = field {
+            assert_eq!(details["field"], field, "{what}");
+        }
+        assert_eq!(app.local.gateway().settings(), GatewaySettings::default(), "{what}");
+        assert_eq!(app.get("/v1/gateway").await.json, defaults, "{what}");
+    }
+
+    // Unavailable: the authorization is refused with 503, nothing recorded; asked again once
+    // the provider is back, it goes through.
+    let unavailable = json!({"decline_rate": 0.0, "latency_ms": 0, "unavailable": true});
+    let reply = put(&unavailable.to_string()).await;
+    assert_eq!(reply.expect(StatusCode::OK), &unavailable);
+    assert!(app.local.gateway().settings().unavailable);
+    assert_eq!(app.get("/v1/gateway").await.json, unavailable);
+    let (order, payment) = (Uuid::now_v7(), Uuid::now_v7());
+    let authorize =
+        |payment: Uuid| json!({"payment_id": payment, "order_id": order, "amount_minor": 2500, "currency": "EUR"});
+    let head = app.head().await;
+    let reply = app.post("/v1/payments", authorize(payment)).await;
+    reply.expect_error(StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable");
+    assert_eq!(app.head().await, head, "an unanswered authorization recorded something");
+    app.get(&format!("/v1/payments/{payment}"))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+
+    // Declining every payment: the decline is recorded, with the provider's reason.
+    let declining = json!({"decline_rate": 1.0, "latency_ms": 0, "unavailable": false});
+    put(&declining.to_string()).await.expect(StatusCode::OK);
+    let declined = Uuid::now_v7();
+    let reply = app.post("/v1/payments", authorize(declined)).await;
+    let body = reply.expect(StatusCode::CREATED);
+    assert_eq!(body["payment_status"], "declined");
+    assert!(body["decline_reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+    let state = app.get(&format!("/v1/payments/{declined}")).await;
+    assert_eq!(state.expect(StatusCode::OK)["status"], "declined");
+
+    put(&defaults.to_string()).await.expect(StatusCode::OK);
+    assert_eq!(app.local.gateway().settings(), GatewaySettings::default());
+    let reply = app.post("/v1/payments", authorize(payment)).await;
+    let body = reply.expect(StatusCode::CREATED);
+    assert_eq!(body["payment_status"], "authorized");
+    let state = app.get(&format!("/v1/payments/{payment}")).await;
+    assert_eq!(
+        (
+            state.expect(StatusCode::OK)["status"].as_str(),
+            state.json["authorized_minor"].as_i64()
+        ),
+        (Some("authorized"), Some(2500))
+    );
+}
+
+/// With every service up: `GET /v1/sagas/{id}` shows where a saga is and why it ended, and
+/// `GET /v1/orders/{id}/overview` composes the order, its saga, its reservations (from
+/// inventory) and its payment (from payments), `missing` empty. Reading them appends nothing.
+#[tokio::test]
+async fn sagas_and_order_overviews() {
+    let app = App::new().await;
+    let customer = app.customer().await;
+    let product = app.product(5).await;
+    app.run_sagas();
+    let (order, _) = app.order(customer, product, 3).await;
+    assert!(app.settled(order).await.confirmed);
+    // More than is left: cancelled `out_of_stock`.
+    let (refused, _) = app.order(customer, product, 3).await;
+    app.completed(refused, "cancelled").await;
+    let head = app.head().await;
+
+    let saga = app.get(&format!("/v1/sagas/{order}")).await;
+    let saga = saga.expect(StatusCode::OK).clone();
+    assert_eq!(saga["order_id"], order.to_string());
+    assert_eq!(saga["payment_id"], payment_id(order).to_string());
+    assert_eq!(saga["phase"], "awaiting_shipment");
+    assert_eq!((&saga["authorized"], &saga["confirmed"]), (&json!(true), &json!(true)));
+    assert_eq!(
+        saga["lines"],
+        json!([{"product_id": product, "quantity": 3, "reserved": true, "released": false}])
+    );
+    assert_eq!((&saga["reason_code"], &saga["outcome"]), (&Value::Null, &Value::Null));
+    assert!(saga["deadline"].as_str().is_some(), "{saga}");
+    assert_eq!(saga["version"], 4, "started, reserved, authorized, confirmed: {saga}");
+
+    let saga = app.get(&format!("/v1/sagas/{refused}")).await;
+    let saga = saga.expect(StatusCode::OK).clone();
+    assert_eq!(saga["phase"], "completed");
+    assert_eq!(saga["reason_code"], "out_of_stock");
+    assert_eq!(saga["outcome"], "cancelled");
+    assert_eq!(saga["lines"][0]["reserved"], false);
+    assert_eq!(saga["authorized"], false);
+
+    let overview = app.get(&format!("/v1/orders/{order}/overview")).await;
+    let overview = overview.expect(StatusCode::OK).clone();
+    assert_eq!(overview["missing"], json!([]), "{overview}");
+    assert_eq!(overview["order"]["order_id"], order.to_string());
+    assert_eq!(overview["order"]["status"], "confirmed");
+    assert_eq!(overview["order"]["total_minor"], 3 * 1250);
+    assert_eq!(overview["saga"]["phase"], "awaiting_shipment");
+    let reservations = overview["reservations"].as_array().expect("reservations");
+    assert_eq!(reservations.len(), 1, "{overview}");
+    assert_eq!(
+        (
+            reservations[0]["product_id"].as_str(),
+            reservations[0]["order_id"].as_str(),
+            reservations[0]["quantity"].as_i64()
+        ),
+        (
+            Some(product.to_string().as_str()),
+            Some(order.to_string().as_str()),
+            Some(3)
+        )
+    );
+    let payment = &overview["payment"];
+    assert_eq!(payment["payment_id"], payment_id(order).to_string());
+    assert_eq!(payment["order_id"], order.to_string());
+    assert_eq!(payment["status"], "authorized");
+    assert_eq!(payment["authorized_minor"], 3 * 1250);
+
+    // The refused order: inventory holds nothing for it, payments was never asked.
+    let overview = app.get(&format!("/v1/orders/{refused}/overview")).await;
+    let overview = overview.expect(StatusCode::OK).clone();
+    assert_eq!(overview["missing"], json!([]), "{overview}");
+    assert_eq!(overview["order"]["status"], "cancelled");
+    assert_eq!(overview["order"]["cancellation_reason_code"], "out_of_stock");
+    assert_eq!(overview["saga"]["reason_code"], "out_of_stock");
+    assert_eq!(overview["reservations"][0]["quantity"], 0, "{overview}");
+    assert_eq!(overview["payment"], Value::Null, "{overview}");
+
+    // The services the orders service calls: all up, their breakers closed.
+    let services = app.get("/v1/services").await;
+    let services = services.expect(StatusCode::OK)["services"].as_array().unwrap().clone();
+    let names: BTreeSet<&str> = services.iter().map(|s| s["service"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["customers", "inventory", "payments"]));
+    for service in &services {
+        assert_eq!(
+            (&service["healthy"], &service["breaker"]),
+            (&json!(true), &json!("closed")),
+            "{service}"
+        );
+    }
+    assert_eq!(
+        app.get("/v1/sagas/parked").await.expect(StatusCode::OK)["order_ids"],
+        json!([])
+    );
+
+    let unknown = Uuid::now_v7();
+    app.get(&format!("/v1/sagas/{unknown}"))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.get(&format!("/v1/orders/{unknown}/overview"))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(app.head().await, head, "a read appended something");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotent_request_ten_times_at_once_appends_once() {
     let app = App::new().await;
@@ -1065,6 +1701,7 @@ async fn the_same_idempotent_request_ten_times_at_once_appends_once() {
 
     // With the id given, and with the id made up by the server: either way one append and
     // ten identical answers.
+    let mut order = None;
     for (key, body) in [
         (
             "register-ada-2",
@@ -1110,15 +1747,24 @@ async fn the_same_idempotent_request_ten_times_at_once_appends_once() {
             .as_array()
             .unwrap()
             .clone();
-        // An order: its stock reserved at inventory once, then the order.
-        let types: Vec<&str> = appended.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
-        let expected_types = if key.starts_with("order") {
-            vec!["product.stock_reserved", "order.placed"]
+        // An order: the order and its saga, once (no saga driver runs yet).
+        let appended: Vec<(&str, &str)> = appended
+            .iter()
+            .map(|e| (e["event_type"].as_str().unwrap(), e["stream_id"].as_str().unwrap()))
+            .collect();
+        let saga_stream = stream_id.replace("order-", "saga-");
+        let expected = if key.starts_with("order") {
+            vec![
+                ("order.placed", stream_id.as_str()),
+                ("saga.started", saga_stream.as_str()),
+            ]
         } else {
-            vec!["customer.registered"]
+            vec![("customer.registered", stream_id.as_str())]
         };
-        assert_eq!(types, expected_types, "{key}: {appended:?}");
-        assert_eq!(appended.last().unwrap()["stream_id"], stream_id);
+        assert_eq!(appended, expected, "{key}");
+        if key.starts_with("order") {
+            order = Some(Uuid::parse_str(stream_id.strip_prefix("order-").unwrap()).unwrap());
+        }
 
         // Later repeats answer the same; the same key with another body is refused.
         let again = app
@@ -1147,8 +1793,19 @@ async fn the_same_idempotent_request_ten_times_at_once_appends_once() {
         assert_eq!(details["idempotency_key"], key);
         assert_eq!(app.head().await, new_head);
     }
+
+    // Its saga runs: the stock is reserved once.
+    let order = order.expect("an order was placed");
+    app.run_sagas();
+    assert!(app.settled(order).await.confirmed);
     let loaded = app.handler.load::<Product>(product, None).await.unwrap();
     assert_eq!(loaded.state.available, 98, "the order reserved its stock once");
+    let types: Vec<String> = events_of(&app, &format!("product-{product}"))
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(types, ["product.added", "product.stock_reserved"]);
 }
 
 #[tokio::test]
@@ -1198,47 +1855,61 @@ async fn thirty_two_clients_race_for_twenty_units() {
     let app = App::new().await;
     let customer = app.customer().await;
     let product = app.product(20).await;
+    app.run_sagas();
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..32 {
         let app = app.clone();
         let body = json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 1}]});
-        // Like a real client: a `conflict` (the handler lost its bounded retries to other
-        // writers) is retried with the same Idempotency-Key, a few times.
         tasks.spawn(async move {
-            let mut attempt = 0;
-            loop {
-                let request = post("/v1/orders")
-                    .header("idempotency-key", format!("client-{client}"))
-                    .body(Body::from(body.to_string()))
-                    .unwrap();
-                let reply = app.send(request).await;
-                attempt += 1;
-                if reply.status != StatusCode::CONFLICT || reply.json["error"]["code"] != "conflict" || attempt == 5 {
-                    return reply;
-                }
-            }
+            let request = post("/v1/orders")
+                .header("idempotency-key", format!("client-{client}"))
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            app.send(request).await
         });
     }
-    let replies = tasks.join_all().await;
-    let mut outcomes: BTreeMap<(u16, String), usize> = BTreeMap::new();
-    for reply in &replies {
-        let code = match reply.status {
-            StatusCode::CREATED => String::new(),
-            StatusCode::CONFLICT => reply.json["error"]["code"].as_str().unwrap().to_owned(),
-            other => panic!("unexpected {other}: {}", reply.text),
-        };
-        *outcomes.entry((reply.status.as_u16(), code)).or_default() += 1;
+    // Every order is accepted at once, pending; the sagas race for the stock.
+    let mut orders = BTreeSet::new();
+    for reply in tasks.join_all().await {
+        reply.expect(StatusCode::CREATED);
+        let (stream_id, version, _) = answer_of(&reply);
+        assert_eq!(version, 1);
+        orders.insert(Uuid::parse_str(stream_id.strip_prefix("order-").unwrap()).unwrap());
     }
-    let created = outcomes.get(&(201, String::new())).copied().unwrap_or(0);
-    assert_eq!(created, 20, "{outcomes:?}");
-    for (status, code) in outcomes.keys().filter(|(s, _)| *s == 409) {
-        assert!(code == "insufficient_stock" || code == "conflict", "{status} {code}");
+    assert_eq!(orders.len(), 32);
+
+    // Exactly the stock's worth is confirmed; the others are cancelled `out_of_stock`, never
+    // asking payments.
+    let (mut confirmed, mut cancelled) = (BTreeSet::new(), BTreeSet::new());
+    for &order in &orders {
+        let saga = app.settled(order).await;
+        let state = state_of(&app, order).await;
+        if saga.confirmed {
+            assert_eq!(state["status"], "confirmed", "{state}");
+            let payment = payment_of(&app, order).await;
+            assert_eq!(payment.expect(StatusCode::OK)["status"], "authorized");
+            confirmed.insert(order);
+        } else {
+            assert_eq!(saga.outcome.as_deref(), Some("cancelled"), "{saga:?}");
+            assert_eq!(state["status"], "cancelled", "{state}");
+            assert_eq!(state["cancellation_reason_code"], "out_of_stock", "{state}");
+            payment_of(&app, order)
+                .await
+                .expect_error(StatusCode::NOT_FOUND, "not_found");
+            cancelled.insert(order);
+        }
     }
+    assert_eq!((confirmed.len(), cancelled.len()), (20, 12));
 
     let loaded = app.handler.load::<Product>(product, None).await.unwrap();
     assert_eq!(loaded.state.available, 0);
     assert_eq!(loaded.state.reservations.len(), 20);
     assert!(loaded.state.reservations.values().all(|&q| q == 1));
+    assert_eq!(
+        loaded.state.reservations.keys().copied().collect::<BTreeSet<_>>(),
+        confirmed,
+        "the confirmed orders hold the stock, the cancelled ones nothing"
+    );
     // Folding the stream event by event, the stock never went below zero.
     let events = app
         .get(&format!("/v1/streams/product-{product}/events?limit=1000"))
@@ -1269,11 +1940,20 @@ async fn openapi_lists_the_routes_and_the_error_schema() {
         "/v1/products",
         "/v1/products/{id}/restock",
         "/v1/products/{id}/change-price",
+        "/v1/products/{id}/reservations",
+        "/v1/products/{id}/reservations/{order_id}/release",
         "/v1/orders",
         "/v1/orders/{id}/confirm",
         "/v1/orders/{id}/cancel",
         "/v1/orders/{id}/ship",
         "/v1/orders/{id}/deliver",
+        "/v1/payments",
+        "/v1/payments/{id}/capture",
+        "/v1/payments/{id}/void",
+        "/v1/payments/{id}/refund",
+        "/v1/payments/{id}/decline",
+        "/v1/sagas/{id}/retry",
+        "/v1/sagas/{id}/abandon",
     ] {
         let post = &paths.get(path).unwrap_or_else(|| panic!("{path} missing"))["post"];
         assert!(post["requestBody"].is_object(), "{path} has no request body");
@@ -1292,13 +1972,25 @@ async fn openapi_lists_the_routes_and_the_error_schema() {
     for path in [
         "/v1/streams/{stream_id}/events",
         "/v1/log",
+        "/v1/customers/{id}",
+        "/v1/products/{id}",
+        "/v1/products/{id}/reservations/{order_id}",
         "/v1/orders/{id}/state",
+        "/v1/orders/{id}/overview",
+        "/v1/payments/{id}",
+        "/v1/sagas/{id}",
+        "/v1/sagas/parked",
+        "/v1/services",
+        "/v1/gateway",
         "/health",
         "/ready",
         "/metrics",
     ] {
         assert!(paths[path]["get"].is_object(), "{path} missing");
     }
+    let put = &paths["/v1/gateway"]["put"];
+    assert!(put["requestBody"].is_object(), "PUT /v1/gateway has no request body");
+    assert!(put["responses"]["422"].is_object(), "PUT /v1/gateway lacks 422");
     for (path, item) in paths {
         for (method, operation) in item.as_object().unwrap() {
             for (status, response) in operation["responses"].as_object().unwrap() {
@@ -1309,6 +2001,50 @@ async fn openapi_lists_the_routes_and_the_error_schema() {
             }
         }
     }
+
+    // Confirming is the saga's: the route answers 409 `confirmed_by_saga`, and nothing else
+    // of its own.
+    let confirm = &paths["/v1/orders/{id}/confirm"]["post"]["responses"];
+    assert!(
+        confirm["409"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("confirmed_by_saga")),
+        "{confirm}"
+    );
+    let successes: Vec<&String> = confirm
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|status| status.starts_with('2'))
+        .collect();
+    assert!(successes.is_empty(), "confirm answers {successes:?}");
+
+    // The scope each route needs.
+    let scope = |method: &str, path: &str| paths[path][method]["security"][0]["bearer"].clone();
+    for (method, path, needed) in [
+        ("post", "/v1/orders", "commands"),
+        ("get", "/v1/orders/{id}/overview", "commands"),
+        ("get", "/v1/payments/{id}", "commands"),
+        ("post", "/v1/products/{id}/reservations", "service"),
+        ("get", "/v1/products/{id}/reservations/{order_id}", "service"),
+        ("post", "/v1/products/{id}/reservations/{order_id}/release", "service"),
+        ("post", "/v1/payments", "service"),
+        ("post", "/v1/payments/{id}/capture", "service"),
+        ("post", "/v1/payments/{id}/void", "service"),
+        ("post", "/v1/payments/{id}/refund", "service"),
+        ("post", "/v1/payments/{id}/decline", "service"),
+        ("get", "/v1/sagas/{id}", "admin"),
+        ("get", "/v1/sagas/parked", "admin"),
+        ("post", "/v1/sagas/{id}/retry", "admin"),
+        ("post", "/v1/sagas/{id}/abandon", "admin"),
+        ("get", "/v1/services", "admin"),
+        ("get", "/v1/gateway", "admin"),
+        ("put", "/v1/gateway", "admin"),
+        ("get", "/v1/log", "admin"),
+    ] {
+        assert_eq!(scope(method, path), json!([needed]), "{method} {path}");
+    }
+
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for schema in [
         "ErrorBody",
@@ -1317,6 +2053,16 @@ async fn openapi_lists_the_routes_and_the_error_schema() {
         "PlaceOrderBody",
         "OrderStateView",
         "EventView",
+        "ReserveStockBody",
+        "ReservationView",
+        "HeldView",
+        "AuthorizePaymentBody",
+        "AuthorizationAnswerBody",
+        "PaymentStateView",
+        "GatewaySettings",
+        "SagaView",
+        "Overview",
+        "ServicesView",
     ] {
         assert!(schemas.contains_key(schema), "{schema} missing");
     }
@@ -1325,6 +2071,16 @@ async fn openapi_lists_the_routes_and_the_error_schema() {
     assert_eq!(
         paths["/v1/orders"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/CommandAnswerBody"
+    );
+    assert_eq!(
+        paths["/v1/payments"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/AuthorizationAnswerBody"
+    );
+    assert!(
+        paths["/v1/payments"]["post"]["responses"]["503"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("gateway_unavailable")),
+        "POST /v1/payments does not name gateway_unavailable"
     );
 }
 
@@ -1376,11 +2132,13 @@ async fn health_and_readiness() {
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["head_position"], 1);
 
-    // The whole flow works on the embedded store too.
+    // The whole flow works on the embedded store too, the saga included.
     let product = app.product(2).await;
     let (order, _) = app.order(customer, product, 2).await;
-    let state = app.get(&format!("/v1/orders/{order}/state")).await;
-    assert_eq!(state.expect(StatusCode::OK)["status"], "pending");
+    assert_eq!(state_of(&app, order).await["status"], "pending");
+    app.run_sagas();
+    status_becomes(&app, order, "confirmed").await;
+    assert!(app.settled(order).await.confirmed);
 
     pool.close().await;
     let ready = app.get("/ready").await;
@@ -1420,7 +2178,10 @@ async fn store_failures_answer_generic_5xx() {
     )
     .await;
     let reply = corrupt
-        .post(&format!("/v1/orders/{}/confirm", Uuid::now_v7()), json!({}))
+        .post(
+            &format!("/v1/orders/{}/ship", Uuid::now_v7()),
+            json!({"carrier": "DHL", "tracking": "JD0001"}),
+        )
         .await;
     reply.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
     assert!(!reply.text.contains("order.placed"), "the cause leaked: {}", reply.text);

@@ -1,11 +1,15 @@
 //! Helpers of the HTTP tests: an [`App`] (the four services' router over a real event store, a
 //! fresh PostgreSQL database per test or a fresh SQLite file, which every service's streams share
-//! so that a test sees all that was appended in one log; the orders service calls the inventory
-//! and customers services in-process as in `orderflow serve`), requests through `oneshot`, and a
-//! [`FaultyStore`] that makes the store slow, failing or corrupt.
+//! so that a test sees all that was appended in one log; the orders service calls the inventory,
+//! customers and payments services in-process as in `orderflow serve`, and its saga driver runs
+//! once a test starts it: [`App::run_sagas`]), requests through `oneshot`, waiting on a
+//! condition with a deadline ([`eventually`]), and a [`FaultyStore`] that makes the store slow,
+//! failing or corrupt.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -20,10 +24,31 @@ use event_store::{
 use projections::ReadDb;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use uuid::Uuid;
+use write_side::domain::saga::Saga;
 use write_side::http::{Auth, HttpConfig, router};
 use write_side::{CommandHandler, HandlerOptions, Local};
+
+/// How long a test waits for something to happen (a saga to settle) before it fails.
+pub(crate) const SETTLE: Duration = Duration::from_secs(20);
+
+/// Polls `probe` every 20 ms until it answers, failing the test after [`SETTLE`].
+pub(crate) async fn eventually<T, F, Fut>(what: impl Display, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// The API over a store, and the store to check what was appended.
 #[derive(Clone)]
@@ -31,6 +56,11 @@ pub(crate) struct App {
     pub(crate) router: Router,
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) handler: CommandHandler,
+    /// The four services behind the router (their saga driver, the simulated payment
+    /// provider).
+    pub(crate) local: Local,
+    /// The saga driver's, cancelled never: it runs until the test's runtime ends.
+    stop: CancellationToken,
 }
 
 /// A fresh PostgreSQL event store (from `scripts/services up`).
@@ -76,7 +106,50 @@ impl App {
             router: router(local.http_state(config)),
             store: store.clone(),
             handler: CommandHandler::new(store, HandlerOptions::default()),
+            local,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Runs the orders service's saga driver (once per app) until the end of the test (the
+    /// runtime's): orders placed before it starts are found in the log.
+    pub(crate) fn run_sagas(&self) {
+        let (local, stop) = (self.local.clone(), self.stop.clone());
+        tokio::spawn(async move { local.run_sagas(stop).await });
+    }
+
+    /// The saga of order `order_id` as the store holds it.
+    pub(crate) async fn saga(&self, order_id: Uuid) -> Saga {
+        self.local
+            .handler(Service::Orders)
+            .load::<Saga>(order_id, None)
+            .await
+            .unwrap()
+            .state
+    }
+
+    /// Waits until the saga of `order_id` has settled: its order confirmed (waiting for the
+    /// shipment), or the saga completed. A parked saga fails the test.
+    pub(crate) async fn settled(&self, order_id: Uuid) -> Saga {
+        eventually(format!("the saga of {order_id} settles"), || async move {
+            let saga = self.saga(order_id).await;
+            assert!(saga.parked.is_none(), "parked: {saga:?}");
+            (saga.outcome.is_some() || (saga.confirmed && saga.failure.is_none())).then_some(saga)
+        })
+        .await
+    }
+
+    /// Waits until the saga of `order_id` has completed with `outcome` (`captured`,
+    /// `cancelled`).
+    pub(crate) async fn completed(&self, order_id: Uuid, outcome: &str) -> Saga {
+        eventually(format!("the saga of {order_id} ends {outcome}"), || async move {
+            let saga = self.saga(order_id).await;
+            assert!(saga.parked.is_none(), "parked: {saga:?}");
+            let ended = saga.outcome.as_deref()?;
+            assert_eq!(ended, outcome, "{saga:?}");
+            Some(saga)
+        })
+        .await
     }
 
     pub(crate) async fn send(&self, request: Request<Body>) -> Reply {

@@ -196,7 +196,21 @@ impl Driver {
         let from = self.store.load_checkpoint(CHECKPOINT).await?;
         let head = self.store.head_position().await?;
         tracing::info!(from, head, "the saga driver reads the orders log");
+        // The tail reads in a task of its own: a read is never dropped half-way (a query
+        // cancelled mid-flight costs the pool its connection) when a kick, a timer or a turn
+        // wakes the loop first.
         let mut subscription = Subscription::new(Arc::clone(&self.store), from).batch_size(self.options.batch_size);
+        let (batches, mut tail_reads) = mpsc::channel(2);
+        let reader = tokio::spawn(async move {
+            loop {
+                let batch = subscription.next_batch().await;
+                let failed = batch.is_err();
+                if batches.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let _reader = AbortOnDrop(reader);
         let mut state = State::default();
         let mut tail = from;
         let mut caught_up = from >= head;
@@ -222,7 +236,7 @@ impl Driver {
                     state.open.entry(id).or_insert(Open { since: tail.max(1), failures: 0 });
                     state.schedule(id);
                 }
-                events = subscription.next_batch() => {
+                Some(events) = tail_reads.recv() => {
                     for event in events? {
                         tail = event.position;
                         self.observe(&mut state, &event);
@@ -386,6 +400,15 @@ impl Driver {
                 .set(per_phase.get(&phase).copied().unwrap_or(0) as f64);
         }
         metrics::gauge!("orderflow_saga_oldest_in_flight_seconds").set(oldest.as_secs_f64());
+    }
+}
+
+/// Aborts its task when dropped (the driver's loop ends or fails).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

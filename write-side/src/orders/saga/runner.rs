@@ -108,11 +108,14 @@ impl Runner {
 
     /// Advances the saga of `order_id` as far as it can go now.
     ///
-    /// What the calls did is recorded in as few commits as it can: the outcomes of the calls
-    /// of one turn are kept in order and appended together when the turn confirms or cancels
-    /// the order (in that commit), waits, or must try again later. A crash before they are
-    /// appended loses nothing: the next turn repeats the calls with the same keys and gets
-    /// the same answers.
+    /// What the calls did is recorded in as few commits as is safe: at most one forward
+    /// effect (a reservation, the authorization, the capture) is ever unrecorded, since the
+    /// compensation relies on it (it releases the one line it may hold without a record, and
+    /// voids once every line is recorded reserved); the authorization is recorded in the
+    /// commit that confirms the order; a failure is recorded before the first compensating
+    /// call; the compensation's own outcomes are appended together with the order's
+    /// cancellation. A crash before an append loses nothing: the next turn repeats the calls
+    /// with the same keys and gets the same answers.
     pub async fn advance(&self, order_id: Uuid, now: impl Fn() -> DateTime<Utc>) -> Result<Advanced, RunError> {
         let loaded = self.handler.load::<Saga>(order_id, None).await?;
         let mut saga = loaded.state;
@@ -143,9 +146,21 @@ impl Runner {
                     reason,
                     step,
                 } => Outcome::Recorded(fail(&saga, *reason_code, reason, step.clone())),
-                Next::Reserve { line } => self.reserve(&saga, *line).await,
-                Next::Authorize => self.authorize(&saga).await,
-                Next::Capture => self.capture(&saga).await,
+                // At most one forward effect is ever unrecorded: the compensation releases the
+                // one line it may hold without a record (the frontier) and voids only once
+                // every line is recorded reserved, so what came before is recorded first.
+                Next::Reserve { line } => {
+                    self.flush(&ctx, order_id, None, &mut unrecorded).await?;
+                    self.reserve(&saga, *line).await
+                }
+                Next::Authorize => {
+                    self.flush(&ctx, order_id, None, &mut unrecorded).await?;
+                    self.authorize(&saga).await
+                }
+                Next::Capture => {
+                    self.flush(&ctx, order_id, None, &mut unrecorded).await?;
+                    self.capture(&saga).await
+                }
                 Next::Refund => self.refund(&saga).await,
                 Next::Void => self.void(&saga).await,
                 Next::Release { line, frontier } => self.release(&saga, *line, *frontier).await,
@@ -197,10 +212,16 @@ impl Runner {
                 }
             };
             // Decided on the saga as this turn knows it; the commit decides again on the store.
+            let failing = matches!(record, SagaCommand::Fail { .. });
             match saga.decide(record.clone()) {
                 Ok(events) => {
                     saga = events.iter().fold(saga, |s, e| s.evolve(e));
                     unrecorded.push(record);
+                    // A saga that compensates says so before its first compensating call: a
+                    // turn resumed after a crash must not go forward again.
+                    if failing {
+                        self.flush(&ctx, order_id, None, &mut unrecorded).await?;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(%order_id, error = %e, "a saga record is refused; deciding again on the store");
