@@ -3,9 +3,14 @@
 //! ports, state folder) beside the rest of the suite, driven over HTTP only. It starts a whole
 //! deployment (four write services, two projection workers, read-api), once, and checks on it:
 //!
-//! - commands go to the service that owns them (customers, inventory, orders, payments) with the
+//! - commands go to the service that owns them (customers, inventory, orders) with the
 //!   instance's bearer token; every answer names its service and its consistency token, and
 //!   read-api answers a read that waits for any service's token (read-your-writes);
+//! - the place-order saga (ADR 0010): an order is placed `pending` and confirmed by its saga
+//!   (stock reserved at inventory, the payment authorized at payments under the id derived
+//!   from the order's), a client's confirm is refused, shipping captures, cancelling voids and
+//!   releases; only the orders service's token has the `service` scope payments and
+//!   reservations need;
 //! - the dashboard and the analytics are read back from read-api (PostgreSQL and ClickHouse,
 //!   through read-only credentials); an as-of read is compared with the orders service's fold;
 //!   a rebuild (`scripts/dev-up orderflow`, every service's store through one `{service}`
@@ -13,8 +18,9 @@
 //!   `scripts/dev-up restart` lets new orders through;
 //! - database per service: no service's role can connect to another's database;
 //! - isolation: with the payments service stopped, and then with its database refusing
-//!   connections, the other services take orders end to end and the dashboard answers; once
-//!   payments is back, a payment goes through and nothing was lost;
+//!   connections, orders are still taken and wait `pending` (stock reserved) and the dashboard
+//!   answers; once payments is back they are confirmed, a capture that waited is made, and
+//!   nothing was lost;
 //! - `down` stops every process (a guard runs it when the test fails) and `down --purge` drops
 //!   the instance.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -33,6 +39,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 use uuid::Uuid;
+use write_side::orders::saga;
 
 mod support;
 
@@ -475,7 +482,29 @@ struct Placed {
     customer: &'static str,
     total: i64,
     items: i64,
+    /// Its status now: `pending` until its saga confirms it.
     status: &'static str,
+    /// Every status it reached (the funnel counts an order under each).
+    reached: BTreeSet<&'static str>,
+    /// Why it was cancelled (`requested` for the test's own cancellations).
+    reason_code: Option<&'static str>,
+}
+
+impl Placed {
+    /// What the dashboard must say of its place-order saga (`saga_state`) and its payment
+    /// (`payment_status`), given where the test left it: a pending order's saga waits for a
+    /// service (reserving or authorizing, nothing paid); a confirmed one awaits its shipment
+    /// (authorized); a shipped one captured and completed; a cancelled one (always cancelled
+    /// after its confirmation here) voided its authorization and completed.
+    fn saga_and_payment(&self) -> (&'static [&'static str], &'static str) {
+        match self.status {
+            "pending" => (&["reserving", "authorizing"], "none"),
+            "confirmed" => (&["awaiting_shipment"], "authorized"),
+            "shipped" | "delivered" => (&["completed"], "captured"),
+            "cancelled" => (&["completed"], "voided"),
+            other => panic!("no status {other}"),
+        }
+    }
 }
 
 struct Shop {
@@ -517,6 +546,13 @@ impl Shop {
             .unwrap_or_else(|| panic!("no command went to {service}"))
     }
 
+    fn order_mut(&mut self, order: Uuid) -> &mut Placed {
+        self.orders
+            .iter_mut()
+            .find(|o| o.id == order)
+            .unwrap_or_else(|| panic!("the test did not place {order}"))
+    }
+
     async fn register(&mut self, dev: &DevUp, name: &'static str) -> anyhow::Result<String> {
         let id = Uuid::now_v7();
         let email = format!("{}@example.com", name.to_lowercase());
@@ -550,7 +586,8 @@ impl Shop {
         Ok(self.note(&token))
     }
 
-    /// Places an order at the orders service (which reserves its stock at inventory).
+    /// Places an order at the orders service: accepted at once, `pending` (its saga reserves
+    /// the stock, authorizes the payment and confirms it afterwards).
     async fn place(&mut self, dev: &DevUp, customer: &'static str, lines: &[(usize, i64)]) -> anyhow::Result<Placed> {
         let id = Uuid::now_v7();
         let body_lines: Vec<Value> = lines
@@ -559,11 +596,12 @@ impl Shop {
             .collect();
         let token = dev
             .orders
-            .command(
+            .command_with(
                 "orders",
                 "/v1/orders",
                 json!({"order_id": id, "customer_id": self.customers[customer], "lines": body_lines}),
                 StatusCode::CREATED,
+                &[("idempotency-key", &format!("dev-up-test-place-{id}"))],
             )
             .await?;
         self.note(&token);
@@ -573,15 +611,60 @@ impl Shop {
             total: lines.iter().map(|&(p, q)| self.products[p].1 * q).sum(),
             items: lines.iter().map(|&(_, q)| q).sum(),
             status: "pending",
+            reached: BTreeSet::from(["placed"]),
+            reason_code: None,
         };
         self.orders.push(placed.clone());
         Ok(placed)
     }
 
-    /// `step` is confirm, ship, deliver or cancel; the orders service's token.
+    /// Places an order and waits until its saga has confirmed it.
+    async fn place_confirmed(
+        &mut self,
+        dev: &DevUp,
+        customer: &'static str,
+        lines: &[(usize, i64)],
+    ) -> anyhow::Result<Placed> {
+        let placed = self.place(dev, customer, lines).await?;
+        self.confirmed(dev, placed.id).await?;
+        Ok(self.order_mut(placed.id).clone())
+    }
+
+    /// Waits (60 s at most) until the saga of `order` has reserved its stock, authorized its
+    /// payment and confirmed it; notes the confirmation's token and the payment's.
+    async fn confirmed(&mut self, dev: &DevUp, order: Uuid) -> anyhow::Result<String> {
+        let state = eventually("the saga confirms the order", Duration::from_secs(60), async || {
+            let state = dev.orders.ok(&format!("/v1/orders/{order}/state")).await?;
+            ensure!(state["status"] == "confirmed", "the order: {state}");
+            let saga = dev.orders.ok(&format!("/v1/sagas/{order}")).await?;
+            ensure!(
+                saga["phase"] == "awaiting_shipment"
+                    && saga["authorized"] == true
+                    && saga["confirmed"] == true
+                    && saga["outcome"].is_null()
+                    && saga["payment_id"] == saga::payment_id(order).to_string(),
+                "its saga: {saga}"
+            );
+            Ok(state)
+        })
+        .await?;
+        let placed = self.order_mut(order);
+        placed.status = "confirmed";
+        placed.reached.insert("confirmed");
+        let total = placed.total;
+        let payment = self.payment(dev, order).await?;
+        ensure!(
+            payment["status"] == "authorized" && payment["authorized_minor"] == total,
+            "the payment the saga authorized for {order} ({total}): {payment}"
+        );
+        Ok(self.note(&state_token(&state)?))
+    }
+
+    /// `step` is ship, deliver or cancel (confirm is the saga's); the orders service's token.
+    /// Shipping and cancelling give the saga work: this waits (60 s at most) until it has done
+    /// it (captured the payment; voided it and released the stock) and completed.
     async fn step(&mut self, dev: &DevUp, order: Uuid, step: &str) -> anyhow::Result<String> {
         let (body, status) = match step {
-            "confirm" => (json!({}), "confirmed"),
             "ship" => (json!({"carrier": "DHL", "tracking": format!("T-{order}")}), "shipped"),
             "deliver" => (json!({}), "delivered"),
             "cancel" => (json!({"reason": "changed mind"}), "cancelled"),
@@ -591,35 +674,102 @@ impl Shop {
             .orders
             .command("orders", &format!("/v1/orders/{order}/{step}"), body, StatusCode::OK)
             .await?;
-        if let Some(placed) = self.orders.iter_mut().find(|o| o.id == order) {
-            placed.status = status;
+        let placed = self.order_mut(order);
+        placed.status = status;
+        placed.reached.insert(status);
+        if step == "cancel" {
+            placed.reason_code = Some("requested");
         }
-        Ok(self.note(&token))
+        let total = placed.total;
+        let token = self.note(&token);
+        match step {
+            "ship" => {
+                self.saga_completes(dev, order, "captured").await?;
+                let payment = self.payment(dev, order).await?;
+                ensure!(
+                    payment["status"] == "captured" && payment["captured_minor"] == total,
+                    "the payment once {order} shipped: {payment}"
+                );
+            }
+            "cancel" => {
+                let saga = self.saga_completes(dev, order, "cancelled").await?;
+                ensure!(
+                    saga["reason_code"] == "requested" && saga["voided"] == true,
+                    "the saga of {order}, cancelled by its client: {saga}"
+                );
+                let payment = self.payment(dev, order).await?;
+                ensure!(
+                    payment["status"] == "voided",
+                    "the payment once {order} was cancelled: {payment}"
+                );
+                let state = dev.orders.ok(&format!("/v1/orders/{order}/state")).await?;
+                ensure!(
+                    state["status"] == "cancelled" && state["cancellation_reason_code"] == "requested",
+                    "{state}"
+                );
+            }
+            _ => {}
+        }
+        Ok(token)
     }
 
-    /// Authorizes a payment for `order` at the payments service: its id and token.
-    async fn pay(&mut self, dev: &DevUp, order: &Placed) -> anyhow::Result<(Uuid, String)> {
-        let id = Uuid::now_v7();
-        let token = authorize(dev, id, order, &[]).await?;
-        Ok((id, self.note(&token)))
+    /// Waits (60 s at most) until the saga of `order` completed with `outcome`; the saga.
+    async fn saga_completes(&mut self, dev: &DevUp, order: Uuid, outcome: &str) -> anyhow::Result<Value> {
+        let saga = eventually(
+            &format!("the saga of {order} completes ({outcome})"),
+            Duration::from_secs(60),
+            async || {
+                let saga = dev.orders.ok(&format!("/v1/sagas/{order}")).await?;
+                ensure!(saga["phase"] == "completed" && saga["outcome"] == outcome, "{saga}");
+                Ok(saga)
+            },
+        )
+        .await?;
+        // The saga's last event is in the orders log: a later read waits for its position.
+        let version = saga["version"]
+            .as_u64()
+            .with_context(|| format!("no version in {saga}"))?;
+        let page = dev
+            .orders
+            .ok(&format!(
+                "/v1/streams/saga-{order}/events?from_version={version}&limit=1"
+            ))
+            .await?;
+        let position = page["events"][0]["position"]
+            .as_u64()
+            .with_context(|| format!("no position in {page}"))?;
+        self.note(&format!("orders:{position}"));
+        Ok(saga)
+    }
+
+    /// The payment the saga made for `order` (its id derived from the order's), as the payments
+    /// service tells it; notes its token.
+    async fn payment(&mut self, dev: &DevUp, order: Uuid) -> anyhow::Result<Value> {
+        let payment = dev
+            .payments
+            .ok(&format!("/v1/payments/{}", saga::payment_id(order)))
+            .await?;
+        ensure!(payment["order_id"] == order.to_string(), "{payment}");
+        let position = payment["position"]
+            .as_u64()
+            .with_context(|| format!("no position in {payment}"))?;
+        self.note(&format!("payments:{position}"));
+        Ok(payment)
     }
 }
 
-/// Authorizes payment `id` of `order`'s total at the payments service: its token.
-async fn authorize(dev: &DevUp, id: Uuid, order: &Placed, headers: &[(&str, &str)]) -> anyhow::Result<String> {
-    dev.payments
-        .command_with(
-            "payments",
-            "/v1/payments",
-            json!({"payment_id": id, "order_id": order.id, "amount_minor": order.total, "currency": "EUR"}),
-            StatusCode::CREATED,
-            headers,
-        )
-        .await
+/// The consistency token of an order's state (`GET /v1/orders/{id}/state`): its position in
+/// the orders log.
+fn state_token(state: &Value) -> anyhow::Result<String> {
+    let position = state["position"]
+        .as_u64()
+        .with_context(|| format!("no position in {state}"))?;
+    Ok(format!("orders:{position}"))
 }
 
 /// The dashboard's rows by order id, once read-api (after `min_position`, if given) shows every
-/// order of `shop` as the test expects it.
+/// order of `shop` as the test expects it: its status, total, items and customer, and where
+/// its saga and its payment are.
 async fn dashboard_matches(
     read: &Http,
     shop: &Shop,
@@ -651,17 +801,52 @@ async fn dashboard_matches(
             );
             ensure!(row["item_count"] == order.items, "{order:?}: {row}");
             ensure!(row["customer_name"] == order.customer, "{order:?}: {row}");
+            let (sagas, payment) = order.saga_and_payment();
+            ensure!(
+                row["saga_state"].as_str().is_some_and(|state| sagas.contains(&state)),
+                "{order:?}: saga_state {} (expected one of {sagas:?}): {row}",
+                row["saga_state"]
+            );
+            ensure!(
+                row["payment_status"] == payment,
+                "{order:?}: payment_status {} (expected {payment}): {row}",
+                row["payment_status"]
+            );
+            if payment != "none" {
+                ensure!(
+                    row["payment_id"] == saga::payment_id(order.id).to_string(),
+                    "{order:?}: not the saga's payment: {row}"
+                );
+            }
+            ensure!(
+                row["reason_code"].as_str() == order.reason_code,
+                "{order:?}: reason_code {}: {row}",
+                row["reason_code"]
+            );
         }
         Ok(rows)
     })
     .await
 }
 
-/// ClickHouse's revenue and funnel, through read-api, once they equal what the orders say.
+/// ClickHouse's revenue and funnel, through read-api, once they equal what the orders say:
+/// revenue is the orders confirmed (by their saga), not cancelled, whose payment is authorized
+/// or captured; the funnel counts each order under every status it reached, the ones still
+/// pending, and the cancellations per reason code.
 async fn analytics_match(read: &Http, shop: &Shop) -> anyhow::Result<(Value, Value)> {
-    let count = |statuses: &[&str]| shop.orders.iter().filter(|o| statuses.contains(&o.status)).count();
-    let kept: Vec<&Placed> = shop.orders.iter().filter(|o| o.status != "cancelled").collect();
+    let reached = |status: &str| shop.orders.iter().filter(|o| o.reached.contains(status)).count();
+    let kept: Vec<&Placed> = shop
+        .orders
+        .iter()
+        .filter(|o| ["confirmed", "shipped", "delivered"].contains(&o.status))
+        .collect();
     let revenue: i64 = kept.iter().map(|o| o.total).sum();
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for order in &shop.orders {
+        if let Some(code) = order.reason_code {
+            *reasons.entry(code).or_default() += 1;
+        }
+    }
     let from = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
     let to = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ");
     let orders = shop.token("orders");
@@ -682,17 +867,31 @@ async fn analytics_match(read: &Http, shop: &Shop) -> anyhow::Result<(Value, Val
         let funnel = read
             .ok(&format!("/v1/analytics/order-funnel?min_position={orders}"))
             .await?;
-        // Each order counts under every status it reached.
         let expected = json!({
             "placed": shop.orders.len(),
-            "confirmed": count(&["confirmed", "shipped", "delivered"]),
-            "shipped": count(&["shipped", "delivered"]),
-            "delivered": count(&["delivered"]),
-            "cancelled": count(&["cancelled"]),
+            "pending": shop.orders.iter().filter(|o| o.status == "pending").count(),
+            "confirmed": reached("confirmed"),
+            "shipped": reached("shipped"),
+            "delivered": reached("delivered"),
+            "cancelled": reached("cancelled"),
         });
         for (status, n) in expected.as_object().context("an object")? {
             ensure!(funnel[status] == *n, "funnel {funnel}, expected {expected}");
         }
+        let by_reason = funnel["cancellation_reasons"]
+            .as_object()
+            .with_context(|| format!("no cancellation_reasons in the funnel {funnel}"))?;
+        for (code, n) in by_reason {
+            let expected = reasons.get(code.as_str()).copied().unwrap_or(0);
+            ensure!(
+                n.as_u64() == Some(expected as u64),
+                "funnel: {n} cancelled with {code}, expected {expected}: {funnel}"
+            );
+        }
+        ensure!(
+            reasons.keys().all(|code| by_reason.contains_key(*code)),
+            "funnel: reasons {by_reason:?}, expected {reasons:?}"
+        );
         Ok((answer, funnel))
     })
     .await
@@ -916,24 +1115,86 @@ impl Drop for ClosedDatabase {
 }
 
 /// With payments out of the way (its process stopped, or its database refusing connections),
-/// the other services still take an order end to end: a new customer, a new product, the order
-/// placed (stock reserved at inventory) and confirmed; the dashboard shows it.
-async fn orders_go_through_without_payments(dev: &DevUp, shop: &mut Shop, name: &'static str) -> anyhow::Result<()> {
+/// the orders service still takes an order: a new customer, a new product, the order placed
+/// (201 at once) and its stock reserved at inventory by its saga, which then waits for payments
+/// (`authorizing`), the order `pending`; the dashboard shows it so. Its id.
+async fn orders_wait_for_payments(dev: &DevUp, shop: &mut Shop, name: &'static str) -> anyhow::Result<Uuid> {
     shop.register(dev, name).await?;
     shop.add_product(dev, 700).await?;
     let product = shop.products.len() - 1;
     let order = shop.place(dev, name, &[(product, 2)]).await?;
-    let confirmed = shop.step(dev, order.id, "confirm").await?;
+    eventually(
+        "the saga reserves the stock and waits for payments",
+        Duration::from_secs(30),
+        async || {
+            let saga = dev.orders.ok(&format!("/v1/sagas/{}", order.id)).await?;
+            ensure!(
+                saga["phase"] == "authorizing" && saga["lines"][0]["reserved"] == true,
+                "{saga}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let (product_id, _) = shop.products[product];
+    let held = dev
+        .inventory
+        .ok(&format!("/v1/products/{product_id}/reservations/{}", order.id))
+        .await;
+    // The operator's token has no `service` scope: the reservation is read with the orders
+    // service's own token below.
+    ensure!(held.is_err(), "the operator's token read a reservation: {held:?}");
+    let mut as_orders = Http::new(dev.ports["inventory"]);
+    as_orders.token = Some(dev.secret("service-token")?);
+    let held = as_orders
+        .ok(&format!("/v1/products/{product_id}/reservations/{}", order.id))
+        .await?;
+    ensure!(held["quantity"] == 2, "{held}");
+    // Still pending a while later: nothing confirms an order whose payment is not authorized.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = dev.orders.ok(&format!("/v1/orders/{}/state", order.id)).await?;
+    ensure!(state["status"] == "pending", "without payments: {state}");
+    let token = shop.note(&state_token(&state)?);
     let row = dev
         .read
-        .caught_up(&format!("/v1/dashboard/orders/{}?min_position={confirmed}", order.id))
+        .caught_up(&format!("/v1/dashboard/orders/{}?min_position={token}", order.id))
         .await?;
     ensure!(
-        row["status"] == "confirmed" && row["customer_name"] == name && row["total_minor"] == 1400,
+        row["status"] == "pending" && row["customer_name"] == name && row["total_minor"] == 1400,
         "{row}"
     );
-    dashboard_matches(&dev.read, shop, Some(&confirmed)).await?;
+    dashboard_matches(&dev.read, shop, Some(&token)).await?;
+    Ok(order.id)
+}
+
+/// The order (of `orders_wait_for_payments`) waiting for payments is confirmed once payments is
+/// back, its payment the saga's, authorized, and that payment's only event.
+async fn confirmed_once_payments_is_back(dev: &DevUp, shop: &mut Shop, order: Uuid) -> anyhow::Result<()> {
+    shop.confirmed(dev, order).await?;
+    ensure!(
+        payment_events(dev, saga::payment_id(order)).await? == ["payment.authorized"],
+        "the payment of {order}: authorized once"
+    );
     Ok(())
+}
+
+/// The orders service's view of the services it calls (`GET /v1/services`, admin): whether
+/// `service` answers.
+async fn orders_sees(dev: &DevUp, service: &str, healthy: bool) -> anyhow::Result<()> {
+    eventually(
+        &format!("the orders service sees {service} healthy: {healthy}"),
+        Duration::from_secs(30),
+        async || {
+            let seen = dev.orders.ok("/v1/services").await?;
+            let entry = seen["services"]
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["service"] == service))
+                .with_context(|| format!("no {service} in {seen}"))?;
+            ensure!(entry["healthy"] == healthy, "{entry}");
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// A payment's events, as the payments service tells them: their types.
@@ -973,8 +1234,11 @@ async fn read_waits_for(dev: &DevUp, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Authentication is on at every write service, and the orders service's own token is granted
-/// at inventory and customers (scope `commands`), nowhere else.
+/// Authentication is on at every write service. The operators' token (commands+admin) places
+/// orders and reads everything, but has no `service` scope: it cannot make a payment or
+/// reserve stock, which only the orders service's saga does. The orders service's own token is
+/// granted at inventory and payments (commands+service) and at customers (commands), nowhere
+/// else, and is no operator's (no admin).
 async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
     for (service, path) in [
         ("customers", "/v1/customers"),
@@ -988,6 +1252,7 @@ async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
             "{service}: a command without a token: {status} {body}"
         );
     }
+    let (product, order) = (Uuid::now_v7(), Uuid::now_v7());
     let service_token = dev.secret("service-token")?;
     for (service, path, expected) in [
         (
@@ -995,22 +1260,21 @@ async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
             format!("/v1/customers/{}", Uuid::now_v7()),
             StatusCode::NOT_FOUND,
         ),
+        ("inventory", format!("/v1/products/{product}"), StatusCode::NOT_FOUND),
         (
             "inventory",
-            format!("/v1/products/{}", Uuid::now_v7()),
+            format!("/v1/products/{product}/reservations/{order}"),
             StatusCode::NOT_FOUND,
         ),
         ("customers", "/v1/log".to_owned(), StatusCode::FORBIDDEN),
+        ("inventory", "/v1/log".to_owned(), StatusCode::FORBIDDEN),
         (
             "payments",
             format!("/v1/payments/{}", Uuid::now_v7()),
-            StatusCode::UNAUTHORIZED,
+            StatusCode::NOT_FOUND,
         ),
-        (
-            "orders",
-            format!("/v1/orders/{}/state", Uuid::now_v7()),
-            StatusCode::UNAUTHORIZED,
-        ),
+        ("payments", "/v1/gateway".to_owned(), StatusCode::FORBIDDEN),
+        ("orders", format!("/v1/orders/{order}/state"), StatusCode::UNAUTHORIZED),
     ] {
         let mut client = Http::new(dev.ports[service]);
         client.token = Some(service_token.clone());
@@ -1018,6 +1282,41 @@ async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
         ensure!(
             status == expected,
             "{service} {path} with the orders service's token: {status} {body}, expected {expected}"
+        );
+    }
+    let operator = |service: &str| {
+        let mut client = Http::new(dev.ports[service]);
+        client.token = dev.secret("token").ok();
+        client
+    };
+    for (service, path, body) in [
+        (
+            "payments",
+            "/v1/payments".to_owned(),
+            json!({"order_id": order, "amount_minor": 100, "currency": "EUR"}),
+        ),
+        (
+            "payments",
+            format!("/v1/payments/{}/void", saga::payment_id(order)),
+            json!({"order_id": order, "reason": "test"}),
+        ),
+        (
+            "inventory",
+            format!("/v1/products/{product}/reservations"),
+            json!({"order_id": order, "quantity": 1}),
+        ),
+    ] {
+        let (status, answer) = operator(service).call(Method::POST, &path, Some(body)).await?;
+        ensure!(
+            status == StatusCode::FORBIDDEN,
+            "{service} {path} with the operators' token (no `service` scope): {status} {answer}"
+        );
+    }
+    for (service, path) in [("orders", "/v1/sagas/parked"), ("payments", "/v1/gateway")] {
+        let (status, answer) = operator(service).get(path).await?;
+        ensure!(
+            status == StatusCode::OK,
+            "{service} {path} with the operators' token: {status} {answer}"
         );
     }
     for service in WRITE_SERVICES {
@@ -1030,10 +1329,11 @@ async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Isolation, 1: the payments service stopped. The others take an order end to end and the
-/// dashboard answers; `up` starts payments again (and nothing else), and `payment` (of `o1`)
-/// and its events are all there.
-async fn payments_stopped(dev: &DevUp, shop: &mut Shop, payment: Uuid, o1: &Placed) -> anyhow::Result<()> {
+/// Isolation, 1: the payments service stopped. Orders are still taken and wait `pending`, the
+/// saga's reservations made, and the dashboard answers; an order shipped meanwhile waits for its
+/// capture. `up` starts payments again (and nothing else); then the waiting order is confirmed,
+/// the shipped one's payment captured, and `o1`'s payment has exactly its two events.
+async fn payments_stopped(dev: &DevUp, shop: &mut Shop, o1: &Placed) -> anyhow::Result<()> {
     let before = dev.pids()?;
     let stopped = std::process::Command::new("kill")
         .args(["-TERM", &before["payments"].to_string()])
@@ -1050,9 +1350,38 @@ async fn payments_stopped(dev: &DevUp, shop: &mut Shop, payment: Uuid, o1: &Plac
             .any(|line| line.starts_with("[dev-up] payments ") && line.contains("DOWN")),
         "{said}"
     );
-    orders_go_through_without_payments(dev, shop, "Lin").await?;
+    let waiting = orders_wait_for_payments(dev, shop, "Lin").await?;
+    orders_sees(dev, "payments", false).await?;
+    let overview = dev.orders.ok(&format!("/v1/orders/{waiting}/overview")).await?;
     ensure!(
-        dev.payments.get(&format!("/v1/payments/{payment}")).await.is_err(),
+        overview["missing"] == json!(["payments"]) && overview["payment"].is_null(),
+        "the overview of an order without payments: {overview}"
+    );
+    // o1 ships while payments is down: the order ships, its saga captures once payments is back.
+    let shipped = dev
+        .orders
+        .command(
+            "orders",
+            &format!("/v1/orders/{}/ship", o1.id),
+            json!({"carrier": "DHL", "tracking": format!("T-{}", o1.id)}),
+            StatusCode::OK,
+        )
+        .await?;
+    shop.note(&shipped);
+    let placed = shop.order_mut(o1.id);
+    placed.status = "shipped";
+    placed.reached.insert("shipped");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let saga = dev.orders.ok(&format!("/v1/sagas/{}", o1.id)).await?;
+    ensure!(
+        saga["outcome"].is_null() && saga["captured_minor"] == 0,
+        "o1's saga captured without payments: {saga}"
+    );
+    ensure!(
+        dev.payments
+            .get(&format!("/v1/payments/{}", saga::payment_id(o1.id)))
+            .await
+            .is_err(),
         "payments answers while stopped"
     );
     let again = dev.run(&["up"]).await?;
@@ -1064,30 +1393,29 @@ async fn payments_stopped(dev: &DevUp, shop: &mut Shop, payment: Uuid, o1: &Plac
             after_up[service]
         );
     }
-    let captured = dev
-        .payments
-        .command(
-            "payments",
-            &format!("/v1/payments/{payment}/capture"),
-            json!({"amount_minor": o1.total}),
-            StatusCode::OK,
-        )
-        .await?;
-    shop.note(&captured);
+    orders_sees(dev, "payments", true).await?;
+    confirmed_once_payments_is_back(dev, shop, waiting).await?;
+    shop.saga_completes(dev, o1.id, "captured").await?;
+    let payment = shop.payment(dev, o1.id).await?;
     ensure!(
-        payment_events(dev, payment).await? == ["payment.authorized", "payment.captured"],
-        "the payment's events after the restart"
+        payment["status"] == "captured" && payment["captured_minor"] == o1.total,
+        "o1's payment once payments is back: {payment}"
     );
-    read_waits_for(dev, &captured).await?;
+    ensure!(
+        payment_events(dev, saga::payment_id(o1.id)).await? == ["payment.authorized", "payment.captured"],
+        "o1's payment's events after the restart"
+    );
+    read_waits_for(dev, &shop.token("payments")).await?;
     Ok(())
 }
 
 /// Isolation, 2: the payments database refuses connections (its sessions ended). Payments is
-/// unready and refuses commands; the others take an order end to end and the dashboard
-/// answers. Once the database is back, a payment goes through (the one refused, retried with
-/// its idempotency key), the earlier `payment`'s events are all there, and the dashboard
-/// applies the new payment's token (the relay of payments publishes again).
-async fn payments_database_closed(dev: &DevUp, shop: &mut Shop, payment: Uuid) -> anyhow::Result<()> {
+/// unready and records nothing; the others stay ready, an order is taken and waits `pending`
+/// (the saga's authorization refused, retried), and the dashboard answers. Once the database is
+/// back, the order is confirmed (the same payment, authorized once), `o1`'s payment's events
+/// are all there, and the dashboard applies the new payment's token (the relay of payments
+/// publishes again).
+async fn payments_database_closed(dev: &DevUp, shop: &mut Shop, o1: &Placed) -> anyhow::Result<()> {
     let payments_db = format!("{}orderflow_payments", dev.prefix);
     let relay_failed = relay_errors(&dev.payments).await?;
     let closed = ClosedDatabase::close(&payments_db).await?;
@@ -1109,21 +1437,7 @@ async fn payments_database_closed(dev: &DevUp, shop: &mut Shop, payment: Uuid) -
         },
     )
     .await?;
-    let o8 = shop
-        .orders
-        .iter()
-        .find(|o| o.customer == "Lin")
-        .cloned()
-        .context("Lin's order")?;
-    // The same payment and key each time: a retry of a command that did go through would be
-    // answered as the first time, never appended twice.
-    let (second, key) = (Uuid::now_v7(), format!("dev-up-test-{}", o8.id));
-    let refused = authorize(dev, second, &o8, &[("idempotency-key", &key)]).await;
-    ensure!(
-        refused.is_err(),
-        "a payment went through with its database closed: {refused:?}"
-    );
-    orders_go_through_without_payments(dev, shop, "Noor").await?;
+    let waiting = orders_wait_for_payments(dev, shop, "Noor").await?;
     for service in ["customers", "inventory", "orders"] {
         let (status, body) = dev.service(service).get("/ready").await?;
         ensure!(
@@ -1132,22 +1446,12 @@ async fn payments_database_closed(dev: &DevUp, shop: &mut Shop, payment: Uuid) -
         );
     }
     closed.reopen().await?;
-    let authorized = eventually(
-        "a payment once the database is back",
-        Duration::from_secs(30),
-        async || authorize(dev, second, &o8, &[("idempotency-key", &key)]).await,
-    )
-    .await?;
-    shop.note(&authorized);
+    confirmed_once_payments_is_back(dev, shop, waiting).await?;
     ensure!(
-        payment_events(dev, payment).await? == ["payment.authorized", "payment.captured"],
-        "the earlier payment's events after the outage"
+        payment_events(dev, saga::payment_id(o1.id)).await? == ["payment.authorized", "payment.captured"],
+        "o1's payment's events after the outage"
     );
-    ensure!(
-        payment_events(dev, second).await? == ["payment.authorized"],
-        "the new payment's events"
-    );
-    read_waits_for(dev, &authorized)
+    read_waits_for(dev, &shop.token("payments"))
         .await
         .context("the relay of payments does not publish after its database came back")?;
     eventually("payments is ready", Duration::from_secs(30), async || {
@@ -1229,25 +1533,56 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         status == StatusCode::BAD_REQUEST && body.to_string().contains("orders:12"),
         "a bare position: {status} {body}"
     );
+    // Orders are placed pending, and confirmed by their saga (stock reserved at inventory,
+    // payment authorized at payments); a client's confirm is refused.
     let o1 = shop.place(dev, "Ada", &[(0, 2)]).await?;
-    shop.step(dev, o1.id, "confirm").await?;
-    let o2 = shop.place(dev, "Ada", &[(1, 1), (2, 1)]).await?;
-    for step in ["confirm", "ship", "deliver"] {
+    let (status, body) = dev
+        .orders
+        .call(Method::POST, &format!("/v1/orders/{}/confirm", o1.id), Some(json!({})))
+        .await?;
+    ensure!(
+        status == StatusCode::CONFLICT && body["error"]["code"] == "confirmed_by_saga",
+        "a client's confirm: {status} {body}"
+    );
+    shop.confirmed(dev, o1.id).await?;
+    let o2 = shop.place_confirmed(dev, "Ada", &[(1, 1), (2, 1)]).await?;
+    for step in ["ship", "deliver"] {
         shop.step(dev, o2.id, step).await?;
     }
     let o2_delivered = shop.token("orders");
-    let o3 = shop.place(dev, "Grace", &[(0, 1)]).await?;
+    // Cancelled once confirmed: the saga voids the payment and releases the stock.
+    let o3 = shop.place_confirmed(dev, "Grace", &[(0, 1)]).await?;
     shop.step(dev, o3.id, "cancel").await?;
-    let o4 = shop.place(dev, "Grace", &[(2, 2)]).await?;
-    shop.step(dev, o4.id, "confirm").await?;
+    let mut as_orders = Http::new(dev.ports["inventory"]);
+    as_orders.token = Some(dev.secret("service-token")?);
+    for (order, held) in [(&o1, 2), (&o3, 0)] {
+        let reservation = as_orders
+            .ok(&format!(
+                "/v1/products/{}/reservations/{}",
+                shop.products[0].0, order.id
+            ))
+            .await?;
+        ensure!(reservation["quantity"] == held, "{order:?}: {reservation}");
+    }
+    let product = dev
+        .inventory
+        .ok(&format!("/v1/products/{}", shop.products[0].0))
+        .await?;
+    ensure!(
+        product["available"] == 100 - 2,
+        "o1 holds 2, o3 released its 1: {product}"
+    );
+    let o4 = shop.place_confirmed(dev, "Grace", &[(2, 2)]).await?;
     // A point between o4's confirmation and its shipping, for the as-of reads.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let between = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
     shop.step(dev, o4.id, "ship").await?;
-    // A payment for o1: the payments service's token; the dashboard follows its log too.
-    let (payment, authorized) = shop.pay(dev, &o1).await?;
-    read_waits_for(dev, &authorized).await?;
+    // o1's payment, made by its saga (the payment id derived from the order's): the payments
+    // service's token; the dashboard follows its log too.
+    let authorized = shop.payment(dev, o1.id).await?;
+    ensure!(authorized["status"] == "authorized", "{authorized}");
+    read_waits_for(dev, &shop.token("payments")).await?;
     // Once a read has waited for each service's latest token, the projections' status shows
     // each service's log applied that far.
     for service in WRITE_SERVICES {
@@ -1310,6 +1645,10 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     );
     let (_, funnel) = analytics_match(&dev.read, &shop).await?;
     ensure!(funnel["placed_to_delivered_conversion"] == 0.25, "{funnel}");
+    ensure!(
+        funnel["pending"] == 0 && funnel["confirmed"] == 4 && funnel["cancellation_reasons"]["requested"] == 1,
+        "o3 was confirmed, then cancelled by its client: {funnel}"
+    );
 
     // As of a past time: read-api's dashboard history equals the orders service's fold.
     let at = between.format("%Y-%m-%dT%H:%M:%S%.6fZ");
@@ -1378,7 +1717,8 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     .await?;
     let said = dev.status_fails().await?;
     ensure!(said.contains("projections-1  DOWN"), "{said}");
-    let o5 = shop.place(dev, "Ada", &[(1, 3)]).await?;
+    // The saga needs no projection: o5 is confirmed while the worker is dead.
+    let o5 = shop.place_confirmed(dev, "Ada", &[(1, 3)]).await?;
     // The dead member's session (6 s here) must have expired when its successor joins: tansu
     // hands a dead member's partitions over only then (ADR 0004).
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -1389,8 +1729,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         successor != victim && running(successor),
         "projections-1 is not running again"
     );
-    let o6 = shop.place(dev, "Grace", &[(0, 1), (1, 1)]).await?;
-    shop.step(dev, o6.id, "confirm").await?;
+    let o6 = shop.place_confirmed(dev, "Grace", &[(0, 1), (1, 1)]).await?;
     let dashboard = dashboard_matches(&dev.read, &shop, Some(&shop.token("orders"))).await?;
     ensure!(dashboard.contains_key(&o5.id.to_string()) && dashboard.contains_key(&o6.id.to_string()));
     let (revenue, _) = analytics_match(&dev.read, &shop).await?;
@@ -1450,7 +1789,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     // The workers follow the new version: an order placed after the rebuild reaches it, and
     // read-your-writes works on it. (It did not: the new version's applied position stayed at
     // the rebuild's store checkpoint, so a min_position past the rebuild waited in vain.)
-    let o7 = shop.place(dev, "Ada", &[(0, 1)]).await?;
+    let o7 = shop.place_confirmed(dev, "Ada", &[(0, 1)]).await?;
     dashboard_matches(&dev.read, &shop, Some(&shop.token("orders"))).await?;
     let after = analytics_match(&dev.read, &shop).await?.0;
     ensure!(
@@ -1459,9 +1798,14 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     );
     let scenario_at = started.elapsed();
 
-    // Isolation: the other services do without payments, stopped or without its database.
-    payments_stopped(dev, &mut shop, payment, &o1).await?;
-    payments_database_closed(dev, &mut shop, payment).await?;
+    // Isolation: without payments, stopped or without its database, orders are taken and wait
+    // pending; they are confirmed once it is back.
+    payments_stopped(dev, &mut shop, &o1).await?;
+    payments_database_closed(dev, &mut shop, &o1).await?;
+    dashboard_matches(&dev.read, &shop, Some(&shop.token("orders"))).await?;
+    analytics_match(&dev.read, &shop).await?;
+    let parked = dev.orders.ok("/v1/sagas/parked").await?;
+    ensure!(parked["order_ids"] == json!([]), "parked sagas: {parked}");
     let isolation_at = started.elapsed();
 
     // Down: every process stops, the ports close.
