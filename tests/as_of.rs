@@ -3,15 +3,17 @@
 //! random times (before, between and exactly at the events) and compares the answers.
 //!
 //! Embedded deployment: the services over their SQLite stores (as `orderflow serve` opens
-//! them), the in-process subscriptions feeding the dashboard, the write side's and the read
-//! side's routers.
+//! them), the place-order saga driven in the process (it confirms the orders, captures the
+//! shipped ones' payments, compensates the cancelled ones), the in-process subscriptions feeding
+//! the dashboard, the write side's and the read side's routers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use event_schemas::Service;
+use event_store::Until;
 use projections::catalog::{self, Sinks};
 use projections::{ReadDb, RunOptions, applied_position, dashboard, run_from_stores};
 use proptest::prelude::*;
@@ -20,12 +22,20 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use write_side::CommandContext;
-use write_side::domain::{CancelOrder, CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::Local;
+use write_side::domain::saga::{Phase, ReasonCode, Saga};
+use write_side::domain::{
+    CancelOrder, CustomerCommand, Order, OrderCommand, OrderStatus, Payment, PaymentStatus, PlaceOrder, PlaceOrderLine,
+    ProductCommand,
+};
 use write_side::http::{Auth, HttpConfig};
+use write_side::orders::saga::payment_id;
 
 use testkit::http::get;
 
 struct World {
+    /// The services, for the folds of the order's saga and payment "as of".
+    local: Local,
     write: axum::Router,
     read: axum::Router,
     orders: Vec<Uuid>,
@@ -36,6 +46,34 @@ struct World {
     _runner: CancellationToken,
 }
 
+/// How long the sagas get to do what the test waits for.
+const SAGA_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits until every order of `orders` is `status` and its saga `phase` (the saga has done all
+/// it had to).
+async fn settle(local: &Local, orders: &[Uuid], status: impl Fn(usize) -> OrderStatus, phase: impl Fn(usize) -> Phase) {
+    let deadline = Instant::now() + SAGA_WITHIN;
+    for (i, &order_id) in orders.iter().enumerate() {
+        loop {
+            let handler = local.handler(Service::Orders);
+            let order = handler.load::<Order>(order_id, None).await.unwrap().state;
+            let saga = handler.load::<Saga>(order_id, None).await.unwrap().state;
+            if order.status == status(i) && saga.phase() == phase(i) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {i} is {:?}, its saga {:?}, after {SAGA_WITHIN:?}; waiting for {:?} and {:?}",
+                order.status,
+                saga.phase(),
+                status(i),
+                phase(i)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn world() -> World {
     let dir = std::env::temp_dir();
     let data_dir = dir.join(testkit::unique_name("as_of_services"));
@@ -43,6 +81,12 @@ async fn world() -> World {
     let services = embedded::open(&data_dir).await.unwrap();
     let local = services.local;
     let ctx = CommandContext::default();
+    // The saga driver, as `orderflow serve` runs it (`embedded::open` does not).
+    let sagas = CancellationToken::new();
+    let driver = tokio::spawn({
+        let (local, stop) = (local.clone(), sagas.clone());
+        async move { local.run_sagas(stop).await }
+    });
 
     let customer_id = Uuid::now_v7();
     local
@@ -78,7 +122,10 @@ async fn world() -> World {
             .unwrap();
     }
     // Orders move through their lifecycles interleaved, a few milliseconds apart, so that the
-    // commit times spread out; the customer is renamed halfway.
+    // commit times spread out; the customer is renamed halfway. Each is placed pending and
+    // confirmed by its saga; then one in four is cancelled (its saga voids and releases), two
+    // in four shipped (their sagas capture), one of those delivered, and one in four left
+    // confirmed.
     let orders: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
     for (i, &order_id) in orders.iter().enumerate() {
         let lines = vec![PlaceOrderLine {
@@ -98,32 +145,27 @@ async fn world() -> World {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    for step in 0..3 {
+    settle(&local, &orders, |_| OrderStatus::Confirmed, |_| Phase::AwaitingShipment).await;
+    for step in 0..2 {
         for (i, &order_id) in orders.iter().enumerate() {
             let command = match (i % 4, step) {
-                (0, 0) => None,
                 (1, 0) => Some(Err(CancelOrder {
                     order_id,
                     reason: "changed mind".into(),
-                    reason_code: None,
+                    // As a client's `POST /v1/orders/{id}/cancel` does.
+                    reason_code: Some(ReasonCode::Requested.as_str().to_owned()),
                 })),
-                (1, _) => None,
-                (_, 0) => Some(Ok(OrderCommand::Confirm { order_id })),
-                (2, 1) | (3, 1) => Some(Ok(OrderCommand::Ship {
+                (2, 0) | (3, 0) => Some(Ok(OrderCommand::Ship {
                     order_id,
                     carrier: "DHL".into(),
                     tracking: format!("T{i}"),
                 })),
-                (3, 2) => Some(Ok(OrderCommand::Deliver { order_id })),
+                (3, 1) => Some(Ok(OrderCommand::Deliver { order_id })),
                 _ => None,
             };
             match command {
                 Some(Ok(command)) => {
-                    local
-                        .handler(Service::Orders)
-                        .order(&ctx, order_id, command)
-                        .await
-                        .unwrap();
+                    local.orders().change(&ctx, order_id, command).await.unwrap();
                 }
                 Some(Err(cancel)) => {
                     local.cancel_order(&ctx, cancel).await.unwrap();
@@ -132,7 +174,7 @@ async fn world() -> World {
             }
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
-        if step == 1 {
+        if step == 0 {
             local
                 .handler(Service::Customers)
                 .customer(
@@ -147,6 +189,27 @@ async fn world() -> World {
                 .unwrap();
         }
     }
+    // Nothing is appended after the times are taken: every saga has done what it had to.
+    settle(
+        &local,
+        &orders,
+        |i| match i % 4 {
+            0 => OrderStatus::Confirmed,
+            1 => OrderStatus::Cancelled,
+            2 => OrderStatus::Shipped,
+            _ => OrderStatus::Delivered,
+        },
+        |i| {
+            if i % 4 == 0 {
+                Phase::AwaitingShipment
+            } else {
+                Phase::Completed
+            }
+        },
+    )
+    .await;
+    sagas.cancel();
+    driver.await.unwrap();
 
     // Every commit time of the services' logs: the instants where an answer may change.
     let mut times: Vec<DateTime<Utc>> = Vec::new();
@@ -190,6 +253,7 @@ async fn world() -> World {
     }
     World {
         write: write_side::http::router(local.http_state(HttpConfig::new(Auth::Disabled))),
+        local,
         read: read_api::router(read_api::ReadState::new(db, None, read_api::ReadConfig::default())),
         orders,
         first: times[0],
@@ -239,6 +303,11 @@ async fn compare(world: &World, order_id: Uuid, t: DateTime<Utc>) -> Result<(), 
             state["cancellation_reason"].clone(),
             row["cancel_reason"].clone(),
         ),
+        (
+            "reason_code",
+            state["cancellation_reason_code"].clone(),
+            row["reason_code"].clone(),
+        ),
         ("carrier", state["shipment"]["carrier"].clone(), row["carrier"].clone()),
         (
             "tracking",
@@ -246,6 +315,42 @@ async fn compare(world: &World, order_id: Uuid, t: DateTime<Utc>) -> Result<(), 
             row["tracking"].clone(),
         ),
     ];
+    // The order's saga (the orders service's `saga-<order id>`) and its payment (the payments
+    // service's), folded on the write side up to `t`, against what the row says of them then.
+    let until = Some(Until::RecordedAt(t));
+    let saga = world
+        .local
+        .handler(Service::Orders)
+        .load::<Saga>(order_id, until)
+        .await
+        .map_err(|e| e.to_string())?;
+    let saga_state = match saga.state.phase() {
+        Phase::NotStarted => Value::Null,
+        phase => Value::from(phase.as_str()),
+    };
+    let payment = world
+        .local
+        .handler(Service::Payments)
+        .load::<Payment>(payment_id(order_id), until)
+        .await
+        .map_err(|e| e.to_string())?;
+    let payment_status = match payment.state.status {
+        PaymentStatus::NotStarted => "none",
+        status => status.as_str(),
+    };
+    let pairs = pairs.into_iter().chain([
+        ("saga_state", saga_state, row["saga_state"].clone()),
+        (
+            "payment_status",
+            Value::from(payment_status),
+            row["payment_status"].clone(),
+        ),
+        (
+            "captured_minor",
+            Value::from(payment.state.captured_minor),
+            row["captured_minor"].clone(),
+        ),
+    ]);
     for (field, write, read) in pairs {
         if write != read {
             return Err(format!(

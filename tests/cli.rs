@@ -1,7 +1,8 @@
 //! `orderflow state`, `orderflow events` and `orderflow migrate`, run as the real binary.
 //!
-//! `state` and `events` read a SQLite store seeded here through the write side's command
-//! handler, and must print what the write side's HTTP API answers for the same store
+//! `state` and `events` read a SQLite store seeded here through the write side's services (an
+//! order placed, then confirmed by its place-order saga, driven here as `orderflow serve` drives
+//! it), and must print what the write side's HTTP API answers for the same store
 //! (`GET /v1/orders/{id}/state`, `GET /v1/streams/{id}/events`, asked through its router).
 //! `migrate` runs twice against SQLite, and against fresh PostgreSQL and ClickHouse databases
 //! (`scripts/services up`), with a password in the URL that must never be printed.
@@ -9,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -19,11 +20,16 @@ use event_store::{EventStore, SqliteEventStore, StoreOptions};
 use http_body_util::BodyExt;
 use projections::ReadDb;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use uuid::Uuid;
 use write_side::CommandContext;
-use write_side::domain::{CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::domain::saga::Saga;
+use write_side::domain::{
+    CustomerCommand, Order, OrderStatus, Payment, PaymentStatus, PlaceOrder, PlaceOrderLine, Product, ProductCommand,
+};
 use write_side::http::{Auth, HttpConfig};
+use write_side::orders::saga::payment_id;
 
 mod support;
 use support::{orderflow, scratch, stderr, stdout};
@@ -44,11 +50,15 @@ struct Shop {
     customer: Uuid,
     product: Uuid,
     order: Uuid,
-    /// The product's addition in the inventory's log (before the reservation for the order),
-    /// and the order's placement and confirmation in the orders' log.
+    /// The product's addition in the inventory's log (before the saga's reservation for the
+    /// order); the placement's answer (the position of its commit's last event, the saga's
+    /// start) and the order's confirmation by its saga, in the orders' log.
     added: u64,
     placed: u64,
     confirmed: u64,
+    /// The order's saga (`saga-<order id>`) and its payment, as the write side folds them.
+    saga: Saga,
+    payment: Payment,
 }
 
 impl Shop {
@@ -69,8 +79,9 @@ impl Shop {
     }
 }
 
-/// A customer, a product, and an order placed then confirmed, by the services of `orderflow
-/// serve` in `<dir>/orderflow-data` (each service's store its own file there).
+/// A customer, a product, and an order placed then confirmed by its saga (stock reserved at
+/// inventory, payment authorized at payments), by the services of `orderflow serve` in
+/// `<dir>/orderflow-data` (each service's store its own file there).
 async fn shop(name: &str) -> Shop {
     let dir = scratch(name);
     let data_dir = dir.join("orderflow-data");
@@ -123,16 +134,61 @@ async fn shop(name: &str) -> Shop {
             },
         )
         .await
-        .unwrap()
-        .position;
-    // Apart in time, so that "as of" the placement's commit time excludes the confirmation.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let confirmed = local
-        .handler(Service::Orders)
-        .order(&ctx, order, OrderCommand::Confirm { order_id: order })
+        .unwrap();
+    // Pending at once: the order's first event, answered with the position of the commit's
+    // last event (the saga's start).
+    assert_eq!(placed.version, 1);
+    let placed = placed.position;
+    let orders = local.handler(Service::Orders);
+    let pending = orders.load::<Order>(order, None).await.unwrap();
+    assert_eq!(pending.state.status, OrderStatus::Pending);
+    assert_eq!(
+        local
+            .handler(Service::Inventory)
+            .load::<Product>(product, None)
+            .await
+            .unwrap()
+            .version,
+        1,
+        "nothing reserved before the saga runs"
+    );
+
+    // The saga is driven (as `orderflow serve` does; `embedded::open` does not) only once the
+    // clock has passed the placement's commit time, so that "as of" that time excludes every
+    // step of the saga and the confirmation.
+    let placed_at = pending.recorded_at.expect("a placed order has a commit time");
+    while Utc::now() <= placed_at {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let stop = CancellationToken::new();
+    let driver = tokio::spawn({
+        let (local, stop) = (local.clone(), stop.clone());
+        async move { local.run_sagas(stop).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let confirmed = loop {
+        let loaded = orders.load::<Order>(order, None).await.unwrap();
+        match loaded.state.status {
+            OrderStatus::Confirmed => break loaded.position,
+            OrderStatus::Pending => {}
+            other => panic!("the saga left the order {other:?}, not confirmed"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saga did not confirm the order within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Stopped, so that nothing changes the stores while the binary reads them.
+    stop.cancel();
+    driver.await.unwrap();
+    let saga = orders.load::<Saga>(order, None).await.unwrap().state;
+    let payment = local
+        .handler(Service::Payments)
+        .load::<Payment>(payment_id(order), None)
         .await
         .unwrap()
-        .position;
+        .state;
     let api = write_side::http::router(local.http_state(HttpConfig::new(Auth::Disabled)));
     Shop {
         dir,
@@ -144,6 +200,8 @@ async fn shop(name: &str) -> Shop {
         added,
         placed,
         confirmed,
+        saga,
+        payment,
     }
 }
 
@@ -190,8 +248,12 @@ async fn state_prints_the_write_sides_fold_now_and_as_of_a_point() {
     assert_eq!(customer["state"]["name"], "Ada");
     assert_eq!(customer["state"]["email"], "ada@example.com");
     let product = json_of(&shop.orderflow(&["state", &format!("product-{}", shop.product)]));
-    assert_eq!(product["version"], 2, "added, then stock reserved for the order");
+    assert_eq!(
+        product["version"], 2,
+        "added, then stock reserved for the order by its saga"
+    );
     assert_eq!(product["state"]["available"], 8);
+    assert_eq!(product["state"]["reservations"][shop.order.to_string()], 2);
     let before_reservation = json_of(&shop.orderflow(&[
         "state",
         &format!("product-{}", shop.product),
@@ -199,6 +261,29 @@ async fn state_prints_the_write_sides_fold_now_and_as_of_a_point() {
         &shop.added.to_string(),
     ]));
     assert_eq!(before_reservation["state"]["available"], 10);
+
+    // The order's saga, in the orders' store: confirmed, what it reserved and authorized.
+    let saga = json_of(&shop.orderflow(&["state", &format!("saga-{}", shop.order)]));
+    assert_eq!(saga["stream_id"], format!("saga-{}", shop.order));
+    assert_eq!(saga["state"], serde_json::to_value(&shop.saga).unwrap());
+    assert_eq!(saga["state"]["confirmed"], true);
+    assert_eq!(saga["state"]["authorized"], true);
+    assert_eq!(saga["state"]["lines"][0]["reserved"], true);
+    // At the placement: only its start, in the same commit as the order.
+    let started = json_of(&shop.orderflow(&["state", &format!("saga-{}", shop.order), "--at", &placed]));
+    assert_eq!(started["version"], 1);
+    assert_eq!(started["position"], shop.placed);
+    assert_eq!(started["state"]["authorized"], false);
+    assert_eq!(started["state"]["lines"][0]["reserved"], false);
+
+    // Its payment, in the payments' store: the order's total, authorized.
+    let payment_id = payment_id(shop.order);
+    let payment = json_of(&shop.orderflow(&["state", &format!("payment-{payment_id}")]));
+    assert_eq!(payment["state"], serde_json::to_value(&shop.payment).unwrap());
+    assert_eq!(shop.payment.status, PaymentStatus::Authorized);
+    assert_eq!(shop.payment.order_id, shop.order);
+    assert_eq!(payment["state"]["authorized_minor"], 5000);
+    assert_eq!(payment["state"]["captured_minor"], 0);
 }
 
 #[tokio::test]
@@ -232,6 +317,35 @@ async fn events_prints_what_the_stream_endpoint_answers() {
         &[("ORDERFLOW_EVENT_STORE_URL", store)],
     ));
     assert_eq!(from_env, all);
+
+    // The order's saga: started in the placement's commit, confirmed in the confirmation's.
+    let saga = json_of(&shop.orderflow(&["events", &format!("saga-{}", shop.order)]));
+    let steps: Vec<&str> = saga["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "saga.started",
+            "saga.stock_reserved",
+            "saga.payment_authorized",
+            "saga.confirmed"
+        ]
+    );
+    assert_eq!(saga["events"][0]["position"], shop.placed);
+    assert_eq!(
+        saga["events"][0]["data"]["payment_id"],
+        payment_id(shop.order).to_string()
+    );
+    let confirmed = saga["events"][3]["position"].as_u64().unwrap();
+    assert_eq!(
+        confirmed.abs_diff(shop.confirmed),
+        1,
+        "one commit with the order's confirmation"
+    );
 }
 
 #[tokio::test]
@@ -252,9 +366,9 @@ async fn unknown_streams_and_bad_flags_fail_with_clear_errors() {
     }
 
     // The order existed later, not at that point (its placement is the orders' log's first
-    // event).
+    // commit: `OrderPlaced` at 1, `SagaStarted` at 2, the position its answer names).
     let stream = format!("order-{}", shop.order);
-    assert_eq!(shop.placed, 1);
+    assert_eq!(shop.placed, 2);
     let output = shop.orderflow(&["state", &stream, "--at", "0"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(

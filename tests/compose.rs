@@ -597,30 +597,44 @@ fn every_database_url_is_one_its_role_may_connect_to_and_no_other_role_may() {
 }
 
 #[test]
-fn orders_reaches_inventory_and_customers_with_a_token_they_grant() {
+fn orders_reaches_inventory_payments_and_customers_with_a_token_they_grant() {
     let compose = compose();
     let orders = service(&compose, "orders");
     let env = environment(orders);
-    for (key, peer) in [
-        ("ORDERFLOW_INVENTORY_URL", "inventory"),
-        ("ORDERFLOW_CUSTOMERS_URL", "customers"),
+    // Its saga reserves and releases stock at inventory and authorizes, captures, voids and
+    // refunds payments at payments: scope `service` there (ADR 0010); a customer its copy has
+    // not seen yet is asked of customers: `commands` is enough there.
+    for (key, peer, scope) in [
+        ("ORDERFLOW_INVENTORY_URL", "inventory", "commands+service"),
+        ("ORDERFLOW_PAYMENTS_URL", "payments", "commands+service"),
+        ("ORDERFLOW_CUSTOMERS_URL", "customers", "commands"),
     ] {
-        assert_eq!(env[key], format!("http://{peer}:{}", port_of(peer)), "orders: {key}");
+        assert_eq!(
+            env.get(key).map(String::as_str),
+            Some(format!("http://{peer}:{}", port_of(peer)).as_str()),
+            "orders: {key}"
+        );
         let depends_on = &orders["depends_on"];
         assert_eq!(
             depends_on[peer]["condition"].as_str(),
             Some("service_healthy"),
             "orders starts once {peer} is healthy"
         );
-        // The service token's hash is one of the peer's tokens, with scope `commands` (and no
-        // more: it is not an operator's token).
+        // The service token's hash is one of the peer's tokens, with the scopes it needs there
+        // (and no more: it is not an operator's token, no `admin`).
         let tokens = &environment(service(&compose, peer))["ORDERFLOW_TOKENS"];
         let granted: Vec<&str> = tokens.split(',').collect();
+        let expected =
+            format!("orders:{scope}:${{ORDERFLOW_SERVICE_TOKEN_SHA256:?set ORDERFLOW_SERVICE_TOKEN_SHA256 in .env}}");
         assert!(
-            granted.contains(
-                &"orders:commands:${ORDERFLOW_SERVICE_TOKEN_SHA256:?set ORDERFLOW_SERVICE_TOKEN_SHA256 in .env}"
-            ),
-            "{peer} grants the orders service's token scope `commands`: {tokens}"
+            granted.contains(&expected.as_str()),
+            "{peer} grants the orders service's token scope `{scope}`: {tokens}"
+        );
+        let orders_grants: Vec<&&str> = granted.iter().filter(|t| t.starts_with("orders:")).collect();
+        assert_eq!(
+            orders_grants.len(),
+            1,
+            "{peer}: one grant to the orders service: {tokens}"
         );
     }
     assert!(

@@ -1,6 +1,7 @@
 //! End to end, with the real binary: `orderflow serve --demo` seeds an empty store with a shop
-//! whose orders went through their lifecycle, the in-process projections show it, and a restart
-//! with `--demo` on the same data directory does not seed it again.
+//! whose orders went through their lifecycle and their place-order sagas, the in-process
+//! projections show it (saga states, cancellations per reason code, revenue of paid orders),
+//! and a restart with `--demo` on the same data directory does not seed it again.
 
 use std::time::{Duration, Instant};
 
@@ -38,28 +39,32 @@ async fn wait_for_the_shop(api: &Api) -> anyhow::Result<Value> {
     }
 }
 
-/// The funnel once the projections have applied every event up to `token` (a read waits a
-/// little for its `min_position`, then answers 503 `not_caught_up`: ask again).
-async fn funnel_at(api: &Api, token: &str) -> anyhow::Result<Value> {
+/// `path` of the read side once its projection has applied every event up to `token` (a read
+/// waits a little for its `min_position`, then answers 503 `not_caught_up`: ask again).
+async fn read_at(api: &Api, path: &str, token: &str) -> anyhow::Result<Value> {
+    let separator = if path.contains('?') { '&' } else { '?' };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (status, funnel) = api
-            .get(&format!("/v1/analytics/order-funnel?min_position={token}"))
-            .await?;
+        let (status, body) = api.get(&format!("{path}{separator}min_position={token}")).await?;
         if status == StatusCode::OK {
-            return Ok(funnel);
+            return Ok(body);
         }
         ensure!(
             status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline,
-            "funnel at {token}: {status} {funnel}"
+            "{path} at {token}: {status} {body}"
         );
     }
 }
 
+/// The funnel once the projections have applied every event up to `token`.
+async fn funnel_at(api: &Api, token: &str) -> anyhow::Result<Value> {
+    read_at(api, "/v1/analytics/order-funnel", token).await
+}
+
 /// The events of every service's store, counted through `GET /v1/log?service=` page by page,
-/// and the orders' last position.
-async fn events_in_the_stores(api: &Api) -> anyhow::Result<(u64, u64)> {
-    let (mut total, mut orders_head) = (0, 0);
+/// and the orders' and the payments' last positions.
+async fn events_in_the_stores(api: &Api) -> anyhow::Result<(u64, u64, u64)> {
+    let (mut total, mut orders_head, mut payments_head) = (0, 0, 0);
     for service in ["customers", "inventory", "orders", "payments"] {
         let mut from = 1;
         loop {
@@ -69,10 +74,13 @@ async fn events_in_the_stores(api: &Api) -> anyhow::Result<(u64, u64)> {
             ensure!(status == StatusCode::OK, "log of {service}: {status} {page}");
             let events = page["events"].as_array().cloned().unwrap_or_default();
             total += events.len() as u64;
-            if service == "orders"
-                && let Some(last) = events.last()
-            {
-                orders_head = last["position"].as_u64().unwrap_or(0);
+            if let Some(last) = events.last() {
+                let head = last["position"].as_u64().unwrap_or(0);
+                match service {
+                    "orders" => orders_head = head,
+                    "payments" => payments_head = head,
+                    _ => {}
+                }
             }
             match page["next_from_position"].as_u64() {
                 Some(next) => from = next,
@@ -80,28 +88,57 @@ async fn events_in_the_stores(api: &Api) -> anyhow::Result<(u64, u64)> {
             }
         }
     }
-    Ok((total, orders_head))
+    Ok((total, orders_head, payments_head))
 }
 
 /// The first start: seeds, serves, and the read side shows orders through their whole life.
-async fn first_run(api: &Api, server: &mut Server) -> anyhow::Result<(Value, (u64, u64))> {
+async fn first_run(api: &Api, server: &mut Server) -> anyhow::Result<(Value, (u64, u64, u64))> {
     api.wait_ready(server, Duration::from_secs(120)).await?;
     ensure!(server.log().contains("seeded the demo shop"), "no seeding logged");
     wait_for_the_shop(api).await?;
-    let (events, orders_head) = events_in_the_stores(api).await?;
+    let (events, orders_head, payments_head) = events_in_the_stores(api).await?;
     ensure!(events >= 5000, "{events} events seeded, asked for about {DEMO_EVENTS}");
-    // The orders' whole seeded log, projected.
-    let funnel = funnel_at(api, &format!("orders:{orders_head}")).await?;
+    let (orders, payments) = (format!("orders:{orders_head}"), format!("payments:{payments_head}"));
+    // The orders' and payments' whole seeded logs, projected (progress only grows: the second
+    // read has both).
+    read_at(api, "/v1/analytics/order-funnel", &payments).await?;
+    let funnel = funnel_at(api, &orders).await?;
+    // Every order went through its saga: none is left pending, and the cancellations add up
+    // per reason code.
+    ensure!(funnel["pending"] == 0, "no order left pending: {funnel}");
+    let reasons = funnel["cancellation_reasons"].as_object().cloned().unwrap_or_default();
+    let by_reason: u64 = reasons.values().filter_map(Value::as_u64).sum();
+    ensure!(
+        funnel["cancelled"].as_u64() == Some(by_reason) && reasons.get("requested").and_then(Value::as_u64) > Some(0),
+        "cancellations per reason code: {funnel}"
+    );
+    // Every row of the dashboard shows its saga.
+    read_at(api, "/v1/dashboard/orders?limit=5", &payments).await?;
+    let page = read_at(api, "/v1/dashboard/orders?limit=5", &orders).await?;
+    let rows = page["rows"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        !rows.is_empty() && rows.iter().all(|row| row["saga_state"].is_string()),
+        "{page}"
+    );
+    // Paid orders are revenue.
+    let everything = "/v1/analytics/revenue?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    read_at(api, everything, &payments).await?;
+    let revenue = read_at(api, everything, &orders).await?;
+    let revenue_minor: i64 = revenue["buckets"]
+        .as_array()
+        .map(|buckets| buckets.iter().filter_map(|b| b["revenue_minor"].as_i64()).sum())
+        .unwrap_or(0);
+    ensure!(revenue_minor > 0, "no revenue: {revenue}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !server.log().contains("caught up with the demo shop") {
         ensure!(Instant::now() < deadline, "no catch-up logged within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((funnel, (events, orders_head)))
+    Ok((funnel, (events, orders_head, payments_head)))
 }
 
 /// The restart: nothing seeded again, the shop is the same.
-async fn second_run(api: &Api, server: &mut Server, funnel: &Value, seeded: (u64, u64)) -> anyhow::Result<()> {
+async fn second_run(api: &Api, server: &mut Server, funnel: &Value, seeded: (u64, u64, u64)) -> anyhow::Result<()> {
     api.wait_ready(server, Duration::from_secs(120)).await?;
     let log = server.log();
     ensure!(
@@ -112,7 +149,7 @@ async fn second_run(api: &Api, server: &mut Server, funnel: &Value, seeded: (u64
     let now = events_in_the_stores(api).await?;
     ensure!(
         now == seeded,
-        "the stores went from {seeded:?} to {now:?} (events, orders' head) on restart"
+        "the stores went from {seeded:?} to {now:?} (events, orders' and payments' heads) on restart"
     );
     let again = funnel_at(api, &format!("orders:{}", seeded.1)).await?;
     ensure!(again == *funnel, "the funnel changed: {funnel} then {again}");

@@ -1,15 +1,16 @@
 //! End to end with the real binaries: commands → the services' PostgreSQL stores (a database
-//! each) → an `orderflow relay` per store → Kafka → two `orderflow projections run` workers in
-//! one consumer group → PostgreSQL dashboard and ClickHouse analytics. The workers are killed with SIGKILL at random points under load and
-//! started again; at the end the read models must equal a fold of the whole log from scratch
-//! (invariants 5 and 6 of docs/design.md).
+//! each; the place-order sagas driven in the test's process, as an orders service does) → an
+//! `orderflow relay` per store → Kafka → two `orderflow projections run` workers in one
+//! consumer group → PostgreSQL dashboard and ClickHouse analytics. The workers are killed with
+//! SIGKILL at random points under load and started again; at the end the read models must equal
+//! a fold of the whole log from scratch (invariants 5 and 6 of docs/design.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_schemas::{DomainEvent, OrderEvent, Service};
+use event_schemas::{DomainEvent, OrderEvent, PaymentEvent, Service};
 use event_store::{EventStore, PgEventStore, StoreOptions};
 use projections::analytics::{self, SalesAnalytics};
 use projections::dashboard;
@@ -18,7 +19,10 @@ use sqlx::Row;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use write_side::domain::{CustomerCommand, OrderCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::domain::saga::{Phase, ReasonCode, Saga};
+use write_side::domain::{
+    CancelOrder, CustomerCommand, Order, OrderCommand, OrderStatus, PlaceOrder, PlaceOrderLine, ProductCommand,
+};
 use write_side::{CommandContext, HandlerOptions, Local};
 
 struct Deployment {
@@ -71,10 +75,43 @@ impl Deployment {
     }
 }
 
-/// A small shop's traffic through the services: orders placed (stock reserved at inventory),
-/// confirmed, shipped, delivered or cancelled, customers renamed, while the workers are being
-/// killed.
-async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid>>, seed: u64) {
+/// How long the sagas get to do what the test waits for.
+const SAGA_WITHIN: Duration = Duration::from_secs(30);
+
+/// The order once its saga has confirmed it (or anything but pending: a cancellation).
+async fn settled_placement(local: &Local, order_id: Uuid) -> OrderStatus {
+    let deadline = Instant::now() + SAGA_WITHIN;
+    loop {
+        let order = local
+            .handler(Service::Orders)
+            .load::<Order>(order_id, None)
+            .await
+            .expect("load an order");
+        if order.state.status != OrderStatus::Pending {
+            return order.state.status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saga of {order_id} left it pending for {SAGA_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn cancel(order_id: Uuid) -> CancelOrder {
+    CancelOrder {
+        order_id,
+        reason: "changed mind".into(),
+        // As a client's `POST /v1/orders/{id}/cancel` does.
+        reason_code: Some(ReasonCode::Requested.as_str().to_owned()),
+    }
+}
+
+/// A small shop's traffic through the services, while the workers are being killed: orders
+/// placed (their sagas reserve the stock at inventory, authorize the payment and confirm them),
+/// some cancelled at once (racing their saga) or once confirmed (their saga voids and releases),
+/// others shipped (their saga captures) and delivered; customers renamed. Answers the orders.
+async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid>>, seed: u64) -> Vec<Uuid> {
     let ctx = CommandContext::default();
     let mut rng = seed;
     let mut next = move |n: u64| {
@@ -83,8 +120,10 @@ async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid
         rng ^= rng << 17;
         rng % n
     };
+    let mut orders = Vec::new();
     for i in 0..60 {
         let order_id = Uuid::now_v7();
+        orders.push(order_id);
         let customer_id = customers[next(customers.len() as u64) as usize];
         let first = next(products.len() as u64) as usize;
         let mut lines = vec![PlaceOrderLine {
@@ -110,21 +149,23 @@ async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid
             .expect("place an order");
         let steps = next(5);
         if steps == 0 {
+            // While its saga may still be reserving or authorizing.
+            local.cancel_order(&ctx, cancel(order_id)).await.expect("cancel");
+            continue;
+        }
+        assert_eq!(
+            settled_placement(&local, order_id).await,
+            OrderStatus::Confirmed,
+            "plenty of stock, nothing declined"
+        );
+        if steps == 1 && next(3) == 0 {
             local
-                .cancel_order(
-                    &ctx,
-                    write_side::domain::CancelOrder {
-                        order_id,
-                        reason: "changed mind".into(),
-                        reason_code: None,
-                    },
-                )
+                .cancel_order(&ctx, cancel(order_id))
                 .await
-                .expect("cancel");
+                .expect("cancel a confirmed order");
             continue;
         }
         let lifecycle = [
-            OrderCommand::Confirm { order_id },
             OrderCommand::Ship {
                 order_id,
                 carrier: "DHL".into(),
@@ -132,10 +173,10 @@ async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid
             },
             OrderCommand::Deliver { order_id },
         ];
-        for command in lifecycle.into_iter().take(steps as usize) {
+        for command in lifecycle.into_iter().take(steps as usize - 1) {
             local
-                .handler(Service::Orders)
-                .order(&ctx, order_id, command)
+                .orders()
+                .change(&ctx, order_id, command)
                 .await
                 .expect("order lifecycle");
         }
@@ -153,6 +194,52 @@ async fn traffic(local: Local, customers: Arc<Vec<Uuid>>, products: Arc<Vec<Uuid
                 .await
                 .expect("rename");
         }
+    }
+    orders
+}
+
+/// Waits until no saga of `orders` has work left: a confirmed order's waits for its shipment,
+/// every other (shipped: captured; cancelled: voided and released) has completed.
+async fn sagas_settle(local: &Local, orders: &[Uuid]) {
+    let deadline = Instant::now() + SAGA_WITHIN;
+    for &order_id in orders {
+        loop {
+            let handler = local.handler(Service::Orders);
+            let order = handler.load::<Order>(order_id, None).await.unwrap().state;
+            let saga = handler.load::<Saga>(order_id, None).await.unwrap().state;
+            let settled = match order.status {
+                OrderStatus::Confirmed => saga.phase() == Phase::AwaitingShipment,
+                OrderStatus::Shipped | OrderStatus::Delivered | OrderStatus::Cancelled => {
+                    saga.phase() == Phase::Completed
+                }
+                _ => false,
+            };
+            if settled {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the saga of {order_id} ({:?}) is still {:?} after {SAGA_WITHIN:?}",
+                order.status,
+                saga.phase()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Every event of a store, in position order.
+async fn log_of(store: &dyn EventStore) -> Vec<event_store::RecordedEvent> {
+    let mut all: Vec<event_store::RecordedEvent> = Vec::new();
+    loop {
+        let page = store
+            .read_all(all.last().map_or(0, |e| e.position), 1000)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
     }
 }
 
@@ -213,6 +300,13 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
         let (local, stop) = (local.clone(), replica_stop.clone());
         async move { local.run_replica(stop).await }
     });
+    // The place-order sagas, driven as the orders service drives them.
+    let sagas_stop = CancellationToken::new();
+    let _sagas_stop = sagas_stop.clone().drop_guard();
+    let sagas = tokio::spawn({
+        let (local, stop) = (local.clone(), sagas_stop.clone());
+        async move { local.run_sagas(stop).await }
+    });
     let ctx = CommandContext::default();
 
     let customers: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
@@ -269,9 +363,14 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
         *worker = deployment.worker();
         kills += 1;
     }
+    let mut orders = Vec::new();
     for task in load {
-        task.await.unwrap();
+        orders.extend(task.await.unwrap());
     }
+    // Nothing is written after `finished` below: every saga has done what it had to.
+    sagas_settle(&local, &orders).await;
+    sagas_stop.cancel();
+    sagas.await.unwrap();
     // tansu (the test broker) evicts a member whose session expired only when another member
     // joins, not by the timeout alone (ADR 0004): one more kill and restart after every dead
     // member's session has expired lets the group hand their partitions to the living.
@@ -376,55 +475,120 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     }
     assert!(read.dead_letters(dashboard::NAME, 1).await.unwrap().is_empty());
 
-    // ClickHouse: revenue and the funnel equal what the events say.
-    let mut placed: BTreeMap<Uuid, i64> = BTreeMap::new();
-    let mut cancelled = 0u64;
-    let mut delivered = 0u64;
-    let mut after = 0;
-    let orders_store = store_of(Service::Orders);
-    loop {
-        let events = orders_store.read_all(after, 1000).await.unwrap();
-        let Some(last) = events.last() else { break };
-        after = last.position;
-        for recorded in &events {
-            match event_schemas::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).unwrap() {
-                DomainEvent::Order(OrderEvent::Placed(p)) => {
-                    placed.insert(p.order_id, p.total_minor);
-                }
-                DomainEvent::Order(OrderEvent::Cancelled(c)) => {
-                    placed.remove(&c.order_id);
-                    cancelled += 1;
-                }
-                DomainEvent::Order(OrderEvent::Delivered(_)) => delivered += 1,
-                _ => {}
+    // ClickHouse: revenue and the funnel equal what the events say. Revenue: the orders
+    // confirmed and not cancelled whose payment is authorized or captured, each its total net
+    // of that payment's refunds (the payments' own log says which).
+    let mut totals: BTreeMap<Uuid, i64> = BTreeMap::new();
+    let mut confirmed: std::collections::BTreeSet<Uuid> = Default::default();
+    let mut cancelled: BTreeMap<Uuid, String> = BTreeMap::new();
+    let (mut shipped, mut delivered) = (0u64, 0u64);
+    for recorded in log_of(&*store_of(Service::Orders)).await {
+        match event_schemas::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).unwrap() {
+            DomainEvent::Order(OrderEvent::Placed(p)) => {
+                totals.insert(p.order_id, p.total_minor);
             }
+            DomainEvent::Order(OrderEvent::Confirmed(c)) => {
+                confirmed.insert(c.order_id);
+            }
+            DomainEvent::Order(OrderEvent::Cancelled(c)) => {
+                cancelled.entry(c.order_id).or_insert(c.reason_code);
+            }
+            DomainEvent::Order(OrderEvent::Shipped(_)) => shipped += 1,
+            DomainEvent::Order(OrderEvent::Delivered(_)) => delivered += 1,
+            _ => {}
         }
     }
+    /// A payment as its events leave it: its order, its last event's kind, what was captured
+    /// and refunded.
+    #[derive(Default)]
+    struct Paid {
+        order_id: Uuid,
+        last: &'static str,
+        captured: i64,
+        refunded: i64,
+    }
+    let mut payments: BTreeMap<Uuid, Paid> = BTreeMap::new();
+    for recorded in log_of(&*store_of(Service::Payments)).await {
+        let DomainEvent::Payment(event) =
+            event_schemas::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).unwrap()
+        else {
+            continue;
+        };
+        let (payment_id, order_id, kind) = match &event {
+            PaymentEvent::Authorized(e) => (e.payment_id, e.order_id, "authorized"),
+            PaymentEvent::Captured(e) => (e.payment_id, e.order_id, "captured"),
+            PaymentEvent::Declined(e) => (e.payment_id, e.order_id, "declined"),
+            PaymentEvent::Refunded(e) => (e.payment_id, e.order_id, "refunded"),
+            PaymentEvent::Voided(e) => (e.payment_id, e.order_id, "voided"),
+        };
+        let paid = payments.entry(payment_id).or_default();
+        paid.order_id = order_id;
+        paid.last = kind;
+        match &event {
+            PaymentEvent::Captured(e) => paid.captured += e.amount.amount_minor,
+            PaymentEvent::Refunded(e) => paid.refunded += e.amount.amount_minor,
+            _ => {}
+        }
+    }
+    let mut refunds_of_paid: BTreeMap<Uuid, i64> = BTreeMap::new();
+    for paid in payments.values() {
+        let holds_money = match paid.last {
+            "authorized" | "captured" => true,
+            "refunded" => paid.refunded < paid.captured,
+            _ => false,
+        };
+        if holds_money {
+            *refunds_of_paid.entry(paid.order_id).or_default() += paid.refunded;
+        }
+    }
+    let revenue_orders: Vec<Uuid> = totals
+        .keys()
+        .copied()
+        .filter(|id| confirmed.contains(id) && !cancelled.contains_key(id) && refunds_of_paid.contains_key(id))
+        .collect();
+    assert!(!revenue_orders.is_empty(), "some orders are revenue");
+    assert!(
+        payments.values().any(|p| p.last == "captured") && payments.values().any(|p| p.last == "voided"),
+        "the sagas captured and voided payments"
+    );
+    let expected_revenue: i64 = revenue_orders.iter().map(|id| totals[id] - refunds_of_paid[id]).sum();
+    let requested = cancelled.values().filter(|code| *code == "requested").count() as u64;
+    assert_eq!(requested, cancelled.len() as u64, "only clients cancelled");
     let analytics = SalesAnalytics::clickhouse(clickhouse, read.clone(), 1);
     let from = chrono::Utc::now() - chrono::Duration::days(1);
     let to = chrono::Utc::now() + chrono::Duration::days(1);
     let expected = (
-        placed.values().sum::<i64>(),
-        placed.len() as u64 + cancelled,
-        cancelled,
+        expected_revenue,
+        revenue_orders.len() as u64,
+        totals.len() as u64,
+        0,
+        confirmed.len() as u64,
+        shipped,
         delivered,
+        cancelled.len() as u64,
+        requested,
     );
     loop {
-        let revenue: i64 = analytics
-            .revenue(from, to, analytics::Bucket::Day)
-            .await
-            .unwrap()
-            .iter()
-            .map(|b| b.revenue_minor)
-            .sum();
+        let buckets = analytics.revenue(from, to, analytics::Bucket::Day).await.unwrap();
         let funnel = analytics.order_funnel(None, None).await.unwrap();
-        let seen = (revenue, funnel.placed, funnel.cancelled, funnel.delivered);
+        let seen = (
+            buckets.iter().map(|b| b.revenue_minor).sum::<i64>(),
+            buckets.iter().map(|b| b.orders).sum::<u64>(),
+            funnel.placed,
+            funnel.pending,
+            funnel.confirmed,
+            funnel.shipped,
+            funnel.delivered,
+            funnel.cancelled,
+            funnel.cancellation_reasons.get("requested").copied().unwrap_or(0),
+        );
         if seen == expected {
             break;
         }
         assert!(
             Instant::now() < converge,
-            "ClickHouse (revenue, placed, cancelled, delivered) = {seen:?}, the events say {expected:?}"
+            "ClickHouse (revenue, revenue orders, placed, pending, confirmed, shipped, delivered, \
+             cancelled, cancelled as requested) = {seen:?}, the events say {expected:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

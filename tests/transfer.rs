@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_schemas::Service;
 use event_store::{EventStore, IdempotencyKey, LogTransfer, PgEventStore, RecordedEvent, StoreOptions};
@@ -16,13 +17,15 @@ use projections::{ReadDb, RebuildOptions, ServiceLog};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use write_side::CommandContext;
-use write_side::domain::{CustomerCommand, PaymentCommand, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::domain::{CustomerCommand, Order, OrderStatus, Payment, PlaceOrder, PlaceOrderLine, ProductCommand};
+use write_side::orders::saga::payment_id;
 
 mod support;
 use support::{orderflow, scratch, stderr, stdout};
 
 /// A data directory of `orderflow serve` with a seeded shop in its services' stores, and a few
-/// commands with idempotency keys on top (so every store has idempotency records).
+/// commands with idempotency keys on top, an order's saga's calls among them (so every store
+/// has idempotency records).
 async fn embedded_shop(name: &str) -> (PathBuf, embedded::Opened) {
     let dir = scratch(name);
     let data_dir = dir.join("orderflow-data");
@@ -51,7 +54,9 @@ fn keyed(key: &str) -> CommandContext {
     }
 }
 
-/// A customer, a product and an order, each command with a key.
+/// A customer, a product and an order, each command with a key; the order's saga (driven here
+/// as `orderflow serve` drives it) reserves its stock and authorizes its payment with keys of
+/// its own (`saga-<order id>-<step>`), then confirms it.
 async fn keyed_commands(local: &write_side::Local) {
     let (customer_id, product_id) = (Uuid::now_v7(), Uuid::now_v7());
     local
@@ -83,6 +88,11 @@ async fn keyed_commands(local: &write_side::Local) {
         )
         .await
         .unwrap();
+    let stop = CancellationToken::new();
+    let driver = tokio::spawn({
+        let (local, stop) = (local.clone(), stop.clone());
+        async move { local.run_sagas(stop).await }
+    });
     let order_id = Uuid::now_v7();
     local
         .place_order(
@@ -98,21 +108,36 @@ async fn keyed_commands(local: &write_side::Local) {
         )
         .await
         .unwrap();
-    let payment_id = Uuid::now_v7();
-    local
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let order = local
+            .handler(Service::Orders)
+            .load::<Order>(order_id, None)
+            .await
+            .unwrap();
+        match order.state.status {
+            OrderStatus::Confirmed => break,
+            OrderStatus::Pending => {}
+            other => panic!("the saga left the order {other:?}, not confirmed"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saga did not confirm the order within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopped, so that the stores stay as they are while they are exported and compared.
+    stop.cancel();
+    driver.await.unwrap();
+    let payment = local
         .handler(Service::Payments)
-        .payment(
-            &keyed("pay-kettle"),
-            payment_id,
-            PaymentCommand::Authorize {
-                payment_id,
-                order_id,
-                amount_minor: 7_998,
-                currency: "EUR".into(),
-            },
-        )
+        .load::<Payment>(payment_id(order_id), None)
         .await
         .unwrap();
+    assert_eq!(
+        payment.state.authorized_minor, 7_998,
+        "the saga authorized the order's total"
+    );
 }
 
 /// Every event of a store, in position order.
@@ -484,7 +509,13 @@ async fn the_one_store_of_old_splits_into_the_services_stores() {
     }
     split.sort_by_key(|e| e.position);
     assert_eq!(split, before);
-    for service in [Service::Customers, Service::Inventory, Service::Orders] {
+    // Every service's, the payments' (the seeded sagas' payments) and the sagas' streams
+    // (the orders service's) among them.
+    assert!(
+        before.iter().any(|e| e.stream_id.starts_with("saga-")),
+        "the old store held sagas"
+    );
+    for service in Service::ALL {
         assert!(
             before
                 .iter()
