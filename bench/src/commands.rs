@@ -284,7 +284,12 @@ impl Load {
 }
 
 /// Serves `app` on a loopback port for one run of [`drive`], then stops it.
-pub(crate) async fn serve_and_drive(app: axum::Router, clients: usize, load: &Load, seconds: u64) -> anyhow::Result<CommandsRun> {
+pub(crate) async fn serve_and_drive(
+    app: axum::Router,
+    clients: usize,
+    load: &Load,
+    seconds: u64,
+) -> anyhow::Result<CommandsRun> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -300,6 +305,71 @@ pub(crate) async fn serve_and_drive(app: axum::Router, clients: usize, load: &Lo
     let _ = stop.send(());
     let _ = server.await;
     run
+}
+
+/// Serves `app` on a loopback port and posts `rate` commands per second for `seconds`, each
+/// on its own (open loop: a slow answer does not slow the next request), then stops it.
+pub(crate) async fn serve_at_rate(
+    app: axum::Router,
+    rate: f64,
+    load: &Load,
+    seconds: u64,
+) -> anyhow::Result<CommandsRun> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(write_side::http::serve_on(
+        listener,
+        app,
+        Duration::from_secs(5),
+        stop.clone().cancelled_owned(),
+    ));
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut next = xorshift(0);
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut requests = tokio::task::JoinSet::new();
+    while Instant::now() < deadline {
+        ticks.tick().await;
+        let (path, body) = load.request(&mut next);
+        let request = hyper::Request::post(format!("http://{address}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(serde_json::to_vec(&body)?)))?;
+        let client = client.clone();
+        requests.spawn(async move {
+            let t = Instant::now();
+            let response = client.request(request).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            anyhow::Ok((status == hyper::StatusCode::CREATED, t.elapsed()))
+        });
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut commands, mut rejected) = (0, 0);
+    while let Some(done) = requests.join_next().await {
+        let (created, took) = done??;
+        hist.record(took.as_micros().max(1) as u64)?;
+        if created {
+            commands += 1;
+        } else {
+            rejected += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = server.await;
+    Ok(CommandsRun {
+        clients: 0,
+        seconds: secs,
+        commands,
+        rejected,
+        commands_per_sec: commands as f64 / secs,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: hist.max() as f64 / 1000.0,
+    })
 }
 
 /// C clients, each posting commands in a loop until the deadline; one keep-alive connection

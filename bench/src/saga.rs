@@ -2,12 +2,16 @@
 //! payment authorized at the simulated provider, zero latency → confirmed), beside the placement
 //! alone in the same run.
 //!
-//! Two phases per mode, each on fresh databases: C HTTP clients place orders in a closed loop
-//! for S seconds with no saga driver running (the placement alone: the command's throughput
-//! and latency), then again with the driver running, after which the run waits for every saga
-//! to settle. Placed → confirmed latency is read from the orders store: the `order.placed`
-//! event's commit time to the `saga.confirmed` event's. Saga throughput is the orders
-//! confirmed per second from the first placement to the last confirmation.
+//! Three phases per mode, each on fresh databases:
+//!
+//! 1. the placement alone: C HTTP clients place orders in a closed loop for S seconds with no
+//!    saga driver running (the command's throughput and latency);
+//! 2. saturation: the same with the driver running, then the run waits for every saga to
+//!    settle; the saga's throughput is the orders confirmed per second from the first
+//!    placement to the last confirmation;
+//! 3. latency: orders placed at a fixed rate, half the throughput of phase 2, so that no
+//!    queue builds: placed → confirmed p50 and p99, read from the orders store (the
+//!    `order.placed` event's commit time to the `saga.confirmed` event's).
 //!
 //! Modes: `embedded` (the four services in one process over SQLite files, calling each other
 //! in-process, as `orderflow serve`) and `distributed` (each service over its own PostgreSQL
@@ -32,7 +36,7 @@ use write_side::orders::replica::{self, LiveReplica};
 use write_side::orders::{Directory, Orders, Peers, SagaOptions};
 use write_side::{CommandContext, CommandHandler, HandlerOptions, Local, LocalOptions, Services};
 
-use crate::commands::{CommandsRun, Load, serve_and_drive};
+use crate::commands::{CommandsRun, Load, serve_and_drive, serve_at_rate};
 use crate::load::print_json;
 use crate::scratch::{Adapter, Target, add_products};
 
@@ -46,7 +50,12 @@ pub(crate) enum Mode {
 #[derive(Debug, Args)]
 pub struct SagaBench {
     /// The deployments measured, one after the other.
-    #[arg(long, value_delimiter = ',', default_value = "embedded,distributed", env = "ORDERFLOW_BENCH_MODES")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "embedded,distributed",
+        env = "ORDERFLOW_BENCH_MODES"
+    )]
     modes: Vec<Mode>,
     /// Concurrent HTTP clients placing orders.
     #[arg(long, default_value_t = 16, env = "ORDERFLOW_BENCH_CLIENTS")]
@@ -92,10 +101,16 @@ struct ModeReport {
     mode: Mode,
     /// The reference: placing orders with no saga running.
     placement_alone: CommandsRun,
-    saga: SagaRun,
+    /// Closed loop, the driver running: the saga's throughput.
+    saturation: SagaRun,
+    /// At half the saturation throughput: the saga's latency.
+    at_fixed_rate: SagaRun,
+    /// The offered rate of `at_fixed_rate`, orders per second.
+    fixed_rate: f64,
     /// Saga throughput ÷ placement alone (target ≥ 0.5).
     throughput_ratio: f64,
-    /// Placed → confirmed p99 ÷ the placement command's own p99 alone (target ≤ 5).
+    /// Placed → confirmed p99 at the fixed rate ÷ the placement command's own p99 alone
+    /// (target ≤ 5).
     p99_ratio: f64,
 }
 
@@ -107,26 +122,38 @@ pub(crate) async fn run(b: SagaBench) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for &mode in &b.modes {
         eprintln!("[{mode:?}] placement alone: {} clients, {}s …", b.clients, b.seconds);
-        let alone = phase(&b, mode, false).await?.0;
+        let alone = placement_alone(&b, mode).await?;
         eprintln!(
             "      {:>8.0} orders/s  p50 {:.2} ms  p99 {:.2} ms",
             alone.commands_per_sec, alone.p50_ms, alone.p99_ms
         );
-        eprintln!("[{mode:?}] through the saga: {} clients, {}s, then the drain …", b.clients, b.seconds);
-        let saga = phase(&b, mode, true)
-            .await?
-            .1
-            .ok_or_else(|| anyhow::anyhow!("the saga phase measured no saga"))?;
+        eprintln!(
+            "[{mode:?}] through the saga, saturated: {} clients, {}s, then the drain …",
+            b.clients, b.seconds
+        );
+        let saturation = phase(&b, mode, Drive::Closed).await?;
         eprintln!(
             "      {:>8.0} confirmed/s  placed→confirmed p50 {:.2} ms  p99 {:.2} ms  (drain {:.1}s)",
-            saga.confirmed_per_sec, saga.placed_to_confirmed_p50_ms, saga.placed_to_confirmed_p99_ms, saga.drain_seconds
+            saturation.confirmed_per_sec,
+            saturation.placed_to_confirmed_p50_ms,
+            saturation.placed_to_confirmed_p99_ms,
+            saturation.drain_seconds
+        );
+        let rate = (saturation.confirmed_per_sec / 2.0).max(1.0);
+        eprintln!("[{mode:?}] through the saga at {rate:.0} orders/s, {}s …", b.seconds);
+        let at_rate = phase(&b, mode, Drive::Rate(rate)).await?;
+        eprintln!(
+            "      {:>8.0} confirmed/s  placed→confirmed p50 {:.2} ms  p99 {:.2} ms",
+            at_rate.confirmed_per_sec, at_rate.placed_to_confirmed_p50_ms, at_rate.placed_to_confirmed_p99_ms
         );
         reports.push(ModeReport {
             mode,
-            throughput_ratio: saga.confirmed_per_sec / alone.commands_per_sec,
-            p99_ratio: saga.placed_to_confirmed_p99_ms / alone.p99_ms,
+            throughput_ratio: saturation.confirmed_per_sec / alone.commands_per_sec,
+            p99_ratio: at_rate.placed_to_confirmed_p99_ms / alone.p99_ms,
             placement_alone: alone,
-            saga,
+            saturation,
+            at_fixed_rate: at_rate,
+            fixed_rate: rate,
         });
     }
     print_json(&serde_json::json!({
@@ -138,8 +165,30 @@ pub(crate) async fn run(b: SagaBench) -> anyhow::Result<()> {
     }))
 }
 
-/// One phase on fresh databases: the placement's figures, and with `driver` the sagas'.
-async fn phase(b: &SagaBench, mode: Mode, driver: bool) -> anyhow::Result<(CommandsRun, Option<SagaRun>)> {
+/// How a phase places its orders.
+#[derive(Debug, Clone, Copy)]
+enum Drive {
+    /// No saga driver: the placement alone, closed loop.
+    Alone,
+    /// The driver running, closed loop.
+    Closed,
+    /// The driver running, this many orders per second.
+    Rate(f64),
+}
+
+async fn placement_alone(b: &SagaBench, mode: Mode) -> anyhow::Result<CommandsRun> {
+    Ok(phase_targets(b, mode, Drive::Alone).await?.0)
+}
+
+async fn phase(b: &SagaBench, mode: Mode, drive: Drive) -> anyhow::Result<SagaRun> {
+    phase_targets(b, mode, drive)
+        .await?
+        .1
+        .ok_or_else(|| anyhow::anyhow!("the saga phase measured no saga"))
+}
+
+/// One phase on fresh databases: the placement's figures, and with a driver the sagas'.
+async fn phase_targets(b: &SagaBench, mode: Mode, drive: Drive) -> anyhow::Result<(CommandsRun, Option<SagaRun>)> {
     let adapter = match mode {
         Mode::Embedded => Adapter::Sqlite,
         Mode::Distributed => Adapter::Postgres,
@@ -148,7 +197,7 @@ async fn phase(b: &SagaBench, mode: Mode, driver: bool) -> anyhow::Result<(Comma
     for _ in 0..=Service::ALL.len() {
         targets.push(Target::create(adapter, &b.pg_url).await?);
     }
-    let result = phase_on(b, mode, driver, &targets).await;
+    let result = phase_on(b, mode, drive, &targets).await;
     for target in &targets {
         target.drop_all().await;
     }
@@ -158,9 +207,10 @@ async fn phase(b: &SagaBench, mode: Mode, driver: bool) -> anyhow::Result<(Comma
 async fn phase_on(
     b: &SagaBench,
     mode: Mode,
-    driver: bool,
+    drive: Drive,
     targets: &[Target],
 ) -> anyhow::Result<(CommandsRun, Option<SagaRun>)> {
+    let driver = !matches!(drive, Drive::Alone);
     let mut stores: Vec<(Service, Arc<dyn EventStore>)> = Vec::new();
     for (service, target) in Service::ALL.into_iter().zip(targets) {
         stores.push((service, target.open().await?));
@@ -295,13 +345,19 @@ async fn phase_on(
         if caught_up {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "the orders service's copy did not catch up in 60s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the orders service's copy did not catch up in 60s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let head = orders_store.head_position().await?;
     let load = Load::orders(customers, products);
-    let placement = serve_and_drive(app, b.clients, &load, b.seconds).await?;
+    let placement = match drive {
+        Drive::Rate(rate) => serve_at_rate(app, rate, &load, b.seconds).await?,
+        Drive::Alone | Drive::Closed => serve_and_drive(app, b.clients, &load, b.seconds).await?,
+    };
     if !driver {
         stop.cancel();
         while tasks.join_next().await.is_some() {}

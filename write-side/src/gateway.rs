@@ -31,7 +31,12 @@ pub struct GatewayUnavailable(pub String);
 /// answer, and never moves money twice.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync + 'static {
-    async fn authorize(&self, payment_id: Uuid, order_id: Uuid, amount: Money) -> Result<Authorization, GatewayUnavailable>;
+    async fn authorize(
+        &self,
+        payment_id: Uuid,
+        order_id: Uuid,
+        amount: Money,
+    ) -> Result<Authorization, GatewayUnavailable>;
     async fn capture(&self, payment_id: Uuid, amount: Money) -> Result<(), GatewayUnavailable>;
     async fn void(&self, payment_id: Uuid) -> Result<(), GatewayUnavailable>;
     async fn refund(&self, payment_id: Uuid, amount: Money) -> Result<(), GatewayUnavailable>;
@@ -63,7 +68,10 @@ impl GatewaySettings {
     /// The settings' own checks: a rate between 0 and 1, a latency of at most a minute.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.decline_rate) || self.decline_rate.is_nan() {
-            return Err(format!("decline_rate must be between 0 and 1, not {}", self.decline_rate));
+            return Err(format!(
+                "decline_rate must be between 0 and 1, not {}",
+                self.decline_rate
+            ));
         }
         if self.latency_ms > 60_000 {
             return Err(format!("latency_ms must be at most 60000, not {}", self.latency_ms));
@@ -101,7 +109,9 @@ impl SimulatedGateway {
             tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
         }
         if settings.unavailable {
-            return Err(GatewayUnavailable("the simulated provider is set unavailable".to_owned()));
+            return Err(GatewayUnavailable(
+                "the simulated provider is set unavailable".to_owned(),
+            ));
         }
         Ok(settings)
     }
@@ -117,7 +127,12 @@ fn draw(payment_id: Uuid) -> f64 {
 
 #[async_trait]
 impl PaymentGateway for SimulatedGateway {
-    async fn authorize(&self, payment_id: Uuid, _order_id: Uuid, _amount: Money) -> Result<Authorization, GatewayUnavailable> {
+    async fn authorize(
+        &self,
+        payment_id: Uuid,
+        _order_id: Uuid,
+        _amount: Money,
+    ) -> Result<Authorization, GatewayUnavailable> {
         let settings = self.call().await?;
         if draw(payment_id) < settings.decline_rate {
             return Ok(Authorization::Declined {
@@ -166,7 +181,10 @@ mod tests {
                 declined += 1;
             }
         }
-        assert!((800..1_200).contains(&declined), "about a quarter declined: {declined} of 4000");
+        assert!(
+            (800..1_200).contains(&declined),
+            "about a quarter declined: {declined} of 4000"
+        );
     }
 
     #[tokio::test]
@@ -186,9 +204,18 @@ mod tests {
     #[test]
     fn settings_out_of_range_are_refused() {
         for bad in [
-            GatewaySettings { decline_rate: 1.5, ..GatewaySettings::default() },
-            GatewaySettings { decline_rate: f64::NAN, ..GatewaySettings::default() },
-            GatewaySettings { latency_ms: 60_001, ..GatewaySettings::default() },
+            GatewaySettings {
+                decline_rate: 1.5,
+                ..GatewaySettings::default()
+            },
+            GatewaySettings {
+                decline_rate: f64::NAN,
+                ..GatewaySettings::default()
+            },
+            GatewaySettings {
+                latency_ms: 60_001,
+                ..GatewaySettings::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

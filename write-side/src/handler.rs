@@ -209,8 +209,7 @@ impl CommandHandler {
         order: Vec<event_schemas::OrderEvent>,
         start: crate::domain::saga::SagaCommand,
     ) -> Result<CommandAnswer, CommandError> {
-        self.run(ctx, &commands::PlaceWithSaga { order_id, order, start })
-            .await
+        self.run(ctx, &commands::PlaceWithSaga { order_id, order, start }).await
     }
 
     /// Records of a saga, decided in turn, and when `order` is set a command on its order, in
@@ -223,8 +222,15 @@ impl CommandHandler {
         order: Option<OrderCommand>,
         records: Vec<crate::domain::saga::SagaCommand>,
     ) -> Result<CommandAnswer, CommandError> {
-        self.run(ctx, &commands::SagaRecords { order_id, order, records })
-            .await
+        self.run(
+            ctx,
+            &commands::SagaRecords {
+                order_id,
+                order,
+                records,
+            },
+        )
+        .await
     }
 
     /// The first answer to `ctx`'s idempotency key if the store has one (the key reused with

@@ -89,19 +89,19 @@ pub use answer::CommandAnswerBody;
 pub use auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
 pub use customers::{ChangeCustomerEmail, CustomerStateView, RegisterCustomer, RenameCustomer};
 pub use extract::EmptyBody;
+pub use inventory::HeldView;
 pub use inventory::{
     AddProduct, ChangeProductPrice, ProductStateView, ReservationView, ReserveStockBody, RestockProduct,
 };
 pub use openapi::api_doc;
-pub use inventory::HeldView;
 pub use orders::{CancelOrderBody, OrderLineInput, PlaceOrderBody, ShipOrderBody};
 pub use payments::AuthorizationAnswerBody;
-pub use sagas::{AbandonSagaBody, ParkedSagas, ServicesView};
 pub use payments::{AuthorizePaymentBody, PaymentAmountBody, PaymentReasonBody, PaymentStateView};
 pub use reads::{
     CustomerView, DEFAULT_PAGE, EventView, LogPage, LogQuery, MAX_PAGE, OrderLineView, OrderStateQuery, OrderStateView,
     ShipmentView, StreamEventsPage, StreamEventsQuery, event_data,
 };
+pub use sagas::{AbandonSagaBody, ParkedSagas, ServicesView};
 pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
 pub use service_kit::metrics::prometheus_handle;
 
@@ -328,10 +328,7 @@ fn service_routes(service: Service) -> Vec<(Scope, Router<HttpState>)> {
                 Scope::Service,
                 Router::new()
                     .route("/v1/products/{id}/reservations", post(inventory::reserve_stock))
-                    .route(
-                        "/v1/products/{id}/reservations/{order_id}",
-                        get(inventory::reservation),
-                    )
+                    .route("/v1/products/{id}/reservations/{order_id}", get(inventory::reservation))
                     .route(
                         "/v1/products/{id}/reservations/{order_id}/release",
                         post(inventory::release_stock),

@@ -239,8 +239,8 @@ impl Orders {
             Some(event_schemas::OrderEvent::Placed(e)) => e.total(),
             _ => return Err(DomainError::rejected("placing an order decided no OrderPlaced".to_owned()).into()),
         };
-        let deadline = Utc::now()
-            + chrono::Duration::from_std(self.deadline).unwrap_or_else(|_| chrono::Duration::minutes(15));
+        let deadline =
+            Utc::now() + chrono::Duration::from_std(self.deadline).unwrap_or_else(|_| chrono::Duration::minutes(15));
         let start = SagaCommand::Start {
             order_id: command.order_id,
             payment_id: saga::payment_id(command.order_id),
@@ -249,11 +249,7 @@ impl Orders {
             deadline,
             correlation_id: ctx.metadata.correlation_id.clone(),
         };
-        match self
-            .handler
-            .place_with_saga(ctx, command.order_id, placed, start)
-            .await
-        {
+        match self.handler.place_with_saga(ctx, command.order_id, placed, start).await {
             Ok(answer) => {
                 metrics::counter!("orderflow_sagas_started_total").increment(1);
                 self.sagas.started(command.order_id);
@@ -358,7 +354,11 @@ impl Orders {
     pub async fn saga(&self, order_id: Uuid) -> Result<SagaView, OrdersError> {
         let loaded = self.handler.load::<Saga>(order_id, None).await?;
         if loaded.version == 0 {
-            return Err(DomainError::NotFound { what: "saga", id: order_id }.into());
+            return Err(DomainError::NotFound {
+                what: "saga",
+                id: order_id,
+            }
+            .into());
         }
         Ok(saga_view(&loaded.state, loaded.version))
     }
@@ -408,7 +408,11 @@ impl Orders {
     async fn require_parked(&self, order_id: Uuid) -> Result<Saga, OrdersError> {
         let loaded = self.handler.load::<Saga>(order_id, None).await?;
         if loaded.version == 0 {
-            return Err(DomainError::NotFound { what: "saga", id: order_id }.into());
+            return Err(DomainError::NotFound {
+                what: "saga",
+                id: order_id,
+            }
+            .into());
         }
         if loaded.state.parked.is_none() {
             return Err(DomainError::rejected(format!(
@@ -448,7 +452,9 @@ impl Orders {
         }
         let saga = self.handler.load::<Saga>(order_id, None).await?;
         let saga = (saga.version > 0).then(|| saga_view(&saga.state, saga.version));
-        let payment_id = saga.as_ref().map_or_else(|| saga::payment_id(order_id), |s| s.payment_id);
+        let payment_id = saga
+            .as_ref()
+            .map_or_else(|| saga::payment_id(order_id), |s| s.payment_id);
         let inventory = &self.peers.inventory;
         let reservations = futures::future::join_all(order.state.lines.iter().map(|line| async move {
             let path = format!("/v1/products/{}/reservations/{order_id}", line.product_id);
@@ -489,10 +495,10 @@ impl Orders {
             order.position,
             order.recorded_at,
         ))
-            .map_err(|e| CommandError::Corrupt {
-                stream_id: Category::Order.stream_id(order_id),
-                reason: e.to_string(),
-            })?;
+        .map_err(|e| CommandError::Corrupt {
+            stream_id: Category::Order.stream_id(order_id),
+            reason: e.to_string(),
+        })?;
         Ok(Overview {
             order,
             saga,

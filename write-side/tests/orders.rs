@@ -259,9 +259,7 @@ impl Shop {
                 .map(|&(product_id, quantity)| PlaceOrderLine { product_id, quantity })
                 .collect(),
         };
-        let placed = orders
-            .place(&ctx(), &CallContext::new("test", "test"), command)
-            .await;
+        let placed = orders.place(&ctx(), &CallContext::new("test", "test"), command).await;
         (order_id, placed)
     }
 
@@ -388,16 +386,28 @@ impl Shop {
             match order.status {
                 OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered => {
                     let shipped = order.status != OrderStatus::Confirmed;
-                    let expected = if shipped { PaymentStatus::Captured } else { PaymentStatus::Authorized };
+                    let expected = if shipped {
+                        PaymentStatus::Captured
+                    } else {
+                        PaymentStatus::Authorized
+                    };
                     assert_eq!(payment.status, expected, "order {order_id} {:?}", order.status);
                     let total = order.total().unwrap().amount_minor;
-                    assert_eq!(payment.authorized_minor, total, "order {order_id}: authorized its total");
+                    assert_eq!(
+                        payment.authorized_minor, total,
+                        "order {order_id}: authorized its total"
+                    );
                     if shipped {
                         assert_eq!(payment.captured_minor, total, "order {order_id}: captured its total");
                         assert_eq!(saga.outcome.as_deref(), Some("captured"), "order {order_id}");
                     }
                     for line in &order.lines {
-                        let product = self.inventory.load::<Product>(line.product_id, None).await.unwrap().state;
+                        let product = self
+                            .inventory
+                            .load::<Product>(line.product_id, None)
+                            .await
+                            .unwrap()
+                            .state;
                         assert_eq!(
                             product.reserved_for(order_id),
                             line.quantity,
@@ -419,12 +429,27 @@ impl Shop {
                         "cancelled order {order_id}: payment {:?}",
                         payment.status
                     );
-                    assert_eq!(payment.refunded_minor, payment.captured_minor, "order {order_id}: refund = capture");
+                    assert_eq!(
+                        payment.refunded_minor, payment.captured_minor,
+                        "order {order_id}: refund = capture"
+                    );
                     assert_eq!(saga.outcome.as_deref(), Some("cancelled"), "order {order_id}");
-                    assert!(order.cancellation_reason_code.is_some(), "order {order_id}: no reason code");
+                    assert!(
+                        order.cancellation_reason_code.is_some(),
+                        "order {order_id}: no reason code"
+                    );
                     for line in &order.lines {
-                        let product = self.inventory.load::<Product>(line.product_id, None).await.unwrap().state;
-                        assert_eq!(product.reserved_for(order_id), 0, "cancelled order {order_id} holds stock");
+                        let product = self
+                            .inventory
+                            .load::<Product>(line.product_id, None)
+                            .await
+                            .unwrap()
+                            .state;
+                        assert_eq!(
+                            product.reserved_for(order_id),
+                            0,
+                            "cancelled order {order_id} holds stock"
+                        );
                     }
                 }
                 other => panic!("order {order_id} is {other:?} at rest: {saga:?}"),
@@ -432,8 +457,16 @@ impl Shop {
         }
         for (&product, &stock) in &self.stock {
             let (available, reserved) = self.stock_of(product).await;
-            assert_eq!(reserved, held.get(&product).copied().unwrap_or(0), "product {product}: reserved");
-            assert_eq!(available + reserved, stock, "product {product}: stock leaked or released twice");
+            assert_eq!(
+                reserved,
+                held.get(&product).copied().unwrap_or(0),
+                "product {product}: reserved"
+            );
+            assert_eq!(
+                available + reserved,
+                stock,
+                "product {product}: stock leaked or released twice"
+            );
         }
     }
 }
@@ -471,7 +504,11 @@ async fn a_customer_the_copy_has_not_seen_is_asked_of_the_customers_service() {
         ),
         "{unknown:?}"
     );
-    assert_eq!(shop.orders_store.head_position().await.unwrap(), head, "nothing appended");
+    assert_eq!(
+        shop.orders_store.head_position().await.unwrap(),
+        head,
+        "nothing appended"
+    );
 
     // The customers service down, the customer not in the copy: 503 naming it; nothing
     // appended.
@@ -487,7 +524,11 @@ async fn a_customer_the_copy_has_not_seen_is_asked_of_the_customers_service() {
         }
         other => panic!("expected the customers service unavailable: {other:?}"),
     }
-    assert_eq!(shop.orders_store.head_position().await.unwrap(), head, "nothing appended");
+    assert_eq!(
+        shop.orders_store.head_position().await.unwrap(),
+        head,
+        "nothing appended"
+    );
 
     // Once the copy has the customer, orders go on while the customers service stays down.
     shop.catch_up_the_copy().await;
@@ -531,7 +572,11 @@ async fn the_happy_path_reserves_authorizes_confirms_then_captures_when_shipped(
         .read_stream(&format!("saga-{order}"), 1, 100)
         .await
         .unwrap();
-    assert!(events.iter().all(|e| e.metadata.correlation_id == events[0].metadata.correlation_id));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.metadata.correlation_id == events[0].metadata.correlation_id)
+    );
 
     // A client cannot confirm: the saga does. Over HTTP it is 409 `confirmed_by_saga` (see
     // tests/http.rs); the saga's view says where it is.
@@ -545,7 +590,10 @@ async fn the_happy_path_reserves_authorizes_confirms_then_captures_when_shipped(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let payment = shop.payment(order).await;
-    assert_eq!((payment.status, payment.captured_minor), (PaymentStatus::Captured, 7_400));
+    assert_eq!(
+        (payment.status, payment.captured_minor),
+        (PaymentStatus::Captured, 7_400)
+    );
     shop.assert_at_rest().await;
 }
 
@@ -598,7 +646,10 @@ async fn a_provider_slower_than_the_timeout_ends_in_payment_unavailable_at_the_d
     let saga = shop.settled(order, SETTLE).await;
     assert_eq!(saga.outcome.as_deref(), Some("cancelled"), "{saga:?}");
     let cancelled = shop.order(order).await;
-    assert_eq!(cancelled.cancellation_reason_code.as_deref(), Some("payment_unavailable"));
+    assert_eq!(
+        cancelled.cancellation_reason_code.as_deref(),
+        Some("payment_unavailable")
+    );
     // The void went with the authorize step's payment id: whatever the provider did with the
     // slow authorizations, the payment ends voided (or was never recorded).
     shop.gateway.set(GatewaySettings::default());
@@ -619,9 +670,7 @@ async fn a_provider_slower_than_the_timeout_ends_in_payment_unavailable_at_the_d
         amount_minor: 5_000,
         currency: "EUR".into(),
     };
-    if shop.payment(order).await.status == PaymentStatus::Voided
-        && shop.payment(order).await.authorized_minor == 0
-    {
+    if shop.payment(order).await.status == PaymentStatus::Voided && shop.payment(order).await.authorized_minor == 0 {
         shop.payments
             .payment(&ctx(), sagas::payment_id(order), late)
             .await
@@ -646,7 +695,11 @@ async fn orders_wait_pending_while_payments_is_down_for_30_s_and_complete_when_i
     }
     let deadline = Instant::now() + SETTLE;
     while shop.stock_of(teapot).await != (95, 5) {
-        assert!(Instant::now() < deadline, "stock not reserved: {:?}", shop.stock_of(teapot).await);
+        assert!(
+            Instant::now() < deadline,
+            "stock not reserved: {:?}",
+            shop.stock_of(teapot).await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let breakers = shop.orders().services(&CallContext::new("test", "test")).await;
@@ -695,7 +748,10 @@ async fn a_cancellation_while_the_saga_runs_compensates_whatever_it_had_done() {
         .unwrap();
     let saga = shop.settled(order, SETTLE).await;
     assert_eq!(saga.outcome.as_deref(), Some("cancelled"), "{saga:?}");
-    assert_eq!(shop.order(order).await.cancellation_reason_code.as_deref(), Some("requested"));
+    assert_eq!(
+        shop.order(order).await.cancellation_reason_code.as_deref(),
+        Some("requested")
+    );
 
     // Cancelled once confirmed: the authorization is voided, the stock released.
     let order = shop.placed(ada, &[(teapot, 2)]).await;
@@ -823,7 +879,10 @@ async fn a_parked_saga_is_retried_by_an_operator_and_another_abandoned() {
         .unwrap();
     let saga = shop.settled(abandoned, SETTLE).await;
     assert_eq!(saga.outcome.as_deref(), Some("cancelled"), "{saga:?}");
-    assert_eq!(shop.order(abandoned).await.cancellation_reason_code.as_deref(), Some("abandoned"));
+    assert_eq!(
+        shop.order(abandoned).await.cancellation_reason_code.as_deref(),
+        Some("abandoned")
+    );
     let deadline = Instant::now() + SETTLE;
     while !shop.orders().parked().is_empty() {
         assert!(Instant::now() < deadline, "{:?}", shop.orders().parked());

@@ -29,9 +29,9 @@ use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use write_side::gateway::{GatewaySettings, SimulatedGateway};
 use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, HttpState, ServeConfig, TokenSpec};
 use write_side::orders::replica::{self, LiveReplica};
-use write_side::gateway::{GatewaySettings, SimulatedGateway};
 use write_side::orders::{Directory, Orders, SagaOptions};
 use write_side::{CommandHandler, HandlerOptions, Services};
 
@@ -289,7 +289,11 @@ async fn orders(
     args: &Args,
     handler: CommandHandler,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Orders, write_side::orders::saga::Driver, JoinHandle<Result<(), ProjectionError>>)> {
+) -> anyhow::Result<(
+    Orders,
+    write_side::orders::saga::Driver,
+    JoinHandle<Result<(), ProjectionError>>,
+)> {
     let peer = |name: &str, flag: &str, base: &Option<String>| -> anyhow::Result<ServiceClient> {
         let base = base
             .as_deref()

@@ -99,10 +99,7 @@ impl Command for PlaceWithSaga {
     }
 
     fn locks(&self) -> Vec<String> {
-        vec![
-            self.stream_id(),
-            event_schemas::Category::Saga.stream_id(self.order_id),
-        ]
+        vec![self.stream_id(), event_schemas::Category::Saga.stream_id(self.order_id)]
     }
 
     async fn decide(&self, handler: &CommandHandler, ctx: &CommandContext, trust: bool) -> Result<Step, CommandError> {

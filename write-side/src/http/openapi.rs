@@ -142,7 +142,10 @@ impl Modify for CommonParts {
                 );
                 error(op, "422", "`invalid` field value, or `idempotency_key_reused`");
             }
-            for op in [item.get.as_mut(), item.post.as_mut(), item.put.as_mut()].into_iter().flatten() {
+            for op in [item.get.as_mut(), item.post.as_mut(), item.put.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 header(
                     op,
                     "X-Correlation-Id",

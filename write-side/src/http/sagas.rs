@@ -124,7 +124,10 @@ pub(crate) async fn abandon(
     responses((status = 200, description = "each service the orders service calls", body = ServicesView)),
     security(("bearer" = ["admin"]))
 )]
-pub(crate) async fn services(State(state): State<HttpState>, meta: CommandMeta) -> Result<Json<ServicesView>, ApiError> {
+pub(crate) async fn services(
+    State(state): State<HttpState>,
+    meta: CommandMeta,
+) -> Result<Json<ServicesView>, ApiError> {
     Ok(Json(ServicesView {
         services: state.orders()?.services(&meta.call()).await,
     }))

@@ -36,7 +36,11 @@ pub enum Advanced {
     Idle(Phase),
     /// A call failed for a reason that may pass: try again (the driver's backoff), no later
     /// than `deadline` when there is one.
-    Retry { phase: Phase, deadline: Option<DateTime<Utc>>, error: String },
+    Retry {
+        phase: Phase,
+        deadline: Option<DateTime<Utc>>,
+        error: String,
+    },
 }
 
 /// Why a turn stopped early.
@@ -83,7 +87,10 @@ enum Outcome {
     /// Nothing called: record this.
     Recorded(SagaCommand),
     Done,
-    Refused { reason_code: ReasonCode, reason: String },
+    Refused {
+        reason_code: ReasonCode,
+        reason: String,
+    },
     Retry(String),
     Park(String),
 }
@@ -197,7 +204,9 @@ impl Runner {
                 Outcome::Retry(error) => {
                     self.flush(&ctx, order_id, None, &mut unrecorded).await?;
                     metrics::counter!("orderflow_saga_step_retries_total", "step" => step_label(&next)).increment(1);
-                    let deadline = (saga.failure.is_none() && !saga.confirmed).then_some(saga.deadline).flatten();
+                    let deadline = (saga.failure.is_none() && !saga.confirmed)
+                        .then_some(saga.deadline)
+                        .flatten();
                     return Ok(Advanced::Retry { phase, deadline, error });
                 }
                 Outcome::Park(error) => {
@@ -273,7 +282,11 @@ impl Runner {
         };
         let path = format!("/v1/products/{}/reservations", held.product_id);
         let call = call(saga, &format!("reserve-{line}"));
-        match self.inventory.post_json::<_, serde_json::Value>(&path, &body, &call).await {
+        match self
+            .inventory
+            .post_json::<_, serde_json::Value>(&path, &body, &call)
+            .await
+        {
             Ok(_) => Outcome::Done,
             Err(ClientError::Rejected { status, body, .. })
                 if status == StatusCode::CONFLICT && body.error.code == "insufficient_stock" =>
@@ -298,7 +311,11 @@ impl Runner {
             currency: amount.currency.to_string(),
         };
         let call = call(saga, "authorize");
-        match self.payments.post_json::<_, Authorization>("/v1/payments", &body, &call).await {
+        match self
+            .payments
+            .post_json::<_, Authorization>("/v1/payments", &body, &call)
+            .await
+        {
             Ok(answer) => match answer.payment_status.as_str() {
                 "authorized" => Outcome::Done,
                 "declined" => Outcome::Refused {
@@ -452,5 +469,9 @@ fn step_label(next: &Next) -> &'static str {
 /// A reason the domain accepts: trimmed, non-empty, not too long.
 fn trimmed_reason(reason: &str) -> String {
     let trimmed: String = reason.trim().chars().take(crate::domain::MAX_REASON_CHARS).collect();
-    if trimmed.is_empty() { "cancelled".to_owned() } else { trimmed }
+    if trimmed.is_empty() {
+        "cancelled".to_owned()
+    } else {
+        trimmed
+    }
 }
