@@ -174,10 +174,10 @@ mod tests {
         let mut declined = 0;
         for _ in 0..4_000 {
             let id = Uuid::new_v4();
-            let first = gateway.authorize(id, Uuid::new_v4(), euros(100)).await.unwrap();
-            let again = gateway.authorize(id, Uuid::new_v4(), euros(100)).await.unwrap();
+            let first = gateway.authorize(id, Uuid::new_v4(), euros(100)).await;
+            let again = gateway.authorize(id, Uuid::new_v4(), euros(100)).await;
             assert_eq!(first, again, "the same payment id, the same answer");
-            if matches!(first, Authorization::Declined { .. }) {
+            if matches!(first, Ok(Authorization::Declined { .. })) {
                 declined += 1;
             }
         }

@@ -533,7 +533,7 @@ async fn a_customer_the_copy_has_not_seen_is_asked_of_the_customers_service() {
     // Once the copy has the customer, orders go on while the customers service stays down.
     shop.catch_up_the_copy().await;
     let second = shop.placed(grace, &[(teapot, 1)]).await;
-    assert_eq!(shop.settled(second, SETTLE).await.confirmed, true);
+    assert!(shop.settled(second, SETTLE).await.confirmed);
     assert_eq!(shop.stock_of(teapot).await, (7, 3));
     shop.assert_at_rest().await;
 }
