@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::load::{HttpClient, print_json};
-use crate::scratch::{Adapter, Target, add_products};
+use crate::scratch::{Adapter, Target, add_customers, add_products};
 
 #[derive(Debug, Args)]
 pub struct CommandsBench {
@@ -130,9 +130,8 @@ pub(crate) async fn run(b: CommandsBench) -> anyhow::Result<()> {
 /// One run over the four services' databases `targets` (in [`Service::ALL`] order), then the
 /// orders service's database for its copy of customers and products, as deployed.
 async fn run_once(b: &CommandsBench, clients: usize, targets: &[Target]) -> anyhow::Result<CommandsRun> {
-    use write_side::domain::CustomerCommand;
     use write_side::http::{Auth, HttpConfig};
-    use write_side::{CommandContext, HandlerOptions, Local};
+    use write_side::{HandlerOptions, Local};
 
     let mut stores = Vec::new();
     for (service, target) in Service::ALL.into_iter().zip(targets) {
@@ -145,18 +144,7 @@ async fn run_once(b: &CommandsBench, clients: usize, targets: &[Target]) -> anyh
     .await?;
     let local = Local::new(stores, replica_db, HandlerOptions::default()).await?;
     eprintln!("      seeding {} customers and {} products …", b.customers, b.products);
-    let ctx = CommandContext::default();
-    let mut customers = Vec::with_capacity(b.customers);
-    for i in 0..b.customers {
-        let id = Uuid::now_v7();
-        let c = CustomerCommand::Register {
-            customer_id: id,
-            name: format!("Customer {i}"),
-            email: format!("c{i}@example.com"),
-        };
-        local.handler(Service::Customers).customer(&ctx, id, c).await?;
-        customers.push(id);
-    }
+    let customers = add_customers(local.handler(Service::Customers), b.customers).await?;
     let products = add_products(local.handler(Service::Inventory), b.products).await?;
     let stop = CancellationToken::new();
     let replica = tokio::spawn({

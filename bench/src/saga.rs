@@ -30,15 +30,14 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use write_side::domain::CustomerCommand;
 use write_side::http::{Auth, HttpConfig, HttpState};
 use write_side::orders::replica::{self, LiveReplica};
 use write_side::orders::{Directory, Orders, Peers, SagaOptions};
-use write_side::{CommandContext, CommandHandler, HandlerOptions, Local, LocalOptions, Services};
+use write_side::{CommandHandler, HandlerOptions, Local, LocalOptions, Services};
 
 use crate::commands::{CommandsRun, Load, serve_and_drive, serve_at_rate};
 use crate::load::print_json;
-use crate::scratch::{Adapter, Target, add_products};
+use crate::scratch::{Adapter, Target, add_customers, add_products};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -304,18 +303,7 @@ async fn phase_on(
         }
     };
     eprintln!("      seeding {} customers and {} products …", b.customers, b.products);
-    let ctx = CommandContext::default();
-    let mut customers = Vec::with_capacity(b.customers);
-    for i in 0..b.customers {
-        let id = Uuid::now_v7();
-        let c = CustomerCommand::Register {
-            customer_id: id,
-            name: format!("Customer {i}"),
-            email: format!("c{i}@example.com"),
-        };
-        customers_handler.customer(&ctx, id, c).await?;
-        customers.push(id);
-    }
+    let customers = add_customers(&customers_handler, b.customers).await?;
     let products = add_products(&inventory_handler, b.products).await?;
     // The orders service's copy caught up, as in steady state (a miss costs a call).
     let logs: Vec<projections::ServiceLog> = [Service::Customers, Service::Inventory]

@@ -294,6 +294,23 @@ impl Scratch {
     }
 }
 
+/// `count` customers registered through `handler`.
+pub(crate) async fn add_customers(handler: &CommandHandler, count: usize) -> anyhow::Result<Vec<Uuid>> {
+    let ctx = CommandContext::default();
+    let mut customers = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = Uuid::now_v7();
+        let register = write_side::domain::CustomerCommand::Register {
+            customer_id: id,
+            name: format!("Customer {i}"),
+            email: format!("c{i}@example.com"),
+        };
+        handler.customer(&ctx, id, register).await?;
+        customers.push(id);
+    }
+    Ok(customers)
+}
+
 /// `count` products in EUR whose stock never runs out, added through `handler`: a catalogue
 /// for benchmarks that measure commands, not stock.
 pub(crate) async fn add_products(handler: &CommandHandler, count: usize) -> anyhow::Result<Vec<Uuid>> {
