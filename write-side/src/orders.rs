@@ -388,6 +388,12 @@ impl Orders {
         reason: String,
     ) -> Result<CommandAnswer, OrdersError> {
         let saga = self.require_parked(order_id).await?;
+        if saga.confirmed && saga.failure.is_none() {
+            return Err(DomainError::rejected(format!(
+                "the order {order_id} is confirmed: its saga can only be retried, not abandoned (cancel the order instead)"
+            ))
+            .into());
+        }
         let command = if saga.failure.is_some() {
             SagaCommand::Resume {
                 actor: ctx.metadata.actor.clone(),

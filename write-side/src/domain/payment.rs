@@ -219,6 +219,11 @@ impl Aggregate for Payment {
                 reason,
             } => {
                 let reason = validate::text("reason", &reason, MAX_REASON_CHARS)?;
+                // Voided before the provider answered: the decline releases nothing more.
+                if self.awaits_late_authorization() {
+                    self.check_order(order_id)?;
+                    return Ok(Vec::new());
+                }
                 match self.status {
                     PaymentStatus::NotStarted => {}
                     PaymentStatus::Authorized => self.check_order(order_id)?,
@@ -752,9 +757,14 @@ mod tests {
 
     #[test]
     fn declining_a_voided_payment_is_rejected() {
+        // A decline that comes after a void that came first (the provider answered late)
+        // releases nothing more: it appends nothing.
+        let state = Payment::given(vec![voided(None)])
+            .when(decline(ORDER, "card expired"))
+            .then_nothing();
+        assert_eq!(state.status, PaymentStatus::Voided);
         for history in [
             vec![authorized(100), voided(Some(100))],
-            vec![voided(None)],
             vec![voided(None), authorized(100), voided(Some(100))],
         ] {
             Payment::given(history)

@@ -458,6 +458,12 @@ impl Aggregate for Saga {
                     .ok_or_else(|| DomainError::rejected("the saga has no amount".to_owned()))?,
             })],
             SagaCommand::Confirmed if self.confirmed => Vec::new(),
+            // Another driver failed it meanwhile (its deadline, a cancellation): it compensates.
+            SagaCommand::Confirmed if self.failure.is_some() => {
+                return Err(DomainError::rejected(format!(
+                    "the saga of order {order_id} compensates; it cannot confirm the order"
+                )));
+            }
             SagaCommand::Confirmed => vec![SagaEvent::Confirmed(SagaConfirmed { order_id })],
             SagaCommand::Captured { .. } if self.captured_minor > 0 => Vec::new(),
             SagaCommand::Captured { amount_minor } => vec![SagaEvent::PaymentCaptured(SagaPaymentCaptured {
@@ -504,6 +510,12 @@ impl Aggregate for Saga {
                 if self.outcome.is_some() {
                     return Err(DomainError::rejected(format!(
                         "the saga of order {order_id} is completed"
+                    )));
+                }
+                // Confirmed in time by another driver: its deadline no longer applies.
+                if self.confirmed && matches!(reason_code, ReasonCode::TimedOut | ReasonCode::PaymentUnavailable) {
+                    return Err(DomainError::rejected(format!(
+                        "the order {order_id} was confirmed before its deadline"
                     )));
                 }
                 vec![SagaEvent::Failed(SagaFailed {

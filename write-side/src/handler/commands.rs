@@ -167,6 +167,9 @@ impl Command for SagaRecords {
                 }
                 // Decided on trusted state: check it against the store before leaving it out.
                 Err(_) if trusted => return Ok(Step::Verify),
+                // What the order's command stands on (the saga confirms, or cancels, it) does
+                // not hold: nothing of it is appended.
+                Err(e) if self.order.is_some() => return Ok(Step::Refused(e)),
                 Err(e) => tracing::debug!(order_id = %self.order_id, error = %e, "a saga record is refused; left out"),
             }
         }

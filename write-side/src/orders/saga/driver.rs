@@ -257,7 +257,7 @@ impl Driver {
                 }
                 Some(done) = turns.join_next(), if !turns.is_empty() => {
                     let (id, outcome) = done.map_err(|e| event_store::StoreError::Corrupt(format!("a saga turn panicked: {e}")))?;
-                    self.finished(&mut state, id, outcome);
+                    self.finished(&mut state, id, outcome, tail.max(1));
                 }
                 _ = checkpoint.tick() => {
                     let low = state.low_water(tail);
@@ -279,12 +279,30 @@ impl Driver {
             return;
         };
         match (category, event.event_type.as_str()) {
+            // Completed, unless a turn of it runs now: that turn says what is left.
             (Category::Saga, "saga.completed") => {
-                state.open.remove(&order_id);
-                self.set_phase(order_id, None);
+                if !state.running.contains(&order_id) {
+                    state.open.remove(&order_id);
+                    self.set_phase(order_id, None);
+                }
                 return;
             }
-            // A saga's own records: the turn that wrote them went on as far as it could (a
+            // A forward effect recorded where no turn of this driver has the saga: it may have
+            // landed after the saga completed (another driver compensated meanwhile), which
+            // reopens it, and only a turn can tell. Read again after a restart, it is still
+            // seen.
+            (Category::Saga, "saga.stock_reserved" | "saga.payment_authorized" | "saga.payment_captured")
+                if !state.open.contains_key(&order_id) =>
+            {
+                state.open.insert(
+                    order_id,
+                    Open {
+                        since: event.position,
+                        failures: 0,
+                    },
+                );
+            }
+            // A saga's other records: the turn that wrote them went on as far as it could (a
             // driver's turn ends only where nothing is left to do now, or with a timer), so
             // they give no work. Records an operator wrote (resume, abandon) do.
             (Category::Saga, _) if event.metadata.actor == runner::ACTOR && event.event_type != "saga.started" => {
@@ -304,7 +322,7 @@ impl Driver {
     }
 
     /// A turn ended: keep the saga open with a timer, or let it wait.
-    fn finished(&self, state: &mut State, id: Uuid, outcome: Result<Advanced, super::runner::RunError>) {
+    fn finished(&self, state: &mut State, id: Uuid, outcome: Result<Advanced, super::runner::RunError>, tail: Position) {
         state.running.remove(&id);
         let again = state.again.remove(&id);
         match outcome {
@@ -327,6 +345,8 @@ impl Driver {
             }
             Ok(Advanced::Retry { phase, deadline, error }) => {
                 self.set_phase(id, Some(phase));
+                // Kept open (and the checkpoint before it) whatever the log said meanwhile.
+                state.open.entry(id).or_insert(Open { since: tail, failures: 0 });
                 let failures = state.open.get(&id).map_or(0, |o| o.failures) + 1;
                 if let Some(open) = state.open.get_mut(&id) {
                     open.failures = failures;
@@ -341,6 +361,7 @@ impl Driver {
                 state.later(id, at);
             }
             Err(e) => {
+                state.open.entry(id).or_insert(Open { since: tail, failures: 0 });
                 let failures = state.open.get(&id).map_or(0, |o| o.failures) + 1;
                 if let Some(open) = state.open.get_mut(&id) {
                     open.failures = failures;

@@ -230,6 +230,8 @@ impl Runner {
                     // turn resumed after a crash must not go forward again.
                     if failing {
                         self.flush(&ctx, order_id, None, &mut unrecorded).await?;
+                        // The store may hold another driver's failure, or a confirmation.
+                        saga = self.reload(order_id).await?;
                     }
                 }
                 Err(e) => {
@@ -345,8 +347,8 @@ impl Runner {
 
     async fn void(&self, saga: &Saga) -> Outcome {
         let path = format!("/v1/payments/{}/void", saga.payment_id);
-        let reason = saga.failure.as_ref().map_or("cancelled", |f| f.reason_code.as_str());
-        let body = serde_json::json!({ "order_id": saga.order_id, "reason": format!("order cancelled: {reason}") });
+        // The same body from every driver and every turn: it goes with the step's one key.
+        let body = serde_json::json!({ "order_id": saga.order_id, "reason": "order cancelled by its saga" });
         self.payments_call(&path, &body, &call(saga, "void")).await
     }
 
