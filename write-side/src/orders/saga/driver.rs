@@ -322,7 +322,13 @@ impl Driver {
     }
 
     /// A turn ended: keep the saga open with a timer, or let it wait.
-    fn finished(&self, state: &mut State, id: Uuid, outcome: Result<Advanced, super::runner::RunError>, tail: Position) {
+    fn finished(
+        &self,
+        state: &mut State,
+        id: Uuid,
+        outcome: Result<Advanced, super::runner::RunError>,
+        tail: Position,
+    ) {
         state.running.remove(&id);
         let again = state.again.remove(&id);
         match outcome {
@@ -346,7 +352,10 @@ impl Driver {
             Ok(Advanced::Retry { phase, deadline, error }) => {
                 self.set_phase(id, Some(phase));
                 // Kept open (and the checkpoint before it) whatever the log said meanwhile.
-                state.open.entry(id).or_insert(Open { since: tail, failures: 0 });
+                state.open.entry(id).or_insert(Open {
+                    since: tail,
+                    failures: 0,
+                });
                 let failures = state.open.get(&id).map_or(0, |o| o.failures) + 1;
                 if let Some(open) = state.open.get_mut(&id) {
                     open.failures = failures;
@@ -361,7 +370,10 @@ impl Driver {
                 state.later(id, at);
             }
             Err(e) => {
-                state.open.entry(id).or_insert(Open { since: tail, failures: 0 });
+                state.open.entry(id).or_insert(Open {
+                    since: tail,
+                    failures: 0,
+                });
                 let failures = state.open.get(&id).map_or(0, |o| o.failures) + 1;
                 if let Some(open) = state.open.get_mut(&id) {
                     open.failures = failures;
