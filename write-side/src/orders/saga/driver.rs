@@ -1,10 +1,13 @@
 //! The driver: which sagas to advance, and when (ADR 0010).
 //!
 //! It tails the orders service's own log from its checkpoint (`saga-driver` in the store's
-//! checkpoints): `saga.started` opens a saga, `saga.completed` closes it, and `order.shipped` or
-//! `order.cancelled` gives a waiting one work again. Every event of a saga's or its order's
-//! streams is a reason to look at the saga again; the request that places an order hands its
-//! saga over at once ([`SagaHandle::started`]), without waiting for the tail.
+//! checkpoints): `saga.started` opens a saga, `saga.completed` closes it (unless a turn of it
+//! runs), and `order.shipped`, `order.cancelled` or an operator's record (resume, abandon) gives
+//! a waiting one work again. The saga's own records give none (the turn that wrote them went as
+//! far as it could), except a forward effect (a reservation, an authorization, a capture)
+//! recorded where no turn holds the saga: it may have landed after another driver completed
+//! the saga, which reopens it. The request that places an order hands its saga over at once
+//! ([`SagaHandle::started`]), without waiting for the tail.
 //!
 //! The checkpoint is the position before the first event of the oldest saga that still has
 //! work to do (or the tail's position when none has): a restart reads the log from there and
