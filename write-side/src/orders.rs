@@ -352,6 +352,12 @@ impl Orders {
 
     /// The saga of order `order_id`.
     pub async fn saga(&self, order_id: Uuid) -> Result<SagaView, OrdersError> {
+        let loaded = self.existing_saga(order_id).await?;
+        Ok(saga_view(&loaded.state, loaded.version))
+    }
+
+    /// The saga of order `order_id`, or `NotFound`.
+    async fn existing_saga(&self, order_id: Uuid) -> Result<crate::Loaded<Saga>, OrdersError> {
         let loaded = self.handler.load::<Saga>(order_id, None).await?;
         if loaded.version == 0 {
             return Err(DomainError::NotFound {
@@ -360,7 +366,7 @@ impl Orders {
             }
             .into());
         }
-        Ok(saga_view(&loaded.state, loaded.version))
+        Ok(loaded)
     }
 
     /// The parked sagas this process's driver knows of.
@@ -412,14 +418,7 @@ impl Orders {
     }
 
     async fn require_parked(&self, order_id: Uuid) -> Result<Saga, OrdersError> {
-        let loaded = self.handler.load::<Saga>(order_id, None).await?;
-        if loaded.version == 0 {
-            return Err(DomainError::NotFound {
-                what: "saga",
-                id: order_id,
-            }
-            .into());
-        }
+        let loaded = self.existing_saga(order_id).await?;
         if loaded.state.parked.is_none() {
             return Err(DomainError::rejected(format!(
                 "the saga of order {order_id} is {}, not parked",

@@ -344,6 +344,18 @@ impl Shop {
         }
     }
 
+    /// Waits until `order`'s saga is completed (captured or cancelled).
+    async fn completed(&self, order: Uuid) {
+        eventually(async || {
+            let saga = self.saga(order).await;
+            saga.outcome
+                .is_some()
+                .then_some(())
+                .ok_or(format!("not completed: {saga:?}"))
+        })
+        .await;
+    }
+
     async fn ship(&self, order: Uuid) {
         let ship = OrderCommand::Ship {
             order_id: order,
@@ -472,6 +484,19 @@ impl Shop {
 }
 
 const SETTLE: Duration = Duration::from_secs(20);
+
+/// Asks `check` every 20 ms until it answers `Ok`; fails with its last answer after [`SETTLE`].
+async fn eventually(check: impl AsyncFn() -> Result<(), String>) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let answer = check().await;
+        match answer {
+            Ok(()) => return,
+            Err(last) => assert!(Instant::now() < deadline, "not within {SETTLE:?}: {last}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 const LONG: Duration = Duration::from_secs(600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,11 +609,7 @@ async fn the_happy_path_reserves_authorizes_confirms_then_captures_when_shipped(
     assert_eq!(view.phase, "awaiting_shipment");
 
     shop.ship(order).await;
-    let deadline = Instant::now() + SETTLE;
-    while shop.saga(order).await.outcome.is_none() {
-        assert!(Instant::now() < deadline, "not captured: {:?}", shop.saga(order).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shop.completed(order).await;
     let payment = shop.payment(order).await;
     assert_eq!(
         (payment.status, payment.captured_minor),
@@ -653,15 +674,13 @@ async fn a_provider_slower_than_the_timeout_ends_in_payment_unavailable_at_the_d
     // The void went with the authorize step's payment id: whatever the provider did with the
     // slow authorizations, the payment ends voided (or was never recorded).
     shop.gateway.set(GatewaySettings::default());
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    eventually(async || {
         let status = shop.payment(order).await.status;
-        if matches!(status, PaymentStatus::Voided | PaymentStatus::NotStarted) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "payment left {status:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        matches!(status, PaymentStatus::Voided | PaymentStatus::NotStarted)
+            .then_some(())
+            .ok_or(format!("payment left {status:?}"))
+    })
+    .await;
     assert_eq!(shop.stock_of(teapot).await, (10, 0));
     // A late authorization (the provider answered after all) is voided as soon as it comes.
     let late = PaymentCommand::Authorize {
@@ -693,15 +712,13 @@ async fn orders_wait_pending_while_payments_is_down_for_30_s_and_complete_when_i
     for _ in 0..5 {
         orders.push(shop.placed(ada, &[(teapot, 1)]).await);
     }
-    let deadline = Instant::now() + SETTLE;
-    while shop.stock_of(teapot).await != (95, 5) {
-        assert!(
-            Instant::now() < deadline,
-            "stock not reserved: {:?}",
-            shop.stock_of(teapot).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(async || {
+        let stock = shop.stock_of(teapot).await;
+        (stock == (95, 5))
+            .then_some(())
+            .ok_or(format!("stock not reserved: {stock:?}"))
+    })
+    .await;
     let breakers = shop.orders().services(&CallContext::new("test", "test")).await;
     let payments = breakers.iter().find(|s| s.service == "payments").unwrap();
     assert!(!payments.healthy, "{breakers:?}");
@@ -765,11 +782,7 @@ async fn a_cancellation_while_the_saga_runs_compensates_whatever_it_had_done() {
         .cancel(&ctx(), &CallContext::new("test", "test"), cancel)
         .await
         .unwrap();
-    let deadline = Instant::now() + SETTLE;
-    while shop.saga(order).await.outcome.is_none() {
-        assert!(Instant::now() < deadline, "{:?}", shop.saga(order).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shop.completed(order).await;
     assert_eq!(shop.payment(order).await.status, PaymentStatus::Voided);
     assert_eq!(shop.stock_of(teapot).await, (10, 0));
     shop.assert_at_rest().await;
@@ -840,11 +853,11 @@ async fn a_parked_saga_is_retried_by_an_operator_and_another_abandoned() {
         assert_eq!(parked.step, "reserve 0");
         assert_eq!(shop.order(order).await.status, OrderStatus::Pending);
     }
-    let deadline = Instant::now() + SETTLE;
-    while shop.orders().parked().len() < 2 {
-        assert!(Instant::now() < deadline, "{:?}", shop.orders().parked());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(async || {
+        let parked = shop.orders().parked();
+        (parked.len() >= 2).then_some(()).ok_or(format!("{parked:?}"))
+    })
+    .await;
     let mut parked = vec![retried, abandoned];
     parked.sort();
     assert_eq!(shop.orders().parked(), parked);
@@ -865,11 +878,11 @@ async fn a_parked_saga_is_retried_by_an_operator_and_another_abandoned() {
     shop.inventory.product(&ctx(), teapot, clear).await.unwrap();
     shop.stock.insert(teapot, 10);
     shop.orders().retry_saga(&ctx(), retried).await.unwrap();
-    let deadline = Instant::now() + SETTLE;
-    while !shop.saga(retried).await.confirmed {
-        assert!(Instant::now() < deadline, "{:?}", shop.saga(retried).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(async || {
+        let saga = shop.saga(retried).await;
+        saga.confirmed.then_some(()).ok_or(format!("{saga:?}"))
+    })
+    .await;
 
     // The other is abandoned: it compensates (releasing what inventory holds for the order,
     // the stray hold included) and cancels the order `abandoned`.
@@ -883,11 +896,11 @@ async fn a_parked_saga_is_retried_by_an_operator_and_another_abandoned() {
         shop.order(abandoned).await.cancellation_reason_code.as_deref(),
         Some("abandoned")
     );
-    let deadline = Instant::now() + SETTLE;
-    while !shop.orders().parked().is_empty() {
-        assert!(Instant::now() < deadline, "{:?}", shop.orders().parked());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(async || {
+        let parked = shop.orders().parked();
+        parked.is_empty().then_some(()).ok_or(format!("{parked:?}"))
+    })
+    .await;
     shop.assert_at_rest().await;
 }
 
@@ -957,11 +970,13 @@ async fn two_drivers_side_by_side_record_every_step_once_and_a_reread_changes_no
         turn.unwrap();
     });
     // The re-reading driver is past every event before the heads are compared.
-    let deadline = Instant::now() + SETTLE;
-    while shop.orders_store.load_checkpoint(sagas::CHECKPOINT).await.unwrap() < heads[0] {
-        assert!(Instant::now() < deadline, "the driver did not read the log again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(async || {
+        let checkpoint = shop.orders_store.load_checkpoint(sagas::CHECKPOINT).await.unwrap();
+        (checkpoint >= heads[0])
+            .then_some(())
+            .ok_or("the driver did not read the log again".to_owned())
+    })
+    .await;
     again.stop().await;
     assert_eq!(
         [
