@@ -16,6 +16,8 @@
 //!   ([`http::ApiError`], `{"error": {"code", "message", "details"}}`), one middleware
 //!   ([`http::edge`]: correlation and request ids, span, timeout, panic → 500, metrics per
 //!   route), the operations handlers, and [`http::serve_on`] (graceful drain with a deadline).
+//! - [`auth`]: bearer tokens stored as SHA-256 hashes, with scopes (`read`, `commands`,
+//!   `admin`, `service`), as an axum middleware.
 //! - [`client`]: calls between services ([`client::ServiceClient`], one per target): JSON over
 //!   HTTP or in-process to the target's router, with the caller's correlation and causation
 //!   ids, a bearer token, retries of what is safe to repeat, a circuit breaker per target, and
@@ -27,6 +29,7 @@
 //! Nothing here knows the order domain: it depends on `event-store` to open and copy a store,
 //! and on `event-schemas` for which service owns which streams.
 
+pub mod auth;
 pub mod archive;
 pub mod cli;
 pub mod client;

@@ -51,7 +51,8 @@
 //!   answer as the service kit's [`ApiError`] (whose doc has the table of codes).
 //! - `extract`: extractors for JSON bodies, queries, path ids and command headers that answer
 //!   [`ApiError`] (bad input is 4xx and never reaches the store).
-//! - `auth`: bearer tokens stored as SHA-256 hashes, scopes `commands`, `admin` and `service`.
+//! - authentication is the service kit's (`service_kit::auth`): bearer tokens stored as SHA-256
+//!   hashes; scopes `read` (every `GET`), `commands`, `admin` and `service`.
 //! - `ops`: `/health`, `/ready`, `/metrics`, `/openapi.json`. The edge middleware (correlation
 //!   and request ids, span, timeout, metrics) is the service kit's.
 //! - `openapi`: the OpenAPI document of the hosted services.
@@ -60,7 +61,6 @@
 //! nothing (docs/design.md invariant 9); the handler's own refusals append nothing either.
 
 mod answer;
-mod auth;
 mod customers;
 mod error;
 mod extract;
@@ -86,7 +86,8 @@ use service_kit::http::Edge;
 use tokio::net::TcpListener;
 
 pub use answer::CommandAnswerBody;
-pub use auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
+pub use service_kit::auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
+use service_kit::auth;
 pub use customers::{ChangeCustomerEmail, CustomerStateView, RegisterCustomer, RenameCustomer};
 pub use extract::EmptyBody;
 pub use inventory::HeldView;

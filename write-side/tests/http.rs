@@ -1280,6 +1280,7 @@ async fn bearer_tokens_and_scopes() {
 }
 
 const SERVICE: &str = "service-secret-0123456789";
+const READER: &str = "reader-secret-0123456789";
 
 /// A request with `token`, `body` as JSON (none for a GET).
 fn authorized(method: &str, path: &str, token: &str, body: Option<Value>) -> Request<Body> {
@@ -1295,13 +1296,15 @@ fn authorized(method: &str, path: &str, token: &str, body: Option<Value>) -> Req
 
 /// What one service asks of another (reservations, payment mutations) needs `service`; the
 /// sagas' operations and the payment provider's settings need `admin`. A client's token
-/// (`commands`) gets 403 on both and changes nothing; the scopes are independent.
+/// (`commands`) gets 403 on both and changes nothing; the scopes are independent, but that
+/// `read` may GET every route.
 #[tokio::test]
 async fn the_service_and_admin_scopes() {
     let tokens = [
         TokenSpec::from_secret("writer", [Scope::Commands], WRITER),
         TokenSpec::from_secret("auditor", [Scope::Admin], AUDITOR),
         TokenSpec::from_secret("orders-service", [Scope::Service], SERVICE),
+        TokenSpec::from_secret("console", [Scope::Read], READER),
     ];
     let app = App::with(pg_store().await, HttpConfig::new(Auth::tokens(tokens))).await;
     let send = |method: &'static str, path: String, token: &'static str, body: Option<Value>| {
@@ -1386,6 +1389,39 @@ async fn the_service_and_admin_scopes() {
             }
         }
     }
+    // `read` may GET every one of those routes (the operations console's token), and nothing
+    // else: every other method answers 403 naming the scope it needs.
+    for (routes, needed) in [(&service_routes, "service"), (&admin_routes, "admin")] {
+        for (method, path, body) in routes {
+            let reply = send(method, path.clone(), READER, body.clone()).await;
+            if *method == "GET" {
+                assert!(
+                    reply.status != StatusCode::UNAUTHORIZED && reply.status != StatusCode::FORBIDDEN,
+                    "GET {path} with `read`: {} {}",
+                    reply.status,
+                    reply.text
+                );
+            } else {
+                let details = reply.expect_error(StatusCode::FORBIDDEN, "forbidden");
+                assert_eq!(details["required_scope"], needed, "{method} {path}");
+            }
+        }
+    }
+    for path in ["/v1/log?service=inventory".to_owned(), format!("/v1/products/{product}")] {
+        send("GET", path, READER, None).await.expect(StatusCode::OK);
+    }
+    let reply = send(
+        "POST",
+        "/v1/customers".to_owned(),
+        READER,
+        Some(json!({"name": "Ada", "email": "ada@example.com"})),
+    )
+    .await;
+    assert_eq!(
+        reply.expect_error(StatusCode::FORBIDDEN, "forbidden")["required_scope"],
+        "commands"
+    );
+
     // A service's token is no client's: it cannot send the clients' commands.
     let reply = send(
         "POST",

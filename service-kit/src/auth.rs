@@ -1,4 +1,5 @@
-//! Bearer-token authentication with three scopes.
+//! Bearer-token authentication with four scopes, for every HTTP service that needs it (the
+//! write services, the projections worker's rebuild endpoint).
 //!
 //! Tokens come from configuration as `name:scope+scope:sha256hex` ([`TokenSpec`]): the service
 //! never holds a token itself, only the SHA-256 of it, so a leaked configuration does not leak
@@ -8,7 +9,10 @@
 //! of them. Tokens are never logged; the token's *name* becomes the request's principal (the
 //! `actor` of every event the request appends).
 //!
-//! Scopes ([`Scope`]) are independent: `commands` for the clients' command routes and the
+//! Scopes ([`Scope`]) are independent, but for one rule: `read` may `GET` (and `HEAD`) every
+//! guarded route, whatever scope the route's other methods need, so that the operations console
+//! and a dashboard's viewers browse everything with a token that can change nothing. Otherwise:
+//! `commands` for the clients' command routes and the
 //! stream and order-state reads; `admin` for the global log (`/v1/log`), the sagas' operations
 //! and the simulated payment provider's settings; `service` for what one service asks of
 //! another (reserving and releasing stock, authorizing, capturing, voiding and refunding
@@ -29,11 +33,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use service_kit::http::ApiError;
+use crate::http::ApiError;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
+    /// Read: `GET` any guarded route; nothing else.
+    Read,
     /// Send commands, read streams and order state.
     Commands,
     /// Read the global log; operate sagas and the simulated payment provider.
@@ -47,6 +53,7 @@ impl Scope {
     /// The name used in configuration and in 403 answers.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Scope::Read => "read",
             Scope::Commands => "commands",
             Scope::Admin => "admin",
             Scope::Service => "service",
@@ -55,6 +62,7 @@ impl Scope {
 
     fn parse(name: &str) -> Option<Self> {
         match name {
+            "read" => Some(Scope::Read),
             "commands" => Some(Scope::Commands),
             "admin" => Some(Scope::Admin),
             "service" => Some(Scope::Service),
@@ -131,7 +139,7 @@ impl FromStr for TokenSpec {
     type Err = InvalidTokenSpec;
 
     /// `name:scope+scope:sha256hex`: a name of ASCII letters, digits, `-`, `_` or `.`; one or
-    /// more of `commands`, `admin` and `service` joined with `+`; the hex SHA-256 of the secret (64 digits,
+    /// more of `read`, `commands`, `admin` and `service` joined with `+`; the hex SHA-256 of the secret (64 digits,
     /// any case). Surrounding whitespace is ignored.
     fn from_str(line: &str) -> Result<Self, Self::Err> {
         let mut parts = line.trim().split(':');
@@ -224,14 +232,14 @@ impl Principal {
 
 /// The middleware's state: the configuration and the scope of the routes it guards.
 #[derive(Debug, Clone)]
-pub(crate) struct Guard {
-    pub(crate) auth: Auth,
-    pub(crate) scope: Scope,
+pub struct Guard {
+    pub auth: Auth,
+    pub scope: Scope,
 }
 
-/// Middleware: 401 without a known bearer token, 403 without the scope; otherwise records the
-/// [`Principal`] and runs the route.
-pub(crate) async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
+/// Middleware: 401 without a known bearer token, 403 without the scope (a `read` token passes
+/// on `GET` and `HEAD`); otherwise records the [`Principal`] and runs the route.
+pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
     let principal = match &guard.auth {
         Auth::Disabled => Principal::ANONYMOUS.to_owned(),
         Auth::Tokens(tokens) => {
@@ -243,7 +251,10 @@ pub(crate) async fn require(State(guard): State<Guard>, mut req: Request, next: 
                 tracing::info!("request with an unknown bearer token");
                 return ApiError::unauthorized(true).into_response();
             };
-            if !spec.scopes.contains(&guard.scope) {
+            let reading = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+            let allowed =
+                spec.scopes.contains(&guard.scope) || (reading && spec.scopes.contains(&Scope::Read));
+            if !allowed {
                 tracing::info!(principal = %spec.name, scope = %guard.scope, "token lacks the route's scope");
                 return ApiError::forbidden(guard.scope.as_str()).into_response();
             }
