@@ -60,7 +60,8 @@
 //! order's payments' versions valid then and its saga's version valid then (a position is one
 //! of the orders log, which also holds the sagas; the customers' and payments' logs are taken
 //! as of its commit time). Lists filter by status, customer, placement time and cancellation
-//! reason code ([`OrderFilter`]).
+//! reason code ([`OrderFilter`]). [`list_customers`] pages through the customers' summaries by
+//! name then id ([`CustomerCursor`]), current rows only.
 //!
 //! # Upgrading
 //!
@@ -84,9 +85,9 @@ use event_schemas::DomainEvent;
 use sqlx::AssertSqlSafe;
 
 pub use query::{
-    AsOf, CurrencyTotal, Cursor, CustomerSummary, Direction, LastOrder, MAX_PAGE_LIMIT, OrderFilter, OrderRow,
-    OrderStatus, Page, PaymentStatus, QueryError, SagaState, Sort, SortKey, UnknownStatus, customer_summary, get_order,
-    get_order_as_of, list_orders, list_orders_as_of,
+    AsOf, CurrencyTotal, Cursor, CustomerCursor, CustomerPage, CustomerSummary, Direction, LastOrder, MAX_PAGE_LIMIT,
+    OrderFilter, OrderRow, OrderStatus, Page, PaymentStatus, QueryError, SagaState, Sort, SortKey, UnknownStatus,
+    customer_summary, get_order, get_order_as_of, list_customers, list_orders, list_orders_as_of,
 };
 
 pub use bulk::DEFAULT_MEMORY_ROWS;

@@ -5,11 +5,12 @@ mod schema;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use projections::dashboard::{
-    self, Cursor, CustomerSummary, Direction, OrderFilter, OrderRow, OrderStatus, Page, Sort, SortKey,
+    self, Cursor, CustomerCursor, CustomerPage, CustomerSummary, Direction, OrderFilter, OrderRow, OrderStatus, Page,
+    Sort, SortKey,
 };
 use uuid::Uuid;
 
-use self::schema::{DashboardOrder, DashboardOrderPage};
+use self::schema::{DashboardCustomerPage, DashboardOrder, DashboardOrderPage};
 use crate::consistency::read;
 use crate::params::Params;
 use crate::{ApiError, ReadState};
@@ -17,6 +18,8 @@ use crate::{ApiError, ReadState};
 /// Default and largest page sizes.
 const DEFAULT_LIMIT: u64 = 50;
 const MAX_LIMIT: u64 = 500;
+/// The largest page of customers (the default is the orders list's).
+const MAX_CUSTOMER_LIMIT: u64 = dashboard::MAX_PAGE_LIMIT as u64;
 
 const SORTS: &[(&str, Sort)] = &[
     (
@@ -164,6 +167,34 @@ pub(crate) async fn one(
     })
     .await?;
     row.map(Json).ok_or_else(|| ApiError::not_found("order", id))
+}
+
+/// A page of the customers, each with what `/v1/dashboard/customers/{id}` answers for it (name,
+/// email, order count, lifetime value per currency, last order), sorted by name (byte-wise: case
+/// as stored, `B` before `a`) then customer id. Keyset pagination with `after` (the previous
+/// page's `next_after`) and `limit` (1..=1000, 50); `min_position` for read-your-writes.
+#[utoipa::path(get, path = "/v1/dashboard/customers", tag = "dashboard",
+    params(
+        ("after" = Option<String>, Query, description = "next_after of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1..=1000, default 50"),
+        ("min_position" = Option<String>, Query, description = "a consistency token (orders:12): wait until it is applied"),
+    ),
+    responses((status = 200, description = "a page of customers, by name then id", body = DashboardCustomerPage),
+              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody),
+              (status = 503, description = "not caught up, or unavailable", body = service_kit::http::ErrorBody)))]
+pub(crate) async fn customers(
+    State(state): State<ReadState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<CustomerPage>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["after", "limit", "min_position"])?;
+    let after = params.text("after").map(CustomerCursor::decode).transpose()?;
+    let limit = params.integer("limit", 1, MAX_CUSTOMER_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as u32;
+    let page = read(&state, dashboard::NAME, params.min_position()?, |version| {
+        let (state, after) = (&state, &after);
+        async move { Ok(dashboard::list_customers(state.db(), version, after.as_ref(), limit).await?) }
+    })
+    .await?;
+    Ok(Json(page))
 }
 
 /// A customer's name, email, order count, lifetime value per currency and last order.

@@ -9,7 +9,8 @@
 //!   [`query_routes`] is the `/v1/...` part alone, to merge into another service's router.
 //! - `dashboard`: `/v1/dashboard/orders` (filters, among them the cancellation's `reason_code`,
 //!   sort, keyset pagination, `as_of`), one order (with its payment, its saga's state and its
-//!   cancellation's reason code), one customer's summary, from the `order_dashboard` projection.
+//!   cancellation's reason code), one customer's summary, `/v1/dashboard/customers` (every
+//!   customer's summary by name, keyset pagination), from the `order_dashboard` projection.
 //! - `analytics`: revenue (confirmed, paid orders net of refunds), top products, the order
 //!   funnel (with pending orders and cancellations per reason code), delivery durations, from
 //!   `sales_analytics`.
@@ -124,6 +125,7 @@ fn v1_routes() -> Router<ReadState> {
     Router::new()
         .route("/v1/dashboard/orders", get(dashboard::list))
         .route("/v1/dashboard/orders/{id}", get(dashboard::one))
+        .route("/v1/dashboard/customers", get(dashboard::customers))
         .route("/v1/dashboard/customers/{id}", get(dashboard::customer))
         .route("/v1/analytics/revenue", get(analytics::revenue))
         .route("/v1/analytics/top-products", get(analytics::top_products))

@@ -64,6 +64,7 @@ pub(crate) async fn metrics(State(state): State<ReadState>) -> Response {
     paths(
         crate::dashboard::list,
         crate::dashboard::one,
+        crate::dashboard::customers,
         crate::dashboard::customer,
         crate::analytics::revenue,
         crate::analytics::top_products,

@@ -1,7 +1,7 @@
 //! The dashboard's reads, for the read API: order lists with keyset pagination, one order, a
 //! customer's summary, and the same "as of" a past position or time, answered from the history
-//! tables. SELECT only; every value is a bound parameter, only the generated table prefix is
-//! spliced in.
+//! tables; the list of customers, keyset-paginated by name. SELECT only; every value is a bound
+//! parameter, only the generated table prefix (and fixed SQL text) is spliced in.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::table_prefix;
 use super::write::{parse_payment_status, parse_saga_state, parse_status, parse_uuid};
-use crate::{ProjectionError, ReadDb, from_i64, from_micros, micros, to_i64};
+use crate::{DbKind, ProjectionError, ReadDb, from_i64, from_micros, micros, to_i64};
 
 /// The largest page [`list_orders`] answers.
 pub const MAX_PAGE_LIMIT: u32 = 1_000;
@@ -839,10 +839,7 @@ pub async fn customer_summary(
 ) -> Result<Option<CustomerSummary>, QueryError> {
     let prefix = table_prefix(version);
     let id = customer_id.to_string();
-    let sql = format!(
-        "SELECT name, email, stream_version, order_count, last_order_id, last_order_at_us
-           FROM {prefix}customers WHERE customer_id = $1"
-    );
+    let sql = format!("SELECT {CUSTOMER_SELECT} FROM {prefix}customers c WHERE c.customer_id = $1");
     let Some(row) = sqlx::query(AssertSqlSafe(sql))
         .bind(id.clone())
         .fetch_optional(db.pool())
@@ -850,37 +847,174 @@ pub async fn customer_summary(
     else {
         return Ok(None);
     };
-    let last_order = match (row.try_get::<Option<String>, _>(4)?, row.try_get::<Option<i64>, _>(5)?) {
+    let mut summary = customer_from_row(&row)?;
+    let sql = format!(
+        "SELECT currency, order_count, lifetime_value_minor FROM {prefix}customer_totals
+          WHERE customer_id = $1 ORDER BY currency"
+    );
+    summary.lifetime_value = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|row| currency_total_from_row(row, 0))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(summary))
+}
+
+/// The customer columns in the order [`customer_from_row`] reads them, from the table `c`.
+const CUSTOMER_SELECT: &str =
+    "c.customer_id, c.name, c.email, c.stream_version, c.order_count, c.last_order_id, c.last_order_at_us";
+
+/// A customer's summary from [`CUSTOMER_SELECT`]'s columns, without its lifetime value (the
+/// caller reads `customer_totals`).
+fn customer_from_row(row: &AnyRow) -> Result<CustomerSummary, QueryError> {
+    let last_order = match (row.try_get::<Option<String>, _>(5)?, row.try_get::<Option<i64>, _>(6)?) {
         (Some(order_id), Some(at)) => Some(LastOrder {
             order_id: parse_uuid(&order_id)?,
             placed_at: time(at)?,
         }),
         _ => None,
     };
-    let sql = format!(
-        "SELECT currency, order_count, lifetime_value_minor FROM {prefix}customer_totals
-          WHERE customer_id = $1 ORDER BY currency"
-    );
-    let lifetime_value = sqlx::query(AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(CurrencyTotal {
-                currency: row.try_get(0)?,
-                order_count: from_i64(row.try_get(1)?),
-                lifetime_value_minor: row.try_get(2)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Some(CustomerSummary {
-        customer_id,
-        name: row.try_get(0)?,
-        email: row.try_get(1)?,
-        stream_version: from_i64(row.try_get(2)?),
-        order_count: from_i64(row.try_get(3)?),
-        lifetime_value,
+    Ok(CustomerSummary {
+        customer_id: parse_uuid(&row.try_get::<String, _>(0)?)?,
+        name: row.try_get(1)?,
+        email: row.try_get(2)?,
+        stream_version: from_i64(row.try_get(3)?),
+        order_count: from_i64(row.try_get(4)?),
+        lifetime_value: Vec::new(),
         last_order,
-    }))
+    })
+}
+
+/// One `customer_totals` row: its currency, order count and lifetime value from column `first`.
+fn currency_total_from_row(row: &AnyRow, first: usize) -> Result<CurrencyTotal, sqlx::Error> {
+    Ok(CurrencyTotal {
+        currency: row.try_get(first)?,
+        order_count: from_i64(row.try_get(first + 1)?),
+        lifetime_value_minor: row.try_get(first + 2)?,
+    })
+}
+
+/// Where the next page of [`list_customers`] starts: after the customer with this name and id.
+/// Opaque to clients: [`CustomerCursor::encode`] gives a URL-safe string (the read API's
+/// `next_after`) that [`CustomerCursor::decode`] reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CustomerCursor {
+    pub name: String,
+    pub customer_id: Uuid,
+}
+
+impl CustomerCursor {
+    /// Hex of `n:{customer id}:{name}` (the name last: it may hold any character).
+    pub fn encode(&self) -> String {
+        let plain = format!("n:{}:{}", self.customer_id.simple(), self.name);
+        plain.bytes().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// Reads a cursor made by [`encode`](Self::encode); anything else is
+    /// [`QueryError::Invalid`] naming `after`.
+    pub fn decode(text: &str) -> Result<Self, QueryError> {
+        let invalid = || QueryError::Invalid {
+            parameter: "after",
+            message: "not a cursor from this API (give the next_after of the previous page)".to_owned(),
+        };
+        if text.is_empty() || !text.len().is_multiple_of(2) {
+            return Err(invalid());
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(invalid)?;
+        let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = plain.splitn(3, ':');
+        let (Some("n"), Some(customer_id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid());
+        };
+        Ok(CustomerCursor {
+            name: name.to_owned(),
+            customer_id: Uuid::try_parse(customer_id).map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// One page of [`list_customers`], and the cursor of the next one (`None`: this is the last
+/// page).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CustomerPage {
+    /// Each customer as [`customer_summary`] answers it.
+    pub rows: Vec<CustomerSummary>,
+    /// The `after` of the next page, [`CustomerCursor::encode`]d.
+    pub next_after: Option<String>,
+}
+
+/// A page of the customers (each as [`customer_summary`] answers it), sorted by name then
+/// customer id, byte-wise on both databases (case as stored: `B` before `a`), starting after
+/// `after`. Keyset pagination on (name, customer id): names may repeat, and no customer repeats
+/// or is skipped across pages; a customer renamed between two page reads shows where its new
+/// name sorts (once, or not at all if it moved behind the cursor).
+pub async fn list_customers(
+    db: &ReadDb,
+    version: u32,
+    after: Option<&CustomerCursor>,
+    limit: u32,
+) -> Result<CustomerPage, QueryError> {
+    if limit == 0 || limit > MAX_PAGE_LIMIT {
+        return Err(QueryError::Invalid {
+            parameter: "limit",
+            message: format!("between 1 and {MAX_PAGE_LIMIT}"),
+        });
+    }
+    let prefix = table_prefix(version);
+    // Byte order: PostgreSQL's database collation may ignore case and punctuation, SQLite's
+    // default (BINARY) does not; "C" makes both the same.
+    let collate = match db.kind() {
+        DbKind::Postgres => r#" COLLATE "C""#,
+        DbKind::Sqlite => "",
+    };
+    let mut statement = Statement::default();
+    let condition = match after {
+        Some(after) => {
+            let name = statement.param(Bind::Text(after.name.clone()));
+            let id = statement.param(Bind::Text(after.customer_id.to_string()));
+            format!(" WHERE (c.name{collate}, c.customer_id{collate}) > ({name}, {id})")
+        }
+        None => String::new(),
+    };
+    let fetch = statement.param(Bind::Int(i64::from(limit) + 1));
+    // The page's customers first, then their totals joined: one row per customer and currency
+    // (one with null totals for a customer without any), in the page's order.
+    statement.sql = format!(
+        "SELECT {CUSTOMER_SELECT}, t.currency, t.order_count, t.lifetime_value_minor \
+           FROM (SELECT * FROM {prefix}customers c{condition} \
+                  ORDER BY c.name{collate}, c.customer_id{collate} LIMIT {fetch}) c \
+           LEFT JOIN {prefix}customer_totals t ON t.customer_id = c.customer_id \
+          ORDER BY c.name{collate}, c.customer_id{collate}, t.currency"
+    );
+    let mut rows: Vec<CustomerSummary> = Vec::new();
+    for row in statement.fetch_all(db).await? {
+        let customer_id = parse_uuid(&row.try_get::<String, _>(0)?)?;
+        if rows.last().is_none_or(|last| last.customer_id != customer_id) {
+            rows.push(customer_from_row(&row)?);
+        }
+        if row.try_get::<Option<String>, _>(7)?.is_some()
+            && let Some(last) = rows.last_mut()
+        {
+            last.lifetime_value.push(currency_total_from_row(&row, 7)?);
+        }
+    }
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_after = match rows.last() {
+        Some(last) if more => Some(
+            CustomerCursor {
+                name: last.name.clone(),
+                customer_id: last.customer_id,
+            }
+            .encode(),
+        ),
+        _ => None,
+    };
+    Ok(CustomerPage { rows, next_after })
 }

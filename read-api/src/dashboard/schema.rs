@@ -1,7 +1,8 @@
-//! The OpenAPI schemas of the dashboard's answers: [`projections::dashboard::OrderRow`] and
-//! [`projections::dashboard::Page`] as JSON, with what each field means. They only document
-//! (the handlers answer the projections' own types); a test checks that they name exactly the
-//! fields those types serialize.
+//! The OpenAPI schemas of the dashboard's answers: [`projections::dashboard::OrderRow`],
+//! [`projections::dashboard::Page`], [`projections::dashboard::CustomerSummary`] and
+//! [`projections::dashboard::CustomerPage`] as JSON, with what each field means. They only
+//! document (the handlers answer the projections' own types); a test checks that they name
+//! exactly the fields those types serialize.
 
 #![allow(dead_code)] // Read by the OpenAPI derive only.
 
@@ -153,13 +154,61 @@ pub(crate) struct DashboardOrderPage {
     pub(crate) next_cursor: Option<String>,
 }
 
+/// A customer's lifetime value in one currency.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DashboardCurrencyTotal {
+    /// ISO 4217 code.
+    pub(crate) currency: String,
+    /// Orders placed in this currency, cancelled or not.
+    pub(crate) order_count: u64,
+    /// The totals of those orders that are not cancelled, in minor units of `currency`.
+    pub(crate) lifetime_value_minor: i64,
+}
+
+/// A customer's most recent order (the one placed latest in the orders log).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DashboardLastOrder {
+    pub(crate) order_id: Uuid,
+    pub(crate) placed_at: DateTime<Utc>,
+}
+
+/// What the dashboard knows about a customer: the same as `/v1/dashboard/customers/{id}`
+/// answers.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DashboardCustomer {
+    pub(crate) customer_id: Uuid,
+    /// The customer's current name; the snapshot of its latest order while the customer's own
+    /// events have not been seen.
+    pub(crate) name: String,
+    pub(crate) email: String,
+    /// The customer stream's version applied; 0 while the customer is only known from the
+    /// snapshots of its orders.
+    pub(crate) stream_version: u64,
+    /// Every order placed, cancelled or not, in any currency.
+    pub(crate) order_count: u64,
+    /// Per currency, sorted by currency code; empty without orders.
+    pub(crate) lifetime_value: Vec<DashboardCurrencyTotal>,
+    /// Null without orders.
+    pub(crate) last_order: Option<DashboardLastOrder>,
+}
+
+/// A page of customers, sorted by name (byte-wise, case as stored) then customer id.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DashboardCustomerPage {
+    pub(crate) rows: Vec<DashboardCustomer>,
+    /// The `after` of the next page; null on the last page.
+    pub(crate) next_after: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::collections::BTreeSet;
 
-    use projections::dashboard::{OrderRow, OrderStatus, Page, PaymentStatus, SagaState};
+    use projections::dashboard::{
+        CurrencyTotal, CustomerPage, CustomerSummary, LastOrder, OrderRow, OrderStatus, Page, PaymentStatus, SagaState,
+    };
     use utoipa::OpenApi as _;
 
     use super::*;
@@ -225,6 +274,39 @@ mod tests {
         })
         .unwrap();
         assert_eq!(keys(&schemas["DashboardOrderPage"]["properties"]), keys(&page));
+        let total = CurrencyTotal {
+            currency: "EUR".into(),
+            order_count: 1,
+            lifetime_value_minor: 1,
+        };
+        let last_order = LastOrder {
+            order_id: Uuid::nil(),
+            placed_at: DateTime::UNIX_EPOCH,
+        };
+        let customer = CustomerSummary {
+            customer_id: Uuid::nil(),
+            name: String::new(),
+            email: String::new(),
+            stream_version: 1,
+            order_count: 1,
+            lifetime_value: vec![total.clone()],
+            last_order: Some(last_order.clone()),
+        };
+        for (schema, answer) in [
+            ("DashboardCurrencyTotal", serde_json::to_value(total).unwrap()),
+            ("DashboardLastOrder", serde_json::to_value(last_order).unwrap()),
+            ("DashboardCustomer", serde_json::to_value(customer).unwrap()),
+            (
+                "DashboardCustomerPage",
+                serde_json::to_value(CustomerPage {
+                    rows: vec![],
+                    next_after: None,
+                })
+                .unwrap(),
+            ),
+        ] {
+            assert_eq!(keys(&schemas[schema]["properties"]), keys(&answer), "{schema}");
+        }
         for (schema, answered) in [
             ("DashboardOrderStatus", names(OrderStatus::ALL)),
             ("DashboardPaymentStatus", names(PaymentStatus::ALL)),
@@ -243,6 +325,7 @@ mod tests {
         for (path, schema) in [
             ("/v1/dashboard/orders", "DashboardOrderPage"),
             ("/v1/dashboard/orders/{id}", "DashboardOrder"),
+            ("/v1/dashboard/customers", "DashboardCustomerPage"),
         ] {
             let reference = &paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
             assert_eq!(reference, &format!("#/components/schemas/{schema}"), "{path}");
