@@ -17,8 +17,9 @@
 //! - One HTTP port serves the services' router (commands, the stores' reads, and the operations
 //!   endpoints `/health`, `/ready`, `/metrics`, `/openapi.json`), the read API's `/v1/...`
 //!   queries ([`read_api::query_routes`]), and the admin endpoint
-//!   `POST /v1/projections/{name}/rebuild` (`admin`). Each path is served once: the operations
-//!   endpoints are the services', `/ready` therefore checks the event stores.
+//!   `POST /v1/projections/{name}/rebuild` (`admin`), and the operations console's pages at `/`
+//!   ([`web_console::assets`]), whose requests all land on this same port. Each path is served once:
+//!   the operations endpoints are the services', `/ready` therefore checks the event stores.
 //! - A data directory from before every service had its own store (one `events.db`) is not
 //!   served: `serve` refuses to start and names the command that splits it.
 //! - The place-order saga (ADR 0010) is driven in the process ([`Local::run_sagas`], beside the
@@ -34,7 +35,7 @@
 //!   ([`shop_sim::demo`]), and `--rate` keeps commands coming through the command handler while
 //!   it serves ([`shop_sim::live`]).
 
-mod admin;
+
 mod catch_up;
 
 use std::collections::BTreeMap;
@@ -180,7 +181,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let workers = CancellationToken::new();
     let mut runners = start_runners(&local, &sinks, &workers)?;
     let demo_tasks = start_demo(&args, seeded, &local, &read_db, &workers);
-    let admin = admin::Admin::new(logs.clone(), sinks, workers.clone());
+    let admin = projections::admin::Admin::new(logs.clone(), sinks, workers.clone());
     let (app, grace) = router(&local, &logs, &read_db, admin.clone());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -357,9 +358,10 @@ fn start_demo(
     tasks
 }
 
-/// The one router: commands, queries and admin, with the services' operations endpoints.
+/// The one router: commands, queries, admin and the console, with the services' operations
+/// endpoints.
 /// Answers it with the grace period the server drains within.
-fn router(local: &Local, logs: &[ServiceLog], read_db: &ReadDb, admin: admin::Admin) -> (axum::Router, Duration) {
+fn router(local: &Local, logs: &[ServiceLog], read_db: &ReadDb, admin: projections::admin::Admin) -> (axum::Router, Duration) {
     let http = HttpConfig::new(Auth::Disabled);
     let grace = http.request_timeout + Duration::from_secs(1);
     let commands = write_side::http::router(local.http_state(http));
@@ -368,11 +370,15 @@ fn router(local: &Local, logs: &[ServiceLog], read_db: &ReadDb, admin: admin::Ad
     let head = move |service: Service| heads.get(&service).map_or(0, |changes| *changes.borrow());
     let queries =
         read_api::query_routes(ReadState::new(read_db.clone(), None, ReadConfig::default()).with_head(Arc::new(head)));
-    (commands.merge(queries).merge(admin::routes(admin)), grace)
+    let app = commands
+        .merge(queries)
+        .merge(projections::admin::routes(admin))
+        .merge(web_console::assets());
+    (app, grace)
 }
 
 /// Waits for the runners, the demo and the rebuilds to stop, each at most [`STOP_GRACE`].
-async fn stop(mut runners: Runners, mut demo_tasks: JoinSet<()>, admin: &admin::Admin) {
+async fn stop(mut runners: Runners, mut demo_tasks: JoinSet<()>, admin: &projections::admin::Admin) {
     let stopping = async {
         while let Some(stopped) = runners.join_next().await {
             runner_stopped(stopped);
@@ -411,6 +417,7 @@ fn banner(address: SocketAddr, data_dir: &Path) {
     }
     tracing::info!(
         "orderflow is serving at {url} (embedded: SQLite in {dir}, authentication off)\n\
+         \n  the console:          open {url}/ in a browser\
          \n  register a customer:  curl -s -X POST {url}/v1/customers -H 'content-type: application/json' \
          -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\"}}'\
          \n  see the orders:       curl -s {url}/v1/dashboard/orders\

@@ -1,6 +1,11 @@
-//! The embedded admin endpoint, `POST /v1/projections/{name}/rebuild`: builds the next version
-//! of a projection from the services' logs beside the live one, in the background, and switches
-//! reads to it when it has caught up.
+//! The rebuild endpoint, `POST /v1/projections/{name}/rebuild`: builds the next version of a
+//! projection from the services' logs beside the live one, in the background, and switches reads
+//! to it when it has caught up. The embedded `orderflow serve` mounts it on its one port; a
+//! projections worker serves it with `projections run --listen` (behind the `admin` scope).
+//!
+//! One rebuild at a time per projection and process. Distributed, send rebuilds to one worker
+//! (the console forwards them to the one it is given): two workers rebuilding the same
+//! projection at once would both number their version `max + 1`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,15 +15,15 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use projections::catalog::{self, Sinks};
-use projections::{ProjectionFactory, ReadDb, RebuildOptions, ServiceLog};
+use crate::catalog::{self, Sinks};
+use crate::{ProjectionFactory, ReadDb, RebuildOptions, ServiceLog};
 use service_kit::http::ApiError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The admin endpoints' state.
+/// The rebuild endpoint's state.
 #[derive(Clone)]
-pub(crate) struct Admin {
+pub struct Admin {
     logs: Vec<ServiceLog>,
     sinks: Sinks,
     rebuilds: Arc<Mutex<Rebuilds>>,
@@ -36,7 +41,8 @@ struct Rebuilds {
 }
 
 impl Admin {
-    pub(crate) fn new(logs: Vec<ServiceLog>, sinks: Sinks, stop: CancellationToken) -> Self {
+    /// Rebuilds read `logs` and write into `sinks`; they stop when `stop` is cancelled.
+    pub fn new(logs: Vec<ServiceLog>, sinks: Sinks, stop: CancellationToken) -> Self {
         Admin {
             logs,
             sinks,
@@ -46,7 +52,7 @@ impl Admin {
     }
 
     /// The rebuilds in flight, to wait for on the way out.
-    pub(crate) fn take_tasks(&self) -> JoinSet<()> {
+    pub fn take_tasks(&self) -> JoinSet<()> {
         std::mem::take(&mut self.lock().tasks)
     }
 
@@ -68,7 +74,8 @@ impl Drop for Running {
     }
 }
 
-pub(crate) fn routes(admin: Admin) -> Router {
+/// The route, without authentication: the caller guards it (or not, embedded).
+pub fn routes(admin: Admin) -> Router {
     Router::new()
         .route("/v1/projections/{name}/rebuild", post(rebuild))
         .method_not_allowed_fallback(service_kit::http::method_not_allowed)
@@ -120,7 +127,7 @@ async fn rebuild(State(admin): State<Admin>, UrlPath(name): UrlPath<String>) -> 
 async fn rebuild_in_background(admin: Admin, factory: ProjectionFactory, version: u32, running: Running) {
     let name = running.name;
     let db = &admin.sinks.read_db;
-    let build = projections::rebuild(
+    let build = crate::rebuild(
         admin.logs.clone(),
         db,
         Arc::clone(&factory),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use event_schemas::ConsistencyToken;
+use service_kit::auth::{Auth, Scope, TokenSpec};
 use service_kit::cli::{progress_bar, write_line};
 use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls};
 use tokio_util::sync::CancellationToken;
@@ -103,6 +104,27 @@ pub struct RunArgs {
     /// How soon (ms) the group gives a dead worker's partitions to the others.
     #[arg(long, env = "ORDERFLOW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// Serve `/health`, `/metrics` and the rebuild endpoint (`POST
+    /// /v1/projections/{name}/rebuild`, scope `admin`) on this address; needs
+    /// --event-store-url. Give it to one worker: the console sends rebuilds there.
+    #[arg(long, env = "ORDERFLOW_PROJECTIONS_LISTEN", requires = "event_store_url")]
+    listen: Option<std::net::SocketAddr>,
+    /// The services' event stores a rebuild reads, as for `projections rebuild` (with --listen).
+    #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true)]
+    event_store_url: Option<String>,
+    /// A bearer token allowed on the rebuild endpoint, as name:scope+scope:sha256hex (it needs
+    /// `admin`). Repeat the flag, or list them comma-separated in the variable.
+    #[arg(
+        long = "token",
+        env = "ORDERFLOW_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "NAME:SCOPES:SHA256"
+    )]
+    tokens: Vec<TokenSpec>,
+    /// Serve the rebuild endpoint without authentication: for a worker on loopback only.
+    #[arg(long, env = "ORDERFLOW_NO_AUTH")]
+    no_auth: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +174,10 @@ pub async fn sinks(args: &SinkArgs) -> anyhow::Result<Sinks> {
 
 async fn run_workers(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let sinks = sinks(&args.sinks).await?;
+    let rebuilds = match args.listen {
+        Some(listen) => Some(serve_rebuilds(&args, listen, &sinks, &shutdown).await?),
+        None => None,
+    };
     let names: Vec<String> = if args.only.is_empty() {
         catalog::NAMES.iter().map(|n| (*n).to_owned()).collect()
     } else {
@@ -196,7 +222,71 @@ async fn run_workers(args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
             }
         }
     }
+    if let Some((server, admin)) = rebuilds {
+        shutdown.cancel();
+        let mut tasks = admin.take_tasks();
+        while tasks.join_next().await.is_some() {}
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the rebuild endpoint failed"),
+            Err(e) => tracing::error!(error = %e, "the rebuild endpoint panicked"),
+        }
+    }
     outcome
+}
+
+/// Serves the rebuild endpoint (behind the `admin` scope unless --no-auth), `/health` and
+/// `/metrics` until `shutdown`.
+async fn serve_rebuilds(
+    args: &RunArgs,
+    listen: std::net::SocketAddr,
+    sinks: &Sinks,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(tokio::task::JoinHandle<std::io::Result<()>>, crate::admin::Admin)> {
+    use axum::middleware::from_fn_with_state;
+    let auth = if args.no_auth {
+        tracing::warn!("the rebuild endpoint's authentication is OFF (--no-auth)");
+        Auth::Disabled
+    } else {
+        anyhow::ensure!(
+            !args.tokens.is_empty(),
+            "--listen serves the rebuild endpoint behind tokens: pass --token (or ORDERFLOW_TOKENS), or --no-auth"
+        );
+        Auth::tokens(args.tokens.iter().cloned())
+    };
+    let url = args.event_store_url.as_deref().context("--listen needs --event-store-url")?;
+    let logs = open_logs(url).await?;
+    let admin = crate::admin::Admin::new(logs, sinks.clone(), shutdown.clone());
+    let metrics = service_kit::metrics::prometheus_handle();
+    let timeout = Duration::from_secs(10);
+    let app = crate::admin::routes(admin.clone())
+        .route_layer(from_fn_with_state(
+            service_kit::auth::Guard {
+                auth,
+                scope: Scope::Admin,
+            },
+            service_kit::auth::require,
+        ))
+        .route("/health", axum::routing::get(service_kit::http::health))
+        .route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(service_kit::http::metrics(&metrics))),
+        )
+        .fallback(service_kit::http::no_route)
+        .layer(from_fn_with_state(
+            service_kit::http::Edge {
+                request_timeout: timeout,
+            },
+            service_kit::http::edge,
+        ));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        service_kit::http::serve_on(listener, app, timeout + Duration::from_secs(1), stop.cancelled_owned()).await
+    });
+    Ok((server, admin))
 }
 
 /// Opens the services' event stores a rebuild reads (through the store's API only; never

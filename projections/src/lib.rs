@@ -20,6 +20,7 @@
 //! It depends on `event-schemas`, `event-store` (rebuilds read the global log through the
 //! store's API) and `service-kit`, never on `write-side`.
 
+pub mod admin;
 pub mod analytics;
 pub mod catalog;
 pub mod cli;

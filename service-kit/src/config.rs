@@ -61,6 +61,7 @@ pub const SECTIONS: &[&str] = &[
     "orderflow",
     "write-side",
     "read-api",
+    "console",
     "serve",
     "demo",
     "relay",

@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_MAX_CONNECTIONS", default_value_t = 16)]
     database_max_connections: u32,
 
-    /// A bearer token, as name:scope+scope:sha256hex (scopes: commands, admin, service; the hex SHA-256
+    /// A bearer token, as name:scope+scope:sha256hex (scopes: read, commands, admin, service; the hex SHA-256
     /// of the secret, e.g. `printf %s "$SECRET" | sha256sum`). Repeat the flag, or list them
     /// comma-separated in the variable.
     #[arg(
