@@ -72,7 +72,7 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(
                 "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
-                 frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+                 frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
             ),
         );
     }

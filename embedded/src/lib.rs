@@ -35,7 +35,6 @@
 //!   ([`shop_sim::demo`]), and `--rate` keeps commands coming through the command handler while
 //!   it serves ([`shop_sim::live`]).
 
-
 mod catch_up;
 
 use std::collections::BTreeMap;
@@ -361,7 +360,12 @@ fn start_demo(
 /// The one router: commands, queries, admin and the console, with the services' operations
 /// endpoints.
 /// Answers it with the grace period the server drains within.
-fn router(local: &Local, logs: &[ServiceLog], read_db: &ReadDb, admin: projections::admin::Admin) -> (axum::Router, Duration) {
+fn router(
+    local: &Local,
+    logs: &[ServiceLog],
+    read_db: &ReadDb,
+    admin: projections::admin::Admin,
+) -> (axum::Router, Duration) {
     let http = HttpConfig::new(Auth::Disabled);
     let grace = http.request_timeout + Duration::from_secs(1);
     let commands = write_side::http::router(local.http_state(http));
