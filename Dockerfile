@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # orderflow's services in one image: `write-side` (any of the four write services, picked by
-# ORDERFLOW_SERVICE), `relay`, `projections` (the workers), `read-api` and `orderflow` (the CLI:
-# serve, migrate, bench, ...), each in /usr/local/bin.
+# ORDERFLOW_SERVICE), `relay`, `projections` (the workers), `read-api`, `console` (the operations
+# console, package web-console) and `orderflow` (the CLI: serve, migrate, bench, ...), each in
+# /usr/local/bin.
 # compose.yaml picks one with `command:`.
 #
 #   docker build -t orderflow:local .
@@ -32,7 +33,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --workspace --bins \
     && mkdir -p /out \
     && cp target/release/orderflow target/release/write-side target/release/relay \
-          target/release/projections target/release/read-api /out/
+          target/release/projections target/release/read-api target/release/console /out/
 
 # --- runtime ------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
@@ -46,12 +47,15 @@ RUN groupadd --system --gid 10001 orderflow \
     && useradd --system --uid 10001 --gid orderflow --home-dir /var/lib/orderflow --create-home \
        --shell /usr/sbin/nologin orderflow
 
-COPY --from=builder /out/orderflow /out/write-side /out/relay /out/projections /out/read-api /usr/local/bin/
+COPY --from=builder /out/orderflow /out/write-side /out/relay /out/projections /out/read-api \
+     /out/console /usr/local/bin/
 
 USER orderflow:orderflow
 WORKDIR /var/lib/orderflow
 
 # The ports of compose.yaml: write-side as orders 8081, customers 8083, inventory 8084, payments
-# 8085; read-api 8082 (set ORDERFLOW_WRITE_LISTEN / ORDERFLOW_READ_LISTEN to 0.0.0.0:<port>).
-EXPOSE 8081 8082 8083 8084 8085
+# 8085; read-api 8082; console 8080; `projections run`'s rebuild endpoint 8086 (set
+# ORDERFLOW_WRITE_LISTEN / ORDERFLOW_READ_LISTEN / ORDERFLOW_CONSOLE_LISTEN /
+# ORDERFLOW_PROJECTIONS_LISTEN to 0.0.0.0:<port>).
+EXPOSE 8080 8081 8082 8083 8084 8085 8086
 CMD ["orderflow", "--help"]

@@ -2,16 +2,18 @@
 //! nothing ever starts it. What can be checked without one is checked: the services and their
 //! ports, that every `ORDERFLOW_*` variable a service sets is one its binary reads, health
 //! checks, start-up order, the write services' own databases and roles (against
-//! `deploy/postgres/init.sql`) and how the orders service reaches the others, secrets taken from
-//! the environment, and `.env.example`.
+//! `deploy/postgres/init.sql`) and how the orders service reaches the others, the console and
+//! the projections' rebuild endpoint it forwards to (its tokens, the stores it reads and their
+//! passwords), secrets taken from the environment, and `.env.example`.
 //!
 //! Which variables a binary reads:
 //! - `orderflow` (this package): its `--help`, run from `CARGO_BIN_EXE_orderflow` with the
 //!   service's own arguments (e.g. `orderflow projections run --help`), lists `[env: NAME]`.
-//! - `write-side` and `read-api` live in other packages, whose binaries Cargo does not build for
-//!   this package's tests (no `CARGO_BIN_EXE_*`), and `cargo run` from a test is slow and fights
-//!   for the build lock. Their variables are read instead from the source of their clap
-//!   definitions (`env = "NAME"` in `src/bin/<name>.rs`): the same text `--help` is made from.
+//! - `write-side`, `read-api` and `console` live in other packages, whose binaries Cargo does
+//!   not build for this package's tests (no `CARGO_BIN_EXE_*`), and `cargo run` from a test is
+//!   slow and fights for the build lock. Their variables are read instead from the source of
+//!   their clap definitions (`env = "NAME"` in `<crate>/src/bin/<name>.rs`, the crate's folder
+//!   named as the binary): the same text `--help` is made from.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,7 +25,9 @@ use serde_norway::Value;
 const SERVERS: &[&str] = &["postgres", "kafka", "clickhouse", "kurrentdb"];
 
 /// orderflow's services and the container port each must publish (the port map of the README:
-/// orders 8081, read-api 8082, customers 8083, inventory 8084, payments 8085).
+/// orders 8081, read-api 8082, customers 8083, inventory 8084, payments 8085, the console 8080).
+/// The projections' rebuild endpoint (8086) is not published: two replicas cannot share a host
+/// port, and only the console calls it.
 const SERVICES: &[(&str, Option<u16>)] = &[
     ("customers", Some(8083)),
     ("inventory", Some(8084)),
@@ -31,7 +35,11 @@ const SERVICES: &[(&str, Option<u16>)] = &[
     ("payments", Some(8085)),
     ("projections", None),
     ("read-api", Some(8082)),
+    ("console", Some(8080)),
 ];
+
+/// The port of the projections' rebuild endpoint on the compose network.
+const PROJECTIONS_PORT: u16 = 8086;
 
 /// The write services: each is `write-side` with `ORDERFLOW_SERVICE` set to its name.
 const WRITE_SERVICES: &[&str] = &["customers", "inventory", "orders", "payments"];
@@ -177,7 +185,7 @@ fn variables_read_by(command: &[String]) -> BTreeSet<String> {
             );
             names
         }
-        "write-side" | "read-api" => {
+        "write-side" | "read-api" | "console" => {
             assert!(
                 args.is_empty(),
                 "`{binary}` takes its configuration from the environment only"
@@ -314,11 +322,14 @@ fn every_service_has_a_health_check_and_ours_wait_for_healthy_dependencies() {
                 "{name} depends on `{dependency}`, which runs only in a profile"
             );
         }
-        // The runtime image has curl; a /ready check must hit the port the service listens on.
+        // The runtime image has curl; a /ready or /health check must hit the port the service
+        // listens on.
         let test = test.join(" ");
-        if test.contains("/ready") {
-            let port = container_ports(service)[0];
-            assert!(test.contains(&format!("127.0.0.1:{port}/ready")), "{name}: {test}");
+        for path in ["/ready", "/health"] {
+            if test.contains(path) {
+                let port = container_ports(service)[0];
+                assert!(test.contains(&format!("127.0.0.1:{port}{path}")), "{name}: {test}");
+            }
         }
     }
 }
@@ -336,13 +347,25 @@ fn secrets_come_from_the_environment() {
                     "{name}: {key} must be `${{VAR:?...}}`, found `{value}`"
                 );
             }
-            // A URL with credentials: the password part is a required variable.
+            // A URL with credentials: the password part is a required variable, or (no password
+            // in the URL) it comes from a pgpass file that compose makes from required variables.
             if let Some((userinfo, _)) = value.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
-                let password = userinfo.split_once(':').map(|(_, p)| p).unwrap_or_default();
-                assert!(
-                    password.starts_with("${") && password.ends_with('}') && password.contains(":?"),
-                    "{name}: the password in {key} must be `${{VAR:?...}}`"
-                );
+                match userinfo.split_once(':') {
+                    Some((_, password)) => assert!(
+                        password.starts_with("${") && password.ends_with('}') && password.contains(":?"),
+                        "{name}: the password in {key} must be `${{VAR:?...}}`"
+                    ),
+                    None => {
+                        let lines = pgpass_of(&compose, &name)
+                            .unwrap_or_else(|| panic!("{name}: {key} has no password and no pgpass file"));
+                        for (_, _, password) in lines {
+                            assert!(
+                                password.starts_with("${") && password.ends_with('}') && password.contains(":?"),
+                                "{name}: a password of its pgpass file must be `${{VAR:?...}}`"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
@@ -468,6 +491,69 @@ fn database_access() -> BTreeMap<String, BTreeSet<String>> {
     access
 }
 
+/// The lines of the pgpass file a service reads (its `PGPASSFILE`, the target of one of its
+/// `configs`, whose inline content compose writes), as `(database, role, password)`; `None`
+/// without one.
+fn pgpass_of(compose: &Value, name: &str) -> Option<Vec<(String, String, String)>> {
+    let service = service(compose, name);
+    let path = environment(service).remove("PGPASSFILE")?;
+    let config = service["configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|config| config["target"].as_str() == Some(path.as_str()))
+        .unwrap_or_else(|| panic!("{name}: PGPASSFILE {path} is none of its configs' targets"));
+    // Copied in owned by the image's user and readable by it alone: sqlx and libpq ignore a
+    // pgpass file that others may read.
+    assert_eq!(
+        scalar(&config["uid"]),
+        "10001",
+        "{name}: {path} belongs to the image's user"
+    );
+    assert!(
+        matches!(scalar(&config["mode"]).as_str(), "256" | "0o400" | "0400"),
+        "{name}: {path} is mode 400"
+    );
+    let source = scalar(&config["source"]);
+    let content = compose["configs"][source.as_str()]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name}: config {source} has no inline content"))
+        .to_owned();
+    Some(
+        content
+            .lines()
+            .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                // host:port:database:role:password; the password (a `${VAR:?message}`) may hold
+                // colons of its own.
+                let fields: Vec<&str> = line.splitn(5, ':').collect();
+                assert!(
+                    fields.len() == 5,
+                    "{name}: `{line}` is not host:port:database:role:password"
+                );
+                assert_eq!(
+                    (fields[0], fields[1]),
+                    ("postgres", "5432"),
+                    "{name}: the compose PostgreSQL"
+                );
+                (fields[2].to_owned(), fields[3].to_owned(), fields[4].to_owned())
+            })
+            .collect(),
+    )
+}
+
+/// The URLs a URL template names: each write service's for a `{service}` template, else itself.
+fn expand(url: &str) -> Vec<String> {
+    if url.contains("{service}") {
+        WRITE_SERVICES
+            .iter()
+            .map(|service| url.replace("{service}", service))
+            .collect()
+    } else {
+        vec![url.to_owned()]
+    }
+}
+
 /// `(role, database)` of a `postgres://role:password@host:port/database` URL.
 fn role_and_database(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("postgres://")?;
@@ -565,22 +651,25 @@ fn every_database_url_is_one_its_role_may_connect_to_and_no_other_role_may() {
     for (name, service) in services(&compose) {
         let name = scalar(name);
         for (key, value) in environment(service) {
-            let Some((role, database)) = role_and_database(&value) else {
-                continue;
-            };
-            urls += 1;
-            let allowed = access
-                .get(&database)
-                .unwrap_or_else(|| panic!("{name}: {key} names {database}, which init.sql does not create"));
-            assert!(
-                allowed.contains(&role),
-                "{name}: {key}: {role} may not connect to {database}"
-            );
+            for url in expand(&value) {
+                let Some((role, database)) = role_and_database(&url) else {
+                    continue;
+                };
+                urls += 1;
+                let allowed = access
+                    .get(&database)
+                    .unwrap_or_else(|| panic!("{name}: {key} names {database}, which init.sql does not create"));
+                assert!(
+                    allowed.contains(&role),
+                    "{name}: {key}: {role} may not connect to {database}"
+                );
+            }
         }
     }
     assert_eq!(
-        urls, 7,
-        "four event stores, the orders' copy, the projections', read-api's"
+        urls, 11,
+        "four event stores, the orders' copy, the projections', read-api's, and the four stores \
+         the projections' rebuilds read"
     );
     // Every password init.sql reads is one the postgres service is given.
     let postgres = environment(service(&compose, "postgres"));
@@ -699,6 +788,102 @@ fn the_header_comment_maps_every_service_and_port() {
                 .trim_start()
                 .starts_with(&format!("{server} "))),
             "the header comment has no line for {server}"
+        );
+    }
+}
+
+#[test]
+fn the_projections_serve_rebuilds_reading_each_store_as_its_own_role() {
+    let compose = compose();
+    let projections = service(&compose, "projections");
+    let env = environment(projections);
+    assert_eq!(
+        env["ORDERFLOW_PROJECTIONS_LISTEN"],
+        format!("0.0.0.0:{PROJECTIONS_PORT}"),
+        "the rebuild endpoint listens on the compose network"
+    );
+    // One template, each service's store as that service's role; the passwords in a pgpass
+    // file, one line per store, each the password its service's own URL has.
+    let template = &env["ORDERFLOW_EVENT_STORE_URL"];
+    assert_eq!(
+        template, "postgres://{service}@postgres:5432/orderflow_{service}",
+        "every service's store through one template, no password in it"
+    );
+    let mut pgpass = pgpass_of(&compose, "projections").expect("the projections read a pgpass file");
+    pgpass.sort();
+    let mut expected = Vec::new();
+    for name in WRITE_SERVICES {
+        let url = &environment(service(&compose, name))["ORDERFLOW_EVENT_STORE_URL"];
+        let password = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password.to_owned())
+            .unwrap_or_else(|| panic!("{name}: a password in its URL"));
+        expected.push((format!("orderflow_{name}"), (*name).to_owned(), password));
+    }
+    expected.sort();
+    assert_eq!(
+        pgpass, expected,
+        "the projections' pgpass: each store, its role, its password"
+    );
+    // A rebuild needs `admin`: the operators' tokens; the console's read-only one is known, to
+    // be refused with 403.
+    assert_eq!(
+        env["ORDERFLOW_TOKENS"],
+        "${ORDERFLOW_TOKENS:?set ORDERFLOW_TOKENS in .env},\
+         console:read:${ORDERFLOW_READ_TOKEN_SHA256:?set ORDERFLOW_READ_TOKEN_SHA256 in .env}"
+    );
+    assert!(
+        !env.contains_key("ORDERFLOW_NO_AUTH"),
+        "the rebuild endpoint's authentication stays on"
+    );
+}
+
+#[test]
+fn the_console_forwards_to_the_compose_services_and_they_grant_its_read_token() {
+    let compose = compose();
+    let console = service(&compose, "console");
+    assert_eq!(strings(&console["command"]), ["console"], "one image, one binary");
+    let env = environment(console);
+    assert_eq!(
+        env["ORDERFLOW_CONSOLE_LISTEN"],
+        format!("0.0.0.0:{}", port_of("console")),
+        "the console listens on the port it publishes"
+    );
+    for (key, upstream, port) in [
+        ("ORDERFLOW_CONSOLE_READ_API_URL", "read-api", port_of("read-api")),
+        ("ORDERFLOW_CONSOLE_PROJECTIONS_URL", "projections", PROJECTIONS_PORT),
+        ("ORDERFLOW_CONSOLE_CUSTOMERS_URL", "customers", port_of("customers")),
+        ("ORDERFLOW_CONSOLE_INVENTORY_URL", "inventory", port_of("inventory")),
+        ("ORDERFLOW_CONSOLE_ORDERS_URL", "orders", port_of("orders")),
+        ("ORDERFLOW_CONSOLE_PAYMENTS_URL", "payments", port_of("payments")),
+    ] {
+        assert_eq!(
+            env.get(key).map(String::as_str),
+            Some(format!("http://{upstream}:{port}").as_str()),
+            "console: {key}"
+        );
+        assert_eq!(
+            console["depends_on"][upstream]["condition"].as_str(),
+            Some("service_healthy"),
+            "the console starts once {upstream} is healthy"
+        );
+    }
+    // It holds no credential: the browser's token goes through.
+    assert!(
+        !env.keys().any(|key| key.contains("TOKEN") || key.contains("PASSWORD")),
+        "the console holds no credential: {env:?}"
+    );
+    // Every write service grants the read-only token scope `read`, and nothing more.
+    let read_token = "console:read:${ORDERFLOW_READ_TOKEN_SHA256:?set ORDERFLOW_READ_TOKEN_SHA256 in .env}";
+    for name in WRITE_SERVICES {
+        let tokens = &environment(service(&compose, name))["ORDERFLOW_TOKENS"];
+        let granted: Vec<&str> = tokens.split(',').filter(|t| t.starts_with("console:")).collect();
+        assert_eq!(
+            granted,
+            [read_token],
+            "{name} grants the console's read token scope read only"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! End to end through `scripts/dev-up`, the distributed deployment as local processes: an
 //! instance of its own (databases, roles, topics, consumer groups, ClickHouse database and user,
 //! ports, state folder) beside the rest of the suite, driven over HTTP only. It starts a whole
-//! deployment (four write services, two projection workers, read-api), once, and checks on it:
+//! deployment (four write services, two projection workers, read-api, the console), once, and
+//! checks on it:
 //!
 //! - commands go to the service that owns them (customers, inventory, orders) with the
 //!   instance's bearer token; every answer names its service and its consistency token, and
@@ -17,6 +18,11 @@
 //!   template) changes no answer; a projection worker killed with SIGKILL and restarted by
 //!   `scripts/dev-up restart` lets new orders through;
 //! - database per service: no service's role can connect to another's database;
+//! - the console (one origin in front of read-api, the services and projections-1's rebuild
+//!   endpoint): its page and compiled-in script (gzipped when asked); the dashboard through it
+//!   is read-api's own answer; a service's log and a stream's events through it need a token,
+//!   and the read-only one (scope `read`) is enough; a command is refused (405); a rebuild
+//!   needs `admin` (the read-only token: 403), and one started through it goes live;
 //! - isolation: with the payments service stopped, and then with its database refusing
 //!   connections, orders are still taken and wait `pending` (stock reserved) and the dashboard
 //!   answers; once payments is back they are confirmed, a capture that waited is made, and
@@ -53,10 +59,11 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The folder of the `orderflow` binary under test, with `write-side` and `read-api` beside it.
+/// The folder of the `orderflow` binary under test, with `write-side`, `projections`, `read-api`
+/// and `console` beside it.
 ///
-/// `write-side`, `projections` and `read-api` are binaries of other workspace packages, so a
-/// test of this package cannot name them with `CARGO_BIN_EXE_*`. `cargo nextest run --workspace`
+/// `write-side`, `projections`, `read-api` and `console` (package `web-console`) are binaries of
+/// other workspace packages, so a test of this package cannot name them with `CARGO_BIN_EXE_*`. `cargo nextest run --workspace`
 /// (what `scripts/test` runs) builds every package's binaries into this same folder; a run of
 /// this package alone (`-p orderflow`) does not, and may find them there but older than the
 /// code, so cargo is asked for them here every time, with the profile of the folder (nothing
@@ -78,6 +85,8 @@ fn binaries() -> PathBuf {
                 "projections",
                 "-p",
                 "read-api",
+                "-p",
+                "web-console",
                 "--bins",
             ])
             .current_dir(repo());
@@ -87,7 +96,7 @@ fn binaries() -> PathBuf {
         let status = build.status().expect("run cargo build");
         assert!(
             status.success(),
-            "cargo build -p write-side -p projections -p read-api --bins: {status}"
+            "cargo build -p write-side -p projections -p read-api -p web-console --bins: {status}"
         );
     }
     dir
@@ -161,7 +170,10 @@ struct DevUp {
     orders: Http,
     payments: Http,
     read: Http,
-    /// Each service's port: the four write services and read-api.
+    /// The console, without a token (each check gives it the one it needs).
+    console: Http,
+    /// Each service's port: the four write services, read-api, the console, and projections-1's
+    /// rebuild endpoint (`projections`).
     ports: BTreeMap<&'static str, u16>,
     stopped: bool,
 }
@@ -175,11 +187,19 @@ impl DevUp {
         // names: the longest, `<prefix>orderflow_orders_replica`, is 63.
         let prefix = format!("{}_dev_{}_", testkit::database_prefix(), &id[..8]);
         let dir = std::env::temp_dir().join(format!("orderflow-dev-up-test-{id}"));
-        let free = free_ports(5);
-        let ports: BTreeMap<&'static str, u16> = ["orders", "read-api", "customers", "inventory", "payments"]
-            .into_iter()
-            .zip(free)
-            .collect();
+        let free = free_ports(7);
+        let ports: BTreeMap<&'static str, u16> = [
+            "orders",
+            "read-api",
+            "customers",
+            "inventory",
+            "payments",
+            "console",
+            "projections",
+        ]
+        .into_iter()
+        .zip(free)
+        .collect();
         let (pg, clickhouse, kafka) = server_ports();
         let env = [
             ("ORDERFLOW_DEV_DIR", dir.display().to_string()),
@@ -189,6 +209,8 @@ impl DevUp {
             ("ORDERFLOW_CUSTOMERS_PORT", ports["customers"].to_string()),
             ("ORDERFLOW_INVENTORY_PORT", ports["inventory"].to_string()),
             ("ORDERFLOW_PAYMENTS_PORT", ports["payments"].to_string()),
+            ("ORDERFLOW_CONSOLE_PORT", ports["console"].to_string()),
+            ("ORDERFLOW_PROJECTIONS_PORT", ports["projections"].to_string()),
             // scripts/test brought the servers up; a missing one fails dev-up, naming the script.
             ("ORDERFLOW_DEV_SKIP_SERVICES", "1".into()),
             ("ORDERFLOW_BIN_DIR", bin_dir.display().to_string()),
@@ -212,6 +234,7 @@ impl DevUp {
             orders: Http::new(ports["orders"]),
             payments: Http::new(ports["payments"]),
             read: Http::new(ports["read-api"]),
+            console: Http::new(ports["console"]),
             ports,
             stopped: false,
         }
@@ -286,7 +309,7 @@ impl DevUp {
         let mut pids = BTreeMap::new();
         for service in WRITE_SERVICES
             .into_iter()
-            .chain(["projections-1", "projections-2", "read-api"])
+            .chain(["projections-1", "projections-2", "read-api", "console"])
         {
             pids.insert(service.to_owned(), self.pid(service)?);
         }
@@ -299,16 +322,20 @@ impl DevUp {
         Ok(text.trim().to_owned())
     }
 
-    /// Every secret of the instance: the two bearer tokens and each password.
+    /// Every secret of the instance: the three bearer tokens and each password.
     fn secrets(&self) -> anyhow::Result<Vec<String>> {
-        let mut secrets = vec![self.secret("token")?, self.secret("service-token")?];
+        let mut secrets = vec![
+            self.secret("token")?,
+            self.secret("read-token")?,
+            self.secret("service-token")?,
+        ];
         for line in self.secret("secrets.env")?.lines() {
             if let Some((_, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
                 secrets.push(value.to_owned());
             }
         }
         ensure!(
-            secrets.len() >= 9 && secrets.iter().all(|s| s.len() >= 32),
+            secrets.len() >= 10 && secrets.iter().all(|s| s.len() >= 32),
             "fewer or shorter secrets than expected"
         );
         Ok(secrets)
@@ -1326,6 +1353,22 @@ async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
             "{service}: the log without a token: {status} {body}"
         );
     }
+    // The operators' read-only token (scope `read`, the console's viewers'): every GET, no
+    // command.
+    for (service, path) in [("customers", "/v1/customers"), ("orders", "/v1/orders")] {
+        let mut reader = Http::new(dev.ports[service]);
+        reader.token = Some(dev.secret("read-token")?);
+        let (status, body) = reader.call(Method::POST, path, Some(json!({}))).await?;
+        ensure!(
+            status == StatusCode::FORBIDDEN,
+            "{service}: a command with the read-only token: {status} {body}"
+        );
+        let (status, body) = reader.get("/v1/log").await?;
+        ensure!(
+            status == StatusCode::OK,
+            "{service}: the log with the read-only token: {status} {body}"
+        );
+    }
     Ok(())
 }
 
@@ -1462,6 +1505,209 @@ async fn payments_database_closed(dev: &DevUp, shop: &mut Shop, o1: &Placed) -> 
     Ok(())
 }
 
+/// One request to `port`, its answer as sent: status, headers and the body's bytes (not
+/// decoded, not decompressed).
+async fn raw(
+    port: u16,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Bytes)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(request.body(Full::new(Bytes::new()))?),
+    )
+    .await
+    .with_context(|| format!("{path}: no answer in 30 s"))??;
+    let (parts, body) = response.into_parts();
+    Ok((parts.status, parts.headers, body.collect().await?.to_bytes()))
+}
+
+/// A header's value, empty when absent.
+fn header<'a>(headers: &'a hyper::HeaderMap, name: &str) -> &'a str {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// `bytes` decompressed by `gzip -d`.
+fn gunzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut gzip = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("run gzip -dc")?;
+    // Written from a thread while the output is read: an asset larger than the pipes' buffers
+    // would block a write made first.
+    let mut stdin = gzip.stdin.take().context("gzip's stdin")?;
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = gzip.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer to gzip panicked"))??;
+    ensure!(output.status.success(), "gzip -dc: {}", output.status);
+    Ok(output.stdout)
+}
+
+/// order_dashboard's live version, as `/v1/projections` through `api` says.
+async fn live_version(api: &Http) -> anyhow::Result<u64> {
+    let status = api.ok("/v1/projections").await?;
+    status["projections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "order_dashboard"))
+        .and_then(|p| p["live_version"].as_u64())
+        .with_context(|| format!("no live version of order_dashboard in {status}"))
+}
+
+/// The console, one origin in front of read-api, the four services and projections-1's rebuild
+/// endpoint, holding no credential of its own: its page and script; the dashboard as read-api
+/// answers it; a service's log and `order`'s stream with the read-only token (and not without
+/// one); no command; a rebuild with the operators' token (admin) only, which goes live and
+/// changes no row.
+async fn console_forwards(dev: &DevUp, shop: &Shop, order: &Placed) -> anyhow::Result<()> {
+    let port = dev.ports["console"];
+    let with = |token: &str| -> anyhow::Result<Http> {
+        let mut client = Http::new(port);
+        client.token = Some(dev.secret(token)?);
+        Ok(client)
+    };
+    let reader = with("read-token")?;
+    let operator = with("token")?;
+    // It holds no token nor password: whoever calls it brings theirs.
+    let secrets = dev.secrets()?;
+    let console_env = environment_of(dev.pid("console")?)?;
+    ensure!(
+        !console_env
+            .values()
+            .any(|value| secrets.iter().any(|secret| value.contains(secret.as_str()))),
+        "the console's process has a secret in its environment"
+    );
+
+    // The page, and its script compiled in: gzipped when the client accepts it, the same bytes.
+    let (status, headers, page) = raw(port, Method::GET, "/", &[]).await?;
+    let page = String::from_utf8_lossy(&page);
+    ensure!(
+        status == StatusCode::OK
+            && header(&headers, "content-type").starts_with("text/html")
+            && page.contains("<html")
+            && page.contains("/assets/app.js"),
+        "GET / through the console: {status} {headers:?}\n{page}"
+    );
+    let (status, headers, gzipped) = raw(port, Method::GET, "/assets/app.js", &[("accept-encoding", "gzip")]).await?;
+    ensure!(
+        status == StatusCode::OK
+            && header(&headers, "content-encoding") == "gzip"
+            && header(&headers, "content-type").contains("javascript")
+            && gzipped.starts_with(&[0x1f, 0x8b]),
+        "GET /assets/app.js accepting gzip: {status} {headers:?}"
+    );
+    let (status, headers, plain) = raw(port, Method::GET, "/assets/app.js", &[]).await?;
+    ensure!(
+        status == StatusCode::OK && header(&headers, "content-encoding").is_empty() && !plain.is_empty(),
+        "GET /assets/app.js: {status} {headers:?}"
+    );
+    ensure!(gunzip(&gzipped)? == plain, "the gzipped app.js is not the plain one");
+
+    // The dashboard through the console is read-api's own answer (read-api has no
+    // authentication yet; the token the console passes on is the read-only one).
+    let path = format!("/v1/dashboard/orders?limit=500&min_position={}", shop.token("orders"));
+    eventually(
+        "the console's dashboard equals read-api's",
+        Duration::from_secs(30),
+        async || {
+            let direct = dev.read.ok(&path).await?;
+            let through = reader.ok(&path).await?;
+            ensure!(
+                through == direct,
+                "through the console:\n{through}\nread-api:\n{direct}"
+            );
+            ensure!(
+                direct["rows"].as_array().map(Vec::len) == Some(shop.orders.len()),
+                "{direct}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+
+    // A service's log and a stream's events, at the service that owns them: the service wants a
+    // token, and the read-only one may read.
+    let (status, body) = dev.console.get("/v1/log?service=orders").await?;
+    ensure!(
+        status == StatusCode::UNAUTHORIZED,
+        "the orders log through the console without a token: {status} {body}"
+    );
+    let log = reader.ok("/v1/log?service=orders&limit=5").await?;
+    ensure!(
+        log["service"] == "orders" && log["events"].as_array().is_some_and(|e| !e.is_empty()),
+        "the orders log through the console with the read-only token: {log}"
+    );
+    let stream = format!("/v1/streams/order-{}/events", order.id);
+    let events = reader.ok(&stream).await?;
+    let own = dev.orders.ok(&stream).await?;
+    ensure!(
+        events == own,
+        "{stream} through the console:\n{events}\nthe orders service's:\n{own}"
+    );
+    let listed = events["events"].as_array().context("no events")?;
+    ensure!(
+        listed.len() >= 2
+            && listed[0]["event_type"] == "order.placed"
+            && listed.iter().enumerate().all(|(n, event)| {
+                event["stream_id"] == format!("order-{}", order.id) && event["stream_version"] == n as u64 + 1
+            }),
+        "{stream}: {events}"
+    );
+
+    // No command passes, whatever the token.
+    let (status, body) = operator
+        .call(Method::POST, "/v1/orders", Some(json!({"order_id": Uuid::now_v7()})))
+        .await?;
+    ensure!(
+        status == StatusCode::METHOD_NOT_ALLOWED,
+        "a command through the console: {status} {body}"
+    );
+
+    // A rebuild needs `admin`: refused with the read-only token, started with the operators'
+    // (at projections-1), and it goes live.
+    let rebuild = "/v1/projections/order_dashboard/rebuild";
+    let (status, body) = reader.call(Method::POST, rebuild, None).await?;
+    ensure!(
+        status == StatusCode::FORBIDDEN,
+        "a rebuild through the console with the read-only token: {status} {body}"
+    );
+    let before = dashboard_matches(&dev.read, shop, Some(&shop.token("orders"))).await?;
+    let live = live_version(&reader).await?;
+    let (status, started) = operator.call(Method::POST, rebuild, None).await?;
+    ensure!(
+        status == StatusCode::ACCEPTED && started["projection"] == "order_dashboard" && started["version"] == live + 1,
+        "a rebuild through the console with the operators' token (live version {live}): {status} {started}"
+    );
+    eventually(
+        "the rebuild started through the console goes live",
+        Duration::from_secs(60),
+        async || {
+            let now = live_version(&reader).await?;
+            ensure!(now == live + 1, "live version {now}, the rebuild's {}", live + 1);
+            Ok(())
+        },
+    )
+    .await?;
+    ensure!(
+        dashboard_matches(&dev.read, shop, Some(&shop.token("orders"))).await? == before,
+        "the rebuild through the console changed the dashboard"
+    );
+    Ok(())
+}
+
 async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     let started = Instant::now();
     // Up, as a newcomer would run it.
@@ -1472,7 +1718,11 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         .ports
         .values()
         .map(|port| format!("http://127.0.0.1:{port}"))
-        .chain([dev.dir.join("token").display().to_string(), "down".to_owned()])
+        .chain([
+            dev.dir.join("token").display().to_string(),
+            dev.dir.join("read-token").display().to_string(),
+            "down".to_owned(),
+        ])
     {
         ensure!(banner.contains(&expected), "the banner lacks {expected}:\n{banner}");
     }
@@ -1481,7 +1731,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     }
     dev.logs_keep_secrets()?;
     use std::os::unix::fs::PermissionsExt as _;
-    for file in ["token", "service-token", "secrets.env", "pgpass"] {
+    for file in ["token", "read-token", "service-token", "secrets.env", "pgpass"] {
         let mode = std::fs::metadata(dev.dir.join(file))?.permissions().mode();
         ensure!(mode & 0o077 == 0, "{file} is readable by others: {mode:o}");
     }
@@ -1796,6 +2046,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
         after["buckets"] != revenue["buckets"],
         "o7 {o7:?} is not in the revenue: {after}"
     );
+    console_forwards(dev, &shop, &o2).await?;
     let scenario_at = started.elapsed();
 
     // Isolation: without payments, stopped or without its database, orders are taken and wait

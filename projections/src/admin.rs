@@ -127,13 +127,16 @@ async fn rebuild(State(admin): State<Admin>, UrlPath(name): UrlPath<String>) -> 
 async fn rebuild_in_background(admin: Admin, factory: ProjectionFactory, version: u32, running: Running) {
     let name = running.name;
     let db = &admin.sinks.read_db;
+    // Set once the rebuild has registered `version`: only then is a `building` row of that
+    // number this rebuild's to retire (another worker may have registered it first).
+    let registered = std::sync::atomic::AtomicBool::new(false);
     let build = crate::rebuild(
         admin.logs.clone(),
         db,
         Arc::clone(&factory),
         RebuildOptions::default(),
         admin.stop.clone(),
-        |_| {},
+        |_| registered.store(true, std::sync::atomic::Ordering::Relaxed),
     );
     let mut build = std::pin::pin!(build);
     // While building, the rebuild reads the whole log before it looks at its token again:
@@ -162,7 +165,8 @@ async fn rebuild_in_background(admin: Admin, factory: ProjectionFactory, version
     }
     // A version left `building` would show as a rebuild in progress forever: retire it and drop
     // its tables. One that was switched live already stays.
-    if state_of(db, name, version).await.as_deref() == Some("building") {
+    let ours = registered.load(std::sync::atomic::Ordering::Relaxed);
+    if ours && state_of(db, name, version).await.as_deref() == Some("building") {
         if let Err(e) = db.set_state(name, version, "retired").await {
             tracing::error!(projection = name, version, error = %e, "cannot retire the abandoned version");
         } else if let Err(e) = factory(version).drop_version().await {

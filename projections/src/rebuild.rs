@@ -124,7 +124,7 @@ pub struct RebuildReport {
 }
 
 /// Builds the next version of the projection `factory` makes, from the services' logs; see the
-/// module doc. `progress` is called after each batch.
+/// module doc. `progress` is called once the version is registered, then after each batch.
 pub async fn rebuild(
     logs: Vec<ServiceLog>,
     db: &ReadDb,
@@ -171,6 +171,15 @@ pub async fn rebuild(
         "rebuild started"
     );
 
+    // The first report says the version is registered (and so this rebuild's own): a caller
+    // that cleans up after a failure must not touch a version another process registered.
+    progress(RebuildProgress {
+        version,
+        position: 0,
+        target: start_target,
+        events_applied: 0,
+        events_per_second: 0.0,
+    });
     let started = Instant::now();
     let mut applied = 0u64;
     let mut positions: BTreeMap<Service, u64> = logs.iter().map(|log| (log.service, 0)).collect();
