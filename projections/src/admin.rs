@@ -10,13 +10,13 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::catalog::{self, Sinks};
+use crate::{ProjectionFactory, ReadDb, RebuildOptions, ServiceLog};
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use crate::catalog::{self, Sinks};
-use crate::{ProjectionFactory, ReadDb, RebuildOptions, ServiceLog};
 use service_kit::http::ApiError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
