@@ -252,8 +252,7 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
                 return ApiError::unauthorized(true).into_response();
             };
             let reading = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-            let allowed =
-                spec.scopes.contains(&guard.scope) || (reading && spec.scopes.contains(&Scope::Read));
+            let allowed = spec.scopes.contains(&guard.scope) || (reading && spec.scopes.contains(&Scope::Read));
             if !allowed {
                 tracing::info!(principal = %spec.name, scope = %guard.scope, "token lacks the route's scope");
                 return ApiError::forbidden(guard.scope.as_str()).into_response();
