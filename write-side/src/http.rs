@@ -86,8 +86,6 @@ use service_kit::http::Edge;
 use tokio::net::TcpListener;
 
 pub use answer::CommandAnswerBody;
-pub use service_kit::auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
-use service_kit::auth;
 pub use customers::{ChangeCustomerEmail, CustomerStateView, RegisterCustomer, RenameCustomer};
 pub use extract::EmptyBody;
 pub use inventory::HeldView;
@@ -103,6 +101,8 @@ pub use reads::{
     ShipmentView, StreamEventsPage, StreamEventsQuery, event_data,
 };
 pub use sagas::{AbandonSagaBody, ParkedSagas, ServicesView};
+use service_kit::auth;
+pub use service_kit::auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
 pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
 pub use service_kit::metrics::prometheus_handle;
 
