@@ -254,7 +254,10 @@ async fn serve_rebuilds(
         );
         Auth::tokens(args.tokens.iter().cloned())
     };
-    let url = args.event_store_url.as_deref().context("--listen needs --event-store-url")?;
+    let url = args
+        .event_store_url
+        .as_deref()
+        .context("--listen needs --event-store-url")?;
     let logs = open_logs(url).await?;
     let admin = crate::admin::Admin::new(logs, sinks.clone(), shutdown.clone());
     let metrics = service_kit::metrics::prometheus_handle();

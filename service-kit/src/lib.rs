@@ -29,8 +29,8 @@
 //! Nothing here knows the order domain: it depends on `event-store` to open and copy a store,
 //! and on `event-schemas` for which service owns which streams.
 
-pub mod auth;
 pub mod archive;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1407,7 +1407,10 @@ async fn the_service_and_admin_scopes() {
             }
         }
     }
-    for path in ["/v1/log?service=inventory".to_owned(), format!("/v1/products/{product}")] {
+    for path in [
+        "/v1/log?service=inventory".to_owned(),
+        format!("/v1/products/{product}"),
+    ] {
         send("GET", path, READER, None).await.expect(StatusCode::OK);
     }
     let reply = send(
