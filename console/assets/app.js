@@ -12,8 +12,9 @@
 //                #filter-customer, #filter-placed-from, #filter-placed-to, #sort; #page-next,
 //                #page-prev; performance mark 'orders-rows-rendered' at 50 rows
 //   order        #order-row [data-field]; ol#timeline li.event[data-position][data-type] (the
-//                order stream's), li.saga-event; input#time-slider; #as-of-moment[data-as-of];
-//                #as-of-read and #as-of-write [data-as-of][data-state] [data-field=status]
+//                order stream's), li.saga-event; input#time-slider (over the order's events: at_position);
+//                #as-of-moment[data-at-position][data-as-of]; #as-of-time + #as-of-time-go (as_of);
+//                #as-of-read and #as-of-write [data-at-position or data-as-of][data-state] [data-field=status]
 //   analytics    #chart-revenue, #chart-top-products [data-points]; table#funnel,
 //                table#delivery-durations; #revenue-bucket
 //   operations   table#projections-table tr[data-projection] [data-field=version|state|...];

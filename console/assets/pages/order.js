@@ -2,7 +2,7 @@
 // its saga's events, and a time slider comparing the read model with the write side's fold.
 
 import {
-  h, api, apiOrNull, ApiError, badge, money, num, text, humanize, timeEl, fmtTime, errorMessage, isAbort, notice,
+  $, h, api, apiOrNull, ApiError, badge, money, num, text, humanize, timeEl, fmtTime, errorMessage, isAbort, notice,
   tableWrap, UUID_RE,
 } from '../app.js';
 
@@ -121,6 +121,7 @@ export default async function order(ctx) {
   const n = orderEvents.length;
   const slider = h('input', { id: 'time-slider', type: 'range', min: 0, max: Math.max(0, n - 1), step: 1, value: Math.max(0, n - 1), 'aria-describedby': 'as-of-moment' });
   const moment = h('output', { id: 'as-of-moment', for: 'time-slider' });
+  const asOfTime = h('input', { id: 'as-of-time', type: 'datetime-local', step: 1 });
   const readPanel = h('section', { id: 'as-of-read', class: 'card', 'data-state': 'loading', 'aria-live': 'polite' });
   const writePanel = h('section', { id: 'as-of-write', class: 'card', 'data-state': 'loading', 'aria-live': 'polite' });
   const travel = h('section', { class: 'card', id: 'time-travel', 'aria-labelledby': 'time-travel-title' },
@@ -130,7 +131,11 @@ export default async function order(ctx) {
         h('label', { for: 'time-slider' }, 'Event'),
         slider,
         moment),
-      h('p', { class: 'muted small' }, 'Each step is the moment one of the order’s events was recorded: the read model (dashboard) beside the write side’s fold of the stream, as of that moment.'),
+      h('p', { class: 'muted small' }, 'Each step is one of the order’s events: the read model (dashboard) beside the write side’s fold of the stream, as of the orders log’s position that recorded it (at_position; exact even when a seeded history recorded several events in one instant).'),
+      h('form', { class: 'slider-row', id: 'as-of-time-form' },
+        h('label', { for: 'as-of-time' }, 'Or any moment'),
+        asOfTime,
+        h('button', { type: 'submit', id: 'as-of-time-go', class: 'secondary' }, 'Show')),
       h('div', { class: 'asof-panels' }, readPanel, writePanel),
     ] : notice('The order’s stream could not be read, so there is nothing to step through.', 'warn'));
 
@@ -169,37 +174,46 @@ export default async function order(ctx) {
   let timer = null;
   ctx.onCleanup(() => clearTimeout(timer));
 
+  /** Shows the slider's event; answers the point both sides are asked for. */
   function showMoment() {
     const i = Number(slider.value);
     const e = orderEvents[i];
+    const at = String(e.position);
+    moment.dataset.atPosition = at;
     moment.dataset.asOf = e.recorded_at;
     moment.replaceChildren(
+      h('span', null, `event ${i + 1} of ${n}: `), h('code', null, e.event_type),
+      h('span', { class: 'muted' }, ` · happened `),
+      h('time', { datetime: e.occurred_at, title: e.occurred_at }, fmtTime(e.occurred_at, true)),
+      h('span', { class: 'muted' }, ` · recorded `),
       h('time', { datetime: e.recorded_at, title: e.recorded_at }, fmtTime(e.recorded_at, true)),
-      h('span', { class: 'muted' }, ` · event ${i + 1} of ${n}: `), h('code', null, e.event_type));
-    const same = orderEvents.filter((x) => x.recorded_at === e.recorded_at).length;
-    if (same > 1) {
-      moment.append(h('span', { class: 'muted small' }, ` (${same} of the order’s events were recorded at this same moment: as of it, both sides include them all)`));
-    }
-    slider.setAttribute('aria-valuetext', `event ${i + 1} of ${n}, ${e.event_type}, ${fmtTime(e.recorded_at, true)}`);
+      h('span', { class: 'muted' }, ` at position ${at}`));
+    slider.setAttribute('aria-valuetext', `event ${i + 1} of ${n}, ${e.event_type}, ${fmtTime(e.occurred_at, true)}`);
     for (const li of timeline.children) {
-      // What "as of" that moment leaves out: the events recorded after it.
-      li.classList.toggle('future', timeKey(li.dataset.recordedAt) > timeKey(e.recorded_at));
+      // What "as of" that point leaves out: the events after it in the orders log.
+      li.classList.toggle('future', Number(li.dataset.position) > e.position);
     }
-    return e.recorded_at;
+    // The dashboard takes a position with its log's service (a consistency token); the orders
+    // service's own fold, a position of its own log.
+    return {
+      label: `position ${at}`,
+      read: { at_position: `orders:${at}` },
+      write: { at_position: at },
+      key: { atPosition: at },
+    };
   }
 
-  async function loadPanels() {
-    const asOf = showMoment();
+  async function loadPanels(point = showMoment()) {
     const mine = ++seq;
     readPanel.dataset.state = 'loading';
     writePanel.dataset.state = 'loading';
-    const read = settle(api(`/v1/dashboard/orders/${id}`, { query: { as_of: asOf }, signal }));
-    const write = settle(api(`/v1/orders/${id}/state`, { query: { as_of: asOf }, signal }));
-    read.then((r) => { if (mine === seq && ctx.alive) renderRead(r, asOf); }, () => {});
-    write.then((r) => { if (mine === seq && ctx.alive) renderWrite(r, asOf); }, () => {});
+    const read = settle(api(`/v1/dashboard/orders/${id}`, { query: point.read, signal }));
+    const write = settle(api(`/v1/orders/${id}/state`, { query: point.write, signal }));
+    read.then((r) => { if (mine === seq && ctx.alive) renderRead(r, point); }, () => {});
+    write.then((r) => { if (mine === seq && ctx.alive) renderWrite(r, point); }, () => {});
   }
 
-  function panel(el, title, asOf, result, render) {
+  function panel(el, title, point, result, render) {
     const body = [h('h3', null, title)];
     if (result.ok) {
       body.push(render(result.value));
@@ -211,12 +225,14 @@ export default async function order(ctx) {
       body.push(notice(errorMessage(result.error)));
       el.dataset.state = 'error';
     }
-    el.dataset.asOf = asOf;
+    delete el.dataset.asOf;
+    delete el.dataset.atPosition;
+    Object.assign(el.dataset, point.key);
     el.replaceChildren(...body);
   }
 
-  function renderRead(result, asOf) {
-    panel(readPanel, 'Read side: the dashboard', asOf, result, (r) => fields([
+  function renderRead(result, point) {
+    panel(readPanel, `Read side: the dashboard, as of ${point.label}`, point, result, (r) => fields([
       ['Status', 'status', r.status],
       ['Total', 'total', money(r.total_minor, r.currency)],
       ['Saga', 'saga_state', text(r.saga_state)],
@@ -227,8 +243,8 @@ export default async function order(ctx) {
     ]));
   }
 
-  function renderWrite(result, asOf) {
-    panel(writePanel, 'Write side: the stream folded', asOf, result, (s) => fields([
+  function renderWrite(result, point) {
+    panel(writePanel, `Write side: the stream folded, as of ${point.label}`, point, result, (s) => fields([
       ['Status', 'status', s.status],
       ['Total', 'total', money(s.total_minor, s.currency || currency)],
       ['Lines', 'lines', num(s.lines?.length)],
@@ -247,6 +263,15 @@ export default async function order(ctx) {
   slider.addEventListener('change', () => {
     clearTimeout(timer);
     loadPanels();
+  });
+  // Any moment, by time: `as_of` on both sides (the commit time of every service's log).
+  $('#as-of-time-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    if (!asOfTime.value) return;
+    const asOf = new Date(asOfTime.value).toISOString();
+    for (const li of timeline.children) li.classList.toggle('future', timeKey(li.dataset.recordedAt) > timeKey(asOf));
+    clearTimeout(timer);
+    loadPanels({ label: fmtTime(asOf, true), read: { as_of: asOf }, write: { as_of: asOf }, key: { asOf } });
   });
   loadPanels();
 }
