@@ -16,12 +16,17 @@
 //!   placement alone.
 //! - `transfer`: a service's log exported from SQLite and imported into PostgreSQL, beside a
 //!   raw COPY of the same rows.
+//! - `console`: the operations console in headless Chromium: bytes per page, time to the
+//!   orders' first rows, beside the API's own latency; `browser`: the WebDriver helper it
+//!   shares with the console's browser tests.
 //! - `scratch`: the databases a benchmark makes for itself and drops after; `load`: the HTTP
 //!   client, histograms and the freshness probe the HTTP benchmarks share.
 //!
 //! Data comes from the simulated shop (`shop-sim`).
 
+pub mod browser;
 mod commands;
+mod console;
 mod freshness;
 mod load;
 mod reads;
@@ -60,6 +65,9 @@ pub enum Bench {
     /// A service's log moved between stores: exported from SQLite, imported into PostgreSQL,
     /// exported again, beside a raw COPY of the same rows between PostgreSQL databases.
     Transfer(transfer::TransferBench),
+    /// The operations console in headless Chromium over a seeded `serve`: bytes per page (cold
+    /// loads) and time to the orders page's first 50 rows, beside the API's own latency.
+    Console(console::ConsoleBench),
 }
 
 /// Runs one benchmark; its JSON goes to stdout.
@@ -73,5 +81,6 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Freshness(b) => freshness::run(b).await,
         Bench::Transfer(b) => transfer::run(b).await,
         Bench::Saga(b) => saga::run(b).await,
+        Bench::Console(b) => console::run(b).await,
     }
 }
