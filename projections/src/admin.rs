@@ -8,16 +8,18 @@
 //! projection at once would both number their version `max + 1`.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::catalog::{self, Sinks};
 use crate::{ProjectionFactory, ReadDb, RebuildOptions, ServiceLog};
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use service_kit::http::ApiError;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -84,12 +86,23 @@ pub fn routes(admin: Admin) -> Router {
 
 /// `POST /v1/projections/{name}/rebuild`: builds the next version of a projection from the event
 /// store beside the live one, in the background, and switches reads to it when it has caught up.
-/// 202 `{projection, version, state: "building"}`; `GET /v1/projections` shows the progress.
-/// 404 for an unknown projection, 409 while one of it is already running.
-async fn rebuild(State(admin): State<Admin>, UrlPath(name): UrlPath<String>) -> Result<Response, ApiError> {
+/// 202 `{projection, version, state: "building"}` once the version is registered (its number is
+/// the one the registry gave, never a guess); `GET /v1/projections` shows the progress. 404 for
+/// an unknown projection, 409 while one of it is already running in this process, 403 for a
+/// request a browser says came from another site, 503 when the process is stopping or the
+/// rebuild could not start (the cause is logged).
+async fn rebuild(
+    State(admin): State<Admin>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    refuse_cross_site(&headers)?;
     let Some(name) = catalog::NAMES.into_iter().find(|known| *known == name) else {
         return Err(ApiError::not_found("projection", name));
     };
+    if admin.stop.is_cancelled() {
+        return Err(ApiError::unavailable("the rebuild endpoint (the process is stopping)"));
+    }
     let factory = catalog::factory(name, &admin.sinks)?;
     if !admin.lock().running.insert(name) {
         return Err(ApiError::new(
@@ -103,40 +116,59 @@ async fn rebuild(State(admin): State<Admin>, UrlPath(name): UrlPath<String>) -> 
         admin: admin.clone(),
         name,
     };
-    // The number `projections::rebuild` gives the new version; nothing else registers versions
-    // in the embedded read database while this process holds `running`.
-    let version = admin
-        .sinks
-        .read_db
-        .versions(name)
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0)
-        + 1;
-    tracing::info!(projection = name, version, "rebuild requested");
+    tracing::info!(projection = name, "rebuild requested");
+    let (registered_tx, registered_rx) = oneshot::channel();
     admin
         .lock()
         .tasks
-        .spawn(rebuild_in_background(admin.clone(), factory, version, running));
+        .spawn(rebuild_in_background(admin.clone(), factory, running, registered_tx));
+    let Ok(version) = registered_rx.await else {
+        return Err(ApiError::unavailable("the rebuild (it could not start; see the log)"));
+    };
     let answer = serde_json::json!({"projection": name, "version": version, "state": "building"});
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
-async fn rebuild_in_background(admin: Admin, factory: ProjectionFactory, version: u32, running: Running) {
+/// With authentication off (embedded, a worker run with `--no-auth`), a page on another site
+/// could make a visitor's browser send this body-less POST: a "simple" request, with no
+/// preflight. Browsers say where a request comes from (`Sec-Fetch-Site`); a request from
+/// another site is refused. Tools that send no such header (curl, the CLI) are not browsers
+/// and pass.
+fn refuse_cross_site(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        None | Some(b"same-origin" | b"none") => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "a rebuild cannot be requested from another site",
+        )),
+    }
+}
+
+async fn rebuild_in_background(
+    admin: Admin,
+    factory: ProjectionFactory,
+    running: Running,
+    registered_tx: oneshot::Sender<u32>,
+) {
     let name = running.name;
     let db = &admin.sinks.read_db;
-    // Set once the rebuild has registered `version`: only then is a `building` row of that
-    // number this rebuild's to retire (another worker may have registered it first).
-    let registered = std::sync::atomic::AtomicBool::new(false);
+    // The version this rebuild registered (0: none yet). Only a `building` row of that number is
+    // this rebuild's to retire: another worker may have registered the number it first tried.
+    let registered = AtomicU32::new(0);
+    let mut registered_tx = Some(registered_tx);
     let build = crate::rebuild(
         admin.logs.clone(),
         db,
         Arc::clone(&factory),
         RebuildOptions::default(),
         admin.stop.clone(),
-        |_| registered.store(true, std::sync::atomic::Ordering::Relaxed),
+        |progress| {
+            registered.store(progress.version, Ordering::Relaxed);
+            if let Some(tx) = registered_tx.take() {
+                let _ = tx.send(progress.version);
+            }
+        },
     );
     let mut build = std::pin::pin!(build);
     // While building, the rebuild reads the whole log before it looks at its token again:
@@ -145,11 +177,15 @@ async fn rebuild_in_background(admin: Admin, factory: ProjectionFactory, version
     // version's tables at once since the token is cancelled): that is let finish.
     let outcome = tokio::select! {
         outcome = &mut build => Some(outcome),
-        () = admin.stop.cancelled() => match state_of(db, name, version).await.as_deref() {
-            Some("live") => Some(build.await),
-            _ => None,
-        },
+        () = admin.stop.cancelled() => {
+            let version = registered.load(Ordering::Relaxed);
+            match state_of(db, name, version).await.as_deref() {
+                Some("live") if version != 0 => Some(build.await),
+                _ => None,
+            }
+        }
     };
+    let version = registered.load(Ordering::Relaxed);
     match outcome {
         Some(Ok(report)) => {
             tracing::info!(projection = name, version = report.version, replaced = ?report.replaced,
@@ -165,8 +201,7 @@ async fn rebuild_in_background(admin: Admin, factory: ProjectionFactory, version
     }
     // A version left `building` would show as a rebuild in progress forever: retire it and drop
     // its tables. One that was switched live already stays.
-    let ours = registered.load(std::sync::atomic::Ordering::Relaxed);
-    if ours && state_of(db, name, version).await.as_deref() == Some("building") {
+    if version != 0 && state_of(db, name, version).await.as_deref() == Some("building") {
         if let Err(e) = db.set_state(name, version, "retired").await {
             tracing::error!(projection = name, version, error = %e, "cannot retire the abandoned version");
         } else if let Err(e) = factory(version).drop_version().await {
@@ -184,5 +219,31 @@ async fn state_of(db: &ReadDb, name: &str, version: u32) -> Option<String> {
             tracing::error!(projection = name, version, error = %e, "cannot read the versions");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(site: Option<&'static str>) -> Result<(), u16> {
+        let mut headers = HeaderMap::new();
+        if let Some(site) = site {
+            headers.insert("sec-fetch-site", axum::http::HeaderValue::from_static(site));
+        }
+        refuse_cross_site(&headers).map_err(|e| e.status().as_u16())
+    }
+
+    #[test]
+    fn a_rebuild_from_another_site_is_refused_and_tools_pass() {
+        assert_eq!(from(None), Ok(()), "curl and the CLI send no Sec-Fetch-Site");
+        assert_eq!(from(Some("same-origin")), Ok(()), "the console's own page");
+        assert_eq!(from(Some("none")), Ok(()), "typed into the address bar");
+        assert_eq!(from(Some("cross-site")), Err(403));
+        assert_eq!(
+            from(Some("same-site")),
+            Err(403),
+            "another port or subdomain is another site here"
+        );
     }
 }

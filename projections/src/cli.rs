@@ -224,13 +224,16 @@ async fn run_workers(args: RunArgs, shutdown: CancellationToken) -> anyhow::Resu
     }
     if let Some((server, admin)) = rebuilds {
         shutdown.cancel();
-        let mut tasks = admin.take_tasks();
-        while tasks.join_next().await.is_some() {}
+        // The server first: once it has drained, no request can start a rebuild (a request
+        // arriving after the cancel is answered 503), so the rebuilds taken next are all there
+        // will be.
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "the rebuild endpoint failed"),
             Err(e) => tracing::error!(error = %e, "the rebuild endpoint panicked"),
         }
+        let mut tasks = admin.take_tasks();
+        while tasks.join_next().await.is_some() {}
     }
     outcome
 }

@@ -146,6 +146,15 @@ pub async fn rebuild(
         until.map(|u| (u.position.map_or(u64::MAX, |t| t.position), Some(u.time))),
     )
     .await?;
+    // The first report says which version is registered (and so this rebuild's own): a caller
+    // that cleans up after a failure must not touch a version another process registered.
+    progress(RebuildProgress {
+        version,
+        position: 0,
+        target: start_target,
+        events_applied: 0,
+        events_per_second: 0.0,
+    });
     let projection = factory(version);
     // The build phase may be a bulk load (`Projection::bulk_load`), which needs this version to
     // itself, empty, until the switch. It has it:
@@ -171,15 +180,6 @@ pub async fn rebuild(
         "rebuild started"
     );
 
-    // The first report says the version is registered (and so this rebuild's own): a caller
-    // that cleans up after a failure must not touch a version another process registered.
-    progress(RebuildProgress {
-        version,
-        position: 0,
-        target: start_target,
-        events_applied: 0,
-        events_per_second: 0.0,
-    });
     let started = Instant::now();
     let mut applied = 0u64;
     let mut positions: BTreeMap<Service, u64> = logs.iter().map(|log| (log.service, 0)).collect();

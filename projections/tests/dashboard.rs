@@ -2983,7 +2983,9 @@ async fn rebuild_in_bulk(server: Server) {
         (recorded.len().div_ceil(23), 0),
         "every batch went to the bulk load"
     );
-    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions.len() == recorded.len().div_ceil(23));
+    // One report once the version is registered (at position 0), then one per batch.
+    assert_eq!(positions.first(), Some(&0), "the registration's report comes first");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions.len() == 1 + recorded.len().div_ceil(23));
     assert_same_version(&db, 50, 1, "rebuild").await;
 
     // Historical, up to a position of one service's log: exactly there. (The other services'
