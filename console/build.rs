@@ -40,7 +40,7 @@ fn main() {
         let etag: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
         writeln!(
             table,
-            "    Asset {{ path: {url:?}, content_type: {:?}, etag: \"\\\"{etag}\\\"\", body: include_bytes!({:?}), gzipped: include_bytes!({:?}) }},",
+            "    Asset {{ path: {url:?}, content_type: {:?}, etag: \"\\\"{etag}\\\"\", etag_gzip: \"\\\"{etag}-gz\\\"\", body: include_bytes!({:?}), gzipped: include_bytes!({:?}) }},",
             content_type(file),
             file.display().to_string(),
             gz_path.display().to_string(),

@@ -14,6 +14,8 @@ pub(crate) struct Asset {
     pub(crate) content_type: &'static str,
     /// A quoted strong ETag: the start of the SHA-256 of the body.
     pub(crate) etag: &'static str,
+    /// The gzipped body's.
+    pub(crate) etag_gzip: &'static str,
     pub(crate) body: &'static [u8],
     pub(crate) gzipped: &'static [u8],
 }
@@ -47,9 +49,13 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(asset) = find(path) else {
         return service_kit::http::ApiError::not_found("asset", path).into_response();
     };
-    let mut response = if if_none_match(headers, asset.etag) {
+    // The gzipped body is other bytes than the plain one, so it has an ETag of its own: a cache
+    // never answers a client with the coding it did not ask for.
+    let gzip = accepts_gzip(headers);
+    let etag = if gzip { asset.etag_gzip } else { asset.etag };
+    let mut response = if if_none_match(headers, etag) {
         StatusCode::NOT_MODIFIED.into_response()
-    } else if accepts_gzip(headers) {
+    } else if gzip {
         let mut response = asset.gzipped.into_response();
         response
             .headers_mut()
@@ -60,7 +66,7 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     };
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
-    out.insert(header::ETAG, HeaderValue::from_static(asset.etag));
+    out.insert(header::ETAG, HeaderValue::from_static(etag));
     // The file names carry no hash, so a browser must ask again each time; the ETag makes that
     // a 304 without a body.
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

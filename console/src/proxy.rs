@@ -60,6 +60,16 @@ fn target(method: &Method, uri: &Uri) -> Result<Target, ApiError> {
     let path = uri.path();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let refused = || ApiError::method_not_allowed(method.as_str(), path);
+    // A browser resolves dot segments before it sends a URL: one that still has them (or hides
+    // them, or a slash, percent-encoded) was made by hand, and is not forwarded to be read
+    // differently upstream.
+    let suspicious = |segment: &&str| {
+        let lower = segment.to_ascii_lowercase();
+        segment.is_empty() || *segment == "." || *segment == ".." || lower.contains("%2e") || lower.contains("%2f")
+    };
+    if segments.iter().any(suspicious) {
+        return Err(ApiError::no_route(path));
+    }
     if *method == Method::POST {
         return match segments.as_slice() {
             ["v1", "projections", _, "rebuild"] => Ok(Target::Projections),
@@ -98,20 +108,16 @@ fn target(method: &Method, uri: &Uri) -> Result<Target, ApiError> {
 
 /// The headers a request keeps on its way up, and an answer on its way down; the rest (hop by
 /// hop, cookies, anything the browser adds) stays here.
-const REQUEST_HEADERS: [HeaderName; 5] = [
+const REQUEST_HEADERS: [HeaderName; 4] = [
     header::AUTHORIZATION,
     header::ACCEPT,
     header::CONTENT_TYPE,
-    HeaderName::from_static("x-correlation-id"),
     HeaderName::from_static("idempotency-key"),
 ];
-const RESPONSE_HEADERS: [HeaderName; 5] = [
-    header::CONTENT_TYPE,
-    header::RETRY_AFTER,
-    header::WWW_AUTHENTICATE,
-    HeaderName::from_static("x-correlation-id"),
-    HeaderName::from_static("x-request-id"),
-];
+/// The upstream's correlation and request ids are not among them: the console's edge answers
+/// its own, and the correlation id is the one sent upstream, so the ids a user sees are found
+/// in every log.
+const RESPONSE_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::RETRY_AFTER, header::WWW_AUTHENTICATE];
 
 #[derive(Clone)]
 struct Proxy {
@@ -165,6 +171,11 @@ async fn forward_inner(proxy: &Proxy, request: Request) -> Result<Response, ApiE
         for value in parts.headers.get_all(name) {
             upstream = upstream.header(name, value);
         }
+    }
+    // The request's correlation id as the console's edge settled it (the browser's, or a new
+    // one), so one id follows the request into the upstream's log.
+    if let Some(context) = parts.extensions.get::<service_kit::http::RequestContext>() {
+        upstream = upstream.header(service_kit::http::CORRELATION_ID, context.correlation_id.as_str());
     }
     let upstream = upstream
         .body(body)
@@ -238,5 +249,8 @@ mod tests {
         assert_eq!(to(Method::GET, "/v1/log?service=billing"), Err(400));
         assert_eq!(to(Method::GET, "/v1/streams/nonsense/events"), Err(400));
         assert_eq!(to(Method::GET, "/v1/elsewhere"), Err(404));
+        assert_eq!(to(Method::GET, "/v1/dashboard/../../admin"), Err(404));
+        assert_eq!(to(Method::GET, "/v1/dashboard/%2e%2e/x"), Err(404));
+        assert_eq!(to(Method::GET, "/v1/dashboard//orders"), Err(404));
     }
 }
