@@ -201,9 +201,17 @@ function renderBanner() {
 
 export const getToken = () => sessionStorage.getItem(TOKEN_KEY);
 
+// The server asked for a token (a 401 was seen) since this tab opened.
+let authAsked = false;
+// The user cancelled the sign-in dialog: no request opens it again until the user clicks a
+// "Sign in" control or navigates (route()).
+let declined = false;
+
 function updateSignOut() {
   const button = $('#sign-out');
   if (button) button.hidden = !getToken();
+  const signIn = $('#sign-in');
+  if (signIn) signIn.hidden = !!getToken() || !authAsked;
 }
 
 let tokenPrompt = null;
@@ -222,8 +230,11 @@ function askForToken(reason) {
       dialog.removeEventListener('close', onClose);
       $('#token-cancel').removeEventListener('click', onCancel);
       tokenPrompt = null;
-      if (token) resolve(token);
-      else reject(new ApiError(401, 'unauthorized', 'Sign in to see this page: the server asks for a bearer token.'));
+      if (token) { declined = false; resolve(token); } else {
+        declined = true;
+        updateSignOut();
+        reject(signInError());
+      }
     };
     const onSubmit = (event) => {
       event.preventDefault();
@@ -245,6 +256,14 @@ function askForToken(reason) {
     input.focus();
   });
   return tokenPrompt;
+}
+
+const signInError = () => new ApiError(401, 'unauthorized', 'Sign in to see this page: the server asks for a bearer token.');
+
+/** A user's "Sign in": forgets a cancelled dialog, asks for a token, then reloads the page. */
+export function signIn() {
+  declined = false;
+  askForToken('This server asks for a bearer token.').then(() => route(), () => {});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,9 +293,10 @@ export function url(path, query) {
 /**
  * Calls the API: JSON in, JSON out. Throws an ApiError for an error answer (its code, message
  * and details from `{"error": {...}}`), retries by itself while a projection is not caught up
- * (showing the status banner), asks for a token on 401.
+ * (showing the status banner), asks for a token on 401. `prompt: false` (background polls) never
+ * opens the sign-in dialog: a 401 just throws; nor does any request once the user cancelled it.
  */
-export async function api(path, { query, method = 'GET', body, signal, wait = true } = {}) {
+export async function api(path, { query, method = 'GET', body, signal, wait = true, prompt = true } = {}) {
   const target = url(path, query);
   let waitId = null;
   try {
@@ -308,9 +328,13 @@ export async function api(path, { query, method = 'GET', body, signal, wait = tr
         err?.message || `${method} ${path} answered ${response.status} ${response.statusText}`,
         err?.details,
       );
-      if (response.status === 401 && attempt < 3) {
+      if (response.status === 401) {
         const had = !!token;
-        if (had) { sessionStorage.removeItem(TOKEN_KEY); updateSignOut(); }
+        authAsked = true;
+        // Only the token this request sent is dropped (another request may have set a new one).
+        if (had && getToken() === token) sessionStorage.removeItem(TOKEN_KEY);
+        updateSignOut();
+        if (!prompt || declined || attempt >= 3) throw signInError();
         await askForToken(had ? 'The token was refused. Enter another bearer token.' : 'This server asks for a bearer token.');
         continue;
       }
@@ -465,16 +489,28 @@ export function replaceQuery(query) {
   for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null && v !== '') params.set(k, v);
   const qs = params.toString();
   history.replaceState(history.state, '', `#${path}${qs ? `?${qs}` : ''}`);
+  routedHash = location.hash;
 }
 
 let current = null; // {controller, cleanups}
 let navigations = 0;
+let routedHash = '#/orders'; // the hash of the page shown (with its query, as replaceQuery left it)
 
 async function route() {
+  // A hash that is no route (an in-page anchor such as the skip link's #page) is not a page.
+  if (location.hash && location.hash !== '#' && !location.hash.startsWith('#/')) {
+    if (current) {
+      history.replaceState(history.state, '', routedHash);
+      return;
+    }
+    history.replaceState(null, '', '#/orders');
+  }
   const { path, query } = currentHash();
   if (!location.hash || location.hash === '#' || location.hash === '#/') {
     history.replaceState(null, '', '#/orders');
   }
+  routedHash = location.hash;
+  declined = false; // an explicit navigation: a page may ask for a token again
   if (current) {
     current.controller.abort();
     for (const fn of current.cleanups.splice(0)) { try { fn(); } catch (e) { console.warn(e); } }
@@ -518,6 +554,9 @@ async function route() {
     fail(error) {
       if (controller.signal.aborted || isAbort(error)) return;
       errorBox.textContent = errorMessage(error);
+      if (error instanceof ApiError && error.status === 401) {
+        errorBox.append(' ', h('button', { type: 'button', class: 'sign-in', onclick: signIn }, 'Sign in'));
+      }
       errorBox.hidden = false;
       main.dataset.state = 'error';
       main.removeAttribute('aria-busy');
@@ -572,6 +611,14 @@ async function route() {
 
 function start() {
   updateSignOut();
+  // The skip link moves focus to the page without touching the hash (the router's).
+  $('a.skip-link')?.addEventListener('click', (event) => {
+    event.preventDefault();
+    const main = $('#page');
+    main.focus({ preventScroll: true });
+    main.scrollIntoView({ block: 'start' });
+  });
+  $('#sign-in')?.addEventListener('click', signIn);
   $('#sign-out').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);
     updateSignOut();

@@ -78,7 +78,7 @@ export default async function analytics(ctx) {
         height: opts.height || 280,
         hooks: {
           draw: [(plot) => {
-            el.dataset.points = String(plot.data[0].length);
+            if (charts.get(el) === plot || !charts.has(el)) el.dataset.points = String(plot.data[0].length);
             if (!done) { done = true; resolve(plot); }
           }],
         },
@@ -86,7 +86,10 @@ export default async function analytics(ctx) {
       charts.set(el, u);
       // A chart that has nothing to draw may not fire `draw`: settle anyway.
       requestAnimationFrame(() => requestAnimationFrame(() => {
-        if (!done) { done = true; el.dataset.points = String(u.data[0].length); resolve(u); }
+        if (done) return;
+        done = true;
+        if (charts.get(el) === u) el.dataset.points = String(u.data[0].length); // not if replaced since
+        resolve(u);
       }));
     });
   }
@@ -98,11 +101,13 @@ export default async function analytics(ctx) {
     el.dataset.points = '0';
   }
 
-  async function loadRevenue() {
+  // Each section's load gets `latest()` (still its section's newest load: may draw) and a signal
+  // (aborted when a newer load of the section starts, or the page is left).
+  async function loadRevenue(latest, signal) {
     const { from, to } = bounds();
-    const answer = await ctx.api('/v1/analytics/revenue', { query: { from, to, bucket: bucket.value } });
+    const answer = await ctx.api('/v1/analytics/revenue', { query: { from, to, bucket: bucket.value }, signal });
     const uPlot = await uPlotReady;
-    if (!ctx.alive) return;
+    if (!latest()) return;
     revenueNote.replaceChildren();
     // One point per bucket start the API answered (empty buckets are left out by the API, and
     // so here: data-points is the number of bucket starts).
@@ -147,11 +152,11 @@ export default async function analytics(ctx) {
     void uPlot;
   }
 
-  async function loadTop() {
+  async function loadTop(latest, signal) {
     const { from, to } = bounds();
-    const answer = await ctx.api('/v1/analytics/top-products', { query: { from, to, limit: 10 } });
+    const answer = await ctx.api('/v1/analytics/top-products', { query: { from, to, limit: 10 }, signal });
     await uPlotReady;
-    if (!ctx.alive) return;
+    if (!latest()) return;
     topNote.replaceChildren();
     const products = answer.products;
     topTable.replaceChildren(tableWrap(h('table', { class: 'data', id: 'top-products' },
@@ -203,10 +208,10 @@ export default async function analytics(ctx) {
     }, [xs, products.map((p) => p.quantity)]);
   }
 
-  async function loadFunnel() {
+  async function loadFunnel(latest, signal) {
     const { from, to } = bounds();
-    const f = await ctx.api('/v1/analytics/order-funnel', { query: { from, to } });
-    if (!ctx.alive) return;
+    const f = await ctx.api('/v1/analytics/order-funnel', { query: { from, to }, signal });
+    if (!latest()) return;
     const share = (n) => (f.placed ? `${((n / f.placed) * 100).toFixed(1)} %` : '—');
     const stages = ['placed', 'pending', 'confirmed', 'shipped', 'delivered', 'cancelled'];
     funnelArea.replaceChildren(
@@ -224,10 +229,10 @@ export default async function analytics(ctx) {
     );
   }
 
-  async function loadDurations() {
+  async function loadDurations(latest, signal) {
     const { from, to } = bounds();
-    const d = await ctx.api('/v1/analytics/delivery-durations', { query: { from, to } });
-    if (!ctx.alive) return;
+    const d = await ctx.api('/v1/analytics/delivery-durations', { query: { from, to }, signal });
+    if (!latest()) return;
     durationsArea.replaceChildren(
       tableWrap(h('table', { class: 'data kv', id: 'delivery-durations' },
         h('caption', { class: 'visually-hidden' }, 'Delivery durations'),
@@ -246,21 +251,41 @@ export default async function analytics(ctx) {
     [loadDurations, durationsArea, null],
   ];
 
-  async function loadAll(which = sections) {
-    ctx.setState('loading');
-    const results = await Promise.allSettled(which.map(async ([load, area, chart]) => {
+  // The newest load of each section: {promise, controller}. Only it may draw its section; an
+  // older one is aborted when a newer starts (the range or bucket changed).
+  const newest = new Map();
+  ctx.onCleanup(() => { for (const entry of newest.values()) entry.controller.abort(); });
+
+  function startSection([load, area, chart]) {
+    newest.get(load)?.controller.abort();
+    const entry = { controller: new AbortController() };
+    newest.set(load, entry);
+    const latest = () => ctx.alive && newest.get(load) === entry;
+    entry.promise = (async () => {
       try {
-        await load();
+        await load(latest, entry.controller.signal);
       } catch (e) {
-        if (isAbort(e)) throw e;
-        area.replaceChildren(notice(errorMessage(e)));
-        if (chart) noData(chart, 'Not available.');
+        if (!isAbort(e) && latest()) {
+          area.replaceChildren(notice(errorMessage(e)));
+          if (chart) noData(chart, 'Not available.');
+        }
         throw e;
       }
-    }));
-    if (!ctx.alive) return;
+    })();
+    entry.promise.catch(() => {}); // reported below
+    return entry;
+  }
+
+  let loads = 0; // generation of loadAll: only the newest sets the page's state
+  async function loadAll(which = sections) {
+    const mine = ++loads;
+    ctx.setState('loading');
+    for (const section of which) startSection(section);
+    // Wait for every section's newest load (an earlier call may still be loading the others).
+    const results = await Promise.allSettled(sections.map(([load]) => newest.get(load).promise));
+    if (!ctx.alive || mine !== loads) return;
     const failures = results.filter((r) => r.status === 'rejected' && !isAbort(r.reason));
-    if (failures.length === which.length) ctx.fail(failures[0].reason);
+    if (failures.length === sections.length) ctx.fail(failures[0].reason);
     else ctx.setState('ready');
   }
 

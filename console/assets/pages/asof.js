@@ -27,7 +27,12 @@ export default async function asOf(ctx) {
   input.value = rfc3339ToLocal(initial || new Date().toISOString());
   status.value = ORDER_STATUSES.includes(q.get('status')) ? q.get('status') : '';
 
-  const state = { cursor: null, stack: [], next: null, asOf: null, generation: 0 };
+  // What is shown (changed only when a page's answer is drawn); `started`: a load was asked for.
+  const state = { cursor: null, stack: [], next: null, asOf: null, generation: 0, started: false };
+  const pager = (busy) => {
+    next.disabled = busy || !state.next;
+    prev.disabled = busy || state.stack.length === 0;
+  };
 
   const form = h('form', { class: 'filters', 'aria-label': 'Choose a moment', onsubmit: (e) => { e.preventDefault(); start(); } },
     field('As of (local time)', input),
@@ -39,17 +44,34 @@ export default async function asOf(ctx) {
     h('p', { class: 'muted' }, 'Every order as the dashboard showed it then: its status, payment and saga at that time.'),
     form, message, heading, tableWrap(table), empty, h('div', { class: 'pager' }, prev, info, next));
 
-  async function load() {
+  /**
+   * Loads the page at `target` ({asOf, cursor, stack}; `fresh`: a new moment or filter, so the
+   * shown page's cursors are void if it fails). Answers true once drawn; handles its errors.
+   */
+  async function load(target, fresh = false) {
     const generation = ++state.generation;
+    state.started = true;
     ctx.setState('loading');
-    const page = await ctx.api('/v1/dashboard/orders', {
-      query: { as_of: state.asOf, status: status.value, cursor: state.cursor, limit: PAGE_SIZE },
-    });
-    if (generation !== state.generation || !ctx.alive) return;
+    pager(true);
+    let page;
+    try {
+      page = await ctx.api('/v1/dashboard/orders', {
+        query: { as_of: target.asOf, status: status.value, cursor: target.cursor, limit: PAGE_SIZE },
+      });
+    } catch (e) {
+      if (isAbort(e) || generation !== state.generation || !ctx.alive) return false;
+      if (fresh) Object.assign(state, { cursor: null, stack: [], next: null });
+      pager(false);
+      ctx.fail(e);
+      return false;
+    }
+    if (generation !== state.generation || !ctx.alive) return false;
+    state.asOf = target.asOf;
+    state.cursor = target.cursor;
+    state.stack = target.stack;
     fillOrders(table, page.rows);
     state.next = page.next_cursor;
-    next.disabled = !page.next_cursor;
-    prev.disabled = state.stack.length === 0;
+    pager(false);
     const first = state.stack.length * PAGE_SIZE + 1;
     info.textContent = page.rows.length ? `Orders ${num(first)}–${num(first + page.rows.length - 1)}` : '';
     heading.textContent = `As of ${fmtTime(state.asOf, true)} (${state.asOf})`;
@@ -57,45 +79,42 @@ export default async function asOf(ctx) {
     table.dataset.asOf = state.asOf;
     empty.hidden = page.rows.length > 0;
     ctx.setState(page.rows.length ? 'ready' : 'empty');
+    return true;
   }
 
-  const run = async (focus) => {
-    try {
-      await load();
-      if (focus) table.querySelector('a.order-link')?.focus({ preventScroll: true });
-    } catch (e) {
-      if (!isAbort(e)) ctx.fail(e);
-    }
+  const run = async (target, focus, fresh) => {
+    if (await load(target, fresh) && focus) table.querySelector('a.order-link')?.focus({ preventScroll: true });
   };
 
   let exact = initial; // keeps a linked moment's sub-second precision
   function start() {
-    const asOf = exact && rfc3339ToLocal(exact) === input.value ? exact : localToRfc3339(input.value);
+    const asOf = exact && rfc3339ToLocal(exact) && rfc3339ToLocal(exact) === input.value ? exact : localToRfc3339(input.value);
     exact = null;
     if (!asOf) {
-      message.replaceChildren(notice('Choose a date and time.', 'warn'));
+      const linked = !state.started && initial;
+      const problem = linked
+        ? `The link’s as_of “${initial}” is not a time: choose a date and time.`
+        : 'Choose a date and time.';
+      message.replaceChildren(notice(problem, 'warn'));
+      // Nothing is asked for. Before any load the page would stay `loading`: say why it shows
+      // nothing (after one, the state is the shown page's, or a load in flight settles it).
+      if (!state.started) ctx.fail(new Error(problem));
       return;
     }
     message.replaceChildren();
-    state.asOf = asOf;
-    state.cursor = null;
-    state.stack = [];
     replaceQuery({ as_of: asOf, status: status.value });
-    run(false);
+    run({ asOf, cursor: null, stack: [] }, false, true);
   }
 
   now.addEventListener('click', () => { input.value = rfc3339ToLocal(new Date().toISOString()); start(); });
   status.addEventListener('change', start);
   next.addEventListener('click', () => {
-    if (!state.next) return;
-    state.stack.push(state.cursor);
-    state.cursor = state.next;
-    run(true);
+    if (!state.next || next.disabled) return;
+    run({ asOf: state.asOf, cursor: state.next, stack: [...state.stack, state.cursor] }, true);
   });
   prev.addEventListener('click', () => {
-    if (!state.stack.length) return;
-    state.cursor = state.stack.pop();
-    run(true);
+    if (!state.stack.length || prev.disabled) return;
+    run({ asOf: state.asOf, cursor: state.stack[state.stack.length - 1], stack: state.stack.slice(0, -1) }, true);
   });
 
   start();

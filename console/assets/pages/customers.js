@@ -52,23 +52,35 @@ export default async function customers(ctx) {
 
   ctx.content.replaceChildren(h('h1', null, 'Customers'), ...lookupForm(), listArea, empty);
 
+  // What is shown (changed only when a page's answer is drawn).
   const state = { after: null, stack: [], next: null, generation: 0 };
+  const pager = (busy) => {
+    next.disabled = busy || !state.next;
+    prev.disabled = busy || state.stack.length === 0;
+  };
 
-  async function load(focus) {
+  /** Loads the page at `target` ({after, stack}); handles its errors. */
+  async function load(target, focus) {
     const generation = ++state.generation;
     ctx.setState('loading');
+    pager(true);
     let page;
     try {
-      page = await ctx.api('/v1/dashboard/customers', { query: { limit: PAGE_SIZE, after: state.after } });
+      page = await ctx.api('/v1/dashboard/customers', { query: { limit: PAGE_SIZE, after: target.after } });
     } catch (e) {
-      if (e instanceof ApiError && (e.status === 404 || e.status === 405) && state.after === null) {
+      if (isAbort(e) || generation !== state.generation || !ctx.alive) return;
+      if (e instanceof ApiError && (e.status === 404 || e.status === 405) && target.after === null) {
         listArea.replaceWith(notice('This server does not list customers: look one up by id above.', 'info'));
         ctx.setState('ready');
         return;
       }
-      throw e;
+      pager(false);
+      ctx.fail(e);
+      return;
     }
     if (generation !== state.generation || !ctx.alive) return;
+    state.after = target.after;
+    state.stack = target.stack;
     const rows = page.rows || page.items || page.customers || [];
     const body = table.tBodies[0];
     const fragment = document.createDocumentFragment();
@@ -83,8 +95,7 @@ export default async function customers(ctx) {
     }
     body.replaceChildren(fragment);
     state.next = page.next_after ?? page.next_cursor ?? null;
-    next.disabled = !state.next;
-    prev.disabled = state.stack.length === 0;
+    pager(false);
     const first = state.stack.length * PAGE_SIZE + 1;
     info.textContent = rows.length ? `Customers ${num(first)}–${num(first + rows.length - 1)}` : '';
     empty.hidden = rows.length > 0;
@@ -92,25 +103,21 @@ export default async function customers(ctx) {
     if (focus) table.querySelector('a.customer-link')?.focus({ preventScroll: true });
   }
 
-  const run = (focus) => load(focus).catch((e) => { if (!isAbort(e)) ctx.fail(e); });
   next.addEventListener('click', () => {
-    if (!state.next) return;
-    state.stack.push(state.after);
-    state.after = state.next;
-    run(true);
+    if (!state.next || next.disabled) return;
+    load({ after: state.next, stack: [...state.stack, state.after] }, true);
   });
   prev.addEventListener('click', () => {
-    if (!state.stack.length) return;
-    state.after = state.stack.pop();
-    run(true);
+    if (!state.stack.length || prev.disabled) return;
+    load({ after: state.stack[state.stack.length - 1], stack: state.stack.slice(0, -1) }, true);
   });
-  await load(false);
+  await load({ after: null, stack: [] }, false);
 }
 
 export async function customer(ctx) {
   const [id] = ctx.params;
   if (!UUID_RE.test(id)) throw new Error(`“${id}” is not a customer id (a UUID).`);
-  const summary = await ctx.apiOrNull(`/v1/dashboard/customers/${id}`, { query: { min_position: ctx.query.get('min_position') } });
+  const summary = await ctx.apiOrNull(`/v1/dashboard/customers/${encodeURIComponent(id)}`, { query: { min_position: ctx.query.get('min_position') } });
   if (!ctx.alive) return;
   if (!summary) throw new ApiError(404, 'not_found', `The dashboard knows no customer ${id}.`);
 
@@ -146,33 +153,45 @@ export async function customer(ctx) {
     h('h2', null, 'Orders'),
     tableWrap(table), empty, h('div', { class: 'pager' }, prev, next));
 
+  // What is shown (changed only when a page's answer is drawn).
   const state = { cursor: null, stack: [], next: null, generation: 0 };
-  async function load(focus) {
+  const pager = (busy) => {
+    next.disabled = busy || !state.next;
+    prev.disabled = busy || state.stack.length === 0;
+  };
+  /** Loads the page at `target` ({cursor, stack}); handles its errors. */
+  async function load(target, focus) {
     const generation = ++state.generation;
     ctx.setState('loading');
-    const page = await ctx.api('/v1/dashboard/orders', { query: { customer_id: id, cursor: state.cursor, limit: PAGE_SIZE } });
+    pager(true);
+    let page;
+    try {
+      page = await ctx.api('/v1/dashboard/orders', { query: { customer_id: id, cursor: target.cursor, limit: PAGE_SIZE } });
+    } catch (e) {
+      if (isAbort(e) || generation !== state.generation || !ctx.alive) return;
+      pager(false);
+      ctx.fail(e);
+      return;
+    }
     if (generation !== state.generation || !ctx.alive) return;
+    state.cursor = target.cursor;
+    state.stack = target.stack;
     fillOrders(table, page.rows);
     state.next = page.next_cursor;
-    next.disabled = !page.next_cursor;
-    prev.disabled = state.stack.length === 0;
+    pager(false);
     empty.hidden = page.rows.length > 0;
     ctx.setState('ready');
     if (focus) table.querySelector('a.order-link')?.focus({ preventScroll: true });
   }
-  const run = (focus) => load(focus).catch((e) => { if (!isAbort(e)) ctx.fail(e); });
   next.addEventListener('click', () => {
-    if (!state.next) return;
-    state.stack.push(state.cursor);
-    state.cursor = state.next;
-    run(true);
+    if (!state.next || next.disabled) return;
+    load({ cursor: state.next, stack: [...state.stack, state.cursor] }, true);
   });
   prev.addEventListener('click', () => {
-    if (!state.stack.length) return;
-    state.cursor = state.stack.pop();
-    run(true);
+    if (!state.stack.length || prev.disabled) return;
+    load({ cursor: state.stack[state.stack.length - 1], stack: state.stack.slice(0, -1) }, true);
   });
-  await load(false);
+  await load({ cursor: null, stack: [] }, false);
 }
 
 function pair(label, name, value) {

@@ -46,37 +46,53 @@ export default async function events(ctx) {
         field('Stream id', streamInput, 'customer-, product-, order-, saga- or payment-<uuid>'), h('div', { class: 'field field-actions' }, streamGo))),
     message, title, tableWrap(table), empty, h('div', { class: 'pager' }, prev, info, next));
 
-  // What is shown: {mode: 'log'|'stream', key: service or stream id, from, next, stack}
+  // What is asked for: {mode: 'log'|'stream', key: service or stream id}; what is shown (changed
+  // only when a page's answer is drawn): {from, next, stack}.
   const state = { mode: 'log', key: service.value, from: 1, next: null, stack: [], generation: 0 };
+  const pager = (busy) => {
+    next.disabled = busy || !state.next;
+    prev.disabled = busy || state.stack.length === 0;
+  };
 
-  async function load(focus) {
+  /**
+   * Loads the page at `target` ({from, stack}; `fresh`: another log or stream, so the shown
+   * page's positions are void if it fails). Answers true once drawn; handles its errors.
+   */
+  async function load(target, focus, fresh = false) {
     const generation = ++state.generation;
+    const { mode, key } = state;
     message.replaceChildren();
     ctx.setState('loading');
+    pager(true);
     let page;
     try {
-      page = state.mode === 'log'
-        ? await ctx.api('/v1/log', { query: { service: state.key, from_position: state.from, limit: PAGE_SIZE } })
-        : await ctx.api(`/v1/streams/${encodeURIComponent(state.key)}/events`, { query: { from_version: state.from, limit: PAGE_SIZE } });
+      page = mode === 'log'
+        ? await ctx.api('/v1/log', { query: { service: key, from_position: target.from, limit: PAGE_SIZE } })
+        : await ctx.api(`/v1/streams/${encodeURIComponent(key)}/events`, { query: { from_version: target.from, limit: PAGE_SIZE } });
     } catch (e) {
-      if (isAbort(e) || generation !== state.generation) return;
-      if (e instanceof ApiError && e.status === 404 && state.mode === 'stream') {
+      if (isAbort(e) || generation !== state.generation || !ctx.alive) return false;
+      if (e instanceof ApiError && e.status === 404 && mode === 'stream') {
         table.tBodies[0].replaceChildren();
-        next.disabled = true;
-        message.replaceChildren(notice(`The stream ${state.key} has no events.`, 'info'));
+        Object.assign(state, { from: target.from, stack: target.stack, next: null });
+        pager(false);
+        message.replaceChildren(notice(`The stream ${key} has no events.`, 'info'));
         ctx.setState('empty');
-        return;
+        return false;
       }
-      throw e;
+      if (fresh) Object.assign(state, { from: target.from, stack: [], next: null });
+      pager(false);
+      ctx.fail(e);
+      return false;
     }
-    if (generation !== state.generation || !ctx.alive) return;
+    if (generation !== state.generation || !ctx.alive) return false;
+    state.from = target.from;
+    state.stack = target.stack;
     const rows = page.events;
     const fragment = document.createDocumentFragment();
     for (const e of rows) fragment.append(eventRow(e));
     table.tBodies[0].replaceChildren(fragment);
     state.next = state.mode === 'log' ? page.next_from_position : page.next_from_version;
-    next.disabled = !state.next;
-    prev.disabled = state.stack.length === 0;
+    pager(false);
     title.replaceChildren(state.mode === 'log'
       ? `The ${state.key} log`
       : h('span', null, 'Stream ', h('code', null, state.key), ' ', streamLink(state.key)));
@@ -88,18 +104,16 @@ export default async function events(ctx) {
     empty.hidden = rows.length > 0;
     ctx.setState(rows.length ? 'ready' : 'empty');
     if (focus) table.querySelector('tbody a')?.focus({ preventScroll: true });
+    return true;
   }
-
-  const run = (focus) => load(focus).catch((e) => { if (!isAbort(e)) ctx.fail(e); });
 
   function showLog(from, keepStack = false) {
     state.mode = 'log';
     state.key = service.value;
-    state.from = Math.max(1, Math.floor(from));
-    if (!keepStack) state.stack = [];
-    fromInput.value = String(state.from);
-    replaceQuery({ service: state.key, from: state.from > 1 ? state.from : '' });
-    return run(false);
+    const start = Math.max(1, Math.floor(from));
+    fromInput.value = String(start);
+    replaceQuery({ service: state.key, from: start > 1 ? start : '' });
+    return load({ from: start, stack: keepStack ? state.stack : [] }, false, true);
   }
 
   function showStream(id, from) {
@@ -109,11 +123,9 @@ export default async function events(ctx) {
     }
     state.mode = 'stream';
     state.key = id;
-    state.from = from;
-    state.stack = [];
     streamInput.value = id;
     replaceQuery({ stream: id, from: from > 1 ? from : '' });
-    return run(false);
+    return load({ from, stack: [] }, false, true);
   }
 
   service.addEventListener('change', () => showLog(1));
@@ -126,20 +138,18 @@ export default async function events(ctx) {
       if (!isAbort(e)) message.replaceChildren(notice(`Could not find the log's end: ${errorMessage(e)}`));
     }
   });
+  function turn(target) {
+    if (state.mode === 'log') fromInput.value = String(target.from);
+    replaceQuery(state.mode === 'log' ? { service: state.key, from: target.from } : { stream: state.key, from: target.from });
+    load(target, true);
+  }
   next.addEventListener('click', () => {
-    if (!state.next) return;
-    state.stack.push(state.from);
-    state.from = state.next;
-    if (state.mode === 'log') fromInput.value = String(state.from);
-    replaceQuery(state.mode === 'log' ? { service: state.key, from: state.from } : { stream: state.key, from: state.from });
-    run(true);
+    if (!state.next || next.disabled) return;
+    turn({ from: state.next, stack: [...state.stack, state.from] });
   });
   prev.addEventListener('click', () => {
-    if (!state.stack.length) return;
-    state.from = state.stack.pop();
-    if (state.mode === 'log') fromInput.value = String(state.from);
-    replaceQuery(state.mode === 'log' ? { service: state.key, from: state.from } : { stream: state.key, from: state.from });
-    run(true);
+    if (!state.stack.length || prev.disabled) return;
+    turn({ from: state.stack[state.stack.length - 1], stack: state.stack.slice(0, -1) });
   });
 
   const stream = q.get('stream');

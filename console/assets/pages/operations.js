@@ -40,13 +40,15 @@ export default async function operations(ctx) {
   // The rebuild this page follows: {name, version, started, samples: [{t, applied}], switched}
   let watching = null;
   let lastStatus = null;
+  // Projections whose rebuild POST has not answered yet: their button stays disabled.
+  const requested = new Set();
 
   function row(p) {
     const positions = h('span', { class: 'positions' }, (p.services || []).map((s, i) => [
       i ? ' ' : null,
       h('span', { class: 'badge', title: `${s.service}: applied up to ${s.token}; lag ${s.lag_events ?? '?'} events, ${fmtDuration(s.lag_seconds)}`, dataset: { service: s.service, position: s.position } }, `${s.service} ${num(s.position)}`),
     ]));
-    const busy = p.state === 'rebuilding' || (watching && watching.name === p.name && !watching.done);
+    const busy = p.state === 'rebuilding' || requested.has(p.name) || (watching && watching.name === p.name && !watching.done);
     const rebuild = h('button', {
       type: 'button', class: 'rebuild secondary small', dataset: { projection: p.name },
       disabled: busy, 'aria-label': `Rebuild ${p.name}`,
@@ -140,9 +142,14 @@ export default async function operations(ctx) {
   }
 
   async function startRebuild(name, button) {
+    if (requested.has(name)) return;
+    // Disabled (here and in every redraw) until the POST answered; then while the rebuild is
+    // followed (`watching`), until the status shows it switched or failed.
+    requested.add(name);
     button.disabled = true;
     try {
       const answer = await api(`/v1/projections/${encodeURIComponent(name)}/rebuild`, { method: 'POST', signal: ctx.signal });
+      requested.delete(name);
       if (!ctx.alive) return;
       watching = { name: answer.projection || name, version: answer.version, samples: [], seen: false, started: performance.now(), done: false };
       progress.hidden = false;
@@ -152,25 +159,39 @@ export default async function operations(ctx) {
       progress.replaceChildren(h('h3', null, `Rebuilding ${watching.name} as version ${watching.version}`), h('p', { class: 'muted' }, 'Starting…'));
       schedule(0);
     } catch (e) {
-      if (isAbort(e)) return;
-      button.disabled = false;
+      requested.delete(name);
+      if (isAbort(e) || !ctx.alive) return;
+      if (lastStatus) renderProjections(lastStatus); // the button, enabled again (it may have been redrawn)
+      else button.disabled = false;
       projNote.replaceChildren(notice(`Rebuild of ${name} refused: ${errorMessage(e)}`, e instanceof ApiError && e.status === 409 ? 'warn' : 'error'));
     }
   }
 
-  async function refreshProjections() {
-    const status = await ctx.api('/v1/projections', { wait: false });
-    if (!ctx.alive) return;
+  // Generations of the refreshes: an answer older than one already drawn is dropped.
+  const drawn = { projections: 0, services: 0, parked: 0 };
+  const asked = { projections: 0, services: 0, parked: 0 };
+  const newer = (what, mine) => {
+    if (!ctx.alive || mine < drawn[what]) return false;
+    drawn[what] = mine;
+    return true;
+  };
+
+  // `options`: {prompt: false} for the background polls (a 401 fails quietly).
+  async function refreshProjections(options) {
+    const mine = ++asked.projections;
+    const status = await ctx.api('/v1/projections', { wait: false, ...options });
+    if (!newer('projections', mine)) return;
     lastStatus = status;
     projNote.querySelector('.notice.error[data-poll]')?.remove();
     renderProgress(status);
     renderProjections(status);
   }
 
-  async function refreshServices() {
+  async function refreshServices(options) {
+    const mine = ++asked.services;
     try {
-      const answer = await ctx.api('/v1/services', { wait: false });
-      if (!ctx.alive) return;
+      const answer = await ctx.api('/v1/services', { wait: false, ...options });
+      if (!newer('services', mine)) return;
       servicesArea.replaceChildren(tableWrap(h('table', { id: 'services-table', class: 'data' },
         h('caption', { class: 'visually-hidden' }, 'Services'),
         h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Service'), h('th', { scope: 'col' }, 'Health'), h('th', { scope: 'col' }, 'Circuit breaker'), h('th', { scope: 'col' }, 'Error'))),
@@ -181,52 +202,73 @@ export default async function operations(ctx) {
           h('td', { class: 'wrap', dataset: { field: 'error' } }, text(s.error))))))));
     } catch (e) {
       if (isAbort(e)) throw e;
+      if (!newer('services', mine)) return;
       servicesArea.replaceChildren(e instanceof ApiError && e.status === 404
         ? notice('This server does not report its services (GET /v1/services answered 404: the orders service is not hosted here).', 'info')
         : notice(`Services: ${errorMessage(e)}`, e instanceof ApiError && e.status === 403 ? 'warn' : 'error'));
     }
   }
 
-  async function refreshParked() {
+  async function refreshParked(options) {
+    const mine = ++asked.parked;
     try {
-      const answer = await ctx.api('/v1/sagas/parked', { wait: false });
-      if (!ctx.alive) return;
+      const answer = await ctx.api('/v1/sagas/parked', { wait: false, ...options });
+      if (!newer('parked', mine)) return;
       sagasArea.replaceChildren(answer.order_ids.length
         ? h('ul', { id: 'parked-sagas' }, answer.order_ids.map((id) => h('li', null, h('a', { class: 'mono', href: `#/orders/${id}` }, id))))
         : h('p', { class: 'muted', id: 'parked-sagas' }, 'None: every saga is running or done.'));
     } catch (e) {
       if (isAbort(e)) throw e;
+      if (!newer('parked', mine)) return;
       sagasArea.replaceChildren(e instanceof ApiError && e.status === 404
         ? notice('Not reported by this server.', 'info')
         : notice(errorMessage(e), e instanceof ApiError && e.status === 403 ? 'warn' : 'error'));
     }
   }
 
+  // One refresh at a time: `busy` while the first load or a poll runs; a poll asked for meanwhile
+  // (schedule(0) after a rebuild was started) runs right after it.
   let timer = null;
   let slowTick = 0;
+  let busy = false;
+  let again = false;
   function schedule(ms) {
     clearTimeout(timer);
     if (!ctx.alive) return;
+    if (busy) {
+      if (ms === 0) again = true;
+      return;
+    }
     timer = setTimeout(poll, ms);
   }
   ctx.onCleanup(() => clearTimeout(timer));
+  const following = () => (watching && !watching.done) || lastStatus?.projections.some((p) => p.rebuild);
+  function settled() {
+    busy = false;
+    const soon = again;
+    again = false;
+    schedule(soon ? 0 : following() ? FAST_MS : SLOW_MS);
+  }
 
   async function poll() {
-    const fast = watching && !watching.done || lastStatus?.projections.some((p) => p.rebuild);
+    if (busy) { again = true; return; }
+    busy = true;
+    const fast = following();
     try {
       if (!document.hidden) {
-        await refreshProjections();
-        if (!fast || ++slowTick % 5 === 0) await Promise.all([refreshServices(), refreshParked()]);
+        await refreshProjections({ prompt: false });
+        if (!fast || ++slowTick % 5 === 0) await Promise.all([refreshServices({ prompt: false }), refreshParked({ prompt: false })]);
       }
     } catch (e) {
       if (isAbort(e)) return;
       projNote.replaceChildren(h('p', { class: 'notice error', 'data-poll': '' }, `Could not refresh: ${errorMessage(e)}`));
+    } finally {
+      if (ctx.alive) settled();
     }
-    const still = watching && !watching.done || lastStatus?.projections.some((p) => p.rebuild);
-    schedule(still ? FAST_MS : SLOW_MS);
   }
 
   // First load: the projections decide the page's state; the other sections report themselves.
+  busy = true;
   const [first] = await Promise.allSettled([refreshProjections(), refreshServices(), refreshParked()]);
   if (!ctx.alive) return;
   if (first.status === 'rejected') {
@@ -235,6 +277,5 @@ export default async function operations(ctx) {
   } else {
     ctx.setState(lastStatus.projections.length ? 'ready' : 'empty');
   }
-  const still = watching && !watching.done || lastStatus?.projections.some((p) => p.rebuild);
-  schedule(still ? FAST_MS : SLOW_MS);
+  settled();
 }

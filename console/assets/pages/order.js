@@ -41,10 +41,11 @@ export default async function order(ctx) {
   const [id] = ctx.params;
   if (!UUID_RE.test(id)) throw new Error(`“${id}” is not an order id (a UUID).`);
   const { signal } = ctx;
+  const path = encodeURIComponent(id); // the id, as a path segment
   const minPosition = ctx.query.get('min_position') || null;
 
   const [rowR, orderEventsR] = await Promise.all([
-    settle(ctx.apiOrNull(`/v1/dashboard/orders/${id}`, { query: { min_position: minPosition } })),
+    settle(ctx.apiOrNull(`/v1/dashboard/orders/${path}`, { query: { min_position: minPosition } })),
     settle(streamEvents(`order-${id}`, signal)),
   ]);
   if (!ctx.alive) return;
@@ -59,7 +60,7 @@ export default async function order(ctx) {
   // asked for nothing.
   const hasSaga = !rowR.ok || !rowR.value || rowR.value.saga_state !== null;
   const [sagaEventsR, sagaR] = hasSaga
-    ? await Promise.all([settle(streamEvents(`saga-${id}`, signal)), settle(ctx.apiOrNull(`/v1/sagas/${id}`))])
+    ? await Promise.all([settle(streamEvents(`saga-${id}`, signal)), settle(ctx.apiOrNull(`/v1/sagas/${path}`))])
     : [{ ok: true, value: null }, { ok: true, value: null }];
   if (!ctx.alive) return;
   const paymentId = row?.payment_id
@@ -67,7 +68,7 @@ export default async function order(ctx) {
     || (sagaR.ok ? sagaR.value?.payment_id : null);
   const [paymentR, paymentEventsR] = paymentId
     ? await Promise.all([
-      settle(ctx.apiOrNull(`/v1/payments/${paymentId}`)),
+      settle(ctx.apiOrNull(`/v1/payments/${encodeURIComponent(paymentId)}`)),
       settle(streamEvents(`payment-${paymentId}`, signal)),
     ])
     : [{ ok: true, value: null }, { ok: true, value: null }];
@@ -207,8 +208,8 @@ export default async function order(ctx) {
     const mine = ++seq;
     readPanel.dataset.state = 'loading';
     writePanel.dataset.state = 'loading';
-    const read = settle(api(`/v1/dashboard/orders/${id}`, { query: point.read, signal }));
-    const write = settle(api(`/v1/orders/${id}/state`, { query: point.write, signal }));
+    const read = settle(api(`/v1/dashboard/orders/${path}`, { query: point.read, signal }));
+    const write = settle(api(`/v1/orders/${path}/state`, { query: point.write, signal }));
     read.then((r) => { if (mine === seq && ctx.alive) renderRead(r, point); }, () => {});
     write.then((r) => { if (mine === seq && ctx.alive) renderWrite(r, point); }, () => {});
   }
@@ -372,7 +373,7 @@ function paymentSection(row, paymentId, paymentR, paymentEventsR) {
   if (!paymentR.ok) section.append(notice(errorMessage(paymentR.error), paymentR.error?.status === 403 ? 'warn' : 'error'));
   const cur = p?.currency || row?.payment_currency;
   section.append(fields([
-    ['Payment', 'payment_id', h('a', { class: 'mono', href: `#/events?stream=payment-${paymentId}` }, paymentId)],
+    ['Payment', 'payment_id', h('a', { class: 'mono', href: `#/events?stream=${encodeURIComponent(`payment-${paymentId}`)}` }, paymentId)],
     ['Status', 'status', badge(p?.status || row?.payment_status, 'pay')],
     ['Authorized', 'authorized_minor', money(p ? p.authorized_minor : row?.authorized_minor, cur)],
     ['Captured', 'captured_minor', money(p ? p.captured_minor : row?.captured_minor, cur)],

@@ -20,10 +20,11 @@ let marked = false;
 export default async function orders(ctx) {
   const q = ctx.query;
   const state = {
+    // What is shown (changed only when a page's answer is drawn):
     cursor: null, // this page's cursor (null: the first page)
     stack: [], // cursors of the pages before
     next: null,
-    loaded: 0, // load generation, to drop stale answers
+    loaded: 0, // load generation, to drop stale answers (and errors)
   };
 
   const status = h('select', { id: 'filter-status' },
@@ -92,24 +93,53 @@ export default async function orders(ctx) {
     return null;
   }
 
-  async function load() {
+  /** The pager's buttons: disabled while a page loads, else as the shown page allows. */
+  function pager(busy) {
+    next.disabled = busy || !state.next;
+    prev.disabled = busy || state.stack.length === 0;
+  }
+
+  /**
+   * Loads the page at `target` ({cursor, stack}; `fresh`: the filters changed, so the shown
+   * page's cursors are void if it fails). Answers true once it is drawn; handles its errors.
+   */
+  async function load(target, fresh = false) {
     const generation = ++state.loaded;
     const problem = validate();
     filterMessage.replaceChildren(problem ? notice(problem, 'warn') : '');
-    if (problem) return;
+    if (problem) {
+      // Nothing is asked for: keep the rows shown (ready), or say why there are none.
+      next.disabled = true;
+      prev.disabled = true;
+      if (table.tBodies[0].rows.length) ctx.setState('ready');
+      else ctx.fail(new Error(problem));
+      return false;
+    }
     ctx.setState('loading');
-    const page = await ctx.api('/v1/dashboard/orders', {
-      query: { ...filters(), cursor: state.cursor, limit: PAGE_SIZE, min_position: minPosition },
-    });
-    if (generation !== state.loaded || !ctx.alive) return;
+    pager(true);
+    let page;
+    try {
+      page = await ctx.api('/v1/dashboard/orders', {
+        query: { ...filters(), cursor: target.cursor, limit: PAGE_SIZE, min_position: minPosition },
+      });
+    } catch (e) {
+      if (isAbort(e) || generation !== state.loaded || !ctx.alive) return false;
+      if (fresh) Object.assign(state, { cursor: null, stack: [], next: null });
+      pager(false);
+      handleError(e);
+      return false;
+    }
+    if (generation !== state.loaded || !ctx.alive) return false;
+    state.cursor = target.cursor;
+    state.stack = target.stack;
     render(page);
+    return true;
   }
 
   function render(page) {
     fillOrders(table, page.rows);
     state.next = page.next_cursor;
-    next.disabled = !page.next_cursor;
-    prev.disabled = state.stack.length === 0;
+    pager(false);
     const first = state.stack.length * PAGE_SIZE + 1;
     pageInfo.textContent = page.rows.length ? `Orders ${num(first)}–${num(first + page.rows.length - 1)}` : '';
     emptyMessage.hidden = page.rows.length > 0;
@@ -121,15 +151,9 @@ export default async function orders(ctx) {
     }
   }
 
-  async function reload() {
-    state.cursor = null;
-    state.stack = [];
+  function reload() {
     replaceQuery({ ...filters(), ...(minPosition ? { min_position: minPosition } : {}) });
-    try {
-      await load();
-    } catch (e) {
-      if (!isAbort(e)) handleError(e);
-    }
+    return load({ cursor: null, stack: [] }, true);
   }
 
   function handleError(e) {
@@ -157,17 +181,16 @@ export default async function orders(ctx) {
   });
 
   next.addEventListener('click', async () => {
-    if (!state.next) return;
-    state.stack.push(state.cursor);
-    state.cursor = state.next;
-    try { await load(); } catch (e) { if (!isAbort(e)) handleError(e); }
-    table.querySelector('a.order-link')?.focus({ preventScroll: true });
+    if (!state.next || next.disabled) return;
+    if (await load({ cursor: state.next, stack: [...state.stack, state.cursor] })) {
+      table.querySelector('a.order-link')?.focus({ preventScroll: true });
+    }
   });
   prev.addEventListener('click', async () => {
-    if (!state.stack.length) return;
-    state.cursor = state.stack.pop();
-    try { await load(); } catch (e) { if (!isAbort(e)) handleError(e); }
-    table.querySelector('a.order-link')?.focus({ preventScroll: true });
+    if (!state.stack.length || prev.disabled) return;
+    if (await load({ cursor: state.stack[state.stack.length - 1], stack: state.stack.slice(0, -1) })) {
+      table.querySelector('a.order-link')?.focus({ preventScroll: true });
+    }
   });
 
   // Live: on the first page, fetch it again every ~2 s; new rows are inserted in the API's order
@@ -180,7 +203,8 @@ export default async function orders(ctx) {
     polling = true;
     const generation = state.loaded;
     try {
-      const page = await ctx.api('/v1/dashboard/orders', { query: { ...filters(), limit: PAGE_SIZE }, wait: false });
+      // A background poll: a 401 fails quietly (no sign-in dialog).
+      const page = await ctx.api('/v1/dashboard/orders', { query: { ...filters(), limit: PAGE_SIZE }, wait: false, prompt: false });
       if (generation !== state.loaded || state.cursor !== null || !ctx.alive) return;
       merge(page);
     } finally {
@@ -222,9 +246,5 @@ export default async function orders(ctx) {
     if (main?.dataset.state !== want) ctx.setState(want);
   }
 
-  try {
-    await load();
-  } catch (e) {
-    if (!isAbort(e)) handleError(e);
-  }
+  await load({ cursor: null, stack: [] }, true);
 }
