@@ -1705,7 +1705,49 @@ async fn console_forwards(dev: &DevUp, shop: &Shop, order: &Placed) -> anyhow::R
         dashboard_matches(&dev.read, shop, Some(&shop.token("orders"))).await? == before,
         "the rebuild through the console changed the dashboard"
     );
-    Ok(())
+    sign_in_in_a_browser(port, &dev.secret("read-token")?).await
+}
+
+/// In a real browser, the console where authentication is on: a page whose API answers 401
+/// asks for a token; the read-only token entered there lets it show a service's log; the
+/// token is kept in the tab's `sessionStorage`, never in the URL.
+async fn sign_in_in_a_browser(port: u16, read_token: &str) -> anyhow::Result<()> {
+    let driver = bench::browser::Driver::start().await?;
+    let browser = driver.session().await?;
+    let within = Duration::from_secs(20);
+    browser.goto(&format!("http://127.0.0.1:{port}/#/events")).await?;
+    browser
+        .wait_js("document.querySelector('#token-dialog')?.open === true", within)
+        .await
+        .context("the console asks for a token when the log answers 401")?;
+    let input = browser.wait_for("#token-input", within).await?;
+    input.send_keys(read_token).await?;
+    browser.wait_for("#token-submit", within).await?.click().await?;
+    browser
+        .wait_for("#events-table tr[data-position]", within)
+        .await
+        .context("with the read-only token, the console shows the log")?;
+    let kept = browser
+        .js(
+            "return [sessionStorage.getItem('orderflow.token'), location.href];",
+            vec![],
+        )
+        .await?;
+    ensure!(
+        kept[0] == read_token && !kept[1].as_str().unwrap_or_default().contains(read_token),
+        "the token is kept in sessionStorage and never put in the URL: {}",
+        kept[1]
+    );
+    // The 401 that asked for the token is the only error the browser reports.
+    let unexpected: Vec<String> = browser
+        .console_log()
+        .await?
+        .into_iter()
+        .filter(|e| e.level == "SEVERE" && !e.message.contains("401"))
+        .map(|e| e.to_string())
+        .collect();
+    ensure!(unexpected.is_empty(), "browser console errors: {unexpected:?}");
+    browser.close().await
 }
 
 async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
