@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use event_schemas::ConsistencyToken;
-use service_kit::auth::{Auth, Scope, TokenSpec};
+use service_kit::auth::{AuthArgs, Scope};
 use service_kit::cli::{progress_bar, write_line};
 use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls};
 use tokio_util::sync::CancellationToken;
@@ -112,19 +112,9 @@ pub struct RunArgs {
     /// The services' event stores a rebuild reads, as for `projections rebuild` (with --listen).
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_URL", hide_env_values = true)]
     event_store_url: Option<String>,
-    /// A bearer token allowed on the rebuild endpoint, as name:scope+scope:sha256hex (it needs
-    /// `admin`). Repeat the flag, or list them comma-separated in the variable.
-    #[arg(
-        long = "token",
-        env = "ORDERFLOW_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true,
-        value_name = "NAME:SCOPES:SHA256"
-    )]
-    tokens: Vec<TokenSpec>,
-    /// Serve the rebuild endpoint without authentication: for a worker on loopback only.
-    #[arg(long, env = "ORDERFLOW_NO_AUTH")]
-    no_auth: bool,
+    /// The rebuild endpoint's tokens (it needs scope `admin`), or `--no-auth` (loopback only).
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -247,16 +237,7 @@ async fn serve_rebuilds(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(tokio::task::JoinHandle<std::io::Result<()>>, crate::admin::Admin)> {
     use axum::middleware::from_fn_with_state;
-    let auth = if args.no_auth {
-        tracing::warn!("the rebuild endpoint's authentication is OFF (--no-auth)");
-        Auth::Disabled
-    } else {
-        anyhow::ensure!(
-            !args.tokens.is_empty(),
-            "--listen serves the rebuild endpoint behind tokens: pass --token (or ORDERFLOW_TOKENS), or --no-auth"
-        );
-        Auth::tokens(args.tokens.iter().cloned())
-    };
+    let auth = args.auth.auth()?;
     let url = args
         .event_store_url
         .as_deref()

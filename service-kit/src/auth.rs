@@ -218,6 +218,48 @@ impl Auth {
     }
 }
 
+/// The flags of a service that checks bearer tokens (`write-side`, `projections run --listen`):
+/// `--token` (repeatable, or `ORDERFLOW_TOKENS` comma-separated) and `--no-auth`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// A bearer token, as name:scope+scope:sha256hex (scopes: read, commands, admin, service;
+    /// the hex SHA-256 of the secret, e.g. `printf %s "$SECRET" | sha256sum`). Repeat the flag,
+    /// or list them comma-separated in the variable.
+    #[arg(
+        long = "token",
+        env = "ORDERFLOW_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "NAME:SCOPES:SHA256"
+    )]
+    pub tokens: Vec<TokenSpec>,
+    /// Serve without authentication (every request is `anonymous`): for demos and loopback only.
+    #[arg(long, env = "ORDERFLOW_NO_AUTH")]
+    pub no_auth: bool,
+}
+
+/// Authentication is on (no `--no-auth`) and no token is configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("authentication is on but no token is configured: pass --token (or ORDERFLOW_TOKENS), or --no-auth")]
+pub struct NoToken;
+
+impl AuthArgs {
+    /// The configured tokens, or [`Auth::Disabled`] with `--no-auth` (logged as a warning). The
+    /// tokens' names are logged, never their hashes.
+    pub fn auth(&self) -> Result<Auth, NoToken> {
+        if self.no_auth {
+            tracing::warn!("authentication is OFF (--no-auth): every request is accepted as `anonymous`");
+            return Ok(Auth::Disabled);
+        }
+        if self.tokens.is_empty() {
+            return Err(NoToken);
+        }
+        let names: Vec<&str> = self.tokens.iter().map(TokenSpec::name).collect();
+        tracing::info!(tokens = ?names, "bearer-token authentication on");
+        Ok(Auth::tokens(self.tokens.iter().cloned()))
+    }
+}
+
 /// Who made a request: the token's name, or [`Principal::ANONYMOUS`] with auth off. Put into
 /// the request's extensions by the auth middleware.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,13 +24,14 @@ use clap::{ArgAction, Parser};
 use event_schemas::{Category, Service};
 use projections::{KafkaOptions, ProjectionError, ReadDb, RunOptions};
 use relay::{RelayConfig, RelayStatus};
+use service_kit::auth::AuthArgs;
 use service_kit::client::{ClientSettings, Secret, ServiceClient, Target};
 use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use write_side::gateway::{GatewaySettings, SimulatedGateway};
-use write_side::http::{Auth, DEFAULT_BODY_LIMIT_BYTES, HttpConfig, HttpState, ServeConfig, TokenSpec};
+use write_side::http::{DEFAULT_BODY_LIMIT_BYTES, HttpConfig, HttpState, ServeConfig};
 use write_side::orders::replica::{self, LiveReplica};
 use write_side::orders::{Directory, Orders, SagaOptions};
 use write_side::{CommandHandler, HandlerOptions, Services};
@@ -58,21 +59,8 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_EVENT_STORE_MAX_CONNECTIONS", default_value_t = 16)]
     database_max_connections: u32,
 
-    /// A bearer token, as name:scope+scope:sha256hex (scopes: read, commands, admin, service; the hex SHA-256
-    /// of the secret, e.g. `printf %s "$SECRET" | sha256sum`). Repeat the flag, or list them
-    /// comma-separated in the variable.
-    #[arg(
-        long = "token",
-        env = "ORDERFLOW_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true,
-        value_name = "NAME:SCOPES:SHA256"
-    )]
-    tokens: Vec<TokenSpec>,
-
-    /// Serve without authentication (every request is `anonymous`): for demos only.
-    #[arg(long, env = "ORDERFLOW_NO_AUTH")]
-    no_auth: bool,
+    #[command(flatten)]
+    auth: AuthArgs,
 
     /// Largest request body in bytes; a larger one is answered 413.
     #[arg(long, env = "ORDERFLOW_WRITE_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES)]
@@ -192,7 +180,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args: Args = service_kit::parse("write-side");
     service_kit::telemetry::init();
-    let auth = auth(&args)?;
+    let auth = args.auth.auth()?;
     anyhow::ensure!(
         args.request_timeout_secs > 0,
         "--request-timeout-secs must be at least 1"
@@ -348,21 +336,6 @@ async fn orders(
     Ok((orders, driver, runner))
 }
 
-/// The bearer tokens, or no authentication with `--no-auth`.
-fn auth(args: &Args) -> anyhow::Result<Auth> {
-    if args.no_auth {
-        tracing::warn!("authentication is OFF (--no-auth): every request is accepted as `anonymous`");
-        return Ok(Auth::Disabled);
-    }
-    anyhow::ensure!(
-        !args.tokens.is_empty(),
-        "authentication is on but no token is configured: pass --token (or ORDERFLOW_TOKENS), or --no-auth"
-    );
-    let names: Vec<&str> = args.tokens.iter().map(TokenSpec::name).collect();
-    tracing::info!(tokens = ?names, "bearer-token authentication on");
-    Ok(Auth::tokens(args.tokens.iter().cloned()))
-}
-
 type RelayTask = JoinHandle<Result<(), relay::RelayError>>;
 
 /// Starts the relay in this process; its status feeds `/ready`.
@@ -447,7 +420,7 @@ mod tests {
         assert_eq!(args.database_url, "postgres://orders@postgres:5432/orderflow_orders");
         assert_eq!(args.kafka_brokers, "kafka:19092");
         assert_eq!(args.peers.inventory_url.as_deref(), Some("http://inventory:8084"));
-        assert!(args.migrate && !args.no_auth);
+        assert!(args.migrate && !args.auth.no_auth);
     }
 
     #[test]
@@ -464,7 +437,7 @@ mod tests {
         let file = file.to_str().expect("a UTF-8 path");
         let args = parse(&["--config", file, "--relay-partitions", "2"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.relay_partitions, 2, "the flag over the file");
-        assert!(args.no_auth, "the file over the default");
+        assert!(args.auth.no_auth, "the file over the default");
         assert_eq!(args.service, Service::Payments);
         assert_eq!(
             args.listen,
