@@ -32,8 +32,8 @@ use clap::{Args, Parser};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use projections::catalog::{self, Sinks};
-use projections::{ReadDb, RebuildOptions, ServiceLog};
+use projections::catalog::Sinks;
+use projections::{ReadDb, ServiceLog};
 use serde::Serialize;
 use serde_json::{Value, json};
 use service_kit::cli::progress_bar;
@@ -285,7 +285,7 @@ async fn prepare(b: &ConsoleBench, dir: &Path) -> anyhow::Result<Setup> {
 type Prepared = (Option<SeedReport>, Vec<Value>, f64);
 
 async fn prepare_opened(b: &ConsoleBench, dir: &Path, opened: &embedded::Opened) -> anyhow::Result<Prepared> {
-    if heads(&opened.logs).await? > 0 {
+    if crate::scratch::heads(&opened.logs).await? > 0 {
         eprintln!(
             "{} holds a shop already: serving it as it is (--orders is not applied)",
             dir.display()
@@ -327,7 +327,9 @@ async fn prepare_opened(b: &ConsoleBench, dir: &Path, opened: &embedded::Opened)
         read_db: read_db.clone(),
         clickhouse: None,
     };
-    let rebuilt = rebuild_all(&opened.logs, &sinks, &stop).await;
+    let rebuilt = crate::reads::rebuild_all(&opened.logs, &sinks, &stop)
+        .await
+        .map(|(rebuilds, _dashboard_version)| rebuilds);
     read_db.pool().close().await;
     let rebuilds = rebuilt?;
 
@@ -389,46 +391,6 @@ async fn prepare_opened(b: &ConsoleBench, dir: &Path, opened: &embedded::Opened)
     let replica_seconds = replica_started.elapsed().as_secs_f64();
     eprintln!("the orders service's copy of customers and products caught up in {replica_seconds:.1}s");
     Ok((Some(seeded), rebuilds, replica_seconds))
-}
-
-/// The sum of the services' head positions: 0 when every store is empty.
-async fn heads(logs: &[ServiceLog]) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for log in logs {
-        total += log.store.head_position().await?;
-    }
-    Ok(total)
-}
-
-/// Every read model of the catalogue built from the logs by a rebuild (its version made live).
-async fn rebuild_all(logs: &[ServiceLog], sinks: &Sinks, stop: &CancellationToken) -> anyhow::Result<Vec<Value>> {
-    let mut rebuilds = Vec::new();
-    for name in catalog::NAMES {
-        let bar = progress_bar(heads(logs).await?, &format!("building {name}"), "positions");
-        let report = projections::rebuild(
-            logs.to_vec(),
-            &sinks.read_db,
-            catalog::factory(name, sinks)?,
-            RebuildOptions::default(),
-            stop.clone(),
-            |p| {
-                bar.set_length(p.target.max(p.position));
-                bar.set_position(p.position);
-            },
-        )
-        .await
-        .with_context(|| format!("building {name}"))?;
-        bar.finish_and_clear();
-        eprintln!(
-            "built {name} v{}: {} events in {:.1}s ({:.0} events/s)",
-            report.version, report.events_applied, report.seconds, report.events_per_second
-        );
-        rebuilds.push(json!({
-            "name": name, "version": report.version, "events": report.events_applied,
-            "seconds": report.seconds, "events_per_second": report.events_per_second,
-        }));
-    }
-    Ok(rebuilds)
 }
 
 /// A GET: its status, body, and how long the whole answer took.

@@ -225,7 +225,7 @@ async fn seed(b: &ReadsBench, logs: &[ServiceLog]) -> anyhow::Result<SeedReport>
 
 /// Rebuilds every projection of the catalogue from the seeded logs. Answers each rebuild's
 /// figures (for the report) and the dashboard's version (whose tables the requests read).
-async fn rebuild_all(
+pub(crate) async fn rebuild_all(
     logs: &[ServiceLog],
     sinks: &Sinks,
     stop: &CancellationToken,
