@@ -191,8 +191,13 @@ fn variables_read_by(command: &[String]) -> BTreeSet<String> {
                 "`{binary}` takes its configuration from the environment only"
             );
             let path = root().join(binary).join("src/bin").join(format!("{binary}.rs"));
-            let names = env_names_in_source(&read(&path));
+            let source = read(&path);
+            let mut names = env_names_in_source(&source);
             assert!(!names.is_empty(), "{} defines no variable", path.display());
+            // Flags flattened in from the service kit: the token flags.
+            if source.contains("AuthArgs") {
+                names.extend(env_names_in_source(&read(&root().join("service-kit/src/auth.rs"))));
+            }
             names
         }
         // The workers' binary takes exactly the flags of `orderflow projections` (it parses the
