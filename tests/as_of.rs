@@ -239,6 +239,9 @@ async fn world() -> World {
         RunOptions::default(),
         cancel.clone(),
     ));
+    // The runners catch up with the heads; a runner that fails would leave this waiting, so
+    // the wait has a deadline that names what it waited for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(version) = db.live_version(dashboard::NAME).await.unwrap() {
             let progress = db.progress(dashboard::NAME, version).await.unwrap();
@@ -249,6 +252,10 @@ async fn world() -> World {
                 break;
             }
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dashboard did not reach the stores' heads {heads:?} within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     World {
