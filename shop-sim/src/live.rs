@@ -521,9 +521,15 @@ mod tests {
                 OrderStatus::Cancelled => {
                     assert_eq!(saga.outcome.as_deref(), Some("cancelled"), "{saga:?}");
                     let code = order.cancellation_reason_code.clone().expect("a reason code");
-                    assert_eq!(
-                        Some(code.as_str()),
-                        saga.failure.as_ref().map(|f| f.reason_code.as_str())
+                    let failure = saga.failure.as_ref().map(|f| f.reason_code.as_str());
+                    // The order's reason is that of the command that cancelled it. The trickle
+                    // cancels orders while their sagas run: a client's cancel can land between
+                    // the saga's own failure (a declined payment) and the saga's cancel, which
+                    // then finds the order cancelled already. The order says `requested`, the
+                    // saga why it failed; any other difference is a bug.
+                    assert!(
+                        Some(code.as_str()) == failure || (code == "requested" && failure.is_some()),
+                        "order {order_id} cancelled `{code}`, its saga failed {failure:?}: {saga:?}"
                     );
                     if live_orders.contains(order_id) {
                         *live_codes.entry(code).or_default() += 1;
