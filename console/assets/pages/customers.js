@@ -69,11 +69,6 @@ export default async function customers(ctx) {
       page = await ctx.api('/v1/dashboard/customers', { query: { limit: PAGE_SIZE, after: target.after } });
     } catch (e) {
       if (isAbort(e) || generation !== state.generation || !ctx.alive) return;
-      if (e instanceof ApiError && (e.status === 404 || e.status === 405) && target.after === null) {
-        listArea.replaceWith(notice('This server does not list customers: look one up by id above.', 'info'));
-        ctx.setState('ready');
-        return;
-      }
       pager(false);
       ctx.fail(e);
       return;
@@ -81,20 +76,19 @@ export default async function customers(ctx) {
     if (generation !== state.generation || !ctx.alive) return;
     state.after = target.after;
     state.stack = target.stack;
-    const rows = page.rows || page.items || page.customers || [];
+    const { rows } = page;
     const body = table.tBodies[0];
     const fragment = document.createDocumentFragment();
     for (const c of rows) {
-      const values = c.lifetime_value || c.lifetime_values || [];
       fragment.append(h('tr', { dataset: { customerId: c.customer_id } },
         h('td', null, h('a', { class: 'customer-link', href: `#/customers/${c.customer_id}` }, c.name || c.customer_id)),
         h('td', null, text(c.email)),
         h('td', { class: 'num' }, num(c.order_count)),
-        h('td', { class: 'num' }, lifetime(values)),
+        h('td', { class: 'num' }, lifetime(c.lifetime_value)),
         h('td', { class: 'col-secondary' }, c.last_order ? h('a', { href: `#/orders/${c.last_order.order_id}` }, timeEl(c.last_order.placed_at)) : '—')));
     }
     body.replaceChildren(fragment);
-    state.next = page.next_after ?? page.next_cursor ?? null;
+    state.next = page.next_after;
     pager(false);
     const first = state.stack.length * PAGE_SIZE + 1;
     info.textContent = rows.length ? `Customers ${num(first)}–${num(first + rows.length - 1)}` : '';
