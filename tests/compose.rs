@@ -194,9 +194,12 @@ fn variables_read_by(command: &[String]) -> BTreeSet<String> {
             let source = read(&path);
             let mut names = env_names_in_source(&source);
             assert!(!names.is_empty(), "{} defines no variable", path.display());
-            // Flags flattened in from the service kit: the token flags.
+            // Flags flattened in from the service kit: the token flags, the in-flight bound.
             if source.contains("AuthArgs") {
                 names.extend(env_names_in_source(&read(&root().join("service-kit/src/auth.rs"))));
+            }
+            if source.contains("LoadArgs") {
+                names.extend(env_names_in_source(&read(&root().join("service-kit/src/http/shed.rs"))));
             }
             names
         }

@@ -1369,6 +1369,56 @@ async fn authentication_is_on(dev: &DevUp) -> anyhow::Result<()> {
             "{service}: the log with the read-only token: {status} {body}"
         );
     }
+    read_api_needs_a_read_token(dev).await
+}
+
+/// read-api: every query route it describes answers 401 without a token and to the orders
+/// service's (unknown there), and is read with either operators' token (scope `read`); its
+/// operations endpoints stay open.
+async fn read_api_needs_a_read_token(dev: &DevUp) -> anyhow::Result<()> {
+    let anonymous = Http::new(dev.ports["read-api"]);
+    let document = anonymous.ok("/openapi.json").await?;
+    ensure!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer",
+        "read-api's document does not declare the token it enforces"
+    );
+    let routes: Vec<String> = document["paths"]
+        .as_object()
+        .context("no paths in read-api's document")?
+        .keys()
+        .filter(|path| path.starts_with("/v1/"))
+        .map(|path| path.replace("{id}", &Uuid::now_v7().to_string()))
+        .collect();
+    ensure!(routes.len() >= 9, "read-api describes {routes:?}");
+    let with = |file: &str| -> anyhow::Result<Http> {
+        let mut client = Http::new(dev.ports["read-api"]);
+        client.token = Some(dev.secret(file)?);
+        Ok(client)
+    };
+    let (service, operator, reader) = (with("service-token")?, with("token")?, with("read-token")?);
+    for route in &routes {
+        for (who, client) in [("no token", &anonymous), ("the orders service's token", &service)] {
+            let (status, body) = client.get(route).await?;
+            ensure!(
+                status == StatusCode::UNAUTHORIZED && body["error"]["code"] == "unauthorized",
+                "read-api {route} with {who}: {status} {body}"
+            );
+        }
+        for (who, client) in [("the operators' token", &operator), ("the read-only token", &reader)] {
+            let (status, body) = client.get(route).await?;
+            ensure!(
+                !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && !status.is_server_error(),
+                "read-api {route} with {who}: {status} {body}"
+            );
+        }
+    }
+    for open in ["/health", "/ready", "/metrics"] {
+        let (status, body) = anonymous.get(open).await?;
+        ensure!(
+            status == StatusCode::OK,
+            "read-api {open} without a token: {status} {body}"
+        );
+    }
     Ok(())
 }
 
@@ -1616,8 +1666,8 @@ async fn console_forwards(dev: &DevUp, shop: &Shop, order: &Placed) -> anyhow::R
     );
     ensure!(gunzip(&gzipped)? == plain, "the gzipped app.js is not the plain one");
 
-    // The dashboard through the console is read-api's own answer (read-api has no
-    // authentication yet; the token the console passes on is the read-only one).
+    // The dashboard through the console is read-api's own answer, with the read-only token the
+    // console passes on; without a token, read-api's 401 comes back through it.
     let path = format!("/v1/dashboard/orders?limit=500&min_position={}", shop.token("orders"));
     eventually(
         "the console's dashboard equals read-api's",
@@ -1637,6 +1687,12 @@ async fn console_forwards(dev: &DevUp, shop: &Shop, order: &Placed) -> anyhow::R
         },
     )
     .await?;
+
+    let (status, body) = dev.console.get(&path).await?;
+    ensure!(
+        status == StatusCode::UNAUTHORIZED,
+        "the dashboard through the console without a token: {status} {body}"
+    );
 
     // A service's log and a stream's events, at the service that owns them: the service wants a
     // token, and the read-only one may read.
@@ -1791,6 +1847,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     let up_at = started.elapsed();
 
     authentication_is_on(dev).await?;
+    dev.read.token = Some(token.clone());
     dev.customers.token = Some(token.clone());
     dev.inventory.token = Some(token.clone());
     dev.orders.token = Some(token.clone());

@@ -44,8 +44,9 @@ pub struct FreshnessBench {
     /// The read API's base URL.
     #[arg(long, env = "ORDERFLOW_BENCH_READ_URL", default_value = "http://127.0.0.1:8082")]
     read_url: String,
-    /// A file holding the write side's bearer token (scope `commands`); `scripts/dev-up` keeps
-    /// one in its state folder (orderflow-dev/token). Without it, requests carry no token.
+    /// A file holding the bearer token (scope `commands` at the write side, `read` at read-api);
+    /// `scripts/dev-up` keeps one in its state folder (orderflow-dev/token). Without it,
+    /// requests carry no token.
     #[arg(long, env = "ORDERFLOW_BENCH_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Orders placed per second.
@@ -140,7 +141,11 @@ impl Api {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-        let request = hyper::Request::get(format!("{}{path}", self.read)).body(Full::new(Bytes::new()))?;
+        let mut request = hyper::Request::get(format!("{}{path}", self.read));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new()))?;
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
             .with_context(|| format!("GET {}{path}: no answer within {REQUEST_TIMEOUT:?}", self.read))?

@@ -51,6 +51,7 @@ use projections::catalog::{self, Sinks};
 use projections::{ReadDb, RunOptions, ServiceLog};
 use read_api::{ReadConfig, ReadState};
 use service_kit::db::{self, DatabaseUrl, Migrate, PoolSettings, ServiceStoreUrls};
+use service_kit::http::InFlightLimit;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +102,9 @@ pub struct ServeArgs {
     /// `PUT /v1/gateway`): orders stay pending, then their saga cancels them at the deadline.
     #[arg(long, env = "ORDERFLOW_GATEWAY_UNAVAILABLE")]
     gateway_unavailable: bool,
+    /// One bound for the whole port: commands and queries share it.
+    #[command(flatten)]
+    load: service_kit::http::LoadArgs,
 }
 
 /// The simulated payment provider's decline rate while the demo shop runs, unless
@@ -181,7 +185,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     let mut runners = start_runners(&local, &sinks, &workers)?;
     let demo_tasks = start_demo(&args, seeded, &local, &read_db, &workers);
     let admin = projections::admin::Admin::new(logs.clone(), sinks, workers.clone());
-    let (app, grace) = router(&local, &logs, &read_db, admin.clone());
+    let (app, grace) = router(&local, &logs, &read_db, admin.clone(), args.load.limit());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -365,15 +369,20 @@ fn router(
     logs: &[ServiceLog],
     read_db: &ReadDb,
     admin: projections::admin::Admin,
+    in_flight: InFlightLimit,
 ) -> (axum::Router, Duration) {
-    let http = HttpConfig::new(Auth::Disabled);
+    let mut http = HttpConfig::new(Auth::Disabled);
+    http.in_flight = Some(in_flight.clone());
     let grace = http.request_timeout + Duration::from_secs(1);
     let commands = write_side::http::router(local.http_state(http));
     let heads: BTreeMap<Service, watch::Receiver<Position>> =
         logs.iter().map(|log| (log.service, log.store.changes())).collect();
     let head = move |service: Service| heads.get(&service).map_or(0, |changes| *changes.borrow());
-    let queries =
-        read_api::query_routes(ReadState::new(read_db.clone(), None, ReadConfig::default()).with_head(Arc::new(head)));
+    let reads = ReadConfig {
+        in_flight: Some(in_flight),
+        ..ReadConfig::default()
+    };
+    let queries = read_api::query_routes(ReadState::new(read_db.clone(), None, reads).with_head(Arc::new(head)));
     let app = commands
         .merge(queries)
         .merge(projections::admin::routes(admin))

@@ -263,6 +263,11 @@ async fn serve_rebuilds(
         .layer(from_fn_with_state(
             service_kit::http::Edge {
                 request_timeout: timeout,
+                // One rebuild at a time per projection is all this endpoint does: the default
+                // bound is far above its load, and there is no flag for it.
+                in_flight: Some(service_kit::http::InFlightLimit::new(
+                    service_kit::http::DEFAULT_MAX_IN_FLIGHT as usize,
+                )),
             },
             service_kit::http::edge,
         ));

@@ -23,6 +23,10 @@
 //! - `ops`: `/health`, `/ready`, `/metrics` (request latency per route), `/openapi.json`. The
 //!   edge every request passes (correlation and request ids, span, timeout, metrics) is the
 //!   service kit's.
+//! - Authentication: the `/v1/...` routes need a bearer token with scope `read`
+//!   ([`ReadState::with_auth`], the service kit's `auth`), as the write side's do; the
+//!   operations endpoints stay open, for probes and scrapers. The dashboard holds customers'
+//!   names and e-mails: the binary refuses to start without a token unless told `--no-auth`.
 
 mod analytics;
 mod consistency;
@@ -40,9 +44,11 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use projections::ReadDb;
 use projections::analytics::SalesAnalytics;
-use service_kit::http::Edge;
+use service_kit::auth::{Auth, Guard, Scope};
+use service_kit::http::{Edge, InFlightLimit};
 use tokio_util::sync::CancellationToken;
 
+pub use ops::api_doc;
 pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, REQUEST_DURATION, REQUESTS_TOTAL};
 pub use service_kit::metrics::prometheus_handle;
 
@@ -53,6 +59,10 @@ pub struct ReadConfig {
     pub wait: Duration,
     /// The longest a request may take in all (default 10 s).
     pub timeout: Duration,
+    /// The bound on `/v1` requests in flight: past it, 503 `overloaded` at once. A read waiting
+    /// for `min_position` holds its place while it waits. The binary sets it
+    /// (`--max-in-flight`); `None`, the default, is unbounded.
+    pub in_flight: Option<InFlightLimit>,
 }
 
 impl Default for ReadConfig {
@@ -60,6 +70,7 @@ impl Default for ReadConfig {
         ReadConfig {
             wait: Duration::from_secs(2),
             timeout: Duration::from_secs(10),
+            in_flight: None,
         }
     }
 }
@@ -75,6 +86,9 @@ pub struct ReadState {
     clickhouse: Option<clickhouse::Client>,
     config: ReadConfig,
     head: Option<HeadFn>,
+    auth: Auth,
+    /// `/openapi.json`, rendered once: it depends on `auth`.
+    openapi: Arc<std::sync::OnceLock<String>>,
     metrics: PrometheusHandle,
     live: Arc<consistency::LiveVersions>,
     progress: Arc<consistency::ProgressWatches>,
@@ -89,6 +103,8 @@ impl ReadState {
             clickhouse: clickhouse.map(|c| c.with_validation(false)),
             config,
             head: None,
+            auth: Auth::Disabled,
+            openapi: Arc::default(),
             metrics: prometheus_handle(),
             live: Arc::default(),
             progress: Arc::default(),
@@ -101,9 +117,18 @@ impl ReadState {
         self
     }
 
+    /// Requires a bearer token with scope `read` on every `/v1/...` route (without it, every
+    /// request is allowed: the embedded demo).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self.openapi = Arc::default();
+        self
+    }
+
     fn edge(&self) -> Edge {
         Edge {
             request_timeout: self.config.timeout,
+            in_flight: self.config.in_flight.clone(),
         }
     }
 
@@ -120,8 +145,12 @@ impl ReadState {
     }
 }
 
-/// The `/v1/...` query routes, without state, edge or fallback.
-fn v1_routes() -> Router<ReadState> {
+/// The `/v1/...` query routes behind the `read` scope, without edge or fallback.
+fn v1_routes(state: &ReadState) -> Router<ReadState> {
+    let guard = Guard {
+        auth: state.auth.clone(),
+        scope: Scope::Read,
+    };
     Router::new()
         .route("/v1/dashboard/orders", get(dashboard::list))
         .route("/v1/dashboard/orders/{id}", get(dashboard::one))
@@ -132,6 +161,7 @@ fn v1_routes() -> Router<ReadState> {
         .route("/v1/analytics/order-funnel", get(analytics::order_funnel))
         .route("/v1/analytics/delivery-durations", get(analytics::delivery_durations))
         .route("/v1/projections", get(status::projections))
+        .route_layer(from_fn_with_state(guard, service_kit::auth::require))
 }
 
 /// Only the `/v1/...` query routes, behind the same edge middleware as [`router`], without the
@@ -139,7 +169,7 @@ fn v1_routes() -> Router<ReadState> {
 /// which serves `/health`, `/ready`, `/metrics`, `/openapi.json` and unknown paths itself (the
 /// embedded `orderflow serve`, one port for commands and queries).
 pub fn query_routes(state: ReadState) -> Router {
-    v1_routes()
+    v1_routes(&state)
         .method_not_allowed_fallback(service_kit::http::method_not_allowed)
         .layer(from_fn_with_state(state.edge(), service_kit::http::edge))
         .with_state(state)
@@ -147,7 +177,7 @@ pub fn query_routes(state: ReadState) -> Router {
 
 /// Every route of the read API.
 pub fn router(state: ReadState) -> Router {
-    v1_routes()
+    v1_routes(&state)
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

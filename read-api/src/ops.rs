@@ -2,15 +2,15 @@
 //! for the OpenAPI document; the service kit answers the common ones). The edge every request
 //! passes is the service kit's.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use projections::Projection as _;
-use service_kit::http::{ApiError, Health, chain};
+use service_kit::auth::{Auth, Scope};
+use service_kit::http::{ApiError, Health, chain, openapi};
 use utoipa::OpenApi;
 
 use crate::ReadState;
@@ -80,9 +80,26 @@ pub(crate) async fn metrics(State(state): State<ReadState>) -> Response {
 )]
 pub(crate) struct ApiDoc;
 
+/// The read API's document as a process with `auth` serves it: every `/v1/...` route needs
+/// the `read` scope when tokens are configured, and nothing is said of tokens otherwise.
+pub fn api_doc(auth: &Auth) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if let (true, Some(op)) = (path.starts_with("/v1/"), item.get.as_mut()) {
+            openapi::require_scope(op, Scope::Read.as_str());
+        }
+    }
+    openapi::declare_security(&mut doc, auth);
+    doc
+}
+
 /// This API's OpenAPI document, generated from the code.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI document", body = Object)))]
-pub(crate) async fn openapi() -> Response {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    service_kit::http::openapi_json(&DOCUMENT, ApiDoc::openapi)
+pub(crate) async fn openapi(State(state): State<ReadState>) -> Response {
+    let document = state.openapi.get_or_init(|| {
+        api_doc(&state.auth)
+            .to_json()
+            .unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
+    });
+    ([(header::CONTENT_TYPE, "application/json")], document.clone()).into_response()
 }

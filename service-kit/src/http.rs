@@ -7,11 +7,17 @@
 //! - `ops`: the operations answers (`/health`, `/metrics`, `/openapi.json`, unknown routes and
 //!   methods).
 //! - `serve`: [`serve_on`], serving until shutdown, then draining with a deadline.
+//! - `shed`: [`InFlightLimit`], the bound on requests in flight and the 503 `overloaded` past
+//!   it, which the edge applies.
+//! - [`openapi`]: what every OpenAPI document shares (error answers, header parameters, the
+//!   bearer security a process declares only when it enforces it).
 
 mod edge;
 mod error;
+pub mod openapi;
 mod ops;
 mod serve;
+mod shed;
 
 /// HTTP status codes, for the crates that map their errors without an HTTP server of their own.
 pub use axum::http::StatusCode;
@@ -19,6 +25,7 @@ pub use edge::{CORRELATION_ID, Edge, REQUEST_DURATION, REQUEST_ID, REQUESTS_TOTA
 pub use error::{ApiError, ErrorBody, ErrorObject, HttpError, chain};
 pub use ops::{Health, health, method_not_allowed, metrics, no_route, openapi_json};
 pub use serve::serve_on;
+pub use shed::{Admitted, DEFAULT_MAX_IN_FLIGHT, IN_FLIGHT, IN_FLIGHT_LIMIT, InFlightLimit, LoadArgs, SHED_TOTAL};
 
 /// The one value of header `name`, if any: a header that may appear at most once.
 pub fn single_header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Result<Option<&'a [u8]>, ApiError> {

@@ -84,6 +84,7 @@ fn router(upstream: Arc<Upstream>) -> Router {
         .layer(from_fn_with_state(
             Edge {
                 request_timeout: Duration::from_secs(30),
+                in_flight: None,
             },
             edge,
         ))

@@ -56,6 +56,11 @@ impl Server {
         }
     }
 
+    /// Whether the process still runs.
+    pub(crate) fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -95,6 +100,17 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
+        let (status, _, value) = self.send(method, path, body).await?;
+        Ok((status, value))
+    }
+
+    /// As [`Api::call`], with the answer's headers.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Value)> {
         let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
         let request = hyper::Request::builder()
             .method(method)
@@ -103,10 +119,18 @@ impl Api {
             .body(Full::new(Bytes::from(body)))?;
         let response = self.client.request(request).await?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await?.to_bytes();
         let value =
             serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Ok((status, value))
+        Ok((status, headers, value))
+    }
+
+    /// `/metrics` as text.
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        let (status, _, body) = self.send(Method::GET, "/metrics", None).await?;
+        ensure!(status == StatusCode::OK, "/metrics: {status}");
+        Ok(body.as_str().map(str::to_owned).unwrap_or_default())
     }
 
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {

@@ -104,6 +104,7 @@ pub use sagas::{AbandonSagaBody, ParkedSagas, ServicesView};
 use service_kit::auth;
 pub use service_kit::auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
 pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
+use service_kit::http::InFlightLimit;
 pub use service_kit::metrics::prometheus_handle;
 
 use crate::gateway::{PaymentGateway, SimulatedGateway};
@@ -126,6 +127,11 @@ pub struct HttpConfig {
     /// Longest a request may take; a slower one is 503 `timeout` (a command may still have
     /// been applied: retry it with its `Idempotency-Key`).
     pub request_timeout: Duration,
+    /// The bound on `/v1` requests in flight: past it, 503 `overloaded` at once (the service
+    /// kit's load shedding); the binaries set it (`--max-in-flight`). `None`, the default:
+    /// unbounded, for routers called in-process (the embedded saga's calls to inventory and
+    /// payments are not the clients' load).
+    pub in_flight: Option<InFlightLimit>,
     /// Where `/metrics` reads from; `None`: the process's recorder ([`prometheus_handle`]).
     pub metrics: Option<PrometheusHandle>,
     /// The relay running in this process, if any: `/ready` fails while it leads but the broker
@@ -140,6 +146,7 @@ impl HttpConfig {
             auth,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            in_flight: None,
             metrics: None,
             relay: None,
         }
@@ -155,6 +162,7 @@ pub struct HttpState {
     auth: Auth,
     body_limit_bytes: usize,
     request_timeout: Duration,
+    in_flight: Option<InFlightLimit>,
     metrics: PrometheusHandle,
     relay: Option<tokio::sync::watch::Receiver<relay::RelayStatus>>,
     /// The hosted services' OpenAPI document, rendered on first use.
@@ -174,6 +182,7 @@ impl HttpState {
             auth: config.auth,
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: config.request_timeout,
+            in_flight: config.in_flight,
             metrics: config.metrics.unwrap_or_else(prometheus_handle),
             relay: config.relay,
             openapi: std::sync::Arc::default(),
@@ -246,7 +255,7 @@ impl HttpState {
     pub(crate) fn openapi_json(&self) -> axum::response::Response {
         use axum::response::IntoResponse as _;
         let document = self.openapi.get_or_init(|| {
-            openapi::api_doc(self.services.hosted())
+            openapi::api_doc(self.services.hosted(), &self.auth)
                 .to_json()
                 .unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
         });
@@ -296,6 +305,7 @@ pub fn router(state: HttpState) -> Router {
         .layer(from_fn_with_state(
             Edge {
                 request_timeout: state.request_timeout,
+                in_flight: state.in_flight.clone(),
             },
             service_kit::http::edge,
         ))

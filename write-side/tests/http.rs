@@ -1967,7 +1967,8 @@ async fn thirty_two_clients_race_for_twenty_units() {
 
 #[tokio::test]
 async fn openapi_lists_the_routes_and_the_error_schema() {
-    let app = App::new().await;
+    let tokens = [TokenSpec::from_secret("writer", [Scope::Commands], WRITER)];
+    let app = App::with(pg_store().await, HttpConfig::new(Auth::tokens(tokens))).await;
     let reply = app.get("/openapi.json").await;
     let doc = reply.expect(StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
@@ -2121,6 +2122,33 @@ async fn openapi_lists_the_routes_and_the_error_schema() {
             .is_some_and(|d| d.contains("gateway_unavailable")),
         "POST /v1/payments does not name gateway_unavailable"
     );
+}
+
+/// A process that checks no token (the embedded demo) declares none: a client generated from its
+/// document sends no token and expects no 401.
+#[tokio::test]
+async fn without_authentication_the_document_declares_no_security() {
+    let app = App::new().await;
+    let reply = app.get("/openapi.json").await;
+    let doc = reply.expect(StatusCode::OK);
+    assert!(
+        doc["components"]["securitySchemes"]
+            .as_object()
+            .is_none_or(|s| s.is_empty()),
+        "{}",
+        doc["components"]["securitySchemes"]
+    );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op.get("security").is_none(), "{method} {path} declares security");
+            for status in ["401", "403"] {
+                assert!(
+                    op["responses"].get(status).is_none(),
+                    "{method} {path} describes {status}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

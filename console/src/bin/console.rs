@@ -59,6 +59,8 @@ struct Args {
     /// Longest a proxied request may take, in milliseconds.
     #[arg(long, env = "ORDERFLOW_CONSOLE_TIMEOUT_MS", default_value_t = 15_000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    load: service_kit::http::LoadArgs,
 }
 
 #[tokio::main]
@@ -78,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let app = proxy::router(upstreams).layer(from_fn_with_state(
         Edge {
             request_timeout: timeout,
+            in_flight: Some(args.load.limit()),
         },
         service_kit::http::edge,
     ));

@@ -48,6 +48,12 @@ struct Args {
     /// Longest a request may take, in milliseconds.
     #[arg(long, env = "ORDERFLOW_READ_TIMEOUT_MS", default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Who may read: every `/v1/...` route needs a token with scope `read` (the dashboard holds
+    /// customers' names and e-mails); `/health`, `/ready` and `/metrics` stay open.
+    #[command(flatten)]
+    auth: service_kit::auth::AuthArgs,
+    #[command(flatten)]
+    load: service_kit::http::LoadArgs,
 }
 
 /// glibc's allocator took a fifth of this process's CPU under load (BENCHMARKS.md).
@@ -58,6 +64,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init();
     let args: Args = service_kit::parse("read-api");
+    let auth = args.auth.auth()?;
     let url = DatabaseUrl::parse("--read-db-url", &args.read_db_url)?;
     tracing::info!(read_db = %url, "connecting to the read database");
     let db = ReadDb::open(&url, PoolSettings::SERVICE)
@@ -73,8 +80,9 @@ async fn main() -> anyhow::Result<()> {
     let config = ReadConfig {
         wait: Duration::from_millis(args.wait_ms),
         timeout: Duration::from_millis(args.timeout_ms),
+        in_flight: Some(args.load.limit()),
     };
-    let state = ReadState::new(db, clickhouse, config.clone());
+    let state = ReadState::new(db, clickhouse, config.clone()).with_auth(auth);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -103,5 +111,6 @@ mod tests {
         assert_eq!(args.read_db_url, "postgres://reader@postgres:5432/orderflow_read");
         assert_eq!(args.clickhouse_user, "orderflow_reader");
         assert_eq!(args.wait_ms, 2000);
+        assert!(!args.auth.no_auth, "authentication is on in the example");
     }
 }

@@ -1,6 +1,7 @@
 //! [`edge`]: the outermost middleware of every service. It reads or makes the correlation id,
-//! makes the request id, runs the request in a span with a timeout, turns a panic into a 500,
-//! records the request's latency per route, and echoes both ids on the answer.
+//! makes the request id, sheds a `/v1` request past the bound on requests in flight, runs the
+//! request in a span with a timeout, turns a panic into a 500, records the request's latency
+//! per route, and echoes both ids on the answer.
 
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use futures::FutureExt as _;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{ApiError, single_header, visible_ascii};
+use super::{ApiError, InFlightLimit, single_header, visible_ascii};
 
 /// `X-Correlation-Id`: taken from the request (or made up) and echoed on the answer; it travels
 /// into every event a command appends.
@@ -28,10 +29,12 @@ pub const REQUESTS_TOTAL: &str = "http_requests_total";
 pub const REQUEST_DURATION: &str = "http_request_duration_seconds";
 
 /// The edge's settings: its state in `from_fn_with_state(Edge { .. }, edge)`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Edge {
     /// Longest a request may take; a slower one is answered 503 `timeout`.
     pub request_timeout: Duration,
+    /// The bound on `/v1` requests in flight (503 `overloaded` past it); `None`: unbounded.
+    pub in_flight: Option<InFlightLimit>,
 }
 
 /// Who asked, put into the request's extensions by [`edge`] for the handlers.
@@ -78,7 +81,14 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
                 context.correlation_id = id;
             }
             req.extensions_mut().insert(context.clone());
-            run(req, next, &method, &route, &context, edge.request_timeout).await
+            let admitted = match &edge.in_flight {
+                Some(limit) if req.uri().path().starts_with("/v1/") => limit.admit().map(Some),
+                _ => Ok(None),
+            };
+            match admitted {
+                Err(overloaded) => overloaded.into_response(),
+                Ok(_place) => run(req, next, &method, &route, &context, edge.request_timeout).await,
+            }
         }
     };
     let status = response.status();

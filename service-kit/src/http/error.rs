@@ -37,6 +37,7 @@ use utoipa::ToSchema;
 /// | 503 | `unavailable` | a database failed (logged); retry later |
 /// | 503 | `not_caught_up` | a read's `min_position` was not applied within the wait |
 /// | 503 | `timeout` | the request took longer than the configured timeout |
+/// | 503 | `overloaded` | as many requests are in flight as the service takes (`--max-in-flight`) |
 ///
 /// Every 503 carries `Retry-After`.
 #[derive(Debug, Clone)]

@@ -70,6 +70,9 @@ struct Args {
     #[arg(long, env = "ORDERFLOW_WRITE_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     request_timeout_secs: u64,
 
+    #[command(flatten)]
+    load: service_kit::http::LoadArgs,
+
     /// Store a snapshot of an aggregate every this many events of its stream (0: never).
     #[arg(long, env = "ORDERFLOW_SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
@@ -229,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
     let mut http = HttpConfig::new(auth);
     http.body_limit_bytes = args.body_limit_bytes;
     http.request_timeout = Duration::from_secs(args.request_timeout_secs);
+    http.in_flight = Some(args.load.limit());
     http.relay = relay.as_ref().map(|(_, watch)| watch.clone());
     let gateway = GatewaySettings {
         decline_rate: args.gateway.gateway_decline_rate,

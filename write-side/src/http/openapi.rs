@@ -1,19 +1,21 @@
 //! The OpenAPI document (`/openapi.json`), generated from the handlers' `#[utoipa::path]`
 //! attributes and the request and answer types. [`CommonParts`] adds what every route shares
-//! rather than repeating it on each: the bearer security scheme, the command headers
-//! (`Idempotency-Key`, `If-Match`), `X-Correlation-Id`, and the error answers every `/v1`
-//! route can give (400, 401, 403, 413, 415, 500, 503).
+//! rather than repeating it on each: the command headers (`Idempotency-Key`, `If-Match`),
+//! `X-Correlation-Id`, and the error answers every `/v1` route can give (400, 413, 415, 500,
+//! 503); the bearer scheme with its 401 and 403 only when the process enforces it.
 
-use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder};
+use utoipa::openapi::path::Operation;
 use utoipa::{Modify, OpenApi};
 
 use event_schemas::Service;
 
 use super::{customers, inventory, ops, orders, payments, reads, sagas};
-use service_kit::http::ErrorBody;
+use service_kit::auth::Auth;
+use service_kit::http::openapi::{declare_security, error_response as error, header_parameter};
+use service_kit::http::{ErrorBody, MAX_HEADER_ID_BYTES};
+
+/// What `visible_ascii` accepts in a header: visible ASCII, no spaces.
+const VISIBLE_ASCII: &str = "^[!-~]+$";
 
 /// What every write service's document has: the shared reads and the operations endpoints.
 #[derive(OpenApi)]
@@ -97,9 +99,9 @@ struct Orders;
 )]
 struct Payments;
 
-/// The OpenAPI document of a process hosting `services`: their routes only, with what every
-/// route shares (`CommonParts`).
-pub fn api_doc(services: impl IntoIterator<Item = Service>) -> utoipa::openapi::OpenApi {
+/// The OpenAPI document of a process hosting `services` with `auth`: their routes only, with
+/// what every route shares (`CommonParts`) and the security the process enforces.
+pub fn api_doc(services: impl IntoIterator<Item = Service>, auth: &Auth) -> utoipa::openapi::OpenApi {
     let mut doc = Common::openapi();
     for service in services {
         doc.merge(match service {
@@ -110,16 +112,15 @@ pub fn api_doc(services: impl IntoIterator<Item = Service>) -> utoipa::openapi::
         });
     }
     CommonParts.modify(&mut doc);
+    declare_security(&mut doc, auth);
     doc
 }
 
-/// Adds the security scheme, the shared headers and the shared error answers.
+/// Adds the shared headers and the shared error answers.
 pub(crate) struct CommonParts;
 
 impl Modify for CommonParts {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
         for (path, item) in openapi.paths.paths.iter_mut() {
             if !path.starts_with("/v1/") {
                 continue;
@@ -146,18 +147,18 @@ impl Modify for CommonParts {
                 .into_iter()
                 .flatten()
             {
-                header(
+                header_parameter(
                     op,
                     "X-Correlation-Id",
                     "Correlation id of the events this request causes (1 to 255 visible ASCII); made up when absent, echoed on the answer.",
+                    VISIBLE_ASCII,
+                    MAX_HEADER_ID_BYTES,
                 );
                 error(
                     op,
                     "400",
                     "`invalid_json` or `bad_request`: malformed body, unknown or missing field, negative or out-of-range number, bad id, query parameter or header",
                 );
-                error(op, "401", "`unauthorized`: no or unknown bearer token");
-                error(op, "403", "`forbidden`: the token lacks the route's scope");
                 error(op, "500", "`internal`");
                 error(op, "503", "`unavailable` (event store) or `timeout`");
             }
@@ -166,39 +167,18 @@ impl Modify for CommonParts {
 }
 
 fn command_headers(op: &mut Operation) {
-    header(
+    header_parameter(
         op,
         "Idempotency-Key",
         "Makes the command safe to retry: a repeat with the same key and body answers the first result and appends nothing; the same key with another body is a 422. 1 to 255 visible ASCII characters.",
+        VISIBLE_ASCII,
+        MAX_HEADER_ID_BYTES,
     );
-    header(
+    header_parameter(
         op,
         "If-Match",
         "The stream version the client saw (`3` or `\"3\"`); another current version answers 409 `conflict` and appends nothing.",
+        r#"^([0-9]{1,19}|"[0-9]{1,19}")$"#,
+        21,
     );
-}
-
-fn header(op: &mut Operation, name: &str, description: &str) {
-    let parameter = ParameterBuilder::new()
-        .name(name)
-        .parameter_in(ParameterIn::Header)
-        .required(Required::False)
-        .description(Some(description))
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
-        .build();
-    op.parameters.get_or_insert_with(Vec::new).push(RefOr::T(parameter));
-}
-
-fn error(op: &mut Operation, status: &str, description: &str) {
-    op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
-        RefOr::T(
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
-                )
-                .build(),
-        )
-    });
 }
