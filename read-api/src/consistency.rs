@@ -129,6 +129,9 @@ async fn wait_for(
     {
         return Ok(version);
     }
+    // Subscribed: whatever the poller finds from now on reaches this request. Counted, so that
+    // an operator (and a test) can tell requests waiting from requests answered at once.
+    metrics::counter!("orderflow_read_progress_waits_total", "projection" => name.to_owned()).increment(1);
     let mut position = seen;
     loop {
         match tokio::time::timeout_at(deadline, progress.changed()).await {

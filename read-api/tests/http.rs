@@ -1080,12 +1080,14 @@ async fn min_position_waits_for_the_projection_or_answers_503_with_the_position_
     let (status, body) = side.get("/v1/dashboard/orders?min_position=customers:3").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    // Applied while the request waits: the answer includes it.
+    // Applied while the request waits: the answer includes it. Applied only once the request
+    // provably waits, or it could be answered by its own first look and prove nothing.
     let order = Uuid::new_v4();
     let event = shop.placed(order, 0, 0, 2);
     let uri = format!("/v1/dashboard/orders/{order}?min_position=orders:1");
+    let before = dashboard_waits(&side).await;
     let request = tokio::spawn(get(side.router.clone(), uri));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    waits_reach(&side, before + 1, Duration::from_millis(1500)).await;
     let placed = side.apply(vec![event]).await;
     assert_eq!(placed.to_string(), "orders:1");
     let (status, body) = request.await.unwrap();
@@ -1102,11 +1104,37 @@ async fn min_position_waits_for_the_projection_or_answers_503_with_the_position_
 
 /// The read API's progress lookups so far for the dashboard (`/metrics`).
 async fn dashboard_lookups(side: &ReadSide) -> u64 {
+    dashboard_counter(side, "orderflow_read_progress_lookups_total").await
+}
+
+/// Requests that have subscribed to the dashboard's progress and wait on it.
+async fn dashboard_waits(side: &ReadSide) -> u64 {
+    dashboard_counter(side, "orderflow_read_progress_waits_total").await
+}
+
+async fn dashboard_counter(side: &ReadSide, name: &str) -> u64 {
+    let prefix = format!("{name}{{projection=\"order_dashboard\"}}");
     side.metrics()
         .await
         .lines()
-        .find(|line| line.starts_with("orderflow_read_progress_lookups_total{projection=\"order_dashboard\"}"))
+        .find(|line| line.starts_with(&prefix))
         .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// Waits until `count` requests wait on the dashboard's progress; fails after `within`.
+async fn waits_reach(side: &ReadSide, count: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let waits = dashboard_waits(side).await;
+        if waits >= count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waits} requests waiting on the dashboard after {within:?}, waiting for {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]
@@ -1153,10 +1181,12 @@ async fn requests_waiting_on_a_projection_share_one_look_at_its_progress() {
          at most {most} when they share a poller"
     );
 
-    // Applied while they wait: every one of them is answered with it.
+    // Applied while they wait, once every one of them provably waits: every one is answered
+    // with it.
     let order = Uuid::new_v4();
+    let before = dashboard_waits(&side).await;
     let requests = waiting(WAITERS, "orders:1".parse().unwrap());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    waits_reach(&side, before + WAITERS as u64, wait).await;
     side.apply(vec![shop.placed(order, 0, 0, 2)]).await;
     for request in requests {
         let (status, body) = request.await.unwrap();
