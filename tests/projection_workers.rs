@@ -16,7 +16,9 @@ use projections::analytics::{self, SalesAnalytics};
 use projections::dashboard;
 use projections::{ReadDb, RebuildOptions, ServiceLog, UntilPoint, applied_position, catalog};
 use sqlx::Row;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use write_side::domain::saga::{Phase, ReasonCode, Saga};
@@ -47,8 +49,9 @@ impl Deployment {
             .expect("start `orderflow relay`")
     }
 
-    fn worker(&self) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_orderflow"))
+    fn worker(&self) -> Worker {
+        let session_timeout_ms = SESSION_TIMEOUT.as_millis().to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .args([
                 "projections",
                 "run",
@@ -57,7 +60,7 @@ impl Deployment {
                 "--linger-ms",
                 "10",
                 "--session-timeout-ms",
-                "6000",
+                &session_timeout_ms,
             ])
             .env("ORDERFLOW_READ_DB_URL", &self.read_db.url)
             .env("ORDERFLOW_CLICKHOUSE_URL", testkit::clickhouse::url())
@@ -65,15 +68,80 @@ impl Deployment {
             .env("ORDERFLOW_KAFKA_BROKERS", testkit::kafka::bootstrap_servers())
             .env("ORDERFLOW_TOPIC_PREFIX", &self.prefix)
             .env("ORDERFLOW_GROUP_PREFIX", &self.prefix)
+            // The assignments are read from the log (`Worker::holds_partitions`).
             .env(
                 "RUST_LOG",
-                std::env::var("ORDERFLOW_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+                format!(
+                    "projections::runtime::kafka=info,{}",
+                    std::env::var("ORDERFLOW_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into())
+                ),
             )
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("start `orderflow projections run`")
+            .expect("start `orderflow projections run`");
+        let (held, holds) = watch::channel(0);
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        tokio::spawn(async move {
+            // What each projection's consumer holds: assignments are eager (all revoked, then
+            // the new share assigned), so the last line of either kind says.
+            let mut by_projection: BTreeMap<String, usize> = BTreeMap::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{line}");
+                let field = |name: &str| {
+                    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+                    line[start..]
+                        .split_whitespace()
+                        .next()
+                        .map(|v| v.trim_matches('"').to_owned())
+                };
+                let Some(projection) = field("projection") else {
+                    continue;
+                };
+                if line.contains("partitions assigned") {
+                    let count = field("partitions").and_then(|n| n.parse().ok()).unwrap_or(0);
+                    by_projection.insert(projection, count);
+                } else if line.contains("partitions revoked") {
+                    by_projection.insert(projection, 0);
+                } else {
+                    continue;
+                }
+                held.send_replace(by_projection.values().sum());
+            }
+        });
+        Worker { child, holds }
     }
 }
+
+/// A running `orderflow projections run`.
+struct Worker {
+    child: Child,
+    /// How many partitions its consumers hold, as its log last said.
+    holds: watch::Receiver<usize>,
+}
+
+impl Worker {
+    /// Waits until the worker holds partitions: a kill before that would take nothing from
+    /// the group it has not joined yet.
+    async fn holds_partitions(&mut self) {
+        let within = Duration::from_secs(60);
+        tokio::time::timeout(within, self.holds.wait_for(|&held| held > 0))
+            .await
+            .unwrap_or_else(|_| panic!("a worker held no partition {within:?} after it started"))
+            .expect("the worker's log is read until it ends");
+    }
+
+    /// SIGKILL (no goodbye to the group, nothing flushed); answers once the process is gone.
+    async fn kill(&mut self) -> Instant {
+        self.child.start_kill().expect("kill -9 a worker");
+        self.child.wait().await.unwrap();
+        Instant::now()
+    }
+}
+
+/// The workers' consumer-group session timeout: how long the group waits for a member that
+/// stopped talking before the broker may drop it.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// How long the sagas get to do what the test waits for.
 const SAGA_WITHIN: Duration = Duration::from_secs(30);
@@ -352,14 +420,15 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
         .map(|seed| tokio::spawn(traffic(local.clone(), customers.clone(), products.clone(), 7 + seed)))
         .collect();
 
-    // SIGKILL a worker every ~1.5 s while the traffic runs, alternating, and start it again.
+    // SIGKILL the workers in turn while the traffic runs, each once it holds partitions, and
+    // start it again.
     let read = ReadDb::connect(&deployment.read_db.url, 4).await.unwrap();
     let mut kills = 0;
+    let mut last_kill = Instant::now();
     while load.iter().any(|task| !task.is_finished()) || kills < 4 {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
         let worker = &mut workers[kills % 2];
-        worker.start_kill().expect("kill -9 a worker");
-        worker.wait().await.unwrap();
+        worker.holds_partitions().await;
+        last_kill = worker.kill().await;
         *worker = deployment.worker();
         kills += 1;
     }
@@ -373,10 +442,12 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     sagas.await.unwrap();
     // tansu (the test broker) evicts a member whose session expired only when another member
     // joins, not by the timeout alone (ADR 0004): one more kill and restart after every dead
-    // member's session has expired lets the group hand their partitions to the living.
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    workers[0].start_kill().expect("kill -9 a worker");
-    workers[0].wait().await.unwrap();
+    // member's session has expired lets the group hand their partitions to the living. Nothing
+    // says when a session has expired: the broker drops a member once more than the session
+    // timeout has passed since it last heard from it, which is before its kill, plus a second
+    // for a request the worker sent as it died and the broker handled afterwards.
+    tokio::time::sleep_until((last_kill + SESSION_TIMEOUT + Duration::from_secs(1)).into()).await;
+    let last_kill = workers[0].kill().await;
     workers[0] = deployment.worker();
     kills += 1;
     let mut heads = BTreeMap::new();
@@ -388,9 +459,9 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     // Both projections get to every head of the services they read, whatever the kills. The
     // last kill's victim may still vouch for its partitions for DRAINED_FRESH_US after its
     // death (ADR 0005): the claim is trusted once it has held beyond that, backed by living
-    // workers' reports.
+    // workers' reports. Its last report was made before it died.
     let deadline = Instant::now() + Duration::from_secs(120);
-    tokio::time::sleep(Duration::from_micros(projections::DRAINED_FRESH_US as u64)).await;
+    tokio::time::sleep_until((last_kill + Duration::from_micros(projections::DRAINED_FRESH_US as u64)).into()).await;
     for name in catalog::NAMES {
         let services: std::collections::BTreeSet<Service> =
             catalog::categories(name).iter().map(|c| Service::owning(*c)).collect();
@@ -593,9 +664,9 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(kills >= 4);
+    eprintln!("{kills} workers killed; the read models equal a fold of the log");
     for worker in &mut workers {
-        worker.start_kill().unwrap();
-        worker.wait().await.unwrap();
+        worker.kill().await;
     }
     for relay in &mut relays {
         relay.start_kill().unwrap();

@@ -314,6 +314,16 @@ async fn a_checkpoint_that_cannot_be_stored_makes_the_relay_unready_at_once() {
     assert_eq!(store.load_checkpoint(relay::RELAY_NAME).await.unwrap(), head);
 }
 
+/// How long the relay's producer tries to deliver a record (`message.timeout.ms`, set in the
+/// relay's `producer`); librdkafka's only other clock on a produce request, `socket.timeout.ms`,
+/// is as long (its default), and `request.timeout.ms` is the broker's to enforce.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the broker stays frozen: half the producer's timeout, so that librdkafka holds the
+/// batch and delivers it once the broker is back, without giving it up.
+const OUTAGE: Duration = Duration::from_secs(30);
+const _: () = assert!(OUTAGE.as_secs() < MESSAGE_TIMEOUT.as_secs());
+
 /// The broker freezes for 30 s under load: the relay says it is unready meanwhile, keeps at most
 /// a batch in flight, and after the broker comes back it catches up without losing anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -353,7 +363,10 @@ async fn a_paused_broker_makes_the_relay_unready_and_nothing_is_lost() {
     let during = status.borrow().checkpoint;
     assert!(during < before + 4_000, "nothing is acknowledged by a frozen broker");
     load.await.unwrap();
-    tokio::time::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed())).await;
+    // A span of time, not a wait on the relay: what it does meanwhile is checked above. Counted
+    // from the pause, before which the batch in flight cannot have been sent, so the batch has
+    // waited less than OUTAGE when the broker answers again.
+    tokio::time::sleep_until((paused + OUTAGE).into()).await;
     broker.resume();
 
     let head = store.head_position().await.unwrap();
