@@ -2157,6 +2157,7 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     let parked = dev.orders.ok("/v1/sagas/parked").await?;
     ensure!(parked["order_ids"] == json!([]), "parked sagas: {parked}");
     let isolation_at = started.elapsed();
+    fuzzed(dev).await?;
 
     // Down: every process stops, the ports close.
     let pids = dev.pids()?;
@@ -2194,6 +2195,50 @@ async fn scenario(dev: &mut DevUp) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Every service's API fuzzed against its own `/openapi.json` with authentication on, each with
+/// the token an operator would use there (`scripts/api-fuzz`): besides the checks of the
+/// embedded run (`tests/api_fuzz.rs`), no route answers without the token it requires. Last,
+/// since it leaves the services' data full of generated customers and orders.
+async fn fuzzed(dev: &DevUp) -> anyhow::Result<()> {
+    for (service, token) in [
+        ("customers", "token"),
+        // The saga's reservations and payments need scope `service`: the orders service's token.
+        ("inventory", "service-token"),
+        ("orders", "token"),
+        ("payments", "service-token"),
+        ("read-api", "read-token"),
+    ] {
+        let base = format!("http://127.0.0.1:{}", dev.ports[service]);
+        let token_file = dev.dir.join(token).display().to_string();
+        let started = Instant::now();
+        let report = tokio::task::spawn_blocking(move || {
+            support::fuzz(
+                &base,
+                &["--token-file", &token_file, "--seconds", &FUZZ_SECONDS.to_string()],
+            )
+        })
+        .await?
+        .with_context(|| format!("fuzzing {service}"))?;
+        let (tested, total) = support::operations_tested(&report)?;
+        ensure!(
+            tested == total && total >= 3,
+            "{service}: schemathesis tested {tested} of {total} operations:\n{report}"
+        );
+        ensure!(
+            !dev.secrets()?.iter().any(|secret| report.contains(secret.as_str())),
+            "schemathesis's report on {service} shows a secret"
+        );
+        eprintln!(
+            "dev-up: {service} fuzzed ({tested} operations) in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Seconds each service is fuzzed for.
+const FUZZ_SECONDS: u32 = 20;
 
 /// Starts a whole deployment (`scripts/dev-up up`): not to run beside another test that does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -356,8 +356,28 @@ async fn first_run(api: &Api, server: &mut Server, ids: &Ids) -> anyhow::Result<
         metrics.contains(r#"route="/v1/orders""#) && metrics.contains(r#"route="/v1/dashboard/orders/{id}""#),
         "/metrics lacks the command or the query routes:\n{metrics}"
     );
-    let (status, _) = api.get("/openapi.json").await?;
+    // One document for the one port: commands, queries and rebuilds; and no token, since this
+    // mode checks none.
+    let (status, document) = api.get("/openapi.json").await?;
     ensure!(status == StatusCode::OK, "openapi: {status}");
+    for (path, method) in [
+        ("/v1/orders", "post"),
+        ("/v1/customers/{id}/change-email", "post"),
+        ("/v1/dashboard/orders", "get"),
+        ("/v1/analytics/revenue", "get"),
+        ("/v1/projections", "get"),
+        ("/v1/projections/{name}/rebuild", "post"),
+    ] {
+        let operation = &document["paths"][path][method];
+        ensure!(operation.is_object(), "the document lacks {method} {path}");
+        ensure!(operation.get("security").is_none(), "{method} {path} asks for a token");
+    }
+    ensure!(
+        document["components"]["securitySchemes"]
+            .as_object()
+            .is_none_or(|s| s.is_empty()),
+        "the embedded document declares a security scheme it does not enforce"
+    );
     let (status, error) = api.get("/v1/no-such-thing").await?;
     ensure!(
         status == StatusCode::NOT_FOUND && error["error"]["code"] == "not_found",

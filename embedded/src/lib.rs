@@ -374,7 +374,12 @@ fn router(
     let mut http = HttpConfig::new(Auth::Disabled);
     http.in_flight = Some(in_flight.clone());
     let grace = http.request_timeout + Duration::from_secs(1);
-    let commands = write_side::http::router(local.http_state(http));
+    // One document for the one port: the read API's and the rebuild endpoint's routes too.
+    let state = local
+        .http_state(http)
+        .with_openapi(read_api::api_doc(&Auth::Disabled))
+        .with_openapi(projections::admin::api_doc());
+    let commands = write_side::http::router(state);
     let heads: BTreeMap<Service, watch::Receiver<Position>> =
         logs.iter().map(|log| (log.service, log.store.changes())).collect();
     let head = move |service: Service| heads.get(&service).map_or(0, |changes| *changes.borrow());

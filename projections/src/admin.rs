@@ -84,6 +84,19 @@ pub fn routes(admin: Admin) -> Router {
         .with_state(admin)
 }
 
+/// The rebuild endpoint's OpenAPI document (merged into the embedded `serve`'s).
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    AdminDoc::openapi()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(rebuild),
+    tags((name = "projections", description = "rebuilding a projection beside the live one"))
+)]
+struct AdminDoc;
+
 /// `POST /v1/projections/{name}/rebuild`: builds the next version of a projection from the event
 /// store beside the live one, in the background, and switches reads to it when it has caught up.
 /// 202 `{projection, version, state: "building"}` once the version is registered (its number is
@@ -91,6 +104,24 @@ pub fn routes(admin: Admin) -> Router {
 /// an unknown projection, 409 while one of it is already running in this process, 403 for a
 /// request a browser says came from another site, 503 when the process is stopping or the
 /// rebuild could not start (the cause is logged).
+#[utoipa::path(
+    post,
+    path = "/v1/projections/{name}/rebuild",
+    tag = "projections",
+    params(
+        ("name" = String, Path, description = "the projection", example = "order_dashboard",
+         pattern = r"^(order_dashboard|sales_analytics)$"),
+        ("Sec-Fetch-Site" = Option<String>, Header, description = "set by browsers: a request from another site is refused"),
+    ),
+    responses(
+        (status = 202, description = "the rebuild started: `{projection, version, state: \"building\"}`", body = Object),
+        (status = 403, description = "`cross_site`: a browser says the request came from another site; or, where tokens are checked, `forbidden`: the token lacks `admin`", body = service_kit::http::ErrorBody),
+        (status = 404, description = "`not_found`: no such projection", body = service_kit::http::ErrorBody),
+        (status = 409, description = "`conflict`: a rebuild of this projection is running", body = service_kit::http::ErrorBody),
+        (status = 503, description = "`unavailable`: the process is stopping, or the rebuild could not start", body = service_kit::http::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]))
+)]
 async fn rebuild(
     State(admin): State<Admin>,
     UrlPath(name): UrlPath<String>,
@@ -245,5 +276,16 @@ mod tests {
             Err(403),
             "another port or subdomain is another site here"
         );
+    }
+
+    #[test]
+    fn the_document_names_every_projection_that_can_be_rebuilt() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&api_doc().to_json().expect("the document renders")).expect("JSON");
+        let pattern = doc["paths"]["/v1/projections/{name}/rebuild"]["post"]["parameters"][0]["schema"]["pattern"]
+            .as_str()
+            .expect("a pattern for the name")
+            .to_owned();
+        assert_eq!(pattern, format!("^({})$", catalog::NAMES.join("|")));
     }
 }

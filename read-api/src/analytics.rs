@@ -10,10 +10,84 @@ use axum::extract::{RawQuery, State};
 use chrono::{DateTime, Duration, Utc};
 use projections::analytics::{self, Bucket, Durations, Funnel, RevenueBucket, TopProduct};
 use serde::Serialize;
+use utoipa::IntoParams;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 
 use crate::consistency::read;
-use crate::params::Params;
+use crate::params::{Params, doc};
 use crate::{ApiError, ReadState};
+
+const BUCKETS: &[(&str, (&str, Bucket))] = &[("hour", ("hour", Bucket::Hour)), ("day", ("day", Bucket::Day))];
+
+/// The largest and default `limit` of top products.
+const MAX_TOP_PRODUCTS: u64 = 100;
+const DEFAULT_TOP_PRODUCTS: u64 = 10;
+
+/// `from`, `to` and `min_position`; with `bucket` for revenue, `limit` for top products.
+fn range_params(from: &str, to: &str) -> Vec<Parameter> {
+    vec![
+        doc::time("from", from),
+        doc::time("to", to),
+        doc::min_position(),
+        doc::correlation_id(),
+    ]
+}
+
+/// The query parameters of [`revenue`].
+pub(crate) struct RevenueParams;
+
+impl IntoParams for RevenueParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = range_params(
+            "The range's start, inclusive (default: `to` - 30 days; 400 unless before `to`)",
+            "The range's end, exclusive (default: now)",
+        );
+        params.push(doc::choice(
+            "bucket",
+            BUCKETS.iter().map(|(label, _)| *label),
+            "`hour` or `day` (UTC; default `day`).",
+        ));
+        params
+    }
+}
+
+/// The query parameters of [`top_products`].
+pub(crate) struct TopProductsParams;
+
+impl IntoParams for TopProductsParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = range_params(
+            "The range's start, inclusive (default: `to` - 30 days; 400 unless before `to`)",
+            "The range's end, exclusive (default: now)",
+        );
+        params.push(doc::limit(MAX_TOP_PRODUCTS, DEFAULT_TOP_PRODUCTS));
+        params
+    }
+}
+
+/// The query parameters of [`order_funnel`].
+pub(crate) struct FunnelParams;
+
+impl IntoParams for FunnelParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        range_params(
+            "The range's start, inclusive (default: unbounded; 400 unless before `to`)",
+            "The range's end, exclusive (default: unbounded)",
+        )
+    }
+}
+
+/// The query parameters of [`delivery_durations`].
+pub(crate) struct DurationsParams;
+
+impl IntoParams for DurationsParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        range_params(
+            "The range's start, inclusive, on the delivery time (default: `to` - 30 days; 400 unless before `to`)",
+            "The range's end, exclusive (default: now)",
+        )
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Revenue {
@@ -30,12 +104,35 @@ pub(crate) struct TopProducts {
     products: Vec<TopProduct>,
 }
 
-/// `from` and `to`, defaulting to the 30 days up to now; `from` must come before `to`.
+/// The earliest and latest instants an answer shows: years 0000 to 9999 in UTC, what RFC 3339
+/// (and the `date-time` the document declares for `from` and `to`) can write.
+fn representable(time: DateTime<Utc>) -> DateTime<Utc> {
+    let first = DateTime::parse_from_rfc3339("0000-01-01T00:00:00Z").map(|t| t.to_utc());
+    let last = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999999Z").map(|t| t.to_utc());
+    match (first, last) {
+        (Ok(first), Ok(last)) => time.clamp(first, last),
+        _ => time,
+    }
+}
+
+/// `from` and `to`, defaulting to the 30 days up to now; `from` must come before `to`. A time
+/// whose UTC form falls outside the years 0000 to 9999 (`9999-12-31T23:00:00-05:00`) is taken
+/// as the nearest one inside, so that the answer can show the range as RFC 3339.
+///
+/// Without `to`, a `from` in the future is an empty range (nothing has happened since), not an
+/// error: only a range the client wrote backwards is refused.
 fn range(params: &Params) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
-    let to = params.time("to")?.unwrap_or_else(Utc::now);
-    let from = params.time("from")?.unwrap_or(to - Duration::days(30));
+    let given_to = params.time("to")?;
+    let to = representable(given_to.unwrap_or_else(Utc::now));
+    let from = representable(params.time("from")?.unwrap_or(to - Duration::days(30)));
     if from >= to {
-        return Err(ApiError::bad_parameter("from", "from must be before to"));
+        if given_to.is_none() {
+            return Ok((from, from));
+        }
+        return Err(ApiError::conflicting_parameters(
+            &["from", "to"],
+            "from must be before to",
+        ));
     }
     Ok((from, to))
 }
@@ -43,25 +140,17 @@ fn range(params: &Params) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
 /// Revenue per hour or day of placement, per currency: the orders confirmed, not cancelled,
 /// with an authorized or captured payment, each its total net of refunds (see the
 /// `AnalyticsRevenue` schema).
-#[utoipa::path(get, path = "/v1/analytics/revenue", tag = "analytics",
-    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive (default: to - 30 days)"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive (default: now)"),
-        ("bucket" = Option<String>, Query, description = "hour | day (default)"),
-        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
+#[utoipa::path(get, path = "/v1/analytics/revenue", tag = "analytics", operation_id = "analytics_revenue",
+    params(RevenueParams),
     responses((status = 200, description = "revenue buckets", body = schema::AnalyticsRevenue),
-              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody)))]
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn revenue(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Revenue>, ApiError> {
     let params = Params::parse(query.as_deref(), &["from", "to", "bucket", "min_position"])?;
     let (from, to) = range(&params)?;
-    let (label, bucket) = params
-        .choice(
-            "bucket",
-            &[("hour", ("hour", Bucket::Hour)), ("day", ("day", Bucket::Day))],
-        )?
-        .unwrap_or(("day", Bucket::Day));
+    let (label, bucket) = params.choice("bucket", BUCKETS)?.unwrap_or(("day", Bucket::Day));
     let buckets = read(&state, analytics::NAME, params.min_position()?, |version| {
         let state = &state;
         async move { Ok(state.analytics(version).revenue(from, to, bucket).await?) }
@@ -76,19 +165,19 @@ pub(crate) async fn revenue(
 }
 
 /// The products sold most (by quantity) in the range; cancelled orders excluded.
-#[utoipa::path(get, path = "/v1/analytics/top-products", tag = "analytics",
-    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("limit" = Option<u32>, Query, description = "1..=100, default 10"),
-        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
-    responses((status = 200, description = "top products", body = Object)))]
+#[utoipa::path(get, path = "/v1/analytics/top-products", tag = "analytics", operation_id = "analytics_top_products",
+    params(TopProductsParams),
+    responses((status = 200, description = "top products", body = Object),
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn top_products(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<TopProducts>, ApiError> {
     let params = Params::parse(query.as_deref(), &["from", "to", "limit", "min_position"])?;
     let (from, to) = range(&params)?;
-    let limit = params.integer("limit", 1, 100)?.unwrap_or(10) as u32;
+    let limit = params
+        .integer("limit", 1, MAX_TOP_PRODUCTS)?
+        .unwrap_or(DEFAULT_TOP_PRODUCTS) as u32;
     let products = read(&state, analytics::NAME, params.min_position()?, |version| {
         let state = &state;
         async move { Ok(state.analytics(version).top_products(from, to, limit).await?) }
@@ -100,12 +189,10 @@ pub(crate) async fn top_products(
 /// How many of the orders placed in the range (all time without one) reached each status, how
 /// many are still pending, the cancelled ones per reason code, and the share delivered (see
 /// the `AnalyticsFunnel` schema).
-#[utoipa::path(get, path = "/v1/analytics/order-funnel", tag = "analytics",
-    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
+#[utoipa::path(get, path = "/v1/analytics/order-funnel", tag = "analytics", operation_id = "analytics_order_funnel",
+    params(FunnelParams),
     responses((status = 200, description = "the funnel", body = schema::AnalyticsFunnel),
-              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody)))]
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn order_funnel(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,
@@ -115,7 +202,10 @@ pub(crate) async fn order_funnel(
     if let (Some(from), Some(to)) = (from, to)
         && from >= to
     {
-        return Err(ApiError::bad_parameter("from", "from must be before to"));
+        return Err(ApiError::conflicting_parameters(
+            &["from", "to"],
+            "from must be before to",
+        ));
     }
     let funnel = read(&state, analytics::NAME, params.min_position()?, |version| {
         let state = &state;
@@ -126,11 +216,10 @@ pub(crate) async fn order_funnel(
 }
 
 /// Placed → delivered durations (p50, p90) of the orders delivered in the range.
-#[utoipa::path(get, path = "/v1/analytics/delivery-durations", tag = "analytics",
-    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
-    responses((status = 200, description = "durations", body = Object)))]
+#[utoipa::path(get, path = "/v1/analytics/delivery-durations", tag = "analytics", operation_id = "analytics_delivery_durations",
+    params(DurationsParams),
+    responses((status = 200, description = "durations", body = Object),
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn delivery_durations(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,

@@ -10,9 +10,12 @@ use projections::dashboard::{
 };
 use uuid::Uuid;
 
-use self::schema::{DashboardCustomerPage, DashboardOrder, DashboardOrderPage};
+use utoipa::IntoParams;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+
+use self::schema::{DashboardCustomer, DashboardCustomerPage, DashboardOrder, DashboardOrderPage};
 use crate::consistency::read;
-use crate::params::Params;
+use crate::params::{Params, doc};
 use crate::{ApiError, ReadState};
 
 /// Default and largest page sizes.
@@ -60,6 +63,116 @@ const STATUSES: &[(&str, OrderStatus)] = &[
     ("cancelled", OrderStatus::Cancelled),
 ];
 
+/// The fewest and most bytes of an orders cursor (`pa:1:` and an order id; at most 256 hex
+/// digits, [`Cursor::decode`]), and the fewest of a customers cursor (`n:`, a customer id, `:`).
+const CURSOR_BYTES: (usize, usize) = (37, 128);
+const CUSTOMER_CURSOR_MIN_BYTES: usize = 35;
+
+const LIST_PARAMS: &[&str] = &[
+    "status",
+    "reason_code",
+    "customer_id",
+    "placed_from",
+    "placed_to",
+    "sort",
+    "cursor",
+    "limit",
+    "as_of",
+    "at_position",
+    "min_position",
+];
+
+/// The query parameters of [`list`], as [`Params`] parses them.
+pub(crate) struct ListParams;
+
+impl IntoParams for ListParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let [as_of, at_position] = doc::as_of("the dashboard");
+        vec![
+            doc::choice(
+                "status",
+                STATUSES.iter().map(|(label, _)| *label),
+                "Orders in this status.",
+            ),
+            doc::choice(
+                "reason_code",
+                projections::REASON_CODES,
+                "Orders cancelled for this reason (see the `DashboardReasonCode` schema).",
+            ),
+            doc::uuid("customer_id", "One customer's orders."),
+            doc::time("placed_from", "Orders placed at or after this time (inclusive)"),
+            doc::time(
+                "placed_to",
+                "Orders placed before this time (exclusive; 400 when before `placed_from`)",
+            ),
+            doc::choice(
+                "sort",
+                SORTS.iter().map(|(label, _)| *label),
+                "The order of the rows (default `placed_at_desc`).",
+            ),
+            doc::cursor(
+                "cursor",
+                "The `next_cursor` of the previous page, with the same `sort` (an opaque token this API issued; any other value is a 400).",
+                CURSOR_BYTES.0,
+                Some(CURSOR_BYTES.1),
+            ),
+            doc::limit(MAX_LIMIT, DEFAULT_LIMIT),
+            as_of,
+            at_position,
+            doc::min_position(),
+            doc::correlation_id(),
+        ]
+    }
+}
+
+/// The parameters of [`one`].
+pub(crate) struct OneParams;
+
+impl IntoParams for OneParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let [as_of, at_position] = doc::as_of("the order");
+        vec![
+            doc::path_id("The order's id."),
+            as_of,
+            at_position,
+            doc::min_position(),
+            doc::correlation_id(),
+        ]
+    }
+}
+
+/// The query parameters of [`customers`].
+pub(crate) struct CustomersParams;
+
+impl IntoParams for CustomersParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            doc::cursor(
+                "after",
+                "The `next_after` of the previous page (an opaque token this API issued; any other value is a 400).",
+                CUSTOMER_CURSOR_MIN_BYTES,
+                None,
+            ),
+            doc::limit(MAX_CUSTOMER_LIMIT, DEFAULT_LIMIT),
+            doc::min_position(),
+            doc::correlation_id(),
+        ]
+    }
+}
+
+/// The parameters of [`customer`].
+pub(crate) struct CustomerParams;
+
+impl IntoParams for CustomerParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            doc::path_id("The customer's id."),
+            doc::min_position(),
+            doc::correlation_id(),
+        ]
+    }
+}
+
 /// A page of orders: filters `status`, `reason_code` (the cancellation's), `customer_id`,
 /// `placed_from` (inclusive), `placed_to` (exclusive); `sort` (`placed_at_desc` by default,
 /// `placed_at_asc`, `total_desc`, `total_asc`); keyset pagination with `cursor` (from the
@@ -68,40 +181,12 @@ const STATUSES: &[(&str, OrderStatus)] = &[
 /// row carries the order's cancellation `reason_code`, its place-order saga's `saga_state` and
 /// its payment (`payment_status`, the authorized, captured and refunded amounts, ...: see the
 /// `DashboardOrder` schema).
-#[utoipa::path(get, path = "/v1/dashboard/orders", tag = "dashboard",
-    params(
-        ("status" = Option<String>, Query, description = "pending | confirmed | shipped | delivered | cancelled"),
-        ("reason_code" = Option<String>, Query, description = "orders cancelled for this reason: requested | out_of_stock | payment_declined | payment_unavailable | timed_out | abandoned"),
-        ("customer_id" = Option<String>, Query, description = "a customer's UUID"),
-        ("placed_from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("placed_to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("sort" = Option<String>, Query, description = "placed_at_desc (default) | placed_at_asc | total_desc | total_asc"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
-        ("limit" = Option<u32>, Query, description = "1..=500, default 50"),
-        ("as_of" = Option<String>, Query, description = "RFC 3339: the dashboard as it stood then"),
-        ("at_position" = Option<u64>, Query, description = "global position: the dashboard as it stood then"),
-        ("min_position" = Option<u64>, Query, description = "wait until this position is applied"),
-    ),
+#[utoipa::path(get, path = "/v1/dashboard/orders", tag = "dashboard", operation_id = "dashboard_orders",
+    params(ListParams),
     responses((status = 200, description = "a page of orders, each with its payment", body = DashboardOrderPage),
-              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody),
-              (status = 503, description = "not caught up, or unavailable", body = service_kit::http::ErrorBody)))]
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQuery) -> Result<Json<Page>, ApiError> {
-    let params = Params::parse(
-        query.as_deref(),
-        &[
-            "status",
-            "reason_code",
-            "customer_id",
-            "placed_from",
-            "placed_to",
-            "sort",
-            "cursor",
-            "limit",
-            "as_of",
-            "at_position",
-            "min_position",
-        ],
-    )?;
+    let params = Params::parse(query.as_deref(), LIST_PARAMS)?;
     let filter = OrderFilter {
         status: params.choice("status", STATUSES)?,
         reason_code: params
@@ -114,12 +199,18 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
     if let (Some(from), Some(to)) = (filter.placed_from, filter.placed_to)
         && from > to
     {
-        return Err(ApiError::bad_parameter("placed_to", "placed_to is before placed_from"));
+        return Err(ApiError::conflicting_parameters(
+            &["placed_from", "placed_to"],
+            "placed_to is before placed_from",
+        ));
     }
     let sort = params.choice("sort", SORTS)?.unwrap_or_default();
-    let cursor = params.text("cursor").map(Cursor::decode).transpose()?;
+    let cursor = params.hex("cursor")?.map(Cursor::decode).transpose()?;
     if cursor.is_some_and(|c| c.sort != sort) {
-        return Err(ApiError::bad_parameter("cursor", "the cursor belongs to another sort"));
+        return Err(ApiError::conflicting_parameters(
+            &["cursor", "sort"],
+            "the cursor belongs to another sort",
+        ));
     }
     let limit = params.integer("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as u32;
     let as_of = params.as_of()?;
@@ -141,13 +232,11 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
 
 /// One order with its cancellation's reason code, its saga's state and its payment, now or
 /// `as_of` / `at_position` (all as they were then).
-#[utoipa::path(get, path = "/v1/dashboard/orders/{id}", tag = "dashboard",
-    params(("id" = String, Path, description = "the order's UUID"),
-        ("as_of" = Option<String>, Query, description = "RFC 3339"),
-        ("at_position" = Option<u64>, Query, description = "global position"),
-        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
+#[utoipa::path(get, path = "/v1/dashboard/orders/{id}", tag = "dashboard", operation_id = "dashboard_order",
+    params(OneParams),
     responses((status = 200, description = "the order's dashboard row, with its payment", body = DashboardOrder),
-              (status = 404, description = "no such order (then)", body = service_kit::http::ErrorBody)))]
+              (status = 404, description = "`not_found`: no such order (then)", body = service_kit::http::ErrorBody),
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn one(
     State(state): State<ReadState>,
     Path(id): Path<String>,
@@ -173,21 +262,16 @@ pub(crate) async fn one(
 /// email, order count, lifetime value per currency, last order), sorted by name (byte-wise: case
 /// as stored, `B` before `a`) then customer id. Keyset pagination with `after` (the previous
 /// page's `next_after`) and `limit` (1..=1000, 50); `min_position` for read-your-writes.
-#[utoipa::path(get, path = "/v1/dashboard/customers", tag = "dashboard",
-    params(
-        ("after" = Option<String>, Query, description = "next_after of the previous page"),
-        ("limit" = Option<u32>, Query, description = "1..=1000, default 50"),
-        ("min_position" = Option<String>, Query, description = "a consistency token (orders:12): wait until it is applied"),
-    ),
+#[utoipa::path(get, path = "/v1/dashboard/customers", tag = "dashboard", operation_id = "dashboard_customers",
+    params(CustomersParams),
     responses((status = 200, description = "a page of customers, by name then id", body = DashboardCustomerPage),
-              (status = 400, description = "bad parameter", body = service_kit::http::ErrorBody),
-              (status = 503, description = "not caught up, or unavailable", body = service_kit::http::ErrorBody)))]
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn customers(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<CustomerPage>, ApiError> {
     let params = Params::parse(query.as_deref(), &["after", "limit", "min_position"])?;
-    let after = params.text("after").map(CustomerCursor::decode).transpose()?;
+    let after = params.hex("after")?.map(CustomerCursor::decode).transpose()?;
     let limit = params.integer("limit", 1, MAX_CUSTOMER_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as u32;
     let page = read(&state, dashboard::NAME, params.min_position()?, |version| {
         let (state, after) = (&state, &after);
@@ -198,11 +282,11 @@ pub(crate) async fn customers(
 }
 
 /// A customer's name, email, order count, lifetime value per currency and last order.
-#[utoipa::path(get, path = "/v1/dashboard/customers/{id}", tag = "dashboard",
-    params(("id" = String, Path, description = "the customer's UUID"),
-        ("min_position" = Option<u64>, Query, description = "wait until this position is applied")),
-    responses((status = 200, description = "the customer's summary", body = Object),
-              (status = 404, description = "no such customer", body = service_kit::http::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/dashboard/customers/{id}", tag = "dashboard", operation_id = "dashboard_customer",
+    params(CustomerParams),
+    responses((status = 200, description = "the customer's summary", body = DashboardCustomer),
+              (status = 404, description = "`not_found`: no such customer", body = service_kit::http::ErrorBody),
+              crate::params::doc::QueryErrors))]
 pub(crate) async fn customer(
     State(state): State<ReadState>,
     Path(id): Path<String>,
@@ -218,6 +302,7 @@ pub(crate) async fn customer(
     summary.map(Json).ok_or_else(|| ApiError::not_found("customer", id))
 }
 
+/// The path's id: a hyphenated UUID, as the document's `format: uuid` says.
 fn path_uuid(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(id).map_err(|_| ApiError::bad_parameter("id", "the id in the path must be a UUID"))
+    crate::params::hyphenated_uuid(id).ok_or_else(|| ApiError::bad_parameter("id", "the id in the path must be a UUID"))
 }

@@ -65,9 +65,22 @@ pub(crate) struct Version {
     until_position: Option<u64>,
 }
 
+/// `/v1/projections` takes no query parameter (any is a 400), only `X-Correlation-Id`.
+pub(crate) struct StatusParams;
+
+impl utoipa::IntoParams for StatusParams {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![crate::params::doc::correlation_id()]
+    }
+}
+
 /// Every projection's status.
-#[utoipa::path(get, path = "/v1/projections", tag = "projections",
-    responses((status = 200, description = "each projection's version, position, lag and rebuild progress", body = Object)))]
+#[utoipa::path(get, path = "/v1/projections", tag = "projections", operation_id = "projections_status",
+    params(StatusParams),
+    responses((status = 200, description = "each projection's version, position, lag and rebuild progress", body = Object),
+              crate::params::doc::StatusErrors))]
 pub(crate) async fn projections(
     State(state): State<ReadState>,
     RawQuery(query): RawQuery,

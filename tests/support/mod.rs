@@ -214,3 +214,43 @@ pub(crate) fn stdout(output: &std::process::Output) -> String {
 pub(crate) fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Runs `scripts/api-fuzz run BASE_URL args...`; fails with its output unless it passes.
+pub(crate) fn fuzz(base: &str, args: &[&str]) -> anyhow::Result<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/api-fuzz");
+    let output = std::process::Command::new(&script)
+        .arg("run")
+        .arg(base)
+        .args(args)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        !text.contains("schemathesis is not installed"),
+        "schemathesis is missing: run `scripts/api-fuzz install` (scripts/test does)"
+    );
+    ensure!(
+        output.status.success(),
+        "schemathesis found failures at {base}:\n{text}"
+    );
+    Ok(text)
+}
+
+/// `Tested: N` and the total of `Selected: N/M` from schemathesis's summary.
+pub(crate) fn operations_tested(report: &str) -> anyhow::Result<(u32, u32)> {
+    let after = |label: &str| {
+        report
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(label).map(str::trim))
+            .map(str::to_owned)
+    };
+    let tested = after("Tested:").and_then(|n| n.parse().ok());
+    let total = after("Selected:").and_then(|s| s.split('/').nth(1)?.parse().ok());
+    match (tested, total) {
+        (Some(tested), Some(total)) => Ok((tested, total)),
+        _ => anyhow::bail!("no operation counts in schemathesis's summary:\n{report}"),
+    }
+}

@@ -201,8 +201,9 @@ pub const MAX_PRICE_MINOR: i64 = 100_000_000_000;
 pub const MAX_ORDER_LINES: usize = 100;
 /// Longest customer or product name, in characters, after trimming.
 pub const MAX_NAME_CHARS: usize = 200;
-/// Longest email address, in bytes (the limit of SMTP paths).
-pub const MAX_EMAIL_BYTES: usize = 254;
+/// Longest email address, in characters (the SMTP path limit, counted in characters so that
+/// the API's published schema, whose `maxLength` counts characters, states it exactly).
+pub const MAX_EMAIL_CHARS: usize = 254;
 /// Longest sku, in characters (ASCII letters, digits, `-`, `_` and `.`).
 pub const MAX_SKU_CHARS: usize = 64;
 /// Longest carrier name or tracking code, in characters, after trimming.
@@ -218,7 +219,7 @@ pub(crate) mod validate {
     use event_schemas::Currency;
 
     use super::{
-        DomainError, MAX_EMAIL_BYTES, MAX_NAME_CHARS, MAX_PRICE_MINOR, MAX_QUANTITY, MAX_REASON_CODE_CHARS,
+        DomainError, MAX_EMAIL_CHARS, MAX_NAME_CHARS, MAX_PRICE_MINOR, MAX_QUANTITY, MAX_REASON_CODE_CHARS,
         MAX_SKU_CHARS, MAX_STOCK,
     };
 
@@ -248,16 +249,16 @@ pub(crate) mod validate {
 
     /// A deliberately simple email check: the address must look like `local@domain.tld`. One `@`
     /// with something on both sides, a domain with a dot between non-empty labels, no
-    /// whitespace or control characters, at most [`MAX_EMAIL_BYTES`]. Stored as given: the
+    /// whitespace or control characters, at most [`MAX_EMAIL_CHARS`]. Stored as given: the
     /// domain does not trim or re-case addresses.
     pub(crate) fn email(field: &str, value: &str) -> Result<String, DomainError> {
         if value.is_empty() {
             return Err(DomainError::invalid(field, "must not be empty"));
         }
-        if value.len() > MAX_EMAIL_BYTES {
+        if value.chars().count() > MAX_EMAIL_CHARS {
             return Err(DomainError::invalid(
                 field,
-                format!("must be at most {MAX_EMAIL_BYTES} bytes"),
+                format!("must be at most {MAX_EMAIL_CHARS} characters"),
             ));
         }
         if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -419,7 +420,7 @@ mod tests {
         for good in ["ada@example.com", "a.b+tag@mail.example.co.uk", "x@y.z"] {
             assert_eq!(validate::email("email", good), Ok(good.to_owned()), "{good}");
         }
-        let long = format!("{}@example.com", "a".repeat(MAX_EMAIL_BYTES));
+        let long = format!("{}@example.com", "a".repeat(MAX_EMAIL_CHARS));
         for bad in [
             "",
             "ada",

@@ -44,11 +44,13 @@ pub trait PaymentGateway: Send + Sync + 'static {
 
 /// How the simulated provider behaves; changed at run time by `PUT /v1/gateway`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GatewaySettings {
     /// The share of authorizations declined, from 0 to 1. Which ones is a function of the
     /// payment id, so a repeated authorization gets the same answer.
     pub decline_rate: f64,
-    /// How long every call takes.
+    /// How long every call takes, in milliseconds (at most a minute).
+    #[serde(deserialize_with = "whole_milliseconds")]
     pub latency_ms: u64,
     /// While true, every call fails as if the provider were down.
     pub unavailable: bool,
@@ -64,6 +66,14 @@ impl Default for GatewaySettings {
     }
 }
 
+/// A count of milliseconds, also when a client writes it `250.0`.
+fn whole_milliseconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    crate::http::non_negative(deserializer).map(|ms| ms as u64)
+}
+
+/// Longest simulated latency: a minute.
+pub const MAX_LATENCY_MS: u64 = 60_000;
+
 impl GatewaySettings {
     /// The settings' own checks: a rate between 0 and 1, a latency of at most a minute.
     pub fn validate(&self) -> Result<(), String> {
@@ -73,8 +83,11 @@ impl GatewaySettings {
                 self.decline_rate
             ));
         }
-        if self.latency_ms > 60_000 {
-            return Err(format!("latency_ms must be at most 60000, not {}", self.latency_ms));
+        if self.latency_ms > MAX_LATENCY_MS {
+            return Err(format!(
+                "latency_ms must be at most {MAX_LATENCY_MS}, not {}",
+                self.latency_ms
+            ));
         }
         Ok(())
     }

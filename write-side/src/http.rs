@@ -88,6 +88,7 @@ use tokio::net::TcpListener;
 pub use answer::CommandAnswerBody;
 pub use customers::{ChangeCustomerEmail, CustomerStateView, RegisterCustomer, RenameCustomer};
 pub use extract::EmptyBody;
+pub(crate) use extract::non_negative;
 pub use inventory::HeldView;
 pub use inventory::{
     AddProduct, ChangeProductPrice, ProductStateView, ReservationView, ReserveStockBody, RestockProduct,
@@ -103,8 +104,8 @@ pub use reads::{
 pub use sagas::{AbandonSagaBody, ParkedSagas, ServicesView};
 use service_kit::auth;
 pub use service_kit::auth::{Auth, InvalidTokenSpec, Principal, Scope, TokenSpec, hash_token};
-pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
 use service_kit::http::InFlightLimit;
+pub use service_kit::http::{ApiError, ErrorBody, ErrorObject, Health, REQUEST_DURATION, REQUESTS_TOTAL, serve_on};
 pub use service_kit::metrics::prometheus_handle;
 
 use crate::gateway::{PaymentGateway, SimulatedGateway};
@@ -167,6 +168,9 @@ pub struct HttpState {
     relay: Option<tokio::sync::watch::Receiver<relay::RelayStatus>>,
     /// The hosted services' OpenAPI document, rendered on first use.
     openapi: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// What else this process serves on the same port, for its document (the embedded `serve`:
+    /// the read API, the rebuild endpoint).
+    openapi_parts: Vec<utoipa::openapi::OpenApi>,
     /// The payments service's provider.
     gateway: std::sync::Arc<dyn PaymentGateway>,
     /// The same provider when it is the simulated one (`/v1/gateway` changes it).
@@ -186,6 +190,7 @@ impl HttpState {
             metrics: config.metrics.unwrap_or_else(prometheus_handle),
             relay: config.relay,
             openapi: std::sync::Arc::default(),
+            openapi_parts: Vec::new(),
             gateway: std::sync::Arc::new(SimulatedGateway::default()),
             simulated: None,
         }
@@ -251,13 +256,23 @@ impl HttpState {
         self.body_limit_bytes
     }
 
+    /// Adds what `part` describes to `/openapi.json`: routes merged into this router by the
+    /// process that serves it. Their security is declared as this process enforces it.
+    pub fn with_openapi(mut self, part: utoipa::openapi::OpenApi) -> Self {
+        self.openapi_parts.push(part);
+        self
+    }
+
     /// `/openapi.json`: the hosted services' document.
     pub(crate) fn openapi_json(&self) -> axum::response::Response {
         use axum::response::IntoResponse as _;
         let document = self.openapi.get_or_init(|| {
-            openapi::api_doc(self.services.hosted(), &self.auth)
-                .to_json()
-                .unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
+            let mut doc = openapi::api_doc(self.services.hosted(), &self.auth);
+            for part in &self.openapi_parts {
+                doc.merge(part.clone());
+            }
+            service_kit::http::openapi::declare_security(&mut doc, &self.auth);
+            doc.to_json().unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
         });
         (
             [(axum::http::header::CONTENT_TYPE, "application/json")],

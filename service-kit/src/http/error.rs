@@ -136,6 +136,14 @@ impl ApiError {
         Self::bad_request(message).with_detail("parameter", parameter)
     }
 
+    /// 400 `bad_request` for parameters each valid alone but not together (two that exclude
+    /// each other, a range whose start is after its end): `details.parameters` names them all.
+    /// A rule between parameters is one an OpenAPI document cannot state, so clients (and the
+    /// API fuzzer) can tell it from a malformed value.
+    pub fn conflicting_parameters(parameters: &[&str], message: impl Into<String>) -> Self {
+        Self::bad_request(message).with_detail("parameters", parameters.to_vec())
+    }
+
     /// 400 `invalid_json`.
     pub fn invalid_json(reason: impl Into<String>) -> Self {
         let reason = reason.into();

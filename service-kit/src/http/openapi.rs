@@ -13,6 +13,9 @@ use crate::auth::Auth;
 /// The name of the bearer security scheme in every document.
 pub const BEARER: &str = "bearer";
 
+const UNAUTHORIZED: &str = "`unauthorized`: no bearer token, or an unknown one";
+const FORBIDDEN: &str = "`forbidden`: the token lacks the route's scope";
+
 /// Adds an error answer (the `ErrorBody` schema) for `status` to `op`, unless it has one.
 pub fn error_response(op: &mut Operation, status: &str, description: &str) {
     op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
@@ -77,12 +80,16 @@ pub fn declare_security(doc: &mut OpenApi, auth: &Auth) {
         {
             let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
             if enforced && secured {
-                error_response(op, "401", "`unauthorized`: no bearer token, or an unknown one");
-                error_response(op, "403", "`forbidden`: the token lacks the route's scope");
+                error_response(op, "401", UNAUTHORIZED);
+                error_response(op, "403", FORBIDDEN);
             } else {
                 op.security = None;
                 op.responses.responses.remove("401");
-                op.responses.responses.remove("403");
+                // A 403 of the route's own (not about tokens) stays.
+                let about_tokens = |response: &RefOr<utoipa::openapi::Response>| matches!(response, RefOr::T(r) if r.description == FORBIDDEN);
+                if op.responses.responses.get("403").is_some_and(about_tokens) {
+                    op.responses.responses.remove("403");
+                }
             }
         }
     }

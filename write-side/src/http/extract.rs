@@ -176,6 +176,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// A position or a stream version in a query: 0 to `i64::MAX`, what the stores keep (and what
+/// the document's `int64` says), so a larger number is refused rather than read as "the end".
+pub(crate) fn stored_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    use serde::Deserialize as _;
+    match Option::<u64>::deserialize(deserializer)? {
+        Some(n) if i64::try_from(n).is_err() => Err(serde::de::Error::custom(format!(
+            "must be at most {} (got {n})",
+            i64::MAX
+        ))),
+        n => Ok(n),
+    }
+}
+
 /// A UUID path parameter (`/v1/orders/{id}/...`): any UUID spelling, 400 naming `id` otherwise.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IdPath(pub(crate) Uuid);
@@ -372,7 +385,13 @@ pub(crate) fn non_negative<'de, D: Deserializer<'de>>(deserializer: D) -> Result
             i64::try_from(v).map_err(|_| E::custom(format!("must be at most {} (got {v})", i64::MAX)))
         }
 
+        /// JSON has one number type: `3.0` is the integer 3 (JSON Schema says so too, and a
+        /// client's serializer may write it so). A fraction, or a value past `i64`, is not.
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // 2^63 is the first f64 past i64::MAX; every integral f64 below it converts exactly.
+            if v.fract() == 0.0 && (0.0..9_223_372_036_854_775_808.0).contains(&v) {
+                return Ok(v as i64);
+            }
             Err(E::custom(format!(
                 "must be an integer from 0 to {} (got {v})",
                 i64::MAX
@@ -410,6 +429,16 @@ mod tests {
             e.code().to_owned(),
             e.details().get("field").and_then(|f| f.as_str()).map(str::to_owned),
         )
+    }
+
+    #[test]
+    fn an_integral_number_written_with_a_fraction_or_exponent_is_that_integer() {
+        let id = "0190b1e2-0000-7000-8000-000000000000";
+        for (written, expected) in [("3.0", 3), ("1e2", 100), ("-0.0", 0), ("0", 0)] {
+            let json = format!(r#"{{"name":"a","lines":[{{"product_id":"{id}","quantity":{written}}}]}}"#);
+            let body = parse_json::<Body>(json.as_bytes()).unwrap_or_else(|e| panic!("{written}: {e:?}"));
+            assert_eq!(body.lines[0].quantity, expected, "{written}");
+        }
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! 503); the bearer scheme with its 401 and 403 only when the process enforces it.
 
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
 use event_schemas::Service;
 
 use super::{customers, inventory, ops, orders, payments, reads, sagas};
+use crate::domain;
 use service_kit::auth::Auth;
 use service_kit::http::openapi::{declare_security, error_response as error, header_parameter};
 use service_kit::http::{ErrorBody, MAX_HEADER_ID_BYTES};
@@ -103,7 +105,9 @@ struct Payments;
 /// what every route shares (`CommonParts`) and the security the process enforces.
 pub fn api_doc(services: impl IntoIterator<Item = Service>, auth: &Auth) -> utoipa::openapi::OpenApi {
     let mut doc = Common::openapi();
+    let mut hosted = 0;
     for service in services {
+        hosted += 1;
         doc.merge(match service {
             Service::Customers => Customers::openapi(),
             Service::Inventory => Inventory::openapi(),
@@ -112,8 +116,182 @@ pub fn api_doc(services: impl IntoIterator<Item = Service>, auth: &Auth) -> utoi
         });
     }
     CommonParts.modify(&mut doc);
+    Constraints.modify(&mut doc);
+    // Several services on one port: the log is ambiguous without `service`.
+    if hosted > 1
+        && let Some(op) = doc.paths.paths.get_mut("/v1/log").and_then(|item| item.get.as_mut())
+    {
+        for parameter in op.parameters.iter_mut().flatten() {
+            if let RefOr::T(parameter) = parameter
+                && parameter.name == "service"
+            {
+                parameter.required = Required::True;
+            }
+        }
+    }
     declare_security(&mut doc, auth);
     doc
+}
+
+/// What the domain and the extractors accept, field by field, for the request bodies: the one
+/// place the document learns the rules that `#[derive(ToSchema)]` cannot see (trimming, control
+/// characters, the domain's maximums). A client generated from the document then sends nothing
+/// the service refuses for its form.
+struct Constraints;
+
+/// One field's rule.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// [`domain::validate::text`]: trimmed, 1 to `n` characters, no control characters; an
+    /// example (a generator that cannot satisfy the pattern falls back on it).
+    Text(usize, &'static str),
+    /// [`domain::validate::email`].
+    Email,
+    /// [`domain::validate::sku`].
+    Sku,
+    /// Three upper-case ASCII letters.
+    Currency,
+    /// An integer from `min` to `max`.
+    Int(i64, i64),
+    /// A number from `min` to `max`.
+    Number(f64, f64),
+    /// An array of `min` to `max` items.
+    Items(usize, usize),
+}
+
+/// (schema, field, rule) for every request body field the domain constrains.
+const RULES: &[(&str, &str, Rule)] = &[
+    (
+        "RegisterCustomer",
+        "name",
+        Rule::Text(domain::MAX_NAME_CHARS, "Ada Lovelace"),
+    ),
+    ("RegisterCustomer", "email", Rule::Email),
+    ("RenameCustomer", "name", Rule::Text(domain::MAX_NAME_CHARS, "Ada King")),
+    ("ChangeCustomerEmail", "email", Rule::Email),
+    ("AddProduct", "sku", Rule::Sku),
+    (
+        "AddProduct",
+        "name",
+        Rule::Text(domain::MAX_NAME_CHARS, "Notes on the Engine"),
+    ),
+    ("AddProduct", "price_minor", Rule::Int(0, domain::MAX_PRICE_MINOR)),
+    ("AddProduct", "currency", Rule::Currency),
+    ("AddProduct", "stock", Rule::Int(0, domain::MAX_STOCK)),
+    (
+        "ChangeProductPrice",
+        "price_minor",
+        Rule::Int(0, domain::MAX_PRICE_MINOR),
+    ),
+    ("RestockProduct", "quantity", Rule::Int(1, domain::MAX_QUANTITY)),
+    ("ReserveStockBody", "quantity", Rule::Int(1, domain::MAX_QUANTITY)),
+    ("PlaceOrderBody", "lines", Rule::Items(1, domain::MAX_ORDER_LINES)),
+    ("OrderLineInput", "quantity", Rule::Int(1, domain::MAX_QUANTITY)),
+    (
+        "CancelOrderBody",
+        "reason",
+        Rule::Text(domain::MAX_REASON_CHARS, "changed my mind"),
+    ),
+    (
+        "ShipOrderBody",
+        "carrier",
+        Rule::Text(domain::MAX_SHIPPING_CHARS, "DHL"),
+    ),
+    (
+        "ShipOrderBody",
+        "tracking",
+        Rule::Text(domain::MAX_SHIPPING_CHARS, "JD014600006281482"),
+    ),
+    (
+        "AbandonSagaBody",
+        "reason",
+        Rule::Text(domain::MAX_REASON_CHARS, "customer called"),
+    ),
+    ("AuthorizePaymentBody", "amount_minor", Rule::Int(1, i64::MAX)),
+    ("AuthorizePaymentBody", "currency", Rule::Currency),
+    ("PaymentAmountBody", "amount_minor", Rule::Int(1, i64::MAX)),
+    (
+        "PaymentReasonBody",
+        "reason",
+        Rule::Text(domain::MAX_REASON_CHARS, "order cancelled"),
+    ),
+    ("GatewaySettings", "decline_rate", Rule::Number(0.0, 1.0)),
+    (
+        "GatewaySettings",
+        "latency_ms",
+        Rule::Int(0, crate::gateway::MAX_LATENCY_MS as i64),
+    ),
+];
+
+/// Control characters (Unicode Cc), which no text field may hold.
+const CONTROL: &str = r"\u0000-\u001F\u007F-\u009F";
+/// What Rust's `str::trim` removes besides control characters: the other White_Space
+/// characters. Spelled out, since `\s` differs between regex dialects.
+const SPACE: &str = r" \u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+impl Rule {
+    fn apply(self, schema: &mut utoipa::openapi::schema::Schema) {
+        use utoipa::openapi::schema::Schema;
+        match (self, schema) {
+            (Rule::Text(max, example), Schema::Object(field)) => {
+                field.example = Some(example.into());
+                // Padding of white space (control characters among them) is trimmed; what is
+                // left is 1 to `max` characters, none a control character, not starting or
+                // ending with a space.
+                let padding = format!(r"[\t-\r\u0085{SPACE}]*");
+                let edge = format!("[^{CONTROL}{SPACE}]");
+                field.pattern = Some(format!(
+                    "^{padding}{edge}(?:[^{CONTROL}]{{0,{}}}{edge})?{padding}$",
+                    max - 2
+                ));
+                field.min_length = Some(1);
+            }
+            (Rule::Email, Schema::Object(field)) => {
+                let part = format!("[^@.{CONTROL}{SPACE}]+");
+                field.pattern = Some(format!("^[^@{CONTROL}{SPACE}]+@{part}(?:\\.{part})+$"));
+                field.max_length = Some(domain::MAX_EMAIL_CHARS);
+                field.example = Some("ada@example.com".into());
+            }
+            (Rule::Sku, Schema::Object(field)) => {
+                field.pattern = Some(format!("^[A-Za-z0-9._-]{{1,{}}}$", domain::MAX_SKU_CHARS));
+            }
+            (Rule::Currency, Schema::Object(field)) => {
+                field.pattern = Some("^[A-Z]{3}$".to_owned());
+                field.example = Some("EUR".into());
+            }
+            (Rule::Int(min, max), Schema::Object(field)) => {
+                field.minimum = Some(utoipa::Number::Int(min as isize));
+                field.maximum = Some(utoipa::Number::Int(max as isize));
+            }
+            (Rule::Number(min, max), Schema::Object(field)) => {
+                field.minimum = Some(utoipa::Number::Float(min));
+                field.maximum = Some(utoipa::Number::Float(max));
+            }
+            (Rule::Items(min, max), Schema::Array(field)) => {
+                field.min_items = Some(min);
+                field.max_items = Some(max);
+            }
+            (rule, _) => debug_assert!(false, "{rule:?} does not fit its field's schema"),
+        }
+    }
+}
+
+impl Modify for Constraints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (schema, field, rule) in RULES {
+            // A process hosting one service has only its schemas.
+            let Some(RefOr::T(utoipa::openapi::schema::Schema::Object(object))) = components.schemas.get_mut(*schema)
+            else {
+                continue;
+            };
+            if let Some(RefOr::T(property)) = object.properties.get_mut(*field) {
+                rule.apply(property);
+            }
+        }
+    }
 }
 
 /// Adds the shared headers and the shared error answers.
@@ -142,6 +320,7 @@ impl Modify for CommonParts {
                     "`unsupported_media_type`: the body is not `application/json`",
                 );
                 error(op, "422", "`invalid` field value, or `idempotency_key_reused`");
+                error(op, "409", "`conflict`: the stream is not at the `If-Match` version");
             }
             for op in [item.get.as_mut(), item.post.as_mut(), item.put.as_mut()]
                 .into_iter()
@@ -181,4 +360,64 @@ fn command_headers(op: &mut Operation) {
         r#"^([0-9]{1,19}|"[0-9]{1,19}")$"#,
         21,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn document() -> Value {
+        let doc = api_doc(Service::ALL, &Auth::Disabled);
+        serde_json::from_str(&doc.to_json().expect("the document renders")).expect("JSON")
+    }
+
+    #[test]
+    fn every_rule_reaches_its_field() {
+        let doc = document();
+        for (schema, field, rule) in RULES {
+            let property = &doc["components"]["schemas"][*schema]["properties"][*field];
+            assert!(property.is_object(), "{schema}.{field} is not in the document");
+            let constrained = match rule {
+                Rule::Text(..) | Rule::Email | Rule::Sku | Rule::Currency => property["pattern"].is_string(),
+                Rule::Int(..) | Rule::Number(..) => property["minimum"].is_number() && property["maximum"].is_number(),
+                Rule::Items(..) => property["minItems"].is_number() && property["maxItems"].is_number(),
+            };
+            assert!(constrained, "{schema}.{field}: {rule:?} left no trace: {property}");
+        }
+        let name = &doc["components"]["schemas"]["RegisterCustomer"]["properties"]["name"]["pattern"];
+        assert!(
+            name.as_str()
+                .is_some_and(|p| p.contains(&format!("{{0,{}}}", domain::MAX_NAME_CHARS - 2))),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn the_stream_id_pattern_names_every_category() {
+        let doc = document();
+        let parameters = doc["paths"]["/v1/streams/{stream_id}/events"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let pattern = parameters
+            .iter()
+            .find(|p| p["name"] == "stream_id")
+            .and_then(|p| p["schema"]["pattern"].as_str())
+            .expect("a stream_id pattern");
+        let names: Vec<&str> = event_schemas::Category::ALL.iter().map(|c| c.name()).collect();
+        assert!(pattern.starts_with(&format!("^({})-", names.join("|"))), "{pattern}");
+    }
+
+    #[test]
+    fn a_process_hosting_several_services_requires_the_log_s_service() {
+        let required = |doc: &utoipa::openapi::OpenApi| {
+            let doc: Value = serde_json::from_str(&doc.to_json().expect("JSON")).expect("JSON");
+            doc["paths"]["/v1/log"]["get"]["parameters"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == "service"))
+                .map(|p| p["required"] == true)
+        };
+        assert_eq!(required(&api_doc(Service::ALL, &Auth::Disabled)), Some(true));
+        assert_eq!(required(&api_doc([Service::Orders], &Auth::Disabled)), Some(false));
+    }
 }

@@ -219,6 +219,7 @@ fn page_size(limit: Option<u64>) -> Result<usize, ApiError> {
 pub struct StreamEventsQuery {
     /// First stream version to return (1-based, default 1).
     #[param(minimum = 1)]
+    #[serde(default, deserialize_with = "super::extract::stored_number")]
     pub from_version: Option<u64>,
     /// Most events to return: 1 to 1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -239,7 +240,8 @@ pub struct StreamEventsPage {
     get,
     path = "/v1/streams/{stream_id}/events",
     tag = "reads",
-    params(("stream_id" = String, Path, description = "e.g. `order-<uuid>`"), StreamEventsQuery),
+    params(("stream_id" = String, Path, description = "a category and a lower-case hyphenated UUID, e.g. `order-67e55044-10b1-426f-9247-bb680e5fe0c8`",
+            pattern = r"^(customer|product|order|payment|saga)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), StreamEventsQuery),
     responses(
         (status = 200, description = "a page of the stream's events", body = StreamEventsPage),
         (status = 404, description = "the stream has no events", body = ErrorBody),
@@ -288,8 +290,10 @@ pub(crate) async fn stream_events(
 pub struct LogQuery {
     /// Whose log: `customers`, `inventory`, `orders` or `payments`. Optional when the process
     /// hosts one service.
+    #[param(pattern = "^(customers|inventory|orders|payments)$")]
     pub service: Option<String>,
     /// First global position to return (inclusive, default: the start of the log).
+    #[serde(default, deserialize_with = "super::extract::stored_number")]
     pub from_position: Option<u64>,
     /// Most events to return: 1 to 1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -361,9 +365,12 @@ fn log_service(state: &HttpState, service: Option<&str>) -> Result<Service, ApiE
 #[into_params(parameter_in = Query)]
 pub struct OrderStateQuery {
     /// RFC 3339 time, e.g. `2026-01-31T12:00:00Z` (encode a `+` offset as `%2B`): the state
-    /// from the events recorded at or before it.
+    /// from the events recorded at or before it. Not with `at_position`.
+    #[param(format = DateTime)]
     pub as_of: Option<String>,
-    /// A position of the orders log: the state from the events at or below it.
+    /// A position of the orders log: the state from the events at or below it. Not with
+    /// `as_of`.
+    #[serde(default, deserialize_with = "super::extract::stored_number")]
     pub at_position: Option<u64>,
 }
 
@@ -472,8 +479,10 @@ pub(crate) async fn order_state(
 ) -> Result<Response, ApiError> {
     let until = match (query.as_of, query.at_position) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give at most one of as_of and at_position")
-                .with_detail("fields", vec!["as_of", "at_position"]));
+            return Err(ApiError::conflicting_parameters(
+                &["as_of", "at_position"],
+                "give at most one of as_of and at_position",
+            ));
         }
         (Some(as_of), None) => {
             let time = DateTime::parse_from_rfc3339(&as_of).map_err(|e| {

@@ -70,7 +70,7 @@ pub(crate) async fn parked(State(state): State<HttpState>) -> Result<Json<Parked
     path = "/v1/sagas/{id}/retry",
     tag = "sagas",
     params(("id" = Uuid, Path, description = "the order's id")),
-    request_body = Object,
+    request_body(content = super::EmptyBody, description = "`{}` or no body"),
     responses(
         (status = 200, description = "resumed", body = super::CommandAnswerBody),
         (status = 404, description = "no saga for this order", body = ErrorBody),
