@@ -56,6 +56,13 @@ impl Server {
         }
     }
 
+    /// SIGKILL: no drain, no goodbye; reaped before it returns.
+    pub(crate) fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("SIGKILL")?;
+        self.child.wait().context("reap")?;
+        Ok(())
+    }
+
     /// Whether the process still runs.
     pub(crate) fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -111,12 +118,26 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Value)> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// As [`Api::send`], with `headers` on the request.
+    pub(crate) async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Value)> {
         let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let response = self.client.request(request).await?;
         let status = response.status();
         let headers = response.headers().clone();
