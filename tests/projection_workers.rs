@@ -2,8 +2,10 @@
 //! each; the place-order sagas driven in the test's process, as an orders service does) → an
 //! `orderflow relay` per store → Kafka → two `orderflow projections run` workers in one
 //! consumer group → PostgreSQL dashboard and ClickHouse analytics. The workers are killed with
-//! SIGKILL at random points under load and started again; at the end the read models must equal
-//! a fold of the whole log from scratch (invariants 5 and 6 of docs/design.md).
+//! SIGKILL at random points under load and started again, and ClickHouse is cut off from them
+//! for 30 s (through a proxy the test owns: the shared server keeps serving other tests) while
+//! orders flow, during which the dashboard must keep advancing; at the end the read models must
+//! equal a fold of the whole log from scratch (invariants 5 and 6 of docs/design.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -31,6 +33,8 @@ struct Deployment {
     store_dbs: Vec<(Service, testkit::postgres::TestDatabase)>,
     read_db: testkit::postgres::TestDatabase,
     clickhouse_db: String,
+    /// The workers' way to ClickHouse: a proxy the test can cut.
+    clickhouse_url: String,
     prefix: String,
 }
 
@@ -63,7 +67,7 @@ impl Deployment {
                 &session_timeout_ms,
             ])
             .env("ORDERFLOW_READ_DB_URL", &self.read_db.url)
-            .env("ORDERFLOW_CLICKHOUSE_URL", testkit::clickhouse::url())
+            .env("ORDERFLOW_CLICKHOUSE_URL", &self.clickhouse_url)
             .env("ORDERFLOW_CLICKHOUSE_DATABASE", &self.clickhouse_db)
             .env("ORDERFLOW_KAFKA_BROKERS", testkit::kafka::bootstrap_servers())
             .env("ORDERFLOW_TOPIC_PREFIX", &self.prefix)
@@ -132,6 +136,10 @@ impl Worker {
     }
 
     /// SIGKILL (no goodbye to the group, nothing flushed); answers once the process is gone.
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     async fn kill(&mut self) -> Instant {
         self.child.start_kill().expect("kill -9 a worker");
         self.child.wait().await.unwrap();
@@ -142,6 +150,9 @@ impl Worker {
 /// The workers' consumer-group session timeout: how long the group waits for a member that
 /// stopped talking before the broker may drop it.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// How long ClickHouse is out of the workers' reach.
+const CLICKHOUSE_OUTAGE: Duration = Duration::from_secs(30);
 
 /// How long the sagas get to do what the test waits for.
 const SAGA_WITHIN: Duration = Duration::from_secs(30);
@@ -340,10 +351,13 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     for service in Service::ALL {
         store_dbs.push((service, testkit::postgres::fresh_database().await));
     }
+    let clickhouse_proxy =
+        testkit::proxy::TcpProxy::start(testkit::clickhouse::url().trim_start_matches("http://")).await;
     let deployment = Deployment {
         store_dbs,
         read_db: testkit::postgres::fresh_database().await,
         clickhouse_db: testkit::clickhouse::fresh_database().await,
+        clickhouse_url: format!("http://{}", clickhouse_proxy.address()),
         prefix: format!("{}.", testkit::unique_name("workers")),
     };
     let mut stores: Vec<(Service, Arc<dyn EventStore>)> = Vec::new();
@@ -416,13 +430,57 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     let mut relays: Vec<Child> = Service::ALL.into_iter().map(|s| deployment.relay(s)).collect();
     let mut workers = [deployment.worker(), deployment.worker()];
     let (customers, products) = (Arc::new(customers), Arc::new(products));
-    let load: Vec<_> = (0..4)
+    let mut load: Vec<_> = (0..4)
         .map(|seed| tokio::spawn(traffic(local.clone(), customers.clone(), products.clone(), 7 + seed)))
         .collect();
+    let read = ReadDb::connect(&deployment.read_db.url, 4).await.unwrap();
+
+    // ClickHouse out of reach for 30 s while orders keep coming: the dashboard (PostgreSQL)
+    // keeps advancing; the analytics wait, and catch up after (checked at the end).
+    for worker in &mut workers {
+        worker.holds_partitions().await;
+    }
+    let applied = async |name: &str| match read.live_version(name).await.unwrap() {
+        Some(version) => applied_position(&read.progress(name, version).await.unwrap(), Service::Orders),
+        None => 0,
+    };
+    let dashboard_at = async || applied(dashboard::NAME).await;
+    // Cut once both run and have applied orders: an outage of a working sink, not a start.
+    let running_by = Instant::now() + Duration::from_secs(60);
+    while applied(dashboard::NAME).await == 0 || applied(analytics::NAME).await == 0 {
+        assert!(
+            Instant::now() < running_by,
+            "the projections applied no order within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    clickhouse_proxy.cut();
+    let cut_at = Instant::now();
+    load.extend(
+        (0..2).map(|seed| tokio::spawn(traffic(local.clone(), customers.clone(), products.clone(), 70 + seed))),
+    );
+    let before = dashboard_at().await;
+    let mut advanced_to = before;
+    // The outage's own length, polled: the dashboard is read every half second meanwhile.
+    while cut_at.elapsed() < CLICKHOUSE_OUTAGE {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        advanced_to = advanced_to.max(dashboard_at().await);
+    }
+    clickhouse_proxy.restore();
+    assert!(
+        advanced_to > before,
+        "the dashboard stayed at orders:{before} while ClickHouse was unreachable for {CLICKHOUSE_OUTAGE:?}"
+    );
+    for (n, worker) in workers.iter_mut().enumerate() {
+        assert!(worker.running(), "worker {n} died while ClickHouse was unreachable");
+    }
+    eprintln!(
+        "ClickHouse cut off for {:.1}s: the dashboard went from orders:{before} to orders:{advanced_to} meanwhile",
+        cut_at.elapsed().as_secs_f64()
+    );
 
     // SIGKILL the workers in turn while the traffic runs, each once it holds partitions, and
     // start it again.
-    let read = ReadDb::connect(&deployment.read_db.url, 4).await.unwrap();
     let mut kills = 0;
     let mut last_kill = Instant::now();
     while load.iter().any(|task| !task.is_finished()) || kills < 4 {

@@ -10,11 +10,13 @@
 //! - [`clickhouse`]: a fresh ClickHouse database (`ORDERFLOW_TEST_CLICKHOUSE_URL`).
 //! - [`sqlite`]: an embedded event store in a file of its own.
 //! - [`http`]: requests to a router in-process.
+//! - [`proxy`]: a TCP proxy a test owns, to cut its own path to a shared server.
 
 pub mod clickhouse;
 pub mod http;
 pub mod kafka;
 pub mod postgres;
+pub mod proxy;
 pub mod sqlite;
 
 /// The command that starts every server the tests need.
