@@ -49,6 +49,10 @@ pub enum OrdersError {
     /// (503 naming it) or answered what it should not.
     #[error(transparent)]
     Dependency(#[from] ClientError),
+    /// As many sagas wait for the driver as it takes ([`SagaOptions::max_backlog`]): a new
+    /// order would only add to the wait. 503 `overloaded`, nothing appended.
+    #[error("{backlog} sagas are waiting to be advanced; retry later")]
+    Overloaded { backlog: usize, max: usize },
 }
 
 impl HttpError for OrdersError {
@@ -57,6 +61,13 @@ impl HttpError for OrdersError {
             OrdersError::Rejected(e) => e.into(),
             OrdersError::Command(e) => e.into(),
             OrdersError::Dependency(e) => e.into(),
+            OrdersError::Overloaded { backlog, max } => ApiError::new(
+                service_kit::http::StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{backlog} orders' sagas are waiting to be advanced (at most {max}); retry later"),
+            )
+            .with_detail("saga_backlog", backlog)
+            .with_detail("max_saga_backlog", max),
         }
     }
 }
@@ -69,16 +80,26 @@ pub struct SagaOptions {
     /// saga when it starts, so a restart keeps it.
     pub deadline: Duration,
     pub driver: saga::DriverOptions,
+    /// Sagas waiting for the driver past which new orders are refused (503 `overloaded`).
+    /// The in-flight bound of the HTTP edge does not see this work: every order admitted starts
+    /// a saga of three or more commits that run after its answer, and under sustained overload
+    /// that backlog, not the requests, would grow until it starved the placements themselves.
+    pub max_backlog: usize,
 }
 
 /// The saga's default deadline: 15 minutes.
 pub const DEFAULT_SAGA_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// Default [`SagaOptions::max_backlog`]: at the driver's pace on the embedded `serve` (about
+/// 400 sagas a second on 2 cores), about a second of work.
+pub const DEFAULT_MAX_SAGA_BACKLOG: usize = 512;
 
 impl Default for SagaOptions {
     fn default() -> Self {
         SagaOptions {
             deadline: DEFAULT_SAGA_DEADLINE,
             driver: saga::DriverOptions::default(),
+            max_backlog: DEFAULT_MAX_SAGA_BACKLOG,
         }
     }
 }
@@ -99,6 +120,7 @@ pub struct Orders {
     peers: Peers,
     sagas: saga::SagaHandle,
     deadline: Duration,
+    max_backlog: usize,
 }
 
 /// A saga as operators see it (`GET /v1/sagas/{id}`).
@@ -193,6 +215,7 @@ impl Orders {
             peers,
             sagas,
             deadline: options.deadline,
+            max_backlog: options.max_backlog,
         };
         (orders, driver)
     }
@@ -217,6 +240,15 @@ impl Orders {
             .await?
         {
             return Ok(answer);
+        }
+        // After the replay: a retry of an order already placed gets its answer, overload or not.
+        let backlog = self.sagas.backlog();
+        if backlog >= self.max_backlog {
+            metrics::counter!(service_kit::http::SHED_TOTAL).increment(1);
+            return Err(OrdersError::Overloaded {
+                backlog,
+                max: self.max_backlog,
+            });
         }
         let existing = self.handler.load::<Order>(command.order_id, None).await?;
         if existing.version > 0 {

@@ -116,6 +116,8 @@ struct Shop {
     replica_db: ReadDb,
     logs: Vec<ServiceLog>,
     deadline: Duration,
+    /// The processes' bound on sagas waiting for their driver.
+    max_backlog: usize,
     /// Each product's stock as added.
     stock: HashMap<Uuid, i64>,
 }
@@ -176,6 +178,7 @@ impl Shop {
                 ServiceLog::new(Service::Inventory, inventory_store),
             ],
             deadline,
+            max_backlog: write_side::orders::DEFAULT_MAX_SAGA_BACKLOG,
             stock: HashMap::new(),
         };
         shop.process = Some(shop.start_process());
@@ -206,6 +209,7 @@ impl Shop {
                 retry_max: Duration::from_millis(500),
                 ..DriverOptions::default()
             },
+            max_backlog: self.max_backlog,
         };
         let handler = CommandHandler::new(self.orders_store.clone(), HandlerOptions::default());
         let (orders, driver) = Orders::new(handler, directory, peers, options);
@@ -651,6 +655,55 @@ async fn out_of_stock_on_the_second_line_releases_the_first_and_declined_release
     assert_eq!(shop.stock_of(teapot).await, (10, 0));
     assert_eq!(shop.stock_of(cup).await, (1, 0));
     shop.assert_at_rest().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_saga_backlog_the_orders_service_refuses_new_orders_and_takes_them_again_after() {
+    let mut shop = Shop::new(LONG).await;
+    let ada = shop.customer("Ada").await;
+    let teapot = shop.product(2_500, 100).await;
+    shop.catch_up_the_copy().await;
+    // A process whose driver takes at most 4 sagas' worth of waiting work, over a provider that
+    // takes 400 ms per call (under the client's timeout: the sagas stay at work, not retrying).
+    shop.max_backlog = 4;
+    let process = shop.start_process();
+    shop.gateway.set(GatewaySettings {
+        latency_ms: 400,
+        ..GatewaySettings::default()
+    });
+    let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..12 {
+        match shop.place_with(&process.orders, ada, &[(teapot, 1)]).await {
+            (order, Ok(_)) => admitted.push(order),
+            (order, Err(OrdersError::Overloaded { backlog, max })) => {
+                assert_eq!(max, 4);
+                assert!(backlog >= 4, "refused at a backlog of {backlog}");
+                refused.push(order);
+            }
+            (order, Err(e)) => panic!("{order}: {e}"),
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "12 orders placed at once past a backlog of 4: none refused"
+    );
+    assert!(admitted.len() >= 4, "only {} admitted", admitted.len());
+    for order in &refused {
+        let loaded = process.orders.handler().load::<Order>(*order, None).await.unwrap();
+        assert_eq!(loaded.version, 0, "a refused order {order} was appended");
+    }
+    let error = service_kit::http::HttpError::into_api_error(OrdersError::Overloaded { backlog: 4, max: 4 });
+    assert_eq!((error.status().as_u16(), error.code()), (503, "overloaded"));
+
+    // Once the sagas are done, orders are taken again.
+    shop.gateway.set(GatewaySettings::default());
+    for order in &admitted {
+        let saga = shop.settled(*order, SETTLE).await;
+        assert!(saga.confirmed, "{saga:?}");
+    }
+    let (order, placed) = shop.place_with(&process.orders, ada, &[(teapot, 1)]).await;
+    placed.unwrap_or_else(|e| panic!("{order} after the backlog drained: {e}"));
+    process.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

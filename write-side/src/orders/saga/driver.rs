@@ -20,6 +20,7 @@
 //! `concurrency` sagas are advanced at once.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,14 @@ impl Default for DriverOptions {
 pub struct SagaHandle {
     started: mpsc::UnboundedSender<Uuid>,
     board: Arc<Mutex<Board>>,
+    backlog: Arc<Backlog>,
+}
+
+/// The driver's work not done yet: kicks it has not received, and sagas scheduled or running.
+#[derive(Debug, Default)]
+struct Backlog {
+    kicks: AtomicUsize,
+    scheduled: AtomicUsize,
 }
 
 /// The driver's view of its sagas, for operators (`GET /v1/sagas`) and metrics.
@@ -77,7 +86,16 @@ struct Board {
 impl SagaHandle {
     /// The saga of an order this process just placed (or changed): look at it now.
     pub fn started(&self, order_id: Uuid) {
-        let _ = self.started.send(order_id);
+        self.backlog.kicks.fetch_add(1, Ordering::Relaxed);
+        if self.started.send(order_id).is_err() {
+            self.backlog.kicks.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sagas with work to do that the driver has not done yet: what a new order would wait
+    /// behind. The orders service refuses new orders past a bound of it (load shedding).
+    pub fn backlog(&self) -> usize {
+        self.backlog.kicks.load(Ordering::Relaxed) + self.backlog.scheduled.load(Ordering::Relaxed)
     }
 
     /// The parked sagas this driver knows of.
@@ -108,9 +126,11 @@ struct Open {
 pub fn driver(runner: Runner, store: Arc<dyn EventStore>, options: DriverOptions) -> (Driver, SagaHandle) {
     let (started, kicks) = mpsc::unbounded_channel();
     let board = Arc::new(Mutex::new(Board::default()));
+    let backlog = Arc::new(Backlog::default());
     let handle = SagaHandle {
         started,
         board: Arc::clone(&board),
+        backlog: Arc::clone(&backlog),
     };
     (
         Driver {
@@ -119,6 +139,7 @@ pub fn driver(runner: Runner, store: Arc<dyn EventStore>, options: DriverOptions
             options,
             kicks,
             board,
+            backlog,
         },
         handle,
     )
@@ -129,6 +150,7 @@ pub struct Driver {
     store: Arc<dyn EventStore>,
     options: DriverOptions,
     kicks: mpsc::UnboundedReceiver<Uuid>,
+    backlog: Arc<Backlog>,
     board: Arc<Mutex<Board>>,
 }
 
@@ -221,6 +243,9 @@ impl Driver {
         let mut checkpoint = tokio::time::interval(Duration::from_secs(1));
         let mut saved = from;
         loop {
+            self.backlog
+                .scheduled
+                .store(state.queue.len() + turns.len(), Ordering::Relaxed);
             while turns.len() < self.options.concurrency && caught_up {
                 let Some(id) = state.queue.pop_front() else { break };
                 state.queued.remove(&id);
@@ -236,6 +261,7 @@ impl Driver {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 Some(id) = self.kicks.recv() => {
+                    let _ = self.backlog.kicks.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                     state.open.entry(id).or_insert(Open { since: tail.max(1), failures: 0 });
                     state.schedule(id);
                 }
