@@ -19,6 +19,8 @@
 //! - `console`: the operations console in headless Chromium: bytes per page, time to the
 //!   orders' first rows, beside the API's own latency; `browser`: the WebDriver helper it
 //!   shares with the console's browser tests.
+//! - `overload`: the embedded `serve` past its capacity: shedding's admitted rate, latency and
+//!   memory, beside its capacity and an unbounded `serve` in the same run.
 //! - `scratch`: the databases a benchmark makes for itself and drops after; `load`: the HTTP
 //!   client, histograms and the freshness probe the HTTP benchmarks share.
 //!
@@ -29,6 +31,7 @@ mod commands;
 mod console;
 mod freshness;
 mod load;
+mod overload;
 mod reads;
 mod rebuild;
 mod relay;
@@ -68,6 +71,10 @@ pub enum Bench {
     /// The operations console in headless Chromium over a seeded `serve`: bytes per page (cold
     /// loads) and time to the orders page's first 50 rows, beside the API's own latency.
     Console(console::ConsoleBench),
+    /// The embedded `serve` offered `--factor` × its capacity: what it admits, the admitted
+    /// orders' latency, how fast the refusals are (503 `overloaded`), peak memory, and the same
+    /// load against a `serve` without a bound.
+    Overload(overload::OverloadBench),
 }
 
 /// Runs one benchmark; its JSON goes to stdout.
@@ -82,5 +89,6 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Transfer(b) => transfer::run(b).await,
         Bench::Saga(b) => saga::run(b).await,
         Bench::Console(b) => console::run(b).await,
+        Bench::Overload(b) => overload::run(b).await,
     }
 }
