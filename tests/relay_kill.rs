@@ -115,6 +115,19 @@ async fn checkpoint(store: &PgEventStore) -> u64 {
         .expect("read the checkpoint")
 }
 
+/// A consumer of its own group on the customers topic of `prefix`, from its first record.
+fn customers_topic(prefix: &str, group: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = testkit::kafka::client_config()
+        .set("group.id", testkit::kafka::unique_group(group))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let topic = format!("{prefix}{}", Category::Customer.topic());
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    consumer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_relay_loses_nothing() {
     let (db, store, prefix) = setup("relay_kill").await;
@@ -158,14 +171,7 @@ async fn killing_the_relay_loses_nothing() {
     second.start_kill().expect("stop the relay");
     second.wait().await.expect("reap the relay");
 
-    let consumer: StreamConsumer = testkit::kafka::client_config()
-        .set("group.id", testkit::kafka::unique_group("relay_kill"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let topic = format!("{prefix}{}", Category::Customer.topic());
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    let consumer = customers_topic(&prefix, "relay_kill");
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     while (seen.len() as u64) < head {
@@ -253,14 +259,7 @@ async fn a_standby_relay_takes_over_when_the_leader_is_killed() {
     // the leader lived. The standby's records keep their order in each partition, so once
     // every partition has shown one of the events after `led` (all the standby's), every
     // record it sent before is read too.
-    let consumer: StreamConsumer = testkit::kafka::client_config()
-        .set("group.id", testkit::kafka::unique_group("relay_standby"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let topic = format!("{prefix}{}", Category::Customer.topic());
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    let consumer = customers_topic(&prefix, "relay_standby");
     let mut copies: BTreeMap<u64, usize> = BTreeMap::new();
     let mut taken_over: BTreeSet<i32> = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(90);

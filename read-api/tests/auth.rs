@@ -9,30 +9,18 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt as _;
-use projections::analytics::SalesAnalytics;
-use projections::dashboard::OrderDashboard;
-use projections::{Projection, ReadDb};
 use read_api::{ReadConfig, ReadState};
 use serde_json::Value;
 use service_kit::auth::{Auth, Scope, TokenSpec};
 use tower::ServiceExt as _;
 
+mod support;
 const READER: &str = "reader-secret-5f2d8a1c9e7b4a60";
 const OPERATOR: &str = "operator-secret-0b6e3f92d41c7a58";
 const STRANGER: &str = "stranger-secret-9c1a7e5b3d2f4068";
 
 async fn router() -> Router {
-    let path = std::env::temp_dir().join(format!("{}.db", testkit::unique_name("read_auth")));
-    let db = ReadDb::connect(&format!("sqlite://{}", path.display()), 2)
-        .await
-        .unwrap();
-    db.migrate().await.unwrap();
-    let dashboard = OrderDashboard::new(db.clone(), 1);
-    let analytics = SalesAnalytics::sqlite(db.clone(), 1);
-    for projection in [&dashboard as &dyn Projection, &analytics] {
-        projection.prepare().await.unwrap();
-        db.ensure_live(projection.name(), 1).await.unwrap();
-    }
+    let db = support::live_read_db("read_auth").await;
     let auth = Auth::tokens([
         TokenSpec::from_secret("viewer", [Scope::Read], READER),
         // Everything but reading: the write side's operators' scopes do not read the dashboard.

@@ -10,30 +10,18 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
-use projections::analytics::SalesAnalytics;
-use projections::dashboard::OrderDashboard;
-use projections::{Projection, ReadDb};
 use read_api::{ReadConfig, ReadState};
 use serde_json::Value;
 use service_kit::auth::Auth;
 use tower::ServiceExt as _;
 
 /// A consistency token of any service's log: what `min_position` declares on every route.
+mod support;
 const TOKEN_PATTERN: &str = "^(customers|inventory|orders|payments):[0-9]{1,19}$";
 const ID: &str = "018f8e8a-0000-7000-8000-000000000001";
 
 async fn router() -> Router {
-    let path = std::env::temp_dir().join(format!("{}.db", testkit::unique_name("read_openapi")));
-    let db = ReadDb::connect(&format!("sqlite://{}", path.display()), 2)
-        .await
-        .unwrap();
-    db.migrate().await.unwrap();
-    let dashboard = OrderDashboard::new(db.clone(), 1);
-    let analytics = SalesAnalytics::sqlite(db.clone(), 1);
-    for projection in [&dashboard as &dyn Projection, &analytics] {
-        projection.prepare().await.unwrap();
-        db.ensure_live(projection.name(), 1).await.unwrap();
-    }
+    let db = support::live_read_db("read_openapi").await;
     // A short wait: a token ahead of the projections answers 503 `not_caught_up` soon.
     let config = ReadConfig {
         wait: Duration::from_millis(50),
