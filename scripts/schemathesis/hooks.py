@@ -45,8 +45,10 @@ def before_call(context, case, **kwargs):
         body = case.body
         if isinstance(body, dict):
             latency = body.get("latency_ms")
-            if isinstance(latency, int) and not isinstance(latency, bool) and 0 <= latency <= 60_000:
-                body["latency_ms"] = min(latency, 50)
+            # An integer, or one written `45000.0` (also valid: JSON Schema's integers).
+            whole = isinstance(latency, int) or (isinstance(latency, float) and latency.is_integer())
+            if whole and not isinstance(latency, bool) and 0 <= latency <= 60_000:
+                body["latency_ms"] = min(int(latency), 50)
             if body.get("unavailable") is True:
                 body["unavailable"] = False
     # An order names each product on one line (the document says so in words; JSON Schema's
