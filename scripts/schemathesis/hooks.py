@@ -89,9 +89,12 @@ def filter_failure(context, failure, case, response):
     # them (an order's `payment_id` before its payment): `None` is then sent as the id. Such a
     # request is not valid by the schema (`format: uuid`), whatever the link made of it.
     field = details.get("field") or details.get("parameter")
-    path_value = (case.path_parameters or {}).get(field) if field in UUID_PATH_PARAMETERS else None
-    if isinstance(path_value, str) and not UUID.match(path_value):
-        return False
+    path = case.path_parameters or {}
+    if field in UUID_PATH_PARAMETERS and field in path:
+        value = path[field]
+        # The link's null arrives as Python's None, sent as the text "None".
+        if value is None or (isinstance(value, str) and not UUID.match(value)):
+            return False
     # Parameters each valid alone but not together: two that exclude each other (`as_of` and
     # `at_position`), a range written backwards (`from` after `to`), a cursor of another
     # `sort`. The service names them all in `details.parameters`; forgiven when every one of
