@@ -15,7 +15,10 @@
 //! acknowledgement and the checkpoint republishes events; consumers dedupe by position. A batch
 //! whose delivery fails is retried from the checkpoint with backoff, and the relay reports
 //! itself unready meanwhile. At most `batch_size` events are in flight, so a broker outage
-//! never grows memory.
+//! never grows memory. A delivery that fails also retires the producer and the retry starts
+//! with a new one: an idempotent producer whose records time out can be fenced by the broker
+//! when it asks for a new epoch, and librdkafka then refuses every record of that producer for
+//! good (a fatal error), so the relay would otherwise never publish again.
 //!
 //! # Map
 //!
@@ -38,7 +41,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +73,9 @@ pub struct RelayConfig {
     pub compression: String,
     /// After this long without the broker's acknowledgement the relay reports itself unready.
     pub unready_after: Duration,
+    /// How long librdkafka retries a record before it gives the record up
+    /// (`message.timeout.ms`); the relay then retries the batch from its checkpoint.
+    pub delivery_timeout: Duration,
     /// Longest wait between retries after a failure.
     pub max_backoff: Duration,
     /// How often a waiting relay tries to take the lease.
@@ -93,6 +99,7 @@ impl Default for RelayConfig {
             batch_size: 5000,
             compression: "lz4".into(),
             unready_after: Duration::from_secs(5),
+            delivery_timeout: Duration::from_secs(60),
             max_backoff: Duration::from_secs(10),
             lease_retry: Duration::from_secs(1),
         }
@@ -134,7 +141,7 @@ pub async fn run(
     status: watch::Sender<RelayStatus>,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    let producer = producer(&config)?;
+    let mut producer = producer(&config)?;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         // Taking the lease needs the database: while it refuses connections, that fails like a
@@ -163,6 +170,9 @@ pub async fn run(
                     s.leader = false;
                     s.last_error = Some(e.to_string());
                 });
+                if let RelayError::Kafka(_) = e {
+                    producer = renew(producer, &config)?;
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -194,8 +204,21 @@ fn producer(config: &RelayConfig) -> Result<FutureProducer, KafkaError> {
         .set("batch.num.messages", "10000")
         // Deliveries are retried by librdkafka for this long; the relay keeps the batch and its
         // checkpoint, so a longer outage is retried from the checkpoint.
-        .set("message.timeout.ms", "60000")
+        .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
         .create()
+}
+
+/// A new producer in place of one whose delivery failed. What the old one still holds is
+/// dropped rather than sent: the retry publishes it again from the checkpoint, and late
+/// deliveries of the old producer would only add duplicates out of order.
+fn renew(old: FutureProducer, config: &RelayConfig) -> Result<FutureProducer, KafkaError> {
+    if let Some((code, reason)) = old.client().fatal_error() {
+        tracing::warn!(?code, reason, "the producer failed for good; starting a new one");
+        metrics::counter!("orderflow_relay_producer_fatal_errors_total").increment(1);
+    }
+    old.purge(PurgeConfig::default().queue().inflight());
+    drop(old);
+    producer(config)
 }
 
 /// Creates each category's topic when missing (one request per topic) and waits until the
