@@ -65,6 +65,7 @@ mod customers;
 mod error;
 mod extract;
 mod inventory;
+mod objects_only;
 mod openapi;
 mod ops;
 mod orders;

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::HttpState;
 use super::auth::Principal;
+use super::objects_only::ObjectsOnly;
 use crate::CommandContext;
 use service_kit::client::{CAUSATION_ID, CallContext};
 use service_kit::http::ApiError;
@@ -97,11 +98,11 @@ async fn read_body(req: Request, state: &HttpState) -> Result<Bytes, ApiError> {
 }
 
 /// Deserializes a whole JSON document. Syntax errors are `invalid_json`; a value that does not
-/// fit the type (missing, unknown, mistyped or out-of-range field) is `bad_request` naming the
-/// field's path.
+/// fit the type (missing, unknown, mistyped or out-of-range field, an array where an object
+/// belongs: [`ObjectsOnly`]) is `bad_request` naming the field's path.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let value = serde_path_to_error::deserialize(ObjectsOnly(&mut deserializer)).map_err(|e| {
         let path = e.path().to_string();
         json_error(&path, e.inner())
     })?;
