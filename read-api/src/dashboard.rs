@@ -3,7 +3,8 @@
 mod schema;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use projections::dashboard::{
     self, Cursor, CustomerCursor, CustomerPage, CustomerSummary, Direction, OrderFilter, OrderRow, OrderStatus, Page,
     Sort, SortKey,
@@ -239,7 +240,7 @@ pub(crate) async fn list(State(state): State<ReadState>, RawQuery(query): RawQue
               crate::params::doc::QueryErrors))]
 pub(crate) async fn one(
     State(state): State<ReadState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(query): RawQuery,
 ) -> Result<Json<OrderRow>, ApiError> {
     let params = Params::parse(query.as_deref(), &["as_of", "at_position", "min_position"])?;
@@ -289,7 +290,7 @@ pub(crate) async fn customers(
               crate::params::doc::QueryErrors))]
 pub(crate) async fn customer(
     State(state): State<ReadState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(query): RawQuery,
 ) -> Result<Json<CustomerSummary>, ApiError> {
     let params = Params::parse(query.as_deref(), &["min_position"])?;
@@ -304,5 +305,24 @@ pub(crate) async fn customer(
 
 /// The path's id: a hyphenated UUID, as the document's `format: uuid` says.
 fn path_uuid(id: &str) -> Result<Uuid, ApiError> {
-    crate::params::hyphenated_uuid(id).ok_or_else(|| ApiError::bad_parameter("id", "the id in the path must be a UUID"))
+    crate::params::hyphenated_uuid(id).ok_or_else(not_a_uuid)
+}
+
+fn not_a_uuid() -> ApiError {
+    ApiError::bad_parameter("id", "the id in the path must be a UUID")
+}
+
+/// The path's `{id}`, as text. A segment that is not UTF-8 once percent-decoded is refused as
+/// any other id that is not a UUID, in the error format (axum's own rejection is plain text).
+pub(crate) struct PathId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_a_uuid())?;
+        Ok(PathId(id))
+    }
 }
