@@ -11,9 +11,10 @@ CREATE INDEX IF NOT EXISTS {prefix}orders_by_reason_code ON {prefix}orders (canc
 
 -- "As of" lists.
 CREATE INDEX IF NOT EXISTS {prefix}order_history_by_placed ON {prefix}order_history (placed_at_us, order_id);
--- "As of a position" of the orders log: the commit time of the newest order version at or
--- below it, which the customers' versions are taken at.
+-- "As of a position" of the orders log: the commit time of the newest order or saga version at
+-- or below it, which the other services' versions are taken at.
 CREATE INDEX IF NOT EXISTS {prefix}order_history_by_position ON {prefix}order_history (valid_from_position);
+CREATE INDEX IF NOT EXISTS {prefix}saga_history_by_position ON {prefix}saga_history (valid_from_position);
 
 -- An order's payments, joined to its row when read (now and "as of").
 CREATE INDEX IF NOT EXISTS {prefix}payments_by_order ON {prefix}payments (order_id);

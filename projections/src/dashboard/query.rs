@@ -597,9 +597,10 @@ fn order_from_row(row: &AnyRow) -> Result<OrderRow, QueryError> {
 /// The rows of the orders (`SELECT ... FROM ... [WHERE ...]`, to which the caller adds its
 /// conditions, order and limit): the current orders, or the order versions valid at `as_of`
 /// with the customer's version valid then. Positions are per service: `AsOf::Position` is one
-/// of the orders log, and the customers' log is taken as of that position's commit time (the
-/// start of the newest order version at or below it: the orders log's commit times never
-/// decrease). Every row has [`CURRENT_SELECT`]'s columns, and "as of" also `as_of_us`, the
+/// of the orders log, and the customers' log is taken as of that position's commit time: the
+/// start of the newest order or saga version at or below it (the orders log holds both kinds of
+/// stream, and its commit times never decrease; the newest order version alone is too early
+/// when the position is a saga's event). Every row has [`CURRENT_SELECT`]'s columns, and "as of" also `as_of_us`, the
 /// time the other services' logs are taken at ([`with_joins`]), and as of a position
 /// `as_of_position`, the position itself (the place-order saga is in the orders log: its
 /// versions are taken at the position). Ends with a `WHERE` clause when `as_of` is given.
@@ -615,8 +616,12 @@ fn from_clause(statement: &mut Statement, prefix: &str, as_of: Option<AsOf>) -> 
     let at = match as_of {
         AsOf::Time(_) => point.clone(),
         AsOf::Position(_) => format!(
-            "(SELECT h.valid_from_us FROM {prefix}order_history h WHERE h.valid_from_position <= {point} \
-              ORDER BY h.valid_from_position DESC LIMIT 1)"
+            "(SELECT MAX(t.us) FROM ( \
+               SELECT (SELECT h.valid_from_us FROM {prefix}order_history h WHERE h.valid_from_position <= {point} \
+                        ORDER BY h.valid_from_position DESC LIMIT 1) AS us \
+               UNION ALL \
+               SELECT (SELECT h.valid_from_us FROM {prefix}saga_history h WHERE h.valid_from_position <= {point} \
+                        ORDER BY h.valid_from_position DESC LIMIT 1) AS us) t)"
         ),
     };
     let position = match as_of {
