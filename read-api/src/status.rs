@@ -24,7 +24,7 @@ pub(crate) struct ProjectionStatus {
     live_version: Option<u32>,
     /// Events not applied yet, every service's log together.
     lag_events: Option<u64>,
-    /// How old the oldest unapplied work is, of any service's log: 0 when caught up.
+    /// The largest of the services' `lag_seconds`: 0 when caught up.
     lag_seconds: f64,
     /// Per service whose log the projection follows: how far it is applied, and the lag.
     services: Vec<SourceStatus>,
@@ -44,7 +44,9 @@ pub(crate) struct SourceStatus {
     token: String,
     /// Events not applied yet: from the store's head (embedded) or the partitions' ends.
     lag_events: Option<u64>,
-    /// How old the oldest unapplied work of this log is: 0 when caught up.
+    /// While events of this log wait: how long ago the last event applied from a lagging
+    /// partition was recorded, a bound on how long the oldest waiting one has waited (it was
+    /// recorded after). 0 when caught up.
     lag_seconds: f64,
 }
 
@@ -161,10 +163,14 @@ fn source_status(state: &ReadState, progress: &[PartitionProgress], service: Ser
         Some(head) => Some(head(service).saturating_sub(position)),
         None => lag_records(progress, service),
     };
+    // A partition counts as behind while the service lags, unless it says it is not: drained,
+    // or its own reported end is just past what it applied (an idle partition's last event can
+    // be old without anything waiting behind it).
     let behind = progress
         .iter()
         .filter(|p| source_service(&p.source) == Some(service))
-        .filter(|p| !p.drained && lag_events.is_none_or(|lag| lag > 0));
+        .filter(|p| !p.drained && lag_events.is_none_or(|lag| lag > 0))
+        .filter(|p| p.high_watermark.is_none_or(|end| end > p.offset + 1));
     let oldest = behind.filter_map(|p| p.recorded_at).min();
     let lag_seconds = match (lag_events, oldest) {
         (Some(0), _) | (_, None) => 0.0,
