@@ -4,8 +4,11 @@
 //! consumer group → PostgreSQL dashboard and ClickHouse analytics. The workers are killed with
 //! SIGKILL at random points under load and started again, and ClickHouse is cut off from them
 //! for 30 s (through a proxy the test owns: the shared server keeps serving other tests) while
-//! orders flow, during which the dashboard must keep advancing; at the end the read models must
-//! equal a fold of the whole log from scratch (invariants 5 and 6 of docs/design.md).
+//! orders flow, during which the dashboard must keep advancing. The read database is cut off
+//! from the workers too (they reconnect by themselves), and held while they work so that both
+//! are killed between a ClickHouse insert and the checkpoint that would claim it. At the end the
+//! read models must equal a fold of the whole log from scratch (invariants 5 and 6 of
+//! docs/design.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -32,6 +35,8 @@ use write_side::{CommandContext, HandlerOptions, Local};
 struct Deployment {
     store_dbs: Vec<(Service, testkit::postgres::TestDatabase)>,
     read_db: testkit::postgres::TestDatabase,
+    /// The workers' way to the read database: a proxy the test can cut or hold.
+    read_db_url: String,
     clickhouse_db: String,
     /// The workers' way to ClickHouse: a proxy the test can cut.
     clickhouse_url: String,
@@ -66,7 +71,7 @@ impl Deployment {
                 "--session-timeout-ms",
                 &session_timeout_ms,
             ])
-            .env("ORDERFLOW_READ_DB_URL", &self.read_db.url)
+            .env("ORDERFLOW_READ_DB_URL", &self.read_db_url)
             .env("ORDERFLOW_CLICKHOUSE_URL", &self.clickhouse_url)
             .env("ORDERFLOW_CLICKHOUSE_DATABASE", &self.clickhouse_db)
             .env("ORDERFLOW_KAFKA_BROKERS", testkit::kafka::bootstrap_servers())
@@ -153,6 +158,13 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// How long ClickHouse is out of the workers' reach.
 const CLICKHOUSE_OUTAGE: Duration = Duration::from_secs(30);
+
+/// How long the read database is out of the workers' reach.
+const READ_DB_OUTAGE: Duration = Duration::from_secs(10);
+
+/// How late what the workers send the read database arrives while they are killed between a
+/// ClickHouse insert and its checkpoint.
+const READ_DB_DELAY: Duration = Duration::from_secs(2);
 
 /// How long the sagas get to do what the test waits for.
 const SAGA_WITHIN: Duration = Duration::from_secs(30);
@@ -353,9 +365,21 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
     }
     let clickhouse_proxy =
         testkit::proxy::TcpProxy::start(testkit::clickhouse::url().trim_start_matches("http://")).await;
+    let read_db = testkit::postgres::fresh_database().await;
+    let read_db_host = format!("{}:{}", read_db.options.get_host(), read_db.options.get_port());
+    let read_db_proxy = testkit::proxy::TcpProxy::start(&read_db_host).await;
+    let read_db_url = read_db
+        .url
+        .replacen(&read_db_host, &read_db_proxy.address().to_string(), 1);
+    assert_ne!(
+        read_db_url, read_db.url,
+        "the URL names {read_db_host}: {}",
+        read_db.url
+    );
     let deployment = Deployment {
         store_dbs,
-        read_db: testkit::postgres::fresh_database().await,
+        read_db,
+        read_db_url,
         clickhouse_db: testkit::clickhouse::fresh_database().await,
         clickhouse_url: format!("http://{}", clickhouse_proxy.address()),
         prefix: format!("{}.", testkit::unique_name("workers")),
@@ -479,21 +503,122 @@ async fn killed_workers_leave_the_read_models_equal_to_a_fold_of_the_log() {
         cut_at.elapsed().as_secs_f64()
     );
 
-    // SIGKILL the workers in turn while the traffic runs, each once it holds partitions, and
-    // start it again.
-    let mut kills = 0;
-    let mut last_kill = Instant::now();
-    while load.iter().any(|task| !task.is_finished()) || kills < 4 {
-        let worker = &mut workers[kills % 2];
-        worker.holds_partitions().await;
-        last_kill = worker.kill().await;
-        *worker = deployment.worker();
-        kills += 1;
-    }
+    // From here on orders flow until the last kill: traffic that goes on until told to stop.
     let mut orders = Vec::new();
     for task in load {
         orders.extend(task.await.unwrap());
     }
+    let kills_done = CancellationToken::new();
+    let flowing_load = tokio::spawn({
+        let (local, customers, products, done) =
+            (local.clone(), customers.clone(), products.clone(), kills_done.clone());
+        async move {
+            let mut orders = Vec::new();
+            let mut seed = 7_000;
+            while !done.is_cancelled() {
+                orders.extend(traffic(local.clone(), customers.clone(), products.clone(), seed).await);
+                seed += 1;
+            }
+            orders
+        }
+    });
+    // Killed between a ClickHouse insert and its checkpoint: everything the workers send the
+    // read database arrives READ_DB_DELAY late, so the checkpoint of a batch, a transaction of
+    // at least two messages sent after the batch's insert ended (its statements, then COMMIT),
+    // cannot be committed sooner than twice that after the insert. Both workers are killed less
+    // than READ_DB_DELAY after ClickHouse shows rows it did not have once the delay began; the
+    // batch is replayed by their successors and must not count twice (checked at the end).
+    for worker in &mut workers {
+        worker.holds_partitions().await;
+    }
+    read_db_proxy.delay(READ_DB_DELAY);
+    let facts = format!(
+        "SELECT count() FROM {}.sales_analytics_v1_order_status",
+        deployment.clickhouse_db
+    );
+    let mut asked_before = Instant::now();
+    let slowed_with: u64 = testkit::clickhouse::query(&facts).await.trim().parse().unwrap();
+    let inserted_by = Instant::now() + Duration::from_secs(60);
+    let (inserted, landed_after) = loop {
+        let asked = Instant::now();
+        let now: u64 = testkit::clickhouse::query(&facts).await.trim().parse().unwrap();
+        if now > slowed_with {
+            // The rows were not there when the query before was asked.
+            break (now, asked_before);
+        }
+        asked_before = asked;
+        assert!(
+            Instant::now() < inserted_by,
+            "no analytics rows were inserted within 60 s with the read database slowed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let [first, second] = &mut workers;
+    tokio::join!(first.kill(), second.kill());
+    let insert_to_kill = landed_after.elapsed();
+    read_db_proxy.restore();
+    assert!(
+        insert_to_kill < READ_DB_DELAY,
+        "the kills came {insert_to_kill:?} after the insert: its checkpoint may have been stored"
+    );
+    eprintln!(
+        "the read database slowed by {READ_DB_DELAY:?} a message, and both workers killed at most {insert_to_kill:?} \
+         after {} analytics rows landed, before their checkpoint",
+        inserted - slowed_with
+    );
+    // The group hands the dead members' partitions on once a member joins after their sessions
+    // expired (see the last kill below): the successors start after that.
+    tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
+    workers = [deployment.worker(), deployment.worker()];
+    for worker in &mut workers {
+        worker.holds_partitions().await;
+    }
+
+    // The read database (dashboard, checkpoints) cut off from the workers for a while: they
+    // keep running and reconnect by themselves (the end state below shows they caught up).
+    let connections = read_db_proxy.connections();
+    read_db_proxy.cut();
+    tokio::time::sleep(READ_DB_OUTAGE).await;
+    read_db_proxy.restore();
+    for (n, worker) in workers.iter_mut().enumerate() {
+        assert!(worker.running(), "worker {n} died while the read database was cut off");
+    }
+    eprintln!("the read database cut off from the workers for {READ_DB_OUTAGE:?}; they reconnected by themselves");
+    let reconnect_by = Instant::now() + Duration::from_secs(60);
+    let dashboard_after_cut = dashboard_at().await;
+    while dashboard_at().await <= dashboard_after_cut || read_db_proxy.connections() <= connections {
+        assert!(
+            Instant::now() < reconnect_by,
+            "the dashboard did not advance within 60 s after the read database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGKILL the workers in turn while orders flow, each once it holds partitions, and start
+    // it again. A kill landed in flowing traffic: the orders log grows right after it, while
+    // the killed worker's partitions wait for its successor.
+    let orders_store = store_of(Service::Orders);
+    let mut kills = 2;
+    let mut last_kill = Instant::now();
+    while kills < 6 {
+        let worker = &mut workers[kills % 2];
+        worker.holds_partitions().await;
+        last_kill = worker.kill().await;
+        let at_kill = orders_store.head_position().await.unwrap();
+        *worker = deployment.worker();
+        kills += 1;
+        let flowing_by = Instant::now() + Duration::from_secs(30);
+        while orders_store.head_position().await.unwrap() <= at_kill {
+            assert!(
+                Instant::now() < flowing_by,
+                "no order event within 30 s after kill {kills}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    kills_done.cancel();
+    orders.extend(flowing_load.await.unwrap());
+    eprintln!("workers killed {kills} times, each while orders were flowing");
     // Nothing is written after `finished` below: every saga has done what it had to.
     sagas_settle(&local, &orders).await;
     sagas_stop.cancel();

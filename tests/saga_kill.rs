@@ -8,7 +8,10 @@
 //! cancelled (it voids and releases), a few cancelled while still pending (racing the saga).
 //! Meanwhile the orders service's process, the only one that runs sagas, is killed with SIGKILL
 //! at least ten times and started again each time; the traffic retries a placement with its
-//! `Idempotency-Key` while it is down.
+//! `Idempotency-Key` while it is down. Between those kills, the inventory and payments services
+//! the sagas call are killed in turn too (the sagas retry them), and the inventory service's
+//! relay, which dies with it, must resume from its checkpoint: every event of its store reaches
+//! Kafka.
 //!
 //! Once every saga has settled (completed, or confirmed and waiting for its order to ship),
 //! the invariant is checked over every service's own store, read through their HTTP APIs (each
@@ -32,11 +35,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use event_schemas::{Category, Envelope, Service};
+use event_store::{EventStore, PgEventStore, StoreOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -363,6 +370,8 @@ struct Deployment {
     processes: BTreeMap<&'static str, Process>,
     /// Each service's event store (left behind for a post-mortem).
     stores: BTreeMap<&'static str, String>,
+    /// Put before every topic name by the services' relays.
+    prefix: String,
     dir: PathBuf,
 }
 
@@ -442,7 +451,12 @@ impl Deployment {
                 },
             );
         }
-        Deployment { processes, stores, dir }
+        Deployment {
+            processes,
+            stores,
+            prefix,
+            dir,
+        }
     }
 
     /// Starts the services as compose and scripts/dev-up do: orders once the services it calls
@@ -950,13 +964,28 @@ async fn run(deployment: &mut Deployment, started: Instant) -> anyhow::Result<()
         }
     });
     // The killer: SIGKILL to the orders service every 4.5 to 6.5 s once it answers again, and
-    // every third time again half a second after its restart (killed while it recovers).
+    // every third time again half a second after its restart (killed while it recovers); every
+    // other time, first to one of the services its sagas call, in turn.
     let mut kills = 0u32;
+    let mut others_killed: BTreeMap<&str, u32> = BTreeMap::new();
     let mut down_for = Duration::ZERO;
+    let mut cycle = 0;
     while traffic_started.elapsed() < TRAFFIC {
         tokio::time::sleep(rng.between(Duration::from_millis(4500), Duration::from_millis(6500))).await;
         if traffic_started.elapsed() >= TRAFFIC {
             break;
+        }
+        cycle += 1;
+        if cycle % 2 == 0 {
+            let other = ["inventory", "payments"][(cycle / 2) % 2];
+            let process = deployment.process(other);
+            process.kill9().await?;
+            *others_killed.entry(other).or_default() += 1;
+            process.start()?;
+            process
+                .wait_for("/health", Duration::from_secs(60))
+                .await
+                .with_context(|| format!("the {other} service after a kill"))?;
         }
         let killed_at = Instant::now();
         let process = deployment.process("orders");
@@ -993,7 +1022,7 @@ async fn run(deployment: &mut Deployment, started: Instant) -> anyhow::Result<()
     );
     eprintln!(
         "saga_kill: traffic: {} of {offered} orders accepted in {:.1}s ({rate:.1}/s; {} placements retried); \
-         the orders service killed {kills} times, down {:.1}s in all",
+         the orders service killed {kills} times, down {:.1}s in all; also killed: {others_killed:?}",
         placed.len(),
         traffic_took.as_secs_f64(),
         traffic.retries.load(Ordering::Relaxed),
@@ -1283,6 +1312,12 @@ async fn run(deployment: &mut Deployment, started: Instant) -> anyhow::Result<()
         "the orders service was killed {kills} times, fewer than {MIN_KILLS}"
     );
     ensure!(
+        others_killed.len() == 2,
+        "the inventory and payments services should each have been killed: {others_killed:?}"
+    );
+    let published = relay_published_everything(deployment, Service::Inventory).await?;
+    eprintln!("saga_kill: the inventory relay published all {published} events of its store, across its kills");
+    ensure!(
         rate >= MIN_RATE,
         "{rate:.1} orders/s accepted ({} in {:.1}s), fewer than {MIN_RATE}",
         placed.len(),
@@ -1293,4 +1328,45 @@ async fn run(deployment: &mut Deployment, started: Instant) -> anyhow::Result<()
         "the traffic should have met both refusals: {reasons:?}"
     );
     Ok(())
+}
+
+/// Reads every topic of `service`'s categories (this deployment's prefix) until each position of
+/// its store, up to its head now, has arrived (at least once: a kill between the broker's
+/// acknowledgement and the checkpoint republishes); answers the head.
+async fn relay_published_everything(deployment: &Deployment, service: Service) -> anyhow::Result<u64> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&deployment.stores[service.name()])
+        .await?;
+    let store = PgEventStore::open(pool, StoreOptions::default()).await?;
+    let head = store.head_position().await?;
+    ensure!(head > 0, "the {service:?} store is empty");
+    let topics: Vec<String> = Category::ALL
+        .into_iter()
+        .filter(|c| Service::owning(*c) == service)
+        .map(|c| format!("{}{}", deployment.prefix, c.topic()))
+        .collect();
+    let consumer: StreamConsumer = testkit::kafka::client_config()
+        .set("group.id", testkit::kafka::unique_group("saga_kill_relay_check"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (seen.len() as u64) < head {
+        ensure!(
+            Instant::now() < deadline,
+            "{} of the {head} events of the {service:?} store reached {topics:?}",
+            seen.len()
+        );
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
+            continue;
+        };
+        let envelope = Envelope::decode(message.payload().context("a record without a value")?)?;
+        if envelope.global_position <= head {
+            seen.insert(envelope.global_position);
+        }
+    }
+    Ok(head)
 }

@@ -1,6 +1,6 @@
 //! A TCP proxy a test owns, in front of a shared server: the test cuts *its* path to the server
-//! (refuses new connections, resets the open ones, or holds every byte) without stopping the
-//! server every other test uses.
+//! (refuses new connections, resets the open ones, holds every byte, or delays what clients
+//! send) without stopping the server every other test uses.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -28,6 +28,9 @@ pub enum Mode {
     Cut,
     /// Keeps connections open and forwards nothing: the server looks hung.
     Hold,
+    /// Forwards both ways, each chunk a client sends only after this long: the server looks
+    /// slow, and a client's next request cannot reach it sooner than that.
+    Delay(std::time::Duration),
 }
 
 /// The proxy: listens on a free loopback port until dropped.
@@ -86,6 +89,11 @@ impl TcpProxy {
         self.mode.send_replace(Mode::Hold);
     }
 
+    /// Forwards what clients send `each` late, until [`TcpProxy::restore`].
+    pub fn delay(&self, each: std::time::Duration) {
+        self.mode.send_replace(Mode::Delay(each));
+    }
+
     /// Passes traffic again (connections reset by a cut stay closed: clients reconnect).
     pub fn restore(&self) {
         self.mode.send_replace(Mode::Pass);
@@ -105,7 +113,7 @@ async fn serve(client: TcpStream, upstream: String, mut mode: watch::Receiver<Mo
     loop {
         let now = *mode.borrow_and_update();
         match now {
-            Mode::Pass => break,
+            Mode::Pass | Mode::Delay(_) => break,
             Mode::Cut => return reset(client),
             Mode::Hold => {
                 if mode.changed().await.is_err() {
@@ -123,7 +131,7 @@ async fn serve(client: TcpStream, upstream: String, mut mode: watch::Receiver<Mo
     let mut down = [0_u8; 16 * 1024];
     loop {
         // Bytes move only while passing: in a hold, nothing is read, so nothing is forwarded.
-        if *mode.borrow() != Mode::Pass {
+        if !matches!(*mode.borrow(), Mode::Pass | Mode::Delay(_)) {
             match wait_for_pass(&mut mode).await {
                 Some(()) => continue,
                 None => {
@@ -138,7 +146,13 @@ async fn serve(client: TcpStream, upstream: String, mut mode: watch::Receiver<Mo
         tokio::select! {
             read = tokio::io::AsyncReadExt::read(&mut client_read, &mut up) => match read {
                 Ok(0) | Err(_) => { let _ = server_write.shutdown().await; return; }
-                Ok(n) => if server_write.write_all(&up[..n]).await.is_err() { return; },
+                Ok(n) => {
+                    let delay = match *mode.borrow() { Mode::Delay(each) => Some(each), _ => None };
+                    if let Some(each) = delay {
+                        tokio::time::sleep(each).await;
+                    }
+                    if server_write.write_all(&up[..n]).await.is_err() { return; }
+                },
             },
             read = tokio::io::AsyncReadExt::read(&mut server_read, &mut down) => match read {
                 Ok(0) | Err(_) => { let _ = client_write.shutdown().await; return; }
@@ -154,7 +168,7 @@ async fn wait_for_pass(mode: &mut watch::Receiver<Mode>) -> Option<()> {
     loop {
         let now = *mode.borrow_and_update();
         match now {
-            Mode::Pass => return Some(()),
+            Mode::Pass | Mode::Delay(_) => return Some(()),
             Mode::Cut => return None,
             Mode::Hold => mode.changed().await.ok()?,
         }
@@ -249,5 +263,28 @@ mod tests {
             Some(&b"ping"[..])
         );
         assert!(proxy.connections() >= 3);
+    }
+
+    #[tokio::test]
+    async fn a_delay_holds_what_a_client_sends_for_that_long() {
+        let proxy = TcpProxy::start(&echo().await).await;
+        let mut open = TcpStream::connect(proxy.address()).await.expect("connect");
+        proxy.delay(Duration::from_secs(1));
+        assert_eq!(
+            round_trip(&mut open, Duration::from_millis(300)).await,
+            None,
+            "nothing is answered before the delay"
+        );
+        let mut buf = [0_u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), open.read_exact(&mut buf))
+            .await
+            .expect("the bytes arrive after the delay")
+            .expect("read");
+        assert_eq!(&buf, b"ping");
+        proxy.restore();
+        assert_eq!(
+            round_trip(&mut open, Duration::from_secs(5)).await.as_deref(),
+            Some(&b"ping"[..])
+        );
     }
 }
