@@ -6,6 +6,8 @@
 //! accept: `$N` parameters, `BIGINT` and `TEXT`, `INSERT ... ON CONFLICT ... DO UPDATE`, times as
 //! integer microseconds since the epoch (UTC), ids as text.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use event_schemas::Service;
 use service_kit::db::{self, DatabaseUrl, PoolSettings, PostgresUrl};
@@ -13,6 +15,38 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, PgConnection, 
 
 use crate::json_rows::{Dialect, insert_rows, json_rows};
 use crate::{Checkpoint, DeadLetter, ProjectionError};
+
+/// A switch of a projection's live version begun by [`ReadDb::begin_switch`].
+pub struct PendingSwitch {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// The highest position the live version has applied of each service's log.
+    pub live: BTreeMap<Service, u64>,
+}
+
+impl PendingSwitch {
+    /// A service whose log the live version applied past what `holds` says of it (every event
+    /// up to that position).
+    pub fn ahead_of(&self, holds: &BTreeMap<Service, u64>) -> Option<Service> {
+        self.live
+            .iter()
+            .find(|(service, position)| **position > holds.get(service).copied().unwrap_or(0))
+            .map(|(service, _)| *service)
+    }
+
+    /// Switches reads of `name` to `version` as [`ReadDb::switch_live`] does; answers the
+    /// version that was live.
+    pub async fn commit(mut self, name: &str, version: u32) -> Result<Option<u32>, ProjectionError> {
+        let old = ReadDb::switch_in(&mut self.tx, name, version).await?;
+        self.tx.commit().await?;
+        Ok(old)
+    }
+
+    /// Leaves everything as it was.
+    pub async fn abandon(self) -> Result<(), ProjectionError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
 
 /// `LIKE` patterns of the sources of the services' stores and of the floors rebuilds leave
 /// (`store:<service>`, `store-rebuild:<service>`; `_` and `%` do not occur in the prefixes).
@@ -232,9 +266,63 @@ impl ReadDb {
     /// Answers the version that was live.
     pub async fn switch_live(&self, name: &str, version: u32) -> Result<Option<u32>, ProjectionError> {
         let mut tx = self.begin_write().await?;
+        let old = Self::switch_in(&mut tx, name, version).await?;
+        tx.commit().await?;
+        Ok(old)
+    }
+
+    /// Begins a switch of `name`'s reads: a write transaction that has read how far the live
+    /// version has applied each service's log ([`PendingSwitch::live`]), for a rebuild to compare
+    /// with what the new version holds before it commits ([`PendingSwitch::commit`]). On
+    /// PostgreSQL the transaction holds the live version's checkpoint rows, which every apply of
+    /// that version updates in the transaction that writes its rows: the live version applies
+    /// nothing more until the switch commits or is abandoned. On SQLite the transaction is the
+    /// database's one writer, which holds every apply off as well, and any other write too.
+    pub async fn begin_switch(&self, name: &str) -> Result<PendingSwitch, ProjectionError> {
+        let mut tx = self.begin_write().await?;
+        let lock = match self.kind {
+            DbKind::Postgres => " FOR UPDATE OF c",
+            DbKind::Sqlite => "",
+        };
+        let live = Self::live_positions(&mut tx, name, lock).await?;
+        Ok(PendingSwitch { tx, live })
+    }
+
+    /// The highest position the live version of `name` has applied of each service's log,
+    /// from its checkpoints (`lock` is appended to the query).
+    async fn live_positions(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        name: &str,
+        lock: &str,
+    ) -> Result<BTreeMap<Service, u64>, ProjectionError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT c.source, c.last_position FROM projection_checkpoints c
+               JOIN projection_versions v ON v.name = c.name AND v.version = c.version
+              WHERE c.name = $1 AND v.state = 'live'{lock}"
+        )))
+        .bind(name)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut positions = BTreeMap::new();
+        for row in rows {
+            let source: String = row.try_get(0)?;
+            let position = u64::try_from(row.try_get::<Option<i64>, _>(1)?.unwrap_or(0)).unwrap_or(0);
+            if let Some(service) = crate::source_service(&source) {
+                let highest = positions.entry(service).or_insert(0);
+                *highest = position.max(*highest);
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn switch_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<u32>, ProjectionError> {
         let old = sqlx::query("SELECT version FROM projection_versions WHERE name = $1 AND state = 'live'")
             .bind(name)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .map(|row| version_from(row.try_get::<i64, _>(0)?))
             .transpose()?;
@@ -242,7 +330,7 @@ impl ReadDb {
             sqlx::query("UPDATE projection_versions SET state = 'retired' WHERE name = $1 AND version = $2")
                 .bind(name)
                 .bind(i64::from(old))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             sqlx::query(
                 "INSERT INTO projection_checkpoints
@@ -257,7 +345,7 @@ impl ReadDb {
             .bind(i64::from(version))
             .bind(STORE_PATTERN)
             .bind(REBUILT_PATTERN)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         let switched = sqlx::query(
@@ -266,12 +354,11 @@ impl ReadDb {
         .bind(name)
         .bind(i64::from(version))
         .bind(micros(Utc::now()))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if switched.rows_affected() != 1 {
             return Err(ProjectionError::Invalid(format!("{name} has no version {version}")));
         }
-        tx.commit().await?;
         Ok(old)
     }
 

@@ -17,9 +17,11 @@
 //!    as it was when the build started instead of applying them one transaction each; it
 //!    writes its rows, indexes and checkpoint when that point (or the `until` point, or its
 //!    memory bound) is reached, and whatever follows goes batch by batch, as before.
-//! 3. Catch up until the head is within one batch, then switch: in one transaction, N+1 becomes
-//!    `live` and N `retired`, and N+1 inherits N's Kafka checkpoints. Readers pick the live
-//!    version per request, so each answer comes from one complete version.
+//! 3. Catch up to the heads, then switch once N+1 holds every event N has applied
+//!    ([`ReadDb::switch_live_caught_up`]): in one transaction, N+1 becomes `live` and N
+//!    `retired`, and N+1 inherits N's Kafka checkpoints. Readers pick the live version per
+//!    request, so each answer comes from one complete version, and none holds less than the
+//!    answers before the switch.
 //! 4. Catch up once more from where the build stopped to the head: events that the live workers
 //!    applied to N just before the switch are in the store by then, and are applied to N+1
 //!    (guarded by stream version, so nothing applies twice). Workers follow the switch by
@@ -262,20 +264,23 @@ pub async fn rebuild(
         });
     }
 
-    let replaced = db.switch_live(name, version).await?;
+    // Catch up with what was committed while the build ran (a bulk load's finish can take
+    // seconds), then switch once this version holds every event the live one has applied, so
+    // that no reader sees the switch take events away.
+    let replaced = switch_caught_up(
+        db,
+        name,
+        version,
+        &logs,
+        &mut positions,
+        &mut applied,
+        &*projection,
+        &options,
+        &cancel,
+    )
+    .await?;
     // Events the old version's workers applied up to the switch are in the stores by now.
-    for log in &logs {
-        let after = positions.entry(log.service).or_insert(0);
-        loop {
-            let events = log.store.read_all(*after, options.batch_size).await?;
-            let Some(last) = events.last().map(|e| e.position) else {
-                break;
-            };
-            apply(&*projection, &events, log.service, &options.run, &cancel).await?;
-            applied += events.iter().filter(|e| belongs(e, log.service)).count() as u64;
-            *after = last;
-        }
-    }
+    applied += catch_up(&logs, &mut positions, &*projection, &options, &cancel).await?;
     if db.hand_over_to_kafka(name, version).await? {
         info!(
             projection = name,
@@ -303,6 +308,80 @@ pub async fn rebuild(
         events_per_second: rate,
         historical: false,
     })
+}
+
+/// How many times a switch on SQLite catches up and compares before it switches anyway.
+const SWITCH_TRIES: u32 = 20;
+
+/// Catches the new version up and switches to it once it holds every event the live one has
+/// applied ([`ReadDb::begin_switch`]). On PostgreSQL the live version is held still meanwhile,
+/// and a last catch-up runs while it is. On SQLite the switch's transaction is the database's
+/// one writer, so the catch-up cannot run inside it: it catches up, compares, and tries again
+/// when the live version got ahead in between; after `SWITCH_TRIES` it switches anyway (the
+/// catch-up after the switch brings the difference, a few events, a moment later).
+#[allow(clippy::too_many_arguments)]
+async fn switch_caught_up(
+    db: &ReadDb,
+    name: &str,
+    version: u32,
+    logs: &[ServiceLog],
+    positions: &mut BTreeMap<Service, u64>,
+    applied: &mut u64,
+    projection: &dyn crate::Projection,
+    options: &RebuildOptions,
+    cancel: &CancellationToken,
+) -> Result<Option<u32>, ProjectionError> {
+    *applied += catch_up(logs, positions, projection, options, cancel).await?;
+    if db.kind() == crate::DbKind::Postgres {
+        let switch = db.begin_switch(name).await?;
+        *applied += catch_up(logs, positions, projection, options, cancel).await?;
+        if let Some(service) = switch.ahead_of(positions) {
+            switch.abandon().await?;
+            return Err(ProjectionError::Invalid(format!(
+                "the live version of {name} applied events of the {service} log past its head"
+            )));
+        }
+        return switch.commit(name, version).await;
+    }
+    for _ in 0..SWITCH_TRIES {
+        let switch = db.begin_switch(name).await?;
+        if switch.ahead_of(positions).is_none() {
+            return switch.commit(name, version).await;
+        }
+        switch.abandon().await?;
+        *applied += catch_up(logs, positions, projection, options, cancel).await?;
+    }
+    tracing::warn!(
+        projection = name,
+        version,
+        "the live version stays ahead; switching anyway"
+    );
+    db.switch_live(name, version).await
+}
+
+/// Applies every log from `positions` to its head (as it is while it reads), batch by batch;
+/// answers how many events of the logs' services that was.
+async fn catch_up(
+    logs: &[ServiceLog],
+    positions: &mut BTreeMap<Service, u64>,
+    projection: &dyn crate::Projection,
+    options: &RebuildOptions,
+    cancel: &CancellationToken,
+) -> Result<u64, ProjectionError> {
+    let mut applied = 0;
+    for log in logs {
+        let after = positions.entry(log.service).or_insert(0);
+        loop {
+            let events = log.store.read_all(*after, options.batch_size).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            apply(projection, &events, log.service, &options.run, cancel).await?;
+            applied += events.iter().filter(|e| belongs(e, log.service)).count() as u64;
+            *after = last;
+        }
+    }
+    Ok(applied)
 }
 
 /// Every log's head when the build starts.
