@@ -21,6 +21,8 @@
 //!   shares with the console's browser tests.
 //! - `overload`: the embedded `serve` past its capacity: shedding's admitted rate, latency and
 //!   memory, beside its capacity and an unbounded `serve` in the same run.
+//! - `soak`: minutes at a steady rate, embedded or distributed: whether resident memory, file
+//!   descriptors, sockets and PostgreSQL connections stay flat, beside an idle `serve`.
 //! - `scratch`: the databases a benchmark makes for itself and drops after; `load`: the HTTP
 //!   client, histograms and the freshness probe the HTTP benchmarks share.
 //!
@@ -37,6 +39,7 @@ mod rebuild;
 mod relay;
 mod saga;
 mod scratch;
+mod soak;
 mod store;
 mod transfer;
 
@@ -75,6 +78,11 @@ pub enum Bench {
     /// orders' latency, how fast the refusals are (503 `overloaded`), peak memory, and the same
     /// load against a `serve` without a bound.
     Overload(overload::OverloadBench),
+    /// Orders at a steady rate for minutes (embedded `serve`, or a running `scripts/dev-up`):
+    /// every process's resident memory, file descriptors and sockets (and the deployment's
+    /// PostgreSQL connections) sampled, and whether they stay flat after the warm-up, beside an
+    /// idle `serve` sampled at the same instants.
+    Soak(soak::SoakBench),
 }
 
 /// Runs one benchmark; its JSON goes to stdout.
@@ -90,5 +98,6 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Saga(b) => saga::run(b).await,
         Bench::Console(b) => console::run(b).await,
         Bench::Overload(b) => overload::run(b).await,
+        Bench::Soak(b) => soak::run(b).await,
     }
 }
