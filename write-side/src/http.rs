@@ -170,8 +170,9 @@ pub struct HttpState {
     /// The hosted services' OpenAPI document, rendered on first use.
     openapi: std::sync::Arc<std::sync::OnceLock<String>>,
     /// What else this process serves on the same port, for its document (the embedded `serve`:
-    /// the read API, the rebuild endpoint).
-    openapi_parts: Vec<utoipa::openapi::OpenApi>,
+    /// the read API, the rebuild endpoint). Shared: the state is cloned for every request, and
+    /// a copy of these documents per request in flight was most of `serve`'s memory under load.
+    openapi_parts: std::sync::Arc<Vec<utoipa::openapi::OpenApi>>,
     /// The payments service's provider.
     gateway: std::sync::Arc<dyn PaymentGateway>,
     /// The same provider when it is the simulated one (`/v1/gateway` changes it).
@@ -191,7 +192,7 @@ impl HttpState {
             metrics: config.metrics.unwrap_or_else(prometheus_handle),
             relay: config.relay,
             openapi: std::sync::Arc::default(),
-            openapi_parts: Vec::new(),
+            openapi_parts: std::sync::Arc::default(),
             gateway: std::sync::Arc::new(SimulatedGateway::default()),
             simulated: None,
         }
@@ -260,7 +261,7 @@ impl HttpState {
     /// Adds what `part` describes to `/openapi.json`: routes merged into this router by the
     /// process that serves it. Their security is declared as this process enforces it.
     pub fn with_openapi(mut self, part: utoipa::openapi::OpenApi) -> Self {
-        self.openapi_parts.push(part);
+        std::sync::Arc::make_mut(&mut self.openapi_parts).push(part);
         self
     }
 
@@ -269,7 +270,7 @@ impl HttpState {
         use axum::response::IntoResponse as _;
         let document = self.openapi.get_or_init(|| {
             let mut doc = openapi::api_doc(self.services.hosted(), &self.auth);
-            for part in &self.openapi_parts {
+            for part in self.openapi_parts.iter() {
                 doc.merge(part.clone());
             }
             service_kit::http::openapi::declare_security(&mut doc, &self.auth);
