@@ -275,13 +275,17 @@ impl ReadDb {
     /// version has applied each service's log ([`PendingSwitch::live`]), for a rebuild to compare
     /// with what the new version holds before it commits ([`PendingSwitch::commit`]). On
     /// PostgreSQL the transaction holds the live version's checkpoint rows, which every apply of
-    /// that version updates in the transaction that writes its rows: the live version applies
-    /// nothing more until the switch commits or is abandoned. On SQLite the transaction is the
-    /// database's one writer, which holds every apply off as well, and any other write too.
+    /// that version updates: a projection whose rows commit with its checkpoints (the dashboard)
+    /// shows nothing more until the switch commits or is abandoned; one whose rows are written
+    /// before (analytics in ClickHouse) may show a batch more meanwhile. On SQLite the
+    /// transaction is the database's one writer, which holds every apply off as well, and any
+    /// other write too.
     pub async fn begin_switch(&self, name: &str) -> Result<PendingSwitch, ProjectionError> {
         let mut tx = self.begin_write().await?;
+        // In the order the applies lock them (a batch's checkpoints are sorted by source, bytewise,
+        // and partition), so that the two never wait for each other in a cycle.
         let lock = match self.kind {
-            DbKind::Postgres => " FOR UPDATE OF c",
+            DbKind::Postgres => r#" ORDER BY c.source COLLATE "C", c.partition_no FOR UPDATE OF c"#,
             DbKind::Sqlite => "",
         };
         let live = Self::live_positions(&mut tx, name, lock).await?;

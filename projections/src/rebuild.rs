@@ -18,10 +18,10 @@
 //!    writes its rows, indexes and checkpoint when that point (or the `until` point, or its
 //!    memory bound) is reached, and whatever follows goes batch by batch, as before.
 //! 3. Catch up to the heads, then switch once N+1 holds every event N has applied
-//!    ([`ReadDb::switch_live_caught_up`]): in one transaction, N+1 becomes `live` and N
+//!    ([`ReadDb::begin_switch`]): in one transaction, N+1 becomes `live` and N
 //!    `retired`, and N+1 inherits N's Kafka checkpoints. Readers pick the live version per
 //!    request, so each answer comes from one complete version, and none holds less than the
-//!    answers before the switch.
+//!    answers before the switch (for a projection whose rows commit with its checkpoints).
 //! 4. Catch up once more from where the build stopped to the head: events that the live workers
 //!    applied to N just before the switch are in the store by then, and are applied to N+1
 //!    (guarded by stream version, so nothing applies twice). Workers follow the switch by

@@ -217,7 +217,8 @@ fn renew(old: FutureProducer, config: &RelayConfig) -> Result<FutureProducer, Ka
         metrics::counter!("orderflow_relay_producer_fatal_errors_total").increment(1);
     }
     old.purge(PurgeConfig::default().queue().inflight());
-    drop(old);
+    // Dropping a producer flushes and joins its polling thread: not on the async workers.
+    tokio::task::spawn_blocking(move || drop(old));
     producer(config)
 }
 
