@@ -12,8 +12,9 @@ use event_store::{EventStore, PgEventStore, StoreOptions};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use relay::{RelayConfig, RelayStatus};
+use relay::{RelayConfig, RelayError, RelayStatus};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -314,6 +315,59 @@ async fn a_checkpoint_that_cannot_be_stored_makes_the_relay_unready_at_once() {
     assert_eq!(store.load_checkpoint(relay::RELAY_NAME).await.unwrap(), head);
 }
 
+/// A relay running over a fresh store, publishing to a broker of its own that the test freezes
+/// (the shared one must keep serving every other test).
+struct PrivateRelay {
+    broker: testkit::kafka::PrivateBroker,
+    setup: Setup,
+    store: PgEventStore,
+    status: watch::Receiver<RelayStatus>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), RelayError>>,
+}
+
+/// Starts a [`PrivateRelay`]: batches of 500 events, the rest of its config the defaults but
+/// for what `configure` changes.
+async fn private_relay(configure: impl FnOnce(&mut RelayConfig)) -> PrivateRelay {
+    let broker = testkit::kafka::private_broker().await;
+    let mut setup = setup().await;
+    setup.config.brokers = broker.bootstrap_servers().to_owned();
+    setup.config.batch_size = 500;
+    configure(&mut setup.config);
+    let store = store(&setup).await;
+    let (status_tx, status) = watch::channel(RelayStatus::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
+    PrivateRelay {
+        broker,
+        setup,
+        store,
+        status,
+        stop,
+        task,
+    }
+}
+
+impl PrivateRelay {
+    /// Once the broker is back: waits until every event up to `head` is published and
+    /// checkpointed, reads them all from the broker (one per stream), stops the relay; answers
+    /// them by stream.
+    async fn catch_up(mut self, head: u64) -> BTreeMap<String, Vec<(u64, u64)>> {
+        status_until(
+            &mut self.status,
+            Duration::from_secs(120),
+            "caught up after the broker came back",
+            |s| s.ready && s.checkpoint == head,
+        )
+        .await;
+        let by_stream = consume_until(&self.setup.config, head).await;
+        assert_eq!(by_stream.len() as u64, head);
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+        by_stream
+    }
+}
+
 /// How long the broker stays frozen: half the producer's default delivery timeout
 /// (`message.timeout.ms`; librdkafka's only other clock on a produce request,
 /// `socket.timeout.ms`, is as long by default, and `request.timeout.ms` is the broker's to
@@ -325,64 +379,46 @@ const OUTAGE: Duration = Duration::from_secs(30);
 /// a batch in flight, and after the broker comes back it catches up without losing anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_broker_makes_the_relay_unready_and_nothing_is_lost() {
-    let broker = testkit::kafka::private_broker().await;
-    let mut setup = setup().await;
-    setup.config.brokers = broker.bootstrap_servers().to_owned();
-    setup.config.unready_after = Duration::from_secs(2);
-    setup.config.batch_size = 500;
+    let mut relay = private_relay(|config| config.unready_after = Duration::from_secs(2)).await;
     assert!(
-        OUTAGE * 2 <= setup.config.delivery_timeout,
+        OUTAGE * 2 <= relay.setup.config.delivery_timeout,
         "the outage is shorter than the delivery timeout"
     );
-    let store = store(&setup).await;
-    let (status_tx, mut status) = watch::channel(RelayStatus::default());
-    let stop = CancellationToken::new();
-    let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
 
-    let before = write(&store, 4, 500, 0).await as u64;
+    let before = write(&relay.store, 4, 500, 0).await as u64;
     status_until(
-        &mut status,
+        &mut relay.status,
         Duration::from_secs(60),
         "published before the pause",
         |s| s.ready && s.checkpoint == before,
     )
     .await;
 
-    broker.pause();
+    relay.broker.pause();
     let paused = Instant::now();
     let load = tokio::spawn({
-        let store = store.clone();
+        let store = relay.store.clone();
         async move { write(&store, 4, 1_000, 0).await }
     });
     status_until(
-        &mut status,
+        &mut relay.status,
         Duration::from_secs(20),
         "the relay reports itself unready while the broker is paused",
         |s| !s.ready,
     )
     .await;
-    let during = status.borrow().checkpoint;
+    let during = relay.status.borrow().checkpoint;
     assert!(during < before + 4_000, "nothing is acknowledged by a frozen broker");
     load.await.unwrap();
     // A span of time, not a wait on the relay: what it does meanwhile is checked above. Counted
     // from the pause, before which the batch in flight cannot have been sent, so the batch has
     // waited less than OUTAGE when the broker answers again.
     tokio::time::sleep_until((paused + OUTAGE).into()).await;
-    broker.resume();
+    relay.broker.resume();
 
-    let head = store.head_position().await.unwrap();
+    let head = relay.store.head_position().await.unwrap();
     assert_eq!(head, before + 4_000);
-    status_until(
-        &mut status,
-        Duration::from_secs(120),
-        "caught up after the broker came back",
-        |s| s.ready && s.checkpoint == head,
-    )
-    .await;
-    let by_stream = consume_until(&setup.config, head).await;
-    assert_eq!(by_stream.len() as u64, head);
-    stop.cancel();
-    relay.await.unwrap().unwrap();
+    relay.catch_up(head).await;
 }
 
 /// The broker freezes for three times the producer's delivery timeout under load: librdkafka
@@ -392,54 +428,39 @@ async fn a_paused_broker_makes_the_relay_unready_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_frozen_past_the_delivery_timeout_loses_nothing() {
     const DELIVERY_TIMEOUT: Duration = Duration::from_secs(4);
-    let broker = testkit::kafka::private_broker().await;
-    let mut setup = setup().await;
-    setup.config.brokers = broker.bootstrap_servers().to_owned();
-    setup.config.unready_after = Duration::from_secs(1);
-    setup.config.delivery_timeout = DELIVERY_TIMEOUT;
-    setup.config.max_backoff = Duration::from_secs(1);
-    setup.config.batch_size = 500;
-    let store = store(&setup).await;
-    let (status_tx, mut status) = watch::channel(RelayStatus::default());
-    let stop = CancellationToken::new();
-    let relay = tokio::spawn(relay::run(store.clone(), setup.config.clone(), status_tx, stop.clone()));
+    let mut relay = private_relay(|config| {
+        config.unready_after = Duration::from_secs(1);
+        config.delivery_timeout = DELIVERY_TIMEOUT;
+        config.max_backoff = Duration::from_secs(1);
+    })
+    .await;
 
-    let before = write(&store, 4, 250, 0).await as u64;
+    let before = write(&relay.store, 4, 250, 0).await as u64;
     status_until(
-        &mut status,
+        &mut relay.status,
         Duration::from_secs(60),
         "published before the freeze",
         |s| s.ready && s.checkpoint == before,
     )
     .await;
 
-    broker.pause();
+    relay.broker.pause();
     let paused = Instant::now();
-    write(&store, 4, 500, 0).await;
+    write(&relay.store, 4, 500, 0).await;
     // The relay gives a batch up after the delivery timeout and says why; that it did so (rather
     // than only waiting) is what this drill is about.
     status_until(
-        &mut status,
+        &mut relay.status,
         DELIVERY_TIMEOUT * 4,
         "the relay gives the batch up and retries",
         |s| !s.ready && !s.leader,
     )
     .await;
     tokio::time::sleep_until((paused + DELIVERY_TIMEOUT * 3).into()).await;
-    broker.resume();
+    relay.broker.resume();
 
-    let head = store.head_position().await.unwrap();
+    let head = relay.store.head_position().await.unwrap();
     assert_eq!(head, before + 2_000);
-    status_until(
-        &mut status,
-        Duration::from_secs(120),
-        "caught up after the broker came back",
-        |s| s.ready && s.checkpoint == head,
-    )
-    .await;
-    let by_stream = consume_until(&setup.config, head).await;
-    assert_eq!(by_stream.len() as u64, head);
+    let by_stream = relay.catch_up(head).await;
     assert_stream_order(&by_stream);
-    stop.cancel();
-    relay.await.unwrap().unwrap();
 }

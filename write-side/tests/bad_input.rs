@@ -24,14 +24,15 @@
 //! `Deserialize` takes a struct's fields from an array in their declared order).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use common::eventually;
 use event_schemas::Service;
 use event_store::{EventStore, PgEventStore, SqliteEventStore, StoreOptions};
 use projections::ReadDb;
@@ -44,25 +45,6 @@ use write_side::domain::{Order, OrderStatus, Payment, PaymentStatus, Product};
 use write_side::http::{Auth, HttpConfig, HttpState, router};
 use write_side::orders::saga::payment_id;
 use write_side::{HandlerOptions, Local, LocalOptions, Services};
-
-/// How long the setup waits for the sagas before failing.
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// Polls `probe` every 20 ms until it answers, failing after [`SETTLE`].
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Deployment {
@@ -382,7 +364,7 @@ impl World {
 
     /// Waits until the saga of `order` has confirmed it.
     async fn confirmed(&self, order: Uuid) {
-        eventually(&format!("the saga of {order} confirms it"), || async move {
+        eventually(format!("the saga of {order} confirms it"), || async move {
             let saga = self.saga(order).await;
             assert!(saga.parked.is_none() && saga.failure.is_none(), "{saga:?}");
             saga.confirmed.then_some(())
@@ -392,7 +374,7 @@ impl World {
 
     /// Waits until the saga of `order` has ended with `outcome`.
     async fn completed(&self, order: Uuid, outcome: &str) {
-        eventually(&format!("the saga of {order} ends {outcome}"), || async move {
+        eventually(format!("the saga of {order} ends {outcome}"), || async move {
             let saga = self.saga(order).await;
             assert!(saga.parked.is_none(), "{saga:?}");
             let ended = saga.outcome.as_deref()?;

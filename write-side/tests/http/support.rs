@@ -6,10 +6,8 @@
 //! condition with a deadline ([`eventually`]), and a [`FaultyStore`] that makes the store slow,
 //! failing or corrupt.
 
-use std::fmt::Display;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -31,24 +29,10 @@ use write_side::domain::saga::Saga;
 use write_side::http::{Auth, HttpConfig, router};
 use write_side::{CommandHandler, HandlerOptions, Local};
 
-/// How long a test waits for something to happen (a saga to settle) before it fails.
-pub(crate) const SETTLE: Duration = Duration::from_secs(20);
+#[path = "../common/mod.rs"]
+mod common;
 
-/// Polls `probe` every 20 ms until it answers, failing the test after [`SETTLE`].
-pub(crate) async fn eventually<T, F, Fut>(what: impl Display, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub(crate) use common::eventually;
 
 /// The API over a store, and the store to check what was appended.
 #[derive(Clone)]
