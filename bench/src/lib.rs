@@ -38,6 +38,7 @@ mod reads;
 mod rebuild;
 mod relay;
 mod saga;
+mod serve_child;
 mod scratch;
 mod soak;
 mod store;

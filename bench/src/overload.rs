@@ -6,8 +6,7 @@
 //! bound saves), and the capacity again once the load stops. Peak resident memory from the
 //! kernel (`VmHWM`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use shop_sim::Rng;
 use uuid::Uuid;
 
 use crate::load::{HttpClient, histogram, ms, order_lines, print_json};
+use crate::serve_child::ServeChild;
 
 #[derive(Debug, Args)]
 pub struct OverloadBench {
@@ -88,67 +88,17 @@ struct Open {
     rss_mb_after: f64,
 }
 
-/// `orderflow serve` as a child process on a scratch directory.
-struct Served {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Served {
-    async fn start(dir: &Path, max_in_flight: u32, client: &HttpClient) -> anyhow::Result<Served> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = dir.join(format!("serve-{max_in_flight}.log"));
-        let child = Command::new(std::env::current_exe().context("the orderflow binary")?)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--max-in-flight", &max_in_flight.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("start orderflow serve")?;
-        let mut served = Served {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = served.child.try_wait()? {
-                anyhow::bail!("serve exited with {status}: see {}", served.log.display());
-            }
-            if matches!(send(client, &served.base, "GET", "/ready", None).await, Ok((200, _, _))) {
-                return Ok(served);
-            }
-            ensure!(Instant::now() < deadline, "serve was not ready within 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Resident memory now and at its peak, in MB, from the kernel.
-    fn memory_mb(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                .map_or(0.0, |kb| kb / 1024.0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        let alive = self.child.try_wait()?.is_none();
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        ensure!(alive, "serve died during the benchmark: see {}", self.log.display());
-        Ok(())
-    }
+/// `orderflow serve` on `dir/data` with `--max-in-flight`: the overload's server and the
+/// unbounded one after it share the data (the shop).
+async fn serve(dir: &Path, max_in_flight: u32, client: &HttpClient) -> anyhow::Result<ServeChild> {
+    let args = ["--max-in-flight".to_owned(), max_in_flight.to_string()];
+    ServeChild::start(
+        &dir.join("data"),
+        &dir.join(format!("serve-{max_in_flight}.log")),
+        &args,
+        client,
+    )
+    .await
 }
 
 /// One request: status, whether it carried `Retry-After`, the body.
@@ -231,7 +181,7 @@ async fn measure(b: &OverloadBench, dir: &Path) -> anyhow::Result<Value> {
     let seconds = Duration::from_secs(b.seconds);
     let bound = b.max_in_flight as usize;
 
-    let served = Served::start(dir, b.max_in_flight, &client).await?;
+    let mut served = serve(dir, b.max_in_flight, &client).await?;
     eprintln!(
         "[1/4] seeding {CUSTOMERS} customers and {PRODUCTS} products, then the capacity: {bound} closed-loop clients, {}s …",
         b.seconds
@@ -275,7 +225,7 @@ async fn measure(b: &OverloadBench, dir: &Path) -> anyhow::Result<Value> {
             "[4/4] the same overload against serve without a bound (--max-in-flight 100000), {}s …",
             b.seconds
         );
-        let served = Served::start(dir, 100_000, &client).await?;
+        let mut served = serve(dir, 100_000, &client).await?;
         let run = open(&client, &served, &shop, target, seconds, b.outstanding).await?;
         let (_, peak) = served.memory_mb();
         served.stop()?;
@@ -361,7 +311,7 @@ struct Counts {
 /// Orders sent at `rate` for `seconds`, each on its own schedule whatever the answers.
 async fn open(
     client: &HttpClient,
-    served: &Served,
+    served: &ServeChild,
     shop: &Arc<Shop>,
     rate: f64,
     seconds: Duration,

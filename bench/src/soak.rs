@@ -6,8 +6,10 @@
 //!
 //! The load is an open loop, as `bench overload`'s: each order on its own schedule at `--rate`
 //! whatever the answers, at most `--outstanding` requests waiting (an order due past that is
-//! counted `not_sent`), timed from its scheduled send; and the dashboard list read once a
-//! second. The default rate, 80 orders/s, is about a third of what the embedded `serve`
+//! counted `not_sent`), timed from its scheduled send; each placed order shipped
+//! `--ship-after-seconds` later (again each second until its saga has confirmed it) and
+//! delivered 2 s after that, so that orders leave the working set as in a shop; and the
+//! dashboard list read once a second. The default rate, 80 orders/s, is about a third of what the embedded `serve`
 //! sustained in `bench overload`'s capacity phase (238 orders/s at 16 clients, BENCHMARKS.md):
 //! a soak measures leaks, not saturation, and the server must keep up for the rate to be
 //! steady.
@@ -28,7 +30,9 @@
 //! first, last, smallest, largest and mean value of each figure and the slope of its
 //! least-squares line per minute; it is flat when the memory's slope is at most 1% of its mean
 //! per minute (at least 0.5 MB/min) and the descriptors and sockets (and the deployment's
-//! PostgreSQL connections) end at most a few above where they started.
+//! PostgreSQL connections) keep their floor: the smallest count over the last third of the
+//! samples at most a few above the smallest over the first third. Connections the load opens
+//! in a slow moment and closes once idle come and go; a leak raises the floor.
 //!
 //! The reference, measured in the same run: an idle `orderflow serve` (the same binary, its
 //! own scratch folder, asked nothing after `/ready`) started before the target and sampled at
@@ -39,7 +43,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +63,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::load::{HttpClient, histogram, ms, order_lines, print_json};
+use crate::serve_child::ServeChild;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +104,17 @@ pub struct SoakBench {
     /// `pg_stat_activity` (any database; a role that sees every session).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pg_url: String,
+    /// Ship each placed order this many seconds after it was placed (asking again each second
+    /// while its saga has not confirmed it yet), and deliver it 2 s later, so that orders leave
+    /// the working set as in a shop (0: never ship; every order stays confirmed).
+    #[arg(long, default_value_t = 5)]
+    ship_after_seconds: u64,
+    /// The embedded target's `serve --aggregate-cache-entries` (each service's cache of
+    /// aggregates; default: serve's own). A small cache shows the memory without the caches'
+    /// growth. For the distributed deployment set ORDERFLOW_AGGREGATE_CACHE_ENTRIES when
+    /// starting dev-up instead.
+    #[arg(long)]
+    aggregate_cache_entries: Option<usize>,
     /// Seed of the request mix.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -109,6 +124,12 @@ const CUSTOMERS: usize = 50;
 const PRODUCTS: usize = 100;
 /// Longest any one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the load generator keeps an idle connection.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A shipped order is delivered this long after.
+const DELIVER_AFTER: Duration = Duration::from_secs(2);
+/// How long a shipment waits for the saga to confirm its order, asking once a second.
+const SHIP_PATIENCE: Duration = Duration::from_secs(30);
 /// The read beside the orders: the console's orders page, once a second.
 const READ_PATH: &str = "/v1/dashboard/orders?limit=50";
 const READ_EVERY: Duration = Duration::from_secs(1);
@@ -123,10 +144,10 @@ const FD_SLACK: f64 = 10.0;
 const PG_SLACK: f64 = 4.0;
 const HOST: &str = "127.0.0.1";
 const RULE: &str = "over the samples after the warm-up: the resident memory's least-squares slope at most 1% of \
-                    its mean per minute (at least 0.5 MB/min); open file descriptors and sockets at the last \
-                    sample at most 10 above the first; the deployment's PostgreSQL connections at the last \
-                    sample at most 4 above the first; every process alive at the end. Threads are reported, not \
-                    judged.";
+                    its mean per minute (at least 0.5 MB/min); the smallest count of open file descriptors and \
+                    of sockets over the last third of the samples at most 10 above the smallest over the first \
+                    third (the deployment's PostgreSQL connections: at most 4); every process alive at the \
+                    end. Threads are reported, not judged.";
 
 pub(crate) async fn run(b: SoakBench) -> anyhow::Result<()> {
     ensure!(b.minutes > 0, "--minutes must be positive");
@@ -141,6 +162,11 @@ pub(crate) async fn run(b: SoakBench) -> anyhow::Result<()> {
         b.sample_seconds <= (b.minutes - b.warm_up_minutes) * 60,
         "--sample-seconds leaves fewer than two samples after the warm-up"
     );
+    ensure!(
+        b.aggregate_cache_entries.is_none() || b.deployment == Deployment::Embedded,
+        "--aggregate-cache-entries sets the embedded target's cache; for dev-up, start it with \
+         ORDERFLOW_AGGREGATE_CACHE_ENTRIES"
+    );
     let dir = std::env::temp_dir().join(format!("orderflow-bench-soak-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
     let result = soak(&b, &dir).await;
@@ -149,18 +175,26 @@ pub(crate) async fn run(b: SoakBench) -> anyhow::Result<()> {
 }
 
 async fn soak(b: &SoakBench, dir: &Path) -> anyhow::Result<Value> {
+    // Connections opened in a moment of high latency close once idle for a while (the pool
+    // hands out its most recently used first), so the target's sockets follow the load's
+    // concurrency rather than its worst moment so far.
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(b.outstanding)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .build_http();
     eprintln!("[1/4] the reference: an idle orderflow serve …");
-    let mut reference_server = Server::start(dir, "reference", &client).await?;
+    let mut reference_server = serve(dir, "reference", &[], &client).await?;
     let mut reference = Sampled::new("orderflow serve (idle reference)", reference_server.pid);
 
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (api, mut target_server, mut processes, mut pg, target) = match b.deployment {
         Deployment::Embedded => {
             eprintln!("[2/4] the target: orderflow serve on a scratch folder …");
-            let server = Server::start(dir, "target", &client).await?;
+            let cache: Vec<String> = b
+                .aggregate_cache_entries
+                .map(|n| vec!["--aggregate-cache-entries".to_owned(), n.to_string()])
+                .unwrap_or_default();
+            let server = serve(dir, "target", &cache, &client).await?;
             let api = Api::one(client, &server.base);
             let processes = vec![Sampled::new("serve", server.pid)];
             let target = "orderflow serve (embedded, SQLite), a child process on a scratch folder".to_owned();
@@ -209,10 +243,14 @@ async fn soak(b: &SoakBench, dir: &Path) -> anyhow::Result<Value> {
     let stop = CancellationToken::new();
     let start = tokio::time::Instant::now();
     let writer = tokio::spawn(place_orders(
-        api.clone(),
-        shop.clone(),
-        stats.clone(),
-        slots.clone(),
+        Load {
+            api: api.clone(),
+            shop: shop.clone(),
+            stats: stats.clone(),
+            slots: slots.clone(),
+            ship_after: (b.ship_after_seconds > 0).then(|| Duration::from_secs(b.ship_after_seconds)),
+            stop: stop.clone(),
+        },
         (b.rate, total_orders),
         start,
         b.seed,
@@ -265,10 +303,11 @@ async fn soak(b: &SoakBench, dir: &Path) -> anyhow::Result<Value> {
     for p in processes.iter_mut().chain([&mut reference]) {
         p.peak();
     }
+    // A server gone before the end is in the verdict (`gone_at_s`), not an error of the run.
     if let Some(server) = &mut target_server {
-        server.stop();
+        let _ = server.stop();
     }
-    reference_server.stop();
+    let _ = reference_server.stop();
 
     let load = LoadSummary::new(b.rate, seconds_after, &after);
     let process_reports: Vec<ProcessReport> = processes.iter().map(|p| p.report(warm_up_s)).collect();
@@ -306,8 +345,11 @@ async fn soak(b: &SoakBench, dir: &Path) -> anyhow::Result<Value> {
         "deployment": b.deployment,
         "target": target,
         "command": "POST /v1/orders (1-3 lines; the sagas run) at a fixed rate, open loop, each order timed \
-                    from its scheduled send; GET /v1/dashboard/orders?limit=50 once a second",
+                    from its scheduled send; each placed order shipped --ship-after-seconds later and \
+                    delivered 2 s after that; GET /v1/dashboard/orders?limit=50 once a second",
         "rate": b.rate,
+        "ship_after_seconds": b.ship_after_seconds,
+        "aggregate_cache_entries": b.aggregate_cache_entries,
         "minutes": b.minutes,
         "warm_up_minutes": b.warm_up_minutes,
         "sample_seconds": b.sample_seconds,
@@ -337,6 +379,11 @@ async fn soak(b: &SoakBench, dir: &Path) -> anyhow::Result<Value> {
     }))
 }
 
+/// `orderflow serve` on `dir/<name>`, its log beside it.
+async fn serve(dir: &Path, name: &str, extra_args: &[String], client: &HttpClient) -> anyhow::Result<ServeChild> {
+    ServeChild::start(&dir.join(name), &dir.join(format!("{name}.log")), extra_args, client).await
+}
+
 /// Places orders until one is accepted: the deployment's pipeline (in the distributed one, the
 /// orders service's copy of the new customers and products) is caught up before the clock
 /// starts.
@@ -344,7 +391,9 @@ async fn first_order(api: &Api, shop: &Shop, seed: u64) -> anyhow::Result<()> {
     let mut rng = Rng::new(seed ^ 0xf125);
     let waited = Instant::now();
     loop {
-        let status = api.send("POST", &api.orders, Some(&shop.order(&mut rng))).await;
+        let status = api
+            .send("POST", &api.orders, Some(&shop.order(Uuid::now_v7(), &mut rng)))
+            .await;
         if matches!(status, Ok(201)) {
             eprintln!("      placed after {:.1} s", waited.elapsed().as_secs_f64());
             return Ok(());
@@ -434,8 +483,8 @@ impl Shop {
         Ok(shop)
     }
 
-    fn order(&self, rng: &mut Rng) -> Value {
-        json!({"order_id": Uuid::now_v7(), "customer_id": rng.pick(&self.customers),
+    fn order(&self, order_id: Uuid, rng: &mut Rng) -> Value {
+        json!({"order_id": order_id, "customer_id": rng.pick(&self.customers),
                "lines": order_lines(rng, &self.products)})
     }
 }
@@ -453,6 +502,10 @@ struct Window {
     /// The list's 200s' latency, µs.
     reads: Histogram<u64>,
     read_errors: u64,
+    shipped: u64,
+    delivered: u64,
+    /// Shipments and deliveries that failed, by kind (`ship 409`, `deliver error`).
+    fulfil_errors: BTreeMap<String, u64>,
 }
 
 type Stats = Arc<Mutex<Window>>;
@@ -465,6 +518,9 @@ impl Window {
             not_sent: 0,
             reads: histogram()?,
             read_errors: 0,
+            shipped: 0,
+            delivered: 0,
+            fulfil_errors: BTreeMap::new(),
         })
     }
 
@@ -480,6 +536,11 @@ impl Window {
         }
         self.not_sent += other.not_sent;
         self.read_errors += other.read_errors;
+        self.shipped += other.shipped;
+        self.delivered += other.delivered;
+        for (kind, n) in &other.fulfil_errors {
+            *self.fulfil_errors.entry(kind.clone()).or_default() += n;
+        }
         Ok(())
     }
 }
@@ -498,40 +559,94 @@ fn error_kind(answer: &anyhow::Result<u16>) -> String {
     }
 }
 
-/// `total` orders at `rate` (`rate_total`) from `start`, each on its own schedule; an order due
-/// while every slot waits is counted `not_sent`.
-async fn place_orders(
+/// What the order placer works with.
+struct Load {
     api: Api,
     shop: Arc<Shop>,
     stats: Stats,
     slots: Arc<Semaphore>,
-    (rate, total): (u64, u64),
-    start: tokio::time::Instant,
-    seed: u64,
-) {
+    /// Ship each placed order this long after (None: never).
+    ship_after: Option<Duration>,
+    /// Ends the shipments and deliveries still waiting.
+    stop: CancellationToken,
+}
+
+/// `total` orders at `rate` (`rate_total`) from `start`, each on its own schedule; an order due
+/// while every slot waits is counted `not_sent`.
+async fn place_orders(load: Load, (rate, total): (u64, u64), start: tokio::time::Instant, seed: u64) {
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let mut rng = Rng::new(seed);
     for i in 0..total {
         let scheduled = start + period.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled).await;
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            stats.lock().unwrap_or_else(PoisonError::into_inner).not_sent += 1;
+        let Ok(slot) = load.slots.clone().try_acquire_owned() else {
+            load.stats.lock().unwrap_or_else(PoisonError::into_inner).not_sent += 1;
             continue;
         };
-        let order = shop.order(&mut rng);
-        let (api, stats) = (api.clone(), stats.clone());
+        let order_id = Uuid::now_v7();
+        let order = load.shop.order(order_id, &mut rng);
+        let (api, stats) = (load.api.clone(), load.stats.clone());
+        let fulfil = load
+            .ship_after
+            .map(|after| (after, load.stop.clone(), load.slots.clone()));
         tokio::spawn(async move {
             let answer = api.send("POST", &api.orders, Some(&order)).await;
             let took = scheduled.elapsed().as_micros().max(1) as u64;
-            let mut window = stats.lock().unwrap_or_else(PoisonError::into_inner);
-            if matches!(answer, Ok(201)) {
-                window.orders.saturating_record(took);
-            } else {
-                *window.errors.entry(error_kind(&answer)).or_default() += 1;
+            let placed = matches!(answer, Ok(201));
+            {
+                let mut window = stats.lock().unwrap_or_else(PoisonError::into_inner);
+                if placed {
+                    window.orders.saturating_record(took);
+                } else {
+                    *window.errors.entry(error_kind(&answer)).or_default() += 1;
+                }
             }
-            drop(window);
             drop(slot);
+            if let (true, Some((after, stop, slots))) = (placed, fulfil) {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = ship_and_deliver(&api, &stats, &slots, order_id, after) => {}
+                }
+            }
         });
+    }
+}
+
+/// Ships the order `after` its placement (asking again each second while its saga has not
+/// confirmed it, for up to [`SHIP_PATIENCE`]) and delivers it [`DELIVER_AFTER`] later. Each
+/// request waits for one of the orders' `slots`, so that the requests outstanding (and the
+/// connections) stay within `--outstanding`.
+async fn ship_and_deliver(api: &Api, stats: &Stats, slots: &Semaphore, order_id: Uuid, after: Duration) {
+    let send = async |url: &str, body: &Value| {
+        let _slot = slots.acquire().await;
+        api.send("POST", url, Some(body)).await
+    };
+    let failed = |what: &str, answer: &anyhow::Result<u16>| {
+        let mut window = stats.lock().unwrap_or_else(PoisonError::into_inner);
+        *window
+            .fulfil_errors
+            .entry(format!("{what} {}", error_kind(answer)))
+            .or_default() += 1;
+    };
+    tokio::time::sleep(after).await;
+    let ship = format!("{}/{order_id}/ship", api.orders);
+    let body = json!({"carrier": "DHL", "tracking": format!("SOAK{}", order_id.simple())});
+    let patience = Instant::now() + SHIP_PATIENCE;
+    loop {
+        let answer = send(&ship, &body).await;
+        match answer {
+            Ok(200) => break,
+            Ok(409) if Instant::now() < patience => tokio::time::sleep(Duration::from_secs(1)).await,
+            _ => return failed("ship", &answer),
+        }
+    }
+    stats.lock().unwrap_or_else(PoisonError::into_inner).shipped += 1;
+    tokio::time::sleep(DELIVER_AFTER).await;
+    let answer = send(&format!("{}/{order_id}/deliver", api.orders), &json!({})).await;
+    if matches!(answer, Ok(200)) {
+        stats.lock().unwrap_or_else(PoisonError::into_inner).delivered += 1;
+    } else {
+        failed("deliver", &answer);
     }
 }
 
@@ -574,6 +689,9 @@ struct WindowReport {
     reads: u64,
     read_errors: u64,
     read_p99_ms: f64,
+    shipped: u64,
+    delivered: u64,
+    fulfil_errors: u64,
 }
 
 impl WindowReport {
@@ -591,6 +709,9 @@ impl WindowReport {
             reads: w.reads.len(),
             read_errors: w.read_errors,
             read_p99_ms: ms(&w.reads, 0.99),
+            shipped: w.shipped,
+            delivered: w.delivered,
+            fulfil_errors: w.fulfil_errors.values().sum(),
         }
     }
 }
@@ -620,7 +741,11 @@ struct LoadSummary {
     read_errors: u64,
     read_p50_ms: f64,
     read_p99_ms: f64,
-    /// No error, nothing unsent, at least 95% of the rate placed: the load was steady.
+    shipped: u64,
+    delivered: u64,
+    fulfil_errors_by_kind: BTreeMap<String, u64>,
+    /// No error (shipments and deliveries included), nothing unsent, at least 95% of the rate
+    /// placed: the load was steady.
     held: bool,
 }
 
@@ -643,7 +768,13 @@ impl LoadSummary {
             read_errors: w.read_errors,
             read_p50_ms: ms(&w.reads, 0.5),
             read_p99_ms: ms(&w.reads, 0.99),
-            held: w.errors() == 0 && w.not_sent == 0 && achieved_rate >= 0.95 * rate as f64,
+            shipped: w.shipped,
+            delivered: w.delivered,
+            fulfil_errors_by_kind: w.fulfil_errors.clone(),
+            held: w.errors() == 0
+                && w.fulfil_errors.is_empty()
+                && w.not_sent == 0
+                && achieved_rate >= 0.95 * rate as f64,
         }
     }
 }
@@ -652,15 +783,17 @@ fn progress(w: &WindowReport, warming: bool, processes: &[Sampled], reference: &
     let last = |p: &Sampled| p.samples.last().filter(|s| s.t_s == w.t_s).copied();
     let alive: Vec<ProcSample> = processes.iter().filter_map(last).collect();
     let mut line = format!(
-        "{:>3}:{:02} {} {:>6.1} orders/s p50 {:.1} p99 {:.1} ms, {} errors, {} not sent | ",
+        "{:>3}:{:02} {} {:>6.1} orders/s p50 {:.1} p99 {:.1} ms, {} errors, {} not sent, {} shipped, {} delivered | ",
         w.t_s as u64 / 60,
         w.t_s as u64 % 60,
         if warming { "warm-up" } else { "soak   " },
         w.rate,
         w.p50_ms,
         w.p99_ms,
-        w.errors,
+        w.errors + w.fulfil_errors,
         w.not_sent,
+        w.shipped,
+        w.delivered,
     );
     if alive.len() < processes.len() {
         line += &format!(
@@ -686,76 +819,6 @@ fn progress(w: &WindowReport, warming: bool, processes: &[Sampled], reference: &
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// `orderflow serve` (this binary) as a child process on a folder of its own.
-struct Server {
-    child: Option<Child>,
-    pid: u32,
-    base: String,
-}
-
-impl Server {
-    async fn start(dir: &Path, name: &str, client: &HttpClient) -> anyhow::Result<Server> {
-        let port = std::net::TcpListener::bind((HOST, 0))?.local_addr()?.port();
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(std::env::current_exe().context("the orderflow binary")?)
-            .args(["serve", "--listen", &format!("{HOST}:{port}"), "--data-dir"])
-            .arg(dir.join(name))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("start orderflow serve")?;
-        let mut server = Server {
-            pid: child.id(),
-            child: Some(child),
-            base: format!("http://{HOST}:{port}"),
-        };
-        let api = Api::one(client.clone(), &server.base);
-        let ready = format!("{}/ready", server.base);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(child) = &mut server.child
-                && let Some(status) = child.try_wait()?
-            {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                anyhow::bail!("serve ({name}) exited with {status}: {}", tail.trim());
-            }
-            if matches!(api.send("GET", &ready, None).await, Ok(200)) {
-                return Ok(server);
-            }
-            ensure!(Instant::now() < deadline, "serve ({name}) was not ready within 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within 20 s.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if matches!(child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// A benchmark that fails half-way leaves no server behind.
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// One process's figures at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -955,6 +1018,11 @@ struct Trend {
     mean: f64,
     /// Of the least-squares line through the samples, per minute.
     slope_per_minute: f64,
+    /// The smallest value of the first third of the samples, and of the last third: a count
+    /// that rises and falls with the load's latency (connections opened in a slow moment,
+    /// closed once idle) keeps its floor, a leak raises it.
+    first_third_min: f64,
+    last_third_min: f64,
 }
 
 /// `points` (minutes, value) as a [`Trend`]; `None` with fewer than two.
@@ -963,6 +1031,8 @@ fn trend(points: &[(f64, f64)]) -> Option<Trend> {
         return None;
     }
     let values = points.iter().map(|p| p.1);
+    let third = points.len().div_ceil(3);
+    let floor = |part: &[(f64, f64)]| part.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     Some(Trend {
         first: points.first()?.1,
         last: points.last()?.1,
@@ -970,6 +1040,8 @@ fn trend(points: &[(f64, f64)]) -> Option<Trend> {
         max: values.clone().fold(f64::NEG_INFINITY, f64::max),
         mean: values.sum::<f64>() / points.len() as f64,
         slope_per_minute: slope(points),
+        first_third_min: floor(&points[..third]),
+        last_third_min: floor(&points[points.len() - third..]),
     })
 }
 
@@ -997,6 +1069,8 @@ impl Trend {
             max: round(self.max, 2),
             mean: round(self.mean, 2),
             slope_per_minute: round(self.slope_per_minute, 3),
+            first_third_min: round(self.first_third_min, 2),
+            last_third_min: round(self.last_third_min, 2),
         }
     }
 }
@@ -1047,10 +1121,11 @@ fn rss_slope_limit(mean_mb: f64) -> f64 {
 
 /// Why a count (descriptors, sockets, connections) is not flat, if it is not.
 fn count_grew(what: &str, t: &Trend, slack: f64) -> Option<String> {
-    (t.last > t.first + slack).then(|| {
+    (t.last_third_min > t.first_third_min + slack).then(|| {
         format!(
-            "{what} {} → {} (more than {slack} above the first sample; max {})",
-            t.first, t.last, t.max
+            "{what}: the last third's smallest {} is more than {slack} above the first third's {} \
+             ({} → {}, max {})",
+            t.last_third_min, t.first_third_min, t.first, t.last, t.max
         )
     })
 }
@@ -1394,7 +1469,12 @@ mod tests {
         assert!(fds(50).is_empty());
         let why = fds(51);
         assert_eq!(why.len(), 1, "{why:?}");
-        assert!(why[0].starts_with("open file descriptors 40 → 51"), "{why:?}");
+        assert!(
+            why[0].starts_with(
+                "open file descriptors: the last third's smallest 51 is more than 10 above the first third's 40"
+            ),
+            "{why:?}"
+        );
         assert_eq!(fds(100).len(), 2, "descriptors and sockets");
 
         // Gone, or not sampled enough.
@@ -1424,6 +1504,23 @@ mod tests {
         assert!(count_grew("connections", &t(40.0, 44.0), PG_SLACK).is_none());
         assert!(count_grew("connections", &t(40.0, 45.0), PG_SLACK).is_some());
         assert!(count_grew("connections", &t(40.0, 30.0), PG_SLACK).is_none());
+    }
+
+    #[test]
+    fn a_count_that_rises_and_falls_with_the_load_is_flat_and_a_rising_floor_is_not() {
+        let counts = |values: &[f64]| {
+            let points: Vec<(f64, f64)> = values.iter().enumerate().map(|(i, v)| (i as f64, *v)).collect();
+            trend(&points).expect("a trend")
+        };
+        // Connections opened in slow moments and closed once idle: the last sample is high,
+        // the floor is not.
+        let swinging = counts(&[12.0, 30.0, 11.0, 40.0, 12.0, 13.0, 50.0, 14.0, 48.0]);
+        assert_eq!((swinging.first_third_min, swinging.last_third_min), (11.0, 14.0));
+        assert!(count_grew("sockets", &swinging, FD_SLACK).is_none());
+        // A descriptor leak raises every sample, the floor with them.
+        let leaking = counts(&[12.0, 14.0, 16.0, 18.0, 20.0, 22.0, 24.0, 26.0, 28.0]);
+        assert_eq!((leaking.first_third_min, leaking.last_third_min), (12.0, 24.0));
+        assert!(count_grew("descriptors", &leaking, FD_SLACK).is_some());
     }
 
     #[test]

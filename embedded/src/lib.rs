@@ -102,6 +102,11 @@ pub struct ServeArgs {
     /// `PUT /v1/gateway`): orders stay pending, then their saga cancels them at the deadline.
     #[arg(long, env = "ORDERFLOW_GATEWAY_UNAVAILABLE")]
     gateway_unavailable: bool,
+    /// Aggregates each service keeps in memory between commands (0: load every aggregate from
+    /// its store for every command). Each of the four services has a cache of this many
+    /// entries, so the process's memory grows with the orders until they are full.
+    #[arg(long, env = "ORDERFLOW_AGGREGATE_CACHE_ENTRIES", default_value_t = HandlerOptions::default().cache_capacity)]
+    aggregate_cache_entries: usize,
     /// One bound for the whole port: commands and queries share it.
     #[command(flatten)]
     load: service_kit::http::LoadArgs,
@@ -130,7 +135,10 @@ impl ServeArgs {
         };
         gateway.validate().map_err(|e| anyhow::anyhow!("--gateway-*: {e}"))?;
         Ok(LocalOptions {
-            handler: HandlerOptions::default(),
+            handler: HandlerOptions {
+                cache_capacity: self.aggregate_cache_entries,
+                ..HandlerOptions::default()
+            },
             saga: SagaOptions {
                 deadline: self.saga_deadline,
                 ..SagaOptions::default()
