@@ -15,18 +15,9 @@ use sqlx08::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::harness::{Outcome, retrying};
-use crate::model::{self, Placement, SAMPLE_ID, padding};
+use crate::model::{self, DomainError, OrderCommand, Placement, SAMPLE_ID, Status, padding};
 use crate::pg::Scratch;
 use crate::system::{Settings, System, Workload};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Status {
-    #[default]
-    New,
-    Placed,
-    Confirmed,
-    Shipped,
-}
 
 /// The order: the aggregate is its own state (snapshots store it as JSON).
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -71,23 +62,6 @@ impl DomainEvent for OrderEvent {
     fn event_version(&self) -> String {
         "1".to_owned()
     }
-}
-
-#[derive(Debug)]
-pub(crate) enum OrderCommand {
-    Place(Placement),
-    Confirm,
-    Ship,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum DomainError {
-    #[error("invalid transition from {0:?}")]
-    InvalidTransition(Status),
-    #[error("no such product")]
-    NoProduct,
-    #[error("the product exists already")]
-    ProductExists,
 }
 
 /// Pads to [`model::EVENT_BYTES`] as postgres-es stores the payload: the serde JSON of the
@@ -404,13 +378,6 @@ impl System for CqrsEs {
             self.database.clone(),
             "SELECT avg(octet_length(payload::text))::float8 FROM events".to_owned(),
         )
-    }
-
-    fn events_per_op(&self, workload: Workload) -> u64 {
-        match workload {
-            Workload::Lifecycle => 3,
-            _ => 1,
-        }
     }
 
     async fn close(self) {

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::cqrs_es::outcome;
 use crate::harness::{Outcome, retrying};
-use crate::model::{self, Placement, SAMPLE_ID, padding};
+use crate::model::{self, DomainError, Placement, SAMPLE_ID, Status, padding};
 use crate::pg::Scratch;
 use crate::system::{CatchUp, Settings, System, Workload};
 
@@ -128,15 +128,6 @@ fn product_added(product_id: Uuid, note: String) -> DomainEvent {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Status {
-    #[default]
-    New,
-    Placed,
-    Confirmed,
-    Shipped,
-}
-
 #[derive(Debug, Default, Clone, StateQuery, Serialize, Deserialize)]
 #[state_query(OrderEvent)]
 pub(crate) struct Order {
@@ -178,16 +169,6 @@ impl StateMutate for Product {
             ProductEvent::ProductRestocked { quantity, .. } => self.available += quantity,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum DomainError {
-    #[error("invalid transition from {0:?}")]
-    InvalidTransition(Status),
-    #[error("no such product")]
-    NoProduct,
-    #[error("the product exists already")]
-    ProductExists,
 }
 
 struct PlaceOrder(Uuid, Placement);
@@ -492,13 +473,6 @@ impl System for Disintegrate {
             self.database.clone(),
             "SELECT avg(octet_length(payload))::float8 FROM event".to_owned(),
         )
-    }
-
-    fn events_per_op(&self, workload: Workload) -> u64 {
-        match workload {
-            Workload::Lifecycle => 3,
-            _ => 1,
-        }
     }
 
     async fn close(self) {

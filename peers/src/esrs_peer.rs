@@ -17,18 +17,9 @@ use uuid::Uuid;
 
 use crate::cqrs_es::outcome;
 use crate::harness::{Outcome, retrying};
-use crate::model::{self, Placement, SAMPLE_ID, padding};
+use crate::model::{self, DomainError, OrderCommand, Placement, SAMPLE_ID, Status, padding};
 use crate::pg::Scratch;
 use crate::system::{Settings, System, Workload};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) enum Status {
-    #[default]
-    New,
-    Placed,
-    Confirmed,
-    Shipped,
-}
 
 #[derive(Debug, Default)]
 pub(crate) struct OrderState {
@@ -56,22 +47,6 @@ pub(crate) enum OrderEvent {
         tracking: String,
         note: String,
     },
-}
-
-pub(crate) enum OrderCommand {
-    Place(Placement),
-    Confirm,
-    Ship,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum DomainError {
-    #[error("invalid transition from {0:?}")]
-    InvalidTransition(Status),
-    #[error("no such product")]
-    NoProduct,
-    #[error("the product exists already")]
-    ProductExists,
 }
 
 /// Pads to [`model::EVENT_BYTES`] of the event's serde JSON (esrs stores it as `jsonb`, the
@@ -373,13 +348,6 @@ impl System for Esrs {
              UNION ALL SELECT octet_length(payload::text) FROM product_events) AS e"
                 .to_owned(),
         )
-    }
-
-    fn events_per_op(&self, workload: Workload) -> u64 {
-        match workload {
-            Workload::Lifecycle => 3,
-            _ => 1,
-        }
     }
 
     async fn close(self) {

@@ -77,3 +77,32 @@ mod tests {
         assert_eq!(len, EVENT_BYTES);
     }
 }
+
+/// Where an order is in its lifecycle, in every peer's aggregate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub(crate) enum Status {
+    #[default]
+    New,
+    Placed,
+    Confirmed,
+    Shipped,
+}
+
+/// The order's commands, for the peers whose aggregates take one command type.
+#[derive(Debug)]
+pub(crate) enum OrderCommand {
+    Place(Placement),
+    Confirm,
+    Ship,
+}
+
+/// Why a peer's aggregate refuses a command.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DomainError {
+    #[error("invalid transition from {0:?}")]
+    InvalidTransition(Status),
+    #[error("no such product")]
+    NoProduct,
+    #[error("the product exists already")]
+    ProductExists,
+}

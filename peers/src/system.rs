@@ -112,8 +112,13 @@ pub(crate) trait System: Sized + Send + Sync + 'static {
     /// The average stored size of its events' payloads: (database, SQL answering one float8).
     fn payload_query(&self) -> (String, String);
 
-    /// Events one successful operation of `workload` stores.
-    fn events_per_op(&self, workload: Workload) -> u64;
+    /// Events one successful operation of `workload` stores: one per command.
+    fn events_per_op(&self, workload: Workload) -> u64 {
+        match workload {
+            Workload::Lifecycle => 3,
+            _ => 1,
+        }
+    }
 
     /// Closes its pools (before its databases are dropped).
     fn close(self) -> impl Future<Output = ()> + Send;
