@@ -18,10 +18,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{Debug, Display};
+use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use event_schemas::{Category, Service};
 use event_store::{
@@ -38,6 +37,9 @@ use write_side::domain::{
 use write_side::orders::OrdersError;
 use write_side::orders::saga::payment_id;
 use write_side::{CommandAnswer, CommandContext, CommandError, CommandHandler, HandlerOptions, Local, Snapshottable};
+
+mod common;
+use common::eventually;
 
 async fn postgres() -> Arc<dyn EventStore> {
     let db = testkit::postgres::fresh_database().await;
@@ -86,9 +88,6 @@ async fn local(store: &Arc<dyn EventStore>, options: HandlerOptions) -> Local {
     Local::new(stores, replica, options).await.unwrap()
 }
 
-/// How long a test waits for sagas to get somewhere before it fails.
-const SETTLE: Duration = Duration::from_secs(20);
-
 /// The saga driver of a [`Local`], running until stopped.
 struct Driver {
     stop: CancellationToken,
@@ -107,22 +106,6 @@ impl Driver {
     async fn stop(self) {
         self.stop.cancel();
         self.task.await.unwrap();
-    }
-}
-
-/// Polls `probe` every 20 ms until it answers, failing the test after [`SETTLE`].
-async fn eventually<T, F, Fut>(what: impl Display, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
